@@ -1,0 +1,102 @@
+"""The node configuration: `config.toml` decoded into frozen Structs.
+
+Unknown keys are refused (a misspelt key silently ignored is how a hospital
+ends up running on defaults it did not choose), and a wrong value gives one
+line naming the key and what is allowed. Keys carry their unit last
+(`message_bytes_max`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, final
+
+import msgspec
+
+from engine.errors import ConfigError
+from lanes.rules import ClassificationRules
+
+__all__ = ["DEFAULT_CONFIG_PATH", "Config", "IngestConfig", "LanesConfig", "decode_config", "load_config"]
+
+# The repository's config.toml: the embedded default.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+
+_MIB = 1024 * 1024
+
+
+@final
+class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits on what one source may send."""
+
+    message_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MIB)] = 16 * _MIB
+
+
+@final
+class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Lane settings; `rules` decide which message goes to which lane."""
+
+    rules: ClassificationRules = ClassificationRules()
+
+
+@final
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole node configuration."""
+
+    ingest: IngestConfig = IngestConfig()
+    lanes: LanesConfig = LanesConfig()
+
+
+_AT = re.compile(r"\s*- at `\$\.?([^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
+def decode_config(data: bytes | str, source: str = "config.toml") -> Config:
+    """Decode TOML text into a `Config`.
+
+    Raises:
+        ConfigError: one line naming the file, the key and what is allowed.
+    """
+    try:
+        return msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_explain(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and decode a configuration file (the embedded default when None).
+
+    Raises:
+        ConfigError: the file cannot be read or holds a wrong value.
+    """
+    path = path if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    return decode_config(data, str(path))
+
+
+def _explain(message: str) -> str:
+    m = _AT.search(message)
+    where = m.group(1) if m else ""
+    text = _AT.sub("", message)
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        allowed = _allowed_keys(where)
+        return f"unknown key {key} (allowed: {', '.join(allowed)})"
+    return f"{where or 'top level'}: {text[0].lower()}{text[1:]}".replace("`", "")
+
+
+def _allowed_keys(where: str) -> list[str]:
+    """The keys a table may hold, found by walking the Struct types."""
+    cls: Any = Config
+    for part in [p for p in where.split(".") if p]:
+        field = next((f for f in msgspec.structs.fields(cls) if f.encode_name == part), None)
+        if field is None:
+            return []
+        cls = field.type
+    return [f.encode_name for f in msgspec.structs.fields(cls)] if isinstance(cls, type) else []
