@@ -174,7 +174,9 @@ def build_ack(
         ]
     )
     reason = text or (error.reason if error is not None else "")
-    lines = [msh, f.join(["MSA", code, ctx.control_id, escape(reason, d)]).rstrip(f)]
+    # MSA-2 is required even when empty (no control id could be read).
+    msa = f.join(["MSA", code, ctx.control_id] + ([escape(reason, d)] if reason else []))
+    lines = [msh, msa]
     if error is not None:
         lines.append(_err_segment(ctx, error))
     return Message(lines, d, "utf-8", "\r")

@@ -49,14 +49,12 @@ def split_stream(raw: bytes) -> HL7Stream:
     batch = False
     in_batch = 0
     batches = 0
-    for (bound, seg_id), end in zip(bounds, ends, strict=True):
+    for (start, seg_id), end in zip(bounds, ends, strict=True):
         if seg_id == b"MSH":
-            start = bound
-            if not messages and raw[:start].strip(b"\r\n \t"):
-                # Junk or a BOM before the first message stays with it: the
-                # parser keeps a BOM and reports junk, so nothing is dropped.
-                start = 0
-            messages.append((start, raw[start:end]))
+            # Junk or a BOM before the first message stays with it (the parser
+            # keeps a BOM and reports junk), so nothing is dropped.
+            first = start if messages or not raw[: bounds[0][0]].strip(b"\r\n \t") else 0
+            messages.append((first, raw[first:end]))
             in_batch += 1
         elif seg_id == b"BHS":
             batch, in_batch = True, 0

@@ -279,6 +279,8 @@ class _OrderGroup:
             return self.orc.value(7, 1, 6) or ""
         if self.obr is not None:
             return self.obr.value(27, 1, 6) or self.obr.value(5) or ""
+        if self.pharmacy is not None and self.pharmacy.id == "RXE":
+            return self.pharmacy.value(1, 1, 6) or ""  # RXE-1 quantity/timing, before TQ1
         return ""
 
     def flush(self, events: list[Event]) -> None:
