@@ -29,7 +29,9 @@ def test_original_mode_accept() -> None:
     assert ack.segment("ERR") is None
 
 
-@pytest.mark.parametrize(("outcome", "code"), [(Outcome.ACCEPTED, "CA"), (Outcome.RETRY, "CE"), (Outcome.REJECTED, "CR")])
+@pytest.mark.parametrize(
+    ("outcome", "code"), [(Outcome.ACCEPTED, "CA"), (Outcome.RETRY, "CE"), (Outcome.REJECTED, "CR")]
+)
 def test_enhanced_mode_codes(outcome: Outcome, code: str) -> None:
     """MSH-15/16 valued: commit ACK codes CA/CE/CR."""
     ctx = AckContext.from_message(parse(hl7(MSH_ENHANCED, PID)))

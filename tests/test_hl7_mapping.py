@@ -152,7 +152,9 @@ def test_new_order_with_stat_priority_and_cancel() -> None:
 def test_pharmacy_order_dispense_and_administration() -> None:
     """RDE orders, RDS dispenses, RAS/VXU administer; each keeps its order id."""
     rde = hl7(_msh("RDE^O11"), PID, "ORC|NW|RX1", "RXE|^^^20261124^^R|0409^Heparin^NDC|5000||U")
-    assert map_message(parse(rde)).events == (MedicationOrdered("RX1", Coded("0409", "Heparin", "NDC"), "5000", "U", "R"),)
+    assert map_message(parse(rde)).events == (
+        MedicationOrdered("RX1", Coded("0409", "Heparin", "NDC"), "5000", "U", "R"),
+    )
     rds = hl7(_msh("RDS^O13"), PID, "ORC|RE|RX1", "RXD|1|0409^Heparin^NDC|20261124120000|2|vial")
     assert map_message(parse(rds)).events == (
         MedicationDispensed("RX1", Coded("0409", "Heparin", "NDC"), "2", "vial", "2026-11-24T12:00:00"),

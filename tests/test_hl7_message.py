@@ -82,9 +82,7 @@ def test_v27_truncation_character() -> None:
 @pytest.mark.parametrize("terminator", ["\r", "\n", "\r\n"])
 def test_segment_terminators_read_alike_and_round_trip(terminator: str) -> None:
     """CR, LF and CRLF terminators give the same fields and serialize back exactly."""
-    raw = oru("OBX|1|NM|2823-3^K^LN||6.9|mmol/L|3.5-5.1|HH|||F", "ZPX|custom|data").replace(
-        b"\r", terminator.encode()
-    )
+    raw = oru("OBX|1|NM|2823-3^K^LN||6.9|mmol/L|3.5-5.1|HH|||F", "ZPX|custom|data").replace(b"\r", terminator.encode())
     msg = parse(raw)
     assert msg.terminator == terminator
     assert msg.get("OBX-8") == "HH"
