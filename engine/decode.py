@@ -43,7 +43,12 @@ class Decoded(msgspec.Struct, frozen=True):
 
 def _canonical_hash(raw: bytes) -> str:
     """sha256 of the JSON re-encoded with sorted keys: same content, same id."""
-    canonical = msgspec.json.encode(msgspec.json.decode(raw), order="sorted")
+    try:
+        canonical = msgspec.json.encode(msgspec.json.decode(raw), order="sorted")
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # Parts the resource decoders skip (an unknown element) can still defeat
+        # a generic decode; the exact bytes are then the identity.
+        canonical = raw
     return "fhir:sha256:" + hashlib.sha256(canonical).hexdigest()
 
 

@@ -74,6 +74,12 @@ def decode_document(raw: bytes) -> Resource | DecodedBundle:
             return decode_document(raw[len(_BOM) :])
         except JSONError as exc:
             raise exc.located(byte_offset=len(_BOM)) from None
+    if not raw.isascii():
+        # JSON is UTF-8; msgspec checks only the strings it keeps, so check all.
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _utf8_error(raw) from None
     head = _head(raw, "$")
     if head.resourceType == "Bundle":
         bundle = _decode(_BUNDLE, raw, "$")
@@ -106,6 +112,8 @@ def _head(raw: bytes, path: str) -> _Head:
         raise _shape_error(exc, path) from None
     except msgspec.DecodeError as exc:
         raise _json_error(exc) from None
+    except UnicodeDecodeError:
+        raise _utf8_error(raw) from None
     if not head.resourceType:
         raise ShapeError("JSON object has no resourceType: not a FHIR resource", ErrorLocation(path=path))
     return head
@@ -118,6 +126,17 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes, path: str) -> Any:
         raise _shape_error(exc, path) from None
     except msgspec.DecodeError as exc:
         raise _json_error(exc) from None
+    except UnicodeDecodeError:
+        raise _utf8_error(raw) from None
+
+
+def _utf8_error(raw: bytes) -> JSONError:
+    """JSON must be UTF-8; name the first byte that is not."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return JSONError("invalid JSON: not UTF-8", ErrorLocation(byte_offset=exc.start))
+    return JSONError("invalid JSON: not UTF-8")
 
 
 def _json_error(exc: msgspec.DecodeError) -> JSONError:

@@ -58,6 +58,10 @@ def read_header(raw: bytes) -> Header:
         if i >= 0:
             end = i
     fs = raw[start + 3 : start + 4]
+    if fs.isalnum() or fs in b" \r\n\t":
+        raise HeaderError(
+            f"MSH-1 field separator {fs!r} is not allowed", ErrorLocation(byte_offset=start + 3, segment="MSH", field=1)
+        )
     fields = raw[start:end].split(fs)
     fields.insert(1, fs)
     enc = fields[2]
