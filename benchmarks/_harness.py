@@ -1,0 +1,114 @@
+"""What every benchmark shares: arguments, timing, the sample data, the table and the JSON.
+
+Contenders run in the same process, interleaved round by round, and each is
+credited with its best round: on a shared, noisy machine the best round is
+the one least disturbed, and ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7v2"
+
+
+class Contender(msgspec.Struct):
+    """One thing measured: a name, what it does, and a function over one message."""
+
+    name: str
+    does: str
+    run: Callable[[Any], object]
+    inputs: Sequence[Any]
+    max_messages: int | None = None  # for slow peers: a prefix of the inputs per round
+    best_per_s: float = 0.0
+    failures: int = 0
+
+
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI): checks the benchmark runs")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--rounds", type=int, help="rounds per contender (best is kept)")
+    return parser.parse_args()
+
+
+def corpus_messages() -> tuple[list[bytes], str]:
+    """The public sample corpus, or (where absent) a generated feed, and which it was."""
+    if CORPUS.is_dir():
+        files = sorted(p for p in CORPUS.iterdir() if p.is_file())
+        return [p.read_bytes() for p in files], f"../shared/corpus/hl7v2 ({len(files)} messages)"
+    from engine.feedgen import generate_feed
+
+    return generate_feed(500, seed=1), "generated feed (corpus absent: ../shared/corpus/hl7v2)"
+
+
+def peer_text(raw: bytes) -> str:
+    """What the peers accept: text with CR segment ends (prepared outside their timing)."""
+    return raw.decode("utf-8-sig", errors="replace").replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+
+
+def measure(contenders: list[Contender], rounds: int, budget_s: float) -> None:
+    """Run every contender `rounds` times, interleaved; keep each one's best rate."""
+    for _ in range(rounds):
+        for c in contenders:
+            inputs = c.inputs[: c.max_messages] if c.max_messages else c.inputs
+            done, failures = 0, 0
+            started = time.perf_counter()
+            while True:
+                for item in inputs:
+                    try:
+                        c.run(item)
+                    except Exception:  # noqa: BLE001 -- a peer's failure is counted, not fatal
+                        failures += 1
+                done += len(inputs)
+                elapsed = time.perf_counter() - started
+                if elapsed >= budget_s:
+                    break
+            c.best_per_s = max(c.best_per_s, done / elapsed)
+            c.failures = max(c.failures, failures)
+
+
+def report(title: str, data: str, contenders: list[Contender], extra: dict[str, Any], json_path: Path | None) -> None:
+    """Print the table and write the JSON."""
+    console = Console(width=max(100, Console().width))
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    table = Table(title=f"{title}\n[dim]{data}; best of the rounds; {python}[/]")
+    table.add_column("contender")
+    table.add_column("what it does")
+    table.add_column("messages/s", justify="right")
+    table.add_column("failures", justify="right")
+    for c in contenders:
+        table.add_row(c.name, c.does, f"{c.best_per_s:,.0f}", str(c.failures))
+    console.print(table)
+    for key, value in extra.items():
+        console.print(f"{key}: [bold]{value}[/]")
+    if json_path is not None:
+        doc = {
+            "title": title,
+            "data": data,
+            "python": platform.python_version(),
+            "results": [
+                {"name": c.name, "does": c.does, "messages_per_s": round(c.best_per_s, 1), "failures": c.failures}
+                for c in contenders
+            ],
+            **extra,
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
+
+
+def fail_if(condition: bool, message: str) -> None:
+    """A benchmark that cannot measure what it claims fails loudly."""
+    if condition:
+        print(f"benchmark broken: {message}", file=sys.stderr)
+        sys.exit(1)

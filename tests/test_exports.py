@@ -1,0 +1,17 @@
+"""Every package's public names exist and are importable from the package."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PACKAGES = ["engine.hl7", "engine.fhir", "lanes", "engine.model", "engine.errors", "engine.mllp", "engine.decode"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_names_exist(name: str) -> None:
+    """`__all__` lists only names the module really has."""
+    module = importlib.import_module(name)
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert not missing
