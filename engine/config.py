@@ -17,7 +17,17 @@ import msgspec
 from engine.errors import ConfigError
 from lanes.rules import ClassificationRules
 
-__all__ = ["DEFAULT_CONFIG_PATH", "Config", "IngestConfig", "LanesConfig", "decode_config", "load_config"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "AuditConfig",
+    "Config",
+    "IngestConfig",
+    "LanesConfig",
+    "NodeConfig",
+    "WalConfig",
+    "decode_config",
+    "load_config",
+]
 
 # The repository's config.toml: the embedded default.
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
@@ -32,6 +42,57 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MIB)] = 16 * _MIB
 
 
+_KIB = 1024
+
+
+@final
+class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the node keeps its data; a relative path is relative to the config file."""
+
+    data_dir: str = ".vigil"
+
+
+@final
+class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The write-ahead log.
+
+    Attributes:
+        segment_bytes_max: a segment is sealed and a new one begun past this size.
+        commit_delay_ms: how long a group of batch-lane records only may wait
+            for more before its fsync; groups holding any critical or standard
+            record never wait.
+        group_records_max: the most records one write + fsync covers.
+        group_bytes_max: the most bytes one write covers (a single larger
+            record is written alone).
+        queue_appends_max: appends waiting for the writer before callers wait
+            too (backpressure).
+        checkpoint_records_interval: a checkpoint every this many records;
+            recovery verifies the hash chain from the last checkpoint.
+        sparse_index_records_interval: one (LSN, offset) index entry per this
+            many records.
+    """
+
+    segment_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB)] = 64 * _MIB
+    commit_delay_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    group_records_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    group_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB, le=1024 * _MIB)] = 8 * _MIB
+    queue_appends_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    checkpoint_records_interval: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    sparse_index_records_interval: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 64
+
+
+@final
+class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The keyed audit checkpoints.
+
+    The key is read from the environment variable named by `key_env`, never
+    from this file or the repository. Without it, checkpoints are unkeyed and
+    `vigil audit verify` says so.
+    """
+
+    key_env: str = "VIGIL_AUDIT_KEY"
+
+
 @final
 class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Lane settings; `rules` decide which message goes to which lane."""
@@ -43,7 +104,10 @@ class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole node configuration."""
 
+    node: NodeConfig = NodeConfig()
     ingest: IngestConfig = IngestConfig()
+    wal: WalConfig = WalConfig()
+    audit: AuditConfig = AuditConfig()
     lanes: LanesConfig = LanesConfig()
 
 

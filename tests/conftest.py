@@ -23,6 +23,12 @@ def corpus_files(kind: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every anyio test runs on both backends."""
+    return str(request.param)
+
+
 @pytest.fixture
 def corpus_dir() -> Path:
     """The corpus folder; skips the test with the reason where it is absent."""

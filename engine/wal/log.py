@@ -1,0 +1,499 @@
+"""The write-ahead log: durable before acknowledged, group-committed, crash-safe.
+
+`open_wal` recovers the log (truncating a torn tail, refusing corruption),
+starts the writer task, and yields a `WriteAheadLog`. `append` returns only
+when the records are on disk: the writer gathers whatever appends are waiting
+into one write and one fdatasync (group commit). A group of batch-lane records
+only may wait `commit_delay_ms` for company; a group with any critical or
+standard record is written at once, so a critical record never waits for a
+batch window.
+
+Failure semantics, after what storage engines learned the hard way:
+- an fsync (or other I/O) error stops the log for good: every waiting and
+  later append fails with `WALFailedError`; no retry on the same file, since
+  the kernel may already have dropped the unwritten pages;
+- a full disk refuses the group (`DiskFullError`, retryable), truncates any
+  partial write, and keeps the log open: reads work and appends resume when
+  there is space again;
+- a redelivered message (same message id) is not appended twice: `append`
+  answers with the LSN it already has (invariant 4).
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import os
+from array import array
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import final
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from engine.config import WalConfig
+from engine.model import Envelope, Lane
+from engine.wal.checkpoint import Checkpoint, CheckpointStore
+from engine.wal.errors import DiskFullError, WALFailedError, WALLockedError
+from engine.wal.files import FileLayer, OSFiles
+from engine.wal.record import FRAME, SEGMENT_MAGIC, LogRecord, RecordHead, decode_record, encode_frame
+from engine.wal.scan import SegmentInfo, scan_log, segment_name
+
+__all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal"]
+
+_log = structlog.get_logger("vigil.wal")
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SEGMENT_BITS = 40  # patient index entries pack (segment << 40 | offset)
+_Pending = tuple[int, str, tuple[str, ...]]  # a framed record: LSN, message id, patients
+
+
+def utc_now() -> str:
+    """The log's clock: ISO 8601 UTC with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@final
+class Position(msgspec.Struct, frozen=True):
+    """Where an appended message is: its LSN, and whether it was already there."""
+
+    lsn: int
+    duplicate: bool = False
+
+
+@final
+class WALStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the log's counters."""
+
+    last_lsn: int
+    segments: int
+    appended_records: int
+    duplicate_records: int
+    groups: int
+    queued_appends: int
+    disk_full_refusals: int
+    failed: str | None
+
+
+@final
+class _Append:
+    """One caller's append, waiting for its group's fsync."""
+
+    __slots__ = ("done", "envelopes", "epoch", "error", "partition", "positions", "urgent")
+
+    def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int) -> None:
+        self.envelopes = envelopes
+        self.partition = partition
+        self.epoch = epoch
+        self.done = anyio.Event()
+        self.positions: list[Position] = []
+        self.error: BaseException | None = None
+        # Only an all-batch append may wait for company before its fsync.
+        self.urgent = any(e.lane is not Lane.BATCH for e in envelopes)
+
+
+@final
+class WriteAheadLog:
+    """A log directory opened for appending; build with `open_wal`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: WalConfig,
+        files: FileLayer,
+        clock: Callable[[], str],
+        tail_window_bytes: int,
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self._files = files
+        self._clock = clock
+        self._tail_window = tail_window_bytes
+        self._segments: list[SegmentInfo] = []
+        self._firsts: list[int] = []  # first LSN of each segment, for bisect
+        self._ids: dict[str, int] = {}
+        self._patients: dict[str, array[int]] = {}
+        self._last_lsn = 0
+        self._last_hash = b""
+        self._handle: int | None = None
+        self._failure: WALFailedError | None = None
+        self._checkpoints = CheckpointStore(directory, files)
+        self._checkpoint_lsn = 0
+        self._send, self._receive = anyio.create_memory_object_stream[_Append](config.queue_appends_max)
+        self._appended = self._duplicates = self._groups = self._disk_full = 0
+
+    # -- recovery -----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Scan the log, rebuild the indexes, truncate a torn tail; refuse corruption."""
+        checkpoint = self._checkpoints.load()
+        result = scan_log(
+            self.directory,
+            self._files,
+            chain_from_lsn=checkpoint.lsn if checkpoint else 0,
+            chain_from_hash=checkpoint.hash if checkpoint else None,
+            visit=self._index,
+            sparse_every=self.config.sparse_index_records_interval,
+            tail_window_bytes=self._tail_window,
+        )
+        self._segments = result.segments
+        self._firsts = [s.first_lsn for s in self._segments]
+        self._last_lsn = result.last_lsn
+        self._last_hash = result.last_hash
+        self._checkpoint_lsn = checkpoint.lsn if checkpoint else 0
+        if result.tail is not None:
+            tail = result.tail
+            _log.warning(
+                "wal.torn_tail_truncated",
+                segment=tail.segment,
+                offset=tail.offset,
+                bytes=tail.size,
+                reason=tail.reason,
+            )
+        if not self._segments:
+            self._new_segment(1)
+        else:
+            seg = self._segments[-1]
+            self._handle = self._files.open_append(seg.path)
+            if result.tail is not None:
+                self._files.truncate(self._handle, seg.size)
+                if seg.size == 0:
+                    self._files.write(self._handle, SEGMENT_MAGIC)
+                    seg.size = len(SEGMENT_MAGIC)
+                self._files.sync(self._handle)
+        _log.info("wal.opened", last_lsn=self._last_lsn, segments=len(self._segments), hashed=result.hashed_records)
+
+    def _index(self, segment: int, offset: int, head: RecordHead) -> None:
+        self._add(segment, offset, head.lsn, head.message_id, head.patients)
+
+    def _add(self, segment: int, offset: int, lsn: int, message_id: str, patients: tuple[str, ...]) -> None:
+        self._ids[message_id] = lsn
+        entry = segment << _SEGMENT_BITS | offset
+        for key in patients:
+            positions = self._patients.get(key)
+            if positions is None:
+                self._patients[key] = positions = array("q")
+            positions.append(entry)
+
+    def _new_segment(self, first_lsn: int) -> None:
+        """Begin a segment (sealing the current one); a full disk leaves no trace."""
+        seg = SegmentInfo(self.directory / segment_name(first_lsn), first_lsn)
+        handle = self._files.open_append(seg.path)
+        try:
+            self._files.truncate(handle, 0)
+            self._files.write(handle, SEGMENT_MAGIC)
+            self._files.sync(handle)
+            self._files.sync_dir(self.directory)
+        except OSError as exc:
+            self._files.close(handle)
+            self._files.remove(seg.path)
+            if exc.errno in _DISK_FULL:
+                raise DiskFullError(f"no space left to begin a log segment in {self.directory}; retry later") from exc
+            raise
+        if self._handle is not None:
+            self._files.close(self._handle)
+        self._handle = handle
+        self._segments.append(seg)
+        self._firsts.append(first_lsn)
+
+    # -- appending ----------------------------------------------------------
+
+    async def append(self, envelopes: Sequence[Envelope], *, partition: int = 0, epoch: int = 0) -> list[Position]:
+        """Append messages; return when they are durable (or were already there).
+
+        Cancelling the caller does not cancel the write: the records may become
+        durable without being acknowledged, and a redelivery is then answered
+        from the idempotency index.
+
+        Raises:
+            DiskFullError: no space for this group; nothing was written; retry later.
+            WALFailedError: the log stopped after an I/O error.
+        """
+        if self._failure is not None:
+            raise self._failure
+        request = _Append(envelopes, partition, epoch)
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.positions
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer: gather waiting appends, write them with one fsync, answer them."""
+        task_status.started()
+        delay = self.config.commit_delay_ms / 1000
+        async with self._receive:
+            async for first in self._receive:
+                group = [first]
+                self._gather(group)
+                if delay and not any(a.urgent for a in group):
+                    await self._wait_for_company(group, delay)
+                with anyio.CancelScope(shield=True):
+                    await self._commit(group)
+
+    def _gather(self, group: list[_Append]) -> None:
+        limit = self.config.group_records_max
+        count = sum(len(a.envelopes) for a in group)
+        while count < limit:
+            try:
+                more = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
+            group.append(more)
+            count += len(more.envelopes)
+
+    async def _wait_for_company(self, group: list[_Append], delay: float) -> None:
+        """A batch-only group waits up to `delay` for more, ending early for urgent work."""
+        with anyio.move_on_after(delay):
+            while sum(len(a.envelopes) for a in group) < self.config.group_records_max:
+                try:
+                    more = await self._receive.receive()
+                except anyio.EndOfStream:
+                    return
+                group.append(more)
+                if more.urgent:
+                    return
+
+    async def _commit(self, group: list[_Append]) -> None:
+        if self._failure is not None:
+            _answer(group, self._failure)
+            return
+        frames, hashes, offsets, pending = self._encode(group)
+        if not frames:
+            _answer(group, None)
+            return
+        data = b"".join(frames)
+        try:
+            start = await anyio.to_thread.run_sync(self._write_group, data, pending[0][0])
+        except DiskFullError as exc:
+            self._disk_full += 1
+            _answer(group, exc)
+            return
+        except OSError as exc:
+            self._fail(f"{exc.strerror or exc} while writing the log", exc)
+            _answer(group, self._failure)
+            return
+        self._durable(start, len(data), offsets, hashes, pending)
+        _answer(group, None)
+        if self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval:
+            await anyio.to_thread.run_sync(self.checkpoint)
+
+    def _encode(self, group: list[_Append]) -> tuple[list[bytes], list[bytes], list[int], list[_Pending]]:
+        """Frame every new record of the group; answer duplicates from the index."""
+        frames: list[bytes] = []
+        hashes: list[bytes] = []
+        offsets: list[int] = []
+        pending: list[_Pending] = []
+        assigned: dict[str, int] = {}
+        lsn, prev, size = self._last_lsn, self._last_hash, 0
+        now = self._clock()
+        for request in group:
+            request.positions = []
+            for env in request.envelopes:
+                known = self._ids.get(env.message_id) or assigned.get(env.message_id)
+                if known is not None:
+                    request.positions.append(Position(known, duplicate=True))
+                    self._duplicates += 1
+                    continue
+                lsn += 1
+                patients = (env.patient, *env.other_patients) if env.patient else env.other_patients
+                record = LogRecord(lsn, now, request.partition, request.epoch, env.message_id, patients, prev, env)
+                frame, prev = encode_frame(record)
+                frames.append(frame)
+                hashes.append(prev)
+                offsets.append(size)
+                size += len(frame)
+                pending.append((lsn, env.message_id, patients))
+                assigned[env.message_id] = lsn
+                request.positions.append(Position(lsn))
+        return frames, hashes, offsets, pending
+
+    def _write_group(self, data: bytes, first_lsn: int) -> int:
+        """In a worker thread: roll the segment if due, write, fdatasync. Returns the write offset."""
+        seg = self._segments[-1]
+        if seg.size + len(data) > self.config.segment_bytes_max and seg.last_lsn >= seg.first_lsn:
+            self._new_segment(first_lsn)
+            seg = self._segments[-1]
+        assert self._handle is not None
+        start = seg.size
+        try:
+            self._files.write(self._handle, data)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            # Take back whatever part of the group reached the file; if even
+            # that fails, the file's end is unknown and the log must stop.
+            self._files.truncate(self._handle, start)
+            raise DiskFullError(
+                f"no space left for {len(data)} bytes in {self.directory}; nothing was written, retry later"
+            ) from exc
+        self._files.sync(self._handle)
+        return start
+
+    def _durable(self, start: int, size: int, offsets: list[int], hashes: list[bytes], pending: list[_Pending]) -> None:
+        seg_index = len(self._segments) - 1
+        seg = self._segments[-1]
+        every = self.config.sparse_index_records_interval
+        for (lsn, message_id, patients), offset in zip(pending, offsets, strict=True):
+            self._add(seg_index, start + offset, lsn, message_id, patients)
+            if (lsn - seg.first_lsn) % every == 0:
+                seg.sparse.append((lsn, start + offset))
+        last_lsn = pending[-1][0]
+        seg.last_lsn = last_lsn
+        seg.size = start + size
+        self._last_lsn = last_lsn
+        self._last_hash = hashes[-1]
+        self._appended += len(pending)
+        self._groups += 1
+
+    def _fail(self, why: str, exc: BaseException) -> None:
+        self._failure = WALFailedError(f"the log stopped: {why}; appends are refused until the node restarts")
+        self._failure.__cause__ = exc
+        _log.error("wal.failed", reason=why)
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Record the last durable LSN and its hash; recovery verifies the chain from here."""
+        if self._last_lsn in (0, self._checkpoint_lsn) or self._failure is not None:
+            return
+        self._checkpoints.save(Checkpoint(self._last_lsn, self._last_hash, utc_now()))
+        self._checkpoint_lsn = self._last_lsn
+
+    # -- reading ------------------------------------------------------------
+
+    @property
+    def last_lsn(self) -> int:
+        """The last durable LSN (0 for an empty log)."""
+        return self._last_lsn
+
+    def lookup(self, message_id: str) -> int | None:
+        """The LSN of a message id, if the log has it."""
+        return self._ids.get(message_id)
+
+    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]:
+        """Every durable record from `lsn` on, in order."""
+        lsn = max(lsn, 1)
+        last = self._last_lsn
+        if lsn > last:
+            return
+        index = max(bisect.bisect_right(self._firsts, lsn) - 1, 0)
+        for seg in self._segments[index:]:
+            if seg.last_lsn < seg.first_lsn:
+                continue
+            start = _sparse_offset(seg, lsn)
+            end = seg.size
+            data = self._files.read(seg.path, start, end - start)
+            pos = 0
+            while pos < len(data):
+                length, _ = FRAME.unpack_from(data, pos)
+                record = decode_record(data[pos + FRAME.size : pos + FRAME.size + length])
+                pos += FRAME.size + length
+                if record.lsn > last:
+                    return
+                if record.lsn >= lsn:
+                    yield record
+
+    def read_patient(self, patient: str) -> Iterator[LogRecord]:
+        """Every durable record touching one patient, in order, without a scan."""
+        for entry in list(self._patients.get(patient, ())):
+            seg = self._segments[entry >> _SEGMENT_BITS]
+            offset = entry & ((1 << _SEGMENT_BITS) - 1)
+            length, _ = FRAME.unpack(self._files.read(seg.path, offset, FRAME.size))
+            yield decode_record(self._files.read(seg.path, offset + FRAME.size, length))
+
+    def statistics(self) -> WALStatistics:
+        """A snapshot of the counters."""
+        return WALStatistics(
+            last_lsn=self._last_lsn,
+            segments=len(self._segments),
+            appended_records=self._appended,
+            duplicate_records=self._duplicates,
+            groups=self._groups,
+            queued_appends=self._send.statistics().current_buffer_used,
+            disk_full_refusals=self._disk_full,
+            failed=str(self._failure) if self._failure else None,
+        )
+
+    def close(self) -> None:
+        """Checkpoint and release the segment handle (the writer has stopped)."""
+        if self._handle is not None:
+            if self._failure is None:
+                self.checkpoint()
+            self._files.close(self._handle)
+            self._handle = None
+
+
+def _sparse_offset(seg: SegmentInfo, lsn: int) -> int:
+    i = bisect.bisect_right(seg.sparse, (lsn, 1 << 62)) - 1
+    return seg.sparse[i][1] if i >= 0 else len(SEGMENT_MAGIC)
+
+
+def _answer(group: list[_Append], error: BaseException | None) -> None:
+    for request in group:
+        request.error = error
+        request.done.set()
+
+
+@asynccontextmanager
+async def open_wal(
+    directory: Path,
+    config: WalConfig | None = None,
+    *,
+    files: FileLayer | None = None,
+    clock: Callable[[], str] = utc_now,
+    tail_window_bytes: int | None = None,
+) -> AsyncIterator[WriteAheadLog]:
+    """Open (creating or recovering) a log directory and run its writer.
+
+    Raises:
+        WALLockedError: another process has this log open.
+        WALCorruptError: the log is damaged before its tail.
+    """
+    config = config if config is not None else WalConfig()
+    files = files if files is not None else OSFiles()
+    await anyio.to_thread.run_sync(files.list, directory)  # creates the directory
+    window = tail_window_bytes if tail_window_bytes is not None else config.group_bytes_max + 64 * 1024 * 1024
+    with _exclusive_lock(directory):
+        wal = WriteAheadLog(directory, config, files, clock, window)
+        try:
+            await anyio.to_thread.run_sync(wal.recover)
+        except BaseException:
+            wal._send.close()
+            wal._receive.close()
+            raise
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(wal.run)
+                try:
+                    yield wal
+                finally:
+                    # Let the writer finish what is queued, then stop it.
+                    await wal._send.aclose()
+        finally:
+            await anyio.to_thread.run_sync(wal.close)
+
+
+class _exclusive_lock:  # noqa: N801 -- used as a context manager, named like one
+    """An flock on `LOCK` in the log directory: one process per log."""
+
+    def __init__(self, directory: Path) -> None:
+        self._path = directory / "LOCK"
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise WALLockedError(f"{self._path.parent} is in use by another process") from None
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)

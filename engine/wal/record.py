@@ -1,0 +1,133 @@
+"""Log records and their framing: `length | crc32c | body`, bodies hash-chained.
+
+The body is MessagePack (msgspec), an array whose last element is the whole
+envelope. Recovery decodes a `RecordHead`, the same array with the envelope
+left as raw bytes, so rebuilding the indexes never pays for decoding events.
+
+The CRC (CRC32C, in C) covers the length and the body, so a flipped bit in
+either is caught. Each body holds the SHA-256 of the previous body: editing or
+deleting any record breaks the chain after it (`vigil wal verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Final, final
+
+import google_crc32c
+import msgspec
+
+from engine.model import Envelope
+
+__all__ = [
+    "FRAME",
+    "GENESIS_HASH",
+    "SEGMENT_MAGIC",
+    "Frame",
+    "LogRecord",
+    "RecordHead",
+    "body_hash",
+    "checksum",
+    "decode_head",
+    "decode_record",
+    "encode_frame",
+    "read_frame",
+]
+
+FRAME: Final = struct.Struct("<II")  # body length, crc32c(length bytes + body)
+SEGMENT_MAGIC: Final = b"VIGILWAL\x00\x00\x00\x01"  # file type and format version 1
+GENESIS_HASH: Final = bytes(32)  # the "previous hash" of the first record
+
+
+@final
+class LogRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One durable record: where it sits in the log, and the envelope it keeps.
+
+    Attributes:
+        lsn: log sequence number, 1, 2, 3... without gaps.
+        recorded_at: when the log recorded it (ISO 8601, UTC).
+        partition: the patient's partition (0 in single-node mode).
+        epoch: the partition owner's epoch (0 in single-node mode).
+        message_id: the envelope's id, repeated here for the idempotency index.
+        patients: every patient key the message touches (primary first).
+        prev_hash: SHA-256 of the previous record's body.
+        envelope: the message: original bytes, lane, events.
+    """
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: bytes
+    envelope: Envelope
+
+
+@final
+class RecordHead(msgspec.Struct, frozen=True, array_like=True):
+    """A `LogRecord` with the envelope left undecoded: what recovery needs."""
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: bytes
+    envelope: msgspec.Raw
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_RECORD = msgspec.msgpack.Decoder(LogRecord)
+_HEAD = msgspec.msgpack.Decoder(RecordHead)
+
+
+def checksum(length_bytes: bytes, body: bytes) -> int:
+    """CRC32C over the length field and the body."""
+    return int(google_crc32c.extend(google_crc32c.value(length_bytes), body))
+
+
+def body_hash(body: bytes) -> bytes:
+    """The chain hash of a record: SHA-256 of its body."""
+    return hashlib.sha256(body).digest()
+
+
+def encode_frame(record: LogRecord) -> tuple[bytes, bytes]:
+    """The framed bytes of a record, and its body hash."""
+    body = _ENCODER.encode(record)
+    length = struct.pack("<I", len(body))
+    return length + struct.pack("<I", checksum(length, body)) + body, body_hash(body)
+
+
+@final
+class Frame(msgspec.Struct, frozen=True):
+    """A frame found in a buffer: where its body is, and whether its CRC holds."""
+
+    offset: int
+    end: int
+    body: bytes
+    crc_ok: bool
+
+
+def read_frame(buf: bytes, offset: int) -> Frame | None:
+    """The frame at `offset`, or None when the buffer ends before it does (torn)."""
+    if offset + FRAME.size > len(buf):
+        return None
+    length, crc = FRAME.unpack_from(buf, offset)
+    end = offset + FRAME.size + length
+    if end > len(buf):
+        return None
+    body = buf[offset + FRAME.size : end]
+    return Frame(offset, end, body, checksum(buf[offset : offset + 4], body) == crc)
+
+
+def decode_head(body: bytes | memoryview) -> RecordHead:
+    """Decode a record's head (raises msgspec errors on a malformed body)."""
+    return _HEAD.decode(body)
+
+
+def decode_record(body: bytes | memoryview) -> LogRecord:
+    """Decode a whole record (raises msgspec errors on a malformed body)."""
+    return _RECORD.decode(body)

@@ -1,0 +1,242 @@
+"""Reading a log directory from the start: what recovery and `vigil wal verify` share.
+
+The scan checks every frame's CRC, that LSNs follow without a gap, and the
+hash chain from a given LSN on (recovery starts the chain at its last
+checkpoint; `verify` at the genesis). Damage is one of two things:
+
+- a torn tail: the last segment ends in bytes that are not a whole, valid
+  record, no valid record follows them, and they are no longer than the
+  largest single write the log makes. Only a crash mid-write leaves that;
+  recovery truncates it and says so.
+- corruption: anything else (a bad CRC with valid records after it, a broken
+  chain, a gap, damage in a sealed segment). The log refuses to open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import final
+
+import msgspec
+
+from engine.wal.errors import WALCorruptError
+from engine.wal.files import FileLayer
+from engine.wal.record import FRAME, GENESIS_HASH, SEGMENT_MAGIC, RecordHead, body_hash, checksum, decode_head
+
+__all__ = ["ScanResult", "SegmentInfo", "TailDamage", "Visitor", "scan_log", "segment_name"]
+
+SEGMENT_SUFFIX = ".seg"
+# A LogRecord body is a MessagePack array of 8 elements: it starts with 0x98.
+_BODY_MARK = b"\x98"
+
+Visitor = Callable[[int, int, RecordHead], None]  # (segment index, frame offset, head)
+
+
+def segment_name(first_lsn: int) -> str:
+    """Segments are named by their first LSN, zero-padded so names sort in log order."""
+    return f"{first_lsn:020d}{SEGMENT_SUFFIX}"
+
+
+@final
+class SegmentInfo:
+    """One segment file: its LSN range, its valid length, and a sparse LSN index."""
+
+    __slots__ = ("first_lsn", "last_lsn", "name", "path", "size", "sparse")
+
+    def __init__(self, path: Path, first_lsn: int) -> None:
+        self.path = path
+        self.name = path.name
+        self.first_lsn = first_lsn
+        self.last_lsn = first_lsn - 1  # empty until a record is added
+        self.size = len(SEGMENT_MAGIC)
+        self.sparse: list[tuple[int, int]] = []  # (lsn, frame offset) every few records
+
+
+@final
+class TailDamage(msgspec.Struct, frozen=True):
+    """Bytes at the end of the last segment that are not a whole valid record."""
+
+    segment: str
+    offset: int
+    size: int
+    reason: str
+
+
+@final
+class ScanResult(msgspec.Struct):
+    """What a scan found."""
+
+    segments: list[SegmentInfo]
+    records: int
+    last_lsn: int
+    last_hash: bytes
+    hashed_records: int
+    tail: TailDamage | None = None
+
+
+def scan_log(
+    directory: Path,
+    files: FileLayer,
+    *,
+    chain_from_lsn: int = 0,
+    chain_from_hash: bytes | None = None,
+    visit: Visitor | None = None,
+    sparse_every: int = 64,
+    tail_window_bytes: int = 64 * 1024 * 1024,
+) -> ScanResult:
+    """Scan every segment in order.
+
+    Args:
+        chain_from_lsn: verify the hash chain from this LSN on (0: from genesis).
+        chain_from_hash: the expected hash of record `chain_from_lsn` (a checkpoint's).
+        visit: called for every valid record, to build indexes.
+        sparse_every: keep one (LSN, offset) pair per this many records.
+        tail_window_bytes: the largest single write; longer damage is corruption.
+
+    Raises:
+        WALCorruptError: damage that is not a torn tail.
+    """
+    names = [n for n in files.list(directory) if n.endswith(SEGMENT_SUFFIX)]
+    result = ScanResult([], 0, 0, GENESIS_HASH, 0)
+    state = _Chain(chain_from_lsn, chain_from_hash)
+    for index, name in enumerate(names):
+        last = index == len(names) - 1
+        seg = _open_segment(directory / name, result.last_lsn + 1)
+        result.segments.append(seg)
+        data = files.read(seg.path)
+        if not data.startswith(SEGMENT_MAGIC):
+            if last and SEGMENT_MAGIC.startswith(data):
+                # Created, then the process died before the header was on disk.
+                result.tail = TailDamage(name, 0, len(data), "segment header incomplete")
+                seg.size = 0
+                break
+            raise WALCorruptError("not a Vigil log segment (bad header)", name, 0)
+        result.tail = _scan_segment(
+            data,
+            seg,
+            index,
+            last=last,
+            chain=state,
+            result=result,
+            visit=visit,
+            sparse_every=sparse_every,
+            window=tail_window_bytes,
+        )
+    if chain_from_lsn and result.last_lsn < chain_from_lsn:
+        where = result.segments[-1].name if result.segments else "(no segment)"
+        raise WALCorruptError(f"checkpoint at LSN {chain_from_lsn} but the log ends at LSN {result.last_lsn}", where, 0)
+    result.last_hash = state.last_hash
+    result.hashed_records = state.hashed
+    return result
+
+
+def _open_segment(path: Path, expected_first: int) -> SegmentInfo:
+    stem = path.name.removesuffix(SEGMENT_SUFFIX)
+    if not stem.isdigit() or int(stem) != expected_first:
+        raise WALCorruptError(f"segment should start at LSN {expected_first} (a segment is missing)", path.name, 0)
+    return SegmentInfo(path, expected_first)
+
+
+@final
+class _Chain:
+    """The running hash-chain check."""
+
+    __slots__ = ("expected_hash", "from_lsn", "hashed", "last_hash")
+
+    def __init__(self, from_lsn: int, expected_hash: bytes | None) -> None:
+        self.from_lsn = from_lsn
+        self.expected_hash = expected_hash
+        self.last_hash = GENESIS_HASH
+        self.hashed = 0
+
+
+def _scan_segment(
+    data: bytes,
+    seg: SegmentInfo,
+    index: int,
+    *,
+    last: bool,
+    chain: _Chain,
+    result: ScanResult,
+    visit: Visitor | None,
+    sparse_every: int,
+    window: int,
+) -> TailDamage | None:
+    buf = data
+    n = len(data)
+    pos = len(SEGMENT_MAGIC)
+    expected = result.last_lsn + 1
+    unpack = FRAME.unpack_from
+    damage: TailDamage | None = None
+    while pos < n:
+        if pos + FRAME.size > n:
+            damage = _damage(data, seg, pos, last=last, window=window, reason="record header cut short")
+            break
+        length, crc = unpack(buf, pos)
+        end = pos + FRAME.size + length
+        if end > n:
+            damage = _damage(data, seg, pos, last=last, window=window, reason="record cut short")
+            break
+        body = buf[pos + FRAME.size : end]
+        if checksum(buf[pos : pos + 4], body) != crc:
+            damage = _damage(data, seg, pos, last=last, window=window, reason="CRC mismatch")
+            break
+        try:
+            head = decode_head(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise WALCorruptError("record body does not decode (CRC valid)", seg.name, pos) from None
+        if head.lsn != expected:
+            raise WALCorruptError(f"LSN {head.lsn} where {expected} was due (a gap)", seg.name, pos)
+        if head.lsn >= chain.from_lsn:
+            _check_chain(chain, head, body, seg.name, pos)
+        if visit is not None:
+            visit(index, pos, head)
+        if (expected - seg.first_lsn) % sparse_every == 0:
+            seg.sparse.append((expected, pos))
+        expected += 1
+        pos = end
+    seg.size = pos
+    seg.last_lsn = expected - 1
+    result.records += expected - 1 - result.last_lsn
+    result.last_lsn = expected - 1
+    return damage
+
+
+def _check_chain(chain: _Chain, head: RecordHead, body: bytes, segment: str, pos: int) -> None:
+    digest = body_hash(body)
+    if head.lsn == chain.from_lsn and chain.expected_hash is not None:
+        # The checkpointed record: its hash was vouched for when it was durable.
+        if digest != chain.expected_hash:
+            raise WALCorruptError(f"record {head.lsn} does not match the checkpoint's hash", segment, pos)
+    elif head.prev_hash != chain.last_hash:
+        raise WALCorruptError(f"hash chain broken at LSN {head.lsn} (a record was edited or removed)", segment, pos)
+    chain.last_hash = digest
+    chain.hashed += 1
+
+
+def _damage(data: bytes, seg: SegmentInfo, pos: int, *, last: bool, window: int, reason: str) -> TailDamage:
+    remaining = len(data) - pos
+    if not last:
+        raise WALCorruptError(f"{reason} in a sealed segment", seg.name, pos)
+    if remaining > window:
+        raise WALCorruptError(f"{reason}, {remaining} bytes before the end (more than one write)", seg.name, pos)
+    if _valid_frame_after(data, pos):
+        raise WALCorruptError(f"{reason}, and valid records follow", seg.name, pos)
+    return TailDamage(seg.name, pos, remaining, reason)
+
+
+def _valid_frame_after(data: bytes, pos: int) -> bool:
+    """Is there any whole, CRC-valid record after `pos`? (Jumps between body marks.)"""
+    buf = data
+    start = pos + 1 + FRAME.size
+    while True:
+        mark = data.find(_BODY_MARK, start)
+        if mark < 0:
+            return False
+        frame_at = mark - FRAME.size
+        length, crc = FRAME.unpack_from(buf, frame_at)
+        end = mark + length
+        if length > 0 and end <= len(data) and checksum(buf[frame_at : frame_at + 4], buf[mark:end]) == crc:
+            return True
+        start = mark + 1

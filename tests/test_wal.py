@@ -1,0 +1,329 @@
+"""The write-ahead log: appends, group commit, idempotency, reads, recovery, faults.
+
+Faults are injected below the log through `tests.faultfs.FaultyFiles`; each
+test names the fault and the outcome DESIGN.md and the issue require.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from engine.config import WalConfig
+from engine.model import Envelope, Kind, Lane, Unrecognized
+from engine.wal import DiskFullError, WALCorruptError, WALFailedError, WALLockedError, open_wal, scan_log
+from engine.wal.files import FileLayer
+from engine.wal.record import FRAME, SEGMENT_MAGIC, checksum
+from tests.faultfs import FaultyFiles
+
+pytestmark = pytest.mark.anyio
+
+SMALL = WalConfig(segment_bytes_max=64 * 1024, checkpoint_records_interval=50, sparse_index_records_interval=4)
+
+
+def envelope(i: int, lane: Lane = Lane.STANDARD, patient: str | None = None, size: int = 200) -> Envelope:
+    """A small envelope with a unique id (message i) and `size` bytes of payload."""
+    return Envelope(
+        message_id=f"hl7:APP|FAC|{i}",
+        kind=Kind.HL7V2,
+        message_type="ORU^R01",
+        patient=patient if patient is not None else f"H|P{i % 7}",
+        lane=lane,
+        lane_reason="test",
+        received_at="2026-11-24T10:00:00Z",
+        source="test",
+        raw=(f"MSH|^~\\&|APP|FAC|||2026||ORU^R01|{i}|P|2.5.1\r".encode() + b"x" * size),
+        events=(Unrecognized("ORU^R01", f"n{i}"),),
+    )
+
+
+async def append_all(
+    directory: Path, envs: Sequence[Envelope], files: FileLayer | None = None, config: WalConfig = SMALL
+) -> list[int]:
+    async with open_wal(directory, config, files=files) as wal:
+        return [p.lsn for e in envs for p in await wal.append([e])]
+
+
+async def read_ids(directory: Path, files: FileLayer | None = None, config: WalConfig = SMALL) -> list[str]:
+    async with open_wal(directory, config, files=files) as wal:
+        return [r.message_id for r in wal.read_from(1)]
+
+
+async def test_append_read_and_reopen(tmp_path: Path) -> None:
+    """Appends get LSNs 1..n, survive a reopen byte-exact, and span several segments."""
+    envs = [envelope(i, size=2000) for i in range(120)]
+    assert list(range(1, 121)) == await append_all(tmp_path, envs)
+    async with open_wal(tmp_path, SMALL) as wal:
+        records = list(wal.read_from(1))
+        assert [r.envelope for r in records] == envs
+        assert [r.lsn for r in wal.read_from(57)] == list(range(57, 121))
+        assert wal.statistics().segments > 2
+        assert wal.lookup(envs[5].message_id) == 6
+        assert wal.lookup("hl7:nope") is None
+
+
+async def test_redelivery_is_acknowledged_with_the_same_lsn(tmp_path: Path) -> None:
+    """Invariant 4: a message id already in the log is not appended again, across reopens too."""
+    async with open_wal(tmp_path, SMALL) as wal:
+        first = await wal.append([envelope(1), envelope(2)])
+        again = await wal.append([envelope(2), envelope(3), envelope(3)])
+        assert [(p.lsn, p.duplicate) for p in first] == [(1, False), (2, False)]
+        assert [(p.lsn, p.duplicate) for p in again] == [(2, True), (3, False), (3, True)]
+    async with open_wal(tmp_path, SMALL) as wal:
+        assert [(p.lsn, p.duplicate) for p in await wal.append([envelope(1)])] == [(1, True)]
+        assert wal.last_lsn == 3
+
+
+async def test_patient_index_reads_without_a_scan(tmp_path: Path) -> None:
+    """One patient's records, in order, including messages that touch them as a second patient."""
+    envs = [envelope(i, patient="H|A" if i % 3 == 0 else "H|B") for i in range(30)]
+    merge = envelope(99, patient="H|B")
+    merge = Envelope(**{**{f: getattr(merge, f) for f in merge.__struct_fields__}, "other_patients": ("H|A",)})
+    await append_all(tmp_path, [*envs, merge])
+    async with open_wal(tmp_path, SMALL) as wal:
+        a = [r.message_id for r in wal.read_patient("H|A")]
+        assert a == [e.message_id for e in envs if e.patient == "H|A"] + [merge.message_id]
+        assert list(wal.read_patient("H|nobody")) == []
+
+
+async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+    """Group commit: 64 concurrent writers need far fewer fsyncs than records."""
+    files = FaultyFiles()
+    async with open_wal(tmp_path, WalConfig(commit_delay_ms=0), files=files) as wal:
+        start = files.syncs
+
+        async def writer(k: int) -> None:
+            for i in range(10):
+                await wal.append([envelope(k * 100 + i)])
+
+        async with anyio.create_task_group() as tg:
+            for k in range(64):
+                tg.start_soon(writer, k)
+        assert wal.last_lsn == 640
+        assert files.syncs - start < 640 // 2
+        assert wal.statistics().groups == files.syncs - start
+
+
+async def test_second_process_is_locked_out(tmp_path: Path) -> None:
+    """One process per log directory."""
+    async with open_wal(tmp_path, SMALL):
+        with pytest.raises(WALLockedError):
+            async with open_wal(tmp_path, SMALL):
+                pass
+
+
+# -- crashes and recovery ------------------------------------------------------
+
+
+async def _crash_mid_group(tmp_path: Path, files: FaultyFiles, acked: list[str], torn_bytes: int) -> None:
+    """Append until the next sync 'loses power'; keep the acknowledged ids."""
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        for i in range(40):
+            await wal.append([envelope(i)])
+            acked.append(envelope(i).message_id)
+        files.die_at_sync = True
+        with pytest.raises(WALFailedError):
+            await wal.append([envelope(1000), envelope(1001), envelope(1002)])
+    files.power_loss(torn_bytes=torn_bytes)
+
+
+@pytest.mark.parametrize("torn_bytes", [0, 1, 7, 9, 150, 700])
+async def test_crash_mid_write_keeps_every_acknowledged_record(tmp_path: Path, torn_bytes: int) -> None:
+    """Torn writes and dropped unsynced writes: the tail is truncated, with one warning; nothing acked is lost."""
+    files = FaultyFiles()
+    acked: list[str] = []
+    await _crash_mid_group(tmp_path, files, acked, torn_bytes)
+    with capture_logs() as logs:
+        ids = await read_ids(tmp_path, files)
+    # Every acknowledged record, in order; at most the unacknowledged ones of
+    # the torn group after them (durable but never acknowledged is allowed).
+    assert acked == ids[: len(acked)]
+    assert set(ids[len(acked) :]) <= {envelope(i).message_id for i in (1000, 1001, 1002)}
+    warnings = [entry for entry in logs if entry["event"] == "wal.torn_tail_truncated"]
+    if torn_bytes:
+        [warning] = warnings
+        assert warning["segment"].endswith(".seg")
+        assert warning["offset"] > 0
+    else:
+        assert warnings == []
+    # The repaired log accepts appends and verifies end to end.
+    await append_all(tmp_path, [envelope(5000)], files)
+    assert scan_log(tmp_path, files).last_lsn == len(ids) + 1
+
+
+def _last_segment(directory: Path) -> Path:
+    return max(directory.glob("*.seg"))
+
+
+async def test_garbage_in_the_tail_is_truncated(tmp_path: Path) -> None:
+    """Garbage after the last record (a crash mid-write on some file systems) is cut off."""
+    envs = [envelope(i) for i in range(20)]
+    await append_all(tmp_path, envs)
+    with _last_segment(tmp_path).open("ab") as f:
+        f.write(b"\x00\x01garbage\xff" * 10)
+    with capture_logs() as logs:
+        assert [e.message_id for e in envs] == await read_ids(tmp_path)
+    assert any(e["event"] == "wal.torn_tail_truncated" for e in logs)
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+async def test_bit_flip_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
+    """Corruption before the tail: refuse, naming segment, offset and `vigil wal verify`."""
+    await append_all(tmp_path, [envelope(i) for i in range(60)])
+    first = min(tmp_path.glob("*.seg"))
+    _flip(first, len(SEGMENT_MAGIC) + 300)
+    with pytest.raises(WALCorruptError) as info:
+        await read_ids(tmp_path)
+    assert info.value.segment == first.name
+    assert info.value.offset >= len(SEGMENT_MAGIC)
+    assert "vigil wal verify" in str(info.value)
+
+
+async def test_bit_flip_in_the_last_segment_with_records_after_refuses(tmp_path: Path) -> None:
+    """Damage in the last segment is corruption, not a torn tail, when valid records follow."""
+    await append_all(tmp_path, [envelope(i) for i in range(10)], config=WalConfig())
+    _flip(_last_segment(tmp_path), len(SEGMENT_MAGIC) + 100)
+    with pytest.raises(WALCorruptError, match="valid records follow"):
+        await read_ids(tmp_path, config=WalConfig())
+
+
+async def test_edited_record_breaks_the_hash_chain(tmp_path: Path) -> None:
+    """A record edited with a recomputed CRC is caught by the chain."""
+    await append_all(tmp_path, [envelope(i) for i in range(10)], config=WalConfig(checkpoint_records_interval=10**9))
+    (tmp_path / "checkpoint").unlink()
+    seg = _last_segment(tmp_path)
+    data = bytearray(seg.read_bytes())
+    pos = len(SEGMENT_MAGIC)
+    length, _ = FRAME.unpack_from(data, pos)
+    pos += FRAME.size + length  # the second record
+    length, _ = FRAME.unpack_from(data, pos)
+    body = bytearray(data[pos + FRAME.size : pos + FRAME.size + length])
+    i = body.index(b"test")
+    body[i : i + 4] = b"TEST"
+    data[pos + FRAME.size : pos + FRAME.size + length] = body
+    FRAME.pack_into(data, pos, length, checksum(bytes(data[pos : pos + 4]), bytes(body)))
+    seg.write_bytes(bytes(data))
+    with pytest.raises(WALCorruptError, match="hash chain broken at LSN 3"):
+        await read_ids(tmp_path, config=WalConfig())
+
+
+async def test_missing_segment_is_a_gap(tmp_path: Path) -> None:
+    """A deleted segment leaves a gap in LSNs: refuse."""
+    await append_all(tmp_path, [envelope(i, size=3000) for i in range(80)])
+    segments = sorted(tmp_path.glob("*.seg"))
+    segments[1].unlink()
+    with pytest.raises(WALCorruptError, match="a segment is missing"):
+        await read_ids(tmp_path)
+
+
+async def test_damaged_checkpoint_is_ignored_and_everything_verified(tmp_path: Path) -> None:
+    """A checkpoint that fails its CRC is ignored with a warning; the full chain is checked instead."""
+    envs = [envelope(i) for i in range(30)]
+    await append_all(tmp_path, envs)
+    _flip(tmp_path / "checkpoint", 12)
+    with capture_logs() as logs:
+        assert [e.message_id for e in envs] == await read_ids(tmp_path)
+    assert any(e["event"] == "wal.checkpoint_ignored" for e in logs)
+
+
+async def test_checkpoint_beyond_the_log_refuses(tmp_path: Path) -> None:
+    """A checkpoint for records the log no longer has means acknowledged data was lost."""
+    await append_all(tmp_path, [envelope(i) for i in range(30)])
+    seg = _last_segment(tmp_path)
+    seg.write_bytes(seg.read_bytes()[:-1])  # the last (checkpointed) record loses a byte
+    with pytest.raises(WALCorruptError, match="checkpoint at LSN 30"):
+        await read_ids(tmp_path)
+
+
+# -- I/O errors ----------------------------------------------------------------
+
+
+async def test_fsync_error_stops_the_log_for_good(tmp_path: Path) -> None:
+    """fsync raising EIO: the append fails, later appends are refused, no retry on the file."""
+    files = FaultyFiles()
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        await wal.append([envelope(1)])
+        files.sync_errno = errno.EIO
+        with pytest.raises(WALFailedError, match="appends are refused"):
+            await wal.append([envelope(2)])
+        files.sync_errno = None  # the disk "recovers": the log must still refuse
+        with pytest.raises(WALFailedError):
+            await wal.append([envelope(3)])
+        assert wal.statistics().failed is not None
+        assert [r.lsn for r in wal.read_from(1)] == [1]  # reads still work
+    files.power_loss()
+    assert await read_ids(tmp_path, files) == [envelope(1).message_id]
+
+
+async def test_disk_full_refuses_then_resumes(tmp_path: Path) -> None:
+    """ENOSPC mid-write: that group is refused and its partial bytes removed; reads work; appends resume."""
+    files = FaultyFiles()
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        await wal.append([envelope(1)])
+        files.write_errno, files.write_partial_bytes = errno.ENOSPC, 37
+        with pytest.raises(DiskFullError, match="retry later"):
+            await wal.append([envelope(2), envelope(3)])
+        assert [r.lsn for r in wal.read_from(1)] == [1]
+        positions = await wal.append([envelope(2)])
+        assert [p.lsn for p in positions] == [2]
+        assert wal.statistics().disk_full_refusals == 1
+    assert [envelope(1).message_id, envelope(2).message_id] == await read_ids(tmp_path, files)
+    assert scan_log(tmp_path, files).last_lsn == 2
+
+
+async def test_disk_full_at_segment_roll_leaves_no_segment(tmp_path: Path) -> None:
+    """ENOSPC while beginning a segment: refused, no half-made segment left behind."""
+    files = FaultyFiles()
+    config = WalConfig(segment_bytes_max=64 * 1024)
+    async with open_wal(tmp_path, config, files=files) as wal:
+        while wal.statistics().segments == 1:
+            before = len(list(tmp_path.glob("*.seg")))
+            files.write_errno, files.write_partial_bytes = errno.ENOSPC, 3
+            big = envelope(wal.last_lsn + 1, size=30_000)
+            try:
+                await wal.append([big])
+            except DiskFullError:
+                assert len(list(tmp_path.glob("*.seg"))) == before
+                files.write_errno = None
+                await wal.append([big])
+        assert scan_log(tmp_path, files).last_lsn == wal.last_lsn
+
+
+# -- lanes and the commit delay -------------------------------------------------
+
+
+def test_critical_never_waits_for_the_batch_window(tmp_path: Path) -> None:
+    """With a 30 s commit delay a batch-only group waits; a critical record ends the wait at once.
+
+    Deterministic time: trio's MockClock jumps ahead whenever every task waits.
+    """
+    import trio
+    import trio.testing
+
+    config = WalConfig(commit_delay_ms=30_000)
+
+    async def scenario() -> tuple[float, float]:
+        async with open_wal(tmp_path, config) as wal:
+            start = trio.current_time()
+            await wal.append([envelope(1, Lane.BATCH)])
+            batch_alone = trio.current_time() - start
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wal.append, [envelope(2, Lane.BATCH)])
+                await trio.sleep(1)
+                await wal.append([envelope(3, Lane.CRITICAL)])
+            return batch_alone, trio.current_time() - start
+
+    batch_alone, with_critical = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert batch_alone >= 30
+    assert with_critical < 2
