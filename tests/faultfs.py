@@ -109,10 +109,12 @@ class FaultyFiles:
         """Every file keeps only what was synced, plus `torn_bytes` of what was not."""
         for handle in list(self._paths):
             self.close(handle)
-        for path, durable in self.durable.items():
+        for path, durable in list(self.durable.items()):
             if path.exists():
                 keep = min(self.real.size(path), durable + torn_bytes)
                 os.truncate(path, keep)
+                # What survived the power cut is on the disk now.
+                self.durable[path] = keep
         self.dead = False
         self.die_at_sync = False
         self.sync_errno = None

@@ -327,3 +327,24 @@ def test_critical_never_waits_for_the_batch_window(tmp_path: Path) -> None:
     batch_alone, with_critical = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
     assert batch_alone >= 30
     assert with_critical < 2
+
+
+async def test_recovery_makes_the_page_cache_tail_durable(tmp_path: Path) -> None:
+    """After a process crash, records read back from the page cache are synced before being served.
+
+    Otherwise a redelivery answered "duplicate" from such a record could be
+    acknowledged and then lost to a later power cut.
+    """
+    files = FaultyFiles()
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        await wal.append([envelope(1)])
+        files.die_at_sync = True
+        with pytest.raises(WALFailedError):
+            await wal.append([envelope(2)])
+    # A process crash, not a power cut: the unsynced record is still in the file.
+    files.dead = False
+    files.die_at_sync = False
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        assert [(p.lsn, p.duplicate) for p in await wal.append([envelope(2)])] == [(2, True)]
+        segment = _last_segment(tmp_path)
+        assert files.durable[segment] == files.size(segment)

@@ -165,7 +165,11 @@ class WriteAheadLog:
                 if seg.size == 0:
                     self._files.write(self._handle, SEGMENT_MAGIC)
                     seg.size = len(SEGMENT_MAGIC)
-                self._files.sync(self._handle)
+            # After a process crash the tail may still be only in the page cache:
+            # make what recovery read durable before it is served or answered
+            # as a duplicate, or a later power cut could take back an ACK.
+            self._files.sync(self._handle)
+            self._files.sync_dir(self.directory)
         _log.info("wal.opened", last_lsn=self._last_lsn, segments=len(self._segments), hashed=result.hashed_records)
 
     def _index(self, segment: int, offset: int, head: RecordHead) -> None:
@@ -359,11 +363,20 @@ class WriteAheadLog:
     # -- checkpoints ----------------------------------------------------------
 
     def checkpoint(self) -> None:
-        """Record the last durable LSN and its hash; recovery verifies the chain from here."""
+        """Record the last durable LSN and its hash; recovery verifies the chain from here.
+
+        A checkpoint only shortens recovery: if writing it fails, the log is
+        still whole, so the error is logged and the next checkpoint tries again.
+        """
         if self._last_lsn in (0, self._checkpoint_lsn) or self._failure is not None:
             return
-        self._checkpoints.save(Checkpoint(self._last_lsn, self._last_hash, utc_now()))
-        self._checkpoint_lsn = self._last_lsn
+        lsn, digest = self._last_lsn, self._last_hash
+        try:
+            self._checkpoints.save(Checkpoint(lsn, digest, utc_now()))
+        except OSError as exc:
+            _log.error("wal.checkpoint_failed", reason=exc.strerror or str(exc), lsn=lsn)
+            return
+        self._checkpoint_lsn = lsn
 
     # -- reading ------------------------------------------------------------
 

@@ -1,0 +1,59 @@
+"""Structured logging: configured once at start, to stderr, with PHI redacted.
+
+Invariant 7: logs carry no names, birth dates or identifiers in clear. The
+redaction processor replaces the value of every key that can hold PHI, so a
+careless `log.info(..., patient=key)` still writes nothing identifying.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = ["PHI_KEYS", "configure_logging", "redact_phi"]
+
+PHI_KEYS = frozenset(
+    {
+        "patient",
+        "patients",
+        "other_patients",
+        "name",
+        "family",
+        "given",
+        "birth_date",
+        "address",
+        "raw",
+        "identifier",
+        "mrn",
+        "value",
+        "text",
+    }
+)
+
+
+def redact_phi(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: blank out every value whose key may hold PHI."""
+    for key in PHI_KEYS.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info", *, json: bool = False) -> None:
+    """Configure structlog for the process: stderr, ISO UTC timestamps, PHI redacted."""
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_phi,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
