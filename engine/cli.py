@@ -17,35 +17,17 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import Config, load_config
-from engine.decode import Decoded, Decoder, decode_input
+from engine.cli_context import Context
+from engine.decode import Decoded, decode_input
 from engine.demo import DemoReport, run_demo
-from engine.errors import ConfigError
+from engine.logs import configure_logging
 from engine.model import Envelope, Event, Lane, ResultReported
-from lanes.classify import Classifier
+from engine.wal_cli import audit, wal
 
 __all__ = ["main"]
 
 _LANE_STYLE = {Lane.CRITICAL: "bold red", Lane.STANDARD: "cyan", Lane.BATCH: "dim"}
 _INPUT_BYTES_MAX = 1024 * 1024 * 1024  # inspect reads whole inputs: refuse beyond 1 GiB
-
-
-class _Context:
-    def __init__(self, config_path: Path | None) -> None:
-        self.config_path = config_path
-        self._config: Config | None = None
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            try:
-                self._config = load_config(self.config_path)
-            except ConfigError as exc:
-                raise click.ClickException(str(exc)) from None
-        return self._config
-
-    def decoder(self) -> Decoder:
-        return Decoder(Classifier(self.config.lanes.rules))
 
 
 @click.group()
@@ -58,7 +40,7 @@ class _Context:
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Vigil: a clinical-priority message engine for HL7 v2 and FHIR R4."""
-    ctx.obj = _Context(config_path)
+    ctx.obj = Context(config_path)
 
 
 def _read_input(source: str) -> bytes:
@@ -100,7 +82,7 @@ def _decoded_json(d: Decoded) -> dict[str, Any]:
 @click.argument("source", metavar="FILE|-")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message (NDJSON).")
 @click.pass_obj
-def inspect(obj: _Context, source: str, *, as_json: bool) -> None:
+def inspect(obj: Context, source: str, *, as_json: bool) -> None:
     """Parse and classify messages without side effects.
 
     Reads HL7 v2 (any segment terminators, batch files), MLLP-framed HL7 v2,
@@ -162,7 +144,7 @@ def _print_inspect(decoded: list[Decoded], source: str) -> None:
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated feed.")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
 @click.pass_obj
-def demo(obj: _Context, messages: int, seed: int, *, as_json: bool) -> None:
+def demo(obj: Context, messages: int, seed: int, *, as_json: bool) -> None:
     """Run a generated hospital feed (admissions, STAT results, a billing flood) through Vigil."""
     report = run_demo(messages, seed, obj.decoder())
     if as_json:
@@ -247,8 +229,13 @@ def _print_demo(report: DemoReport) -> None:
     console.print(timeline)
 
 
+cli.add_command(wal)
+cli.add_command(audit)
+
+
 def main() -> None:
     """Entry point of `bin/vigil` and the `vigil` console script."""
+    configure_logging("warning")
     cli(prog_name="vigil")
 
 

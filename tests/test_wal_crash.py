@@ -51,7 +51,11 @@ def _kill_at_random(directory: Path, run: int, seed: int) -> list[str]:
 
 def test_sigkill_never_loses_an_acknowledged_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every acknowledged record survives SIGKILL, byte-exact, once; the chain verifies."""
-    base = random.SystemRandom().randrange(1_000_000) if "VIGIL_CRASH_SEED" not in os.environ else int(os.environ["VIGIL_CRASH_SEED"])
+    base = (
+        random.SystemRandom().randrange(1_000_000)
+        if "VIGIL_CRASH_SEED" not in os.environ
+        else int(os.environ["VIGIL_CRASH_SEED"])
+    )
     with capsys.disabled():
         print(f"\ncrash test: {RUNS} SIGKILLs, seeds {base}..{base + RUNS - 1} (VIGIL_CRASH_SEED={base} replays)")
     acked: list[str] = []

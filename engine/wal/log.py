@@ -39,6 +39,7 @@ from anyio.abc import TaskStatus
 
 from engine.config import WalConfig
 from engine.model import Envelope, Lane
+from engine.wal.audit import AuditTrail
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.errors import DiskFullError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
@@ -106,8 +107,10 @@ class WriteAheadLog:
         directory: Path,
         config: WalConfig,
         files: FileLayer,
+        *,
         clock: Callable[[], str],
         tail_window_bytes: int,
+        audit_key: bytes | None = None,
     ) -> None:
         self.directory = directory
         self.config = config
@@ -123,6 +126,7 @@ class WriteAheadLog:
         self._handle: int | None = None
         self._failure: WALFailedError | None = None
         self._checkpoints = CheckpointStore(directory, files)
+        self._audit = AuditTrail(directory, files, audit_key) if audit_key else None
         self._checkpoint_lsn = 0
         self._send, self._receive = anyio.create_memory_object_stream[_Append](config.queue_appends_max)
         self._appended = self._duplicates = self._groups = self._disk_full = 0
@@ -370,9 +374,11 @@ class WriteAheadLog:
         """
         if self._last_lsn in (0, self._checkpoint_lsn) or self._failure is not None:
             return
-        lsn, digest = self._last_lsn, self._last_hash
+        lsn, digest, at = self._last_lsn, self._last_hash, utc_now()
         try:
-            self._checkpoints.save(Checkpoint(lsn, digest, utc_now()))
+            self._checkpoints.save(Checkpoint(lsn, digest, at))
+            if self._audit is not None:
+                self._audit.append(lsn, digest, at)
         except OSError as exc:
             _log.error("wal.checkpoint_failed", reason=exc.strerror or str(exc), lsn=lsn)
             return
@@ -461,6 +467,7 @@ async def open_wal(
     files: FileLayer | None = None,
     clock: Callable[[], str] = utc_now,
     tail_window_bytes: int | None = None,
+    audit_key: bytes | None = None,
 ) -> AsyncIterator[WriteAheadLog]:
     """Open (creating or recovering) a log directory and run its writer.
 
@@ -473,7 +480,7 @@ async def open_wal(
     await anyio.to_thread.run_sync(files.list, directory)  # creates the directory
     window = tail_window_bytes if tail_window_bytes is not None else config.group_bytes_max + 64 * 1024 * 1024
     with _exclusive_lock(directory):
-        wal = WriteAheadLog(directory, config, files, clock, window)
+        wal = WriteAheadLog(directory, config, files, clock=clock, tail_window_bytes=window, audit_key=audit_key)
         try:
             await anyio.to_thread.run_sync(wal.recover)
         except BaseException:

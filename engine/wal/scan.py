@@ -73,6 +73,7 @@ class ScanResult(msgspec.Struct):
     last_hash: bytes
     hashed_records: int
     tail: TailDamage | None = None
+    hashes: dict[int, bytes] = msgspec.field(default_factory=dict)  # hash at each watched LSN
 
 
 def scan_log(
@@ -84,6 +85,7 @@ def scan_log(
     visit: Visitor | None = None,
     sparse_every: int = 64,
     tail_window_bytes: int = 64 * 1024 * 1024,
+    watch: frozenset[int] = frozenset(),
 ) -> ScanResult:
     """Scan every segment in order.
 
@@ -93,13 +95,14 @@ def scan_log(
         visit: called for every valid record, to build indexes.
         sparse_every: keep one (LSN, offset) pair per this many records.
         tail_window_bytes: the largest single write; longer damage is corruption.
+        watch: LSNs whose body hash to report in `ScanResult.hashes` (hashed LSNs only).
 
     Raises:
         WALCorruptError: damage that is not a torn tail.
     """
     names = [n for n in files.list(directory) if n.endswith(SEGMENT_SUFFIX)]
     result = ScanResult([], 0, 0, GENESIS_HASH, 0)
-    state = _Chain(chain_from_lsn, chain_from_hash)
+    state = _Chain(chain_from_lsn, chain_from_hash, watch, result.hashes)
     for index, name in enumerate(names):
         last = index == len(names) - 1
         seg = _open_segment(directory / name, result.last_lsn + 1)
@@ -142,13 +145,17 @@ def _open_segment(path: Path, expected_first: int) -> SegmentInfo:
 class _Chain:
     """The running hash-chain check."""
 
-    __slots__ = ("expected_hash", "from_lsn", "hashed", "last_hash")
+    __slots__ = ("expected_hash", "found", "from_lsn", "hashed", "last_hash", "watch")
 
-    def __init__(self, from_lsn: int, expected_hash: bytes | None) -> None:
+    def __init__(
+        self, from_lsn: int, expected_hash: bytes | None, watch: frozenset[int], found: dict[int, bytes]
+    ) -> None:
         self.from_lsn = from_lsn
         self.expected_hash = expected_hash
         self.last_hash = GENESIS_HASH
         self.hashed = 0
+        self.watch = watch
+        self.found = found
 
 
 def _scan_segment(
@@ -213,6 +220,8 @@ def _check_chain(chain: _Chain, head: RecordHead, body: bytes, segment: str, pos
         raise WALCorruptError(f"hash chain broken at LSN {head.lsn} (a record was edited or removed)", segment, pos)
     chain.last_hash = digest
     chain.hashed += 1
+    if head.lsn in chain.watch:
+        chain.found[head.lsn] = digest
 
 
 def _damage(data: bytes, seg: SegmentInfo, pos: int, *, last: bool, window: int, reason: str) -> TailDamage:

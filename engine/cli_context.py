@@ -1,0 +1,39 @@
+"""What every CLI command shares: the configuration and where the data lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from engine.config import DEFAULT_CONFIG_PATH, Config, load_config
+from engine.decode import Decoder
+from engine.errors import ConfigError
+from lanes.classify import Classifier
+
+__all__ = ["Context"]
+
+
+class Context:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._config
+
+    def decoder(self) -> Decoder:
+        return Decoder(Classifier(self.config.lanes.rules))
+
+    def data_dir(self, option: Path | None) -> Path:
+        """`--data` if given, else the config's data_dir (relative to the config file)."""
+        if option is not None:
+            return option
+        base = (self.config_path or DEFAULT_CONFIG_PATH).resolve().parent
+        return base / self.config.node.data_dir

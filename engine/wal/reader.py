@@ -1,0 +1,39 @@
+"""Reading a log without opening it for writing: for `vigil wal dump` beside a running node.
+
+No lock is taken and nothing is repaired: the reader stops at the first frame
+that is not whole and valid (a record being written, or a torn tail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.wal.files import FileLayer
+from engine.wal.record import SEGMENT_MAGIC, LogRecord, decode_head, decode_record, read_frame
+from engine.wal.scan import SEGMENT_SUFFIX
+
+__all__ = ["iter_records"]
+
+
+def iter_records(
+    directory: Path, files: FileLayer, *, from_lsn: int = 1, patient: str | None = None
+) -> Iterator[LogRecord]:
+    """Records from `from_lsn` on (touching `patient`, if given), in log order."""
+    names = [n for n in files.list(directory) if n.endswith(SEGMENT_SUFFIX)]
+    firsts = [int(n.removesuffix(SEGMENT_SUFFIX)) for n in names]
+    for i, name in enumerate(names):
+        if i + 1 < len(names) and firsts[i + 1] <= from_lsn:
+            continue  # every record of this segment is before from_lsn
+        data = files.read(directory / name)
+        if not data.startswith(SEGMENT_MAGIC):
+            return
+        pos = len(SEGMENT_MAGIC)
+        while (frame := read_frame(data, pos)) is not None and frame.crc_ok:
+            pos = frame.end
+            head = decode_head(frame.body)
+            if head.lsn < from_lsn or (patient is not None and patient not in head.patients):
+                continue
+            yield decode_record(frame.body)
+        if pos < len(data):
+            return
