@@ -85,7 +85,7 @@ class WALStatistics(msgspec.Struct, frozen=True):
 class _Append:
     """One caller's append, waiting for its group's fsync."""
 
-    __slots__ = ("done", "envelopes", "epoch", "error", "partition", "positions", "urgent")
+    __slots__ = ("critical", "done", "envelopes", "epoch", "error", "partition", "patients", "positions", "urgent")
 
     def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int) -> None:
         self.envelopes = envelopes
@@ -96,6 +96,8 @@ class _Append:
         self.error: BaseException | None = None
         # Only an all-batch append may wait for company before its fsync.
         self.urgent = any(e.lane is not Lane.BATCH for e in envelopes)
+        self.critical = any(e.lane is Lane.CRITICAL for e in envelopes)
+        self.patients = {p for e in envelopes for p in (e.patient, *e.other_patients) if p}
 
 
 @final
@@ -128,6 +130,7 @@ class WriteAheadLog:
         self._checkpoints = CheckpointStore(directory, files)
         self._audit = AuditTrail(directory, files, audit_key) if audit_key else None
         self._checkpoint_lsn = 0
+        self._checkpointing = False
         self._send, self._receive = anyio.create_memory_object_stream[_Append](config.queue_appends_max)
         self._appended = self._duplicates = self._groups = self._disk_full = 0
 
@@ -177,7 +180,14 @@ class WriteAheadLog:
         _log.info("wal.opened", last_lsn=self._last_lsn, segments=len(self._segments), hashed=result.hashed_records)
 
     def _index(self, segment: int, offset: int, head: RecordHead) -> None:
-        self._add(segment, offset, head.lsn, head.message_id, head.patients)
+        # The recovery visitor: the body of `_add`, inlined (one call less per record).
+        self._ids[head.message_id] = head.lsn
+        entry = segment << _SEGMENT_BITS | offset
+        for key in head.patients:
+            positions = self._patients.get(key)
+            if positions is None:
+                self._patients[key] = positions = array("q")
+            positions.append(entry)
 
     def _add(self, segment: int, offset: int, lsn: int, message_id: str, patients: tuple[str, ...]) -> None:
         self._ids[message_id] = lsn
@@ -232,17 +242,34 @@ class WriteAheadLog:
         return request.positions
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer: gather waiting appends, write them with one fsync, answer them."""
+        """The writer: gather waiting appends, write them with one fsync, answer them.
+
+        Checkpoints run beside it (they only shorten recovery), so the writer
+        never stalls on their three fsyncs.
+        """
         task_status.started()
         delay = self.config.commit_delay_ms / 1000
-        async with self._receive:
+        async with self._receive, anyio.create_task_group() as background:
             async for first in self._receive:
                 group = [first]
                 self._gather(group)
                 if delay and not any(a.urgent for a in group):
                     await self._wait_for_company(group, delay)
                 with anyio.CancelScope(shield=True):
-                    await self._commit(group)
+                    for part in _critical_first(group):
+                        await self._commit(part)
+                if (
+                    self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
+                    and not self._checkpointing
+                ):
+                    self._checkpointing = True
+                    background.start_soon(self._checkpoint_beside)
+
+    async def _checkpoint_beside(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.checkpoint)
+        finally:
+            self._checkpointing = False
 
     def _gather(self, group: list[_Append]) -> None:
         limit = self.config.group_records_max
@@ -288,8 +315,6 @@ class WriteAheadLog:
             return
         self._durable(start, len(data), offsets, hashes, pending)
         _answer(group, None)
-        if self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval:
-            await anyio.to_thread.run_sync(self.checkpoint)
 
     def _encode(self, group: list[_Append]) -> tuple[list[bytes], list[bytes], list[int], list[_Pending]]:
         """Frame every new record of the group; answer duplicates from the index."""
@@ -451,6 +476,27 @@ class WriteAheadLog:
 def _sparse_offset(seg: SegmentInfo, lsn: int) -> int:
     i = bisect.bisect_right(seg.sparse, (lsn, 1 << 62)) - 1
     return seg.sparse[i][1] if i >= 0 else len(SEGMENT_MAGIC)
+
+
+def _critical_first(group: list[_Append]) -> list[list[_Append]]:
+    """Split out critical appends to be made durable first, in their own write and fsync.
+
+    A critical append moves ahead only if no earlier append in the group
+    touches one of its patients: lanes choose what is durable first, but
+    never reorder one patient's history (a correction stays after its original).
+    """
+    if len(group) == 1 or not any(a.critical for a in group):
+        return [group]
+    first: list[_Append] = []
+    rest: list[_Append] = []
+    held: set[str] = set()
+    for request in group:
+        if request.critical and not (request.patients & held):
+            first.append(request)
+        else:
+            rest.append(request)
+            held |= request.patients
+    return [part for part in (first, rest) if part]
 
 
 def _answer(group: list[_Append], error: BaseException | None) -> None:

@@ -123,9 +123,8 @@ def read_frame(buf: bytes, offset: int) -> Frame | None:
     return Frame(offset, end, body, checksum(buf[offset : offset + 4], body) == crc)
 
 
-def decode_head(body: bytes | memoryview) -> RecordHead:
-    """Decode a record's head (raises msgspec errors on a malformed body)."""
-    return _HEAD.decode(body)
+decode_head = _HEAD.decode
+"""Decode a record's head (raises msgspec errors on a malformed body)."""
 
 
 def decode_record(body: bytes | memoryview) -> LogRecord:
