@@ -22,7 +22,7 @@ from engine.decode import Decoded, decode_input
 from engine.demo import DemoReport, run_demo
 from engine.logs import configure_logging
 from engine.model import Envelope, Event, Lane, ResultReported
-from engine.wal_cli import audit, wal
+from engine.wal_cli import audit, quarantine, wal
 
 __all__ = ["main"]
 
@@ -231,6 +231,7 @@ def _print_demo(report: DemoReport) -> None:
 
 cli.add_command(wal)
 cli.add_command(audit)
+cli.add_command(quarantine)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""`vigil wal verify|dump` and `vigil audit verify`: the log, checked and shown.
+"""`vigil wal verify|dump`, `vigil audit verify`, `vigil quarantine list|show|retry`.
 
-All three read the log directly and take no lock, so they run beside a live
-node; they never repair anything (the next open does that).
+The verify, dump, list and show commands read the files directly and take no
+lock, so they run beside a live node; they never repair anything (the next
+open does that). `quarantine retry` appends to the log and so takes its lock.
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
 from engine.cli_context import Context
+from engine.decode import decode_input
 from engine.errors import ConfigError
 from engine.wal.audit import AuditTrail, audit_key_from_env
 from engine.wal.checkpoint import CheckpointStore
-from engine.wal.errors import WALCorruptError
+from engine.wal.errors import WALCorruptError, WALLockedError
 from engine.wal.files import OSFiles
+from engine.wal.log import open_wal, utc_now
+from engine.wal.quarantine import Quarantine
 from engine.wal.reader import iter_records
 from engine.wal.record import LogRecord
 from engine.wal.scan import ScanResult, scan_log
 
-__all__ = ["audit", "wal"]
+__all__ = ["audit", "quarantine", "wal"]
 
 _DATA = click.option(
     "--data",
@@ -219,3 +224,101 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
         Console(soft_wrap=True).print(f"{count} keyed checkpoint(s) checked")
     if not report["ok"]:
         sys.exit(1)
+
+
+@click.group()
+def quarantine() -> None:
+    """Input that could not be accepted, kept with its reason: list, show, retry."""
+
+
+def _quarantine(obj: Context, data: Path | None) -> Quarantine:
+    return Quarantine(obj.data_dir(data) / "quarantine", OSFiles())
+
+
+@quarantine.command("list")
+@_DATA
+@click.option("--all", "show_all", is_flag=True, help="Resolved items too.")
+@_JSON
+@click.pass_obj
+def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json: bool) -> None:
+    """Quarantined items (metadata only: no message content)."""
+    items = [i for i in _quarantine(obj, data).items() if show_all or i.open]
+    if as_json:
+        for item in items:
+            doc = {k: v for k, v in msgspec.to_builtins(item).items() if k != "raw"}
+            sys.stdout.write(msgspec.json.encode({**doc, "bytes": len(item.raw)}).decode() + "\n")
+        return
+    table = Table(title=f"{len(items)} quarantined item(s)")
+    for name in ("id", "at", "source", "reason", "bytes", "status"):
+        table.add_column(name)
+    for item in items:
+        status = "open" if item.open else f"resolved: {item.resolved}"
+        table.add_row(str(item.qid), item.at, item.source, item.reason, str(len(item.raw)), status)
+    Console().print(table)
+
+
+@quarantine.command("show")
+@click.argument("qid", type=int)
+@_DATA
+@_JSON
+@click.pass_obj
+def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool) -> None:
+    """One item, with its original bytes (base64 in JSON)."""
+    item = _quarantine(obj, data).get(qid)
+    if item is None:
+        raise click.ClickException(f"no quarantined item {qid}")
+    if as_json:
+        doc = msgspec.to_builtins(item)
+        doc["raw_base64"] = base64.b64encode(item.raw).decode()
+        del doc["raw"]
+        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+        return
+    console = Console(soft_wrap=True)
+    console.print(f"item {item.qid}, quarantined {item.at} from {item.source}: {item.reason}")
+    console.print(f"error: {item.error}")
+    if not item.open:
+        console.print(f"resolved {item.resolved_at}: {item.resolved}")
+    console.print(item.raw.decode("utf-8", errors="replace").replace("\r", "\n"), markup=False, highlight=False)
+
+
+@quarantine.command("retry")
+@click.argument("qid", type=int)
+@_DATA
+@click.pass_obj
+def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
+    """Decode an item again with the current configuration; if it is accepted now, log it.
+
+    Takes the log's lock: with a node running on this data directory, retry
+    through the node instead.
+    """
+    store = _quarantine(obj, data)
+    item = store.get(qid)
+    if item is None:
+        raise click.ClickException(f"no quarantined item {qid}")
+    if not item.open:
+        raise click.ClickException(f"item {qid} is already resolved: {item.resolved}")
+    now = utc_now()
+    decoded = decode_input(item.raw, obj.decoder(), received_at=now, source=item.source)
+    errors = [d.error for d in decoded if d.error is not None]
+    if errors or not decoded:
+        reason = errors[0] if errors else "no message found"
+        raise click.ClickException(f"item {qid} is still refused: {reason}")
+    envelopes = [d.envelope for d in decoded if d.envelope is not None]
+
+    async def append() -> list[int]:
+        async with open_wal(obj.data_dir(data) / "wal", obj.config.wal, audit_key=_audit_key(obj)) as log:
+            return [p.lsn for p in await log.append(envelopes)]
+
+    try:
+        lsns = anyio.run(append)
+    except WALLockedError as exc:
+        raise click.ClickException(f"{exc}: retry through the running node") from None
+    store.resolve(qid, outcome=f"accepted at LSN {', '.join(map(str, lsns))}", at=utc_now())
+    Console(soft_wrap=True).print(f"item {qid} accepted: LSN {', '.join(map(str, lsns))}")
+
+
+def _audit_key(obj: Context) -> bytes | None:
+    try:
+        return audit_key_from_env(obj.config.audit.key_env)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None

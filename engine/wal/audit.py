@@ -27,7 +27,7 @@ import msgspec
 
 from engine.errors import ConfigError
 from engine.wal.files import FileLayer
-from engine.wal.record import FRAME, checksum
+from engine.wal.record import FRAME, checksum, frame_body
 
 __all__ = ["AUDIT_FILE", "AuditEntry", "AuditProblem", "AuditTrail", "audit_key_from_env"]
 
@@ -107,11 +107,9 @@ class AuditTrail:
             existing = self.entries()
             self._previous = existing[-1].mac if existing else b""
         entry = AuditEntry(lsn, digest, at, _mac(self._key, lsn, digest, at, self._previous))
-        body = msgspec.msgpack.encode(entry)
-        length = struct.pack("<I", len(body))
         handle = self._files.open_append(self._path)
         try:
-            self._files.write(handle, length + struct.pack("<I", checksum(length, body)) + body)
+            self._files.write(handle, frame_body(msgspec.msgpack.encode(entry)))
             self._files.sync(handle)
         finally:
             self._files.close(handle)

@@ -9,7 +9,6 @@ chain is verified instead, which is slower but never wrong.
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import final
 
@@ -17,7 +16,7 @@ import msgspec
 import structlog
 
 from engine.wal.files import FileLayer, write_atomic
-from engine.wal.record import FRAME, checksum
+from engine.wal.record import FRAME, checksum, frame_body
 
 __all__ = ["Checkpoint", "CheckpointStore"]
 
@@ -65,6 +64,4 @@ class CheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint atomically."""
-        body = msgspec.msgpack.encode(checkpoint)
-        length = struct.pack("<I", len(body))
-        write_atomic(self._files, self._path, length + struct.pack("<I", checksum(length, body)) + body)
+        write_atomic(self._files, self._path, frame_body(msgspec.msgpack.encode(checkpoint)))

@@ -32,6 +32,7 @@ __all__ = [
     "decode_head",
     "decode_record",
     "encode_frame",
+    "frame_body",
     "read_frame",
 ]
 
@@ -94,11 +95,16 @@ def body_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
 
+def frame_body(body: bytes) -> bytes:
+    """`length | crc32c | body`: the framing of every file the log layer writes."""
+    length = struct.pack("<I", len(body))
+    return length + struct.pack("<I", checksum(length, body)) + body
+
+
 def encode_frame(record: LogRecord) -> tuple[bytes, bytes]:
     """The framed bytes of a record, and its body hash."""
     body = _ENCODER.encode(record)
-    length = struct.pack("<I", len(body))
-    return length + struct.pack("<I", checksum(length, body)) + body, body_hash(body)
+    return frame_body(body), body_hash(body)
 
 
 @final
