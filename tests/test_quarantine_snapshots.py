@@ -116,5 +116,3 @@ def test_quarantine_show_unknown_item(tmp_path: Path) -> None:
     code, _, err = _run("quarantine", "show", "99", "--data", str(tmp_path))
     assert code != 0
     assert "no quarantined item 99" in err
-
-

@@ -348,3 +348,34 @@ async def test_recovery_makes_the_page_cache_tail_durable(tmp_path: Path) -> Non
         assert [(p.lsn, p.duplicate) for p in await wal.append([envelope(2)])] == [(2, True)]
         segment = _last_segment(tmp_path)
         assert files.durable[segment] == files.size(segment)
+
+
+async def test_disk_full_under_concurrency_voids_groups_framed_behind_it(tmp_path: Path) -> None:
+    """With groups in flight, a refused group also refuses those framed on top of it; the log stays gap-free."""
+    files = FaultyFiles()
+    acked: list[str] = []
+    refused: list[str] = []
+    async with open_wal(tmp_path, WalConfig(commit_delay_ms=0, group_records_max=4), files=files) as wal:
+        await wal.append([envelope(0)])
+        acked.append(envelope(0).message_id)
+        files.write_errno, files.write_partial_bytes = errno.ENOSPC, 100
+
+        async def writer(k: int) -> None:
+            for i in range(5):
+                env = envelope(1000 * k + i + 1)
+                try:
+                    await wal.append([env])
+                except DiskFullError:
+                    refused.append(env.message_id)
+                else:
+                    acked.append(env.message_id)
+
+        async with anyio.create_task_group() as tg:
+            for k in range(1, 17):
+                tg.start_soon(writer, k)
+        assert refused
+        assert wal.statistics().disk_full_refusals == 1
+    ids = await read_ids(tmp_path, files)
+    assert sorted(acked) == sorted(ids)
+    result = scan_log(tmp_path, files)
+    assert result.records == result.hashed_records == len(ids)

@@ -35,7 +35,8 @@ from typing import final
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.config import WalConfig
 from engine.model import Envelope, Lane
@@ -87,17 +88,47 @@ class _Append:
 
     __slots__ = ("critical", "done", "envelopes", "epoch", "error", "partition", "patients", "positions", "urgent")
 
-    def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int) -> None:
+    def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int, done: anyio.Event) -> None:
         self.envelopes = envelopes
         self.partition = partition
         self.epoch = epoch
-        self.done = anyio.Event()
+        self.done = done
         self.positions: list[Position] = []
         self.error: BaseException | None = None
         # Only an all-batch append may wait for company before its fsync.
-        self.urgent = any(e.lane is not Lane.BATCH for e in envelopes)
-        self.critical = any(e.lane is Lane.CRITICAL for e in envelopes)
-        self.patients = {p for e in envelopes for p in (e.patient, *e.other_patients) if p}
+        self.urgent = self.critical = False
+        self.patients: set[str] = set()
+        for e in envelopes:
+            if e.lane is not Lane.BATCH:
+                self.urgent = True
+                self.critical = self.critical or e.lane is Lane.CRITICAL
+            if e.patient:
+                self.patients.add(e.patient)
+            self.patients.update(e.other_patients)
+
+
+@final
+class _Framed:
+    """A group framed and chained, on its way to the syncer."""
+
+    __slots__ = ("data", "generation", "group", "hashes", "offsets", "pending")
+
+    def __init__(
+        self,
+        group: list[_Append],
+        *,
+        data: bytes,
+        offsets: list[int],
+        hashes: list[bytes],
+        pending: list[_Pending],
+        generation: int,
+    ) -> None:
+        self.group = group
+        self.data = data
+        self.offsets = offsets
+        self.hashes = hashes
+        self.pending = pending
+        self.generation = generation
 
 
 @final
@@ -131,6 +162,15 @@ class WriteAheadLog:
         self._audit = AuditTrail(directory, files, audit_key) if audit_key else None
         self._checkpoint_lsn = 0
         self._checkpointing = False
+        # The tip: the last record framed (it may still be in flight); the
+        # syncer moves the durable end (`_last_lsn`) behind it.
+        self._tip_lsn = 0
+        self._tip_hash = b""
+        self._inflight: dict[str, int] = {}
+        self._generation = 0
+        # anyio.Event() looks the backend up on every call; an append makes one
+        # each, so the backend's own Event class is resolved once, at open.
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._send, self._receive = anyio.create_memory_object_stream[_Append](config.queue_appends_max)
         self._appended = self._duplicates = self._groups = self._disk_full = 0
 
@@ -150,8 +190,8 @@ class WriteAheadLog:
         )
         self._segments = result.segments
         self._firsts = [s.first_lsn for s in self._segments]
-        self._last_lsn = result.last_lsn
-        self._last_hash = result.last_hash
+        self._last_lsn = self._tip_lsn = result.last_lsn
+        self._last_hash = self._tip_hash = result.last_hash
         self._checkpoint_lsn = checkpoint.lsn if checkpoint else 0
         if result.tail is not None:
             tail = result.tail
@@ -234,36 +274,49 @@ class WriteAheadLog:
         """
         if self._failure is not None:
             raise self._failure
-        request = _Append(envelopes, partition, epoch)
-        await self._send.send(request)
+        request = _Append(envelopes, partition, epoch, self._new_event())
+        try:
+            self._send.send_nowait(request)
+        except anyio.WouldBlock:
+            await self._send.send(request)  # the queue is full: wait (backpressure)
         await request.done.wait()
         if request.error is not None:
             raise request.error
         return request.positions
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer: gather waiting appends, write them with one fsync, answer them.
+        """The writer: gather waiting appends and frame them; the syncer writes and fsyncs.
 
-        Checkpoints run beside it (they only shorten recovery), so the writer
-        never stalls on their three fsyncs.
+        The two are pipelined through a one-slot channel: while group N is
+        being written and fsync'd (in a worker thread), group N+1 is gathered
+        and framed, so the CPU work overlaps the disk wait. Checkpoints run
+        beside both (they only shorten recovery).
         """
         task_status.started()
         delay = self.config.commit_delay_ms / 1000
-        async with self._receive, anyio.create_task_group() as background:
-            async for first in self._receive:
-                group = [first]
-                self._gather(group)
-                if delay and not any(a.urgent for a in group):
-                    await self._wait_for_company(group, delay)
-                with anyio.CancelScope(shield=True):
+        send_framed, receive_framed = anyio.create_memory_object_stream[_Framed](1)
+        async with self._receive, anyio.create_task_group() as tasks:
+            tasks.start_soon(self._syncer, receive_framed, tasks)
+            async with send_framed:
+                async for first in self._receive:
+                    group = [first]
+                    self._gather(group)
+                    if delay and not any(a.urgent for a in group):
+                        await self._wait_for_company(group, delay)
                     for part in _critical_first(group):
-                        await self._commit(part)
-                if (
-                    self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
-                    and not self._checkpointing
-                ):
+                        framed = self._frame(part)
+                        if framed is not None:
+                            await send_framed.send(framed)
+
+    async def _syncer(self, receive: MemoryObjectReceiveStream[_Framed], tasks: TaskGroup) -> None:
+        async with receive:
+            async for framed in receive:
+                with anyio.CancelScope(shield=True):
+                    await self._sync(framed)
+                due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
+                if due and not self._checkpointing:
                     self._checkpointing = True
-                    background.start_soon(self._checkpoint_beside)
+                    tasks.start_soon(self._checkpoint_beside)
 
     async def _checkpoint_beside(self) -> None:
         try:
@@ -294,41 +347,31 @@ class WriteAheadLog:
                 if more.urgent:
                     return
 
-    async def _commit(self, group: list[_Append]) -> None:
+    def _frame(self, group: list[_Append]) -> _Framed | None:
+        """Frame every new record of the group, chained on the tip (framed, maybe not durable yet).
+
+        A duplicate of a durable record is answered at once (if the whole
+        group is duplicates); a duplicate of a record still in flight is
+        answered with this group, which is synced after the one holding it.
+        """
         if self._failure is not None:
             _answer(group, self._failure)
-            return
-        frames, hashes, offsets, pending = self._encode(group)
-        if not frames:
-            _answer(group, None)
-            return
-        data = b"".join(frames)
-        try:
-            start = await anyio.to_thread.run_sync(self._write_group, data, pending[0][0])
-        except DiskFullError as exc:
-            self._disk_full += 1
-            _answer(group, exc)
-            return
-        except OSError as exc:
-            self._fail(f"{exc.strerror or exc} while writing the log", exc)
-            _answer(group, self._failure)
-            return
-        self._durable(start, len(data), offsets, hashes, pending)
-        _answer(group, None)
-
-    def _encode(self, group: list[_Append]) -> tuple[list[bytes], list[bytes], list[int], list[_Pending]]:
-        """Frame every new record of the group; answer duplicates from the index."""
+            return None
         frames: list[bytes] = []
         hashes: list[bytes] = []
         offsets: list[int] = []
         pending: list[_Pending] = []
-        assigned: dict[str, int] = {}
-        lsn, prev, size = self._last_lsn, self._last_hash, 0
+        lsn, prev, size = self._tip_lsn, self._tip_hash, 0
+        inflight = self._inflight
+        waits_for_flight = False
         now = self._clock()
         for request in group:
             request.positions = []
             for env in request.envelopes:
-                known = self._ids.get(env.message_id) or assigned.get(env.message_id)
+                known = self._ids.get(env.message_id)
+                if known is None:
+                    known = inflight.get(env.message_id)
+                    waits_for_flight = waits_for_flight or known is not None
                 if known is not None:
                     request.positions.append(Position(known, duplicate=True))
                     self._duplicates += 1
@@ -342,9 +385,50 @@ class WriteAheadLog:
                 offsets.append(size)
                 size += len(frame)
                 pending.append((lsn, env.message_id, patients))
-                assigned[env.message_id] = lsn
+                inflight[env.message_id] = lsn
                 request.positions.append(Position(lsn))
-        return frames, hashes, offsets, pending
+        if not frames and not waits_for_flight:
+            _answer(group, None)
+            return None
+        self._tip_lsn, self._tip_hash = lsn, prev
+        return _Framed(
+            group, data=b"".join(frames), offsets=offsets, hashes=hashes, pending=pending, generation=self._generation
+        )
+
+    async def _sync(self, framed: _Framed) -> None:
+        """Write and fsync one framed group (in a worker thread), then answer it."""
+        group = framed.group
+        if self._failure is not None:
+            _answer(group, self._failure)
+            return
+        if framed.generation != self._generation:
+            # Framed on top of a group the disk refused: its LSNs and chain are void.
+            _answer(group, DiskFullError("an earlier group was refused for lack of space; retry later"))
+            return
+        if not framed.data:
+            _answer(group, None)
+            return
+        try:
+            start = await anyio.to_thread.run_sync(self._write_group, framed.data, framed.pending[0][0])
+        except DiskFullError as exc:
+            self._disk_full += 1
+            self._rewind()
+            _answer(group, exc)
+            return
+        except OSError as exc:
+            self._fail(f"{exc.strerror or exc} while writing the log", exc)
+            _answer(group, self._failure)
+            return
+        self._durable(start, len(framed.data), framed.offsets, framed.hashes, framed.pending)
+        for _, message_id, _ in framed.pending:
+            self._inflight.pop(message_id, None)
+        _answer(group, None)
+
+    def _rewind(self) -> None:
+        """Forget every framed-but-unwritten group: the tip goes back to the durable end."""
+        self._generation += 1
+        self._tip_lsn, self._tip_hash = self._last_lsn, self._last_hash
+        self._inflight.clear()
 
     def _write_group(self, data: bytes, first_lsn: int) -> int:
         """In a worker thread: roll the segment if due, write, fdatasync. Returns the write offset."""
@@ -536,6 +620,7 @@ async def open_wal(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(wal.run)
+                wal._new_event = type(anyio.Event())
                 try:
                     yield wal
                 finally:
