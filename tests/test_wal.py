@@ -192,6 +192,7 @@ async def test_bit_flip_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
 async def test_bit_flip_in_the_last_segment_with_records_after_refuses(tmp_path: Path) -> None:
     """Damage in the last segment is corruption, not a torn tail, when valid records follow."""
     await append_all(tmp_path, [envelope(i) for i in range(10)], config=WalConfig())
+    (tmp_path / "index").unlink()  # as after a crash: the tail logic, not the index, decides
     _flip(_last_segment(tmp_path), len(SEGMENT_MAGIC) + 100)
     with pytest.raises(WALCorruptError, match="valid records follow"):
         await read_ids(tmp_path, config=WalConfig())
@@ -222,7 +223,7 @@ async def test_missing_segment_is_a_gap(tmp_path: Path) -> None:
     await append_all(tmp_path, [envelope(i, size=3000) for i in range(80)])
     segments = sorted(tmp_path.glob("*.seg"))
     segments[1].unlink()
-    with pytest.raises(WALCorruptError, match="a segment is missing"):
+    with pytest.raises(WALCorruptError, match="missing"):
         await read_ids(tmp_path)
 
 
@@ -239,6 +240,7 @@ async def test_damaged_checkpoint_is_ignored_and_everything_verified(tmp_path: P
 async def test_checkpoint_beyond_the_log_refuses(tmp_path: Path) -> None:
     """A checkpoint for records the log no longer has means acknowledged data was lost."""
     await append_all(tmp_path, [envelope(i) for i in range(30)])
+    (tmp_path / "index").unlink()  # the checkpoint alone must catch it
     seg = _last_segment(tmp_path)
     seg.write_bytes(seg.read_bytes()[:-1])  # the last (checkpointed) record loses a byte
     with pytest.raises(WALCorruptError, match="checkpoint at LSN 30"):
@@ -379,3 +381,46 @@ async def test_disk_full_under_concurrency_voids_groups_framed_behind_it(tmp_pat
     assert sorted(acked) == sorted(ids)
     result = scan_log(tmp_path, files)
     assert result.records == result.hashed_records == len(ids)
+
+
+async def _state(directory: Path) -> tuple[list[str], list[int | None], list[list[int]]]:
+    async with open_wal(directory, SMALL) as wal:
+        ids = [r.message_id for r in wal.read_from(1)]
+        lookups = [wal.lookup(m) for m in ids]
+        patients = [[r.lsn for r in wal.read_patient(f"H|P{k}")] for k in range(7)]
+        return ids, lookups, patients
+
+
+async def test_saved_index_gives_the_same_state_as_a_full_scan(tmp_path: Path) -> None:
+    """A clean stop saves the indexes; the next start resumes from them, to the same state."""
+    await append_all(tmp_path, [envelope(i, size=1500) for i in range(300)])
+    stale = (tmp_path / "index").read_bytes()
+    with capture_logs() as logs:
+        fast = await _state(tmp_path)
+    [opened] = [e for e in logs if e["event"] == "wal.opened"]
+    assert opened["hashed"] == 0  # nothing after the index: no record decoded
+    (tmp_path / "index").unlink()
+    assert fast == await _state(tmp_path)  # a full scan agrees
+    # Appends go on after an index-resumed start; an index older than the
+    # checkpoint (saved at an earlier stop) still resumes correctly.
+    await append_all(tmp_path, [envelope(90_000)])
+    (tmp_path / "index").write_bytes(stale)
+    assert [*fast[0], envelope(90_000).message_id] == await read_ids(tmp_path)
+
+
+async def test_damaged_index_is_ignored(tmp_path: Path) -> None:
+    """An index that fails its CRC is ignored with a warning; the full scan takes over."""
+    envs = [envelope(i) for i in range(40)]
+    await append_all(tmp_path, envs)
+    _flip(tmp_path / "index", 20)
+    with capture_logs() as logs:
+        assert [e.message_id for e in envs] == await read_ids(tmp_path)
+    assert any(e["event"] == "wal.index_ignored" for e in logs)
+
+
+async def test_index_naming_missing_segments_refuses(tmp_path: Path) -> None:
+    """If segments the index names are gone, records are gone: refuse."""
+    await append_all(tmp_path, [envelope(i, size=3000) for i in range(80)])
+    min(tmp_path.glob("*.seg")).unlink()
+    with pytest.raises(WALCorruptError, match="missing"):
+        await read_ids(tmp_path)

@@ -42,10 +42,11 @@ from engine.config import WalConfig
 from engine.model import Envelope, Lane
 from engine.wal.audit import AuditTrail
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
-from engine.wal.errors import DiskFullError, WALFailedError, WALLockedError
+from engine.wal.errors import DiskFullError, WALCorruptError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
+from engine.wal.index import IndexSnapshot, IndexStore
 from engine.wal.record import FRAME, SEGMENT_MAGIC, LogRecord, RecordHead, decode_record, encode_frame
-from engine.wal.scan import SegmentInfo, scan_log, segment_name
+from engine.wal.scan import Resume, ScanResult, SegmentInfo, scan_log, segment_name
 
 __all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal"]
 
@@ -159,6 +160,7 @@ class WriteAheadLog:
         self._handle: int | None = None
         self._failure: WALFailedError | None = None
         self._checkpoints = CheckpointStore(directory, files)
+        self._indexes = IndexStore(directory, files)
         self._audit = AuditTrail(directory, files, audit_key) if audit_key else None
         self._checkpoint_lsn = 0
         self._checkpointing = False
@@ -177,22 +179,60 @@ class WriteAheadLog:
     # -- recovery -----------------------------------------------------------
 
     def recover(self) -> None:
-        """Scan the log, rebuild the indexes, truncate a torn tail; refuse corruption."""
+        """Scan the log, rebuild the indexes, truncate a torn tail; refuse corruption.
+
+        With a saved index that matches the log, only the records after it are
+        scanned (CRCs and chain verified from there on).
+        """
         checkpoint = self._checkpoints.load()
+        saved = self._indexes.load()
+        if saved is not None and (checkpoint is None or saved.lsn > checkpoint.lsn):
+            _log.warning("wal.index_ignored", reason="newer than the checkpoint")
+            saved = None
+        resume = self._restore(saved) if saved is not None else None
+        watch = frozenset({checkpoint.lsn}) if checkpoint and resume else frozenset()
         result = scan_log(
             self.directory,
             self._files,
-            chain_from_lsn=checkpoint.lsn if checkpoint else 0,
-            chain_from_hash=checkpoint.hash if checkpoint else None,
+            chain_from_lsn=checkpoint.lsn if checkpoint and not resume else 0,
+            chain_from_hash=checkpoint.hash if checkpoint and not resume else None,
             visit=self._index,
             sparse_every=self.config.sparse_index_records_interval,
             tail_window_bytes=self._tail_window,
+            watch=watch,
+            resume=resume,
         )
+        if (
+            checkpoint
+            and resume
+            and checkpoint.lsn > resume.lsn
+            and result.hashes.get(checkpoint.lsn) != checkpoint.hash
+        ):
+            raise WALCorruptError(
+                f"record {checkpoint.lsn} does not match the checkpoint's hash", result.segments[-1].name, 0
+            )
+        # The saved index describes this moment only: once appends go on it is stale.
+        self._indexes.remove()
+        self._adopt(result, checkpoint.lsn if checkpoint else 0)
+
+    def _restore(self, saved: IndexSnapshot) -> Resume:
+        """Load a saved index into memory; return where scanning resumes."""
+        segments = []
+        for name, first, last, size, sparse in saved.segments:
+            seg = SegmentInfo(self.directory / name, first)
+            seg.last_lsn, seg.size, seg.sparse = last, size, [tuple(p) for p in sparse]  # type: ignore[misc]
+            segments.append(seg)
+        self._ids = dict(saved.ids)
+        self._patients = {key: array("q", packed) for key, packed in saved.patients.items()}
+        return Resume(segments, saved.lsn, saved.hash)
+
+    def _adopt(self, result: ScanResult, checkpoint_lsn: int) -> None:
+        """Take the scan's view as the log's state; repair a torn tail; make the tail durable."""
         self._segments = result.segments
         self._firsts = [s.first_lsn for s in self._segments]
         self._last_lsn = self._tip_lsn = result.last_lsn
         self._last_hash = self._tip_hash = result.last_hash
-        self._checkpoint_lsn = checkpoint.lsn if checkpoint else 0
+        self._checkpoint_lsn = checkpoint_lsn
         if result.tail is not None:
             tail = result.tail
             _log.warning(
@@ -218,6 +258,22 @@ class WriteAheadLog:
             self._files.sync(self._handle)
             self._files.sync_dir(self.directory)
         _log.info("wal.opened", last_lsn=self._last_lsn, segments=len(self._segments), hashed=result.hashed_records)
+
+    def save_index(self) -> None:
+        """Save the indexes for a fast next start (at a clean stop, after the checkpoint)."""
+        if self._failure is not None or self._last_lsn != self._checkpoint_lsn:
+            return
+        snapshot = IndexSnapshot(
+            self._last_lsn,
+            self._last_hash,
+            [(s.name, s.first_lsn, s.last_lsn, s.size, s.sparse) for s in self._segments],
+            self._ids,
+            {key: positions.tobytes() for key, positions in self._patients.items()},
+        )
+        try:
+            self._indexes.save(snapshot)
+        except OSError as exc:
+            _log.error("wal.index_save_failed", reason=exc.strerror or str(exc))
 
     def _index(self, segment: int, offset: int, head: RecordHead) -> None:
         # The recovery visitor: the body of `_add`, inlined (one call less per record).
@@ -553,6 +609,7 @@ class WriteAheadLog:
         if self._handle is not None:
             if self._failure is None:
                 self.checkpoint()
+                self.save_index()
             self._files.close(self._handle)
             self._handle = None
 
