@@ -35,6 +35,9 @@ class Contender(msgspec.Struct):
 
 
 def arguments(description: str) -> argparse.Namespace:
+    from engine.logs import configure_logging
+
+    configure_logging("warning")  # the engine's info lines would clutter the tables
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes (CI): checks the benchmark runs")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
