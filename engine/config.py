@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, final
+from typing import Annotated, Any, Literal, final
 
 import msgspec
 
@@ -70,6 +70,9 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             recovery verifies the hash chain from the last checkpoint.
         sparse_index_records_interval: one (LSN, offset) index entry per this
             many records.
+        retention: "keep-all" (the default: it is a medical record), or
+            "release-before-snapshot": segments wholly older than the oldest
+            snapshot still needed may be deleted.
     """
 
     segment_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB)] = 64 * _MIB
@@ -79,6 +82,7 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_appends_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     checkpoint_records_interval: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     sparse_index_records_interval: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 64
+    retention: Literal["keep-all", "release-before-snapshot"] = "keep-all"
 
 
 @final

@@ -94,6 +94,7 @@ def _summary(result: ScanResult) -> dict[str, Any]:
         "segments": len(result.segments),
         "records": result.records,
         "bytes": sum(s.size for s in result.segments),
+        "first_lsn": result.first_lsn,
         "last_lsn": result.last_lsn,
         "crc_checked": result.records,
         "chain_checked": result.hashed_records,
@@ -111,7 +112,9 @@ def _emit(report: dict[str, Any], as_json: bool) -> None:
     if "records" in report:
         console.print(
             f"checked {report['records']:,} records in {report['segments']} segment(s), "
-            f"{report['bytes']:,} bytes: every CRC, and the hash chain from genesis to LSN {report['last_lsn']:,}"
+            f"{report['bytes']:,} bytes: every CRC, and the hash chain from "
+            f"{'genesis' if report['first_lsn'] == 1 else 'LSN ' + format(report['first_lsn'], ',')} "
+            f"to LSN {report['last_lsn']:,}"
         )
     checkpoint = report.get("checkpoint")
     if checkpoint:
@@ -213,7 +216,7 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
         _emit(report, as_json)
         sys.exit(1)
     report.update(_summary(result))
-    count, problem = trail.verify(result.hashes, result.last_lsn)
+    count, problem = trail.verify(result.hashes, result.last_lsn, result.first_lsn)
     report["keyed_checkpoints"] = count
     if problem is not None:
         report.update(ok=False, problem=f"keyed checkpoint {problem.entry} (LSN {problem.lsn}): {problem.reason}")

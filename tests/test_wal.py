@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 
 from engine.config import WalConfig
 from engine.model import Envelope, Kind, Lane, Unrecognized
-from engine.wal import DiskFullError, WALCorruptError, WALFailedError, WALLockedError, open_wal, scan_log
-from engine.wal.files import FileLayer
+from engine.wal import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError, open_wal, scan_log
+from engine.wal.files import FileLayer, OSFiles
 from engine.wal.record import FRAME, SEGMENT_MAGIC, checksum
 from tests.faultfs import FaultyFiles
 
@@ -424,3 +424,58 @@ async def test_index_naming_missing_segments_refuses(tmp_path: Path) -> None:
     min(tmp_path.glob("*.seg")).unlink()
     with pytest.raises(WALCorruptError, match="missing"):
         await read_ids(tmp_path)
+
+
+RELEASING = WalConfig(
+    segment_bytes_max=64 * 1024,
+    checkpoint_records_interval=50,
+    sparse_index_records_interval=4,
+    retention="release-before-snapshot",
+)
+
+
+async def test_release_is_refused_by_default(tmp_path: Path) -> None:
+    """Keep-all is the default: a medical record is not trimmed unless configured."""
+    async with open_wal(tmp_path, SMALL) as wal:
+        await wal.append([envelope(1)])
+        with pytest.raises(WALError, match="keep-all"):
+            await wal.release_segments_before(10**9)
+
+
+async def test_released_segments_leave_a_verifiable_log(tmp_path: Path) -> None:
+    """Old segments go; reads, the patient index, reopen and the chain (from the base) still work."""
+    envs = [envelope(i, size=3000) for i in range(100)]
+    async with open_wal(tmp_path, RELEASING) as wal:
+        for e in envs:
+            await wal.append([e])
+        segments_before = wal.statistics().segments
+        released = await wal.release_segments_before(60)
+        assert released > 0
+        assert wal.statistics().segments == segments_before - released
+        first = wal.first_lsn
+        assert 1 < first <= 60
+        assert [r.lsn for r in wal.read_from(1)] == list(range(first, 101))
+        assert all(r.lsn >= first for r in wal.read_patient("H|P0"))
+        await wal.append([envelope(500)])
+    async with open_wal(tmp_path, RELEASING) as wal:
+        assert wal.first_lsn == first
+        assert [r.lsn for r in wal.read_from(1)] == list(range(first, 102))
+    result = scan_log(tmp_path, OSFiles())
+    assert (result.first_lsn, result.last_lsn, result.hashed_records) == (first, 101, 102 - first)
+
+
+async def test_release_interrupted_by_a_crash(tmp_path: Path) -> None:
+    """The base is written first: a crash before the deletions leaves extra segments, removed at open."""
+    async with open_wal(tmp_path, RELEASING) as wal:
+        for i in range(100):
+            await wal.append([envelope(i, size=3000)])
+    keep = {p.name: p.read_bytes() for p in tmp_path.glob("*.seg")}
+    async with open_wal(tmp_path, RELEASING) as wal:
+        await wal.release_segments_before(60)
+        first = wal.first_lsn
+    for name, data in keep.items():  # the deletions "never happened"
+        (tmp_path / name).write_bytes(data)
+    async with open_wal(tmp_path, RELEASING) as wal:
+        assert wal.first_lsn == first
+        assert next(r.lsn for r in wal.read_from(1)) == first
+    assert min(p.name for p in tmp_path.glob("*.seg")) == f"{first:020d}.seg"

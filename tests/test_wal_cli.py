@@ -147,3 +147,24 @@ def test_audit_without_checkpoints_is_a_problem(tmp_path: Path, key: str | None)
     code, out, _ = _run("audit", "verify", "--data", str(tmp_path), "--json", env={"VIGIL_AUDIT_KEY": KEY})
     assert code == 1
     assert "no keyed checkpoint" in json.loads(out)["problem"]
+
+
+def test_verify_and_audit_after_segments_were_released(tmp_path: Path) -> None:
+    """After a release, the chain verifies from the base and keyed checkpoints below it are MAC-checked only."""
+    config = WalConfig(checkpoint_records_interval=10, segment_bytes_max=64 * 1024, retention="release-before-snapshot")
+
+    async def fill_and_release() -> int:
+        async with open_wal(tmp_path / "wal", config, audit_key=KEY.encode()) as wal:
+            for i in range(120):
+                await wal.append([envelope(i, size=2000)])
+            await wal.release_segments_before(80)
+            return wal.first_lsn
+
+    first = anyio.run(fill_and_release)
+    assert first > 1
+    code, out, _ = _run("wal", "verify", "--data", str(tmp_path), "--json")
+    report = json.loads(out)
+    assert code == 0, report
+    assert (report["first_lsn"], report["last_lsn"]) == (first, 120)
+    code, out, _ = _run("audit", "verify", "--data", str(tmp_path), "--json", env={"VIGIL_AUDIT_KEY": KEY})
+    assert code == 0, out

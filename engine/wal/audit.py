@@ -115,11 +115,13 @@ class AuditTrail:
             self._files.close(handle)
         self._previous = entry.mac
 
-    def verify(self, hashes: dict[int, bytes], last_lsn: int) -> tuple[int, AuditProblem | None]:
+    def verify(self, hashes: dict[int, bytes], last_lsn: int, first_lsn: int = 1) -> tuple[int, AuditProblem | None]:
         """Check every entry's MAC and that the log's hash at its LSN is the one signed.
 
         `hashes` are the log's chain hashes at the entries' LSNs (from a scan
-        that watched them). Returns the number of entries and the first problem.
+        that watched them); entries below `first_lsn` (released segments) are
+        checked for their MAC only. Returns the number of entries and the first
+        problem.
         """
         entries = self.entries()
         previous = b""
@@ -128,7 +130,7 @@ class AuditTrail:
                 return len(entries), AuditProblem(i, entry.lsn, "checkpoint MAC does not verify (wrong key, or edited)")
             if entry.lsn > last_lsn:
                 return len(entries), AuditProblem(i, entry.lsn, f"log ends at LSN {last_lsn}: signed records are gone")
-            if hashes.get(entry.lsn) != entry.hash:
+            if entry.lsn >= first_lsn and hashes.get(entry.lsn) != entry.hash:
                 return len(entries), AuditProblem(
                     i, entry.lsn, "the log's record differs from the signed one (rewritten)"
                 )

@@ -41,12 +41,22 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.config import WalConfig
 from engine.model import Envelope, Lane
 from engine.wal.audit import AuditTrail
+from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
-from engine.wal.errors import DiskFullError, WALCorruptError, WALFailedError, WALLockedError
+from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.index import IndexSnapshot, IndexStore
-from engine.wal.record import FRAME, SEGMENT_MAGIC, LogRecord, RecordHead, decode_record, encode_frame
-from engine.wal.scan import Resume, ScanResult, SegmentInfo, scan_log, segment_name
+from engine.wal.record import (
+    FRAME,
+    SEGMENT_MAGIC,
+    LogRecord,
+    RecordHead,
+    body_hash,
+    decode_record,
+    encode_frame,
+    read_frame,
+)
+from engine.wal.scan import Resume, ScanResult, SegmentInfo, released_segments, scan_log, segment_name
 
 __all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal"]
 
@@ -169,6 +179,10 @@ class WriteAheadLog:
         self._tip_lsn = 0
         self._tip_hash = b""
         self._inflight: dict[str, int] = {}
+        # Segments released since open: patient index entries count segments
+        # from the first one of this run, so they are offset by this.
+        self._released = 0
+        self._first_lsn = 1
         self._generation = 0
         # anyio.Event() looks the backend up on every call; an append makes one
         # each, so the backend's own Event class is resolved once, at open.
@@ -230,6 +244,9 @@ class WriteAheadLog:
         """Take the scan's view as the log's state; repair a torn tail; make the tail durable."""
         self._segments = result.segments
         self._firsts = [s.first_lsn for s in self._segments]
+        self._first_lsn = result.first_lsn
+        for name in released_segments(self.directory, self._files):
+            self._files.remove(self.directory / name)  # a release a crash interrupted
         self._last_lsn = self._tip_lsn = result.last_lsn
         self._last_hash = self._tip_hash = result.last_hash
         self._checkpoint_lsn = checkpoint_lsn
@@ -509,7 +526,7 @@ class WriteAheadLog:
         return start
 
     def _durable(self, start: int, size: int, offsets: list[int], hashes: list[bytes], pending: list[_Pending]) -> None:
-        seg_index = len(self._segments) - 1
+        seg_index = len(self._segments) - 1 + self._released
         seg = self._segments[-1]
         every = self.config.sparse_index_records_interval
         for (lsn, message_id, patients), offset in zip(pending, offsets, strict=True):
@@ -549,6 +566,57 @@ class WriteAheadLog:
             return
         self._checkpoint_lsn = lsn
 
+    # -- retention ----------------------------------------------------------
+
+    async def release_segments_before(self, lsn: int) -> int:
+        """Delete whole sealed segments whose records are all below `lsn`; return how many.
+
+        For the actors' snapshots: `lsn` is the oldest snapshot still needed.
+        Only with `wal.retention = "release-before-snapshot"`: by default a
+        medical record keeps everything. The base file is written before any
+        deletion, so a crash in between loses nothing the log still needs.
+
+        Raises:
+            WALError: retention is keep-all.
+        """
+        if self.config.retention != "release-before-snapshot":
+            raise WALError('retention is "keep-all": no segment is released')
+        count = 0
+        while count < len(self._segments) - 1 and self._segments[count].last_lsn < lsn:
+            count += 1
+        if count == 0:
+            return 0
+        doomed = self._segments[:count]
+        kept = self._segments[count]
+        base = Base(kept.first_lsn, await anyio.to_thread.run_sync(self._last_hash_of, doomed[-1]))
+        await anyio.to_thread.run_sync(BaseStore(self.directory, self._files).save, base)
+        del self._segments[:count]
+        del self._firsts[:count]
+        self._released += count
+        self._first_lsn = base.first_lsn
+
+        def delete() -> None:
+            for seg in doomed:
+                self._files.remove(seg.path)
+            self._files.sync_dir(self.directory)
+
+        await anyio.to_thread.run_sync(delete)
+        _log.info("wal.segments_released", segments=count, first_lsn=base.first_lsn)
+        return count
+
+    def _last_hash_of(self, seg: SegmentInfo) -> bytes:
+        """The chain hash of a sealed segment's last record."""
+        data = self._files.read(seg.path, 0, seg.size)
+        pos, body = _sparse_offset(seg, seg.last_lsn), b""
+        while (frame := read_frame(data, pos)) is not None:
+            pos, body = frame.end, frame.body
+        return body_hash(body)
+
+    @property
+    def first_lsn(self) -> int:
+        """The first LSN the log still holds (1 unless segments were released)."""
+        return self._first_lsn
+
     # -- reading ------------------------------------------------------------
 
     @property
@@ -586,7 +654,10 @@ class WriteAheadLog:
     def read_patient(self, patient: str) -> Iterator[LogRecord]:
         """Every durable record touching one patient, in order, without a scan."""
         for entry in list(self._patients.get(patient, ())):
-            seg = self._segments[entry >> _SEGMENT_BITS]
+            ordinal = (entry >> _SEGMENT_BITS) - self._released
+            if ordinal < 0:
+                continue  # in a released segment
+            seg = self._segments[ordinal]
             offset = entry & ((1 << _SEGMENT_BITS) - 1)
             length, _ = FRAME.unpack(self._files.read(seg.path, offset, FRAME.size))
             yield decode_record(self._files.read(seg.path, offset + FRAME.size, length))

@@ -21,11 +21,21 @@ from typing import final
 import google_crc32c
 import msgspec
 
+from engine.wal.base import BaseStore
 from engine.wal.errors import WALCorruptError
 from engine.wal.files import FileLayer
 from engine.wal.record import FRAME, GENESIS_HASH, SEGMENT_MAGIC, RecordHead, body_hash, checksum, decode_head
 
-__all__ = ["ScanResult", "SegmentInfo", "TailDamage", "Visitor", "scan_log", "segment_name"]
+__all__ = [
+    "Resume",
+    "ScanResult",
+    "SegmentInfo",
+    "TailDamage",
+    "Visitor",
+    "released_segments",
+    "scan_log",
+    "segment_name",
+]
 
 SEGMENT_SUFFIX = ".seg"
 # A LogRecord body is a MessagePack array of 8 elements: it starts with 0x98.
@@ -75,6 +85,7 @@ class ScanResult(msgspec.Struct):
     hashed_records: int
     tail: TailDamage | None = None
     hashes: dict[int, bytes] = msgspec.field(default_factory=dict)  # hash at each watched LSN
+    first_lsn: int = 1  # the first retained LSN (above 1 once old segments were released)
 
 
 def scan_log(
@@ -105,9 +116,12 @@ def scan_log(
     Raises:
         WALCorruptError: damage that is not a torn tail.
     """
+    base = BaseStore(directory, files).load()
     names = [n for n in files.list(directory) if n.endswith(SEGMENT_SUFFIX)]
-    result = ScanResult([], 0, 0, GENESIS_HASH, 0)
+    names = [n for n in names if not _released(n, base.first_lsn)]
+    result = ScanResult([], 0, base.first_lsn - 1, GENESIS_HASH, 0, first_lsn=base.first_lsn)
     state = _Chain(chain_from_lsn, chain_from_hash, watch, result.hashes)
+    state.last_hash = base.prev_hash
     start_index = 0
     if resume is not None:
         start_index = _resume(resume, names, result, state)
@@ -167,7 +181,8 @@ def _resume(resume: Resume, names: list[str], result: ScanResult, chain: _Chain)
         where = known[0] if known else "(no segment)"
         raise WALCorruptError("segments named in the index are missing", where, 0)
     result.segments = list(resume.segments)
-    result.last_lsn = result.records = resume.lsn
+    result.records = resume.lsn - result.last_lsn
+    result.last_lsn = resume.lsn
     chain.last_hash = resume.hash
     chain.from_lsn = resume.lsn + 1
     chain.expected_hash = None
@@ -193,6 +208,18 @@ def _check_crcs(data: bytes, seg: SegmentInfo, end: int) -> None:
         pos, count = stop, count + 1
     if count != seg.last_lsn - seg.first_lsn + 1:
         raise WALCorruptError(f"{count} records where the index has {seg.last_lsn - seg.first_lsn + 1}", seg.name, pos)
+
+
+def _released(name: str, first_lsn: int) -> bool:
+    """A segment wholly below the base: left by a release interrupted by a crash."""
+    stem = name.removesuffix(SEGMENT_SUFFIX)
+    return stem.isdigit() and int(stem) < first_lsn
+
+
+def released_segments(directory: Path, files: FileLayer) -> list[str]:
+    """Segments below the base, to be deleted (an interrupted release)."""
+    first = BaseStore(directory, files).load().first_lsn
+    return [n for n in files.list(directory) if n.endswith(SEGMENT_SUFFIX) and _released(n, first)]
 
 
 def _open_segment(path: Path, expected_first: int) -> SegmentInfo:
