@@ -17,8 +17,9 @@ from typing import final
 import msgspec
 
 from engine.wal.errors import WALCorruptError
-from engine.wal.files import FileLayer, write_atomic
-from engine.wal.record import GENESIS_HASH, frame_body, read_frame
+from engine.wal.files import FileLayer
+from engine.wal.record import GENESIS_HASH
+from engine.wal.small_file import DamagedFileError, SmallFile
 
 __all__ = ["Base", "BaseStore"]
 
@@ -38,11 +39,8 @@ GENESIS = Base(1, GENESIS_HASH)
 class BaseStore:
     """The `base` file of a log directory."""
 
-    NAME = "base"
-
     def __init__(self, directory: Path, files: FileLayer) -> None:
-        self._path = directory / self.NAME
-        self._files = files
+        self._file = SmallFile(directory, "base", files, Base)
 
     def load(self) -> Base:
         """The base (genesis when the log was never trimmed).
@@ -51,17 +49,12 @@ class BaseStore:
             WALCorruptError: the file exists but is damaged: where the log
                 begins is then unknown, and guessing could hide a hole.
         """
-        if self.NAME not in self._files.list(self._path.parent):
-            return GENESIS
-        data = self._files.read(self._path)
-        frame = read_frame(data, 0)
-        if frame is None or not frame.crc_ok:
-            raise WALCorruptError("the base file is damaged", self.NAME, 0)
         try:
-            return msgspec.msgpack.decode(frame.body, type=Base)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise WALCorruptError("the base file does not decode", self.NAME, 0) from None
+            base = self._file.read()
+        except DamagedFileError as exc:
+            raise WALCorruptError(f"the base file is damaged ({exc})", "base", 0) from None
+        return base if base is not None else GENESIS
 
     def save(self, base: Base) -> None:
         """Replace the base atomically."""
-        write_atomic(self._files, self._path, frame_body(msgspec.msgpack.encode(base)))
+        self._file.write(base)

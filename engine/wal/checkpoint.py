@@ -15,8 +15,8 @@ from typing import final
 import msgspec
 import structlog
 
-from engine.wal.files import FileLayer, write_atomic
-from engine.wal.record import FRAME, checksum, frame_body
+from engine.wal.files import FileLayer
+from engine.wal.small_file import DamagedFileError, SmallFile
 
 __all__ = ["Checkpoint", "CheckpointStore"]
 
@@ -36,32 +36,17 @@ class Checkpoint(msgspec.Struct, frozen=True, array_like=True):
 class CheckpointStore:
     """Reads and writes the log directory's `checkpoint` file."""
 
-    NAME = "checkpoint"
-
     def __init__(self, directory: Path, files: FileLayer) -> None:
-        self._path = directory / self.NAME
-        self._files = files
+        self._file = SmallFile(directory, "checkpoint", files, Checkpoint)
 
     def load(self) -> Checkpoint | None:
-        """The checkpoint, or None when absent or damaged."""
-        if self.NAME not in self._files.list(self._path.parent):
-            return None
-        data = self._files.read(self._path)
-        if len(data) < FRAME.size:
-            return self._ignored("cut short")
-        length, crc = FRAME.unpack_from(data, 0)
-        body = data[FRAME.size : FRAME.size + length]
-        if len(body) != length or checksum(data[:4], body) != crc:
-            return self._ignored("checksum mismatch")
+        """The checkpoint, or None when absent or damaged (a damaged one is only slower)."""
         try:
-            return msgspec.msgpack.decode(body, type=Checkpoint)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return self._ignored(str(exc))
-
-    @staticmethod
-    def _ignored(reason: str) -> None:
-        _log.warning("wal.checkpoint_ignored", reason=reason)
+            return self._file.read()
+        except DamagedFileError as exc:
+            _log.warning("wal.checkpoint_ignored", reason=str(exc))
+            return None
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint atomically."""
-        write_atomic(self._files, self._path, frame_body(msgspec.msgpack.encode(checkpoint)))
+        self._file.write(checkpoint)

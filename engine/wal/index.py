@@ -16,8 +16,8 @@ from typing import final
 import msgspec
 import structlog
 
-from engine.wal.files import FileLayer, write_atomic
-from engine.wal.record import frame_body, read_frame
+from engine.wal.files import FileLayer
+from engine.wal.small_file import DamagedFileError, SmallFile
 
 __all__ = ["IndexSnapshot", "IndexStore"]
 
@@ -43,31 +43,21 @@ class IndexSnapshot(msgspec.Struct, frozen=True, array_like=True):
 class IndexStore:
     """The `index` file of a log directory."""
 
-    NAME = "index"
-
     def __init__(self, directory: Path, files: FileLayer) -> None:
-        self._path = directory / self.NAME
-        self._files = files
+        self._file = SmallFile(directory, "index", files, IndexSnapshot)
 
     def load(self) -> IndexSnapshot | None:
-        """The saved index, or None when absent or damaged."""
-        if self.NAME not in self._files.list(self._path.parent):
-            return None
-        data = self._files.read(self._path)
-        frame = read_frame(data, 0)
-        if frame is None or not frame.crc_ok:
-            _log.warning("wal.index_ignored", reason="checksum mismatch or cut short")
-            return None
+        """The saved index, or None when absent or damaged (a damaged one is only slower)."""
         try:
-            return msgspec.msgpack.decode(frame.body, type=IndexSnapshot)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return self._file.read()
+        except DamagedFileError as exc:
             _log.warning("wal.index_ignored", reason=str(exc))
             return None
 
     def save(self, snapshot: IndexSnapshot) -> None:
         """Replace the index atomically."""
-        write_atomic(self._files, self._path, frame_body(msgspec.msgpack.encode(snapshot)))
+        self._file.write(snapshot)
 
     def remove(self) -> None:
-        """Drop the index (it would describe segments that changed)."""
-        self._files.remove(self._path)
+        """Drop the index (it describes one moment only)."""
+        self._file.remove()
