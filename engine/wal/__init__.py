@@ -2,7 +2,8 @@
 
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
-from engine.wal.log import Position, WALStatistics, WriteAheadLog, open_wal
+from engine.wal.group import Position
+from engine.wal.log import WALStatistics, WriteAheadLog, open_wal
 from engine.wal.record import LogRecord
 from engine.wal.scan import ScanResult, scan_log
 

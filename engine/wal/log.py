@@ -1,18 +1,19 @@
 """The write-ahead log: durable before acknowledged, group-committed, crash-safe.
 
 `open_wal` recovers the log (truncating a torn tail, refusing corruption),
-starts the writer task, and yields a `WriteAheadLog`. `append` returns only
-when the records are on disk: the writer gathers whatever appends are waiting
+starts the writer, and yields a `WriteAheadLog`. `append` returns only when
+the records are on disk: the writer gathers whatever appends are waiting
 into one write and one fdatasync (group commit). A group of batch-lane records
 only may wait `commit_delay_ms` for company; a group with any critical or
 standard record is written at once, so a critical record never waits for a
-batch window.
+batch window, and critical appends are made durable ahead of the rest of
+their group.
 
 Failure semantics, after what storage engines learned the hard way:
 - an fsync (or other I/O) error stops the log for good: every waiting and
   later append fails with `WALFailedError`; no retry on the same file, since
   the kernel may already have dropped the unwritten pages;
-- a full disk refuses the group (`DiskFullError`, retryable), truncates any
+- a full disk refuses the group (`DiskFullError`, retryable), takes back any
   partial write, and keeps the log open: reads work and appends resume when
   there is space again;
 - a redelivered message (same message id) is not appended twice: `append`
@@ -21,11 +22,6 @@ Failure semantics, after what storage engines learned the hard way:
 
 from __future__ import annotations
 
-import bisect
-import errno
-import fcntl
-import os
-from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -39,44 +35,27 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.config import WalConfig
-from engine.model import Envelope, Lane
+from engine.model import Envelope
 from engine.wal.audit import AuditTrail
 from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
-from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
+from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError
 from engine.wal.files import FileLayer, OSFiles
-from engine.wal.index import IndexSnapshot, IndexStore
-from engine.wal.record import (
-    FRAME,
-    SEGMENT_MAGIC,
-    LogRecord,
-    RecordHead,
-    body_hash,
-    decode_record,
-    encode_frame,
-    read_frame,
-)
-from engine.wal.scan import Resume, ScanResult, SegmentInfo, released_segments, scan_log, segment_name
+from engine.wal.group import Append, Framed, Pending, Position, answer, critical_first
+from engine.wal.index import IndexStore, LogIndex, sparse_offset
+from engine.wal.lock import DirectoryLock
+from engine.wal.record import LogRecord, body_hash, decode_record, encode_frame, read_frame
+from engine.wal.scan import ScanResult, SegmentInfo, released_segments, scan_log
+from engine.wal.segment_file import ActiveSegment
 
-__all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal"]
+__all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
 
 _log = structlog.get_logger("vigil.wal")
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_SEGMENT_BITS = 40  # patient index entries pack (segment << 40 | offset)
-_Pending = tuple[int, str, tuple[str, ...]]  # a framed record: LSN, message id, patients
 
 
 def utc_now() -> str:
     """The log's clock: ISO 8601 UTC with microseconds."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-@final
-class Position(msgspec.Struct, frozen=True):
-    """Where an appended message is: its LSN, and whether it was already there."""
-
-    lsn: int
-    duplicate: bool = False
 
 
 @final
@@ -91,55 +70,6 @@ class WALStatistics(msgspec.Struct, frozen=True):
     queued_appends: int
     disk_full_refusals: int
     failed: str | None
-
-
-@final
-class _Append:
-    """One caller's append, waiting for its group's fsync."""
-
-    __slots__ = ("critical", "done", "envelopes", "epoch", "error", "partition", "patients", "positions", "urgent")
-
-    def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int, done: anyio.Event) -> None:
-        self.envelopes = envelopes
-        self.partition = partition
-        self.epoch = epoch
-        self.done = done
-        self.positions: list[Position] = []
-        self.error: BaseException | None = None
-        # Only an all-batch append may wait for company before its fsync.
-        self.urgent = self.critical = False
-        self.patients: set[str] = set()
-        for e in envelopes:
-            if e.lane is not Lane.BATCH:
-                self.urgent = True
-                self.critical = self.critical or e.lane is Lane.CRITICAL
-            if e.patient:
-                self.patients.add(e.patient)
-            self.patients.update(e.other_patients)
-
-
-@final
-class _Framed:
-    """A group framed and chained, on its way to the syncer."""
-
-    __slots__ = ("data", "generation", "group", "hashes", "offsets", "pending")
-
-    def __init__(
-        self,
-        group: list[_Append],
-        *,
-        data: bytes,
-        offsets: list[int],
-        hashes: list[bytes],
-        pending: list[_Pending],
-        generation: int,
-    ) -> None:
-        self.group = group
-        self.data = data
-        self.offsets = offsets
-        self.hashes = hashes
-        self.pending = pending
-        self.generation = generation
 
 
 @final
@@ -161,33 +91,25 @@ class WriteAheadLog:
         self._files = files
         self._clock = clock
         self._tail_window = tail_window_bytes
-        self._segments: list[SegmentInfo] = []
-        self._firsts: list[int] = []  # first LSN of each segment, for bisect
-        self._ids: dict[str, int] = {}
-        self._patients: dict[str, array[int]] = {}
-        self._last_lsn = 0
-        self._last_hash = b""
-        self._handle: int | None = None
-        self._failure: WALFailedError | None = None
+        self._index = LogIndex(config.sparse_index_records_interval)
+        self._active = ActiveSegment(directory, files)
         self._checkpoints = CheckpointStore(directory, files)
-        self._indexes = IndexStore(directory, files)
+        self._saved_index = IndexStore(directory, files)
         self._audit = AuditTrail(directory, files, audit_key) if audit_key else None
+        self._failure: WALFailedError | None = None
+        self._first_lsn = 1
+        # The durable end (what a reader may see) and the tip (the last record
+        # framed, maybe still in flight); the syncer moves the first behind the second.
+        self._last_lsn = self._tip_lsn = 0
+        self._last_hash = self._tip_hash = b""
+        self._inflight: dict[str, int] = {}
+        self._generation = 0  # moves when a refused group voids those framed after it
         self._checkpoint_lsn = 0
         self._checkpointing = False
-        # The tip: the last record framed (it may still be in flight); the
-        # syncer moves the durable end (`_last_lsn`) behind it.
-        self._tip_lsn = 0
-        self._tip_hash = b""
-        self._inflight: dict[str, int] = {}
-        # Segments released since open: patient index entries count segments
-        # from the first one of this run, so they are offset by this.
-        self._released = 0
-        self._first_lsn = 1
-        self._generation = 0
         # anyio.Event() looks the backend up on every call; an append makes one
         # each, so the backend's own Event class is resolved once, at open.
         self._new_event: Callable[[], anyio.Event] = anyio.Event
-        self._send, self._receive = anyio.create_memory_object_stream[_Append](config.queue_appends_max)
+        self._send, self._receive = anyio.create_memory_object_stream[Append](config.queue_appends_max)
         self._appended = self._duplicates = self._groups = self._disk_full = 0
 
     # -- recovery -----------------------------------------------------------
@@ -195,25 +117,24 @@ class WriteAheadLog:
     def recover(self) -> None:
         """Scan the log, rebuild the indexes, truncate a torn tail; refuse corruption.
 
-        With a saved index that matches the log, only the records after it are
-        scanned (CRCs and chain verified from there on).
+        With indexes saved at the last clean stop, only the records after them
+        are decoded; every CRC of the prefix is still checked.
         """
         checkpoint = self._checkpoints.load()
-        saved = self._indexes.load()
+        saved = self._saved_index.load()
         if saved is not None and (checkpoint is None or saved.lsn > checkpoint.lsn):
             _log.warning("wal.index_ignored", reason="newer than the checkpoint")
             saved = None
-        resume = self._restore(saved) if saved is not None else None
-        watch = frozenset({checkpoint.lsn}) if checkpoint and resume else frozenset()
+        resume = self._index.restore(self.directory, saved) if saved is not None else None
         result = scan_log(
             self.directory,
             self._files,
             chain_from_lsn=checkpoint.lsn if checkpoint and not resume else 0,
             chain_from_hash=checkpoint.hash if checkpoint and not resume else None,
-            visit=self._index,
+            visit=self._index.visit,
             sparse_every=self.config.sparse_index_records_interval,
             tail_window_bytes=self._tail_window,
-            watch=watch,
+            watch=frozenset({checkpoint.lsn}) if checkpoint and resume else frozenset(),
             resume=resume,
         )
         if (
@@ -222,115 +143,30 @@ class WriteAheadLog:
             and checkpoint.lsn > resume.lsn
             and result.hashes.get(checkpoint.lsn) != checkpoint.hash
         ):
-            raise WALCorruptError(
-                f"record {checkpoint.lsn} does not match the checkpoint's hash", result.segments[-1].name, 0
-            )
-        # The saved index describes this moment only: once appends go on it is stale.
-        self._indexes.remove()
+            raise WALCorruptError(f"record {checkpoint.lsn} does not match the checkpoint's hash", "checkpoint", 0)
+        # Saved indexes describe one moment: once appends go on they are stale.
+        self._saved_index.remove()
         self._adopt(result, checkpoint.lsn if checkpoint else 0)
-
-    def _restore(self, saved: IndexSnapshot) -> Resume:
-        """Load a saved index into memory; return where scanning resumes."""
-        segments = []
-        for name, first, last, size, sparse in saved.segments:
-            seg = SegmentInfo(self.directory / name, first)
-            seg.last_lsn, seg.size, seg.sparse = last, size, [tuple(p) for p in sparse]  # type: ignore[misc]
-            segments.append(seg)
-        self._ids = dict(saved.ids)
-        self._patients = {key: array("q", packed) for key, packed in saved.patients.items()}
-        return Resume(segments, saved.lsn, saved.hash)
 
     def _adopt(self, result: ScanResult, checkpoint_lsn: int) -> None:
         """Take the scan's view as the log's state; repair a torn tail; make the tail durable."""
-        self._segments = result.segments
-        self._firsts = [s.first_lsn for s in self._segments]
+        self._index.adopt(result.segments)
         self._first_lsn = result.first_lsn
         for name in released_segments(self.directory, self._files):
             self._files.remove(self.directory / name)  # a release a crash interrupted
         self._last_lsn = self._tip_lsn = result.last_lsn
         self._last_hash = self._tip_hash = result.last_hash
         self._checkpoint_lsn = checkpoint_lsn
-        if result.tail is not None:
-            tail = result.tail
+        tail = result.tail
+        if tail is not None:
             _log.warning(
-                "wal.torn_tail_truncated",
-                segment=tail.segment,
-                offset=tail.offset,
-                bytes=tail.size,
-                reason=tail.reason,
+                "wal.torn_tail_truncated", segment=tail.segment, offset=tail.offset, bytes=tail.size, reason=tail.reason
             )
-        if not self._segments:
-            self._new_segment(1)
+        if result.segments:
+            self._active.reopen(result.segments[-1], truncate=tail is not None)
         else:
-            seg = self._segments[-1]
-            self._handle = self._files.open_append(seg.path)
-            if result.tail is not None:
-                self._files.truncate(self._handle, seg.size)
-                if seg.size == 0:
-                    self._files.write(self._handle, SEGMENT_MAGIC)
-                    seg.size = len(SEGMENT_MAGIC)
-            # After a process crash the tail may still be only in the page cache:
-            # make what recovery read durable before it is served or answered
-            # as a duplicate, or a later power cut could take back an ACK.
-            self._files.sync(self._handle)
-            self._files.sync_dir(self.directory)
-        _log.info("wal.opened", last_lsn=self._last_lsn, segments=len(self._segments), hashed=result.hashed_records)
-
-    def save_index(self) -> None:
-        """Save the indexes for a fast next start (at a clean stop, after the checkpoint)."""
-        if self._failure is not None or self._last_lsn != self._checkpoint_lsn:
-            return
-        snapshot = IndexSnapshot(
-            self._last_lsn,
-            self._last_hash,
-            [(s.name, s.first_lsn, s.last_lsn, s.size, s.sparse) for s in self._segments],
-            self._ids,
-            {key: positions.tobytes() for key, positions in self._patients.items()},
-        )
-        try:
-            self._indexes.save(snapshot)
-        except OSError as exc:
-            _log.error("wal.index_save_failed", reason=exc.strerror or str(exc))
-
-    def _index(self, segment: int, offset: int, head: RecordHead) -> None:
-        # The recovery visitor: the body of `_add`, inlined (one call less per record).
-        self._ids[head.message_id] = head.lsn
-        entry = segment << _SEGMENT_BITS | offset
-        for key in head.patients:
-            positions = self._patients.get(key)
-            if positions is None:
-                self._patients[key] = positions = array("q")
-            positions.append(entry)
-
-    def _add(self, segment: int, offset: int, lsn: int, message_id: str, patients: tuple[str, ...]) -> None:
-        self._ids[message_id] = lsn
-        entry = segment << _SEGMENT_BITS | offset
-        for key in patients:
-            positions = self._patients.get(key)
-            if positions is None:
-                self._patients[key] = positions = array("q")
-            positions.append(entry)
-
-    def _new_segment(self, first_lsn: int) -> None:
-        """Begin a segment (sealing the current one); a full disk leaves no trace."""
-        seg = SegmentInfo(self.directory / segment_name(first_lsn), first_lsn)
-        handle = self._files.open_append(seg.path)
-        try:
-            self._files.truncate(handle, 0)
-            self._files.write(handle, SEGMENT_MAGIC)
-            self._files.sync(handle)
-            self._files.sync_dir(self.directory)
-        except OSError as exc:
-            self._files.close(handle)
-            self._files.remove(seg.path)
-            if exc.errno in _DISK_FULL:
-                raise DiskFullError(f"no space left to begin a log segment in {self.directory}; retry later") from exc
-            raise
-        if self._handle is not None:
-            self._files.close(self._handle)
-        self._handle = handle
-        self._segments.append(seg)
-        self._firsts.append(first_lsn)
+            self._index.add_segment(self._active.begin(1))
+        _log.info("wal.opened", last_lsn=self._last_lsn, segments=len(result.segments), hashed=result.hashed_records)
 
     # -- appending ----------------------------------------------------------
 
@@ -347,7 +183,7 @@ class WriteAheadLog:
         """
         if self._failure is not None:
             raise self._failure
-        request = _Append(envelopes, partition, epoch, self._new_event())
+        request = Append(envelopes, partition, epoch, self._new_event())
         try:
             self._send.send_nowait(request)
         except anyio.WouldBlock:
@@ -367,7 +203,7 @@ class WriteAheadLog:
         """
         task_status.started()
         delay = self.config.commit_delay_ms / 1000
-        send_framed, receive_framed = anyio.create_memory_object_stream[_Framed](1)
+        send_framed, receive_framed = anyio.create_memory_object_stream[Framed](1)
         async with self._receive, anyio.create_task_group() as tasks:
             tasks.start_soon(self._syncer, receive_framed, tasks)
             async with send_framed:
@@ -376,28 +212,12 @@ class WriteAheadLog:
                     self._gather(group)
                     if delay and not any(a.urgent for a in group):
                         await self._wait_for_company(group, delay)
-                    for part in _critical_first(group):
+                    for part in critical_first(group):
                         framed = self._frame(part)
                         if framed is not None:
                             await send_framed.send(framed)
 
-    async def _syncer(self, receive: MemoryObjectReceiveStream[_Framed], tasks: TaskGroup) -> None:
-        async with receive:
-            async for framed in receive:
-                with anyio.CancelScope(shield=True):
-                    await self._sync(framed)
-                due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
-                if due and not self._checkpointing:
-                    self._checkpointing = True
-                    tasks.start_soon(self._checkpoint_beside)
-
-    async def _checkpoint_beside(self) -> None:
-        try:
-            await anyio.to_thread.run_sync(self.checkpoint)
-        finally:
-            self._checkpointing = False
-
-    def _gather(self, group: list[_Append]) -> None:
+    def _gather(self, group: list[Append]) -> None:
         limit = self.config.group_records_max
         count = sum(len(a.envelopes) for a in group)
         while count < limit:
@@ -408,7 +228,7 @@ class WriteAheadLog:
             group.append(more)
             count += len(more.envelopes)
 
-    async def _wait_for_company(self, group: list[_Append], delay: float) -> None:
+    async def _wait_for_company(self, group: list[Append], delay: float) -> None:
         """A batch-only group waits up to `delay` for more, ending early for urgent work."""
         with anyio.move_on_after(delay):
             while sum(len(a.envelopes) for a in group) < self.config.group_records_max:
@@ -420,28 +240,28 @@ class WriteAheadLog:
                 if more.urgent:
                     return
 
-    def _frame(self, group: list[_Append]) -> _Framed | None:
-        """Frame every new record of the group, chained on the tip (framed, maybe not durable yet).
+    def _frame(self, group: list[Append]) -> Framed | None:
+        """Frame every new record of the group, chained on the tip.
 
         A duplicate of a durable record is answered at once (if the whole
         group is duplicates); a duplicate of a record still in flight is
         answered with this group, which is synced after the one holding it.
         """
         if self._failure is not None:
-            _answer(group, self._failure)
+            answer(group, self._failure)
             return None
         frames: list[bytes] = []
         hashes: list[bytes] = []
         offsets: list[int] = []
-        pending: list[_Pending] = []
+        pending: list[Pending] = []
         lsn, prev, size = self._tip_lsn, self._tip_hash, 0
-        inflight = self._inflight
+        lookup, inflight = self._index.lookup, self._inflight
         waits_for_flight = False
         now = self._clock()
         for request in group:
             request.positions = []
             for env in request.envelopes:
-                known = self._ids.get(env.message_id)
+                known = lookup(env.message_id)
                 if known is None:
                     known = inflight.get(env.message_id)
                     waits_for_flight = waits_for_flight or known is not None
@@ -461,41 +281,63 @@ class WriteAheadLog:
                 inflight[env.message_id] = lsn
                 request.positions.append(Position(lsn))
         if not frames and not waits_for_flight:
-            _answer(group, None)
+            answer(group, None)
             return None
         self._tip_lsn, self._tip_hash = lsn, prev
-        return _Framed(
-            group, data=b"".join(frames), offsets=offsets, hashes=hashes, pending=pending, generation=self._generation
-        )
+        data = b"".join(frames)
+        return Framed(group, data=data, offsets=offsets, hashes=hashes, pending=pending, generation=self._generation)
 
-    async def _sync(self, framed: _Framed) -> None:
+    async def _syncer(self, receive: MemoryObjectReceiveStream[Framed], tasks: TaskGroup) -> None:
+        async with receive:
+            async for framed in receive:
+                with anyio.CancelScope(shield=True):
+                    await self._sync(framed)
+                due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
+                if due and not self._checkpointing:
+                    self._checkpointing = True
+                    tasks.start_soon(self._checkpoint_beside)
+
+    async def _sync(self, framed: Framed) -> None:
         """Write and fsync one framed group (in a worker thread), then answer it."""
         group = framed.group
         if self._failure is not None:
-            _answer(group, self._failure)
+            answer(group, self._failure)
             return
         if framed.generation != self._generation:
             # Framed on top of a group the disk refused: its LSNs and chain are void.
-            _answer(group, DiskFullError("an earlier group was refused for lack of space; retry later"))
+            answer(group, DiskFullError("an earlier group was refused for lack of space; retry later"))
             return
         if not framed.data:
-            _answer(group, None)
+            answer(group, None)
             return
         try:
-            start = await anyio.to_thread.run_sync(self._write_group, framed.data, framed.pending[0][0])
+            seg, start = await anyio.to_thread.run_sync(self._write, framed.data, framed.pending[0][0])
         except DiskFullError as exc:
             self._disk_full += 1
             self._rewind()
-            _answer(group, exc)
+            answer(group, exc)
             return
         except OSError as exc:
             self._fail(f"{exc.strerror or exc} while writing the log", exc)
-            _answer(group, self._failure)
+            answer(group, self._failure)
             return
-        self._durable(start, len(framed.data), framed.offsets, framed.hashes, framed.pending)
-        for _, message_id, _ in framed.pending:
+        for (lsn, message_id, patients), offset in zip(framed.pending, framed.offsets, strict=True):
+            self._index.add(start + offset, lsn, message_id, patients)
             self._inflight.pop(message_id, None)
-        _answer(group, None)
+        seg.last_lsn = self._last_lsn = framed.pending[-1][0]
+        seg.size = start + len(framed.data)
+        self._last_hash = framed.hashes[-1]
+        self._appended += len(framed.pending)
+        self._groups += 1
+        answer(group, None)
+
+    def _write(self, data: bytes, first_lsn: int) -> tuple[SegmentInfo, int]:
+        """In a worker thread: begin a segment if this one is full, then write and fdatasync."""
+        seg = self._index.segments[-1]
+        if seg.size + len(data) > self.config.segment_bytes_max and seg.last_lsn >= seg.first_lsn:
+            seg = self._active.begin(first_lsn)
+            self._index.add_segment(seg)
+        return seg, self._active.write(seg, data)
 
     def _rewind(self) -> None:
         """Forget every framed-but-unwritten group: the tip goes back to the durable end."""
@@ -503,50 +345,18 @@ class WriteAheadLog:
         self._tip_lsn, self._tip_hash = self._last_lsn, self._last_hash
         self._inflight.clear()
 
-    def _write_group(self, data: bytes, first_lsn: int) -> int:
-        """In a worker thread: roll the segment if due, write, fdatasync. Returns the write offset."""
-        seg = self._segments[-1]
-        if seg.size + len(data) > self.config.segment_bytes_max and seg.last_lsn >= seg.first_lsn:
-            self._new_segment(first_lsn)
-            seg = self._segments[-1]
-        assert self._handle is not None
-        start = seg.size
-        try:
-            self._files.write(self._handle, data)
-        except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                raise
-            # Take back whatever part of the group reached the file; if even
-            # that fails, the file's end is unknown and the log must stop.
-            self._files.truncate(self._handle, start)
-            raise DiskFullError(
-                f"no space left for {len(data)} bytes in {self.directory}; nothing was written, retry later"
-            ) from exc
-        self._files.sync(self._handle)
-        return start
-
-    def _durable(self, start: int, size: int, offsets: list[int], hashes: list[bytes], pending: list[_Pending]) -> None:
-        seg_index = len(self._segments) - 1 + self._released
-        seg = self._segments[-1]
-        every = self.config.sparse_index_records_interval
-        for (lsn, message_id, patients), offset in zip(pending, offsets, strict=True):
-            self._add(seg_index, start + offset, lsn, message_id, patients)
-            if (lsn - seg.first_lsn) % every == 0:
-                seg.sparse.append((lsn, start + offset))
-        last_lsn = pending[-1][0]
-        seg.last_lsn = last_lsn
-        seg.size = start + size
-        self._last_lsn = last_lsn
-        self._last_hash = hashes[-1]
-        self._appended += len(pending)
-        self._groups += 1
-
     def _fail(self, why: str, exc: BaseException) -> None:
         self._failure = WALFailedError(f"the log stopped: {why}; appends are refused until the node restarts")
         self._failure.__cause__ = exc
         _log.error("wal.failed", reason=why)
 
     # -- checkpoints ----------------------------------------------------------
+
+    async def _checkpoint_beside(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.checkpoint)
+        finally:
+            self._checkpointing = False
 
     def checkpoint(self) -> None:
         """Record the last durable LSN and its hash; recovery verifies the chain from here.
@@ -566,6 +376,18 @@ class WriteAheadLog:
             return
         self._checkpoint_lsn = lsn
 
+    def save_index(self) -> None:
+        """Save the indexes for a fast next start (at a clean stop, after the checkpoint)."""
+        if self._failure is not None or self._last_lsn != self._checkpoint_lsn:
+            return
+        snapshot = self._index.snapshot(self._last_lsn, self._last_hash)
+        if snapshot is None:
+            return
+        try:
+            self._saved_index.save(snapshot)
+        except OSError as exc:
+            _log.error("wal.index_save_failed", reason=exc.strerror or str(exc))
+
     # -- retention ----------------------------------------------------------
 
     async def release_segments_before(self, lsn: int) -> int:
@@ -581,18 +403,15 @@ class WriteAheadLog:
         """
         if self.config.retention != "release-before-snapshot":
             raise WALError('retention is "keep-all": no segment is released')
+        segments = self._index.segments
         count = 0
-        while count < len(self._segments) - 1 and self._segments[count].last_lsn < lsn:
+        while count < len(segments) - 1 and segments[count].last_lsn < lsn:
             count += 1
         if count == 0:
             return 0
-        doomed = self._segments[:count]
-        kept = self._segments[count]
-        base = Base(kept.first_lsn, await anyio.to_thread.run_sync(self._last_hash_of, doomed[-1]))
+        base = Base(segments[count].first_lsn, await anyio.to_thread.run_sync(self._last_hash_of, segments[count - 1]))
         await anyio.to_thread.run_sync(BaseStore(self.directory, self._files).save, base)
-        del self._segments[:count]
-        del self._firsts[:count]
-        self._released += count
+        doomed = self._index.release(count)
         self._first_lsn = base.first_lsn
 
         def delete() -> None:
@@ -607,17 +426,17 @@ class WriteAheadLog:
     def _last_hash_of(self, seg: SegmentInfo) -> bytes:
         """The chain hash of a sealed segment's last record."""
         data = self._files.read(seg.path, 0, seg.size)
-        pos, body = _sparse_offset(seg, seg.last_lsn), b""
+        pos, body = sparse_offset(seg, seg.last_lsn), b""
         while (frame := read_frame(data, pos)) is not None:
             pos, body = frame.end, frame.body
         return body_hash(body)
+
+    # -- reading ------------------------------------------------------------
 
     @property
     def first_lsn(self) -> int:
         """The first LSN the log still holds (1 unless segments were released)."""
         return self._first_lsn
-
-    # -- reading ------------------------------------------------------------
 
     @property
     def last_lsn(self) -> int:
@@ -625,48 +444,53 @@ class WriteAheadLog:
         return self._last_lsn
 
     def lookup(self, message_id: str) -> int | None:
-        """The LSN of a message id, if the log has it."""
-        return self._ids.get(message_id)
+        """The LSN of a message id, if the log has it durably."""
+        return self._index.lookup(message_id)
 
     def read_from(self, lsn: int = 1) -> Iterator[LogRecord]:
-        """Every durable record from `lsn` on, in order."""
+        """Every durable record from `lsn` on, in order; every CRC is checked.
+
+        Raises:
+            WALCorruptError: a record read back fails its CRC.
+        """
         lsn = max(lsn, 1)
         last = self._last_lsn
-        if lsn > last:
-            return
-        index = max(bisect.bisect_right(self._firsts, lsn) - 1, 0)
-        for seg in self._segments[index:]:
-            if seg.last_lsn < seg.first_lsn:
-                continue
-            start = _sparse_offset(seg, lsn)
-            end = seg.size
-            data = self._files.read(seg.path, start, end - start)
+        for seg in self._index.segments_from(lsn):
+            if seg.last_lsn < seg.first_lsn or lsn > last:
+                return
+            start = sparse_offset(seg, lsn)
+            data = self._files.read(seg.path, start, seg.size - start)
             pos = 0
-            while pos < len(data):
-                length, _ = FRAME.unpack_from(data, pos)
-                record = decode_record(data[pos + FRAME.size : pos + FRAME.size + length])
-                pos += FRAME.size + length
-                if record.lsn > last:
+            while (record := self._decode_at(data, pos, seg, start + pos)) is not None:
+                pos = record[1]
+                if record[0].lsn > last:
                     return
-                if record.lsn >= lsn:
-                    yield record
+                if record[0].lsn >= lsn:
+                    yield record[0]
 
     def read_patient(self, patient: str) -> Iterator[LogRecord]:
         """Every durable record touching one patient, in order, without a scan."""
-        for entry in list(self._patients.get(patient, ())):
-            ordinal = (entry >> _SEGMENT_BITS) - self._released
-            if ordinal < 0:
-                continue  # in a released segment
-            seg = self._segments[ordinal]
-            offset = entry & ((1 << _SEGMENT_BITS) - 1)
-            length, _ = FRAME.unpack(self._files.read(seg.path, offset, FRAME.size))
-            yield decode_record(self._files.read(seg.path, offset + FRAME.size, length))
+        for seg, offset in self._index.patient_positions(patient):
+            head = self._files.read(seg.path, offset, 8)
+            length = int.from_bytes(head[:4], "little")
+            data = head + self._files.read(seg.path, offset + 8, length)
+            found = self._decode_at(data, 0, seg, offset)
+            if found is not None:
+                yield found[0]
+
+    def _decode_at(self, data: bytes, pos: int, seg: SegmentInfo, where: int) -> tuple[LogRecord, int] | None:
+        frame = read_frame(data, pos)
+        if frame is None:
+            return None
+        if not frame.crc_ok:
+            raise WALCorruptError("CRC mismatch on read", seg.name, where)
+        return decode_record(frame.body), frame.end
 
     def statistics(self) -> WALStatistics:
         """A snapshot of the counters."""
         return WALStatistics(
             last_lsn=self._last_lsn,
-            segments=len(self._segments),
+            segments=len(self._index.segments),
             appended_records=self._appended,
             duplicate_records=self._duplicates,
             groups=self._groups,
@@ -676,45 +500,17 @@ class WriteAheadLog:
         )
 
     def close(self) -> None:
-        """Checkpoint and release the segment handle (the writer has stopped)."""
-        if self._handle is not None:
-            if self._failure is None:
-                self.checkpoint()
-                self.save_index()
-            self._files.close(self._handle)
-            self._handle = None
+        """Checkpoint, save the indexes, release the segment handle (the writer has stopped)."""
+        if self._failure is None and self._index.segments:
+            self.checkpoint()
+            self.save_index()
+        self._active.close()
 
-
-def _sparse_offset(seg: SegmentInfo, lsn: int) -> int:
-    i = bisect.bisect_right(seg.sparse, (lsn, 1 << 62)) - 1
-    return seg.sparse[i][1] if i >= 0 else len(SEGMENT_MAGIC)
-
-
-def _critical_first(group: list[_Append]) -> list[list[_Append]]:
-    """Split out critical appends to be made durable first, in their own write and fsync.
-
-    A critical append moves ahead only if no earlier append in the group
-    touches one of its patients: lanes choose what is durable first, but
-    never reorder one patient's history (a correction stays after its original).
-    """
-    if len(group) == 1 or not any(a.critical for a in group):
-        return [group]
-    first: list[_Append] = []
-    rest: list[_Append] = []
-    held: set[str] = set()
-    for request in group:
-        if request.critical and not (request.patients & held):
-            first.append(request)
-        else:
-            rest.append(request)
-            held |= request.patients
-    return [part for part in (first, rest) if part]
-
-
-def _answer(group: list[_Append], error: BaseException | None) -> None:
-    for request in group:
-        request.error = error
-        request.done.set()
+    def abandon(self) -> None:
+        """Give up before the writer ever ran (recovery failed): release what was made."""
+        self._send.close()
+        self._receive.close()
+        self._active.close()
 
 
 @asynccontextmanager
@@ -737,13 +533,12 @@ async def open_wal(
     files = files if files is not None else OSFiles()
     await anyio.to_thread.run_sync(files.list, directory)  # creates the directory
     window = tail_window_bytes if tail_window_bytes is not None else config.group_bytes_max + 64 * 1024 * 1024
-    with _exclusive_lock(directory):
+    with DirectoryLock(directory):
         wal = WriteAheadLog(directory, config, files, clock=clock, tail_window_bytes=window, audit_key=audit_key)
         try:
             await anyio.to_thread.run_sync(wal.recover)
         except BaseException:
-            wal._send.close()
-            wal._receive.close()
+            wal.abandon()
             raise
         try:
             async with anyio.create_task_group() as tg:
@@ -756,23 +551,3 @@ async def open_wal(
                     await wal._send.aclose()
         finally:
             await anyio.to_thread.run_sync(wal.close)
-
-
-class _exclusive_lock:  # noqa: N801 -- used as a context manager, named like one
-    """An flock on `LOCK` in the log directory: one process per log."""
-
-    def __init__(self, directory: Path) -> None:
-        self._path = directory / "LOCK"
-        self._fd = -1
-
-    def __enter__(self) -> None:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise WALLockedError(f"{self._path.parent} is in use by another process") from None
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)

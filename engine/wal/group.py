@@ -1,0 +1,100 @@
+"""Group commit's units: an append waiting for its fsync, and a group framed for the syncer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import final
+
+import anyio
+import msgspec
+
+from engine.model import Envelope, Lane
+
+__all__ = ["Append", "Framed", "Pending", "Position", "answer", "critical_first"]
+
+Pending = tuple[int, str, tuple[str, ...]]  # a framed record: LSN, message id, patients
+
+
+@final
+class Position(msgspec.Struct, frozen=True):
+    """Where an appended message is: its LSN, and whether it was already there."""
+
+    lsn: int
+    duplicate: bool = False
+
+
+@final
+class Append:
+    """One caller's append, waiting for its group's fsync."""
+
+    __slots__ = ("critical", "done", "envelopes", "epoch", "error", "partition", "patients", "positions", "urgent")
+
+    def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int, done: anyio.Event) -> None:
+        self.envelopes = envelopes
+        self.partition = partition
+        self.epoch = epoch
+        self.done = done
+        self.positions: list[Position] = []
+        self.error: BaseException | None = None
+        # Only an all-batch append may wait for company before its fsync.
+        self.urgent = self.critical = False
+        self.patients: set[str] = set()
+        for e in envelopes:
+            if e.lane is not Lane.BATCH:
+                self.urgent = True
+                self.critical = self.critical or e.lane is Lane.CRITICAL
+            if e.patient:
+                self.patients.add(e.patient)
+            self.patients.update(e.other_patients)
+
+
+@final
+class Framed:
+    """A group framed and chained, on its way to the syncer."""
+
+    __slots__ = ("data", "generation", "group", "hashes", "offsets", "pending")
+
+    def __init__(
+        self,
+        group: list[Append],
+        *,
+        data: bytes,
+        offsets: list[int],
+        hashes: list[bytes],
+        pending: list[Pending],
+        generation: int,
+    ) -> None:
+        self.group = group
+        self.data = data
+        self.offsets = offsets
+        self.hashes = hashes
+        self.pending = pending
+        self.generation = generation
+
+
+def critical_first(group: list[Append]) -> list[list[Append]]:
+    """Split out critical appends to be made durable first, in their own write and fsync.
+
+    A critical append moves ahead only if no earlier append in the group
+    touches one of its patients: lanes choose what is durable first, but
+    never reorder one patient's history (a correction stays after its original).
+    """
+    if len(group) == 1 or not any(a.critical for a in group):
+        return [group]
+    first: list[Append] = []
+    rest: list[Append] = []
+    held: set[str] = set()
+    for request in group:
+        if request.critical and not (request.patients & held):
+            first.append(request)
+        else:
+            rest.append(request)
+            held |= request.patients
+    return [part for part in (first, rest) if part]
+
+
+def answer(group: list[Append], error: BaseException | None) -> None:
+    """Wake every append of a group, with its error if it failed."""
+    for request in group:
+        request.error = error
+        request.done.set()
