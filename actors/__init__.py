@@ -1,5 +1,26 @@
-"""Actors: the runtime, supervision and the patient actor (see DESIGN.md).
+"""Actors: the patient record (the fold), and next the runtime, supervision and patient actors.
 
-Not built yet; the package exists so the layout matches the design card.
-Like `lanes/`, it will import only the pure floor of `engine`.
+Imports only the pure floor of `engine` (a test checks it).
 """
+
+from actors.record import (
+    EncounterView,
+    Fact,
+    MedicationView,
+    OrderView,
+    PatientRecord,
+    RecordView,
+    ResultView,
+    time_key,
+)
+
+__all__ = [
+    "EncounterView",
+    "Fact",
+    "MedicationView",
+    "OrderView",
+    "PatientRecord",
+    "RecordView",
+    "ResultView",
+    "time_key",
+]

@@ -6,7 +6,17 @@ import importlib
 
 import pytest
 
-PACKAGES = ["engine.hl7", "engine.fhir", "lanes", "engine.model", "engine.errors", "engine.mllp", "engine.decode"]
+PACKAGES = [
+    "engine.hl7",
+    "engine.fhir",
+    "engine.wal",
+    "actors",
+    "lanes",
+    "engine.model",
+    "engine.errors",
+    "engine.mllp",
+    "engine.decode",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

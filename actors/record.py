@@ -1,0 +1,351 @@
+"""The patient record: a deterministic, bitemporal fold of one patient's events.
+
+Pure (no I/O, no clock): the record is what the log says, and nothing else
+(invariant 3). `PatientRecord` keeps every fact with both of its times:
+
+- **recorded** time: the LSN and the time the log recorded it (what the
+  system knew, and when);
+- **clinical** (effective) time: when it was true in the world (a result's
+  observation time, an admission time), falling back to the recorded time
+  for facts that carry none.
+
+Three queries answer the questions a hospital asks:
+
+- `view()`: the record now;
+- `view(known_at_lsn=N)` / `view(known_at=T)`: the record *as known at* a
+  recorded moment, for audits and incident review ("what did we know when
+  the potassium was acted on?");
+- `view(as_of=T)`: the record *as of* a clinical moment, as now known
+  (corrections recorded later apply to the moment they correct).
+
+A merge (ADT A40/A34) folds the merged patient's facts into the surviving
+record, each fact keeping its provenance (`source_patient`). The fold is
+deterministic: replaying the log, or a snapshot plus the tail, gives equal
+records (a property test checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import final
+
+import msgspec
+
+from engine.model import (
+    Admitted,
+    AllergyRecorded,
+    ChargePosted,
+    DemographicsUpdated,
+    Discharged,
+    DocumentRecorded,
+    EncounterCancelled,
+    Event,
+    MedicationAdministered,
+    MedicationDispensed,
+    MedicationOrdered,
+    OrderCancelled,
+    OrderChanged,
+    OrderPlaced,
+    PatientMerged,
+    ResultReported,
+    Transferred,
+    Unrecognized,
+)
+
+__all__ = [
+    "EncounterView",
+    "Fact",
+    "MedicationView",
+    "OrderView",
+    "PatientRecord",
+    "RecordView",
+    "ResultView",
+    "time_key",
+]
+
+
+@final
+class Fact(msgspec.Struct, frozen=True, array_like=True):
+    """One event of the patient's history, with both its times and its origin."""
+
+    lsn: int
+    recorded_at: str
+    effective_at: str
+    message_id: str
+    source_patient: str
+    event: Event
+
+
+@final
+class ResultView(msgspec.Struct, frozen=True):
+    """A result as it stands, with every version (original, corrections) in recorded order."""
+
+    result_key: str
+    current: ResultReported
+    effective_at: str
+    versions: tuple[Fact, ...]
+
+    @property
+    def corrected(self) -> bool:
+        """True when a later version replaced the first."""
+        return len(self.versions) > 1
+
+
+@final
+class EncounterView(msgspec.Struct, frozen=True):
+    """An encounter's state: admitted, transferred, discharged or cancelled."""
+
+    encounter_id: str
+    status: str
+    patient_class: str = ""
+    location: str = ""
+    admitted_at: str | None = None
+    discharged_at: str | None = None
+
+
+@final
+class OrderView(msgspec.Struct, frozen=True):
+    """An order's latest state (placed, changed, cancelled)."""
+
+    order_id: str
+    status: str
+    event: Event
+
+
+@final
+class MedicationView(msgspec.Struct, frozen=True):
+    """A medication order and what followed it (dispensing, administrations)."""
+
+    order_id: str
+    status: str
+    events: tuple[Event, ...]
+
+
+@final
+class RecordView(msgspec.Struct, frozen=True):
+    """The record at one point of both timelines."""
+
+    patient: str
+    demographics: DemographicsUpdated | None
+    encounters: tuple[EncounterView, ...]
+    orders: tuple[OrderView, ...]
+    results: tuple[ResultView, ...]
+    medications: tuple[MedicationView, ...]
+    allergies: tuple[AllergyRecorded, ...]
+    charges: tuple[ChargePosted, ...]
+    documents: tuple[DocumentRecorded, ...]
+    merged_from: tuple[str, ...]
+    facts: int
+    last_lsn: int
+
+
+@final
+class PatientRecord(msgspec.Struct, frozen=True):
+    """Every fact of one patient, in log order; views are folds over them.
+
+    Build with `PatientRecord.empty(key)`; `apply` returns a new record.
+    Encode it (msgspec) to snapshot; decode it to go on from the snapshot.
+    """
+
+    patient: str
+    facts: tuple[Fact, ...] = ()
+    last_lsn: int = 0
+    merged_from: tuple[str, ...] = ()
+    merged_into: str | None = None
+
+    @classmethod
+    def empty(cls, patient: str) -> PatientRecord:
+        return cls(patient)
+
+    def apply(self, lsn: int, recorded_at: str, message_id: str, events: Iterable[Event]) -> PatientRecord:
+        """The record with one log record's events added (records at or below `last_lsn` are ignored).
+
+        Ignoring what is already folded makes replay idempotent: applying a
+        record twice (a redelivered snapshot tail) changes nothing.
+        """
+        if lsn <= self.last_lsn:
+            return self
+        new = tuple(
+            Fact(lsn, recorded_at, self._effective_of(e) or recorded_at, message_id, self.patient, e)
+            for e in events
+            if not isinstance(e, PatientMerged) or e.surviving == self.patient
+        )
+        merged_into = self.merged_into
+        for e in events:
+            if isinstance(e, PatientMerged) and e.merged == self.patient:
+                merged_into = e.surviving
+        return msgspec.structs.replace(self, facts=self.facts + new, last_lsn=lsn, merged_into=merged_into)
+
+    def _effective_of(self, event: Event) -> str | None:
+        """An event's clinical time; a correction without one corrects its original's moment."""
+        found = _effective(event)
+        if found is None and isinstance(event, ResultReported) and event.corrects:
+            for fact in reversed(self.facts):
+                if isinstance(fact.event, ResultReported) and fact.event.result_key == event.corrects:
+                    return fact.effective_at
+        return found
+
+    def absorb(self, merged: PatientRecord) -> PatientRecord:
+        """Fold a merged patient's history into this (surviving) record, keeping provenance.
+
+        The merged facts keep their LSNs and times; the combined history is in
+        LSN order, so views and bitemporal queries treat them as one chart.
+        """
+        if merged.patient in self.merged_from or merged.patient == self.patient:
+            return self
+        facts = tuple(sorted((*self.facts, *merged.facts), key=lambda f: (f.lsn, f.source_patient != self.patient)))
+        return msgspec.structs.replace(
+            self,
+            facts=facts,
+            merged_from=(*self.merged_from, merged.patient, *merged.merged_from),
+            last_lsn=max(self.last_lsn, merged.last_lsn),
+        )
+
+    def view(
+        self,
+        *,
+        known_at_lsn: int | None = None,
+        known_at: str | None = None,
+        as_of: str | None = None,
+    ) -> RecordView:
+        """The record now, as known at a recorded moment, and/or as of a clinical moment."""
+        known_key = time_key(known_at) if known_at else None
+        as_of_key = time_key(as_of) if as_of else None
+        facts = [
+            f
+            for f in self.facts
+            if (known_at_lsn is None or f.lsn <= known_at_lsn)
+            and (known_key is None or time_key(f.recorded_at) <= known_key)
+            and (as_of_key is None or time_key(f.effective_at) <= as_of_key)
+        ]
+        return _fold(self.patient, facts, self.merged_from)
+
+
+def _effective(event: Event) -> str | None:
+    """The clinical time an event carries, if any."""
+    if isinstance(event, ResultReported):
+        return event.effective_at
+    if isinstance(event, Admitted):
+        return event.admitted_at
+    if isinstance(event, Transferred):
+        return event.transferred_at
+    if isinstance(event, Discharged):
+        return event.discharged_at
+    if isinstance(event, OrderPlaced):
+        return event.ordered_at
+    if isinstance(event, MedicationDispensed):
+        return event.dispensed_at
+    if isinstance(event, MedicationAdministered):
+        return event.administered_at
+    if isinstance(event, ChargePosted):
+        return event.posted_at
+    if isinstance(event, DocumentRecorded):
+        return event.recorded_at
+    return None
+
+
+def time_key(iso: str) -> str:
+    """A sortable key for an ISO 8601 time of any precision: UTC when it has an offset.
+
+    `2026-11-24` sorts before `2026-11-24T00:00`; times without an offset are
+    taken as UTC (HL7 senders that omit it mean their local time, which the
+    engine cannot know).
+    """
+    text = iso.strip()
+    if len(text) > 10 and text[10] == "T":
+        try:
+            moment = datetime.fromisoformat(text)  # 3.11 reads a trailing Z too
+        except ValueError:
+            return text
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return moment.isoformat(timespec="microseconds")
+    return text
+
+
+_MEDICATION_STATUS = {
+    MedicationOrdered: "ordered",
+    MedicationDispensed: "dispensed",
+    MedicationAdministered: "administered",
+}
+_EncounterEvent = Admitted | Transferred | Discharged | EncounterCancelled
+
+
+def _fold(patient: str, facts: list[Fact], merged_from: tuple[str, ...]) -> RecordView:
+    demographics: DemographicsUpdated | None = None
+    encounters: dict[str, EncounterView] = {}
+    orders: dict[str, OrderView] = {}
+    results: dict[str, list[Fact]] = {}
+    medications: dict[str, MedicationView] = {}
+    allergies: dict[str, AllergyRecorded] = {}
+    charges: list[ChargePosted] = []
+    documents: dict[str, DocumentRecorded] = {}
+    for fact in facts:
+        e = fact.event
+        if isinstance(e, DemographicsUpdated):
+            demographics = e
+        elif isinstance(e, Admitted | Transferred | Discharged | EncounterCancelled):
+            encounters[e.encounter_id] = _encounter(encounters.get(e.encounter_id), e)
+        elif isinstance(e, OrderPlaced | OrderChanged | OrderCancelled):
+            status = {OrderPlaced: "placed", OrderChanged: "changed", OrderCancelled: "cancelled"}[type(e)]
+            if isinstance(e, OrderCancelled) and e.order_id in medications:
+                medications[e.order_id] = msgspec.structs.replace(medications[e.order_id], status="cancelled")
+            orders[e.order_id] = OrderView(e.order_id, status, e)
+        elif isinstance(e, ResultReported):
+            results.setdefault(e.result_key, []).append(fact)
+        elif isinstance(e, MedicationOrdered | MedicationDispensed | MedicationAdministered):
+            status = {
+                MedicationOrdered: "ordered",
+                MedicationDispensed: "dispensed",
+                MedicationAdministered: "administered",
+            }[type(e)]
+            before = medications.get(e.order_id)
+            events = (*before.events, e) if before else (e,)
+            medications[e.order_id] = MedicationView(e.order_id, status, events)
+        elif isinstance(e, AllergyRecorded):
+            allergies[e.allergen.code or e.allergen.text] = e
+        elif isinstance(e, ChargePosted):
+            charges.append(e)
+        elif isinstance(e, DocumentRecorded):
+            documents[e.document_id] = e
+        elif not isinstance(e, PatientMerged | Unrecognized):  # pragma: no cover -- the union is closed
+            raise TypeError(f"unknown event {type(e).__name__}")
+    return RecordView(
+        patient=patient,
+        demographics=demographics,
+        encounters=tuple(encounters.values()),
+        orders=tuple(orders.values()),
+        results=tuple(_result(key, versions) for key, versions in results.items()),
+        medications=tuple(medications.values()),
+        allergies=tuple(allergies.values()),
+        charges=tuple(charges),
+        documents=tuple(documents.values()),
+        merged_from=merged_from,
+        facts=len(facts),
+        last_lsn=facts[-1].lsn if facts else 0,
+    )
+
+
+def _encounter(
+    before: EncounterView | None, e: Admitted | Transferred | Discharged | EncounterCancelled
+) -> EncounterView:
+    base = before if before is not None else EncounterView(e.encounter_id, "admitted")
+    if isinstance(e, Admitted):
+        return EncounterView(e.encounter_id, "admitted", e.patient_class, e.location, e.admitted_at)
+    if isinstance(e, Transferred):
+        return msgspec.structs.replace(base, location=e.to_location)
+    if isinstance(e, Discharged):
+        return msgspec.structs.replace(base, status="discharged", discharged_at=e.discharged_at)
+    if e.cancels == "discharge":
+        return msgspec.structs.replace(base, status="admitted", discharged_at=None)
+    if e.cancels == "admission":
+        return msgspec.structs.replace(base, status="cancelled")
+    return base  # a cancelled transfer: the location before it is not known from the event
+
+
+def _result(key: str, versions: list[Fact]) -> ResultView:
+    """The current version is the last recorded one; its clinical time is the original's."""
+    current = versions[-1].event
+    assert isinstance(current, ResultReported)
+    return ResultView(key, current, versions[0].effective_at, tuple(versions))
