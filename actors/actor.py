@@ -1,0 +1,179 @@
+"""Actors on anyio: a bounded mailbox, `tell` and `ask`, and batched turns.
+
+An actor is a task that owns its state and takes messages from its mailbox
+one turn at a time. A turn drains up to `batch_max` waiting messages and
+hands them to the behaviour together: a scheduler hand-off per message costs
+5-25x on trio/anyio, a hand-off per batch recovers it.
+
+The mailbox is bounded: `tell` waits while it is full (backpressure reaches
+whoever sends), `tell_nowait` raises `MailboxFull` instead. `ask` sends a
+message carrying a `Reply` and waits for it, under a deadline. An actor is
+started by its owner with `task_status.started()` once ready, so a failed
+start raises where it was started; it runs until its mailbox is closed and
+drained, or until it is cancelled.
+
+The mailbox is a deque with two events rather than an anyio memory stream:
+measured, a stream's per-message checkpoints cost several times the whole
+budget of an actor message.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar, final
+
+import anyio
+from anyio.abc import TaskStatus
+
+__all__ = ["Actor", "ActorClosed", "Behavior", "MailboxFull", "Reply", "ask"]
+
+M = TypeVar("M")
+T = TypeVar("T")
+
+
+class MailboxFull(Exception):  # noqa: N818 -- named for the condition, as queue.Full is
+    """`tell_nowait` found the mailbox at capacity."""
+
+
+class ActorClosed(Exception):  # noqa: N818 -- named for the condition
+    """The actor no longer takes messages."""
+
+
+class Behavior(Protocol[M]):
+    """What an actor does with one turn's messages (in arrival order)."""
+
+    async def __call__(self, messages: list[M]) -> None: ...
+
+
+@final
+class Reply(Generic[T]):
+    """The answer slot of an `ask`: set once, by the actor."""
+
+    __slots__ = ("_error", "_event", "_value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: T) -> None:
+        """Answer."""
+        self._value = value
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with an error (raised in the asker)."""
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> T:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+@final
+class Actor(Generic[M]):
+    """A mailbox and the task that empties it through a behaviour.
+
+    Args:
+        behavior: called with each turn's messages.
+        capacity: the most messages waiting (backpressure beyond).
+        batch_max: the most messages one turn takes.
+        name: for logs and errors.
+    """
+
+    def __init__(
+        self, behavior: Behavior[M], *, capacity: int = 1024, batch_max: int = 256, name: str = "actor"
+    ) -> None:
+        if capacity < 1 or batch_max < 1:
+            raise ValueError("capacity and batch_max must be positive")
+        self.name = name
+        self._behavior = behavior
+        self._capacity = capacity
+        self._batch_max = batch_max
+        self._queue: deque[M] = deque()
+        self._wake = anyio.Event()  # set when a message arrives for an idle actor
+        self._room = anyio.Event()  # set when a full mailbox gets room
+        self._idle = False
+        self._closed = False
+        self._handled = 0
+
+    # -- sending ------------------------------------------------------------------
+
+    def tell_nowait(self, message: M) -> None:
+        """Put a message in the mailbox, or raise `MailboxFull` / `ActorClosed`."""
+        if self._closed:
+            raise ActorClosed(f"{self.name} is closed")
+        if len(self._queue) >= self._capacity:
+            raise MailboxFull(f"{self.name}'s mailbox holds {self._capacity} messages")
+        self._queue.append(message)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    async def tell(self, message: M) -> None:
+        """Put a message in the mailbox, waiting while it is full."""
+        while True:
+            try:
+                self.tell_nowait(message)
+            except MailboxFull:
+                if self._room.is_set():
+                    self._room = anyio.Event()
+                await self._room.wait()
+            else:
+                return
+
+    def close(self) -> None:
+        """Take no more messages; the actor stops once its mailbox is drained."""
+        self._closed = True
+        self._wake.set()
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting."""
+        return len(self._queue)
+
+    @property
+    def handled(self) -> int:
+        """Messages handled so far."""
+        return self._handled
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take turns until closed and drained (or cancelled)."""
+        task_status.started()
+        queue, batch_max = self._queue, self._batch_max
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                self._idle = True
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            if len(queue) <= batch_max:
+                batch = list(queue)
+                queue.clear()
+            else:
+                batch = [queue.popleft() for _ in range(batch_max)]
+            self._room.set()
+            await self._behavior(batch)
+            self._handled += len(batch)
+            # A turn that awaited nothing must still let others run.
+            await anyio.lowlevel.checkpoint()
+
+
+async def ask(actor: Actor[M], make: Callable[[Reply[T]], M], *, timeout_s: float) -> T:
+    """Send `make(reply)` and wait for the answer, at most `timeout_s`.
+
+    Raises:
+        TimeoutError: no answer in time (the message may still be handled).
+    """
+    reply: Reply[T] = Reply()
+    with anyio.fail_after(timeout_s):
+        await actor.tell(make(reply))
+        return await reply.wait()
