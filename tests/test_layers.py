@@ -1,7 +1,8 @@
 """The layers of DESIGN.md, checked on the source: imports point downward only.
 
 - The pure floor imports no I/O, clock or network module, and nothing of the
-  node floor.
+  node floor; the runtime floor (actors on anyio) may run an event loop but
+  does no I/O.
 - `lanes/` and `actors/` import only the pure floor of `engine`.
 """
 
@@ -25,25 +26,25 @@ PURE_ENGINE = {
     "engine.decode",
     "engine.feedgen",
 }
-# Modules that do I/O, read the clock or the network: never in the pure floor.
-IMPURE = {
+# The runtime floor: on anyio, but no I/O of its own (the node passes it in).
+RUNTIME = {"actors.actor", "actors.supervisor"}
+# I/O of any kind: never below the node floor.
+IO = {
     "os",
     "io",
     "pathlib",
     "socket",
     "subprocess",
-    "time",
-    "asyncio",
-    "trio",
-    "anyio",
-    "nats",
-    "asyncpg",
     "shutil",
     "tempfile",
     "sys",
     "threading",
     "select",
+    "nats",
+    "asyncpg",
 }
+# The pure floor reads no clock and runs no event loop either.
+IMPURE = IO | {"time", "asyncio", "trio", "anyio"}
 
 
 def _module_name(path: Path) -> str:
@@ -69,11 +70,13 @@ def _sources(*packages: str) -> list[Path]:
     return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
 
 
-PURE_FILES = [
+LOWER_FILES = [
     p
     for p in _sources("engine", "lanes", "actors")
     if _is_pure(_module_name(p)) or _module_name(p).startswith(("lanes", "actors"))
 ]
+PURE_FILES = [p for p in LOWER_FILES if _module_name(p) not in RUNTIME]
+RUNTIME_FILES = [p for p in LOWER_FILES if _module_name(p) in RUNTIME]
 
 
 @pytest.mark.parametrize("path", PURE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -83,7 +86,14 @@ def test_pure_floor_does_no_io(path: Path) -> None:
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("path", PURE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", RUNTIME_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_runtime_floor_does_no_io(path: Path) -> None:
+    """The runtime floor runs on anyio but does no I/O itself."""
+    bad = {name for name in _imports(path) if name.split(".")[0] in IO}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", LOWER_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_point_downward(path: Path) -> None:
     """Pure modules, lanes and actors import only the pure floor of engine."""
     engine_imports = {n for n in _imports(path) if n.split(".")[0] == "engine"}
@@ -102,3 +112,4 @@ def test_the_pure_floor_does_not_import_lanes_except_decode() -> None:
 def test_the_check_sees_the_files() -> None:
     """Guard against a vacuous pass: the lists above are not empty."""
     assert len(PURE_FILES) > 15
+    assert len(RUNTIME_FILES) == len(RUNTIME)
