@@ -1,9 +1,10 @@
-"""Actors: the runtime (mailboxes, tell/ask), OTP supervision, and the patient record.
+"""Actors: the runtime (mailboxes, tell/ask), OTP supervision, virtual patient actors, the record.
 
 Imports only the pure floor of `engine` (a test checks it).
 """
 
 from actors.actor import Actor, ActorClosed, Behavior, MailboxFull, Reply, ask
+from actors.patients import Applied, PatientActors, PatientStatistics, Quarantine, RecordSource, apply_record
 from actors.record import (
     EncounterView,
     Fact,
@@ -19,6 +20,7 @@ from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor, Supervis
 __all__ = [
     "Actor",
     "ActorClosed",
+    "Applied",
     "Behavior",
     "ChildSpec",
     "EncounterView",
@@ -26,7 +28,11 @@ __all__ = [
     "MailboxFull",
     "MedicationView",
     "OrderView",
+    "PatientActors",
     "PatientRecord",
+    "PatientStatistics",
+    "Quarantine",
+    "RecordSource",
     "RecordView",
     "Reply",
     "Restart",
@@ -34,6 +40,7 @@ __all__ = [
     "Strategy",
     "Supervisor",
     "SupervisorGaveUp",
+    "apply_record",
     "ask",
     "time_key",
 ]

@@ -131,6 +131,18 @@ class Actor(Generic[M]):
         self._closed = True
         self._wake.set()
 
+    def take_all(self) -> list[M]:
+        """Empty the mailbox and return what was in it (to hand to a successor)."""
+        messages = list(self._queue)
+        self._queue.clear()
+        self._room.set()
+        return messages
+
+    @property
+    def closed(self) -> bool:
+        """No more messages are taken."""
+        return self._closed
+
     @property
     def depth(self) -> int:
         """Messages waiting."""

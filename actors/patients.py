@@ -1,0 +1,318 @@
+"""Virtual patient actors: one per patient, activated on demand, passivated when idle.
+
+A patient's actor owns its `PatientRecord` and applies that patient's log
+records in log order. It exists only while needed:
+
+- **activation** on the first record or query: state from the newest
+  snapshot plus the log tail after it (through `RecordSource`, which the node
+  implements), at most `activations_max` at a time; records that arrive
+  meanwhile wait in a bounded stash (a full stash makes `deliver` wait);
+- **passivation** after `idle_timeout_s` without traffic, or when more than
+  `active_max` actors are active (least recently used first): a snapshot is
+  saved if the record moved since the last one, and the actor goes away;
+- **poison messages**: a record whose application fails crashes the actor;
+  it is restarted from its last good state (the record is immutable: the
+  state before the failing record) and the record is tried again, up to
+  `max_attempts`; then it goes to quarantine (through `Quarantine`) with the
+  error summary, and the patient's later records go on.
+
+Crashes are contained: one patient's failure never touches another's actor.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Protocol, final
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from actors.actor import Actor, Reply
+from actors.record import PatientRecord, RecordView
+from engine.model import Event
+
+__all__ = ["Applied", "PatientActors", "PatientStatistics", "Quarantine", "RecordSource", "apply_record"]
+
+_log = structlog.get_logger("vigil.patients")
+
+
+@final
+class Applied(msgspec.Struct, frozen=True):
+    """One durable log record, as a patient actor applies it."""
+
+    lsn: int
+    recorded_at: str
+    message_id: str
+    events: tuple[Event, ...]
+
+
+def apply_record(record: PatientRecord, item: Applied) -> PatientRecord:
+    """The fold step: one log record into the patient's record."""
+    return record.apply(item.lsn, item.recorded_at, item.message_id, item.events)
+
+
+class RecordSource(Protocol):
+    """What activation and passivation need from the node (the log and the snapshot store)."""
+
+    async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
+        """The newest snapshot (or None) and every record of the patient after it."""
+        ...
+
+    async def save(self, record: PatientRecord) -> None:
+        """Keep a snapshot of the record."""
+        ...
+
+
+class Quarantine(Protocol):
+    """Where a poison record goes."""
+
+    async def quarantine(self, patient: str, item: Applied, reason: str) -> None: ...
+
+
+@final
+class _Query(msgspec.Struct, frozen=True):
+    known_at_lsn: int | None
+    known_at: str | None
+    as_of: str | None
+    reply: Reply[RecordView]
+
+
+_Message = Applied | _Query
+
+
+@final
+class PatientStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the registry's counters."""
+
+    active: int
+    activating: int
+    activations: int
+    passivations: int
+    restarts: int
+    quarantined: int
+
+
+@final
+class _Patient:
+    """One patient's actor: its record, its attempts at the current record, its mailbox."""
+
+    def __init__(self, registry: PatientActors, patient: str, record: PatientRecord) -> None:
+        self.registry = registry
+        self.patient = patient
+        self.record = record
+        self.snapshot_lsn = record.last_lsn
+        self.attempts = 0
+        self.unapplied: list[_Message] = []
+        self.actor: Actor[_Message] = Actor(self.behave, capacity=registry.mailbox_max, name="patient")
+        self.last_used = anyio.current_time()
+        self.closing: anyio.Event | None = None  # set while passivating: senders wait, then reactivate
+        self.stopped = anyio.Event()
+
+    async def behave(self, messages: list[_Message]) -> None:
+        for i, message in enumerate(messages):
+            if isinstance(message, _Query):
+                message.reply.set(
+                    self.record.view(known_at_lsn=message.known_at_lsn, known_at=message.known_at, as_of=message.as_of)
+                )
+                continue
+            try:
+                self.record = self.registry.fold(self.record, message)
+            except Exception as exc:
+                self.attempts += 1
+                if self.attempts < self.registry.max_attempts:
+                    self.unapplied = messages[i:]
+                    raise
+                await self.registry.poisoned(self.patient, message, exc)
+            self.attempts = 0
+
+
+@final
+class PatientActors:
+    """The registry of virtual patient actors; run it with `await tg.start(registry.run)`."""
+
+    def __init__(
+        self,
+        source: RecordSource,
+        quarantine: Quarantine,
+        *,
+        active_max: int = 10_000,
+        idle_timeout_s: float = 300.0,
+        activations_max: int = 64,
+        stash_max: int = 256,
+        mailbox_max: int = 256,
+        max_attempts: int = 3,
+        fold: Callable[[PatientRecord, Applied], PatientRecord] | None = None,
+    ) -> None:
+        if min(active_max, activations_max, stash_max, mailbox_max, max_attempts) < 1 or idle_timeout_s <= 0:
+            raise ValueError("every bound must be positive")
+        self._source = source
+        self._quarantine = quarantine
+        self.active_max = active_max
+        self.idle_timeout_s = idle_timeout_s
+        self.stash_max = stash_max
+        self.mailbox_max = mailbox_max
+        self.max_attempts = max_attempts
+        self.fold = fold if fold is not None else apply_record
+        self._active: OrderedDict[str, _Patient] = OrderedDict()  # least recently used first
+        self._stashes: dict[str, list[_Message]] = {}
+        self._activated: dict[str, anyio.Event] = {}
+        self._room: dict[str, anyio.Event] = {}
+        self._limiter = anyio.CapacityLimiter(activations_max)
+        self._tg: TaskGroup | None = None
+        self._activations = self._passivations = self._restarts = self._quarantined = 0
+
+    # -- the public face ------------------------------------------------------------
+
+    async def deliver(self, patient: str, item: Applied) -> None:
+        """Hand a durable record to its patient's actor (activating it if needed)."""
+        await self._send(patient, item)
+
+    async def query(
+        self,
+        patient: str,
+        *,
+        known_at_lsn: int | None = None,
+        known_at: str | None = None,
+        as_of: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> RecordView:
+        """The patient's record (now, as known at, as of), asked of its actor.
+
+        Raises:
+            TimeoutError: the actor did not answer in time.
+        """
+        reply: Reply[RecordView] = Reply()
+        with anyio.fail_after(timeout_s):
+            await self._send(patient, _Query(known_at_lsn, known_at, as_of, reply))
+            return await reply.wait()
+
+    def statistics(self) -> PatientStatistics:
+        return PatientStatistics(
+            len(self._active),
+            len(self._stashes),
+            self._activations,
+            self._passivations,
+            self._restarts,
+            self._quarantined,
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own every patient actor and the passivation sweep, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._sweep)
+            task_status.started()
+
+    # -- delivery and activation --------------------------------------------------------
+
+    async def _send(self, patient: str, message: _Message) -> None:
+        while True:
+            entry = self._active.get(patient)
+            if entry is not None:
+                if entry.closing is not None:
+                    await entry.closing.wait()  # being passivated: then activated afresh
+                    continue
+                self._active.move_to_end(patient)
+                entry.last_used = anyio.current_time()
+                await entry.actor.tell(message)
+                return
+            stash = self._stashes.get(patient)
+            if stash is None:
+                self._stashes[patient] = [message]
+                self._activated[patient] = anyio.Event()
+                assert self._tg is not None, "PatientActors.run is not running"
+                self._tg.start_soon(self._activate, patient)
+                return
+            if len(stash) < self.stash_max:
+                stash.append(message)
+                return
+            # The stash is full: wait for the activation, then go on (backpressure).
+            await self._activated[patient].wait()
+
+    async def _activate(self, patient: str) -> None:
+        """Snapshot + tail -> a running actor; the stash goes into its mailbox in order."""
+        try:
+            async with self._limiter:
+                snapshot, tail = await self._source.load(patient)
+        except Exception as exc:  # noqa: BLE001 -- contained: the log still has every record
+            _log.error("patients.activation_failed", error=type(exc).__name__)
+            for message in self._stashes.pop(patient):
+                if isinstance(message, _Query):
+                    message.reply.fail(exc)
+            self._activated.pop(patient).set()
+            return
+        record = snapshot if snapshot is not None else PatientRecord.empty(patient)
+        entry = _Patient(self, patient, record)
+        for item in tail:
+            try:
+                entry.record = self.fold(entry.record, item)
+            except Exception as exc:  # noqa: BLE001 -- a poison record in the tail is skipped, once more quarantined
+                await self.poisoned(patient, item, exc)
+        self._activations += 1
+        await self._make_room()
+        self._active[patient] = entry
+        for message in self._stashes.pop(patient):
+            await entry.actor.tell(message)
+        self._activated.pop(patient).set()
+        assert self._tg is not None
+        self._tg.start_soon(self._keep_running, entry)
+
+    async def _keep_running(self, entry: _Patient) -> None:
+        """Run a patient's actor; after a crash, restart it from its last good state."""
+        while True:
+            try:
+                await entry.actor.run()
+            except Exception as exc:  # noqa: BLE001 -- contained: one patient's crash stays with it
+                self._restarts += 1
+                _log.warning("patients.actor_crashed", error=type(exc).__name__, attempt=entry.attempts)
+                pending = [*entry.unapplied, *entry.actor.take_all()]
+                closing = entry.actor.closed
+                entry.unapplied = []
+                entry.actor = Actor(entry.behave, capacity=max(self.mailbox_max, len(pending)), name="patient")
+                for message in pending:
+                    entry.actor.tell_nowait(message)
+                if closing:
+                    entry.actor.close()  # it was being passivated: drain, then stop
+                continue
+            entry.stopped.set()
+            return
+
+    # -- passivation ------------------------------------------------------------------
+
+    async def _make_room(self) -> None:
+        """Passivate least recently used actors until there is room for one more."""
+        while sum(1 for e in self._active.values() if e.closing is None) >= self.active_max:
+            patient, entry = next((p, e) for p, e in self._active.items() if e.closing is None)
+            await self._passivate(patient, entry)
+
+    async def _sweep(self) -> None:
+        while True:
+            await anyio.sleep(self.idle_timeout_s / 2)
+            now = anyio.current_time()
+            for patient, entry in list(self._active.items()):
+                idle = now - entry.last_used >= self.idle_timeout_s and entry.actor.depth == 0
+                if idle and entry.closing is None:
+                    await self._passivate(patient, entry)
+
+    async def _passivate(self, patient: str, entry: _Patient) -> None:
+        """Drain and stop the actor, snapshot its record if it moved, then let it go."""
+        entry.closing = anyio.Event()
+        entry.actor.close()
+        await entry.stopped.wait()
+        if entry.record.last_lsn > entry.snapshot_lsn:
+            try:
+                await self._source.save(entry.record)
+            except Exception as exc:  # noqa: BLE001 -- a snapshot is only a cache: the log has everything
+                _log.error("patients.snapshot_failed", error=type(exc).__name__)
+        del self._active[patient]
+        self._passivations += 1
+        entry.closing.set()
+
+    async def poisoned(self, patient: str, item: Applied, error: Exception) -> None:
+        """A record failed `max_attempts` times: quarantine it and go on."""
+        self._quarantined += 1
+        _log.error("patients.poison_quarantined", lsn=item.lsn, error=type(error).__name__)
+        await self._quarantine.quarantine(patient, item, f"{type(error).__name__}: {error}")

@@ -1,0 +1,225 @@
+"""Virtual patient actors: activation, stash, passivation, LRU, poison records, containment.
+
+The log and the snapshot store are fakes (in memory, with the same contract
+the node's implementation has), not mocks. Runs on trio and asyncio; the
+idle-timeout test runs on trio's MockClock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from actors.patients import Applied, PatientActors, apply_record
+from actors.record import PatientRecord
+from engine.model import Coded, DemographicsUpdated, OrderPlaced
+
+pytestmark = pytest.mark.anyio
+
+
+class MemoryLog:
+    """A `RecordSource`: per-patient records and snapshots in memory."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Applied]] = {}
+        self.snapshots: dict[str, PatientRecord] = {}
+        self.loads = 0
+        self.gate: anyio.Event | None = None
+        self.fail_next_load: Exception | None = None
+
+    def append(self, patient: str, item: Applied) -> None:
+        self.records.setdefault(patient, []).append(item)
+
+    async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
+        self.loads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next_load is not None:
+            error, self.fail_next_load = self.fail_next_load, None
+            raise error
+        snapshot = self.snapshots.get(patient)
+        after = snapshot.last_lsn if snapshot else 0
+        return snapshot, [r for r in self.records.get(patient, []) if r.lsn > after]
+
+    async def save(self, record: PatientRecord) -> None:
+        self.snapshots[record.patient] = record
+
+
+class MemoryQuarantine:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, int, str]] = []
+
+    async def quarantine(self, patient: str, item: Applied, reason: str) -> None:
+        self.items.append((patient, item.lsn, reason))
+
+
+def item(lsn: int, order: str = "") -> Applied:
+    return Applied(lsn, f"2026-11-24T08:00:{lsn % 60:02d}Z", f"m{lsn}", (OrderPlaced(order or f"O{lsn}", Coded("X")),))
+
+
+async def _settle() -> None:
+    for _ in range(30):
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_activation_replays_snapshot_and_tail_then_applies_in_order() -> None:
+    """First contact activates from snapshot + tail; later records apply in log order."""
+    log = MemoryLog()
+    log.snapshots["H|A"] = PatientRecord.empty("H|A").apply(1, "t", "m1", [DemographicsUpdated(family="Doe")])
+    for lsn in (2, 3):
+        log.append("H|A", item(lsn))
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|A", item(4))
+        view = await registry.query("H|A")
+        assert view.demographics is not None
+        assert [o.order_id for o in view.orders] == ["O2", "O3", "O4"]
+        assert view.last_lsn == 4
+        assert (await registry.query("H|A", known_at_lsn=3)).last_lsn == 3
+        assert registry.statistics().activations == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_records_during_activation_wait_in_a_bounded_stash() -> None:
+    """While the snapshot loads, records are stashed; a full stash makes delivery wait."""
+    log = MemoryLog()
+    log.gate = anyio.Event()
+    registry = PatientActors(log, MemoryQuarantine(), stash_max=3)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn in (1, 2, 3):
+            await registry.deliver("H|A", item(lsn))
+        assert registry.statistics().activating == 1
+        blocked = anyio.Event()
+
+        async def fourth() -> None:
+            await registry.deliver("H|A", item(4))
+            blocked.set()
+
+        tg.start_soon(fourth)
+        await _settle()
+        assert not blocked.is_set()  # backpressure, not a drop
+        log.gate.set()
+        await blocked.wait()
+        view = await registry.query("H|A")
+        assert [o.order_id for o in view.orders] == ["O1", "O2", "O3", "O4"]
+        tg.cancel_scope.cancel()
+
+
+async def test_lru_passivation_snapshots_and_reactivates() -> None:
+    """Above active_max the least recently used actor goes (with a snapshot); it comes back whole."""
+    log = MemoryLog()
+    registry = PatientActors(log, MemoryQuarantine(), active_max=2)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn, patient in enumerate(["H|A", "H|B", "H|C"], start=1):
+            log.append(patient, item(lsn))
+            await registry.deliver(patient, item(lsn))
+            await registry.query(patient)
+        stats = registry.statistics()
+        assert (stats.active, stats.passivations) == (2, 1)
+        assert log.snapshots["H|A"].last_lsn == 1
+        view = await registry.query("H|A")  # reactivated from its snapshot
+        assert [o.order_id for o in view.orders] == ["O1"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_poison_record_is_retried_then_quarantined_and_later_records_go_on() -> None:
+    """A record that fails max_attempts times goes to quarantine; the patient's next records apply."""
+    quarantine = MemoryQuarantine()
+
+    def fold(record: PatientRecord, applied: Applied) -> PatientRecord:
+        if applied.lsn == 2:
+            raise ValueError("cannot apply")
+        return apply_record(record, applied)
+
+    registry = PatientActors(MemoryLog(), quarantine, max_attempts=3, fold=fold)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn in (1, 2, 3):
+            await registry.deliver("H|A", item(lsn))
+        view = await registry.query("H|A")
+        assert [o.order_id for o in view.orders] == ["O1", "O3"]
+        assert quarantine.items == [("H|A", 2, "ValueError: cannot apply")]
+        assert registry.statistics().restarts == 2  # two crashes, the third attempt quarantines
+        tg.cancel_scope.cancel()
+
+
+async def test_a_transient_failure_restarts_from_the_last_good_state() -> None:
+    """A record that fails once applies on the retry: nothing quarantined, nothing lost."""
+    failures = {2: 1}
+
+    def fold(record: PatientRecord, applied: Applied) -> PatientRecord:
+        if failures.get(applied.lsn, 0) > 0:
+            failures[applied.lsn] -= 1
+            raise RuntimeError("transient")
+        return apply_record(record, applied)
+
+    quarantine = MemoryQuarantine()
+    registry = PatientActors(MemoryLog(), quarantine, fold=fold)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn in (1, 2, 3):
+            await registry.deliver("H|A", item(lsn))
+        assert [o.order_id for o in (await registry.query("H|A")).orders] == ["O1", "O2", "O3"]
+        assert quarantine.items == []
+        tg.cancel_scope.cancel()
+
+
+async def test_one_patients_crash_never_touches_another() -> None:
+    """Patient A's poison record: patient B's records all apply, in order."""
+
+    def fold(record: PatientRecord, applied: Applied) -> PatientRecord:
+        if record.patient == "H|A":
+            raise ValueError("poison")
+        return apply_record(record, applied)
+
+    registry = PatientActors(MemoryLog(), MemoryQuarantine(), max_attempts=2, fold=fold)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn in range(1, 41):
+            await registry.deliver("H|A" if lsn % 4 == 0 else "H|B", item(lsn))
+        view = await registry.query("H|B")
+        assert [o.order_id for o in view.orders] == [f"O{n}" for n in range(1, 41) if n % 4]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_failed_activation_fails_the_query_and_the_next_contact_retries() -> None:
+    """The snapshot store failing: the waiting query gets the error; the log still has everything."""
+    log = MemoryLog()
+    log.append("H|A", item(1))
+    log.fail_next_load = OSError("snapshot store unreachable")
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        with pytest.raises(OSError, match="unreachable"):
+            await registry.query("H|A")
+        view = await registry.query("H|A")
+        assert [o.order_id for o in view.orders] == ["O1"]
+        tg.cancel_scope.cancel()
+
+
+def test_idle_actors_are_passivated_after_the_timeout() -> None:
+    """Deterministic time: idle past idle_timeout_s, the actor goes and leaves a snapshot."""
+
+    async def scenario() -> tuple[int, int, int]:
+        log = MemoryLog()
+        registry = PatientActors(log, MemoryQuarantine(), idle_timeout_s=60)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            log.append("H|A", item(1))
+            await registry.deliver("H|A", item(1))
+            await registry.query("H|A")
+            await trio.sleep(30)
+            active_early = registry.statistics().active
+            await trio.sleep(61)
+            stats = registry.statistics()
+            nursery.cancel_scope.cancel()
+        return active_early, stats.active, log.snapshots["H|A"].last_lsn
+
+    assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (1, 0, 1)
