@@ -16,6 +16,7 @@ import msgspec
 
 from engine.errors import ConfigError
 from lanes.rules import ClassificationRules
+from lanes.settings import SchedulerSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -99,9 +100,10 @@ class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 @final
 class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Lane settings; `rules` decide which message goes to which lane."""
+    """Lane settings: `rules` decide which message goes to which lane, `scheduler` how lanes share the node."""
 
     rules: ClassificationRules = ClassificationRules()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
 
 @final

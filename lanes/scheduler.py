@@ -1,0 +1,215 @@
+"""The lane scheduler: bounded lanes, strict priority for critical, weighted standard/batch.
+
+Items are admitted into their lane's bounded queue; `admit` waits while the
+lane is full (backpressure to the source; nothing is dropped). A dispatcher
+starts items on a shared budget of `workers_total` slots:
+
+- critical first, always, on slots reserved for it (`critical.workers`), so a
+  critical item never waits for a standard or batch item to finish;
+- standard and batch share the other slots by weighted round robin
+  (`standard_weight` : `batch_weight`), each within its own worker budget, so
+  batch never starves and never crowds out standard.
+
+The scheduler orders *which item starts next*; it never reorders one
+patient's history, which is fixed by the log (the handler appends, and
+patient actors apply in log order).
+
+Each lane keeps HdrHistogram latency histograms (queue wait, and admission
+to done, in microseconds) and counters, read with `statistics()`. In `fifo`
+mode there is one queue in arrival order: the benchmark's baseline.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar, final
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+from hdrh.histogram import HdrHistogram
+
+from engine.model import Lane
+from lanes.settings import LaneLimits, SchedulerSettings
+
+__all__ = ["LaneFull", "LaneScheduler", "LaneStatistics"]
+
+T = TypeVar("T")
+_US = 1_000_000
+_HISTOGRAM_MAX_US = 3_600 * _US  # an hour: anything longer is recorded as an hour
+
+
+class LaneFull(Exception):  # noqa: N818 -- named for the condition, as queue.Full is
+    """`admit_nowait` found the lane at capacity."""
+
+
+@final
+class LaneStatistics(msgspec.Struct, frozen=True):
+    """One lane's state and latencies (microseconds)."""
+
+    lane: str
+    depth: int
+    capacity: int
+    running: int
+    admitted: int
+    done: int
+    failed: int
+    wait_p50_us: int
+    wait_p99_us: int
+    total_p50_us: int
+    total_p99_us: int
+    total_p999_us: int
+
+
+@final
+class _LaneState:
+    __slots__ = ("admitted", "done", "failed", "limits", "not_full", "queue", "running", "total", "wait")
+
+    def __init__(self, limits: LaneLimits) -> None:
+        self.limits = limits
+        self.queue: deque[tuple[object, float]] = deque()
+        self.not_full = anyio.Event()
+        self.running = 0
+        self.admitted = self.done = self.failed = 0
+        self.wait = HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
+        self.total = HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
+
+
+@final
+class LaneScheduler(Generic[T]):
+    """Runs `handler(lane, item)` for admitted items, lanes first; run with `tg.start(s.run)`.
+
+    A handler's exception is counted as a failure of that item and logged by
+    the caller's handler; it does not stop the scheduler (the handler is
+    where an item's failure is turned into an ACK or a quarantine).
+    """
+
+    def __init__(self, settings: SchedulerSettings, handler: Callable[[Lane, T], Awaitable[None]]) -> None:
+        if settings.critical.workers >= settings.workers_total and settings.mode == "priority":
+            raise ValueError("workers_total must leave room beyond the critical lane's reserved workers")
+        self.settings = settings
+        self._handler = handler
+        self._lanes = {
+            Lane.CRITICAL: _LaneState(settings.critical),
+            Lane.STANDARD: _LaneState(settings.standard),
+            Lane.BATCH: _LaneState(settings.batch),
+        }
+        self._fifo: deque[tuple[Lane, object, float]] = deque()
+        self._work = anyio.Event()
+        self._running_total = 0
+        self._credits = {Lane.STANDARD: settings.standard_weight, Lane.BATCH: settings.batch_weight}
+
+    # -- admission ------------------------------------------------------------------
+
+    def admit_nowait(self, lane: Lane, item: T) -> None:
+        """Queue an item, or raise `LaneFull`."""
+        state = self._lanes[lane]
+        if len(state.queue) >= state.limits.capacity_items:
+            raise LaneFull(f"the {lane.value} lane holds {state.limits.capacity_items} items")
+        now = anyio.current_time()
+        if self.settings.mode == "fifo":
+            self._fifo.append((lane, item, now))
+        state.queue.append((item, now))
+        state.admitted += 1
+        self._work.set()
+
+    async def admit(self, lane: Lane, item: T) -> None:
+        """Queue an item, waiting while its lane is full (backpressure)."""
+        while True:
+            try:
+                self.admit_nowait(lane, item)
+            except LaneFull:
+                state = self._lanes[lane]
+                if state.not_full.is_set():
+                    state.not_full = anyio.Event()
+                await state.not_full.wait()
+            else:
+                return
+
+    # -- dispatching ----------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start items as slots free up, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                picked = self._pick_fifo() if self.settings.mode == "fifo" else self._pick()
+                if picked is None:
+                    self._work = anyio.Event()
+                    await self._work.wait()
+                    continue
+                self._start(tg, *picked)
+
+    def _start(self, tg: TaskGroup, lane: Lane, item: object, admitted_at: float) -> None:
+        state = self._lanes[lane]
+        state.running += 1
+        self._running_total += 1
+        state.wait.record_value(max(1, int((anyio.current_time() - admitted_at) * _US)))
+        state.not_full.set()
+        tg.start_soon(self._serve, lane, item, admitted_at)
+
+    async def _serve(self, lane: Lane, item: object, admitted_at: float) -> None:
+        state = self._lanes[lane]
+        try:
+            await self._handler(lane, item)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 -- counted; the handler owns the item's fate
+            state.failed += 1
+        else:
+            state.done += 1
+        finally:
+            state.total.record_value(max(1, int((anyio.current_time() - admitted_at) * _US)))
+            state.running -= 1
+            self._running_total -= 1
+            self._work.set()
+
+    def _pick(self) -> tuple[Lane, object, float] | None:
+        critical = self._lanes[Lane.CRITICAL]
+        if critical.queue and critical.running < critical.limits.workers:
+            return (Lane.CRITICAL, *critical.queue.popleft())
+        shared = self.settings.workers_total - self.settings.critical.workers
+        if self._running_total - critical.running >= shared:
+            return None
+        ready = [
+            lane
+            for lane in (Lane.STANDARD, Lane.BATCH)
+            if self._lanes[lane].queue and self._lanes[lane].running < self._lanes[lane].limits.workers
+        ]
+        if not ready:
+            return None
+        if len(ready) == 2 and self._credits[Lane.STANDARD] == 0 and self._credits[Lane.BATCH] == 0:
+            self._credits = {Lane.STANDARD: self.settings.standard_weight, Lane.BATCH: self.settings.batch_weight}
+        lane = (
+            ready[0] if len(ready) == 1 else max(ready, key=lambda name: (self._credits[name], name is Lane.STANDARD))
+        )
+        self._credits[lane] = max(0, self._credits[lane] - 1)
+        return (lane, *self._lanes[lane].queue.popleft())
+
+    def _pick_fifo(self) -> tuple[Lane, object, float] | None:
+        if not self._fifo or self._running_total >= self.settings.workers_total:
+            return None
+        lane, item, admitted_at = self._fifo.popleft()
+        self._lanes[lane].queue.popleft()
+        return lane, item, admitted_at
+
+    # -- reading ---------------------------------------------------------------------
+
+    def statistics(self) -> list[LaneStatistics]:
+        """Each lane's depth, counters and latency percentiles."""
+        return [
+            LaneStatistics(
+                lane=lane.value,
+                depth=len(state.queue),
+                capacity=state.limits.capacity_items,
+                running=state.running,
+                admitted=state.admitted,
+                done=state.done,
+                failed=state.failed,
+                wait_p50_us=state.wait.get_value_at_percentile(50),
+                wait_p99_us=state.wait.get_value_at_percentile(99),
+                total_p50_us=state.total.get_value_at_percentile(50),
+                total_p99_us=state.total.get_value_at_percentile(99),
+                total_p999_us=state.total.get_value_at_percentile(99.9),
+            )
+            for lane, state in self._lanes.items()
+        ]
