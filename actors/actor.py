@@ -96,7 +96,7 @@ class Actor(Generic[M]):
         self._batch_max = batch_max
         self._queue: deque[M] = deque()
         self._wake = anyio.Event()  # set when a message arrives for an idle actor
-        self._room = anyio.Event()  # set when a full mailbox gets room
+        self._room: anyio.Event | None = None  # made when a sender waits for room (most never do)
         self._idle = False
         self._closed = False
         self._handled = 0
@@ -120,7 +120,7 @@ class Actor(Generic[M]):
             try:
                 self.tell_nowait(message)
             except MailboxFull:
-                if self._room.is_set():
+                if self._room is None or self._room.is_set():
                     self._room = anyio.Event()
                 await self._room.wait()
             else:
@@ -135,7 +135,8 @@ class Actor(Generic[M]):
         """Empty the mailbox and return what was in it (to hand to a successor)."""
         messages = list(self._queue)
         self._queue.clear()
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         return messages
 
     @property
@@ -172,7 +173,8 @@ class Actor(Generic[M]):
                 queue.clear()
             else:
                 batch = [queue.popleft() for _ in range(batch_max)]
-            self._room.set()
+            if self._room is not None:
+                self._room.set()
             await self._behavior(batch)
             self._handled += len(batch)
             # A turn that awaited nothing must still let others run.
