@@ -42,6 +42,7 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI): checks the benchmark runs")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--rounds", type=int, help="rounds per contender (best is kept)")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the distributions here (where a benchmark has one)")
     return parser.parse_args()
 
 
