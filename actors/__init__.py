@@ -16,6 +16,7 @@ from actors.record import (
     time_key,
 )
 from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorGaveUp
+from actors.turns import TurnGate
 
 __all__ = [
     "Actor",
@@ -40,6 +41,7 @@ __all__ = [
     "Strategy",
     "Supervisor",
     "SupervisorGaveUp",
+    "TurnGate",
     "apply_record",
     "ask",
     "time_key",

@@ -20,11 +20,13 @@ budget of an actor message.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar, final
 
 import anyio
 from anyio.abc import TaskStatus
+
+from actors.turns import TurnGate
 
 __all__ = ["Actor", "ActorClosed", "Behavior", "MailboxFull", "Reply", "ask"]
 
@@ -83,14 +85,25 @@ class Actor(Generic[M]):
         capacity: the most messages waiting (backpressure beyond).
         batch_max: the most messages one turn takes.
         name: for logs and errors.
+        gate: a `TurnGate` shared by actors whose turns compete for it.
+        priority: the urgency of a mailbox (0 = most urgent) for the gate.
     """
 
     def __init__(
-        self, behavior: Behavior[M], *, capacity: int = 1024, batch_max: int = 256, name: str = "actor"
+        self,
+        behavior: Behavior[M],
+        *,
+        capacity: int = 1024,
+        batch_max: int = 256,
+        name: str = "actor",
+        gate: TurnGate | None = None,
+        priority: Callable[[Iterable[M]], int] | None = None,
     ) -> None:
         if capacity < 1 or batch_max < 1:
             raise ValueError("capacity and batch_max must be positive")
         self.name = name
+        self._gate = gate
+        self._priority = priority
         self._behavior = behavior
         self._capacity = capacity
         self._batch_max = batch_max
@@ -168,15 +181,23 @@ class Actor(Generic[M]):
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            if len(queue) <= batch_max:
-                batch = list(queue)
-                queue.clear()
-            else:
-                batch = [queue.popleft() for _ in range(batch_max)]
-            if self._room is not None:
-                self._room.set()
-            await self._behavior(batch)
-            self._handled += len(batch)
+            gate = self._gate
+            if gate is not None:
+                # Priority inheritance: the turn waits as urgent as its most urgent message.
+                await gate.acquire(self._priority(queue) if self._priority is not None else 0)
+            try:
+                if len(queue) <= batch_max:
+                    batch = list(queue)
+                    queue.clear()
+                else:
+                    batch = [queue.popleft() for _ in range(batch_max)]
+                if self._room is not None:
+                    self._room.set()
+                await self._behavior(batch)
+                self._handled += len(batch)
+            finally:
+                if gate is not None:
+                    gate.release()
             # A turn that awaited nothing must still let others run.
             await anyio.lowlevel.checkpoint()
 

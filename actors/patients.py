@@ -10,6 +10,9 @@ records in log order. It exists only while needed:
 - **passivation** after `idle_timeout_s` without traffic, or when more than
   `active_max` actors are active (least recently used first): a snapshot is
   saved if the record moved since the last one, and the actor goes away;
+- **priority inheritance**: patient turns share a `TurnGate` (`turns_max` at
+  once); a patient whose mailbox holds a critical record takes the next free
+  turn ahead of patients holding only standard or batch records;
 - **poison messages**: a record whose application fails crashes the actor;
   it is restarted from its last good state (the record is immutable: the
   state before the failing record) and the record is tried again, up to
@@ -22,7 +25,7 @@ Crashes are contained: one patient's failure never touches another's actor.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, final
 
 import anyio
@@ -30,9 +33,10 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from actors.actor import Actor, Reply
+from actors.actor import Actor, Behavior, Reply
 from actors.record import PatientRecord, RecordView
-from engine.model import Event
+from actors.turns import TurnGate
+from engine.model import Event, Lane
 
 __all__ = ["Applied", "PatientActors", "PatientStatistics", "Quarantine", "RecordSource", "apply_record"]
 
@@ -47,6 +51,7 @@ class Applied(msgspec.Struct, frozen=True):
     recorded_at: str
     message_id: str
     events: tuple[Event, ...]
+    lane: Lane = Lane.STANDARD
 
 
 def apply_record(record: PatientRecord, item: Applied) -> PatientRecord:
@@ -83,6 +88,18 @@ class _Query(msgspec.Struct, frozen=True):
 _Message = Applied | _Query
 
 
+def _urgency(mailbox: Iterable[_Message]) -> int:
+    """The most urgent lane in a mailbox (0 critical, 1 standard, 2 batch); a query is standard."""
+    best = 2
+    for message in mailbox:
+        rank = message.lane.rank if isinstance(message, Applied) else 1
+        if rank < best:
+            best = rank
+            if best == 0:
+                break
+    return best
+
+
 @final
 class PatientStatistics(msgspec.Struct, frozen=True):
     """A snapshot of the registry's counters."""
@@ -106,7 +123,7 @@ class _Patient:
         self.snapshot_lsn = record.last_lsn
         self.attempts = 0
         self.unapplied: list[_Message] = []
-        self.actor: Actor[_Message] = Actor(self.behave, capacity=registry.mailbox_max, name="patient")
+        self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
         self.last_used = anyio.current_time()
         self.closing: anyio.Event | None = None  # set while passivating: senders wait, then reactivate
         self.stopped = anyio.Event()
@@ -144,6 +161,7 @@ class PatientActors:
         stash_max: int = 256,
         mailbox_max: int = 256,
         max_attempts: int = 3,
+        turns_max: int = 64,
         fold: Callable[[PatientRecord, Applied], PatientRecord] | None = None,
     ) -> None:
         if min(active_max, activations_max, stash_max, mailbox_max, max_attempts) < 1 or idle_timeout_s <= 0:
@@ -156,6 +174,8 @@ class PatientActors:
         self.mailbox_max = mailbox_max
         self.max_attempts = max_attempts
         self.fold = fold if fold is not None else apply_record
+        # Patient turns share a gate: a patient holding a critical record goes first.
+        self.gate = TurnGate(turns_max)
         self._active: OrderedDict[str, _Patient] = OrderedDict()  # least recently used first
         self._stashes: dict[str, list[_Message]] = {}
         self._activated: dict[str, anyio.Event] = {}
@@ -163,6 +183,9 @@ class PatientActors:
         self._limiter = anyio.CapacityLimiter(activations_max)
         self._tg: TaskGroup | None = None
         self._activations = self._passivations = self._restarts = self._quarantined = 0
+
+    def new_actor(self, behave: Behavior[_Message], capacity: int) -> Actor[_Message]:
+        return Actor(behave, capacity=capacity, name="patient", gate=self.gate, priority=_urgency)
 
     # -- the public face ------------------------------------------------------------
 
@@ -271,7 +294,7 @@ class PatientActors:
                 pending = [*entry.unapplied, *entry.actor.take_all()]
                 closing = entry.actor.closed
                 entry.unapplied = []
-                entry.actor = Actor(entry.behave, capacity=max(self.mailbox_max, len(pending)), name="patient")
+                entry.actor = self.new_actor(entry.behave, max(self.mailbox_max, len(pending)))
                 for message in pending:
                     entry.actor.tell_nowait(message)
                 if closing:

@@ -16,7 +16,7 @@ import trio.testing
 
 from actors.patients import Applied, PatientActors, apply_record
 from actors.record import PatientRecord
-from engine.model import Coded, DemographicsUpdated, OrderPlaced
+from engine.model import Coded, DemographicsUpdated, Lane, OrderPlaced
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +223,60 @@ def test_idle_actors_are_passivated_after_the_timeout() -> None:
         return active_early, stats.active, log.snapshots["H|A"].last_lsn
 
     assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (1, 0, 1)
+
+
+async def test_a_patient_holding_a_critical_record_takes_the_next_turn() -> None:
+    """Priority inheritance: with every turn slot busy, the critical patient's turn goes before the batch ones."""
+    order: list[str] = []
+
+    def fold(record: PatientRecord, applied: Applied) -> PatientRecord:
+        order.append(record.patient)
+        return apply_record(record, applied)
+
+    log = MemoryLog()
+    registry = PatientActors(log, MemoryQuarantine(), turns_max=1, fold=fold)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for name in ("H|X", *(f"H|B{i}" for i in range(5)), "H|C"):
+            await registry.query(name)  # activate them all first
+        await registry.gate.acquire(0)  # hold the only turn
+        for i in range(5):
+            await registry.deliver(f"H|B{i}", Applied(10 + i, "t", f"b{i}", (), Lane.BATCH))
+        await registry.deliver("H|C", Applied(20, "t", "c", (), Lane.CRITICAL))
+        await _settle()
+        assert order == []  # every turn waits for the gate
+        registry.gate.release()
+        await _settle()
+        assert order[0] == "H|C"
+        assert sorted(order[1:]) == [f"H|B{i}" for i in range(5)]
+        tg.cancel_scope.cancel()
+
+
+def test_activation_under_load_is_bounded() -> None:
+    """1,000 patients at once, activations_max 8: never more than 8 loads at a time, every record applied."""
+
+    class SlowLog(MemoryLog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.now_loading = 0
+            self.most_loading = 0
+
+        async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
+            self.now_loading += 1
+            self.most_loading = max(self.most_loading, self.now_loading)
+            await trio.sleep(0.05)
+            self.now_loading -= 1
+            return await super().load(patient)
+
+    async def scenario() -> tuple[int, int, int]:
+        log = SlowLog()
+        registry = PatientActors(log, MemoryQuarantine(), activations_max=8)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            for n in range(1000):
+                await registry.deliver(f"H|{n}", item(n + 1))
+            views = [await registry.query(f"H|{n}") for n in range(1000)]
+            nursery.cancel_scope.cancel()
+        return log.most_loading, sum(len(v.orders) for v in views), registry.statistics().activations
+
+    assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (8, 1000, 1000)
