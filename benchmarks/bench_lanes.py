@@ -106,7 +106,7 @@ async def _run(
                 env = decoder.hl7(raw, received_at="bench", source="bench")
                 [position] = await wal.append([env])
                 if env.patient is not None:
-                    applied = Applied(position.lsn, "bench", env.message_id, env.events, env.lane)
+                    applied = Applied(position.lsn, position.recorded_at or "", env.message_id, env.events, env.lane)
                     await patients.deliver(env.patient, applied)
                 if lane is Lane.CRITICAL:
                     latencies.append(time.perf_counter() - arrived)

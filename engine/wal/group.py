@@ -17,10 +17,15 @@ Pending = tuple[int, str, tuple[str, ...]]  # a framed record: LSN, message id, 
 
 @final
 class Position(msgspec.Struct, frozen=True):
-    """Where an appended message is: its LSN, and whether it was already there."""
+    """Where an appended message is: its LSN, whether it was already there, and when it was recorded.
+
+    `recorded_at` is the time in the record (for what patient actors fold, which
+    must equal what a replay of the log folds); None for a duplicate.
+    """
 
     lsn: int
     duplicate: bool = False
+    recorded_at: str | None = None
 
 
 @final

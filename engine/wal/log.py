@@ -279,7 +279,7 @@ class WriteAheadLog:
                 size += len(frame)
                 pending.append((lsn, env.message_id, patients))
                 inflight[env.message_id] = lsn
-                request.positions.append(Position(lsn))
+                request.positions.append(Position(lsn, recorded_at=now))
         if not frames and not waits_for_flight:
             answer(group, None)
             return None
@@ -468,14 +468,19 @@ class WriteAheadLog:
                 if record[0].lsn >= lsn:
                     yield record[0]
 
-    def read_patient(self, patient: str) -> Iterator[LogRecord]:
-        """Every durable record touching one patient, in order, without a scan."""
+    def read_patient(self, patient: str, *, after_lsn: int = 0) -> Iterator[LogRecord]:
+        """Every durable record touching one patient (after `after_lsn`), in order, without a scan.
+
+        Segments wholly at or below `after_lsn` (what a snapshot covers) are not read at all.
+        """
         for seg, offset in self._index.patient_positions(patient):
+            if seg.last_lsn <= after_lsn:
+                continue
             head = self._files.read(seg.path, offset, 8)
             length = int.from_bytes(head[:4], "little")
             data = head + self._files.read(seg.path, offset + 8, length)
             found = self._decode_at(data, 0, seg, offset)
-            if found is not None:
+            if found is not None and found[0].lsn > after_lsn:
                 yield found[0]
 
     def _decode_at(self, data: bytes, pos: int, seg: SegmentInfo, where: int) -> tuple[LogRecord, int] | None:

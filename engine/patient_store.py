@@ -1,0 +1,77 @@
+"""What patient actors need from the node: their history, their snapshots, a quarantine.
+
+`LogRecordSource` implements `actors.RecordSource` over the write-ahead log
+(the patient index reads only that patient's records, skipping whole segments
+a snapshot already covers) and the snapshot store (a snapshot is the encoded
+`PatientRecord`). `PoisonQuarantine` implements `actors.Quarantine` over the
+quarantine log, with the record's original bytes, once per LSN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import final
+
+import anyio
+import msgspec
+
+from actors import Applied, PatientRecord
+from engine.wal.log import WriteAheadLog, utc_now
+from engine.wal.quarantine import Quarantine
+from engine.wal.snapshots import Snapshot, SnapshotStore
+
+__all__ = ["LogRecordSource", "PoisonQuarantine"]
+
+_RECORD = msgspec.msgpack.Decoder(PatientRecord)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+@final
+class LogRecordSource:
+    """Activation state from the newest snapshot plus the log tail; snapshots on passivation."""
+
+    def __init__(self, wal: WriteAheadLog, snapshots: SnapshotStore) -> None:
+        self._wal = wal
+        self._snapshots = snapshots
+
+    async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
+        return await anyio.to_thread.run_sync(self._load, patient)
+
+    def _load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
+        snapshot = self._snapshots.load(patient, at_most_lsn=self._wal.last_lsn)
+        record = _RECORD.decode(snapshot.state) if snapshot is not None else None
+        after = record.last_lsn if record is not None else 0
+        tail = [
+            Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)
+            for r in self._wal.read_patient(patient, after_lsn=after)
+        ]
+        return record, tail
+
+    async def save(self, record: PatientRecord) -> None:
+        snapshot = Snapshot(record.patient, record.last_lsn, utc_now(), _ENCODER.encode(record))
+        await anyio.to_thread.run_sync(self._snapshots.save, snapshot)
+
+
+@final
+class PoisonQuarantine:
+    """Puts a record that keeps failing its patient's actor into quarantine, once per LSN."""
+
+    def __init__(self, wal: WriteAheadLog, quarantine: Quarantine) -> None:
+        self._wal = wal
+        self._quarantine = quarantine
+
+    async def quarantine(self, _patient: str, item: Applied, reason: str) -> None:
+        await anyio.to_thread.run_sync(self._add, item, reason)
+
+    def _add(self, item: Applied, reason: str) -> None:
+        if any(q.error.get("lsn") == item.lsn for q in self._quarantine.items()):
+            return  # already there (a poison record in the tail fails every activation)
+        record = next(iter(self._wal.read_from(item.lsn)), None)
+        raw = record.envelope.raw if record is not None and record.lsn == item.lsn else b""
+        self._quarantine.add(
+            raw,
+            source=f"patient actor (LSN {item.lsn})",
+            reason=f"failed its patient's actor repeatedly: {reason}",
+            error={"type": "PoisonRecord", "reason": reason, "lsn": item.lsn, "message_id": item.message_id},
+            at=utc_now(),
+        )
