@@ -34,6 +34,8 @@ class Append:
 
     __slots__ = ("critical", "done", "envelopes", "epoch", "error", "partition", "patients", "positions", "urgent")
 
+    patients: set[str]
+
     def __init__(self, envelopes: Sequence[Envelope], partition: int, epoch: int, done: anyio.Event) -> None:
         self.envelopes = envelopes
         self.partition = partition
@@ -42,8 +44,14 @@ class Append:
         self.positions: list[Position] = []
         self.error: BaseException | None = None
         # Only an all-batch append may wait for company before its fsync.
+        if len(envelopes) == 1:  # the common case, without the loop
+            e = envelopes[0]
+            self.critical = e.lane is Lane.CRITICAL
+            self.urgent = e.lane is not Lane.BATCH
+            self.patients = {e.patient, *e.other_patients} if e.patient else set(e.other_patients)
+            return
         self.urgent = self.critical = False
-        self.patients: set[str] = set()
+        self.patients = set()
         for e in envelopes:
             if e.lane is not Lane.BATCH:
                 self.urgent = True

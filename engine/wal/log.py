@@ -270,7 +270,8 @@ class WriteAheadLog:
                     self._duplicates += 1
                     continue
                 lsn += 1
-                patients = (env.patient, *env.other_patients) if env.patient else env.other_patients
+                others = env.other_patients
+                patients = ((env.patient, *others) if others else (env.patient,)) if env.patient else others
                 record = LogRecord(lsn, now, request.partition, request.epoch, env.message_id, patients, prev, env)
                 frame, prev = encode_frame(record)
                 frames.append(frame)

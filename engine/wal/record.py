@@ -95,10 +95,14 @@ def body_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
 
+_U32 = struct.Struct("<I")
+_crc_of, _crc_more = google_crc32c.value, google_crc32c.extend
+
+
 def frame_body(body: bytes) -> bytes:
-    """`length | crc32c | body`: the framing of every file the log layer writes."""
-    length = struct.pack("<I", len(body))
-    return length + struct.pack("<I", checksum(length, body)) + body
+    """`length | crc32c | body`: the framing of every file the log layer writes (on the append path: lean)."""
+    size = len(body)
+    return FRAME.pack(size, _crc_more(_crc_of(_U32.pack(size)), body)) + body
 
 
 def encode_frame(record: LogRecord) -> tuple[bytes, bytes]:
