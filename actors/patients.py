@@ -13,6 +13,9 @@ records in log order. It exists only while needed:
 - **priority inheritance**: patient turns share a `TurnGate` (`turns_max` at
   once); a patient whose mailbox holds a critical record takes the next free
   turn ahead of patients holding only standard or batch records;
+- **merges** (A40/A34): the surviving patient's record absorbs the merged
+  patient's history (read from the log, not asked of its actor), every fact
+  keeping its provenance;
 - **poison messages**: a record whose application fails crashes the actor;
   it is restarted from its last good state (the record is immutable: the
   state before the failing record) and the record is tried again, up to
@@ -36,7 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from actors.actor import Actor, Behavior, Reply
 from actors.record import PatientRecord, RecordView
 from actors.turns import TurnGate
-from engine.model import Event, Lane
+from engine.model import Event, Lane, PatientMerged
 
 __all__ = ["Applied", "PatientActors", "PatientStatistics", "Quarantine", "RecordSource", "apply_record"]
 
@@ -136,7 +139,7 @@ class _Patient:
                 )
                 continue
             try:
-                self.record = self.registry.fold(self.record, message)
+                self.record = await self.registry.apply(self.record, message)
             except Exception as exc:
                 self.attempts += 1
                 if self.attempts < self.registry.max_attempts:
@@ -271,7 +274,7 @@ class PatientActors:
         entry = _Patient(self, patient, record)
         for item in tail:
             try:
-                entry.record = self.fold(entry.record, item)
+                entry.record = await self.apply(entry.record, item)
             except Exception as exc:  # noqa: BLE001 -- a poison record in the tail is skipped, once more quarantined
                 await self.poisoned(patient, item, exc)
         self._activations += 1
@@ -333,6 +336,28 @@ class PatientActors:
         del self._active[patient]
         self._passivations += 1
         entry.closing.set()
+
+    async def apply(self, record: PatientRecord, item: Applied) -> PatientRecord:
+        """One record into a patient's record; a merge brings in the merged patient's history.
+
+        The merged patient's history is read from the log (through the source)
+        up to the merge, never asked of its actor: two actors waiting on each
+        other could deadlock, and the log is the truth anyway.
+        """
+        folded = self.fold(record, item)
+        for event in item.events:
+            # `absorb` ignores a patient already absorbed (a replayed merge).
+            if isinstance(event, PatientMerged) and event.surviving == record.patient:
+                folded = folded.absorb(await self._history(event.merged, up_to=item.lsn))
+        return folded
+
+    async def _history(self, patient: str, *, up_to: int) -> PatientRecord:
+        snapshot, tail = await self._source.load(patient)
+        history = snapshot if snapshot is not None and snapshot.last_lsn <= up_to else PatientRecord.empty(patient)
+        for item in tail:
+            if history.last_lsn < item.lsn <= up_to:
+                history = self.fold(history, item)
+        return history
 
     async def poisoned(self, patient: str, item: Applied, error: Exception) -> None:
         """A record failed `max_attempts` times: quarantine it and go on."""

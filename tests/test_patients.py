@@ -16,7 +16,7 @@ import trio.testing
 
 from actors.patients import Applied, PatientActors, apply_record
 from actors.record import PatientRecord
-from engine.model import Coded, DemographicsUpdated, Lane, OrderPlaced
+from engine.model import Coded, DemographicsUpdated, Lane, OrderPlaced, PatientMerged
 
 pytestmark = pytest.mark.anyio
 
@@ -280,3 +280,23 @@ def test_activation_under_load_is_bounded() -> None:
         return log.most_loading, sum(len(v.orders) for v in views), registry.statistics().activations
 
     assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (8, 1000, 1000)
+
+
+async def test_a_merge_brings_the_merged_patients_history_with_provenance() -> None:
+    """A40: the survivor's record absorbs the merged patient's history from the log."""
+    log = MemoryLog()
+    old, new = item(1, "OLD-ORDER"), item(2, "NEW-ORDER")
+    merge = Applied(3, "2026-11-24T09:00:00Z", "m3", (PatientMerged("H|NEW", "H|OLD"),))
+    log.append("H|OLD", old)
+    log.append("H|NEW", new)
+    log.append("H|NEW", merge)
+    log.append("H|OLD", merge)
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|NEW", new)
+        await registry.deliver("H|NEW", merge)
+        view = await registry.query("H|NEW")
+        assert view.merged_from == ("H|OLD",)
+        assert [o.order_id for o in view.orders] == ["OLD-ORDER", "NEW-ORDER"]  # in log order
+        tg.cancel_scope.cancel()
