@@ -323,6 +323,12 @@ class PatientActors:
                 if idle and entry.closing is None:
                     await self._passivate(patient, entry)
 
+    async def passivate_all(self) -> None:
+        """Passivate every active actor (a stopping node): their snapshots are saved."""
+        for patient, entry in list(self._active.items()):
+            if entry.closing is None:
+                await self._passivate(patient, entry)
+
     async def _passivate(self, patient: str, entry: _Patient) -> None:
         """Drain and stop the actor, snapshot its record if it moved, then let it go."""
         entry.closing = anyio.Event()

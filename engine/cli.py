@@ -22,6 +22,7 @@ from engine.decode import Decoded, decode_input
 from engine.demo import DemoReport, run_demo
 from engine.logs import configure_logging
 from engine.model import Envelope, Event, Lane, ResultReported
+from engine.node_cli import run, send
 from engine.wal_cli import audit, quarantine, wal
 
 __all__ = ["main"]
@@ -232,6 +233,8 @@ def _print_demo(report: DemoReport) -> None:
 cli.add_command(wal)
 cli.add_command(audit)
 cli.add_command(quarantine)
+cli.add_command(run)
+cli.add_command(send)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "IngestConfig",
     "LanesConfig",
+    "MLLPConfig",
     "NodeConfig",
     "WalConfig",
     "decode_config",
@@ -48,9 +49,27 @@ _KIB = 1024
 
 @final
 class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where the node keeps its data; a relative path is relative to the config file."""
+    """The node: its id, where it keeps its data (relative to the config file), how long a stop may take."""
 
     data_dir: str = ".vigil"
+    id: str = "vigil-1"
+    stop_deadline_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+
+
+@final
+class MLLPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The MLLP listener's bounds: one slow or hostile peer must never hurt the others.
+
+    Attributes:
+        connections_max: connections served at once; more are refused at once.
+        idle_timeout_s: a connection that sends nothing this long is closed.
+        ack_timeout_s: the longest a message may wait for its ACK (in a full
+            lane, say) before the sender gets AE and should retry.
+    """
+
+    connections_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
 
 
 @final
@@ -112,6 +131,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     node: NodeConfig = NodeConfig()
     ingest: IngestConfig = IngestConfig()
+    mllp: MLLPConfig = MLLPConfig()
     wal: WalConfig = WalConfig()
     audit: AuditConfig = AuditConfig()
     lanes: LanesConfig = LanesConfig()

@@ -1,0 +1,305 @@
+"""The node: sources in, ACKs out. The one place that wires every part together.
+
+A message's way: a source reads it (MLLP connection, stdin), the classifier
+picks its lane from the raw bytes, the lane scheduler admits it (waiting
+while the lane is full, so a full lane stops the reading: backpressure), a
+lane worker parses and maps it and appends it to the write-ahead log, and
+only then is the source answered (invariant 1): `AA`/`CA` once durable, a
+duplicate too (same LSN, no second append); `AR`/`CR` with an ERR segment
+for a message that can never be accepted (it goes to quarantine with its
+bytes, invariant 2); `AE`/`CE` for a temporary failure (disk full, the log
+stopped, an ACK that waited too long) so the sender retries. After the ACK
+the record goes to its patient's actor.
+
+Stopping (SIGTERM/SIGINT, or the end of stdin): stop accepting, let in-flight
+messages finish within `node.stop_deadline_s`, passivate the patient actors
+(snapshots), close the log (checkpoint, saved indexes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import final
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import SocketStream, TaskStatus
+
+from actors import Applied, PatientActors
+from engine.config import Config
+from engine.decode import Decoder
+from engine.errors import FramingError, InputError
+from engine.framing import split_input
+from engine.hl7 import AckContext, Outcome, build_ack
+from engine.mllp import Frame, MLLPDecoder, frame
+from engine.model import Kind, Lane
+from engine.patient_store import LogRecordSource, PoisonQuarantine
+from engine.wal import DiskFullError, WALFailedError, WriteAheadLog, open_wal
+from engine.wal.audit import audit_key_from_env
+from engine.wal.files import OSFiles
+from engine.wal.log import utc_now
+from engine.wal.quarantine import Quarantine
+from engine.wal.snapshots import SnapshotStore
+from lanes import Classifier, LaneScheduler
+
+__all__ = ["IngestResult", "Node"]
+
+_log = structlog.get_logger("vigil.node")
+
+
+@final
+class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What became of one message: accepted (with LSN), retry, or rejected (with the error)."""
+
+    outcome: str
+    lsns: tuple[int, ...] = ()
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+@final
+class _Work:
+    """One message on its way through a lane, and the answer its source waits for."""
+
+    __slots__ = ("done", "in_batch", "kind", "outcome", "raw", "reason", "result", "source")
+
+    def __init__(self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False) -> None:
+        self.raw = raw
+        self.source = source
+        self.kind = kind
+        self.in_batch = in_batch
+        self.done = anyio.Event()
+        self.outcome = Outcome.RETRY
+        self.reason: InputError | None = None
+        self.result = IngestResult("retry")
+
+    def finish(self, outcome: Outcome, result: IngestResult, reason: InputError | None = None) -> None:
+        self.outcome, self.result, self.reason = outcome, result, reason
+        self.done.set()
+
+
+class _TemporaryError(InputError):
+    """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout)."""
+
+
+@final
+class Node:
+    """One Vigil node over a data directory; `await node.run(...)` until stopped."""
+
+    def __init__(self, config: Config, data_dir: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._decoder = Decoder(Classifier(config.lanes.rules))
+        self._classifier = self._decoder.classifier
+        self._acks = itertools.count(1)
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._connections = anyio.CapacityLimiter(config.mllp.connections_max)
+        self._wal: WriteAheadLog | None = None
+        self._actors: PatientActors | None = None
+        self._scheduler: LaneScheduler[_Work] | None = None
+        self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
+
+    # -- running --------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        mllp: tuple[str, int] | None = None,
+        stdin: bytes | None = None,
+        task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED,
+    ) -> list[IngestResult]:
+        """Serve until SIGTERM/SIGINT (MLLP), or until the stdin bytes are all answered.
+
+        `task_status.started()` reports the bound MLLP port once the node is ready.
+        Returns the stdin results, in order.
+        """
+        key = audit_key_from_env(self.config.audit.key_env)
+        results: list[IngestResult] = []
+        async with (
+            open_wal(self.data_dir / "wal", self.config.wal, audit_key=key) as wal,
+            anyio.create_task_group() as tg,
+        ):
+            self._wal = wal
+            snapshots = SnapshotStore(self.data_dir / "snapshots", OSFiles())
+            self._actors = PatientActors(LogRecordSource(wal, snapshots), PoisonQuarantine(wal, self._quarantine))
+            await tg.start(self._actors.run)
+            self._scheduler = LaneScheduler(self.config.lanes.scheduler, self._handle)
+            await tg.start(self._scheduler.run)
+            port = None
+            listening = anyio.CancelScope()
+            if mllp is not None:
+                listener = await anyio.create_tcp_listener(local_host=mllp[0], local_port=mllp[1])
+                port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
+                tg.start_soon(self._listen, listener, listening)
+            task_status.started(port)
+            _log.info("node.ready", mllp_port=port, last_lsn=wal.last_lsn)
+            if stdin is not None:
+                results = await self._ingest_stream(stdin, "stdin")
+            else:
+                await _until_signalled()
+            listening.cancel()
+            await self._stop()
+            tg.cancel_scope.cancel()
+        return results
+
+    async def _listen(self, listener: anyio.abc.Listener[SocketStream], scope: anyio.CancelScope) -> None:
+        with scope:
+            await listener.serve(self._serve_connection)
+
+    async def _stop(self) -> None:
+        """Finish in-flight messages (within the deadline), then snapshot the patients."""
+        with anyio.move_on_after(self.config.node.stop_deadline_s) as deadline:
+            await self._idle.wait()
+            if self._actors is not None:
+                await self._actors.passivate_all()
+        if deadline.cancelled_caught:
+            _log.warning("node.stop_deadline_passed", in_flight=self._in_flight)
+        _log.info("node.stopped")
+
+    # -- sources --------------------------------------------------------------------
+
+    async def _serve_connection(self, stream: SocketStream) -> None:
+        """One MLLP connection: frames in, one ACK per message, in order."""
+        if self._connections.available_tokens < 1:
+            _log.warning("mllp.connection_refused", reason="connections_max reached")
+            await stream.aclose()
+            return
+        peer = stream.extra(anyio.abc.SocketAttribute.remote_address)  # noqa: S610 -- anyio, not Django
+        source = f"mllp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "mllp"
+        decoder = MLLPDecoder(self.config.ingest.message_bytes_max)
+        async with self._connections, stream:
+            while True:
+                with anyio.move_on_after(self.config.mllp.idle_timeout_s) as idle:
+                    try:
+                        data = await stream.receive(65536)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                if idle.cancelled_caught:
+                    _log.info("mllp.idle_closed", source=source)
+                    return
+                for item in decoder.feed(data):
+                    # Not reading further until this one is answered: a full lane
+                    # holds the connection back (backpressure).
+                    reply = await self._answer_frame(item.payload, source) if isinstance(item, Frame) else None
+                    if reply is None and isinstance(item, FramingError):
+                        reply = self._refuse_framing(item, source)
+                    if reply is not None:
+                        await stream.send(frame(reply))
+
+    def _refuse_framing(self, error: FramingError, source: str) -> bytes | None:
+        _log.warning("mllp.framing_error", source=source, reason=error.reason)
+        if "outside any MLLP frame" in error.reason:
+            return None  # junk between frames: nothing to answer
+        ctx = AckContext()
+        return build_ack(
+            ctx, Outcome.REJECTED, control_id=self._ack_id(), timestamp=self._dtm(), error=error
+        ).to_bytes()
+
+    async def _answer_frame(self, raw: bytes, source: str) -> bytes:
+        """Ingest one HL7 v2 message and build its ACK (original or enhanced mode)."""
+        ctx = AckContext.from_raw(raw)
+        result = await self._ingest(raw, source, Kind.HL7V2)
+        outcome = {"accepted": Outcome.ACCEPTED, "retry": Outcome.RETRY}.get(result[0].outcome, Outcome.REJECTED)
+        ack = build_ack(ctx, outcome, control_id=self._ack_id(), timestamp=self._dtm(), error=result[1])
+        return ack.to_bytes()
+
+    async def _ingest_stream(self, raw: bytes, source: str) -> list[IngestResult]:
+        """Every message of one input (stdin, a file), answered in order."""
+        results = []
+        for piece in split_input(raw, self.config.ingest.message_bytes_max):
+            if piece.error is not None:
+                results.append(await self._reject(piece.data or b"", source, piece.error))
+                continue
+            results.append((await self._ingest(piece.data, source, piece.kind, in_batch=piece.in_batch))[0])
+        return results
+
+    # -- the path of one message -------------------------------------------------------
+
+    async def _ingest(
+        self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False
+    ) -> tuple[IngestResult, InputError | None]:
+        assert self._scheduler is not None
+        try:
+            lane = self._classifier.classify_hl7(raw, in_batch=in_batch).lane if kind is Kind.HL7V2 else Lane.STANDARD
+        except InputError as exc:
+            return await self._reject(raw, source, exc), exc
+        work = _Work(raw, source, kind, in_batch=in_batch)
+        self._in_flight += 1
+        self._idle = anyio.Event()
+        try:
+            with anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
+                await self._scheduler.admit(lane, work)
+                await work.done.wait()
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        if waited.cancelled_caught:
+            # The message may still become durable: a retry is then a duplicate, answered AA.
+            error = _TemporaryError("timed out waiting for the log; retry later")
+            return IngestResult("retry", error=error.to_dict()), error
+        return work.result, work.reason
+
+    async def _handle(self, _lane: Lane, work: _Work) -> None:
+        """A lane worker: parse and map, append durably, answer, then hand to the patient actors."""
+        assert self._wal is not None
+        assert self._actors is not None
+        received = self._clock().isoformat(timespec="milliseconds")
+        try:
+            if work.kind is Kind.HL7V2:
+                envelopes = [
+                    self._decoder.hl7(work.raw, received_at=received, source=work.source, in_batch=work.in_batch)
+                ]
+            else:
+                envelopes = self._decoder.fhir(work.raw, received_at=received, source=work.source)
+        except InputError as exc:
+            work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
+            return
+        try:
+            positions = await self._wal.append(envelopes)
+        except (DiskFullError, WALFailedError) as exc:
+            error = _TemporaryError(str(exc))
+            work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
+            return
+        work.finish(
+            Outcome.ACCEPTED,
+            IngestResult("accepted", tuple(p.lsn for p in positions), all(p.duplicate for p in positions)),
+        )
+        for env, position in zip(envelopes, positions, strict=True):
+            if position.duplicate:
+                continue
+            applied = Applied(position.lsn, position.recorded_at or "", env.message_id, env.events, env.lane)
+            for patient in (env.patient, *env.other_patients):
+                if patient:
+                    await self._actors.deliver(patient, applied)
+
+    async def _reject(self, raw: bytes, source: str, error: InputError) -> IngestResult:
+        """Never a silent drop: the bytes go to quarantine with the reason (invariant 2)."""
+        qid = await anyio.to_thread.run_sync(
+            lambda: self._quarantine.add(raw, source=source, reason=error.reason, error=error.to_dict(), at=utc_now())
+        )
+        _log.info("node.rejected", source=source, quarantine_id=qid, reason=error.reason)
+        return IngestResult("rejected", error={**error.to_dict(), "quarantine_id": qid})
+
+    # -- ACK details -------------------------------------------------------------------
+
+    def _ack_id(self) -> str:
+        return f"{self.config.node.id}-{next(self._acks)}"
+
+    def _dtm(self) -> str:
+        return self._clock().strftime("%Y%m%d%H%M%S")
+
+
+async def _until_signalled() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            _log.info("node.stopping", signal=signal.Signals(signum).name)
+            return

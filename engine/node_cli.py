@@ -1,0 +1,147 @@
+"""`vigil run` (a node) and `vigil send` (an MLLP client that prints each ACK)."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from engine.cli_context import Context
+from engine.errors import ConfigError, InputError
+from engine.framing import split_input
+from engine.hl7 import parse
+from engine.logs import configure_logging
+from engine.mllp import Frame, MLLPDecoder, frame
+from engine.model import Kind
+from engine.node import Node
+from engine.wal import WALCorruptError, WALLockedError
+
+__all__ = ["run", "send"]
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+@click.command("run")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="The data directory.")
+@click.option("--mllp", "mllp", help="Listen for MLLP on HOST:PORT (port 0: any free port).")
+@click.option("--stdin", "use_stdin", is_flag=True, help="Ingest standard input, answer it, and stop.")
+@click.pass_obj
+def run(obj: Context, data: Path | None, mllp: str | None, *, use_stdin: bool) -> None:
+    """Run a node: MLLP until SIGTERM/SIGINT, or stdin until its end.
+
+    With --stdin, one JSON line per message says what became of it (accepted
+    with its LSN, retry, rejected with the reason and quarantine id); the exit
+    status is 0 only when every message is durable.
+    """
+    if (mllp is None) == (not use_stdin):
+        raise click.UsageError("give exactly one source: --mllp HOST:PORT or --stdin")
+    configure_logging("info", json=True)
+    node = Node(obj.config, obj.data_dir(data))
+    try:
+        if use_stdin:
+            raw = sys.stdin.buffer.read()
+            results = anyio.run(functools.partial(node.run, stdin=raw))
+            out = sys.stdout.buffer
+            for result in results:
+                out.write(msgspec.json.encode(result) + b"\n")
+            out.flush()
+            if any(r.outcome != "accepted" for r in results):
+                sys.exit(1)
+            return
+        assert mllp is not None
+        anyio.run(_serve, node, _address(mllp))
+    except (WALLockedError, WALCorruptError, ConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _serve(node: Node, address: tuple[str, int]) -> None:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(functools.partial(node.run, mllp=address))
+        # The line operators (and tests) wait for: the node takes messages now.
+        sys.stdout.write(f"vigil: listening on {address[0]}:{port}\n")
+        sys.stdout.flush()
+
+
+@click.command("send")
+@click.argument("source", metavar="FILE|-")
+@click.option("--to", "to", required=True, help="HOST:PORT of an MLLP listener.")
+@click.option("--timeout-s", default=30.0, show_default=True, help="How long to wait for each ACK.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+def send(source: str, to: str, timeout_s: float, *, as_json: bool) -> None:
+    """Send each HL7 v2 message over MLLP, wait for its ACK, print it. Exit 1 unless all AA/CA."""
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"{source}: cannot read: {exc.strerror}") from None
+    host, port = _address(to)
+    rows = []
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            decoder = MLLPDecoder()
+            for index, piece in enumerate(split_input(raw)):
+                if piece.error is not None or piece.kind is not Kind.HL7V2:
+                    rows.append({"index": index, "ack": None, "error": "not an HL7 v2 message; not sent"})
+                    continue
+                conn.sendall(frame(piece.data))
+                rows.append({"index": index, **_read_ack(conn, decoder)})
+    except OSError as exc:
+        raise click.ClickException(f"{to}: {exc.strerror or exc}") from None
+    _print_acks(rows, as_json=as_json)
+    if any(r.get("code") not in ("AA", "CA") for r in rows):
+        sys.exit(1)
+
+
+def _read_ack(conn: socket.socket, decoder: MLLPDecoder) -> dict[str, Any]:
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            raise OSError("the peer closed the connection before answering")
+        for item in decoder.feed(data):
+            if isinstance(item, Frame):
+                return _describe_ack(item.payload)
+
+
+def _describe_ack(payload: bytes) -> dict[str, Any]:
+    try:
+        ack = parse(payload)
+    except InputError as exc:
+        return {"code": None, "error": f"unreadable ACK: {exc}"}
+    return {
+        "code": ack.get("MSA-1"),
+        "control_id": ack.get("MSA-2"),
+        "text": ack.get("ERR-8") or ack.get("MSA-3") or "",
+        "error_location": ack.get("ERR-2") or ack.get("ERR-1") or "",
+    }
+
+
+def _print_acks(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            sys.stdout.write(msgspec.json.encode(row).decode() + "\n")
+        return
+    table = Table(title=f"{len(rows)} message(s) sent")
+    for name in ("#", "ACK", "control id", "text"):
+        table.add_column(name)
+    for row in rows:
+        code = row.get("code") or "-"
+        style = "green" if code in ("AA", "CA") else "red"
+        table.add_row(
+            str(row["index"]),
+            f"[{style}]{code}[/]",
+            row.get("control_id") or "",
+            row.get("text") or row.get("error") or "",
+        )
+    Console().print(table)
