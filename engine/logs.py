@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -42,6 +42,16 @@ def redact_phi(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> M
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is at the time of writing (a test runner may swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", *, json: bool = False) -> None:
     """Configure structlog for the process: stderr, ISO UTC timestamps, PHI redacted."""
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
@@ -54,6 +64,8 @@ def configure_logging(level: str = "info", *, json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
+        # Not cached: a logger cached at one level would keep it even after a later
+        # configuration (tests run several CLIs in one process); logs here are rare.
+        cache_logger_on_first_use=False,
     )

@@ -30,7 +30,7 @@ import msgspec
 import structlog
 from anyio.abc import SocketStream, TaskStatus
 
-from actors import Applied, PatientActors
+from actors import Applied, PatientActors, RecordView
 from engine.config import Config
 from engine.decode import Decoder
 from engine.errors import FramingError, InputError
@@ -45,7 +45,7 @@ from engine.wal.files import OSFiles
 from engine.wal.log import utc_now
 from engine.wal.quarantine import Quarantine
 from engine.wal.snapshots import SnapshotStore
-from lanes import Classifier, LaneScheduler
+from lanes import Classifier, LaneScheduler, LaneStatistics
 
 __all__ = ["IngestResult", "Node"]
 
@@ -106,6 +106,7 @@ class Node:
         self._actors: PatientActors | None = None
         self._scheduler: LaneScheduler[_Work] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
+        self._stop_requested = anyio.Event()
 
     # -- running --------------------------------------------------------------------
 
@@ -144,15 +145,50 @@ class Node:
             if stdin is not None:
                 results = await self._ingest_stream(stdin, "stdin")
             else:
-                await _until_signalled()
+                await self._wait_for_stop()
             listening.cancel()
             await self._stop()
             tg.cancel_scope.cancel()
         return results
 
+    def stop(self) -> None:
+        """Ask a serving node to stop (as SIGTERM does)."""
+        self._stop_requested.set()
+
+    async def patient(self, key: str, *, known_at: str | None = None, as_of: str | None = None) -> RecordView:
+        """A patient's record from its actor (now, as known at, as of)."""
+        assert self._actors is not None, "the node is not running"
+        return await self._actors.query(key, known_at=known_at, as_of=as_of)
+
+    @property
+    def wal(self) -> WriteAheadLog:
+        """The node's log (while running)."""
+        assert self._wal is not None, "the node is not running"
+        return self._wal
+
+    def lane_statistics(self) -> list[LaneStatistics]:
+        """Each lane's depth, counters and latencies."""
+        assert self._scheduler is not None, "the node is not running"
+        return self._scheduler.statistics()
+
+    async def _wait_for_stop(self) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                await _until_signalled()
+                tg.cancel_scope.cancel()
+
+            async def on_request() -> None:
+                await self._stop_requested.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_signal)
+            tg.start_soon(on_request)
+
     async def _listen(self, listener: anyio.abc.Listener[SocketStream], scope: anyio.CancelScope) -> None:
-        with scope:
-            await listener.serve(self._serve_connection)
+        async with listener:
+            with scope:
+                await listener.serve(self._serve_connection)
 
     async def _stop(self) -> None:
         """Finish in-flight messages (within the deadline), then snapshot the patients."""

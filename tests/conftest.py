@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 # ../shared/corpus beside the repository: real public HL7 v2 and FHIR samples
@@ -35,3 +36,10 @@ def corpus_dir() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"public sample corpus not found at {CORPUS} (../shared/corpus beside the repository)")
     return CORPUS
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> object:
+    """The CLI configures structlog for its process; a test must not inherit another's setup."""
+    yield
+    structlog.reset_defaults()

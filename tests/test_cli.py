@@ -87,16 +87,26 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
 
 
 def test_demo_json() -> None:
-    """The demo reports every lane and a critical patient's timeline."""
+    """The demo runs a node over MLLP: every message durable, every lane used, the story patient's corrected result."""
     code, out, _ = _run("demo", "--messages", "400", "--seed", "3", "--json")
     report = json.loads(out)
     assert code == 0
-    assert report["messages"] == 400
-    assert report["rejected"] == 0
+    assert report["messages"] == 406  # 400 generated + the story patient's 6
     assert {lane["lane"] for lane in report["lanes"]} == {"critical", "standard", "batch"}
-    assert sum(lane["messages"] for lane in report["lanes"]) == 400
-    assert report["patient"]
-    assert any(row["lane"] == "critical" for row in report["timeline"])
+    assert sum(lane["accepted"] for lane in report["lanes"]) == 406
+    assert report["patient"] == "GENHOSP|MRN900001"
+    assert [row["type"] for row in report["timeline"]] == [
+        "ADT^A01",
+        "ORM^O01",
+        "ORU^R01",
+        "ORU^R01",
+        "RDE^O11",
+        "ADT^A03",
+    ]
+    [potassium] = report["record"]["results"]
+    # Facts encode as arrays (lsn, recorded_at, effective_at, message_id, source_patient, event).
+    assert [v[-1]["value"] for v in potassium["versions"]] == ["6.9", "4.2"]
+    assert potassium["current"]["value"] == "4.2"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bin/vigil is a bash script")
