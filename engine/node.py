@@ -31,6 +31,7 @@ import structlog
 from anyio.abc import SocketStream, TaskStatus
 
 from actors import Applied, PatientActors, RecordView
+from engine.admin import AdminError, AdminServer
 from engine.config import Config
 from engine.decode import Decoder
 from engine.errors import FramingError, InputError
@@ -107,6 +108,8 @@ class Node:
         self._scheduler: LaneScheduler[_Work] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
         self._stop_requested = anyio.Event()
+        self._started = 0.0
+        self._mllp_port: int | None = None
 
     # -- running --------------------------------------------------------------------
 
@@ -134,11 +137,15 @@ class Node:
             await tg.start(self._actors.run)
             self._scheduler = LaneScheduler(self.config.lanes.scheduler, self._handle)
             await tg.start(self._scheduler.run)
+            admin = AdminServer(self.data_dir, {"status": self._status, "patient": self._patient_request})
+            await tg.start(admin.serve)
+            self._started = anyio.current_time()
             port = None
             listening = anyio.CancelScope()
             if mllp is not None:
                 listener = await anyio.create_tcp_listener(local_host=mllp[0], local_port=mllp[1])
                 port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
+                self._mllp_port = port
                 tg.start_soon(self._listen, listener, listening)
             task_status.started(port)
             _log.info("node.ready", mllp_port=port, last_lsn=wal.last_lsn)
@@ -170,6 +177,36 @@ class Node:
         """Each lane's depth, counters and latencies."""
         assert self._scheduler is not None, "the node is not running"
         return self._scheduler.statistics()
+
+    async def _status(self, _request: dict[str, object]) -> dict[str, object]:
+        """What `vigil status` shows."""
+        assert self._actors is not None
+        assert self._scheduler is not None
+        open_items = await anyio.to_thread.run_sync(lambda: sum(1 for q in self._quarantine.items() if q.open))
+        return {
+            "node": self.config.node.id,
+            "uptime_s": round(anyio.current_time() - self._started, 1),
+            "wal": msgspec.to_builtins(self.wal.statistics()),
+            "first_lsn": self.wal.first_lsn,
+            "lanes": msgspec.to_builtins(self._scheduler.statistics()),
+            "actors": msgspec.to_builtins(self._actors.statistics()),
+            "quarantine_open": open_items,
+            "in_flight": self._in_flight,
+            "sources": {"mllp": f"listening on port {self._mllp_port}" if self._mllp_port else "off"},
+        }
+
+    async def _patient_request(self, request: dict[str, object]) -> object:
+        key = request.get("key")
+        if not isinstance(key, str) or not key:
+            raise AdminError("a patient key (authority|identifier) is needed")
+        known_at = request.get("known_at")
+        as_of = request.get("as_of")
+        view = await self.patient(
+            key,
+            known_at=known_at if isinstance(known_at, str) else None,
+            as_of=as_of if isinstance(as_of, str) else None,
+        )
+        return msgspec.to_builtins(view)
 
     async def _wait_for_stop(self) -> None:
         async with anyio.create_task_group() as tg:

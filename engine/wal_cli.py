@@ -143,7 +143,7 @@ def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None
     if as_json:
         out = sys.stdout.buffer
         for record in records:
-            out.write(msgspec.json.encode(_record_json(record)) + b"\n")
+            out.write(msgspec.json.encode(record_json(record)) + b"\n")
         out.flush()
         return
     table = Table()
@@ -162,7 +162,7 @@ def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None
     Console().print(table)
 
 
-def _record_json(record: LogRecord) -> dict[str, Any]:
+def record_json(record: LogRecord) -> dict[str, Any]:
     env = record.envelope
     return {
         "lsn": record.lsn,

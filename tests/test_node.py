@@ -199,3 +199,37 @@ def test_sigkill_through_mllp_loses_nothing_acknowledged(tmp_path: Path) -> None
     missing = [m for m in acked if m not in logged]
     assert not missing, f"acknowledged but lost (seed {seed}): {missing[:5]}"
     assert len(acked) > 20, f"too few messages acknowledged to mean anything (seed {seed})"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    proc = subprocess.run([VIGIL, *args], capture_output=True, timeout=120, check=False)
+    return proc.returncode, proc.stdout.decode()
+
+
+def test_status_patient_and_log_from_a_running_node_and_after_it(tmp_path: Path) -> None:
+    """status asks the node; patient asks its actor, or folds the log once it stopped: the same record."""
+    critical = oru("OBX|1|NM|2823-3^K^LN||6.9|mmol/L|3.5-5.1|HH|||F")
+    with node(tmp_path) as (proc, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            decoder = MLLPDecoder()
+            assert parse(_exchange(conn, critical, decoder)).get("MSA-1") == "AA"
+            assert parse(_exchange(conn, _message(2), decoder)).get("MSA-1") == "AA"
+        code, out = _cli("status", "--data", str(tmp_path), "--json")
+        report = json.loads(out)
+        assert code == 0
+        assert report["wal"]["last_lsn"] == 2
+        assert {lane["lane"]: lane["done"] for lane in report["lanes"]} == {"critical": 1, "standard": 1, "batch": 0}
+        code, out = _cli("patient", "GENHOSP|MRN42", "--data", str(tmp_path), "--json")
+        live = json.loads(out)
+        assert code == 0
+        [potassium] = live["results"]  # both messages report the same order's potassium: two versions
+        assert [version[-1]["value"] for version in potassium["versions"]] == ["6.9", "4.1"]
+        code, out = _cli("log", "--data", str(tmp_path), "--lane", "critical", "--json")
+        assert [json.loads(line)["lsn"] for line in out.splitlines()] == [1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    code, out = _cli("patient", "GENHOSP|MRN42", "--data", str(tmp_path), "--json")
+    assert code == 0
+    assert json.loads(out) == live
+    code, _ = _cli("status", "--data", str(tmp_path))
+    assert code != 0  # no node to ask

@@ -1,0 +1,175 @@
+"""`vigil status`, `vigil patient`, `vigil log`: what an operator looks at.
+
+`status` asks the running node (admin socket). `patient` asks the node's
+patient actor when a node runs, else folds the record from the log itself
+(read-only): the record is a function of the log either way. `log` reads
+the log directly.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from actors import PatientRecord
+from engine.admin import AdminError, request
+from engine.cli_context import Context
+from engine.model import Lane
+from engine.wal.files import OSFiles
+from engine.wal.reader import iter_records
+from engine.wal_cli import record_json
+
+__all__ = ["log", "patient", "status"]
+
+_DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="The node's data directory.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
+
+
+@click.command("status")
+@_DATA
+@_JSON
+@click.pass_obj
+def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
+    """The running node: uptime, LSN, lanes, actors, quarantine, sources."""
+    try:
+        report = request(obj.data_dir(data), "status")
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit_json(report)
+        return
+    console = Console(soft_wrap=True)
+    wal = report["wal"]
+    console.print(
+        f"[bold]{report['node']}[/] up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
+        f"({wal['segments']} segments); {report['in_flight']} in flight; "
+        f"{report['quarantine_open']} open in quarantine; mllp: {report['sources']['mllp']}"
+    )
+    table = Table(title="Lanes")
+    for name in ("lane", "depth/capacity", "running", "done", "failed", "wait p99 ms", "p50 ms", "p99 ms"):
+        table.add_column(name, justify="left" if name == "lane" else "right")
+    for lane in report["lanes"]:
+        table.add_row(
+            lane["lane"],
+            f"{lane['depth']:,}/{lane['capacity']:,}",
+            str(lane["running"]),
+            f"{lane['done']:,}",
+            str(lane["failed"]),
+            f"{lane['wait_p99_us'] / 1000:.2f}",
+            f"{lane['total_p50_us'] / 1000:.2f}",
+            f"{lane['total_p99_us'] / 1000:.2f}",
+        )
+    console.print(table)
+    actors = report["actors"]
+    console.print(
+        f"patient actors: {actors['active']} active, {actors['activations']} activations, "
+        f"{actors['passivations']} passivations, {actors['restarts']} restarts, {actors['quarantined']} poison records"
+    )
+
+
+@click.command("patient")
+@click.argument("key")
+@click.option("--as-of", "as_of", help="The record as of a clinical time (ISO 8601), as now known.")
+@click.option("--as-known-at", "known_at", help="The record as the system knew it at a time (ISO 8601).")
+@_DATA
+@_JSON
+@click.pass_obj
+def patient(
+    obj: Context, key: str, as_of: str | None, known_at: str | None, data: Path | None, *, as_json: bool
+) -> None:
+    """One patient's record (KEY is authority|identifier, as `vigil inspect` shows it)."""
+    directory = obj.data_dir(data)
+    try:
+        view = request(directory, "patient", key=key, as_of=as_of, known_at=known_at)
+    except AdminError as exc:
+        if "no node is running" not in str(exc):
+            raise click.ClickException(str(exc)) from None
+        view = _from_log(directory, key, as_of=as_of, known_at=known_at)
+    if as_json:
+        _emit_json(view)
+        return
+    _print_record(view, as_of=as_of, known_at=known_at)
+
+
+def _from_log(directory: Path, key: str, *, as_of: str | None, known_at: str | None) -> Any:
+    wal_dir = directory / "wal"
+    if not wal_dir.is_dir():
+        raise click.ClickException(f"no log at {wal_dir}")
+    record = PatientRecord.empty(key)
+    for r in iter_records(wal_dir, OSFiles(), patient=key):
+        record = record.apply(r.lsn, r.recorded_at, r.message_id, r.envelope.events)
+    if not record.facts:
+        raise click.ClickException(f"no record of {key} in {wal_dir}")
+    return msgspec.to_builtins(record.view(as_of=as_of, known_at=known_at))
+
+
+def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None:
+    console = Console(soft_wrap=True)
+    when = f" as of {as_of}" if as_of else ""
+    when += f" as known at {known_at}" if known_at else ""
+    console.print(f"[bold]{view['patient']}[/]{when}: {view['facts']} facts up to LSN {view['last_lsn']}")
+    demographics = view.get("demographics")
+    if demographics:
+        console.print(
+            f"  {demographics.get('family', '')}, {' '.join(demographics.get('given', []))}; "
+            f"born {demographics.get('birth_date') or '?'}; sex {demographics.get('sex') or '?'}"
+        )
+    for enc in view["encounters"]:
+        console.print(f"  encounter {enc['encounter_id']}: {enc['status']} ({enc.get('location') or '-'})")
+    for order in view["orders"]:
+        console.print(f"  order {order['order_id']}: {order['status']}")
+    for result in view["results"]:
+        current = result["current"]
+        history = " -> ".join(f"{v[-1].get('value', '')} (LSN {v[0]})" for v in result["versions"])
+        flags = ",".join(current.get("abnormal_flags", []))
+        console.print(
+            f"  result {current['code'].get('text') or current['code']['code']}: {current.get('value', '')} "
+            f"{current.get('units', '')} {flags} [dim]{history}[/]"
+        )
+    for med in view["medications"]:
+        console.print(f"  medication {med['order_id']}: {med['status']}")
+    for allergy in view["allergies"]:
+        console.print(f"  allergy {allergy['allergen'].get('text') or allergy['allergen']['code']}")
+
+
+@click.command("log")
+@click.option("--patient", help="Only records touching this patient key.")
+@click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
+@click.option("--lane", type=click.Choice([lane.value for lane in Lane]), help="Only this lane.")
+@_DATA
+@_JSON
+@click.pass_obj
+def log(
+    obj: Context, patient: str | None, from_lsn: int, lane: str | None, data: Path | None, *, as_json: bool
+) -> None:
+    """The event history: what arrived, in which lane, and what it did."""
+    wal_dir = obj.data_dir(data) / "wal"
+    if not wal_dir.is_dir():
+        raise click.ClickException(f"no log at {wal_dir}")
+    records = (
+        r
+        for r in iter_records(wal_dir, OSFiles(), from_lsn=from_lsn, patient=patient)
+        if lane is None or r.envelope.lane.value == lane
+    )
+    if as_json:
+        for record in records:
+            _emit_json(record_json(record))
+        return
+    table = Table()
+    for name in ("LSN", "recorded at", "lane", "type", "why", "events"):
+        table.add_column(name, overflow="fold")
+    for record in records:
+        env = record.envelope
+        kinds = ", ".join(sorted({str(e.__struct_config__.tag) for e in env.events}))
+        table.add_row(str(record.lsn), record.recorded_at, env.lane.value, env.message_type, env.lane_reason, kinds)
+    Console().print(table)
