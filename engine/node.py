@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +119,7 @@ class Node:
         *,
         mllp: tuple[str, int] | None = None,
         stdin: bytes | None = None,
+        watch: Path | None = None,
         task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED,
     ) -> list[IngestResult]:
         """Serve until SIGTERM/SIGINT (MLLP), or until the stdin bytes are all answered.
@@ -147,6 +149,9 @@ class Node:
                 port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
                 self._mllp_port = port
                 tg.start_soon(self._listen, listener, listening)
+            watching = anyio.CancelScope()
+            if watch is not None:
+                tg.start_soon(self._watch, watch, watching)
             task_status.started(port)
             _log.info("node.ready", mllp_port=port, last_lsn=wal.last_lsn)
             if stdin is not None:
@@ -154,6 +159,7 @@ class Node:
             else:
                 await self._wait_for_stop()
             listening.cancel()
+            watching.cancel()
             await self._stop()
             tg.cancel_scope.cancel()
         return results
@@ -221,6 +227,36 @@ class Node:
 
             tg.start_soon(on_signal)
             tg.start_soon(on_request)
+
+    async def _watch(self, folder: Path, scope: anyio.CancelScope) -> None:
+        """A drop folder: each file is ingested, then moved to done/ or failed/ (with a reason file).
+
+        Only files untouched for a poll interval are taken (a sender still
+        writing one is left alone), and names starting with "." or ending in
+        .tmp/.part are ignored. Nothing is ever deleted.
+        """
+        interval = self.config.ingest.watch_poll_interval_s
+        with scope:
+            while True:
+                for path in await anyio.to_thread.run_sync(_ready_files, folder, interval):
+                    await self._ingest_file(folder, path)
+                await anyio.sleep(interval)
+
+    async def _ingest_file(self, folder: Path, path: Path) -> None:
+        raw = await anyio.to_thread.run_sync(path.read_bytes)
+        results = await self._ingest_stream(raw, f"file:{path.name}")
+        accepted = bool(results) and all(r.outcome == "accepted" for r in results)
+        target = folder / ("done" if accepted else "failed")
+
+        def move() -> None:
+            target.mkdir(exist_ok=True)
+            if not accepted:
+                reason = target / f"{path.name}.reason.json"
+                reason.write_bytes(msgspec.json.encode(results or [{"outcome": "empty file"}]))
+            path.replace(target / path.name)
+
+        await anyio.to_thread.run_sync(move)
+        _log.info("node.file_ingested", file=path.name, messages=len(results), moved_to=target.name)
 
     async def _listen(self, listener: anyio.abc.Listener[SocketStream], scope: anyio.CancelScope) -> None:
         async with listener:
@@ -369,6 +405,20 @@ class Node:
 
     def _dtm(self) -> str:
         return self._clock().strftime("%Y%m%d%H%M%S")
+
+
+def _ready_files(folder: Path, settle_s: float) -> list[Path]:
+    """Regular files in the folder, untouched for `settle_s`, oldest first."""
+    now = time.time()
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not p.name.endswith((".tmp", ".part"))
+        and now - p.stat().st_mtime >= settle_s
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
 async def _until_signalled() -> None:

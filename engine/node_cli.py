@@ -38,16 +38,17 @@ def _address(value: str) -> tuple[str, int]:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="The data directory.")
 @click.option("--mllp", "mllp", help="Listen for MLLP on HOST:PORT (port 0: any free port).")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Ingest standard input, answer it, and stop.")
+@click.option("--watch", type=click.Path(file_okay=False, path_type=Path), help="A drop folder to ingest from.")
 @click.pass_obj
-def run(obj: Context, data: Path | None, mllp: str | None, *, use_stdin: bool) -> None:
+def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *, use_stdin: bool) -> None:
     """Run a node: MLLP until SIGTERM/SIGINT, or stdin until its end.
 
     With --stdin, one JSON line per message says what became of it (accepted
     with its LSN, retry, rejected with the reason and quarantine id); the exit
     status is 0 only when every message is durable.
     """
-    if (mllp is None) == (not use_stdin):
-        raise click.UsageError("give exactly one source: --mllp HOST:PORT or --stdin")
+    if use_stdin == bool(mllp or watch):
+        raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR")
     configure_logging("info", json=True)
     node = Node(obj.config, obj.data_dir(data))
     try:
@@ -61,17 +62,19 @@ def run(obj: Context, data: Path | None, mllp: str | None, *, use_stdin: bool) -
             if any(r.outcome != "accepted" for r in results):
                 sys.exit(1)
             return
-        assert mllp is not None
-        anyio.run(_serve, node, _address(mllp))
+        anyio.run(_serve, node, _address(mllp) if mllp else None, watch)
     except (WALLockedError, WALCorruptError, ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
-async def _serve(node: Node, address: tuple[str, int]) -> None:
+async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None) -> None:
     async with anyio.create_task_group() as tg:
-        port = await tg.start(functools.partial(node.run, mllp=address))
+        port = await tg.start(functools.partial(node.run, mllp=address, watch=watch))
         # The line operators (and tests) wait for: the node takes messages now.
-        sys.stdout.write(f"vigil: listening on {address[0]}:{port}\n")
+        if address is not None:
+            sys.stdout.write(f"vigil: listening on {address[0]}:{port}\n")
+        if watch is not None:
+            sys.stdout.write(f"vigil: watching {watch}\n")
         sys.stdout.flush()
 
 

@@ -233,3 +233,51 @@ def test_status_patient_and_log_from_a_running_node_and_after_it(tmp_path: Path)
     assert json.loads(out) == live
     code, _ = _cli("status", "--data", str(tmp_path))
     assert code != 0  # no node to ask
+
+
+def test_no_phi_reaches_the_logs(tmp_path: Path) -> None:
+    """Canary PHI through accepted and refused messages: none of it appears in the node's logs."""
+    name, mrn, birth = "Zyxwvutsrqp", "CANARY98765", "19230417"
+    pid = f"PID|1||{mrn}^^^GENHOSP^MR||{name}^Qwertyuiop||{birth}|F|||1 Canary Row^^Springfield"
+    good = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|C1|P|2.5.1", pid, "OBX|1|ST|X||Zyxwvutsrqp note|||HH")
+    bad = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|C2|P|2.5.1", f"PID|1||^^^X||{name}||{birth}")
+    proc = subprocess.run(
+        [VIGIL, "run", "--stdin", "--data", str(tmp_path)],
+        input=good + bad,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    logs = proc.stderr.decode()
+    assert "node.rejected" in logs  # the logs are there, and say what happened
+    for canary in (name, mrn, birth, "Canary Row"):
+        assert canary not in logs, f"{canary} leaked into the logs"
+
+
+def test_a_watched_folder_moves_each_file_to_done_or_failed(tmp_path: Path) -> None:
+    """Good files go to done/; a file with a refused message goes to failed/ with a reason file; nothing is deleted."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "good.hl7").write_bytes(_message(1) + _message(2))
+    (drop / "mixed.hl7").write_bytes(_message(3) + NO_PID)
+    (drop / ".hidden.hl7").write_bytes(_message(4))
+    proc = subprocess.Popen(
+        [VIGIL, "run", "--watch", str(drop), "--data", str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ((drop / "done" / "good.hl7").exists() and (drop / "failed" / "mixed.hl7").exists()):
+            assert time.monotonic() < deadline, "the files were not taken"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
+    reason = json.loads((drop / "failed" / "mixed.hl7.reason.json").read_bytes())
+    assert [r["outcome"] for r in reason] == ["accepted", "rejected"]
+    assert (drop / ".hidden.hl7").exists()  # ignored, not taken
+    assert sorted(_ids(tmp_path / "data")) == [f"hl7:LAB|GENHOSP|CTL00000{n}" for n in (1, 2, 3)]
