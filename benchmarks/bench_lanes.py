@@ -88,11 +88,12 @@ async def _run(
     decoder = Decoder(classifier)
     latencies: list[float] = []
     batch_done = 0
+    defaults = SchedulerSettings()
     settings = SchedulerSettings(
-        critical=LaneLimits(1024, 4),
-        standard=LaneLimits(4096, 8),
-        batch=LaneLimits(2048, 4),
-        workers_total=12,
+        critical=defaults.critical,
+        standard=defaults.standard,
+        batch=LaneLimits(2048, defaults.batch.workers),  # a smaller queue: fifo mode must finish in time
+        workers_total=defaults.workers_total,
         mode=mode,  # type: ignore[arg-type]
     )
     try:

@@ -21,6 +21,9 @@ class LaneLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How the lanes share the node.
 
+    A worker holds its slot while its message is made durable, so the budgets
+    are large: many appends in flight are what let the log group-commit them.
+
     Attributes:
         critical, standard, batch: each lane's queue capacity and worker budget.
         workers_total: items running at once across all lanes; the critical
@@ -34,10 +37,10 @@ class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
             baseline.
     """
 
-    critical: LaneLimits = LaneLimits(1024, 4)
-    standard: LaneLimits = LaneLimits(4096, 8)
-    batch: LaneLimits = LaneLimits(16384, 4)
-    workers_total: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 12
+    critical: LaneLimits = LaneLimits(1024, 32)
+    standard: LaneLimits = LaneLimits(4096, 128)
+    batch: LaneLimits = LaneLimits(16384, 16)
+    workers_total: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 176
     standard_weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 4
     batch_weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     mode: Literal["priority", "fifo"] = "priority"
