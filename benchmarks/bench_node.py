@@ -1,0 +1,187 @@
+"""How many messages per second does a node make durable, via stdin and via MLLP, and how fast is an ACK?
+
+The node is a real `vigil run` process; every message counted was ACK'd
+(MLLP) or answered "accepted" (stdin) only once fsync'd. MLLP senders are
+threads in this process, each on its own connection, sending one message
+and waiting for its ACK before the next, as HL7 interfaces do. The ACK
+round trip of one unsaturated connection is compared with this machine's
+fdatasync p99, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from _harness import arguments, fail_if
+from rich.console import Console
+from rich.table import Table
+
+from engine.feedgen import FeedMix, generate_feed
+from engine.mllp import Frame, MLLPDecoder, frame
+
+ROOT = Path(__file__).resolve().parents[1]
+VIGIL = str(ROOT / "bin" / "vigil")
+
+
+def _stdin(feed: list[bytes], scratch: Path) -> tuple[float, float]:
+    """(messages/s excluding start-up, start-up seconds)."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [VIGIL, "run", "--stdin", "--data", str(scratch / "empty")], input=b"", capture_output=True, check=True
+    )
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [VIGIL, "run", "--stdin", "--data", str(scratch / "stdin")],
+        input=b"".join(feed),
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - t0
+    accepted = proc.stdout.count(b'"accepted"')
+    fail_if(accepted != len(feed), f"stdin: {accepted} of {len(feed)} accepted")
+    return len(feed) / max(1e-9, elapsed - startup), startup
+
+
+def _sender(port: int, feed: list[bytes], deadline: float, rtts: list[float], counter: list[int]) -> None:
+    decoder = MLLPDecoder()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        for raw in feed:
+            if time.perf_counter() >= deadline:
+                return
+            t0 = time.perf_counter()
+            conn.sendall(frame(raw))
+            while True:
+                items = decoder.feed(conn.recv(65536))
+                if any(isinstance(i, Frame) for i in items):
+                    break
+            rtts.append(time.perf_counter() - t0)
+            counter[0] += 1
+
+
+def _mllp(feeds: list[list[bytes]], scratch: Path, connections: int, duration_s: float) -> tuple[float, float, float]:
+    """(messages/s, ACK p50 ms, ACK p99 ms) with `connections` senders."""
+    data = scratch / f"mllp-{connections}"
+    with subprocess.Popen(
+        [VIGIL, "run", "--mllp", "127.0.0.1:0", "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as proc:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
+        rtts: list[float] = []
+        counters = [[0] for _ in range(connections)]
+        start = time.perf_counter()
+        deadline = start + duration_s
+        threads = [
+            threading.Thread(target=_sender, args=(port, feeds[k % len(feeds)], deadline, rtts, counters[k]))
+            for k in range(connections)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    done = sum(c[0] for c in counters)
+    ms = sorted(r * 1000 for r in rtts)
+    return done / elapsed, _pct(ms, 50), _pct(ms, 99)
+
+
+def _row(source: str, connections: int, rate: float, p50: float, p99: float) -> dict[str, Any]:
+    return {"source": source, "connections": connections, "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99}
+
+
+def _pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _fsync_p99_ms(directory: Path) -> float:
+    fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    latencies = []
+    try:
+        for _ in range(300):
+            t0 = time.perf_counter()
+            os.write(fd, b"x" * 512)
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+    return _pct(latencies, 99)
+
+
+def main() -> None:
+    args = arguments(__doc__ or "")
+    quick = args.quick
+    count = 2_000 if quick else 40_000
+    duration = 0.6 if quick else 5.0
+    scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-node-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        stdin_rate, startup = _stdin(generate_feed(count, seed=21), scratch)
+        rows.append(
+            {"source": "stdin", "connections": "-", "messages_per_s": stdin_rate, "p50_ms": None, "p99_ms": None}
+        )
+        # Latency unsaturated: one connection of clinical (standard-lane) traffic; batch-only
+        # groups may wait `wal.commit_delay_ms` for company by design, so they are not the measure.
+        clinical = [generate_feed(20_000, seed=300, mix=FeedMix(1, 3, 0, 0, 1, 1, 0))]
+        rate, p50, p99 = _mllp(clinical, scratch, 1, duration)
+        rows.append(
+            {"source": "mllp, clinical", "connections": 1, "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99}
+        )
+        # Throughput: the realistic mix (mostly billing), each connection its own message ids.
+        feeds = [generate_feed(20_000, seed=100 + k) for k in range(8)]
+        for connections in (1, 8, 32):
+            rate, p50, p99 = _mllp(feeds, scratch, connections, duration)
+            row = {
+                "source": "mllp, mix",
+                "connections": connections,
+                "messages_per_s": rate,
+                "p50_ms": p50,
+                "p99_ms": p99,
+            }
+            rows.append(row)
+        fsync_p99 = _fsync_p99_ms(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    table = Table(title="Durable messages per second through a vigil run process")
+    for name in ("source", "connections", "messages/s", "ACK p50 ms", "ACK p99 ms"):
+        table.add_column(name, justify="left" if name == "source" else "right")
+    for r in rows:
+        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
+        p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}"
+        table.add_row(r["source"], str(r["connections"]), f"{r['messages_per_s']:,.0f}", p50, p99)
+    console = Console(width=120)
+    console.print(table)
+    single = rows[1]  # one connection of clinical traffic: the unsaturated ACK
+    extra = {
+        "node_startup_s": round(startup, 2),
+        "machine_fdatasync_p99_ms": round(fsync_p99, 3),
+        "mllp_single_p99_minus_fsync_p99_ms": round(single["p99_ms"] - fsync_p99, 3),
+        "goals": ">= 25,000/s via stdin, >= 10,000/s via MLLP; MLLP p99 <= fsync p99 + 2 ms unsaturated",
+    }
+    for key, value in extra.items():
+        console.print(f"{key}: [bold]{value}[/]")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(
+            msgspec.json.format(msgspec.json.encode({"title": "node", "results": rows, **extra})) + b"\n"
+        )
+    fail_if(any(r["messages_per_s"] <= 0 for r in rows), "a source made nothing durable")
+
+
+if __name__ == "__main__":
+    main()
