@@ -44,7 +44,14 @@ class AdminServer:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await anyio.to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
-        listener = await anyio.create_unix_listener(self.path)
+        try:
+            listener = await anyio.create_unix_listener(self.path)
+        except OSError as exc:
+            # A data directory too deep for a socket path (about 100 bytes) must not stop
+            # the node: it runs, and says why the CLI cannot reach it.
+            _log.error("admin.unavailable", path_length=len(str(self.path)), reason=exc.strerror or str(exc))
+            task_status.started()
+            return
         await anyio.to_thread.run_sync(self.path.chmod, 0o600)
         task_status.started()
         async with listener:
