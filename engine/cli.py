@@ -26,7 +26,7 @@ from engine.demo import STORY_MESSAGES, DemoReport, run_demo
 from engine.logs import configure_logging
 from engine.model import Event, Lane, ResultReported
 from engine.node_cli import run, send
-from engine.ops_cli import log, patient, status
+from engine.ops_cli import log, patient, status, top
 from engine.wal.record import LogRecord
 from engine.wal_cli import audit, quarantine, wal
 
@@ -261,6 +261,7 @@ cli.add_command(quarantine)
 cli.add_command(run)
 cli.add_command(send)
 cli.add_command(status)
+cli.add_command(top)
 cli.add_command(patient)
 cli.add_command(log)
 

@@ -9,13 +9,16 @@ the log directly.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from actors import PatientRecord
 from engine.admin import AdminError, request
@@ -25,7 +28,7 @@ from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
 from engine.wal_cli import record_json
 
-__all__ = ["log", "patient", "status"]
+__all__ = ["log", "patient", "status", "top"]
 
 _DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="The node's data directory.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -48,9 +51,13 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     if as_json:
         _emit_json(report)
         return
-    console = Console(soft_wrap=True)
+    Console(soft_wrap=True).print(_status_view(report))
+
+
+def _status_view(report: dict[str, Any]) -> Group:
+    """The status as one renderable: a summary line, the lanes table, the actors line."""
     wal = report["wal"]
-    console.print(
+    summary = Text.from_markup(
         f"[bold]{report['node']}[/] up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
         f"({wal['segments']} segments); {report['in_flight']} in flight; "
         f"{report['quarantine_open']} open in quarantine; mllp: {report['sources']['mllp']}"
@@ -69,12 +76,30 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
             f"{lane['total_p50_us'] / 1000:.2f}",
             f"{lane['total_p99_us'] / 1000:.2f}",
         )
-    console.print(table)
     actors = report["actors"]
-    console.print(
+    tail = Text(
         f"patient actors: {actors['active']} active, {actors['activations']} activations, "
         f"{actors['passivations']} passivations, {actors['restarts']} restarts, {actors['quarantined']} poison records"
     )
+    return Group(summary, table, tail)
+
+
+@click.command("top")
+@_DATA
+@click.option("--interval-s", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.pass_obj
+def top(obj: Context, data: Path | None, interval_s: float) -> None:
+    """`status`, live, refreshing in the terminal until Ctrl-C."""
+    directory = obj.data_dir(data)
+    try:
+        with Live(_status_view(request(directory, "status")), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval_s)
+                live.update(_status_view(request(directory, "status")))
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        return
 
 
 @click.command("patient")

@@ -23,7 +23,10 @@ def test_every_key_is_optional() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[ingest]\nmessage_bytes_maxx = 5", "unknown key ingest.message_bytes_maxx (allowed: message_bytes_max, watch_poll_interval_s)"),
+        (
+            "[ingest]\nmessage_bytes_maxx = 5",
+            "unknown key ingest.message_bytes_maxx (allowed: message_bytes_max, watch_poll_interval_s)",
+        ),
         ("[lanes]\nrule = 1", "unknown key lanes.rule (allowed: rules, scheduler)"),
         ("colour = 1", "unknown key colour (allowed: node, ingest, mllp, wal, audit, lanes)"),
         ("[ingest]\nmessage_bytes_max = 5", "ingest.message_bytes_max: expected int >= 1024"),

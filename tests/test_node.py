@@ -281,3 +281,20 @@ def test_a_watched_folder_moves_each_file_to_done_or_failed(tmp_path: Path) -> N
     assert [r["outcome"] for r in reason] == ["accepted", "rejected"]
     assert (drop / ".hidden.hl7").exists()  # ignored, not taken
     assert sorted(_ids(tmp_path / "data")) == [f"hl7:LAB|GENHOSP|CTL00000{n}" for n in (1, 2, 3)]
+
+
+def test_top_refreshes_until_interrupted(tmp_path: Path) -> None:
+    """`vigil top` shows the live status and leaves quietly on Ctrl-C."""
+    with (
+        node(tmp_path),
+        subprocess.Popen(
+            [VIGIL, "top", "--data", str(tmp_path), "--interval-s", "0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as top,
+    ):
+        time.sleep(2.0)
+        top.send_signal(signal.SIGINT)
+        out, err = top.communicate(timeout=30)
+    assert top.returncode == 0, err
+    assert b"critical" in out
