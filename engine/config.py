@@ -56,6 +56,7 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".vigil"
     id: str = "vigil-1"
     stop_deadline_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    summary_interval_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
 
 
 @final

@@ -41,6 +41,7 @@ from engine.hl7 import AckContext, Outcome, build_ack
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import Kind, Lane
 from engine.patient_store import LogRecordSource, PoisonQuarantine
+from engine.telemetry import Telemetry
 from engine.wal import DiskFullError, WALFailedError, WriteAheadLog, open_wal
 from engine.wal.audit import audit_key_from_env
 from engine.wal.files import OSFiles
@@ -68,7 +69,7 @@ class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
 class _Work:
     """One message on its way through a lane, and the answer its source waits for."""
 
-    __slots__ = ("done", "in_batch", "kind", "outcome", "raw", "reason", "result", "source")
+    __slots__ = ("done", "in_batch", "kind", "message_type", "outcome", "raw", "reason", "result", "source")
 
     def __init__(self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False) -> None:
         self.raw = raw
@@ -79,6 +80,7 @@ class _Work:
         self.outcome = Outcome.RETRY
         self.reason: InputError | None = None
         self.result = IngestResult("retry")
+        self.message_type = ""
 
     def finish(self, outcome: Outcome, result: IngestResult, reason: InputError | None = None) -> None:
         self.outcome, self.result, self.reason = outcome, result, reason
@@ -109,6 +111,7 @@ class Node:
         self._scheduler: LaneScheduler[_Work] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
         self._stop_requested = anyio.Event()
+        self._telemetry = Telemetry(self._lane_depths)
         self._started = 0.0
         self._mllp_port: int | None = None
 
@@ -142,6 +145,7 @@ class Node:
             admin = AdminServer(self.data_dir, {"status": self._status, "patient": self._patient_request})
             await tg.start(admin.serve)
             self._started = anyio.current_time()
+            tg.start_soon(self._summarise)
             port = None
             listening = anyio.CancelScope()
             if mllp is not None:
@@ -163,6 +167,27 @@ class Node:
             await self._stop()
             tg.cancel_scope.cancel()
         return results
+
+    def _lane_depths(self) -> list[tuple[str, int]]:
+        if self._scheduler is None:
+            return []
+        return [(s.lane, s.depth) for s in self._scheduler.statistics()]
+
+    async def _summarise(self) -> None:
+        """Per-lane summaries at info, every `node.summary_interval_s`."""
+        while True:
+            await anyio.sleep(self.config.node.summary_interval_s)
+            if self._scheduler is not None:
+                for lane in self._scheduler.statistics():
+                    _log.info(
+                        "lane.summary",
+                        lane=lane.lane,
+                        depth=lane.depth,
+                        done=lane.done,
+                        failed=lane.failed,
+                        p50_ms=lane.total_p50_us / 1000,
+                        p99_ms=lane.total_p99_us / 1000,
+                    )
 
     def stop(self) -> None:
         """Ask a serving node to stop (as SIGTERM does)."""
@@ -370,19 +395,42 @@ class Node:
         work = _Work(raw, source, kind, in_batch=in_batch)
         self._in_flight += 1
         self._idle = anyio.Event()
-        try:
-            with anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
-                await self._scheduler.admit(lane, work)
-                await work.done.wait()
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-        if waited.cancelled_caught:
-            # The message may still become durable: a retry is then a duplicate, answered AA.
-            error = _TemporaryError("timed out waiting for the log; retry later")
-            return IngestResult("retry", error=error.to_dict()), error
-        return work.result, work.reason
+        started = time.perf_counter()
+        attributes = {"vigil.lane": lane.value, "vigil.kind": kind.value}
+        with self._telemetry.tracer.start_as_current_span("vigil.message", attributes=attributes) as span:
+            try:
+                with anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
+                    await self._scheduler.admit(lane, work)
+                    await work.done.wait()
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+            reason: InputError | None
+            if waited.cancelled_caught:
+                # The message may still become durable: a retry is then a duplicate, answered AA.
+                reason = _TemporaryError("timed out waiting for the log; retry later")
+                result = IngestResult("retry", error=reason.to_dict())
+            else:
+                result, reason = work.result, work.reason
+            span.set_attribute("vigil.outcome", result.outcome)
+            span.set_attribute("vigil.message_type", work.message_type)
+            if result.lsns:
+                span.set_attribute("vigil.lsn", result.lsns[0])
+                span.add_event("durable")
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
+        self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
+        # The canonical line: one per message, at debug, and nothing in it identifies a patient.
+        _log.debug(
+            "message",
+            lane=lane.value,
+            type=work.message_type,
+            outcome=result.outcome,
+            lsn=result.lsns[0] if result.lsns else None,
+            ms=round(elapsed_ms, 3),
+        )
+        return result, reason
 
     async def _handle(self, _lane: Lane, work: _Work) -> None:
         """A lane worker: parse and map, append durably, answer, then hand to the patient actors."""
@@ -399,6 +447,7 @@ class Node:
         except InputError as exc:
             work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
             return
+        work.message_type = envelopes[0].message_type if envelopes else ""
         try:
             positions = await self._wal.append(envelopes)
         except (DiskFullError, WALFailedError) as exc:

@@ -1,0 +1,42 @@
+"""Traces and metrics through the OpenTelemetry API (no SDK in the core: a no-op until one is installed).
+
+One span per message, from receive to durable (`vigil.message`), with
+events for classified and durable; attributes say lane, kind, message type,
+outcome and LSN, never a patient, a name or an identifier (invariant 7).
+Metrics: messages by lane and outcome, the receive-to-ACK latency per lane,
+and each lane's depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+__all__ = ["ATTRIBUTES_ALLOWED", "Telemetry"]
+
+# Every attribute Vigil puts on a span or a measurement; a test checks no other reaches them.
+ATTRIBUTES_ALLOWED: Final = frozenset({"vigil.lane", "vigil.kind", "vigil.message_type", "vigil.outcome", "vigil.lsn"})
+
+
+class Telemetry:
+    """The node's tracer and instruments, made once."""
+
+    def __init__(self, lane_depths: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self.tracer = trace.get_tracer("vigil.node")
+        meter = metrics.get_meter("vigil.node")
+        self.messages = meter.create_counter(
+            "vigil.messages", unit="1", description="messages answered, by lane and outcome"
+        )
+        self.ack_latency = meter.create_histogram(
+            "vigil.ack.latency", unit="ms", description="receive to answer (durable, or refused)"
+        )
+        self._lane_depths = lane_depths
+        meter.create_observable_gauge(
+            "vigil.lane.depth", callbacks=[self._observe_depths], unit="1", description="items waiting in each lane"
+        )
+
+    def _observe_depths(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(depth, {"vigil.lane": lane}) for lane, depth in self._lane_depths()]

@@ -1,0 +1,71 @@
+"""Spans and metrics the node emits: one span per message, lane and outcome on it, and never PHI."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import anyio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from engine.config import Config
+from engine.node import Node
+from engine.telemetry import ATTRIBUTES_ALLOWED
+from tests.helpers import hl7
+
+SPANS = InMemorySpanExporter()
+READER = InMemoryMetricReader()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
+metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+
+
+def test_one_span_per_message_with_lane_and_outcome_and_no_phi(tmp_path: Path) -> None:
+    """Spans carry only Vigil's allowed attributes; canary PHI appears nowhere in them; metrics count."""
+    name, mrn = "Zyxwvutsrqp", "CANARY424242"
+    good = hl7(
+        "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|T1|P|2.5.1",
+        f"PID|1||{mrn}^^^GENHOSP^MR||{name}^Ada||19230417|F",
+        "OBX|1|NM|2823-3^K^LN||6.9|mmol/L||HH",
+    )
+    bad = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|T2|P|2.5.1", "OBR|1|P|F|X")
+    # The providers are process-global, so other node tests in the run feed them too: count only this run.
+    SPANS.clear()
+    before = _message_counts()
+    results = anyio.run(functools.partial(Node(Config(), tmp_path).run, stdin=good + bad))
+    assert [r.outcome for r in results] == ["accepted", "rejected"]
+    spans = [s for s in SPANS.get_finished_spans() if s.name == "vigil.message"]
+    assert len(spans) == 2
+    assert {s.attributes["vigil.outcome"] for s in spans if s.attributes} == {"accepted", "rejected"}
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        assert set(attributes) <= ATTRIBUTES_ALLOWED
+        assert not any(name in str(v) or mrn in str(v) for v in attributes.values())
+    critical = next(s for s in spans if s.attributes and s.attributes.get("vigil.outcome") == "accepted")
+    assert critical.attributes is not None
+    assert critical.attributes["vigil.lane"] == "critical"
+    after = _message_counts()
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in after} == {"accepted": 1, "rejected": 1}
+
+
+def _message_counts() -> dict[str, int]:
+    """The cumulative `vigil.messages` count per outcome, summed over lanes."""
+    counted: dict[str, int] = {}
+    data = READER.get_metrics_data()
+    if data is None:
+        return counted
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name != "vigil.messages":
+                    continue
+                for point in metric.data.data_points:  # type: ignore[union-attr]
+                    outcome = str((point.attributes or {})["vigil.outcome"])
+                    counted[outcome] = counted.get(outcome, 0) + int(point.value)  # type: ignore[union-attr]
+    return counted
