@@ -25,6 +25,8 @@ __all__ = [
     "IngestConfig",
     "LanesConfig",
     "MLLPConfig",
+    "NatsConfig",
+    "NatsSubjectConfig",
     "NodeConfig",
     "WalConfig",
     "decode_config",
@@ -73,6 +75,50 @@ class MLLPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connections_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
     ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+
+
+@final
+class NatsSubjectConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One NATS subject the node ingests from.
+
+    Attributes:
+        subject: the subject (wildcards allowed).
+        mode: "jetstream" (a durable pull consumer: a message is acked only
+            once durable in the log, so nothing is lost across a crash) or
+            "core" (plain NATS: at most once on the wire; a request gets the
+            result as its reply, so a requester can retry).
+        stream: jetstream: the stream that holds the subject (it must exist:
+            the node does not create streams on a shared broker).
+        durable: jetstream: the durable consumer's name (made if absent).
+    """
+
+    subject: str
+    mode: Literal["jetstream", "core"] = "jetstream"
+    stream: str = ""
+    durable: str = "vigil"
+
+
+@final
+class NatsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """NATS sources: none unless `servers` is given.
+
+    Attributes:
+        servers: NATS URLs, e.g. ["nats://127.0.0.1:4222"]; empty: no NATS.
+        subjects: the subjects to ingest from.
+        fetch_messages_max: jetstream: messages pulled per fetch; the next
+            fetch waits for these to be answered (backpressure).
+        redeliver_delay_s: jetstream: a message that met a temporary failure
+            is redelivered after this long.
+        ack_wait_s: jetstream: a message fetched but not answered this long
+            (the node died holding it) is redelivered; set on the consumer
+            when the node makes it.
+    """
+
+    servers: tuple[str, ...] = ()
+    subjects: tuple[NatsSubjectConfig, ...] = ()
+    fetch_messages_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    redeliver_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    ack_wait_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 30.0
 
 
 @final
@@ -135,6 +181,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node: NodeConfig = NodeConfig()
     ingest: IngestConfig = IngestConfig()
     mllp: MLLPConfig = MLLPConfig()
+    nats: NatsConfig = NatsConfig()
     wal: WalConfig = WalConfig()
     audit: AuditConfig = AuditConfig()
     lanes: LanesConfig = LanesConfig()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import final
@@ -36,10 +36,11 @@ from engine.admin import AdminError, AdminServer
 from engine.config import Config
 from engine.decode import Decoder
 from engine.errors import FramingError, InputError
-from engine.framing import split_input
+from engine.framing import Piece, split_input
 from engine.hl7 import AckContext, Outcome, build_ack
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import Kind, Lane
+from engine.nats_source import NatsSource, Verdict
 from engine.patient_store import LogRecordSource, PoisonQuarantine
 from engine.telemetry import Telemetry
 from engine.wal import DiskFullError, WALFailedError, WriteAheadLog, open_wal
@@ -114,6 +115,7 @@ class Node:
         self._telemetry = Telemetry(self._lane_depths)
         self._started = 0.0
         self._mllp_port: int | None = None
+        self._nats: NatsSource | None = None
 
     # -- running --------------------------------------------------------------------
 
@@ -156,6 +158,9 @@ class Node:
             watching = anyio.CancelScope()
             if watch is not None:
                 tg.start_soon(self._watch, watch, watching)
+            if stdin is None and self.config.nats.servers and self.config.nats.subjects:
+                self._nats = NatsSource(self.config.nats, self._ingest_messages, name=self.config.node.id)
+                tg.start_soon(self._consume_nats, self._nats, watching)
             task_status.started(port)
             _log.info("node.ready", mllp_port=port, last_lsn=wal.last_lsn)
             if stdin is not None:
@@ -223,7 +228,10 @@ class Node:
             "actors": msgspec.to_builtins(self._actors.statistics()),
             "quarantine_open": open_items,
             "in_flight": self._in_flight,
-            "sources": {"mllp": f"listening on port {self._mllp_port}" if self._mllp_port else "off"},
+            "sources": {
+                "mllp": f"listening on port {self._mllp_port}" if self._mllp_port else "off",
+                "nats": self._nats.state if self._nats is not None else "off",
+            },
         }
 
     async def _patient_request(self, request: dict[str, object]) -> object:
@@ -282,6 +290,10 @@ class Node:
 
         await anyio.to_thread.run_sync(move)
         _log.info("node.file_ingested", file=path.name, messages=len(results), moved_to=target.name)
+
+    async def _consume_nats(self, source: NatsSource, scope: anyio.CancelScope) -> None:
+        with scope:
+            await source.run()
 
     async def _listen(self, listener: anyio.abc.Listener[SocketStream], scope: anyio.CancelScope) -> None:
         async with listener:
@@ -352,7 +364,31 @@ class Node:
         group-commit them; a message waits for the previous one *of the same
         patient* to be durable first, so no patient's history is reordered.
         """
-        pieces = split_input(raw, self.config.ingest.message_bytes_max)
+        return await self._ingest_pieces(split_input(raw, self.config.ingest.message_bytes_max), source)
+
+    async def _ingest_messages(self, payloads: Sequence[bytes], source: str) -> list[tuple[Verdict, bytes]]:
+        """Several source messages at once (a NATS batch): a verdict and a JSON reply for each.
+
+        A message may hold several (an NDJSON line set, a batch file): its verdict
+        is the worst of theirs, retry before rejected, so a sender retries rather
+        than gives up when part of it met a temporary failure.
+        """
+        limit = self.config.ingest.message_bytes_max
+        split = [split_input(payload, limit) for payload in payloads]
+        results = await self._ingest_pieces([piece for pieces in split for piece in pieces], source)
+        answers: list[tuple[Verdict, bytes]] = []
+        start = 0
+        for pieces in split:
+            mine = results[start : start + len(pieces)]
+            start += len(pieces)
+            outcomes = {r.outcome for r in mine}
+            verdict: Verdict = (
+                "retry" if "retry" in outcomes or not mine else ("rejected" if "rejected" in outcomes else "accepted")
+            )
+            answers.append((verdict, msgspec.json.encode(mine)))
+        return answers
+
+    async def _ingest_pieces(self, pieces: list[Piece], source: str) -> list[IngestResult]:
         results: list[IngestResult | None] = [None] * len(pieces)
         window = anyio.Semaphore(_STREAM_WINDOW)
         last: dict[bytes, anyio.Event] = {}

