@@ -70,11 +70,21 @@ class MLLPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         idle_timeout_s: a connection that sends nothing this long is closed.
         ack_timeout_s: the longest a message may wait for its ACK (in a full
             lane, say) before the sender gets AE and should retry.
+        tls_cert_file, tls_key_file: PEM files (relative to the configuration
+            file); when given, the listener speaks only TLS (1.2 or later).
+        tls_client_ca_file: when given, a peer must present a certificate
+            signed by this CA (mutual TLS).
+        tls_handshake_timeout_s: a peer that has not finished its handshake
+            this long is dropped.
     """
 
     connections_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
     ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tls_handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
 
 
 @final

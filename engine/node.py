@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -29,7 +30,8 @@ from typing import final
 import anyio
 import msgspec
 import structlog
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import ByteStream, TaskStatus
+from anyio.streams.tls import TLSListener
 
 from actors import Applied, PatientActors, RecordView
 from engine.admin import AdminError, AdminServer
@@ -116,6 +118,7 @@ class Node:
         self._started = 0.0
         self._mllp_port: int | None = None
         self._nats: NatsSource | None = None
+        self._mllp_tls = False
 
     # -- running --------------------------------------------------------------------
 
@@ -125,11 +128,13 @@ class Node:
         mllp: tuple[str, int] | None = None,
         stdin: bytes | None = None,
         watch: Path | None = None,
+        mllp_tls: ssl.SSLContext | None = None,
         task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED,
     ) -> list[IngestResult]:
         """Serve until SIGTERM/SIGINT (MLLP), or until the stdin bytes are all answered.
 
         `task_status.started()` reports the bound MLLP port once the node is ready.
+        With `mllp_tls`, the MLLP listener speaks only TLS.
         Returns the stdin results, in order.
         """
         key = audit_key_from_env(self.config.audit.key_env)
@@ -151,9 +156,14 @@ class Node:
             port = None
             listening = anyio.CancelScope()
             if mllp is not None:
-                listener = await anyio.create_tcp_listener(local_host=mllp[0], local_port=mllp[1])
-                port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
+                tcp = await anyio.create_tcp_listener(local_host=mllp[0], local_port=mllp[1])
+                port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
                 self._mllp_port = port
+                self._mllp_tls = mllp_tls is not None
+                listener: anyio.abc.Listener[ByteStream] = tcp
+                if mllp_tls is not None:
+                    timeout = self.config.mllp.tls_handshake_timeout_s
+                    listener = TLSListener(tcp, mllp_tls, standard_compatible=False, handshake_timeout=timeout)
                 tg.start_soon(self._listen, listener, listening)
             watching = anyio.CancelScope()
             if watch is not None:
@@ -229,7 +239,9 @@ class Node:
             "quarantine_open": open_items,
             "in_flight": self._in_flight,
             "sources": {
-                "mllp": f"listening on port {self._mllp_port}" if self._mllp_port else "off",
+                "mllp": f"listening on port {self._mllp_port}{' (TLS)' if self._mllp_tls else ''}"
+                if self._mllp_port
+                else "off",
                 "nats": self._nats.state if self._nats is not None else "off",
             },
         }
@@ -295,7 +307,7 @@ class Node:
         with scope:
             await source.run()
 
-    async def _listen(self, listener: anyio.abc.Listener[SocketStream], scope: anyio.CancelScope) -> None:
+    async def _listen(self, listener: anyio.abc.Listener[ByteStream], scope: anyio.CancelScope) -> None:
         async with listener:
             with scope:
                 await listener.serve(self._serve_connection)
@@ -312,7 +324,7 @@ class Node:
 
     # -- sources --------------------------------------------------------------------
 
-    async def _serve_connection(self, stream: SocketStream) -> None:
+    async def _serve_connection(self, stream: ByteStream) -> None:
         """One MLLP connection: frames in, one ACK per message, in order."""
         if self._connections.available_tokens < 1:
             _log.warning("mllp.connection_refused", reason="connections_max reached")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.cli_context import Context
+from engine.config import DEFAULT_CONFIG_PATH
 from engine.errors import ConfigError, InputError
 from engine.framing import split_input
 from engine.hl7 import parse
@@ -22,6 +24,7 @@ from engine.logs import configure_logging
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import Kind
 from engine.node import Node
+from engine.tls import client_context, server_context
 from engine.wal import WALCorruptError, WALLockedError
 
 __all__ = ["run", "send"]
@@ -63,7 +66,9 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
             if any(r.outcome != "accepted" for r in results):
                 sys.exit(1)
             return
-        anyio.run(_serve, node, _address(mllp) if mllp else None, watch)
+        base = (obj.config_path or DEFAULT_CONFIG_PATH).resolve().parent
+        tls = server_context(obj.config.mllp, base) if mllp else None
+        anyio.run(_serve, node, _address(mllp) if mllp else None, watch, tls)
     except _REFUSALS as exc:
         raise click.ClickException(str(exc)) from None
     except BaseExceptionGroup as group:
@@ -82,12 +87,12 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
 
 
-async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None) -> None:
+async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None, tls: ssl.SSLContext | None) -> None:
     async with anyio.create_task_group() as tg:
-        port = await tg.start(functools.partial(node.run, mllp=address, watch=watch))
+        port = await tg.start(functools.partial(node.run, mllp=address, watch=watch, mllp_tls=tls))
         # The line operators (and tests) wait for: the node takes messages now.
         if address is not None:
-            sys.stdout.write(f"vigil: listening on {address[0]}:{port}\n")
+            sys.stdout.write(f"vigil: listening on {address[0]}:{port}{' (TLS)' if tls else ''}\n")
         if watch is not None:
             sys.stdout.write(f"vigil: watching {watch}\n")
         for subject in node.config.nats.subjects if node.config.nats.servers else ():
@@ -100,16 +105,34 @@ async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None
 @click.option("--to", "to", required=True, help="HOST:PORT of an MLLP listener.")
 @click.option("--timeout-s", default=30.0, show_default=True, help="How long to wait for each ACK.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
-def send(source: str, to: str, timeout_s: float, *, as_json: bool) -> None:
+@click.option("--tls", "use_tls", is_flag=True, help="Speak TLS, verifying the listener against the system's CAs.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), help="Speak TLS; trust this CA (PEM).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="A client certificate (mutual TLS).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="The client certificate's key.")
+def send(
+    source: str,
+    to: str,
+    *,
+    timeout_s: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    as_json: bool,
+    use_tls: bool,
+) -> None:
     """Send each HL7 v2 message over MLLP, wait for its ACK, print it. Exit 1 unless all AA/CA."""
     try:
         raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as exc:
         raise click.ClickException(f"{source}: cannot read: {exc.strerror}") from None
     host, port = _address(to)
+    try:
+        tls = client_context(tls_ca, tls_cert, tls_key) if use_tls or tls_ca or tls_cert else None
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     rows = []
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+        with _connect(host, port, timeout_s, tls) as conn:
             decoder = MLLPDecoder()
             for index, piece in enumerate(split_input(raw)):
                 if piece.error is not None or piece.kind is not Kind.HL7V2:
@@ -122,6 +145,17 @@ def send(source: str, to: str, timeout_s: float, *, as_json: bool) -> None:
     _print_acks(rows, as_json=as_json)
     if any(r.get("code") not in ("AA", "CA") for r in rows):
         sys.exit(1)
+
+
+def _connect(host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None) -> socket.socket:
+    conn = socket.create_connection((host, port), timeout=timeout_s)
+    if tls is None:
+        return conn
+    try:
+        return tls.wrap_socket(conn, server_hostname=host)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _read_ack(conn: socket.socket, decoder: MLLPDecoder) -> dict[str, Any]:

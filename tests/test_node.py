@@ -57,7 +57,7 @@ def node(data: Path, *extra: str, config: Path | None = None) -> Iterator[tuple[
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         assert "listening on" in line, f"the node did not start: {line!r}"
-        yield proc, int(line.rsplit(":", 1)[1])
+        yield proc, int(line.rsplit(":", 1)[1].split()[0])
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
