@@ -50,6 +50,7 @@ from engine.wal.audit import audit_key_from_env
 from engine.wal.files import OSFiles
 from engine.wal.log import utc_now
 from engine.wal.quarantine import Quarantine
+from engine.wal.scan import Progress
 from engine.wal.snapshots import SnapshotStore
 from lanes import Classifier, LaneScheduler, LaneStatistics
 
@@ -98,8 +99,16 @@ class _TemporaryError(InputError):
 class Node:
     """One Vigil node over a data directory; `await node.run(...)` until stopped."""
 
-    def __init__(self, config: Config, data_dir: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        data_dir: Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        recovery_progress: Progress | None = None,
+    ) -> None:
         self.config = config
+        self._recovery_progress = recovery_progress
         self.data_dir = data_dir
         self._clock = clock or (lambda: datetime.now(UTC))
         self._decoder = Decoder(Classifier(config.lanes.rules))
@@ -140,7 +149,7 @@ class Node:
         key = audit_key_from_env(self.config.audit.key_env)
         results: list[IngestResult] = []
         async with (
-            open_wal(self.data_dir / "wal", self.config.wal, audit_key=key) as wal,
+            open_wal(self.data_dir / "wal", self.config.wal, audit_key=key, progress=self._recovery_progress) as wal,
             anyio.create_task_group() as tg,
         ):
             self._wal = wal

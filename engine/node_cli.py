@@ -6,6 +6,8 @@ import functools
 import socket
 import ssl
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.cli_context import Context
+from engine.cli_progress import scan_progress
 from engine.config import DEFAULT_CONFIG_PATH
 from engine.errors import ConfigError, InputError
 from engine.framing import split_input
@@ -54,21 +57,17 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
     if use_stdin == bool(mllp or watch or nats):
         raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR and/or [nats] in the config")
     configure_logging("info", json=True)
-    node = Node(obj.config, obj.data_dir(data))
     try:
         if use_stdin:
-            raw = sys.stdin.buffer.read()
-            results = anyio.run(functools.partial(node.run, stdin=raw))
-            out = sys.stdout.buffer
-            for result in results:
-                out.write(msgspec.json.encode(result) + b"\n")
-            out.flush()
-            if any(r.outcome != "accepted" for r in results):
-                sys.exit(1)
+            _run_stdin(Node(obj.config, obj.data_dir(data)))
             return
         base = (obj.config_path or DEFAULT_CONFIG_PATH).resolve().parent
         tls = server_context(obj.config.mllp, base) if mllp else None
-        anyio.run(_serve, node, _address(mllp) if mllp else None, watch, tls)
+        # On a terminal, a bar while a large log is recovered; it goes once the node is ready.
+        with ExitStack() as recovering:
+            progress = recovering.enter_context(scan_progress("recovering the log"))
+            node = Node(obj.config, obj.data_dir(data), recovery_progress=progress)
+            anyio.run(_serve, node, _address(mllp) if mllp else None, watch, tls, recovering.close)
     except _REFUSALS as exc:
         raise click.ClickException(str(exc)) from None
     except BaseExceptionGroup as group:
@@ -87,9 +86,27 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
 
 
-async def _serve(node: Node, address: tuple[str, int] | None, watch: Path | None, tls: ssl.SSLContext | None) -> None:
+def _run_stdin(node: Node) -> None:
+    raw = sys.stdin.buffer.read()
+    results = anyio.run(functools.partial(node.run, stdin=raw))
+    out = sys.stdout.buffer
+    for result in results:
+        out.write(msgspec.json.encode(result) + b"\n")
+    out.flush()
+    if any(r.outcome != "accepted" for r in results):
+        sys.exit(1)
+
+
+async def _serve(
+    node: Node,
+    address: tuple[str, int] | None,
+    watch: Path | None,
+    tls: ssl.SSLContext | None,
+    recovered: Callable[[], None],
+) -> None:
     async with anyio.create_task_group() as tg:
         port = await tg.start(functools.partial(node.run, mllp=address, watch=watch, mllp_tls=tls))
+        recovered()
         # The line operators (and tests) wait for: the node takes messages now.
         if address is not None:
             sys.stdout.write(f"vigil: listening on {address[0]}:{port}{' (TLS)' if tls else ''}\n")

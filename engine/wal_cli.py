@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.cli_context import Context
+from engine.cli_progress import scan_progress
 from engine.decode import decode_input
 from engine.errors import ConfigError
 from engine.wal.audit import AuditTrail, audit_key_from_env
@@ -72,7 +73,8 @@ def wal_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
     watch = frozenset({checkpoint.lsn}) if checkpoint else frozenset()
     report: dict[str, Any] = {"directory": str(directory), "ok": True, "problem": None}
     try:
-        result = scan_log(directory, files, watch=watch)
+        with scan_progress("verifying") as progress:
+            result = scan_log(directory, files, watch=watch, progress=progress)
     except WALCorruptError as exc:
         report.update(ok=False, problem=str(exc), segment=exc.segment, offset=exc.offset)
         _emit(report, as_json)
@@ -210,7 +212,8 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
     watch = frozenset(e.lsn for e in trail.entries())
     report: dict[str, Any] = {"directory": str(directory), "ok": True, "problem": None}
     try:
-        result = scan_log(directory, files, watch=watch)
+        with scan_progress("verifying") as progress:
+            result = scan_log(directory, files, watch=watch, progress=progress)
     except WALCorruptError as exc:
         report.update(ok=False, problem=str(exc))
         _emit(report, as_json)

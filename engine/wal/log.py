@@ -45,7 +45,7 @@ from engine.wal.group import Append, Framed, Pending, Position, answer, critical
 from engine.wal.index import IndexStore, LogIndex, sparse_offset
 from engine.wal.lock import DirectoryLock
 from engine.wal.record import LogRecord, body_hash, decode_record, encode_frame, read_frame
-from engine.wal.scan import ScanResult, SegmentInfo, released_segments, scan_log
+from engine.wal.scan import Progress, ScanResult, SegmentInfo, released_segments, scan_log
 from engine.wal.segment_file import ActiveSegment
 
 __all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
@@ -114,7 +114,7 @@ class WriteAheadLog:
 
     # -- recovery -----------------------------------------------------------
 
-    def recover(self) -> None:
+    def recover(self, progress: Progress | None = None) -> None:
         """Scan the log, rebuild the indexes, truncate a torn tail; refuse corruption.
 
         With indexes saved at the last clean stop, only the records after them
@@ -136,6 +136,7 @@ class WriteAheadLog:
             tail_window_bytes=self._tail_window,
             watch=frozenset({checkpoint.lsn}) if checkpoint and resume else frozenset(),
             resume=resume,
+            progress=progress,
         )
         if (
             checkpoint
@@ -528,8 +529,11 @@ async def open_wal(
     clock: Callable[[], str] = utc_now,
     tail_window_bytes: int | None = None,
     audit_key: bytes | None = None,
+    progress: Progress | None = None,
 ) -> AsyncIterator[WriteAheadLog]:
     """Open (creating or recovering) a log directory and run its writer.
+
+    `progress` is told (bytes done, bytes in all) as recovery scans the log.
 
     Raises:
         WALLockedError: another process has this log open.
@@ -542,7 +546,7 @@ async def open_wal(
     with DirectoryLock(directory):
         wal = WriteAheadLog(directory, config, files, clock=clock, tail_window_bytes=window, audit_key=audit_key)
         try:
-            await anyio.to_thread.run_sync(wal.recover)
+            await anyio.to_thread.run_sync(wal.recover, progress)
         except BaseException:
             wal.abandon()
             raise

@@ -27,6 +27,7 @@ from engine.wal.files import FileLayer
 from engine.wal.record import FRAME, GENESIS_HASH, SEGMENT_MAGIC, RecordHead, body_hash, checksum, decode_head
 
 __all__ = [
+    "Progress",
     "Resume",
     "ScanResult",
     "SegmentInfo",
@@ -42,6 +43,10 @@ SEGMENT_SUFFIX = ".seg"
 _BODY_MARK = b"\x98"
 
 Visitor = Callable[[int, int, RecordHead], None]  # (segment index, frame offset, head)
+
+
+# Told (bytes done, bytes in all) as a scan goes.
+Progress = Callable[[int, int], None]
 
 
 def segment_name(first_lsn: int) -> str:
@@ -99,6 +104,7 @@ def scan_log(
     tail_window_bytes: int = 64 * 1024 * 1024,
     watch: frozenset[int] = frozenset(),
     resume: Resume | None = None,
+    progress: Progress | None = None,
 ) -> ScanResult:
     """Scan every segment in order (or, with `resume`, only what follows a persisted index).
 
@@ -112,6 +118,8 @@ def scan_log(
         resume: segments already known (from a persisted index) up to an LSN
             and its hash: scanning starts right after it, and the chain is
             verified from it.
+        progress: told (bytes done, bytes in all) after each segment, so a
+            long recovery or verification can show how far it is.
 
     Raises:
         WALCorruptError: damage that is not a torn tail.
@@ -122,11 +130,14 @@ def scan_log(
     result = ScanResult([], 0, base.first_lsn - 1, GENESIS_HASH, 0, first_lsn=base.first_lsn)
     state = _Chain(chain_from_lsn, chain_from_hash, watch, result.hashes)
     state.last_hash = base.prev_hash
+    total = sum(files.size(directory / n) for n in names) if progress is not None else 0
+    done = 0
     start_index = 0
     if resume is not None:
         start_index = _resume(resume, names, result, state)
         for seg in result.segments[:-1]:
             _check_crcs(files.read(seg.path), seg, seg.size)
+            done += seg.size
     for index in range(start_index, len(names)):
         name = names[index]
         last = index == len(names) - 1
@@ -157,6 +168,9 @@ def scan_log(
             sparse_every=sparse_every,
             window=tail_window_bytes,
         )
+        if progress is not None:
+            done += len(data)
+            progress(done, max(total, done))
     if chain_from_lsn and result.last_lsn < chain_from_lsn:
         where = result.segments[-1].name if result.segments else "(no segment)"
         raise WALCorruptError(f"checkpoint at LSN {chain_from_lsn} but the log ends at LSN {result.last_lsn}", where, 0)
