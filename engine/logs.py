@@ -13,8 +13,9 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
 
 import structlog
+from opentelemetry import trace
 
-__all__ = ["PHI_KEYS", "configure_logging", "redact_phi"]
+__all__ = ["PHI_KEYS", "add_trace_context", "configure_logging", "redact_phi"]
 
 PHI_KEYS = frozenset(
     {
@@ -42,6 +43,15 @@ def redact_phi(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> M
     return event
 
 
+def add_trace_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: the current span's trace and span ids, so a log line joins its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
+
+
 class _Stderr:
     """Whatever `sys.stderr` is at the time of writing (a test runner may swap it)."""
 
@@ -60,6 +70,7 @@ def configure_logging(level: str = "info", *, json: bool = False) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_trace_context,
             redact_phi,
             renderer,
         ],

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import anyio
+import pytest
+import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -14,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from engine.config import Config
+from engine.logs import configure_logging
 from engine.node import Node
 from engine.telemetry import ATTRIBUTES_ALLOWED
 from tests.helpers import hl7
@@ -69,3 +73,19 @@ def _message_counts() -> dict[str, int]:
                     outcome = str((point.attributes or {})["vigil.outcome"])
                     counted[outcome] = counted.get(outcome, 0) + int(point.value)  # type: ignore[union-attr]
     return counted
+
+
+def test_a_log_line_inside_a_span_carries_its_trace_and_span_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    """The trace context reaches the log record, so a log line can be found from its trace and back."""
+    configure_logging("debug", json=True)
+    try:
+        with trace.get_tracer("test").start_as_current_span("work") as span:
+            structlog.get_logger("test").info("inside")
+        structlog.get_logger("test").info("outside")
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    inside, outside = lines[-2], lines[-1]
+    assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert "trace_id" not in outside
