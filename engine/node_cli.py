@@ -27,6 +27,7 @@ from engine.logs import configure_logging
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import Kind
 from engine.node import Node
+from engine.otel_export import install_otlp_export
 from engine.tls import client_context, server_context
 from engine.wal import WALCorruptError, WALLockedError
 
@@ -57,6 +58,7 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
     if use_stdin == bool(mllp or watch or nats):
         raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR and/or [nats] in the config")
     configure_logging("info", json=True)
+    shutdown_export = install_otlp_export(obj.config.node.id)
     try:
         if use_stdin:
             _run_stdin(Node(obj.config, obj.data_dir(data)))
@@ -76,6 +78,9 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
         if refusals is None:
             raise
         raise click.ClickException(str(_first(refusals))) from None
+    finally:
+        if shutdown_export is not None:
+            shutdown_export()
 
 
 _REFUSALS = (WALLockedError, WALCorruptError, ConfigError, OSError)
