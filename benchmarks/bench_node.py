@@ -1,11 +1,13 @@
-"""How many messages per second does a node make durable, via stdin and via MLLP, and how fast is an ACK?
+"""How many messages per second does a node make durable, via stdin, MLLP and NATS, and how fast is an ACK?
 
 The node is a real `vigil run` process; every message counted was ACK'd
 (MLLP) or answered "accepted" (stdin) only once fsync'd. MLLP senders are
 threads in this process, each on its own connection, sending one message
 and waiting for its ACK before the next, as HL7 interfaces do. The ACK
 round trip of one unsaturated connection is compared with this machine's
-fdatasync p99, measured in the same run.
+fdatasync p99, measured in the same run. The NATS row drains a JetStream
+stream filled beforehand (a real nats-server, fsyncing every write), each
+message acked only once durable in the node's log.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
+import nats
+import nats.js.errors
 from _harness import arguments, fail_if
+from nats.js.api import StreamConfig
 from rich.console import Console
 from rich.table import Table
 
 from engine.feedgen import FeedMix, generate_feed
 from engine.mllp import Frame, MLLPDecoder, frame
+from tests.nats_server import nats_server  # the tests' starter (bin/bench puts the repository on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -99,6 +106,62 @@ def _mllp(feeds: list[list[bytes]], scratch: Path, connections: int, duration_s:
     return done / elapsed, _pct(ms, 50), _pct(ms, 99)
 
 
+def _nats(feed: list[bytes], scratch: Path) -> float:
+    """Messages/s a node drains from a JetStream stream (each acked only once durable), from ready to empty."""
+    with nats_server(scratch / "nats") as url:
+        config = scratch / "nats.toml"
+        config.write_text(f'[nats]\nservers = ["{url}"]\n[[nats.subjects]]\nsubject = "hl7.in"\nstream = "HL7_IN"\n')
+        anyio.run(_fill_stream, url, feed, backend="asyncio")
+        with subprocess.Popen(
+            [VIGIL, "--config", str(config), "run", "--data", str(scratch / "nats-data")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        ) as proc:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # ready: consuming
+            start = time.perf_counter()
+            anyio.run(_until_drained, url, len(feed), backend="asyncio")
+            elapsed = time.perf_counter() - start
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            proc.stdout.close()
+    return len(feed) / elapsed
+
+
+async def _fill_stream(url: str, feed: list[bytes]) -> None:
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        await js.add_stream(StreamConfig(name="HL7_IN", subjects=["hl7.in"]))
+        for payload in feed:
+            await client.publish("hl7.in", payload)  # a plain publish: the stream captures it
+        await client.flush()
+        with anyio.fail_after(120):
+            while True:
+                if (await js.stream_info("HL7_IN")).state.messages >= len(feed):
+                    return
+                await anyio.sleep(0.02)
+    finally:
+        await client.close()
+
+
+async def _until_drained(url: str, total: int) -> None:
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        with anyio.fail_after(600):
+            while True:
+                try:
+                    info = await js.consumer_info("HL7_IN", "vigil")
+                except nats.js.errors.NotFoundError:
+                    info = None
+                if info and info.delivered.stream_seq >= total and info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                await anyio.sleep(0.01)
+    finally:
+        await client.close()
+
+
 def _row(source: str, connections: int, rate: float, p50: float, p99: float) -> dict[str, Any]:
     return {"source": source, "connections": connections, "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99}
 
@@ -154,6 +217,9 @@ def main() -> None:
                 "p99_ms": p99,
             }
             rows.append(row)
+        nats_feed = generate_feed(count // 2, seed=41)
+        rows.append(_row("nats jetstream, mix", 1, _nats(nats_feed, scratch), float("nan"), float("nan")))
+        rows[-1].update(p50_ms=None, p99_ms=None, connections="-")
         fsync_p99 = _fsync_p99_ms(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
