@@ -25,7 +25,7 @@ from engine.framing import split_input
 from engine.hl7.mapping import map_message
 from engine.hl7.message import parse
 from engine.model import Envelope, Event, Kind
-from lanes.classify import Classifier
+from lanes.classify import Classification, Classifier
 
 __all__ = ["Decoded", "Decoder", "decode_input"]
 
@@ -59,13 +59,21 @@ class Decoder:
     def __init__(self, classifier: Classifier | None = None) -> None:
         self.classifier = classifier if classifier is not None else Classifier()
 
-    def hl7(self, raw: bytes, *, received_at: str, source: str, in_batch: bool = False) -> Envelope:
-        """One HL7 v2 message to its envelope.
+    def hl7(
+        self,
+        raw: bytes,
+        *,
+        received_at: str,
+        source: str,
+        in_batch: bool = False,
+        classified: Classification | None = None,
+    ) -> Envelope:
+        """One HL7 v2 message to its envelope; `classified`: the lane already decided for these bytes.
 
         Raises:
             InputError: the message is malformed or lacks a required patient.
         """
-        lane = self.classifier.classify_hl7(raw, in_batch=in_batch)
+        lane = classified if classified is not None else self.classifier.classify_hl7(raw, in_batch=in_batch)
         mapped = map_message(parse(raw))
         return Envelope(
             message_id=mapped.message_id,

@@ -53,6 +53,7 @@ from engine.wal.quarantine import Quarantine
 from engine.wal.scan import Progress
 from engine.wal.snapshots import SnapshotStore
 from lanes import Classifier, LaneScheduler, LaneStatistics
+from lanes.classify import Classification
 
 __all__ = ["IngestResult", "Node"]
 
@@ -73,10 +74,24 @@ class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
 class _Work:
     """One message on its way through a lane, and the answer its source waits for."""
 
-    __slots__ = ("done", "in_batch", "kind", "message_type", "outcome", "raw", "reason", "result", "source")
+    __slots__ = (
+        "classified",
+        "done",
+        "in_batch",
+        "kind",
+        "message_type",
+        "outcome",
+        "raw",
+        "reason",
+        "result",
+        "source",
+    )
 
-    def __init__(self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False) -> None:
+    def __init__(
+        self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False, classified: Classification | None = None
+    ) -> None:
         self.raw = raw
+        self.classified = classified  # the lane decided at the source: not decided twice
         self.source = source
         self.kind = kind
         self.in_batch = in_batch
@@ -446,10 +461,11 @@ class Node:
     ) -> tuple[IngestResult, InputError | None]:
         assert self._scheduler is not None
         try:
-            lane = self._classifier.classify_hl7(raw, in_batch=in_batch).lane if kind is Kind.HL7V2 else Lane.STANDARD
+            classified = self._classifier.classify_hl7(raw, in_batch=in_batch) if kind is Kind.HL7V2 else None
         except InputError as exc:
             return await self._reject(raw, source, exc), exc
-        work = _Work(raw, source, kind, in_batch=in_batch)
+        lane = classified.lane if classified is not None else Lane.STANDARD
+        work = _Work(raw, source, kind, in_batch=in_batch, classified=classified)
         self._in_flight += 1
         self._idle = anyio.Event()
         started = time.perf_counter()
@@ -497,7 +513,13 @@ class Node:
         try:
             if work.kind is Kind.HL7V2:
                 envelopes = [
-                    self._decoder.hl7(work.raw, received_at=received, source=work.source, in_batch=work.in_batch)
+                    self._decoder.hl7(
+                        work.raw,
+                        received_at=received,
+                        source=work.source,
+                        in_batch=work.in_batch,
+                        classified=work.classified,
+                    )
                 ]
             else:
                 envelopes = self._decoder.fhir(work.raw, received_at=received, source=work.source)
