@@ -12,6 +12,7 @@ message acked only once durable in the node's log.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -27,7 +28,6 @@ from typing import Any
 import anyio
 import msgspec
 import nats
-import nats.js.errors
 from _harness import arguments, fail_if
 from nats.js.api import StreamConfig
 from rich.console import Console
@@ -35,7 +35,10 @@ from rich.table import Table
 
 from engine.feedgen import FeedMix, generate_feed
 from engine.mllp import Frame, MLLPDecoder, frame
-from tests.nats_server import nats_server  # the tests' starter (bin/bench puts the repository on the path)
+from tests.nats_server import (  # the tests' starter (bin/bench puts the repository on the path)
+    nats_server,
+    until_consumed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -120,7 +123,9 @@ def _nats(feed: list[bytes], scratch: Path) -> float:
             assert proc.stdout is not None
             proc.stdout.readline()  # ready: consuming
             start = time.perf_counter()
-            anyio.run(_until_drained, url, len(feed), backend="asyncio")
+            anyio.run(
+                functools.partial(until_consumed, url, "HL7_IN", "vigil", len(feed), limit_s=600), backend="asyncio"
+            )
             elapsed = time.perf_counter() - start
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
@@ -141,23 +146,6 @@ async def _fill_stream(url: str, feed: list[bytes]) -> None:
                 if (await js.stream_info("HL7_IN")).state.messages >= len(feed):
                     return
                 await anyio.sleep(0.02)
-    finally:
-        await client.close()
-
-
-async def _until_drained(url: str, total: int) -> None:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        with anyio.fail_after(600):
-            while True:
-                try:
-                    info = await js.consumer_info("HL7_IN", "vigil")
-                except nats.js.errors.NotFoundError:
-                    info = None
-                if info and info.delivered.stream_seq >= total and info.num_pending == 0 and info.num_ack_pending == 0:
-                    return
-                await anyio.sleep(0.01)
     finally:
         await client.close()
 

@@ -20,9 +20,9 @@ __all__ = ["scan_progress"]
 
 
 @contextmanager
-def scan_progress(label: str, *, force: bool = False) -> Iterator[ScanProgress | None]:
+def scan_progress(label: str) -> Iterator[ScanProgress | None]:
     """Yield a (bytes done, bytes in all) callback drawing a bar, or None when stderr is not a terminal."""
-    console = Console(stderr=True, force_terminal=force or None)
+    console = Console(stderr=True)
     if not console.is_terminal:
         yield None
         return
@@ -33,7 +33,7 @@ def scan_progress(label: str, *, force: bool = False) -> Iterator[ScanProgress |
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=not force) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def advance(done: int, total: int) -> None:

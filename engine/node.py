@@ -394,12 +394,7 @@ class Node:
         return ack.to_bytes()
 
     async def _ingest_stream(self, raw: bytes, source: str) -> list[IngestResult]:
-        """Every message of one input (stdin, a file), answered in input order.
-
-        Up to `_STREAM_WINDOW` messages are in flight at once, so the log can
-        group-commit them; a message waits for the previous one *of the same
-        patient* to be durable first, so no patient's history is reordered.
-        """
+        """Every message of one input (stdin, a file), answered in input order."""
         return await self._ingest_pieces(split_input(raw, self.config.ingest.message_bytes_max), source)
 
     async def _ingest_messages(self, payloads: Sequence[bytes], source: str) -> list[tuple[Verdict, bytes]]:
@@ -425,6 +420,11 @@ class Node:
         return answers
 
     async def _ingest_pieces(self, pieces: list[Piece], source: str) -> list[IngestResult]:
+        """Messages answered in order; up to `_STREAM_WINDOW` in flight at once, so the log can group-commit.
+
+        A message waits for the previous one *of the same patient* to be
+        durable first, so no patient's history is reordered.
+        """
         results: list[IngestResult | None] = [None] * len(pieces)
         window = anyio.Semaphore(_STREAM_WINDOW)
         last: dict[bytes, anyio.Event] = {}

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
+import nats
+import nats.js.errors
 import pytest
 
 
@@ -56,3 +59,21 @@ def nats_server(store: Path) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+async def until_consumed(url: str, stream: str, durable: str, total: int, *, limit_s: float = 90) -> None:
+    """Wait (bounded) until the durable consumer has been delivered `total` messages and settled every one."""
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        with anyio.fail_after(limit_s):
+            while True:
+                try:
+                    info = await js.consumer_info(stream, durable)
+                except nats.js.errors.NotFoundError:
+                    info = None  # the node has not made its consumer yet
+                if info and info.delivered.stream_seq >= total and info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                await anyio.sleep(0.01)
+    finally:
+        await client.close()

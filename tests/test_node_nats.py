@@ -27,12 +27,11 @@ from nats.js.api import StreamConfig
 
 from engine.config import Config, NatsConfig, NatsSubjectConfig
 from engine.node import Node
-from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.quarantine import Quarantine
 from tests.helpers import hl7, oru
-from tests.nats_server import nats_server
-from tests.test_node import ROOT, VIGIL, node
+from tests.nats_server import nats_server, until_consumed
+from tests.test_node import ROOT, VIGIL, _ids, node
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 
@@ -48,14 +47,6 @@ def _message(n: int, patient: int = 0) -> bytes:
 BAD = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|NATSBAD|P|2.5.1", "OBR|1|P|F|X")
 
 
-def _ids(data: Path) -> list[str]:
-    async def read() -> list[str]:
-        async with open_wal(data / "wal") as wal:
-            return [r.message_id for r in wal.read_from(1)]
-
-    return anyio.run(read)
-
-
 async def _with_js(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
     client = await nats.connect(url)
     try:
@@ -66,19 +57,6 @@ async def _with_js(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
 
 async def _make_stream(js: Any) -> None:
     await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
-
-
-async def _until_consumed(js: Any, expected: int) -> None:
-    """Wait (bounded) until the node's consumer has settled every message."""
-    with anyio.fail_after(90):
-        while True:
-            try:
-                info = await js.consumer_info(STREAM, "vigil")
-            except nats.js.errors.NotFoundError:
-                info = None
-            if info and info.delivered.stream_seq >= expected and info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await anyio.sleep(0.05)
 
 
 async def _request(client: Any, payload: bytes) -> bytes:
@@ -109,12 +87,12 @@ def test_jetstream_messages_are_acked_once_durable_and_refused_ones_quarantined(
                 js = client.jetstream()
                 for payload in (critical, _message(1), BAD):
                     await js.publish(SUBJECT, payload)
-                await _until_consumed(js, 3)
 
             await _with_js(url, lambda client: _make_stream(client.jetstream()))
             async with anyio.create_task_group() as tg:
                 await tg.start(node_.run)
                 await _with_js(url, publish)
+                await until_consumed(url, STREAM, "vigil", 3)
                 node_.stop()
 
         anyio.run(scenario, backend="asyncio")
@@ -178,7 +156,7 @@ def test_sigkill_while_consuming_jetstream_loses_nothing_and_appends_nothing_twi
                 proc.wait(timeout=30)
             progress.append(len(_ids(data)))
         with node(data, config=config):
-            anyio.run(functools.partial(_with_js, url, lambda c: _until_consumed(c.jetstream(), total)))
+            anyio.run(functools.partial(until_consumed, url, STREAM, "vigil", total), backend="asyncio")
     ids = _ids(data)
     assert any(0 < n < total for n in progress), f"no kill landed mid-stream: {progress} (seed {seed})"
     assert len(ids) == len(set(ids)), f"a message appended twice (seed {seed})"
