@@ -48,6 +48,7 @@ from engine.model import (
     OrderChanged,
     OrderPlaced,
     PatientMerged,
+    ResultAcknowledged,
     ResultReported,
     Transferred,
     Unrecognized,
@@ -85,6 +86,7 @@ class ResultView(msgspec.Struct, frozen=True):
     current: ResultReported
     effective_at: str
     versions: tuple[Fact, ...]
+    acknowledged: ResultAcknowledged | None = None
 
     @property
     def corrected(self) -> bool:
@@ -277,6 +279,7 @@ def _fold(patient: str, facts: list[Fact], merged_from: tuple[str, ...]) -> Reco
     encounters: dict[str, EncounterView] = {}
     orders: dict[str, OrderView] = {}
     results: dict[str, list[Fact]] = {}
+    acknowledged: dict[str, ResultAcknowledged] = {}
     medications: dict[str, MedicationView] = {}
     allergies: dict[str, AllergyRecorded] = {}
     charges: list[ChargePosted] = []
@@ -294,6 +297,8 @@ def _fold(patient: str, facts: list[Fact], merged_from: tuple[str, ...]) -> Reco
             orders[e.order_id] = OrderView(e.order_id, status, e)
         elif isinstance(e, ResultReported):
             results.setdefault(e.result_key, []).append(fact)
+        elif isinstance(e, ResultAcknowledged):
+            acknowledged[e.result_key] = e
         elif isinstance(e, MedicationOrdered | MedicationDispensed | MedicationAdministered):
             status = {
                 MedicationOrdered: "ordered",
@@ -316,7 +321,7 @@ def _fold(patient: str, facts: list[Fact], merged_from: tuple[str, ...]) -> Reco
         demographics=demographics,
         encounters=tuple(encounters.values()),
         orders=tuple(orders.values()),
-        results=tuple(_result(key, versions) for key, versions in results.items()),
+        results=tuple(_result(key, versions, acknowledged.get(key)) for key, versions in results.items()),
         medications=tuple(medications.values()),
         allergies=tuple(allergies.values()),
         charges=tuple(charges),
@@ -344,8 +349,8 @@ def _encounter(
     return base  # a cancelled transfer: the location before it is not known from the event
 
 
-def _result(key: str, versions: list[Fact]) -> ResultView:
+def _result(key: str, versions: list[Fact], acknowledged: ResultAcknowledged | None) -> ResultView:
     """The current version is the last recorded one; its clinical time is the original's."""
     current = versions[-1].event
     assert isinstance(current, ResultReported)
-    return ResultView(key, current, versions[0].effective_at, tuple(versions))
+    return ResultView(key, current, versions[0].effective_at, tuple(versions), acknowledged)

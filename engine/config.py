@@ -28,6 +28,7 @@ __all__ = [
     "NatsConfig",
     "NatsSubjectConfig",
     "NodeConfig",
+    "ProjectionsConfig",
     "WalConfig",
     "decode_config",
     "load_config",
@@ -177,6 +178,41 @@ class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 @final
+class ProjectionsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The read side in PostgreSQL: none unless a DSN is given (the embedded default needs no database).
+
+    Attributes:
+        dsn_env: the environment variable holding the DSN (preferred: a DSN
+            may hold a password, and secrets stay out of files).
+        dsn: a DSN written here (without a password), used when `dsn_env` is unset.
+        schema: the PostgreSQL schema holding the read models (made if absent).
+        pool_connections_min, pool_connections_max: the connection pool.
+        batch_records_max: log records per transaction.
+        connect_timeout_s, command_timeout_s: a slow or stuck database is
+            given up on after this long, and retried.
+        retry_delay_max_s: the longest wait between attempts while the
+            database is unreachable.
+        ssl_mode: disable, prefer, require, verify-ca or verify-full (libpq's meanings).
+        ssl_root_cert_file: the CA to verify the server with (verify-ca/verify-full).
+        critical_fast_path: write critical results to the worklist at once,
+            ahead of the ordered cursor (which still applies them in order).
+    """
+
+    dsn_env: str = "VIGIL_PG_DSN"
+    dsn: str = ""
+    schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "vigil"
+    pool_connections_min: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    pool_connections_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4
+    batch_records_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
+    command_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    retry_delay_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    ssl_root_cert_file: str = ""
+    critical_fast_path: bool = True
+
+
+@final
 class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Lane settings: `rules` decide which message goes to which lane, `scheduler` how lanes share the node."""
 
@@ -194,6 +230,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats: NatsConfig = NatsConfig()
     wal: WalConfig = WalConfig()
     audit: AuditConfig = AuditConfig()
+    projections: ProjectionsConfig = ProjectionsConfig()
     lanes: LanesConfig = LanesConfig()
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "OrderChanged",
     "OrderPlaced",
     "PatientMerged",
+    "ResultAcknowledged",
     "ResultReported",
     "Transferred",
     "Unrecognized",
@@ -65,6 +66,7 @@ class Kind(enum.Enum):
 
     HL7V2 = "hl7v2"
     FHIR = "fhir"
+    COMMAND = "command"  # an operator's or clinician's action recorded by the node itself
 
 
 @final
@@ -256,6 +258,16 @@ class DocumentRecorded(_Event, frozen=True, tag="document"):
 
 
 @final
+class ResultAcknowledged(_Event, frozen=True, tag="result_acknowledged"):
+    """A clinician acknowledged a critical result (it leaves the open worklist)."""
+
+    result_key: str
+    by: str
+    acknowledged_at: str
+    note: str = ""
+
+
+@final
 class Unrecognized(_Event, frozen=True, tag="unrecognized"):
     """A message, or part of one, the engine keeps but does not interpret."""
 
@@ -280,6 +292,7 @@ Event = (
     | AllergyRecorded
     | ChargePosted
     | DocumentRecorded
+    | ResultAcknowledged
     | Unrecognized
 )
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import structlog
 from hypothesis import HealthCheck, settings
+
+from tests.pg_server import admin_dsn
 
 # ../shared/corpus beside the repository: real public HL7 v2 and FHIR samples
 # (MIT, microsoft/FHIR-Converter). Read in place, never copied here.
@@ -43,3 +49,37 @@ def _fresh_logging() -> object:
     """The CLI configures structlog for its process; a test must not inherit another's setup."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """A superuser DSN: VIGIL_TEST_PG_DSN, else 127.0.0.1:5432 if it answers, else a throwaway server."""
+    with admin_dsn() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A database of this run's own, dropped at the end."""
+    name = f"vigil_test_{os.getpid()}_{secrets.token_hex(4)}"
+    asyncio.run(_admin(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(_admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_schema(pg_dsn: str) -> Iterator[str]:
+    """A schema of this test's own in the run's database, dropped afterwards."""
+    name = f"t_{secrets.token_hex(6)}"
+    yield name
+    asyncio.run(_admin(pg_dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))

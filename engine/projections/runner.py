@@ -1,0 +1,337 @@
+"""The projection runner: follows the log into PostgreSQL, exactly once, whatever the database does.
+
+Never on the write path: the node appends and acknowledges without waiting
+for the runner; it only `notify`s it of each durable record. The runner reads
+the log itself (in a worker thread), from the lowest position of the
+projections it runs, and writes each batch in one transaction that also moves
+the positions (`writer.write_changes`), so a batch is applied once and a stop
+at any moment resumes where the database says.
+
+Lanes reach the read side too: a critical record is written to the critical
+worklist at once (`critical_fast_path`), ahead of any batch backlog; the
+ordered cursor applies it again later, which the worklist's LSN guards make
+a no-op.
+
+Outages: while PostgreSQL is unreachable or slow the runner waits and retries
+(backoff up to `retry_delay_max_s`), reports its state and lag, and catches up
+when the database returns. Bad data never stops it: values that do not fit
+are kept raw and counted (`definitions`), and a batch the database still
+refuses is applied record by record, the refused record noted as an issue.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, final
+
+import anyio
+import asyncpg
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+from hdrh.histogram import HdrHistogram
+
+from engine.config import ProjectionsConfig
+from engine.model import Lane
+from engine.projections.database import CONNECTION_ERRORS, open_pool
+from engine.projections.definitions import Record, build_changes, projections
+from engine.projections.schema import migrate
+from engine.projections.tables import Changes, Issue
+from engine.projections.writer import PositionMovedError, write_changes, write_unordered
+from engine.wal.record import LogRecord
+
+if TYPE_CHECKING:
+    from engine.projections.database import Connection
+
+__all__ = ["LogReader", "ProjectionRunner", "ProjectionStatus", "record_of"]
+
+_log = structlog.get_logger("vigil.projections")
+
+# Errors that are the data's, not the connection's: the batch is retried record by record.
+_REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+_PENDING_MAX = 200_000  # notified records whose visibility is timed; beyond this the oldest are dropped
+_FAST_MAX = 10_000  # critical records waiting for the fast path; the ordered cursor covers any dropped
+
+
+class LogReader(Protocol):
+    """What the runner needs of the log (a `WriteAheadLog`)."""
+
+    @property
+    def last_lsn(self) -> int: ...
+
+    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]: ...
+
+
+def record_of(log_record: LogRecord) -> Record:
+    return Record(log_record.lsn, log_record.recorded_at, log_record.patients, log_record.envelope.events)
+
+
+@final
+class ProjectionStatus(msgspec.Struct, frozen=True):
+    """What `vigil status` shows of the read side."""
+
+    state: str
+    positions: dict[str, int]
+    last_lsn: int
+    lag_records: int
+    lag_s: float
+    batches: int
+    records_applied: int
+    issues_noted: int
+    visible_p50_ms: float
+    visible_p99_ms: float
+    critical_visible_p99_ms: float
+
+
+@final
+class _Batch(msgspec.Struct):
+    records: list[Record]
+    changes: Changes
+    expected: dict[str, int]
+    new: dict[str, int]
+
+
+class ProjectionRunner:
+    """Runs the chosen projections (all by default) against the log `reader`."""
+
+    def __init__(
+        self,
+        reader: LogReader,
+        config: ProjectionsConfig,
+        dsn: str,
+        *,
+        base: Path,
+        critical_flags: Sequence[str],
+        only: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        every = projections(critical_flags)
+        unknown = [name for name in only or () if name not in every]
+        if unknown:
+            raise ValueError(f"no projection named {', '.join(unknown)} (there are: {', '.join(every)})")
+        self._chosen = {n: p for n, p in every.items() if only is None or n in only}
+        self._worklist = every["critical_worklist"] if "critical_worklist" in self._chosen else None
+        self._reader = reader
+        self._config = config
+        self._dsn = dsn
+        self._base = base
+        self._clock = clock
+        self._state = "starting"
+        self._positions: dict[str, int] = {}
+        self._cursor: Iterator[LogRecord] | None = None
+        self._cursor_next = 0
+        self._pending: collections.deque[tuple[int, float]] = collections.deque()
+        self._fast: collections.deque[tuple[Record, float]] = collections.deque()
+        self._more: anyio.Event | None = None
+        self._fast_ready: anyio.Event | None = None
+        self._caught_up: anyio.Event | None = None
+        self._visible = HdrHistogram(1, 3_600_000_000, 2)
+        self._critical_visible = HdrHistogram(1, 3_600_000_000, 2)
+        self._batches = 0
+        self._applied = 0
+        self._issues = 0
+
+    # -- what the node calls -------------------------------------------------------------
+
+    def notify(self, record: Record, lane: Lane) -> None:
+        """A record is durable (called by the node after the append; never blocks)."""
+        now = self._clock()
+        self._pending.append((record.lsn, now))
+        if len(self._pending) > _PENDING_MAX:
+            self._pending.popleft()
+        if self._more is not None:
+            self._more.set()
+        if lane is Lane.CRITICAL and self._worklist is not None and self._fast_ready is not None:
+            if len(self._fast) < _FAST_MAX:
+                self._fast.append((record, now))
+            self._fast_ready.set()
+
+    def status(self) -> ProjectionStatus:
+        last = self._reader.last_lsn
+        applied = min(self._positions.values()) if self._positions else 0
+        lag_s = 0.0
+        for lsn, at in self._pending:
+            if lsn > applied:
+                lag_s = self._clock() - at
+                break
+        return ProjectionStatus(
+            state=self._state,
+            positions=dict(self._positions),
+            last_lsn=last,
+            lag_records=max(0, last - applied) if self._positions else last,
+            lag_s=round(lag_s, 3),
+            batches=self._batches,
+            records_applied=self._applied,
+            issues_noted=self._issues,
+            visible_p50_ms=self._visible.get_value_at_percentile(50) / 1000,
+            visible_p99_ms=self._visible.get_value_at_percentile(99) / 1000,
+            critical_visible_p99_ms=self._critical_visible.get_value_at_percentile(99) / 1000,
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the log until cancelled, through any outage of the database."""
+        self._more, self._fast_ready, self._caught_up = anyio.Event(), anyio.Event(), anyio.Event()
+        task_status.started()
+        await self._serve(until_caught_up=False)
+
+    async def catch_up(self) -> None:
+        """Apply everything the log holds now, then return (a rebuild without a node, a benchmark)."""
+        self._more, self._fast_ready, self._caught_up = anyio.Event(), anyio.Event(), anyio.Event()
+        await self._serve(until_caught_up=True)
+
+    async def _serve(self, *, until_caught_up: bool) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._connected(until_caught_up)
+                if until_caught_up:
+                    return
+            except CONNECTION_ERRORS as exc:
+                self._waiting(exc)
+            except PositionMovedError:
+                _log.info("projections.position_moved")  # a rebuild reset a projection: reload
+                self._cursor = None
+                delay = 0.0
+            await anyio.sleep(delay)
+            delay = min(max(delay * 2, 0.1), self._config.retry_delay_max_s)
+
+    def _waiting(self, exc: BaseException) -> None:
+        # The class and SQLSTATE only: a server's message may quote a value (PHI).
+        reason = type(exc).__name__
+        state = f"waiting for the database ({reason})"
+        if state != self._state:
+            _log.warning("projections.database_unavailable", reason=reason, sqlstate=getattr(exc, "sqlstate", None))
+        self._state = state
+
+    async def _connected(self, until_caught_up: bool) -> None:
+        pool = await open_pool(self._dsn, self._config, self._base)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                self._positions = await self._load_positions(conn)
+            if self._state != "following":
+                _log.info("projections.following", positions=self._positions)
+            self._state = "following"
+            async with anyio.create_task_group() as tg:
+                if self._worklist is not None and self._config.critical_fast_path and not until_caught_up:
+                    tg.start_soon(self._fast_path, pool)
+                await self._follow(pool, until_caught_up)
+                tg.cancel_scope.cancel()
+        finally:
+            pool.terminate()  # never waits on a database that may be gone; open transactions roll back
+
+    async def _load_positions(self, conn: Connection) -> dict[str, int]:
+        rows = await conn.fetch(
+            "SELECT name, lsn FROM projection_positions WHERE name = ANY($1::text[])", list(self._chosen)
+        )
+        return {r["name"]: int(r["lsn"]) for r in rows}
+
+    async def _follow(self, pool: asyncpg.Pool[asyncpg.Record], until_caught_up: bool) -> None:
+        send, receive = anyio.create_memory_object_stream[_Batch](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._produce, dict(self._positions), send, until_caught_up)
+            async with receive:
+                async for batch in receive:
+                    async with pool.acquire() as conn:
+                        await self._write(conn, batch)
+                    self._committed(batch)
+
+    async def _produce(self, positions: dict[str, int], send: MemoryObjectSendStream[_Batch], once: bool) -> None:
+        """Read and fold the next batch while the previous one is being written."""
+        async with send:
+            while True:
+                start = min(positions.values()) + 1
+                if start > self._reader.last_lsn:
+                    assert self._more is not None
+                    if once:
+                        return
+                    self._more = anyio.Event()
+                    if start > self._reader.last_lsn:
+                        with anyio.move_on_after(0.5):  # the log may grow without a notify (another writer)
+                            await self._more.wait()
+                    continue
+                records = await anyio.to_thread.run_sync(self._read, start)
+                if not records:
+                    continue
+                changes = await anyio.to_thread.run_sync(build_changes, records, positions, self._chosen)
+                new = {name: max(lsn, records[-1].lsn) for name, lsn in positions.items()}
+                await send.send(_Batch(records, changes, dict(positions), new))
+                positions = new
+
+    def _read(self, start: int) -> list[Record]:
+        """Up to `batch_records_max` records from `start`, on one cursor kept between batches."""
+        if self._cursor is None or self._cursor_next != start:
+            self._cursor = self._reader.read_from(start)
+        records: list[Record] = []
+        for log_record in self._cursor:
+            records.append(record_of(log_record))
+            if len(records) >= self._config.batch_records_max:
+                break
+        else:
+            self._cursor = None  # the cursor saw the log's end as it was: a new one sees more
+        self._cursor_next = records[-1].lsn + 1 if records else start
+        return records
+
+    async def _write(self, conn: Connection, batch: _Batch) -> None:
+        try:
+            await write_changes(conn, batch.changes, batch.expected, batch.new, self._config.schema)
+        except _REFUSED_DATA:
+            await self._write_each(conn, batch)
+        else:
+            self._issues += len(batch.changes.issues)
+
+    async def _write_each(self, conn: Connection, batch: _Batch) -> None:
+        """The database refused the batch: apply it record by record, noting (and passing) a refused one."""
+        positions = dict(batch.expected)
+        for record in batch.records:
+            new = {name: max(lsn, record.lsn) for name, lsn in positions.items()}
+            changes = build_changes([record], positions, self._chosen)
+            try:
+                await write_changes(conn, changes, positions, new, self._config.schema)
+                self._issues += len(changes.issues)
+            except _REFUSED_DATA as exc:
+                _log.warning("projections.record_refused", lsn=record.lsn, sqlstate=exc.sqlstate)
+                refused = Changes({})
+                reason = f"the database refused the record's rows: SQLSTATE {exc.sqlstate}"
+                refused.issues.append(Issue("*", record.lsn, 0, "record", "", reason))
+                await write_changes(conn, refused, positions, new, self._config.schema)
+                self._issues += 1
+            positions = new
+
+    def _committed(self, batch: _Batch) -> None:
+        self._positions = dict(batch.new)
+        self._batches += 1
+        self._applied += len(batch.records)
+        applied, now = min(batch.new.values()), self._clock()
+        while self._pending and self._pending[0][0] <= applied:
+            _lsn, at = self._pending.popleft()
+            self._visible.record_value(max(1, int((now - at) * 1_000_000)))
+
+    async def _fast_path(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        """Critical records into the worklist at once (guarded upserts), whatever the ordered cursor's backlog."""
+        assert self._worklist is not None
+        chosen = {self._worklist.name: self._worklist}
+        while True:
+            assert self._fast_ready is not None
+            await self._fast_ready.wait()
+            self._fast_ready = anyio.Event()
+            items = list(self._fast)
+            self._fast.clear()
+            done = self._positions.get(self._worklist.name, 0)
+            records = [record for record, _at in items if record.lsn > done]
+            changes = build_changes(records, {self._worklist.name: 0}, chosen)
+            if changes.tables["critical_worklist"]:
+                async with pool.acquire() as conn:
+                    try:
+                        await write_unordered(conn, changes, self._config.schema)
+                    except _REFUSED_DATA:
+                        continue  # the ordered cursor applies it and notes the issue
+            now = self._clock()
+            for _record, at in items:
+                self._critical_visible.record_value(max(1, int((now - at) * 1_000_000)))
