@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import asyncpg
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.config import ProjectionsConfig
 from engine.decode import Decoder
 from engine.feedgen import generate_feed
-from engine.projections import ProjectionRunner
+from engine.model import (
+    Admitted,
+    AllergyRecorded,
+    ChargePosted,
+    Coded,
+    DemographicsUpdated,
+    Discharged,
+    EncounterCancelled,
+    Envelope,
+    Event,
+    Kind,
+    Lane,
+    MedicationAdministered,
+    MedicationOrdered,
+    OrderCancelled,
+    ResultAcknowledged,
+    ResultReported,
+    Transferred,
+)
+from engine.projections import ProjectionRunner, projection_names
+from engine.projections.maintenance import rebuild
 from engine.wal import WriteAheadLog, open_wal
+from engine.wal.record import LogRecord
 from tests.read_side import CRITICAL, actual_tables, differences, expected_tables
 
 
@@ -42,3 +70,169 @@ async def test_a_generated_feed_projects_to_what_the_actors_report(tmp_path: Pat
     actual = await actual_tables(pg_dsn, pg_schema)
     assert not differences(expected, actual)
     assert all(expected[k] for k in ("results", "worklist", "charges", "encounters", "medications"))
+
+
+# -- equivalence on generated histories (hypothesis) ---------------------------------------
+
+_PATIENTS = ("MRN|1", "MRN|2", "MRN|3")
+_VALUES = st.sampled_from(["4.1", "6.9", "2.5", "n/a", "1e999", "", "  7 "])
+_FLAGS = st.lists(st.sampled_from(["H", "HH", "LL", "N", "AA", "ZZ"]), max_size=2).map(tuple)
+
+
+def _events() -> st.SearchStrategy[Event]:
+    key = st.sampled_from(["K|1", "K|2", "K|3"])
+    code = st.builds(Coded, st.sampled_from(["2823-3", "2951-2"]), st.sampled_from(["Potassium", "Sodium"]))
+    when = st.sampled_from([None, "2026-11-24T08:00:00+00:00", "2026-11-24", "2026-11-24T09:30:00", "garbage-time-x"])
+    result = st.builds(
+        ResultReported,
+        result_key=key,
+        code=code,
+        value=_VALUES,
+        value_type=st.sampled_from(["NM", "ST", ""]),
+        abnormal_flags=_FLAGS,
+        status=st.sampled_from(["F", "C"]),
+        effective_at=when,
+    ).map(lambda r: msgspec.structs.replace(r, corrects=r.result_key if r.status == "C" else None))
+    drug = st.builds(Coded, st.sampled_from(["D1", "D2"]), st.just("Drug"))
+    order = st.sampled_from(["O1", "O2"])
+    encounter = st.sampled_from(["V1", "V2"])
+    return st.one_of(
+        result,
+        st.builds(
+            ResultAcknowledged, result_key=key, by=st.sampled_from(["dr.a", "rn.b"]), acknowledged_at=st.just("t")
+        ),
+        st.builds(
+            DemographicsUpdated, family=st.sampled_from(["A", "B"]), given=st.lists(st.just("X"), max_size=2).map(tuple)
+        ),
+        st.builds(Admitted, encounter_id=encounter, location=st.sampled_from(["ED", "ICU"]), admitted_at=when),
+        st.builds(Transferred, encounter_id=encounter, to_location=st.sampled_from(["MED", "SURG"])),
+        st.builds(Discharged, encounter_id=encounter, discharged_at=when),
+        st.builds(
+            EncounterCancelled, encounter_id=encounter, cancels=st.sampled_from(["discharge", "admission", "transfer"])
+        ),
+        st.builds(MedicationOrdered, order_id=order, medication=drug),
+        st.builds(
+            MedicationAdministered, order_id=order, medication=drug, dose=st.sampled_from(["5", "x", "", "1e999"])
+        ),
+        st.builds(OrderCancelled, order_id=order),
+        st.builds(
+            AllergyRecorded,
+            allergen=st.builds(Coded, st.sampled_from(["PCN", "LTX"])),
+            severity=st.sampled_from(["SV", "MI"]),
+        ),
+        st.builds(
+            ChargePosted,
+            transaction_id=st.sampled_from(["T1", "T2"]),
+            amount=st.sampled_from(["45.00", "1e15", "abc", ""]),
+        ),
+    )
+
+
+_HISTORY = st.lists(
+    st.tuples(st.sampled_from(_PATIENTS), st.lists(_events(), min_size=1, max_size=4), st.sampled_from(list(Lane))),
+    min_size=1,
+    max_size=40,
+)
+
+
+class _Log:
+    """A log held in memory, read as the runner reads the real one: the fold's property, not the disk's."""
+
+    def __init__(self, records: list[LogRecord]) -> None:
+        self.records = records
+        self.visible = len(records)
+
+    @property
+    def last_lsn(self) -> int:
+        return self.visible
+
+    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]:
+        yield from self.records[max(lsn, 1) - 1 : self.visible]
+
+
+def _log_of(history: list[tuple[str, list[Event], Lane]]) -> _Log:
+    records = []
+    for lsn, (patient, events, lane) in enumerate(history, 1):
+        env = Envelope(f"m{lsn}", Kind.HL7V2, "ORU^R01", patient, lane, "test", "t", "test", b"", tuple(events))
+        records.append(
+            LogRecord(lsn, f"2026-11-24T10:00:{lsn % 60:02d}.000+00:00", 0, 0, env.message_id, (patient,), b"", env)
+        )
+    return _Log(records)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=_HISTORY, batch=st.integers(1, 12), cut=st.floats(0, 1))
+def test_projected_tables_equal_the_actors_views_incrementally_after_an_outage_and_after_a_rebuild(
+    history: list[tuple[str, list[Event], Lane]], batch: int, cut: float, pg_dsn: str
+) -> None:
+    log = _log_of(history)
+    schema = f"h_{secrets.token_hex(6)}"
+    config = ProjectionsConfig(schema=schema, batch_records_max=batch)
+
+    def runner() -> ProjectionRunner:
+        return ProjectionRunner(log, config, pg_dsn, base=Path("."), critical_flags=sorted(CRITICAL))
+
+    async def scenario() -> None:
+        try:
+            # Part of the log, a stop (the database gone, the node gone: the runner is dropped), then the rest.
+            log.visible = int(len(log.records) * cut)
+            await runner().catch_up()
+            log.visible = len(log.records)
+            await runner().catch_up()
+            expected = expected_tables(log.records)
+            assert not differences(expected, await actual_tables(pg_dsn, schema))
+            for name in projection_names():
+                await rebuild(pg_dsn, config, name)
+            await runner().catch_up()
+            assert not differences(expected, await actual_tables(pg_dsn, schema))
+        finally:
+            await _drop_schema(pg_dsn, schema)
+
+    anyio.run(scenario, backend="asyncio")
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
+async def test_bad_values_are_kept_raw_and_counted_and_never_stop_the_projection(pg_dsn: str, pg_schema: str) -> None:
+    code = Coded("2823-3", "Potassium")
+    bad = [
+        ResultReported(
+            "K|1", code, value="n/a", value_type="NM", abnormal_flags=("ZZ",), effective_at="31/12/2026 8am"
+        ),
+        ChargePosted("T1", amount="1e15"),
+        MedicationAdministered("O1", Coded("D1"), dose="two"),
+    ]
+    good = [ResultReported("K|2", code, value="4.1", value_type="NM", effective_at="2026-11-24T08:00:00+00:00")]
+    log = _log_of([("MRN|1", bad, Lane.STANDARD), ("MRN|1", good, Lane.STANDARD)])
+    config = ProjectionsConfig(schema=pg_schema)
+    await ProjectionRunner(log, config, pg_dsn, base=Path("."), critical_flags=sorted(CRITICAL)).catch_up()
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
+    try:
+        results = {r["result_key"]: r for r in await conn.fetch("SELECT * FROM results")}
+        assert results["K|1"]["value"] == "n/a"
+        assert results["K|1"]["value_numeric"] is None
+        assert results["K|1"]["effective_ts"] is None
+        assert str(results["K|2"]["value_numeric"]) == "4.1"
+        assert results["K|2"]["effective_ts"] is not None
+        charge = await conn.fetchrow("SELECT amount, amount_raw FROM charges")
+        assert charge is not None
+        assert (charge["amount"], charge["amount_raw"]) == (None, "1e15")
+        issues = {(r["projection"], r["field"], r["raw"]) for r in await conn.fetch("SELECT * FROM projection_issues")}
+        assert issues == {
+            ("results", "value", "n/a"),
+            ("results", "abnormal_flags", "ZZ"),
+            ("results", "effective_at", "31/12/2026 8am"),
+            ("charges", "amount", "1e15"),
+            ("medication_administrations", "dose", "two"),
+        }
+        positions = {r["name"]: r["lsn"] for r in await conn.fetch("SELECT name, lsn FROM projection_positions")}
+        assert set(positions.values()) == {2}
+    finally:
+        await conn.close()
