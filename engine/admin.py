@@ -19,7 +19,7 @@ import msgspec
 import structlog
 from anyio.abc import SocketStream
 
-__all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "request"]
+__all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "request"]
 
 SOCKET_NAME: Final = "admin.sock"
 _LENGTH = struct.Struct("<I")

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine.cli_context import Context
+from engine.db_cli import db, worklist
 from engine.decode import Decoded, decode_input
 from engine.demo import STORY_MESSAGES, DemoReport, run_demo
 from engine.logs import configure_logging
@@ -264,6 +265,8 @@ cli.add_command(status)
 cli.add_command(top)
 cli.add_command(patient)
 cli.add_command(log)
+cli.add_command(db)
+cli.add_command(worklist)
 
 
 def main() -> None:

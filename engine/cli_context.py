@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
+import msgspec
 
 from engine.config import DEFAULT_CONFIG_PATH, Config, load_config
 from engine.decode import Decoder
 from engine.errors import ConfigError
 from lanes.classify import Classifier
 
-__all__ = ["Context"]
+__all__ = ["DATA_OPTION", "JSON_OPTION", "Context", "emit_json"]
+
+DATA_OPTION = click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The node's data directory (default: node.data_dir from the configuration).",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document (or one NDJSON line) on stdout."""
+    sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
 class Context:

@@ -34,18 +34,19 @@ from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.tls import TLSListener
 
 from actors import Applied, PatientActors, RecordView
-from engine.admin import AdminError, AdminServer
+from engine.admin import AdminError, AdminServer, Handler
 from engine.config import Config
 from engine.decode import Decoder
 from engine.errors import FramingError, InputError
 from engine.framing import Piece, split_input
 from engine.hl7 import AckContext, Outcome, build_ack
 from engine.mllp import Frame, MLLPDecoder, frame
-from engine.model import Kind, Lane
+from engine.model import Envelope, Kind, Lane, ResultAcknowledged
 from engine.nats_source import NatsSource, Verdict
 from engine.patient_store import LogRecordSource, PoisonQuarantine
+from engine.projections import ProjectionRunner, Record, dsn_of
 from engine.telemetry import Telemetry
-from engine.wal import DiskFullError, WALFailedError, WriteAheadLog, open_wal
+from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog, open_wal
 from engine.wal.audit import audit_key_from_env
 from engine.wal.files import OSFiles
 from engine.wal.log import utc_now
@@ -121,8 +122,10 @@ class Node:
         *,
         clock: Callable[[], datetime] | None = None,
         recovery_progress: Progress | None = None,
+        config_dir: Path | None = None,
     ) -> None:
         self.config = config
+        self._config_dir = config_dir or Path()
         self._recovery_progress = recovery_progress
         self.data_dir = data_dir
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -143,6 +146,7 @@ class Node:
         self._mllp_port: int | None = None
         self._nats: NatsSource | None = None
         self._mllp_tls = False
+        self._projections: ProjectionRunner | None = None
 
     # -- running --------------------------------------------------------------------
 
@@ -173,7 +177,15 @@ class Node:
             await tg.start(self._actors.run)
             self._scheduler = LaneScheduler(self.config.lanes.scheduler, self._handle)
             await tg.start(self._scheduler.run)
-            admin = AdminServer(self.data_dir, {"status": self._status, "patient": self._patient_request})
+            self._projections = self._read_side(wal)
+            if self._projections is not None:
+                await tg.start(self._projections.run)
+            requests: dict[str, Handler] = {
+                "status": self._status,
+                "patient": self._patient_request,
+                "acknowledge": self._acknowledge,
+            }
+            admin = AdminServer(self.data_dir, requests)
             await tg.start(admin.serve)
             self._started = anyio.current_time()
             tg.start_soon(self._summarise)
@@ -206,6 +218,15 @@ class Node:
             await self._stop()
             tg.cancel_scope.cancel()
         return results
+
+    def _read_side(self, wal: WriteAheadLog) -> ProjectionRunner | None:
+        """The projection runner when a DSN is configured; without one the node runs without a read side."""
+        dsn = dsn_of(self.config.projections)
+        if dsn is None:
+            return None
+        rules = self.config.lanes.rules
+        flags = (*rules.critical_abnormal_flags, *rules.local_critical_flags)
+        return ProjectionRunner(wal, self.config.projections, dsn, base=self._config_dir, critical_flags=flags)
 
     def _lane_depths(self) -> list[tuple[str, int]]:
         if self._scheduler is None:
@@ -261,6 +282,7 @@ class Node:
             "lanes": msgspec.to_builtins(self._scheduler.statistics()),
             "actors": msgspec.to_builtins(self._actors.statistics()),
             "quarantine_open": open_items,
+            "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "in_flight": self._in_flight,
             "sources": {
                 "mllp": f"listening on port {self._mllp_port}{' (TLS)' if self._mllp_tls else ''}"
@@ -282,6 +304,46 @@ class Node:
             as_of=as_of if isinstance(as_of, str) else None,
         )
         return msgspec.to_builtins(view)
+
+    async def _acknowledge(self, request: dict[str, object]) -> object:
+        """A clinician acknowledges a critical result: recorded in the log, like any message, then applied.
+
+        `request_id` (one per CLI invocation) makes the message id, so a retried
+        request is a duplicate, not a second acknowledgement.
+        """
+        fields = {k: request.get(k) for k in ("patient", "result_key", "by", "request_id")}
+        missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
+        if missing:
+            raise AdminError(f"an acknowledgement needs {', '.join(missing)}")
+        patient, result_key, by, request_id = (str(fields[k]) for k in ("patient", "result_key", "by", "request_id"))
+        note = request.get("note")
+        view = await self.patient(patient)
+        result = next((r for r in view.results if r.result_key == result_key), None)
+        rules = self.config.lanes.rules
+        critical = {*rules.critical_abnormal_flags, *rules.local_critical_flags}
+        if result is None or not any(critical & set(getattr(f.event, "abnormal_flags", ())) for f in result.versions):
+            raise AdminError("that patient has no critical result with that key")
+        now = utc_now()
+        event = ResultAcknowledged(result_key, by, now, note if isinstance(note, str) else "")
+        raw = msgspec.json.encode({"command": "acknowledge", **fields, "note": event.note, "at": now})
+        env = Envelope(
+            f"command:{request_id}",
+            Kind.COMMAND,
+            "ACKNOWLEDGE^RESULT",
+            patient,
+            Lane.CRITICAL,
+            "critical result acknowledged",
+            now,
+            "admin",
+            raw,
+            (event,),
+        )
+        try:
+            positions = await self.wal.append([env])
+        except (DiskFullError, WALFailedError) as exc:
+            raise AdminError(f"not recorded, retry: {exc}") from None
+        await self._apply([env], positions)
+        return {"lsn": positions[0].lsn, "duplicate": positions[0].duplicate, "acknowledged_at": now}
 
     async def _wait_for_stop(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -537,13 +599,21 @@ class Node:
             Outcome.ACCEPTED,
             IngestResult("accepted", tuple(p.lsn for p in positions), all(p.duplicate for p in positions)),
         )
+        await self._apply(envelopes, positions)
+
+    async def _apply(self, envelopes: Sequence[Envelope], positions: Sequence[Position]) -> None:
+        """Durable records to their patients' actors, and news of them to the read side."""
+        assert self._actors is not None
         for env, position in zip(envelopes, positions, strict=True):
             if position.duplicate:
                 continue
-            applied = Applied(position.lsn, position.recorded_at or "", env.message_id, env.events, env.lane)
-            for patient in (env.patient, *env.other_patients):
-                if patient:
-                    await self._actors.deliver(patient, applied)
+            recorded_at = position.recorded_at or ""
+            applied = Applied(position.lsn, recorded_at, env.message_id, env.events, env.lane)
+            patients = tuple(p for p in (env.patient, *env.other_patients) if p)
+            if self._projections is not None:
+                self._projections.notify(Record(position.lsn, recorded_at, patients, env.events), env.lane)
+            for patient in patients:
+                await self._actors.deliver(patient, applied)
 
     async def _reject(self, raw: bytes, source: str, error: InputError) -> IngestResult:
         """Never a silent drop: the bytes go to quarantine with the reason (invariant 2)."""

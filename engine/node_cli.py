@@ -60,15 +60,15 @@ def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *
     configure_logging("info", json=True)
     shutdown_export = install_otlp_export(obj.config.node.id)
     try:
-        if use_stdin:
-            _run_stdin(Node(obj.config, obj.data_dir(data)))
-            return
         base = (obj.config_path or DEFAULT_CONFIG_PATH).resolve().parent
+        if use_stdin:
+            _run_stdin(Node(obj.config, obj.data_dir(data), config_dir=base))
+            return
         tls = server_context(obj.config.mllp, base) if mllp else None
         # On a terminal, a bar while a large log is recovered; it goes once the node is ready.
         with ExitStack() as recovering:
             progress = recovering.enter_context(scan_progress("recovering the log"))
-            node = Node(obj.config, obj.data_dir(data), recovery_progress=progress)
+            node = Node(obj.config, obj.data_dir(data), recovery_progress=progress, config_dir=base)
             anyio.run(_serve, node, _address(mllp) if mllp else None, watch, tls, recovering.close)
     except _REFUSALS as exc:
         raise click.ClickException(str(exc)) from None

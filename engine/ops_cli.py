@@ -8,7 +8,6 @@ the log directly.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from rich.text import Text
 
 from actors import PatientRecord
 from engine.admin import AdminError, request
-from engine.cli_context import Context
+from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.model import Lane
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
@@ -30,17 +29,10 @@ from engine.wal_cli import record_json
 
 __all__ = ["log", "patient", "status", "top"]
 
-_DATA = click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="The node's data directory.")
-_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
-
 
 @click.command("status")
-@_DATA
-@_JSON
+@DATA_OPTION
+@JSON_OPTION
 @click.pass_obj
 def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     """The running node: uptime, LSN, lanes, actors, quarantine, sources."""
@@ -49,7 +41,7 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     except AdminError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     Console(soft_wrap=True).print(_status_view(report))
 
@@ -85,7 +77,7 @@ def _status_view(report: dict[str, Any]) -> Group:
 
 
 @click.command("top")
-@_DATA
+@DATA_OPTION
 @click.option("--interval-s", default=1.0, show_default=True, help="Seconds between refreshes.")
 @click.pass_obj
 def top(obj: Context, data: Path | None, interval_s: float) -> None:
@@ -106,8 +98,8 @@ def top(obj: Context, data: Path | None, interval_s: float) -> None:
 @click.argument("key")
 @click.option("--as-of", "as_of", help="The record as of a clinical time (ISO 8601), as now known.")
 @click.option("--as-known-at", "known_at", help="The record as the system knew it at a time (ISO 8601).")
-@_DATA
-@_JSON
+@DATA_OPTION
+@JSON_OPTION
 @click.pass_obj
 def patient(
     obj: Context, key: str, as_of: str | None, known_at: str | None, data: Path | None, *, as_json: bool
@@ -121,7 +113,7 @@ def patient(
             raise click.ClickException(str(exc)) from None
         view = _from_log(directory, key, as_of=as_of, known_at=known_at)
     if as_json:
-        _emit_json(view)
+        emit_json(view)
         return
     _print_record(view, as_of=as_of, known_at=known_at)
 
@@ -171,8 +163,8 @@ def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None
 @click.option("--patient", help="Only records touching this patient key.")
 @click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
 @click.option("--lane", type=click.Choice([lane.value for lane in Lane]), help="Only this lane.")
-@_DATA
-@_JSON
+@DATA_OPTION
+@JSON_OPTION
 @click.pass_obj
 def log(
     obj: Context, patient: str | None, from_lsn: int, lane: str | None, data: Path | None, *, as_json: bool
@@ -188,7 +180,7 @@ def log(
     )
     if as_json:
         for record in records:
-            _emit_json(record_json(record))
+            emit_json(record_json(record))
         return
     table = Table()
     for name in ("LSN", "recorded at", "lane", "type", "why", "events"):

@@ -18,7 +18,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from engine.cli_context import Context
+from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli_progress import scan_progress
 from engine.decode import decode_input
 from engine.errors import ConfigError
@@ -34,14 +34,6 @@ from engine.wal.scan import ScanResult, scan_log
 
 __all__ = ["audit", "quarantine", "wal"]
 
-_DATA = click.option(
-    "--data",
-    "data",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The node's data directory (default: node.data_dir from the configuration).",
-)
-_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
 
 def _wal_dir(obj: Context, data: Path | None) -> Path:
     directory = obj.data_dir(data) / "wal"
@@ -56,8 +48,8 @@ def wal() -> None:
 
 
 @wal.command("verify")
-@_DATA
-@_JSON
+@DATA_OPTION
+@JSON_OPTION
 @click.pass_obj
 def wal_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
     """Check every CRC and the whole hash chain; print what was checked and the first problem.
@@ -106,7 +98,7 @@ def _summary(result: ScanResult) -> dict[str, Any]:
 
 def _emit(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        emit_json(report)
         return
     console = Console(soft_wrap=True)
     if report.get("problem"):
@@ -133,10 +125,10 @@ def _emit(report: dict[str, Any], as_json: bool) -> None:
 
 
 @wal.command("dump")
-@_DATA
+@DATA_OPTION
 @click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
 @click.option("--patient", help="Only records touching this patient key (authority|identifier).")
-@_JSON
+@JSON_OPTION
 @click.pass_obj
 def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None, *, as_json: bool) -> None:
     """Show records: a table, or NDJSON with the original bytes in base64."""
@@ -190,8 +182,8 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@_DATA
-@_JSON
+@DATA_OPTION
+@JSON_OPTION
 @click.pass_obj
 def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
     """Verify the hash chain and every keyed checkpoint (key from the environment).
@@ -242,9 +234,9 @@ def _quarantine(obj: Context, data: Path | None) -> Quarantine:
 
 
 @quarantine.command("list")
-@_DATA
+@DATA_OPTION
 @click.option("--all", "show_all", is_flag=True, help="Resolved items too.")
-@_JSON
+@JSON_OPTION
 @click.pass_obj
 def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json: bool) -> None:
     """Quarantined items (metadata only: no message content)."""
@@ -252,7 +244,7 @@ def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json:
     if as_json:
         for item in items:
             doc = {k: v for k, v in msgspec.to_builtins(item).items() if k != "raw"}
-            sys.stdout.write(msgspec.json.encode({**doc, "bytes": len(item.raw)}).decode() + "\n")
+            emit_json({**doc, "bytes": len(item.raw)})
         return
     table = Table(title=f"{len(items)} quarantined item(s)")
     for name in ("id", "at", "source", "reason", "bytes", "status"):
@@ -265,8 +257,8 @@ def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json:
 
 @quarantine.command("show")
 @click.argument("qid", type=int)
-@_DATA
-@_JSON
+@DATA_OPTION
+@JSON_OPTION
 @click.pass_obj
 def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool) -> None:
     """One item, with its original bytes (base64 in JSON)."""
@@ -277,7 +269,7 @@ def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool)
         doc = msgspec.to_builtins(item)
         doc["raw_base64"] = base64.b64encode(item.raw).decode()
         del doc["raw"]
-        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+        emit_json(doc)
         return
     console = Console(soft_wrap=True)
     console.print(f"item {item.qid}, quarantined {item.at} from {item.source}: {item.reason}")
@@ -289,7 +281,7 @@ def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool)
 
 @quarantine.command("retry")
 @click.argument("qid", type=int)
-@_DATA
+@DATA_OPTION
 @click.pass_obj
 def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
     """Decode an item again with the current configuration; if it is accepted now, log it.

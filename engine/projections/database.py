@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 _SslMode = Literal["disable", "prefer", "require"]
+
+# The runner reports an outage itself (its state, one warning); asyncpg's pool would
+# also log a traceback at every attempt to restore its connection floor.
+logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
 
 # What "the database is unreachable or went away" looks like: retried, never fatal.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

@@ -66,6 +66,13 @@ class LogReader(Protocol):
     def read_from(self, lsn: int = 1) -> Iterator[LogRecord]: ...
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or the exception itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def record_of(log_record: LogRecord) -> Record:
     return Record(log_record.lsn, log_record.recorded_at, log_record.patients, log_record.envelope.events)
 
@@ -192,12 +199,16 @@ class ProjectionRunner:
                 await self._connected(until_caught_up)
                 if until_caught_up:
                     return
-            except CONNECTION_ERRORS as exc:
-                self._waiting(exc)
-            except PositionMovedError:
-                _log.info("projections.position_moved")  # a rebuild reset a projection: reload
-                self._cursor = None
-                delay = 0.0
+            except Exception as exc:  # noqa: BLE001 -- a failed read side degrades the node, never stops it
+                leaves = _leaves(exc)
+                if any(isinstance(e, PositionMovedError) for e in leaves):
+                    _log.info("projections.position_moved")  # a rebuild reset a projection: reload
+                    self._cursor = None
+                    delay = 0.0
+                elif all(isinstance(e, CONNECTION_ERRORS) for e in leaves):
+                    self._waiting(leaves[0])
+                else:
+                    self._failed(leaves)
             await anyio.sleep(delay)
             delay = min(max(delay * 2, 0.1), self._config.retry_delay_max_s)
 
@@ -208,6 +219,12 @@ class ProjectionRunner:
         if state != self._state:
             _log.warning("projections.database_unavailable", reason=reason, sqlstate=getattr(exc, "sqlstate", None))
         self._state = state
+
+    def _failed(self, leaves: list[BaseException]) -> None:
+        """An error of the runner itself: retried after a pause, shown in the status, logged without values."""
+        reasons = sorted({type(e).__name__ for e in leaves})
+        self._state = f"failed, retrying ({', '.join(reasons)})"
+        _log.error("projections.failed", reasons=reasons, sqlstate=[getattr(e, "sqlstate", None) for e in leaves])
 
     async def _connected(self, until_caught_up: bool) -> None:
         pool = await open_pool(self._dsn, self._config, self._base)
