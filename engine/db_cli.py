@@ -133,7 +133,7 @@ def rebuild(obj: Context, projection: str, data: Path | None) -> None:
     except AdminError:
         _rebuild_here(obj, directory, projection)
     else:
-        _follow_node(directory, projection)
+        _follow_node(obj, directory, projection)
     click.echo(f"{projection} rebuilt")
 
 
@@ -142,15 +142,17 @@ def _bar() -> Progress:
     return Progress(*columns, console=Console(stderr=True), transient=True)
 
 
-def _follow_node(directory: Path, projection: str) -> None:
+def _follow_node(obj: Context, directory: Path, projection: str) -> None:
+    """The node's runner replays the log into the emptied projection; the database's position is the truth."""
+    last = request(directory, "status")["wal"]["last_lsn"]
+
+    async def position(conn: Any) -> int:
+        return int(await conn.fetchval("SELECT lsn FROM projection_positions WHERE name = $1", projection))
+
     with _bar() as bar:
-        task = bar.add_task(f"rebuilding {projection}", total=None)
-        while True:
-            report = request(directory, "status")["projections"]
-            done, last = report["positions"].get(projection, 0), report["last_lsn"]
-            bar.update(task, completed=done, total=last)
-            if done >= last:
-                return
+        task = bar.add_task(f"rebuilding {projection}", total=last)
+        while (done := _with_db(obj, position)) < last:
+            bar.update(task, completed=done)
             time.sleep(0.2)
 
 

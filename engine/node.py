@@ -141,7 +141,7 @@ class Node:
         self._scheduler: LaneScheduler[_Work] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
         self._stop_requested = anyio.Event()
-        self._telemetry = Telemetry(self._lane_depths)
+        self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
         self._started = 0.0
         self._mllp_port: int | None = None
         self._nats: NatsSource | None = None
@@ -227,6 +227,12 @@ class Node:
         rules = self.config.lanes.rules
         flags = (*rules.critical_abnormal_flags, *rules.local_critical_flags)
         return ProjectionRunner(wal, self.config.projections, dsn, base=self._config_dir, critical_flags=flags)
+
+    def _read_side_lag(self) -> tuple[int, float] | None:
+        if self._projections is None:
+            return None
+        status = self._projections.status()
+        return status.lag_records, status.lag_s
 
     def _lane_depths(self) -> list[tuple[str, int]]:
         if self._scheduler is None:

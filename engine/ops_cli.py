@@ -73,7 +73,17 @@ def _status_view(report: dict[str, Any]) -> Group:
         f"patient actors: {actors['active']} active, {actors['activations']} activations, "
         f"{actors['passivations']} passivations, {actors['restarts']} restarts, {actors['quarantined']} poison records"
     )
-    return Group(summary, table, tail)
+    projections = report.get("projections", "off")
+    if isinstance(projections, dict):
+        read_side = Text(
+            f"read side: {projections['state']}; {projections['lag_records']:,} records behind "
+            f"({projections['lag_s']:.1f} s); visible p99 {projections['visible_p99_ms']:.0f} ms, "
+            f"critical worklist p99 {projections['critical_visible_p99_ms']:.0f} ms; "
+            f"{projections['issues_noted']:,} data issues"
+        )
+    else:
+        read_side = Text("read side: off (no PostgreSQL DSN configured)")
+    return Group(summary, table, tail, read_side)
 
 
 @click.command("top")

@@ -4,7 +4,7 @@ One span per message, from receive to durable (`vigil.message`), with
 events for classified and durable; attributes say lane, kind, message type,
 outcome and LSN, never a patient, a name or an identifier (invariant 7).
 Metrics: messages by lane and outcome, the receive-to-ACK latency per lane,
-and each lane's depth.
+each lane's depth, and the read side's lag (records and seconds) when it runs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ ATTRIBUTES_ALLOWED: Final = frozenset({"vigil.lane", "vigil.kind", "vigil.messag
 class Telemetry:
     """The node's tracer and instruments, made once."""
 
-    def __init__(self, lane_depths: Callable[[], Iterable[tuple[str, int]]]) -> None:
+    def __init__(
+        self,
+        lane_depths: Callable[[], Iterable[tuple[str, int]]],
+        read_side_lag: Callable[[], tuple[int, float] | None] = lambda: None,
+    ) -> None:
         self.tracer = trace.get_tracer("vigil.node")
         meter = metrics.get_meter("vigil.node")
         self.messages = meter.create_counter(
@@ -37,6 +41,28 @@ class Telemetry:
         meter.create_observable_gauge(
             "vigil.lane.depth", callbacks=[self._observe_depths], unit="1", description="items waiting in each lane"
         )
+
+        self._read_side_lag = read_side_lag
+        meter.create_observable_gauge(
+            "vigil.projection.lag",
+            callbacks=[self._observe_lag_records],
+            unit="1",
+            description="log records not yet in the read side",
+        )
+        meter.create_observable_gauge(
+            "vigil.projection.lag_time",
+            callbacks=[self._observe_lag_seconds],
+            unit="s",
+            description="age of the oldest record not yet in the read side",
+        )
+
+    def _observe_lag_records(self, _options: CallbackOptions) -> Iterable[Observation]:
+        lag = self._read_side_lag()
+        return [] if lag is None else [Observation(lag[0])]
+
+    def _observe_lag_seconds(self, _options: CallbackOptions) -> Iterable[Observation]:
+        lag = self._read_side_lag()
+        return [] if lag is None else [Observation(lag[1])]
 
     def _observe_depths(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(depth, {"vigil.lane": lane}) for lane, depth in self._lane_depths()]

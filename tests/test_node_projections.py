@@ -181,3 +181,29 @@ def test_connections_cut_mid_batch_leave_no_partial_batch(
         assert not differences(expected, await actual_tables(pg_dsn, pg_schema))
 
     anyio.run(scenario)
+
+
+def test_rebuild_with_the_node_running_and_without_it_gives_the_incremental_tables(
+    tmp_path: Path, pg_dsn: str, pg_schema: str
+) -> None:
+    config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
+    with node(data, config=config) as (_, port):
+        messages = [_message(i, _POTASSIUM_HIGH if i % 3 == 0 else _SODIUM_NORMAL) for i in range(30)]
+        assert all(b"MSA|AA" in a for a in _send(port, messages))
+        _until(lambda: _status(config, data)["lag_records"] == 0, "the messages projected")
+        assert "results rebuilt" in _vigil(config, "db", "rebuild", "results", "--data", str(data))
+        assert _status(config, data)["positions"]["results"] == 30
+    assert "critical_worklist rebuilt" in _vigil(config, "db", "rebuild", "critical_worklist", "--data", str(data))
+
+    async def compare() -> None:
+        async with open_wal(data / "wal") as wal:
+            expected = expected_tables(wal.read_from(1))
+        assert not differences(expected, await actual_tables(pg_dsn, pg_schema))
+        assert expected["worklist"]
+
+    anyio.run(compare)
+    unknown = subprocess.run(
+        [VIGIL, "--config", str(config), "db", "rebuild", "nope"], capture_output=True, cwd=ROOT, check=False
+    )
+    assert unknown.returncode == 2
+    assert b"nope" in unknown.stderr

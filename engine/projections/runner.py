@@ -252,14 +252,20 @@ class ProjectionRunner:
     async def _follow(self, pool: asyncpg.Pool[asyncpg.Record], until_caught_up: bool) -> None:
         send, receive = anyio.create_memory_object_stream[_Batch](1)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._produce, dict(self._positions), send, until_caught_up)
+            tg.start_soon(self._produce, pool, dict(self._positions), send, until_caught_up)
             async with receive:
                 async for batch in receive:
                     async with pool.acquire() as conn:
                         await self._write(conn, batch)
                     self._committed(batch)
 
-    async def _produce(self, positions: dict[str, int], send: MemoryObjectSendStream[_Batch], once: bool) -> None:
+    async def _produce(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        positions: dict[str, int],
+        send: MemoryObjectSendStream[_Batch],
+        once: bool,
+    ) -> None:
         """Read and fold the next batch while the previous one is being written."""
         async with send:
             while True:
@@ -270,8 +276,10 @@ class ProjectionRunner:
                         return
                     self._more = anyio.Event()
                     if start > self._reader.last_lsn:
-                        with anyio.move_on_after(0.5):  # the log may grow without a notify (another writer)
+                        with anyio.move_on_after(0.5) as idle:  # the log may grow without a notify
                             await self._more.wait()
+                        if idle.cancelled_caught and positions == self._positions:
+                            await self._check_positions(pool)
                     continue
                 records = await anyio.to_thread.run_sync(self._read, start)
                 if not records:
@@ -280,6 +288,13 @@ class ProjectionRunner:
                 new = {name: max(lsn, records[-1].lsn) for name, lsn in positions.items()}
                 await send.send(_Batch(records, changes, dict(positions), new))
                 positions = new
+
+    async def _check_positions(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        """While idle: a rebuild may have reset a projection, which no write of ours would notice."""
+        async with pool.acquire() as conn:
+            stored = await self._load_positions(conn)
+        if stored != self._positions:
+            raise PositionMovedError(f"stored positions {stored} are not the runner's {self._positions}")
 
     def _read(self, start: int) -> list[Record]:
         """Up to `batch_records_max` records from `start`, on one cursor kept between batches."""
