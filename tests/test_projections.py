@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import asyncpg
@@ -40,6 +41,8 @@ from engine.projections.maintenance import rebuild
 from engine.wal import WriteAheadLog, open_wal
 from engine.wal.record import LogRecord
 from tests.read_side import CRITICAL, actual_tables, differences, expected_tables
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -146,8 +149,9 @@ class _Log:
     def last_lsn(self) -> int:
         return self.visible
 
-    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]:
-        yield from self.records[max(lsn, 1) - 1 : self.visible]
+    def read_from(self, lsn: int, decode: Callable[[bytes], T]) -> Iterator[T]:
+        for record in self.records[max(lsn, 1) - 1 : self.visible]:
+            yield decode(msgspec.msgpack.encode(record))
 
 
 def _log_of(history: list[tuple[str, list[Event], Lane]]) -> _Log:

@@ -44,7 +44,7 @@ from engine.model import (
     ResultReported,
     Transferred,
 )
-from engine.projections.tables import Changes, Guard, Issue, TableSpec
+from engine.projections.tables import Changes, Guard, Issue, Key, TableSpec
 
 __all__ = ["PROJECTIONS", "TABLES", "Projection", "Record", "build_changes", "projection_names"]
 
@@ -246,11 +246,24 @@ def _result(c: _Context, e: Event) -> None:
         if flag not in _KNOWN_FLAGS:
             c.issue("results", "abnormal_flags", flag, "not a code of HL7 table 0078")
     effective = e.effective_at or c.recorded_at
-    values: dict[str, object] = {"code": e.code.code, "code_text": e.code.text, "code_system": e.code.system}
-    values |= {"value": e.value, "value_numeric": _numeric(c, e), "value_type": e.value_type, "units": e.units}
-    values |= {"reference_range": e.reference_range, "abnormal_flags": flags, "status": e.status}
-    values |= {"order_id": e.order_id, "effective_at": effective, "effective_ts": _timestamp(c, effective)}
-    values |= {"versions": 1, "recorded_at": c.recorded_at, "lsn": c.lsn}
+    values: dict[str, object] = {
+        "code": e.code.code,
+        "code_text": e.code.text,
+        "code_system": e.code.system,
+        "value": e.value,
+        "value_numeric": _numeric(c, e),
+        "value_type": e.value_type,
+        "units": e.units,
+        "reference_range": e.reference_range,
+        "abnormal_flags": flags,
+        "status": e.status,
+        "order_id": e.order_id,
+        "effective_at": effective,
+        "effective_ts": _timestamp(c, effective),
+        "versions": 1,
+        "recorded_at": c.recorded_at,
+        "lsn": c.lsn,
+    }
     c.changes["results"].patch((c.patient, e.result_key), values, create=True)
     version = (c.patient, e.result_key, c.lsn, c.seq, e.value, flags, e.status, e.corrects, e.effective_at)
     c.changes["result_versions"].append((*version, c.recorded_at))
@@ -282,20 +295,40 @@ def _timestamp(c: _Context, text: str) -> datetime | None:
 
 
 def is_critical(result: ResultReported, critical_flags: frozenset[str]) -> bool:
-    return any(flag in critical_flags for flag in result.abnormal_flags)
+    return not critical_flags.isdisjoint(result.abnormal_flags)
 
 
-def _worklist_result(critical_flags: frozenset[str]) -> Handler:
+def _worklist_result(critical_flags: frozenset[str], on_worklist: set[Key] | None) -> Handler:
+    """Results into the worklist; `on_worklist`, when given, is the caller's set of keys that may have an item.
+
+    A normal result can only update an item a critical version made; with the
+    set, normal results of keys never critical cost nothing (most results).
+    """
+
     def handle(c: _Context, e: Event) -> None:
         assert isinstance(e, ResultReported)
-        values: dict[str, object] = {"last_lsn": c.lsn, "code": e.code.code, "code_text": e.code.text, "value": e.value}
-        values |= {"units": e.units, "abnormal_flags": list(e.abnormal_flags), "status": e.status}
-        values |= {"effective_at": e.effective_at or c.recorded_at}
+        key = (c.patient, e.result_key)
         critical = is_critical(e, critical_flags)
+        if on_worklist is not None:
+            if critical:
+                on_worklist.add(key)
+            elif key not in on_worklist:
+                return
+        values: dict[str, object] = {
+            "last_lsn": c.lsn,
+            "code": e.code.code,
+            "code_text": e.code.text,
+            "value": e.value,
+            "units": e.units,
+            "abnormal_flags": list(e.abnormal_flags),
+            "status": e.status,
+            "effective_at": e.effective_at or c.recorded_at,
+        }
         if critical:
-            values |= {"opened_lsn": c.lsn, "opened_at": c.recorded_at}
+            values["opened_lsn"] = c.lsn
+            values["opened_at"] = c.recorded_at
         # A later, normal version of a critical result updates its item; a normal result makes none.
-        c.changes["critical_worklist"].patch((c.patient, e.result_key), values, create=critical)
+        c.changes["critical_worklist"].patch(key, values, create=critical)
 
     return handle
 
@@ -345,8 +378,12 @@ def _charge(c: _Context, e: Event) -> None:
     c.changes["charges"].append((*row, e.amount, e.posted_at))
 
 
-def projections(critical_flags: Iterable[str]) -> dict[str, Projection]:
-    """Every projection; `critical_flags` are the OBX-8 codes that put a result on the worklist."""
+def projections(critical_flags: Iterable[str], on_worklist: set[Key] | None = None) -> dict[str, Projection]:
+    """Every projection; `critical_flags` are the OBX-8 codes that put a result on the worklist.
+
+    `on_worklist`: the (patient, result key) pairs the worklist may hold,
+    kept up to date by the worklist projection (see `_worklist_result`).
+    """
     encounter: dict[type, Handler] = dict.fromkeys((Admitted, Transferred, Discharged, EncounterCancelled), _encounter)
     medication: dict[type, Handler] = dict.fromkeys(
         (MedicationOrdered, MedicationDispensed, MedicationAdministered), _medication
@@ -355,7 +392,7 @@ def projections(critical_flags: Iterable[str]) -> dict[str, Projection]:
     summary |= encounter | medication | {OrderCancelled: _order_cancelled, PatientMerged: _merged}
     administrations: dict[type, Handler] = {MedicationAdministered: _administration}
     worklist: dict[type, Handler] = {
-        ResultReported: _worklist_result(frozenset(critical_flags)),
+        ResultReported: _worklist_result(frozenset(critical_flags), on_worklist),
         ResultAcknowledged: _acknowledged,
     }
     found = (
@@ -375,21 +412,32 @@ def projection_names() -> tuple[str, ...]:
     return tuple(PROJECTIONS)
 
 
-def build_changes(records: Iterable[Record], applied: Mapping[str, int], chosen: Mapping[str, Projection]) -> Changes:
-    """The changes of a batch of records, in log order, for each chosen projection past its applied LSN.
+def build_changes(
+    records: Iterable[Record],
+    applied: Mapping[str, int],
+    chosen: Mapping[str, Projection],
+    into: Changes | None = None,
+) -> Changes:
+    """The changes of records, in log order, for each chosen projection past its applied LSN.
 
+    `into` goes on from an earlier call's changes (a batch built in slices).
     A record touching several patients (a merge) is applied to each, as the
     actors are told of it; a merge link is kept once, by the survivor.
     """
-    changes = Changes(TABLES)
+    changes = into if into is not None else Changes(TABLES)
+    by_type: dict[type, list[tuple[int, Handler]]] = {}
+    for name, projection in chosen.items():
+        for event_type, handler in projection.handlers.items():
+            by_type.setdefault(event_type, []).append((applied[name], handler))
     for record in records:
+        lsn = record.lsn
         for seq, event in enumerate(record.events):
-            for name, position in applied.items():
-                if record.lsn <= position:
-                    continue
-                handler = chosen[name].handlers.get(type(event))
-                if handler is None:
-                    continue
-                for patient in record.patients:
-                    handler(_Context(changes, record, seq, patient), event)
+            handlers = by_type.get(type(event))
+            if handlers is None:
+                continue
+            for patient in record.patients:
+                context = _Context(changes, record, seq, patient)
+                for position, handler in handlers:
+                    if lsn > position:
+                        handler(context, event)
     return changes

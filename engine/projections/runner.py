@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
+import anyio.lowlevel
 import asyncpg
 import msgspec
 import structlog
@@ -36,12 +37,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 from hdrh.histogram import HdrHistogram
 
 from engine.config import ProjectionsConfig
-from engine.model import Lane
+from engine.model import Event, Lane
 from engine.projections.database import CONNECTION_ERRORS, open_pool
-from engine.projections.definitions import Record, build_changes, projections
+from engine.projections.definitions import TABLES, Record, build_changes, projections
 from engine.projections.schema import migrate
-from engine.projections.tables import Changes, Issue
-from engine.projections.writer import PositionMovedError, write_changes, write_unordered
+from engine.projections.tables import Changes, Issue, Key
+from engine.projections.writer import PositionMovedError, Step, plan, write_changes, write_unordered
 from engine.wal.record import LogRecord
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ _log = structlog.get_logger("vigil.projections")
 # Errors that are the data's, not the connection's: the batch is retried record by record.
 _REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _PENDING_MAX = 200_000  # notified records whose visibility is timed; beyond this the oldest are dropped
+_SLICE_RECORDS = 200  # records read and folded between two turns of the event loop (a few ms)
 _FAST_MAX = 10_000  # critical records waiting for the fast path; the ordered cursor covers any dropped
 
 
@@ -63,7 +65,30 @@ class LogReader(Protocol):
     @property
     def last_lsn(self) -> int: ...
 
-    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]: ...
+    def read_from(self, lsn: int, decode: Callable[[bytes], _Body]) -> Iterator[_Body]: ...
+
+
+class _Events(msgspec.Struct):
+    """Of an envelope, only its events: decoding skips the original bytes and the rest."""
+
+    events: tuple[Event, ...] = ()
+
+
+@final
+class _Body(msgspec.Struct, array_like=True):
+    """A log record's body (`LogRecord`'s layout) as the projections read it: half the decoding."""
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: msgspec.Raw
+    envelope: _Events
+
+
+_decode_body = msgspec.msgpack.Decoder(_Body).decode
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -73,7 +98,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def record_of(log_record: LogRecord) -> Record:
+def record_of(log_record: LogRecord | _Body) -> Record:
     return Record(log_record.lsn, log_record.recorded_at, log_record.patients, log_record.envelope.events)
 
 
@@ -97,7 +122,8 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
 @final
 class _Batch(msgspec.Struct):
     records: list[Record]
-    changes: Changes
+    steps: list[Step]
+    issues: list[Issue]
     expected: dict[str, int]
     new: dict[str, int]
 
@@ -116,7 +142,8 @@ class ProjectionRunner:
         only: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        every = projections(critical_flags)
+        self._on_worklist: set[Key] = set()  # (patient, result key) pairs the worklist holds: see definitions
+        every = projections(critical_flags, self._on_worklist)
         unknown = [name for name in only or () if name not in every]
         if unknown:
             raise ValueError(f"no projection named {', '.join(unknown)} (there are: {', '.join(every)})")
@@ -129,7 +156,7 @@ class ProjectionRunner:
         self._clock = clock
         self._state = "starting"
         self._positions: dict[str, int] = {}
-        self._cursor: Iterator[LogRecord] | None = None
+        self._cursor: Iterator[_Body] | None = None
         self._cursor_next = 0
         self._pending: collections.deque[tuple[int, float]] = collections.deque()
         self._fast: collections.deque[tuple[Record, float]] = collections.deque()
@@ -232,6 +259,10 @@ class ProjectionRunner:
             async with pool.acquire() as conn:
                 await migrate(conn)
                 self._positions = await self._load_positions(conn)
+                if self._worklist is not None:
+                    rows = await conn.fetch("SELECT patient, result_key FROM critical_worklist")
+                    self._on_worklist.clear()
+                    self._on_worklist.update((r["patient"], r["result_key"]) for r in rows)
             if self._state != "following":
                 _log.info("projections.following", positions=self._positions)
             self._state = "following"
@@ -281,13 +312,39 @@ class ProjectionRunner:
                         if idle.cancelled_caught and positions == self._positions:
                             await self._check_positions(pool)
                     continue
-                records = await anyio.to_thread.run_sync(self._read, start)
-                if not records:
+                batch = await self._build(start, positions)
+                if batch is None:
+                    await anyio.sleep(0.01)  # the log said more, the read found none yet
                     continue
-                changes = await anyio.to_thread.run_sync(build_changes, records, positions, self._chosen)
-                new = {name: max(lsn, records[-1].lsn) for name, lsn in positions.items()}
-                await send.send(_Batch(records, changes, dict(positions), new))
-                positions = new
+                await send.send(batch)
+                positions = batch.new
+
+    async def _build(self, start: int, positions: dict[str, int]) -> _Batch | None:
+        """The next batch, read and folded in slices on the event loop.
+
+        Slices, not a worker thread: a thread would hold the GIL for whole
+        batches and the node's event loop (the ACK path) would get it back
+        only every switch interval; a slice of a few milliseconds, then the
+        loop runs, and the database works on the previous batch meanwhile.
+        """
+        records: list[Record] = []
+        changes = Changes(TABLES)
+        limit = self._config.batch_records_max
+        while len(records) < limit:
+            chunk = self._read(start + len(records), min(_SLICE_RECORDS, limit - len(records)))
+            if not chunk:
+                break
+            build_changes(chunk, positions, self._chosen, into=changes)
+            records += chunk
+            await anyio.lowlevel.checkpoint()
+        if not records:
+            return None
+        steps: list[Step] = []
+        for step in plan(changes):
+            steps.append(step)
+            await anyio.lowlevel.checkpoint()
+        new = {name: max(lsn, records[-1].lsn) for name, lsn in positions.items()}
+        return _Batch(records, steps, changes.issues, dict(positions), new)
 
     async def _check_positions(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         """While idle: a rebuild may have reset a projection, which no write of ours would notice."""
@@ -296,14 +353,14 @@ class ProjectionRunner:
         if stored != self._positions:
             raise PositionMovedError(f"stored positions {stored} are not the runner's {self._positions}")
 
-    def _read(self, start: int) -> list[Record]:
-        """Up to `batch_records_max` records from `start`, on one cursor kept between batches."""
+    def _read(self, start: int, limit: int) -> list[Record]:
+        """Up to `limit` records from `start`, on one cursor kept between calls."""
         if self._cursor is None or self._cursor_next != start:
-            self._cursor = self._reader.read_from(start)
+            self._cursor = self._reader.read_from(start, _decode_body)
         records: list[Record] = []
         for log_record in self._cursor:
             records.append(record_of(log_record))
-            if len(records) >= self._config.batch_records_max:
+            if len(records) >= limit:
                 break
         else:
             self._cursor = None  # the cursor saw the log's end as it was: a new one sees more
@@ -312,11 +369,13 @@ class ProjectionRunner:
 
     async def _write(self, conn: Connection, batch: _Batch) -> None:
         try:
-            await write_changes(conn, batch.changes, batch.expected, batch.new, self._config.schema)
+            await write_changes(
+                conn, batch.steps, batch.issues, expected=batch.expected, new=batch.new, schema=self._config.schema
+            )
         except _REFUSED_DATA:
             await self._write_each(conn, batch)
         else:
-            self._issues += len(batch.changes.issues)
+            self._issues += len(batch.issues)
 
     async def _write_each(self, conn: Connection, batch: _Batch) -> None:
         """The database refused the batch: apply it record by record, noting (and passing) a refused one."""
@@ -325,14 +384,15 @@ class ProjectionRunner:
             new = {name: max(lsn, record.lsn) for name, lsn in positions.items()}
             changes = build_changes([record], positions, self._chosen)
             try:
-                await write_changes(conn, changes, positions, new, self._config.schema)
+                await write_changes(
+                    conn, list(plan(changes)), changes.issues, expected=positions, new=new, schema=self._config.schema
+                )
                 self._issues += len(changes.issues)
             except _REFUSED_DATA as exc:
                 _log.warning("projections.record_refused", lsn=record.lsn, sqlstate=exc.sqlstate)
-                refused = Changes({})
                 reason = f"the database refused the record's rows: SQLSTATE {exc.sqlstate}"
-                refused.issues.append(Issue("*", record.lsn, 0, "record", "", reason))
-                await write_changes(conn, refused, positions, new, self._config.schema)
+                refused = [Issue("*", record.lsn, 0, "record", "", reason)]
+                await write_changes(conn, [], refused, expected=positions, new=new, schema=self._config.schema)
                 self._issues += 1
             positions = new
 

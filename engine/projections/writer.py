@@ -1,8 +1,9 @@
 """Writing a batch's changes into PostgreSQL: one transaction, positions included.
 
-Append-only rows go in with COPY; patches with one multi-row statement per
-table and set of columns (`executemany`, pipelined by asyncpg), not a round
-trip per row. The projections' positions are read `FOR UPDATE` first and
+Append-only rows go in with COPY. Patches are COPY'd into a session's
+staging table, then merged by one set-based statement per table and set of
+columns (`INSERT ... SELECT ... ON CONFLICT`, or `UPDATE ... FROM`): a few
+round trips per batch, never one per row. The projections' positions are read `FOR UPDATE` first and
 must be what the runner expects: a rebuild that reset one meanwhile, or a
 second runner, makes the batch roll back whole (`PositionMovedError`), so a row is
 never applied twice. A lost connection mid-batch rolls back whole too.
@@ -10,24 +11,70 @@ never applied twice. A lost connection mid-batch rolls back whole too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, final
+
+import msgspec
 
 from engine.projections.tables import Changes, Issue, Key, TableChanges, TableSpec
 
 if TYPE_CHECKING:
     from engine.projections.database import Connection
 
-__all__ = ["PositionMovedError", "write_changes", "write_unordered"]
+__all__ = ["PositionMovedError", "Step", "plan", "write_changes", "write_unordered"]
 
 
 class PositionMovedError(Exception):
     """A projection's stored position is not the one the batch was built from (a rebuild, another runner)."""
 
 
+@final
+class Step(msgspec.Struct, frozen=True):
+    """Rows to COPY into a table, then (for patches) the statement that moves them from staging into place."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[object, ...]]
+    staged: str | None = None  # for patches: the statements run after the COPY (merge, then empty the stage)
+
+
+def plan(changes: Changes) -> Iterator[Step]:
+    """The steps of a batch, one at a time (pure; a caller may yield to its event loop between them)."""
+    for table in changes.tables.values():
+        spec = table.spec
+        if table.rows:
+            yield Step(spec.name, (*spec.key, *spec.columns), table.rows)
+        for (columns, create), patches in _grouped(table).items():
+            merge = _upsert_sql(spec, columns) if create else _update_sql(spec, columns)
+            rows = [(*key, *(values[c] for c in columns)) for key, values in patches]
+            yield Step(_stage(spec), (*spec.key, *columns), rows, f"{merge}; TRUNCATE {_stage(spec)}")
+
+
+def _grouped(table: TableChanges) -> dict[tuple[tuple[str, ...], bool], list[tuple[Key, dict[str, object]]]]:
+    """Patches grouped by the columns they set and whether they may create their row."""
+    groups: dict[tuple[tuple[str, ...], bool], list[tuple[Key, dict[str, object]]]] = {}
+    for key, values in table.patches.items():
+        columns = tuple(values)  # one handler's patches share an order: few groups, no sorting
+        groups.setdefault((columns, key in table.creates), []).append((key, values))
+    return groups
+
+
+_STAGE = "vigil_stage_"
+
+
+def _stage(spec: TableSpec) -> str:
+    return f"{_STAGE}{spec.name}"
+
+
+def _target(stage: str) -> str:
+    return stage.removeprefix(_STAGE)
+
+
 async def write_changes(
     conn: Connection,
-    changes: Changes,
+    steps: list[Step],
+    issues: list[Issue],
+    *,
     expected: Mapping[str, int],
     new: Mapping[str, int],
     schema: str,
@@ -40,8 +87,8 @@ async def write_changes(
         stored = {r["name"]: r["lsn"] for r in rows}
         if stored != dict(expected):
             raise PositionMovedError(f"stored positions {stored} are not the expected {dict(expected)}")
-        await _apply(conn, changes.tables.values(), schema)
-        await _note_issues(conn, changes.issues)
+        await _apply(conn, steps, schema)
+        await _note_issues(conn, issues)
         await conn.execute(
             "UPDATE projection_positions p SET lsn = v.lsn, updated_at = now() "
             "FROM unnest($1::text[], $2::bigint[]) AS v(name, lsn) WHERE p.name = v.name",
@@ -56,51 +103,38 @@ async def write_unordered(conn: Connection, changes: Changes, schema: str) -> No
         if table and not table.spec.guards:
             raise ValueError(f"{table.spec.name} is not guarded: it can only be written in log order")
     async with conn.transaction():
-        await _apply(conn, changes.tables.values(), schema)
+        await _apply(conn, list(plan(changes)), schema)
 
 
-async def _apply(conn: Connection, tables: Iterable[TableChanges], schema: str) -> None:
-    for table in tables:
-        spec = table.spec
-        if table.rows:
-            await conn.copy_records_to_table(
-                spec.name, records=table.rows, columns=[*spec.key, *spec.columns], schema_name=schema
-            )
-        for (columns, create), patches in _grouped(table).items():
-            sql = _upsert_sql(spec, columns) if create else _update_sql(spec, columns)
-            await conn.executemany(sql, [(*key, *(values[c] for c in columns)) for key, values in patches])
-
-
-def _grouped(table: TableChanges) -> dict[tuple[tuple[str, ...], bool], list[tuple[Key, dict[str, object]]]]:
-    """Patches grouped by the columns they set and whether they may create their row."""
-    groups: dict[tuple[tuple[str, ...], bool], list[tuple[Key, dict[str, object]]]] = {}
-    for key, values in table.patches.items():
-        columns = tuple(sorted(values))
-        groups.setdefault((columns, key in table.creates), []).append((key, values))
-    return groups
+async def _apply(conn: Connection, steps: list[Step], schema: str) -> None:
+    stages = sorted({s.table for s in steps if s.staged is not None})
+    if stages:
+        # A session's staging tables: no constraints (a patch fills only some columns), emptied after each use.
+        made = [f"CREATE TEMP TABLE IF NOT EXISTS {n} AS SELECT * FROM {_target(n)} WITH NO DATA" for n in stages]  # noqa: S608
+        await conn.execute("; ".join(made))
+    for step in steps:
+        await conn.copy_records_to_table(
+            step.table, records=step.rows, columns=list(step.columns), schema_name=None if step.staged else schema
+        )
+        if step.staged is not None:
+            await conn.execute(step.staged)
 
 
 def _upsert_sql(spec: TableSpec, columns: tuple[str, ...]) -> str:
-    names = [*spec.key, *columns]
-    params = ", ".join(f"${i}::{_type(spec, n)}" for i, n in enumerate(names, 1))
+    names = ", ".join([*spec.key, *columns])
     excluded = "EXCLUDED.{}".format
     updates = [f"{c} = {_merged(spec, c, columns, excluded)}" for c in columns if c not in spec.insert_only]
     action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
     # Names come from the table specs in code, never from input: no injection here.
-    insert = f"INSERT INTO {spec.name} AS t ({', '.join(names)}) VALUES ({params})"  # noqa: S608
+    insert = f"INSERT INTO {spec.name} AS t ({names}) SELECT {names} FROM {_stage(spec)}"  # noqa: S608
     return f"{insert} ON CONFLICT ({', '.join(spec.key)}) {action}"
 
 
 def _update_sql(spec: TableSpec, columns: tuple[str, ...]) -> str:
-    first = len(spec.key) + 1
-    number = {c: first + i for i, c in enumerate(columns)}
-
-    def param(name: str) -> str:
-        return f"${number[name]}::{_type(spec, name)}"
-
-    sets = ", ".join(f"{c} = {_merged(spec, c, columns, param)}" for c in columns if c not in spec.insert_only)
-    where = " AND ".join(f"t.{k} = ${i}" for i, k in enumerate(spec.key, 1))
-    return f"UPDATE {spec.name} AS t SET {sets} WHERE {where}"  # noqa: S608 -- names from the specs
+    staged = "s.{}".format
+    sets = ", ".join(f"{c} = {_merged(spec, c, columns, staged)}" for c in columns if c not in spec.insert_only)
+    where = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+    return f"UPDATE {spec.name} AS t SET {sets} FROM {_stage(spec)} AS s WHERE {where}"  # noqa: S608 -- names from the specs
 
 
 def _merged(spec: TableSpec, column: str, columns: tuple[str, ...], incoming: Callable[[str], str]) -> str:

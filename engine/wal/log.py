@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import final
+from typing import Any, Protocol, TypeVar, final, overload
 
 import anyio
 import msgspec
@@ -51,6 +51,14 @@ from engine.wal.segment_file import ActiveSegment
 __all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
 
 _log = structlog.get_logger("vigil.wal")
+
+
+class _HasLsn(Protocol):
+    @property
+    def lsn(self) -> int: ...
+
+
+_Decoded = TypeVar("_Decoded", bound=_HasLsn)
 
 
 def utc_now() -> str:
@@ -449,8 +457,17 @@ class WriteAheadLog:
         """The LSN of a message id, if the log has it durably."""
         return self._index.lookup(message_id)
 
-    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]:
+    @overload
+    def read_from(self, lsn: int = 1) -> Iterator[LogRecord]: ...
+
+    @overload
+    def read_from(self, lsn: int, decode: Callable[[bytes], _Decoded]) -> Iterator[_Decoded]: ...
+
+    def read_from(self, lsn: int = 1, decode: Callable[[bytes], Any] = decode_record) -> Iterator[Any]:
         """Every durable record from `lsn` on, in order; every CRC is checked.
+
+        `decode` turns a record's body into what the reader wants (default: a
+        whole `LogRecord`); a reader that needs less decodes less.
 
         Raises:
             WALCorruptError: a record read back fails its CRC.
@@ -463,7 +480,7 @@ class WriteAheadLog:
             start = sparse_offset(seg, lsn)
             data = self._files.read(seg.path, start, seg.size - start)
             pos = 0
-            while (record := self._decode_at(data, pos, seg, start + pos)) is not None:
+            while (record := self._decode_at(data, pos, seg, start + pos, decode)) is not None:
                 pos = record[1]
                 if record[0].lsn > last:
                     return
@@ -485,13 +502,15 @@ class WriteAheadLog:
             if found is not None and found[0].lsn > after_lsn:
                 yield found[0]
 
-    def _decode_at(self, data: bytes, pos: int, seg: SegmentInfo, where: int) -> tuple[LogRecord, int] | None:
+    def _decode_at(
+        self, data: bytes, pos: int, seg: SegmentInfo, where: int, decode: Callable[[bytes], Any] = decode_record
+    ) -> tuple[Any, int] | None:
         frame = read_frame(data, pos)
         if frame is None:
             return None
         if not frame.crc_ok:
             raise WALCorruptError("CRC mismatch on read", seg.name, where)
-        return decode_record(frame.body), frame.end
+        return decode(frame.body), frame.end
 
     def statistics(self) -> WALStatistics:
         """A snapshot of the counters."""
