@@ -92,7 +92,7 @@ async def _count_rows(dsn: str, schema: str) -> int:
     try:
         tables = ["patients", "encounters", "allergies", "medications", "results", "result_versions"]
         tables += ["critical_worklist", "medication_administrations", "charges"]
-        return sum([int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in tables])  # noqa: S608 -- fixed names
+        return sum([int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in tables])
     finally:
         await conn.close()
 
@@ -125,7 +125,9 @@ async def _steady(dsn: str, scratch: Path, rate: int, seconds: float) -> dict[st
         for n, start in enumerate(range(0, len(envelopes), per_tick)):
             group = envelopes[start : start + per_tick]
             for env, position in zip(group, await wal.append(group), strict=True):
-                record = Record(position.lsn, position.recorded_at or "", (env.patient,) if env.patient else (), env.events)
+                record = Record(
+                    position.lsn, position.recorded_at or "", (env.patient,) if env.patient else (), env.events
+                )
                 runner.notify(record, env.lane)
             lags.append(runner.status().lag_records)
             delay = started + (n + 1) * tick - time.perf_counter()
@@ -184,7 +186,9 @@ async def _critical(dsn: str, scratch: Path, backlog_records: int, probes: int) 
 def _critical_result(key: str, i: int) -> Envelope:
     result = ResultReported(key, Coded("2823-3", "Potassium"), value="6.9", value_type="NM", abnormal_flags=("HH",))
     raw = f"probe {i}".encode()
-    return Envelope(f"probe-{i}", Kind.HL7V2, "ORU^R01", "BENCH|1", Lane.CRITICAL, "bench", "t", "bench", raw, (result,))
+    return Envelope(
+        f"probe-{i}", Kind.HL7V2, "ORU^R01", "BENCH|1", Lane.CRITICAL, "bench", "t", "bench", raw, (result,)
+    )
 
 
 async def _run(dsn: str, scratch: Path, quick: bool) -> dict[str, Any]:
