@@ -207,3 +207,29 @@ def test_rebuild_with_the_node_running_and_without_it_gives_the_incremental_tabl
     )
     assert unknown.returncode == 2
     assert b"nope" in unknown.stderr
+
+
+def test_a_stuck_database_never_holds_back_acknowledgements(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
+    """Another session holds the read side's tables locked: the node ACKs on, then the runner catches up."""
+    config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
+    with node(data, config=config) as (_, port):
+        assert all(b"MSA|AA" in a for a in _send(port, [_message(0, _SODIUM_NORMAL)]))
+        _until(lambda: _status(config, data)["lag_records"] == 0, "the first message projected")
+
+        async def hold_then_release() -> None:
+            blocker = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
+            try:
+                async with blocker.transaction():
+                    await blocker.execute("LOCK TABLE projection_positions IN ACCESS EXCLUSIVE MODE")
+                    started = time.monotonic()
+                    acks = await anyio.to_thread.run_sync(
+                        _send, port, [_message(i, _POTASSIUM_HIGH) for i in range(1, 51)]
+                    )
+                    assert all(b"MSA|AA" in a for a in acks)
+                    assert time.monotonic() - started < 20
+                    assert (await anyio.to_thread.run_sync(_status, config, data))["lag_records"] == 50
+            finally:
+                await blocker.close()
+
+        anyio.run(hold_then_release)
+        _until(lambda: _status(config, data)["lag_records"] == 0, "the catch-up once the lock is gone")

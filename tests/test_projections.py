@@ -240,3 +240,38 @@ async def test_bad_values_are_kept_raw_and_counted_and_never_stop_the_projection
         assert set(positions.values()) == {2}
     finally:
         await conn.close()
+
+
+def test_tls_settings_follow_libpq_modes(tmp_path: Path) -> None:
+    import ssl
+
+    from engine.errors import ConfigError
+    from engine.projections.database import _ssl
+
+    assert _ssl(ProjectionsConfig(ssl_mode="require"), tmp_path) == "require"
+    with pytest.raises(ConfigError, match="only used with ssl_mode verify"):
+        _ssl(ProjectionsConfig(ssl_mode="require", ssl_root_cert_file="ca.pem"), tmp_path)
+    full = _ssl(ProjectionsConfig(ssl_mode="verify-full"), tmp_path)
+    assert isinstance(full, ssl.SSLContext)
+    assert full.check_hostname
+    assert full.verify_mode is ssl.CERT_REQUIRED
+    ca_only = _ssl(ProjectionsConfig(ssl_mode="verify-ca"), tmp_path)
+    assert isinstance(ca_only, ssl.SSLContext)
+    assert not ca_only.check_hostname
+    assert ca_only.verify_mode is ssl.CERT_REQUIRED
+
+
+def test_an_unknown_projection_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="no projection named nope"):
+        ProjectionRunner(
+            _Log([]), ProjectionsConfig(), "postgresql://unused", base=Path(), critical_flags=(), only=["nope"]
+        )
+
+
+def test_without_a_dsn_there_is_no_read_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.projections import dsn_of
+
+    monkeypatch.delenv("VIGIL_PG_DSN", raising=False)
+    assert dsn_of(ProjectionsConfig()) is None
+    monkeypatch.setenv("VIGIL_PG_DSN", "postgresql://from-env/db")
+    assert dsn_of(ProjectionsConfig(dsn="postgresql://from-config/db")) == "postgresql://from-env/db"
