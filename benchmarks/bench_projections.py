@@ -250,7 +250,9 @@ def main() -> None:
     Console(width=130).print(table)
     results["rows_per_s_vs_copy_ceiling"] = round(c["rows_per_s"] / c["copy_ceiling_rows_per_s"], 3)
     Console().print(f"rows/s of the catch-up vs the COPY ceiling: [bold]{results['rows_per_s_vs_copy_ceiling']}[/]")
-    Console().print(f"backlog records still to apply at the first probe: {k['backlog_records_behind_at_first_probe']:,}")
+    Console().print(
+        f"backlog records still to apply at the first probe: {k['backlog_records_behind_at_first_probe']:,}"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode({"title": "projections", **results})) + b"\n")
