@@ -203,7 +203,7 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "vigil"
     pool_connections_min: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
     pool_connections_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4
-    batch_records_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
+    batch_records_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20_000
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     command_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     retry_delay_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
