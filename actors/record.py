@@ -67,7 +67,7 @@ __all__ = [
 
 
 @final
-class Fact(msgspec.Struct, frozen=True, array_like=True):
+class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles possible: see engine.model
     """One event of the patient's history, with both its times and its origin."""
 
     lsn: int

@@ -50,7 +50,7 @@ __all__ = ["PROJECTIONS", "TABLES", "Projection", "Record", "build_changes", "pr
 
 
 @final
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, gc=False):
     """What the projections need of a log record."""
 
     lsn: int

@@ -68,14 +68,14 @@ class LogReader(Protocol):
     def read_from(self, lsn: int, decode: Callable[[bytes], _Body]) -> Iterator[_Body]: ...
 
 
-class _Events(msgspec.Struct):
+class _Events(msgspec.Struct, gc=False):
     """Of an envelope, only its events: decoding skips the original bytes and the rest."""
 
     events: tuple[Event, ...] = ()
 
 
 @final
-class _Body(msgspec.Struct, array_like=True):
+class _Body(msgspec.Struct, array_like=True, gc=False):
     """A log record's body (`LogRecord`'s layout) as the projections read it: half the decoding."""
 
     lsn: int

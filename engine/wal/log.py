@@ -53,6 +53,9 @@ __all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
 _log = structlog.get_logger("vigil.wal")
 
 
+_READ_WINDOW_BYTES = 1024 * 1024  # what read_from reads at a time (a record longer than this is read whole)
+
+
 class _HasLsn(Protocol):
     @property
     def lsn(self) -> int: ...
@@ -477,10 +480,17 @@ class WriteAheadLog:
         for seg in self._index.segments_from(lsn):
             if seg.last_lsn < seg.first_lsn or lsn > last:
                 return
-            start = sparse_offset(seg, lsn)
-            data = self._files.read(seg.path, start, seg.size - start)
-            pos = 0
-            while (record := self._decode_at(data, pos, seg, start + pos, decode)) is not None:
+            base, data, pos = sparse_offset(seg, lsn), b"", 0
+            while True:
+                record = self._decode_at(data, pos, seg, base + pos, decode)
+                if record is None:
+                    # Read on in bounded windows: a reader on an event loop never stalls on a whole segment.
+                    end = base + len(data)
+                    if end >= seg.size:
+                        break
+                    chunk = self._files.read(seg.path, end, min(_READ_WINDOW_BYTES, seg.size - end))
+                    data, base, pos = data[pos:] + chunk, base + pos, 0
+                    continue
                 pos = record[1]
                 if record[0].lsn > last:
                     return

@@ -42,7 +42,7 @@ GENESIS_HASH: Final = bytes(32)  # the "previous hash" of the first record
 
 
 @final
-class LogRecord(msgspec.Struct, frozen=True, array_like=True):
+class LogRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles: see engine.model
     """One durable record: where it sits in the log, and the envelope it keeps.
 
     Attributes:
