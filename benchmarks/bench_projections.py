@@ -13,7 +13,9 @@ dropped after it:
 - critical visibility: with a batch backlog the runner is still working
   through, a critical result appended and notified as the node does; the
   time from its durable append (its ACK) until a reader sees it in the
-  critical worklist.
+  critical worklist;
+- what the read side costs a node: `vigil run --stdin` over one feed, without
+  and with a DSN (the runner shares the node's process), as a ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import secrets
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,6 +47,7 @@ from engine.wal import WriteAheadLog, open_wal
 from tests.pg_server import admin_dsn  # the tests' PostgreSQL finder (bin/bench puts the repository on the path)
 
 _CRITICAL = ("HH", "LL", "AA")
+VIGIL = str(Path(__file__).resolve().parents[1] / "bin" / "vigil")
 
 
 def _envelopes(count: int, seed: int, mix: FeedMix | None = None) -> list[Envelope]:
@@ -193,8 +197,33 @@ def _critical_result(key: str, i: int) -> Envelope:
     )
 
 
+def _node_cost(dsn: str, scratch: Path, count: int) -> dict[str, Any]:
+    """`vigil run --stdin` over the same feed without and with the read side (its CPU shares the node's)."""
+    feed = b"".join(generate_feed(count, seed=31))
+    config = scratch / "with-read-side.toml"
+    config.write_text(f'[projections]\ndsn_env = "VIGIL_BENCH_UNSET"\ndsn = "{dsn}"\nschema = "node"\n')
+    rates = {}
+    for name, extra in (("without", []), ("with", ["--config", str(config)])):
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [VIGIL, *extra, "run", "--stdin", "--data", str(scratch / f"node-{name}")],
+            input=feed,
+            capture_output=True,
+            check=False,
+        )
+        fail_if(done.returncode != 0, f"vigil run --stdin ({name} the read side) failed: {done.stderr[-300:]!r}")
+        rates[name] = count / (time.perf_counter() - t0)
+    return {
+        "messages": count,
+        "without_per_s": round(rates["without"]),
+        "with_per_s": round(rates["with"]),
+        "ratio": round(rates["with"] / rates["without"], 3),
+    }
+
+
 async def _run(dsn: str, scratch: Path, quick: bool) -> dict[str, Any]:
     return {
+        "node": await anyio.to_thread.run_sync(_node_cost, dsn, scratch, 2_000 if quick else 20_000),
         "catch_up": await _catch_up(dsn, scratch, 20_000 if quick else 200_000),
         "steady": await _steady(dsn, scratch, 10_000, 1.0 if quick else 10.0),
         "critical": await _critical(dsn, scratch, 30_000 if quick else 1_000_000, 5 if quick else 20),
@@ -226,7 +255,7 @@ def main() -> None:
             results = _with_database(admin, scratch, args.quick)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    c, s, k = results["catch_up"], results["steady"], results["critical"]
+    c, s, k, n = results["catch_up"], results["steady"], results["critical"], results["node"]
     table = Table(title="The read side: the log into PostgreSQL (all projections)")
     table.add_column("measure")
     table.add_column("result", justify="right")
@@ -246,6 +275,11 @@ def main() -> None:
         f"critical result in the worklist, {k['backlog_events']:,}-event batch backlog",
         f"p50 {k['visible_p50_ms']} ms, max {k['visible_max_ms']} ms",
         "<= 250 ms",
+    )
+    table.add_row(
+        f"vigil run --stdin, {n['messages']:,} messages, with the read side vs without",
+        f"{n['with_per_s']:,}/s vs {n['without_per_s']:,}/s ({n['ratio']}x)",
+        "",
     )
     Console(width=130).print(table)
     results["rows_per_s_vs_copy_ceiling"] = round(c["rows_per_s"] / c["copy_ceiling_rows_per_s"], 3)

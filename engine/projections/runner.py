@@ -162,7 +162,6 @@ class ProjectionRunner:
         self._fast: collections.deque[tuple[Record, float]] = collections.deque()
         self._more: anyio.Event | None = None
         self._fast_ready: anyio.Event | None = None
-        self._caught_up: anyio.Event | None = None
         self._visible = HdrHistogram(1, 3_600_000_000, 2)
         self._critical_visible = HdrHistogram(1, 3_600_000_000, 2)
         self._batches = 0
@@ -210,13 +209,13 @@ class ProjectionRunner:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the log until cancelled, through any outage of the database."""
-        self._more, self._fast_ready, self._caught_up = anyio.Event(), anyio.Event(), anyio.Event()
+        self._more, self._fast_ready = anyio.Event(), anyio.Event()
         task_status.started()
         await self._serve(until_caught_up=False)
 
     async def catch_up(self) -> None:
         """Apply everything the log holds now, then return (a rebuild without a node, a benchmark)."""
-        self._more, self._fast_ready, self._caught_up = anyio.Event(), anyio.Event(), anyio.Event()
+        self._more, self._fast_ready = anyio.Event(), anyio.Event()
         await self._serve(until_caught_up=True)
 
     async def _serve(self, *, until_caught_up: bool) -> None:
