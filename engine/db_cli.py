@@ -198,8 +198,8 @@ def worklist(ctx: click.Context, *, show_all: bool, as_json: bool) -> None:
     async def fetch(conn: Any) -> list[dict[str, Any]]:
         rows = await conn.fetch(
             "SELECT patient, result_key, code, code_text, value, units, abnormal_flags, status, opened_lsn, "
-            "opened_at, effective_at, acknowledged_by, acknowledged_at FROM critical_worklist "
-            "WHERE $1 OR ack_lsn = 0 ORDER BY opened_lsn, patient, result_key",
+            "opened_at, effective_at, ack_lsn > last_critical_lsn AS acknowledged, acknowledged_by, acknowledged_at "
+            "FROM critical_worklist WHERE $1 OR ack_lsn < last_critical_lsn ORDER BY opened_lsn, patient, result_key",
             show_all,
         )
         return [dict(r) for r in rows]
@@ -212,7 +212,7 @@ def worklist(ctx: click.Context, *, show_all: bool, as_json: bool) -> None:
     for column in ("opened", "patient", "result", "value", "flags", "status", "acknowledged"):
         table.add_column(column)
     for item in items:
-        acknowledged = f"{item['acknowledged_by']} {item['acknowledged_at']}" if item["acknowledged_by"] else ""
+        acknowledged = f"{item['acknowledged_by']} {item['acknowledged_at']}" if item["acknowledged"] else ""
         table.add_row(
             item["opened_at"],
             item["patient"],

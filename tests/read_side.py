@@ -8,7 +8,7 @@ from decimal import Decimal
 import asyncpg
 
 from actors.record import PatientRecord
-from engine.model import ChargePosted, MedicationAdministered, ResultReported
+from engine.model import ChargePosted, MedicationAdministered, ResultAcknowledged, ResultReported
 from engine.wal.record import LogRecord
 
 Tables = dict[str, set[tuple[object, ...]]]
@@ -63,8 +63,17 @@ def expected_tables(records: Iterable[LogRecord]) -> Tables:
                 if isinstance(f.event, ResultReported) and CRITICAL & set(f.event.abnormal_flags)
             ]
             if critical:
-                ack = res.acknowledged
-                t["worklist"].add((patient, res.result_key, c.value, critical[0].lsn, ack.by if ack else None))
+                # Acknowledged: by an acknowledgement after the latest critical version, else open.
+                acks = [
+                    f
+                    for f in record.facts
+                    if isinstance(f.event, ResultAcknowledged) and f.event.result_key == res.result_key
+                ]
+                last = acks[-1] if acks else None
+                by = None
+                if last is not None and last.lsn > critical[-1].lsn and isinstance(last.event, ResultAcknowledged):
+                    by = last.event.by
+                t["worklist"].add((patient, res.result_key, c.value, critical[0].lsn, by))
         for fact in record.facts:
             e = fact.event
             if isinstance(e, MedicationAdministered):
@@ -95,7 +104,8 @@ async def actual_tables(dsn: str, schema: str) -> Tables:
                 "SELECT patient, result_key, value, abnormal_flags, status, effective_at, versions FROM results"
             ),
             "worklist": await rows(
-                "SELECT patient, result_key, value, opened_lsn, acknowledged_by FROM critical_worklist"
+                "SELECT patient, result_key, value, opened_lsn, "
+                "CASE WHEN ack_lsn > last_critical_lsn THEN acknowledged_by END FROM critical_worklist"
             ),
             "administrations": await rows("SELECT patient, order_id, lsn, dose FROM medication_administrations"),
             "charges": await rows("SELECT patient, transaction_id, lsn, amount_raw FROM charges"),

@@ -132,7 +132,7 @@ def test_sigkill_while_consuming_jetstream_loses_nothing_and_appends_nothing_twi
     """Kill -9 a consuming node at random moments; afterwards every published message is in the log exactly once."""
     seed = int(os.environ.get("VIGIL_CRASH_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
-    total = 3000
+    total = 6000  # more than a node drains in the longest wait before a kill
     progress = []
     data = tmp_path / "data"
     with nats_server(tmp_path / "nats") as url:
@@ -151,7 +151,7 @@ def test_sigkill_while_consuming_jetstream_loses_nothing_and_appends_nothing_twi
         anyio.run(functools.partial(_with_js, url, publish), backend="asyncio")
         for _ in range(3):
             with node(data, config=config) as (proc, _port):
-                time.sleep(rng.uniform(0.3, 1.0))
+                time.sleep(rng.uniform(0.05, 0.5))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
             progress.append(len(_ids(data)))

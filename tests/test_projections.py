@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,7 +165,11 @@ def _log_of(history: list[tuple[str, list[Event], Lane]]) -> _Log:
     return _Log(records)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("VIGIL_PROJECTION_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(history=_HISTORY, batch=st.integers(1, 12), cut=st.floats(0, 1))
 def test_projected_tables_equal_the_actors_views_incrementally_after_an_outage_and_after_a_rebuild(
     history: list[tuple[str, list[Event], Lane]], batch: int, cut: float, pg_dsn: str
@@ -275,3 +280,34 @@ def test_without_a_dsn_there_is_no_read_side(monkeypatch: pytest.MonkeyPatch) ->
     assert dsn_of(ProjectionsConfig()) is None
     monkeypatch.setenv("VIGIL_PG_DSN", "postgresql://from-env/db")
     assert dsn_of(ProjectionsConfig(dsn="postgresql://from-config/db")) == "postgresql://from-env/db"
+
+
+@pytest.mark.anyio
+async def test_a_worklist_item_opens_again_at_a_new_critical_value_and_an_earlier_ack_does_not_cover_it(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    code = Coded("2823-3", "Potassium")
+    normal = ResultReported("K|1", code, value="4.1", abnormal_flags=("N",), status="F")
+    high = ResultReported("K|1", code, value="6.9", abnormal_flags=("HH",), status="F")
+    higher = ResultReported("K|1", code, value="7.4", abnormal_flags=("HH",), status="C", corrects="K|1")
+
+    def ack(by: str) -> ResultAcknowledged:
+        return ResultAcknowledged("K|1", by, "t")
+
+    steps = [[normal, ack("early")], [high], [ack("dr.a")], [higher]]
+    log = _log_of([("MRN|1", events, Lane.CRITICAL) for events in steps])
+    config = ProjectionsConfig(schema=pg_schema)
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
+    try:
+        seen = []
+        for visible in range(1, len(steps) + 1):
+            log.visible = visible
+            await ProjectionRunner(log, config, pg_dsn, base=Path("."), critical_flags=sorted(CRITICAL)).catch_up()
+            row = await conn.fetchrow(
+                "SELECT value, ack_lsn < last_critical_lsn AS open, acknowledged_by FROM critical_worklist"
+            )
+            seen.append(None if row is None else (row["value"], row["open"], row["acknowledged_by"]))
+    finally:
+        await conn.close()
+    assert seen == [None, ("6.9", True, None), ("6.9", False, "dr.a"), ("7.4", True, "dr.a")]
+    assert not differences(expected_tables(log.records), await actual_tables(pg_dsn, pg_schema))

@@ -9,7 +9,8 @@ actors report (a property test checks it):
 - `results`: each result as it stands (current version, correction count,
   abnormal flags) and every version in `result_versions`;
 - `critical_worklist`: every result that was ever critical, open until a
-  clinician acknowledges it (`ResultAcknowledged`);
+  clinician acknowledges it (`ResultAcknowledged`) after its latest critical
+  version (a new critical value opens the item again);
 - `medication_administrations` and `charges`: one row per event.
 
 Bad data never stops a projection: a value that does not fit its typed column
@@ -107,13 +108,15 @@ TABLES: Final[dict[str, TableSpec]] = {
         TableSpec(
             "critical_worklist",
             ("patient", "result_key"),
-            {"opened_lsn": "bigint", "opened_at": _S, "last_lsn": "bigint", "code": _S, "code_text": _S}
+            {"opened_lsn": "bigint", "opened_at": _S, "last_lsn": "bigint", "last_critical_lsn": "bigint"}
+            | {"code": _S, "code_text": _S}
             | {"value": _S, "units": _S, "abnormal_flags": "text[]", "status": _S, "effective_at": _S}
             | {"ack_lsn": "bigint", "acknowledged_by": _S, "acknowledged_at": _S, "ack_note": _S},
             guards=(
                 Guard("opened_lsn", ("opened_at",), newest=False),
                 Guard("last_lsn", ("code", "code_text", "value", "units", "abnormal_flags", "status", "effective_at")),
                 Guard("ack_lsn", ("acknowledged_by", "acknowledged_at", "ack_note")),
+                Guard("last_critical_lsn", ()),
             ),
         ),
         TableSpec(
@@ -327,6 +330,7 @@ def _worklist_result(critical_flags: frozenset[str], on_worklist: set[Key] | Non
         if critical:
             values["opened_lsn"] = c.lsn
             values["opened_at"] = c.recorded_at
+            values["last_critical_lsn"] = c.lsn
         # A later, normal version of a critical result updates its item; a normal result makes none.
         c.changes["critical_worklist"].patch(key, values, create=critical)
 

@@ -166,8 +166,19 @@ CREATE TABLE charges (
 );
 """
 
+# A critical result acknowledged, then critical again (a corrected value that is still critical, a
+# new critical value): the item opens again, for the new value. Open: acknowledged before its
+# latest critical version (an acknowledgement older than that version does not cover it).
+_V2: Final = """
+ALTER TABLE critical_worklist ADD COLUMN last_critical_lsn bigint NOT NULL DEFAULT 0;
+UPDATE critical_worklist SET last_critical_lsn = opened_lsn;
+DROP INDEX critical_worklist_open;
+CREATE INDEX critical_worklist_open ON critical_worklist (opened_lsn) WHERE ack_lsn < last_critical_lsn;
+"""
+
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (1, "read models: summary, results, worklist, administrations, charges", _V1),
+    (2, "critical worklist: an item opens again at a new critical version", _V2),
 )
 
 
