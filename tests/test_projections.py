@@ -311,3 +311,27 @@ async def test_a_worklist_item_opens_again_at_a_new_critical_value_and_an_earlie
         await conn.close()
     assert seen == [None, ("6.9", True, None), ("6.9", False, "dr.a"), ("7.4", True, "dr.a")]
     assert not differences(expected_tables(log.records), await actual_tables(pg_dsn, pg_schema))
+
+
+@pytest.mark.anyio
+async def test_migrations_apply_once_in_order_and_carry_existing_rows(pg_dsn: str, pg_schema: str) -> None:
+    from engine.projections.schema import MIGRATIONS, migrate, schema_version
+
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+        # A read side left at version 1, with an open item on its worklist.
+        await conn.execute(MIGRATIONS[0][2])
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text, applied_at timestamptz)"
+        )
+        await conn.execute("INSERT INTO schema_migrations VALUES (1, 'v1', now())")
+        await conn.execute(
+            "INSERT INTO critical_worklist (patient, result_key, opened_lsn, opened_at, last_lsn) VALUES ('P', 'K', 7, 't', 7)"
+        )
+        assert await migrate(conn) == [2]
+        assert await migrate(conn) == []  # idempotent
+        assert await schema_version(conn) == len(MIGRATIONS)
+        assert await conn.fetchval("SELECT ack_lsn < last_critical_lsn FROM critical_worklist") is True
+    finally:
+        await conn.close()
