@@ -8,9 +8,8 @@ the positions (`writer.write_changes`), so a batch is applied once and a stop
 at any moment resumes where the database says.
 
 Lanes reach the read side too: a critical record is written to the critical
-worklist at once (`critical_fast_path`), ahead of any batch backlog; the
-ordered cursor applies it again later, which the worklist's LSN guards make
-a no-op.
+worklist at once (`critical_path`), ahead of any batch backlog; the ordered
+cursor applies it again later, which the worklist's LSN guards make a no-op.
 
 Outages: while PostgreSQL is unreachable or slow the runner waits and retries
 (backoff up to `retry_delay_max_s`), reports its state and lag, and catches up
@@ -38,11 +37,12 @@ from hdrh.histogram import HdrHistogram
 
 from engine.config import ProjectionsConfig
 from engine.model import Event, Lane
+from engine.projections.critical_path import CriticalPath
 from engine.projections.database import CONNECTION_ERRORS, open_pool
 from engine.projections.definitions import TABLES, Record, build_changes, projections
 from engine.projections.schema import migrate
 from engine.projections.tables import Changes, Issue, Key
-from engine.projections.writer import PositionMovedError, Step, plan, write_changes, write_unordered
+from engine.projections.writer import PositionMovedError, Step, plan, write_changes
 from engine.wal.record import LogRecord
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ _log = structlog.get_logger("vigil.projections")
 _REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _PENDING_MAX = 200_000  # notified records whose visibility is timed; beyond this the oldest are dropped
 _SLICE_RECORDS = 200  # records read and folded between two turns of the event loop (a few ms)
-_FAST_MAX = 10_000  # critical records waiting for the fast path; the ordered cursor covers any dropped
 
 
 class LogReader(Protocol):
@@ -148,7 +147,10 @@ class ProjectionRunner:
         if unknown:
             raise ValueError(f"no projection named {', '.join(unknown)} (there are: {', '.join(every)})")
         self._chosen = {n: p for n, p in every.items() if only is None or n in only}
-        self._worklist = every["critical_worklist"] if "critical_worklist" in self._chosen else None
+        worklist = self._chosen.get("critical_worklist")
+        self._critical = (
+            CriticalPath(worklist, config.schema, clock) if worklist and config.critical_fast_path else None
+        )
         self._reader = reader
         self._config = config
         self._dsn = dsn
@@ -159,11 +161,8 @@ class ProjectionRunner:
         self._cursor: Iterator[_Body] | None = None
         self._cursor_next = 0
         self._pending: collections.deque[tuple[int, float]] = collections.deque()
-        self._fast: collections.deque[tuple[Record, float]] = collections.deque()
         self._more: anyio.Event | None = None
-        self._fast_ready: anyio.Event | None = None
         self._visible = HdrHistogram(1, 3_600_000_000, 2)
-        self._critical_visible = HdrHistogram(1, 3_600_000_000, 2)
         self._batches = 0
         self._applied = 0
         self._issues = 0
@@ -178,10 +177,8 @@ class ProjectionRunner:
             self._pending.popleft()
         if self._more is not None:
             self._more.set()
-        if lane is Lane.CRITICAL and self._worklist is not None and self._fast_ready is not None:
-            if len(self._fast) < _FAST_MAX:
-                self._fast.append((record, now))
-            self._fast_ready.set()
+        if lane is Lane.CRITICAL and self._critical is not None:
+            self._critical.offer(record)
 
     def status(self) -> ProjectionStatus:
         last = self._reader.last_lsn
@@ -202,20 +199,25 @@ class ProjectionRunner:
             issues_noted=self._issues,
             visible_p50_ms=self._visible.get_value_at_percentile(50) / 1000,
             visible_p99_ms=self._visible.get_value_at_percentile(99) / 1000,
-            critical_visible_p99_ms=self._critical_visible.get_value_at_percentile(99) / 1000,
+            critical_visible_p99_ms=self._critical.visible.get_value_at_percentile(99) / 1000
+            if self._critical
+            else 0.0,
         )
+
+    def _critical_p99_ms(self) -> float:
+        return self._critical.visible.get_value_at_percentile(99) / 1000 if self._critical is not None else 0.0
 
     # -- running ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the log until cancelled, through any outage of the database."""
-        self._more, self._fast_ready = anyio.Event(), anyio.Event()
+        self._more = anyio.Event()
         task_status.started()
         await self._serve(until_caught_up=False)
 
     async def catch_up(self) -> None:
         """Apply everything the log holds now, then return (a rebuild without a node, a benchmark)."""
-        self._more, self._fast_ready = anyio.Event(), anyio.Event()
+        self._more = anyio.Event()
         await self._serve(until_caught_up=True)
 
     async def _serve(self, *, until_caught_up: bool) -> None:
@@ -258,7 +260,7 @@ class ProjectionRunner:
             async with pool.acquire() as conn:
                 await migrate(conn)
                 self._positions = await self._load_positions(conn)
-                if self._worklist is not None:
+                if "critical_worklist" in self._chosen:
                     rows = await conn.fetch("SELECT patient, result_key FROM critical_worklist")
                     self._on_worklist.clear()
                     self._on_worklist.update((r["patient"], r["result_key"]) for r in rows)
@@ -266,8 +268,8 @@ class ProjectionRunner:
                 _log.info("projections.following", positions=self._positions)
             self._state = "following"
             async with anyio.create_task_group() as tg:
-                if self._worklist is not None and self._config.critical_fast_path and not until_caught_up:
-                    tg.start_soon(self._fast_path, pool)
+                if self._critical is not None and not until_caught_up:
+                    tg.start_soon(self._critical.run, pool, lambda: self._positions.get("critical_worklist", 0))
                 await self._follow(pool, until_caught_up)
                 tg.cancel_scope.cancel()
         finally:
@@ -403,26 +405,3 @@ class ProjectionRunner:
         while self._pending and self._pending[0][0] <= applied:
             _lsn, at = self._pending.popleft()
             self._visible.record_value(max(1, int((now - at) * 1_000_000)))
-
-    async def _fast_path(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        """Critical records into the worklist at once (guarded upserts), whatever the ordered cursor's backlog."""
-        assert self._worklist is not None
-        chosen = {self._worklist.name: self._worklist}
-        while True:
-            assert self._fast_ready is not None
-            await self._fast_ready.wait()
-            self._fast_ready = anyio.Event()
-            items = list(self._fast)
-            self._fast.clear()
-            done = self._positions.get(self._worklist.name, 0)
-            records = [record for record, _at in items if record.lsn > done]
-            changes = build_changes(records, {self._worklist.name: 0}, chosen)
-            if changes.tables["critical_worklist"]:
-                async with pool.acquire() as conn:
-                    try:
-                        await write_unordered(conn, changes, self._config.schema)
-                    except _REFUSED_DATA:
-                        continue  # the ordered cursor applies it and notes the issue
-            now = self._clock()
-            for _record, at in items:
-                self._critical_visible.record_value(max(1, int((now - at) * 1_000_000)))
