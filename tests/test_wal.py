@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -479,3 +480,10 @@ async def test_release_interrupted_by_a_crash(tmp_path: Path) -> None:
         assert wal.first_lsn == first
         assert next(r.lsn for r in wal.read_from(1)) == first
     assert min(p.name for p in tmp_path.glob("*.seg")) == f"{first:020d}.seg"
+
+
+def test_the_events_only_record_has_the_log_records_layout() -> None:
+    """The read side decodes bodies as `EventsRecord`: its fields must stay those of `LogRecord`, in order."""
+    from engine.wal.record import EventsRecord, LogRecord
+
+    assert [f.name for f in msgspec.structs.fields(EventsRecord)] == [f.name for f in msgspec.structs.fields(LogRecord)]

@@ -36,14 +36,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 from hdrh.histogram import HdrHistogram
 
 from engine.config import ProjectionsConfig
-from engine.model import Event, Lane
+from engine.model import Lane
 from engine.projections.critical_path import CriticalPath
 from engine.projections.database import CONNECTION_ERRORS, open_pool
 from engine.projections.definitions import TABLES, Record, build_changes, projections
 from engine.projections.schema import migrate
 from engine.projections.tables import Changes, Issue, Key
 from engine.projections.writer import PositionMovedError, Step, plan, write_changes
-from engine.wal.record import LogRecord
+from engine.wal.record import EventsRecord, LogRecord, decode_events
 
 if TYPE_CHECKING:
     from engine.projections.database import Connection
@@ -64,30 +64,7 @@ class LogReader(Protocol):
     @property
     def last_lsn(self) -> int: ...
 
-    def read_from(self, lsn: int, decode: Callable[[bytes], _Body]) -> Iterator[_Body]: ...
-
-
-class _Events(msgspec.Struct, gc=False):
-    """Of an envelope, only its events: decoding skips the original bytes and the rest."""
-
-    events: tuple[Event, ...] = ()
-
-
-@final
-class _Body(msgspec.Struct, array_like=True, gc=False):
-    """A log record's body (`LogRecord`'s layout) as the projections read it: half the decoding."""
-
-    lsn: int
-    recorded_at: str
-    partition: int
-    epoch: int
-    message_id: str
-    patients: tuple[str, ...]
-    prev_hash: msgspec.Raw
-    envelope: _Events
-
-
-_decode_body = msgspec.msgpack.Decoder(_Body).decode
+    def read_from(self, lsn: int, decode: Callable[[bytes], EventsRecord]) -> Iterator[EventsRecord]: ...
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -97,7 +74,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def record_of(log_record: LogRecord | _Body) -> Record:
+def record_of(log_record: LogRecord | EventsRecord) -> Record:
     return Record(log_record.lsn, log_record.recorded_at, log_record.patients, log_record.envelope.events)
 
 
@@ -158,7 +135,7 @@ class ProjectionRunner:
         self._clock = clock
         self._state = "starting"
         self._positions: dict[str, int] = {}
-        self._cursor: Iterator[_Body] | None = None
+        self._cursor: Iterator[EventsRecord] | None = None
         self._cursor_next = 0
         self._pending: collections.deque[tuple[int, float]] = collections.deque()
         self._more: anyio.Event | None = None
@@ -357,7 +334,7 @@ class ProjectionRunner:
     def _read(self, start: int, limit: int) -> list[Record]:
         """Up to `limit` records from `start`, on one cursor kept between calls."""
         if self._cursor is None or self._cursor_next != start:
-            self._cursor = self._reader.read_from(start, _decode_body)
+            self._cursor = self._reader.read_from(start, decode_events)
         records: list[Record] = []
         for log_record in self._cursor:
             records.append(record_of(log_record))

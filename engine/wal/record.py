@@ -18,17 +18,19 @@ from typing import Final, final
 import google_crc32c
 import msgspec
 
-from engine.model import Envelope
+from engine.model import Envelope, Event
 
 __all__ = [
     "FRAME",
     "GENESIS_HASH",
     "SEGMENT_MAGIC",
+    "EventsRecord",
     "Frame",
     "LogRecord",
     "RecordHead",
     "body_hash",
     "checksum",
+    "decode_events",
     "decode_head",
     "decode_record",
     "encode_frame",
@@ -78,6 +80,26 @@ class RecordHead(msgspec.Struct, frozen=True, array_like=True):
     patients: tuple[str, ...]
     prev_hash: bytes
     envelope: msgspec.Raw
+
+
+class _EventsOnly(msgspec.Struct, frozen=True, gc=False):
+    """Of an envelope, its events: decoding skips the original bytes and the rest."""
+
+    events: tuple[Event, ...] = ()
+
+
+@final
+class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A `LogRecord` decoded for its events only: what the read side needs, at half the decoding."""
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: msgspec.Raw
+    envelope: _EventsOnly
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -132,6 +154,9 @@ def read_frame(buf: bytes, offset: int) -> Frame | None:
     body = buf[offset + FRAME.size : end]
     return Frame(offset, end, body, checksum(buf[offset : offset + 4], body) == crc)
 
+
+decode_events = msgspec.msgpack.Decoder(EventsRecord).decode
+"""Decode a record's body for its events only (raises msgspec errors on a malformed body)."""
 
 decode_head = _HEAD.decode
 """Decode a record's head (raises msgspec errors on a malformed body)."""
