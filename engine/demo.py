@@ -25,7 +25,7 @@ import anyio
 import msgspec
 
 from actors import RecordView
-from engine.config import Config
+from engine.config import Config, ProjectionsConfig
 from engine.feedgen import FeedMix, generate_feed
 from engine.hl7 import Message, parse
 from engine.mllp import Frame, MLLPDecoder, frame
@@ -164,7 +164,9 @@ async def run_demo(
     accepted = dict.fromkeys(Lane, 0)
     with tempfile.TemporaryDirectory(prefix="vigil-demo-") as scratch:
         data_dir = keep if keep is not None else Path(scratch)
-        node = Node(config, data_dir)
+        # The embedded default: no external service, even where $VIGIL_PG_DSN is set for real nodes.
+        embedded = msgspec.structs.replace(config, projections=ProjectionsConfig(dsn_env="", dsn=""))
+        node = Node(embedded, data_dir)
         async with anyio.create_task_group() as tg:
             port = await tg.start(functools.partial(node.run, mllp=("127.0.0.1", 0)))
             started = time.perf_counter()
