@@ -123,7 +123,9 @@ def test_the_node_acknowledges_through_a_database_outage_and_the_read_side_catch
             more = [_message(i, _POTASSIUM_HIGH if i % 5 == 0 else _SODIUM_NORMAL) for i in range(40, 140)]
             assert all(b"MSA|AA" in a for a in _send(port, more)), "ingestion must not depend on the read side"
             _until(lambda: _status(config, data)["state"].startswith("waiting for the database"), "the outage seen")
-            assert _status(config, data)["lag_records"] >= 100
+            during = _status(config, data)
+            assert during["lag_records"] >= 100
+            assert during["lag_s"] > 0
             server.start()
             _until(lambda: _status(config, data)["lag_records"] == 0, "the catch-up after the outage", 60)
             assert _status(config, data)["state"] == "following"
@@ -233,3 +235,18 @@ def test_a_stuck_database_never_holds_back_acknowledgements(tmp_path: Path, pg_d
 
         anyio.run(hold_then_release)
         _until(lambda: _status(config, data)["lag_records"] == 0, "the catch-up once the lock is gone")
+
+
+def test_read_side_commands_fail_in_one_line_without_a_database(tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere.toml"
+    nowhere.write_text('[projections]\ndsn_env = "VIGIL_TEST_NO_SUCH_VARIABLE"\n')
+    unreachable = _config(tmp_path, "postgresql://postgres@127.0.0.1:9/none", "vigil")
+    for config, expected in ((nowhere, b"no read side configured"), (unreachable, b"cannot reach")):
+        for args in (["db", "status"], ["worklist"], ["db", "migrate"]):
+            out = subprocess.run(
+                [VIGIL, "--config", str(config), *args], capture_output=True, cwd=ROOT, timeout=60, check=False
+            )
+            assert out.returncode == 1, (args, out.stderr)
+            assert expected in out.stderr
+            assert b"Traceback" not in out.stderr
+            assert len(out.stderr.decode().strip().splitlines()) == 1

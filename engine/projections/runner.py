@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, final
 
@@ -54,7 +55,7 @@ _log = structlog.get_logger("vigil.projections")
 
 # Errors that are the data's, not the connection's: the batch is retried record by record.
 _REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-_PENDING_MAX = 200_000  # notified records whose visibility is timed; beyond this the oldest are dropped
+_PENDING_MAX = 200_000  # notified records whose visibility is timed; beyond this the oldest go untimed
 _SLICE_RECORDS = 200  # records read and folded between two turns of the event loop (a few ms)
 
 
@@ -117,6 +118,7 @@ class ProjectionRunner:
         critical_flags: Sequence[str],
         only: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._on_worklist: set[Key] = set()  # (patient, result key) pairs the worklist holds: see definitions
         every = projections(critical_flags, self._on_worklist)
@@ -133,6 +135,7 @@ class ProjectionRunner:
         self._dsn = dsn
         self._base = base
         self._clock = clock
+        self._wall = wall
         self._state = "starting"
         self._positions: dict[str, int] = {}
         self._cursor: Iterator[EventsRecord] | None = None
@@ -160,26 +163,32 @@ class ProjectionRunner:
     def status(self) -> ProjectionStatus:
         last = self._reader.last_lsn
         applied = min(self._positions.values()) if self._positions else 0
-        lag_s = 0.0
-        for lsn, at in self._pending:
-            if lsn > applied:
-                lag_s = self._clock() - at
-                break
         return ProjectionStatus(
             state=self._state,
             positions=dict(self._positions),
             last_lsn=last,
             lag_records=max(0, last - applied) if self._positions else last,
-            lag_s=round(lag_s, 3),
+            lag_s=round(self._lag_s(applied, last), 3),
             batches=self._batches,
             records_applied=self._applied,
             issues_noted=self._issues,
             visible_p50_ms=self._visible.get_value_at_percentile(50) / 1000,
             visible_p99_ms=self._visible.get_value_at_percentile(99) / 1000,
-            critical_visible_p99_ms=self._critical.visible.get_value_at_percentile(99) / 1000
-            if self._critical
-            else 0.0,
+            critical_visible_p99_ms=self._critical_p99_ms(),
         )
+
+    def _lag_s(self, applied: int, last: int) -> float:
+        """How old the oldest record not yet applied is (by the log's own time of recording)."""
+        if applied >= last:
+            return 0.0
+        oldest = next(iter(self._reader.read_from(applied + 1, decode_events)), None)
+        if oldest is None:
+            return 0.0
+        try:
+            recorded = datetime.fromisoformat(oldest.recorded_at)
+        except ValueError:
+            return 0.0
+        return max(0.0, (self._wall() - recorded).total_seconds())
 
     def _critical_p99_ms(self) -> float:
         return self._critical.visible.get_value_at_percentile(99) / 1000 if self._critical is not None else 0.0
