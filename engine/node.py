@@ -18,6 +18,7 @@ messages finish within `node.stop_deadline_s`, passivate the patient actors
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import ssl
@@ -35,6 +36,7 @@ from anyio.streams.tls import TLSListener
 
 from actors import Applied, PatientActors, RecordView
 from engine.admin import AdminError, AdminServer, Handler
+from engine.batching import windows
 from engine.config import Config
 from engine.decode import Decoder
 from engine.errors import FramingError, InputError
@@ -107,6 +109,17 @@ class _Work:
         self.done.set()
 
 
+@final
+class _Group:
+    """Messages of one lane from one input, handled in one turn of the lane (see `engine.batching`)."""
+
+    __slots__ = ("done", "works")
+
+    def __init__(self, works: list[_Work]) -> None:
+        self.works = works
+        self.done = anyio.Event()
+
+
 class _TemporaryError(InputError):
     """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout)."""
 
@@ -138,7 +151,7 @@ class Node:
         self._connections = anyio.CapacityLimiter(config.mllp.connections_max)
         self._wal: WriteAheadLog | None = None
         self._actors: PatientActors | None = None
-        self._scheduler: LaneScheduler[_Work] | None = None
+        self._scheduler: LaneScheduler[_Work | _Group] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
         self._stop_requested = anyio.Event()
         self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
@@ -488,6 +501,32 @@ class Node:
         return answers
 
     async def _ingest_pieces(self, pieces: list[Piece], source: str) -> list[IngestResult]:
+        """The messages of one input, answered in input order, in windows of lane groups (`engine.batching`)."""
+        classified: list[Classification | None] = [None] * len(pieces)
+        for i, piece in enumerate(pieces):
+            if piece.kind is Kind.HL7V2 and piece.error is None:
+                # A refusal is made and explained one by one, in the window that holds it.
+                with contextlib.suppress(InputError):
+                    classified[i] = self._classifier.classify_hl7(piece.data, in_batch=piece.in_batch)
+        lanes = [c.lane if c is not None else None for c in classified]
+        hints = [_patient_hint(p.data) if p.kind is Kind.HL7V2 and p.error is None else None for p in pieces]
+        results: list[IngestResult] = [IngestResult("retry")] * len(pieces)
+        for window in windows(lanes, hints, _GROUP_MESSAGES_MAX):
+            if window.one_by_one:
+                answered = await self._ingest_one_by_one([pieces[i] for i in window.one_by_one], source)
+                for i, result in zip(window.one_by_one, answered, strict=True):
+                    results[i] = result
+                continue
+            async with anyio.create_task_group() as tg:
+                for lane, indexes in window.groups:
+                    works = [
+                        _Work(pieces[i].data, source, Kind.HL7V2, in_batch=pieces[i].in_batch, classified=classified[i])
+                        for i in indexes
+                    ]
+                    tg.start_soon(self._ingest_group, lane, works, indexes, results)
+        return results
+
+    async def _ingest_one_by_one(self, pieces: list[Piece], source: str) -> list[IngestResult]:
         """Messages answered in order; up to `_STREAM_WINDOW` in flight at once, so the log can group-commit.
 
         A message waits for the previous one *of the same patient* to be
@@ -573,8 +612,46 @@ class Node:
         )
         return result, reason
 
-    async def _handle(self, _lane: Lane, work: _Work) -> None:
+    async def _ingest_group(
+        self, lane: Lane, works: list[_Work], indexes: Sequence[int], results: list[IngestResult]
+    ) -> None:
+        """Messages of one lane from one input: one scheduler turn, one append; each answered on its own."""
+        assert self._scheduler is not None
+        group = _Group(works)
+        self._in_flight += len(works)
+        self._idle = anyio.Event()
+        started = time.perf_counter()
+        # One span per message, as on the one-by-one path: receive to durable.
+        attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
+        spans = [self._telemetry.tracer.start_span("vigil.message", attributes=attributes) for _ in works]
+        try:
+            with anyio.move_on_after(self.config.mllp.ack_timeout_s):
+                await self._scheduler.admit(lane, group)
+                await group.done.wait()
+        finally:
+            self._in_flight -= len(works)
+            if self._in_flight == 0:
+                self._idle.set()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for index, work, span in zip(indexes, group.works, spans, strict=True):
+            # Unanswered in time: it may still become durable, and a retry is then a duplicate, answered AA.
+            late = _TemporaryError("timed out waiting for the log; retry later")
+            result = work.result if work.done.is_set() else IngestResult("retry", error=late.to_dict())
+            results[index] = result
+            span.set_attribute("vigil.outcome", result.outcome)
+            span.set_attribute("vigil.message_type", work.message_type)
+            if result.lsns:
+                span.set_attribute("vigil.lsn", result.lsns[0])
+                span.add_event("durable")
+            span.end()
+            self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
+            self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
+
+    async def _handle(self, _lane: Lane, work: _Work | _Group) -> None:
         """A lane worker: parse and map, append durably, answer, then hand to the patient actors."""
+        if isinstance(work, _Group):
+            await self._handle_group(work)
+            return
         assert self._wal is not None
         assert self._actors is not None
         received = self._clock().isoformat(timespec="milliseconds")
@@ -621,6 +698,43 @@ class Node:
             for patient in patients:
                 await self._actors.deliver(patient, applied)
 
+    async def _handle_group(self, group: _Group) -> None:
+        """A group's messages parsed one by one (a refusal is its message's alone), appended together."""
+        assert self._wal is not None
+        received = self._clock().isoformat(timespec="milliseconds")
+        envelopes: list[Envelope] = []
+        owners: list[_Work] = []
+        try:
+            for work in group.works:
+                try:
+                    env = self._decoder.hl7(
+                        work.raw,
+                        received_at=received,
+                        source=work.source,
+                        in_batch=work.in_batch,
+                        classified=work.classified,
+                    )
+                except InputError as exc:
+                    work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
+                    continue
+                work.message_type = env.message_type
+                envelopes.append(env)
+                owners.append(work)
+            if not envelopes:
+                return
+            try:
+                positions = await self._wal.append(envelopes)
+            except (DiskFullError, WALFailedError) as exc:
+                error = _TemporaryError(str(exc))
+                for work in owners:
+                    work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
+                return
+            for work, position in zip(owners, positions, strict=True):
+                work.finish(Outcome.ACCEPTED, IngestResult("accepted", (position.lsn,), position.duplicate))
+        finally:
+            group.done.set()
+        await self._apply(envelopes, positions)
+
     async def _reject(self, raw: bytes, source: str, error: InputError) -> IngestResult:
         """Never a silent drop: the bytes go to quarantine with the reason (invariant 2)."""
         qid = await anyio.to_thread.run_sync(
@@ -638,7 +752,8 @@ class Node:
         return self._clock().strftime("%Y%m%d%H%M%S")
 
 
-_STREAM_WINDOW = 512  # messages of one input in flight at once
+_STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
+_GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
 
 
 def _patient_hint(raw: bytes) -> bytes | None:

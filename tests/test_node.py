@@ -298,3 +298,35 @@ def test_top_refreshes_until_interrupted(tmp_path: Path) -> None:
         out, err = top.communicate(timeout=30)
     assert top.returncode == 0, err
     assert b"critical" in out
+
+
+def test_stdin_keeps_every_patients_order_across_lanes(tmp_path: Path) -> None:
+    """A stream goes in lane groups (engine.batching); each patient's messages still reach the log in input order."""
+    from engine.decode import Decoder
+    from engine.feedgen import generate_feed
+
+    feed = generate_feed(1500, seed=77, patients=12)
+    decoder = Decoder()
+    sent: dict[str, list[str]] = {}
+    for raw in feed:
+        env = decoder.hl7(raw, received_at="t", source="test")
+        sent.setdefault(env.patient or "", []).append(env.message_id)
+    done = subprocess.run(
+        [VIGIL, "run", "--stdin", "--data", str(tmp_path / "data")],
+        input=b"".join(feed),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+    assert len(done.stdout.splitlines()) == len(feed)
+
+    async def logged() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        async with open_wal(tmp_path / "data" / "wal") as wal:
+            for r in wal.read_from(1):
+                found.setdefault(r.envelope.patient or "", []).append(r.message_id)
+        return found
+
+    assert anyio.run(logged) == sent

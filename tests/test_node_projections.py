@@ -155,8 +155,8 @@ def test_connections_cut_mid_batch_leave_no_partial_batch(
 
     async def scenario() -> None:
         async with open_wal(tmp_path / "wal") as wal:
-            await _fill(wal, 20_000, patients=400)
-            config = ProjectionsConfig(schema=pg_schema, batch_records_max=4000, retry_delay_max_s=0.2)
+            await _fill(wal, 30_000, patients=400)
+            config = ProjectionsConfig(schema=pg_schema, batch_records_max=2000, retry_delay_max_s=0.2)
             runner = ProjectionRunner(wal, config, pg_dsn, base=Path(), critical_flags=sorted(CRITICAL))
             killed = 0
             async with anyio.create_task_group() as tg:
@@ -166,11 +166,12 @@ def test_connections_cut_mid_batch_leave_no_partial_batch(
                     admin = await asyncpg.connect(pg_dsn)
                     try:
                         while killed < cuts:
-                            await anyio.sleep(0.15)
+                            await anyio.sleep(0.05)
+                            # A backend inside a transaction: mid-batch, whatever it is doing this instant.
                             killed += await admin.fetchval(
                                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                 "WHERE application_name = 'vigil' AND datname = current_database() "
-                                "AND state = 'active' AND pid <> pg_backend_pid()"
+                                "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
                             )
                     finally:
                         await admin.close()
