@@ -32,12 +32,15 @@ class Window(msgspec.Struct, frozen=True):
     one_by_one: tuple[int, ...] = ()
 
 
-def windows(lanes: Sequence[Lane | None], patients: Sequence[bytes | None], size: int) -> list[Window]:
+def windows(
+    lanes: Sequence[Lane | None], patients: Sequence[bytes | None], size: int, alone_max: int = 512
+) -> list[Window]:
     """The windows of an input: message i has lane `lanes[i]` (None: not groupable), patient hint `patients[i]`.
 
     A window closes before the message that would put one patient in two of
-    its lane groups, or at `size` messages; a message that cannot be grouped
-    is a window of its own, answered one by one.
+    its lane groups, or at `size` messages; messages that cannot be grouped
+    are windows of their own (a run of them, up to `alone_max`, one window),
+    answered one by one.
     """
     found: list[Window] = []
     groups: dict[Lane, list[int]] = {}
@@ -57,7 +60,11 @@ def windows(lanes: Sequence[Lane | None], patients: Sequence[bytes | None], size
     for i, lane in enumerate(lanes):
         if lane is None:
             close()
-            found.append(Window(one_by_one=(i,)))
+            previous = found[-1].one_by_one if found else ()
+            if previous and previous[-1] == i - 1 and len(previous) < alone_max:
+                found[-1] = Window(one_by_one=(*previous, i))  # a run of them (an NDJSON stream) stays one window
+            else:
+                found.append(Window(one_by_one=(i,)))
             continue
         patient = patients[i]
         if count >= size or (patient is not None and lane_of_patient.get(patient, lane) is not lane):

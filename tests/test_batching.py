@@ -51,3 +51,13 @@ def test_every_message_is_in_exactly_one_place_and_no_patient_spans_two_groups(
                 if patient is not None:
                     assert owners.setdefault(patient, lane) is lane
     assert sorted(seen) == list(range(len(items)))
+
+
+def test_a_run_of_ungroupable_messages_is_one_window_up_to_its_bound() -> None:
+    found = windows([None, None, None, S, None], [None] * 5, 8, alone_max=2)
+    assert [(w.groups, w.one_by_one) for w in found] == [
+        ((), (0, 1)),
+        ((), (2,)),
+        (((S, (3,)),), ()),
+        ((), (4,)),
+    ]
