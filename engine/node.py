@@ -239,7 +239,14 @@ class Node:
             return None
         rules = self.config.lanes.rules
         flags = (*rules.critical_abnormal_flags, *rules.local_critical_flags)
-        return ProjectionRunner(wal, self.config.projections, dsn, base=self._config_dir, critical_flags=flags)
+        return ProjectionRunner(
+            wal,
+            self.config.projections,
+            dsn,
+            base=self._config_dir,
+            critical_flags=flags,
+            busy=lambda: self._in_flight > 0,
+        )
 
     def _read_side_lag(self) -> tuple[int, float] | None:
         if self._projections is None:
