@@ -65,6 +65,7 @@ class PgServer:
         self._root = Path(tempfile.mkdtemp(prefix="vigil-pg-"))
         self.data = self._root / "data"
         self._user = _unprivileged_user() if os.geteuid() == 0 else None
+        self._tls = False
         if self._user is not None:
             os.chown(self._root, self._user.pw_uid, self._user.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
@@ -73,8 +74,20 @@ class PgServer:
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def enable_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Serve TLS (before `start`): the certificate and key, readable by the server's user only."""
+        for name, pem in (("server.crt", cert_pem), ("server.key", key_pem)):
+            path = self.data / name
+            path.write_bytes(pem)
+            path.chmod(0o600)
+            if self._user is not None:
+                os.chown(path, self._user.pw_uid, self._user.pw_gid)
+        self._tls = True
+
     def start(self) -> None:
         options = f"-p {self.port} -k {self._root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        if self._tls:
+            options += " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self._root / "log"), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -107,8 +120,11 @@ def _unprivileged_user() -> pwd.struct_passwd:
 
 
 @contextlib.contextmanager
-def throwaway_server() -> Iterator[PgServer]:
-    """A started throwaway server, destroyed afterwards; skips the caller's test where no binaries exist."""
+def throwaway_server(tls: tuple[bytes, bytes] | None = None) -> Iterator[PgServer]:
+    """A started throwaway server (serving TLS with `tls` = (certificate PEM, key PEM)), destroyed afterwards.
+
+    Skips the caller's test where no server binaries exist.
+    """
     bindir = find_pg_bindir()
     if bindir is None:
         import pytest
@@ -116,6 +132,8 @@ def throwaway_server() -> Iterator[PgServer]:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
     server = PgServer(bindir)
     try:
+        if tls is not None:
+            server.enable_tls(*tls)
         server.start()
         yield server
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -248,8 +249,6 @@ async def test_bad_values_are_kept_raw_and_counted_and_never_stop_the_projection
 
 
 def test_tls_settings_follow_libpq_modes(tmp_path: Path) -> None:
-    import ssl
-
     from engine.errors import ConfigError
     from engine.projections.database import _ssl
 
@@ -335,3 +334,31 @@ async def test_migrations_apply_once_in_order_and_carry_existing_rows(pg_dsn: st
         assert await conn.fetchval("SELECT ack_lsn < last_critical_lsn FROM critical_worklist") is True
     finally:
         await conn.close()
+
+
+def test_the_read_side_speaks_tls_and_refuses_a_server_it_cannot_verify(tmp_path: Path) -> None:
+    """verify-full against a real PostgreSQL serving TLS: our CA connects, another CA is refused."""
+    import trustme
+
+    from engine.projections.database import connect
+    from tests.pg_server import find_pg_bindir, throwaway_server
+
+    if find_pg_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    ca, stranger = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    stranger.cert_pem.write_to_path(str(tmp_path / "stranger.pem"))
+    with throwaway_server(tls=(cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes())) as server:
+
+        async def attempt(ca_file: str) -> str:
+            config = ProjectionsConfig(ssl_mode="verify-full", ssl_root_cert_file=ca_file)
+            conn = await connect(server.dsn, config, tmp_path)
+            try:
+                return str(await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
+            finally:
+                await conn.close()
+
+        assert anyio.run(attempt, "ca.pem", backend="asyncio") == "True"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            anyio.run(attempt, "stranger.pem", backend="asyncio")
