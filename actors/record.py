@@ -48,6 +48,7 @@ from engine.model import (
     OrderChanged,
     OrderPlaced,
     PatientMerged,
+    RecordAccessed,
     ResultAcknowledged,
     ResultReported,
     Transferred,
@@ -314,7 +315,7 @@ def _fold(patient: str, facts: list[Fact], merged_from: tuple[str, ...]) -> Reco
             charges.append(e)
         elif isinstance(e, DocumentRecorded):
             documents[e.document_id] = e
-        elif not isinstance(e, PatientMerged | Unrecognized):  # pragma: no cover -- the union is closed
+        elif not isinstance(e, PatientMerged | Unrecognized | RecordAccessed):  # pragma: no cover -- closed union
             raise TypeError(f"unknown event {type(e).__name__}")
     return RecordView(
         patient=patient,

@@ -38,6 +38,7 @@ __all__ = [
     "OrderChanged",
     "OrderPlaced",
     "PatientMerged",
+    "RecordAccessed",
     "ResultAcknowledged",
     "ResultReported",
     "Transferred",
@@ -273,6 +274,31 @@ class ResultAcknowledged(_Event, frozen=True, tag="result_acknowledged"):
 
 
 @final
+class RecordAccessed(_Event, frozen=True, tag="record_accessed"):
+    """Someone read a patient's data, or was refused it: the PHI access audit (45 CFR 164.312(b)).
+
+    Not a clinical fact (the record fold passes over it); the read side's
+    `phi_access_audit` answers "who looked at my record".
+
+    Attributes:
+        user, role: who (a unique user id, and the role they acted in).
+        action: what was read (`record`, `log`, `quarantine`, `worklist`...).
+        outcome: `allowed` or `denied`.
+        at: when (ISO 8601, UTC).
+        setting: the session's clinical setting (emergency department, ward...).
+        reason: why, where one is given (a break-the-glass reason code).
+    """
+
+    user: str
+    role: str
+    action: str
+    outcome: str
+    at: str
+    setting: str = ""
+    reason: str = ""
+
+
+@final
 class Unrecognized(_Event, frozen=True, tag="unrecognized"):
     """A message, or part of one, the engine keeps but does not interpret."""
 
@@ -298,6 +324,7 @@ Event = (
     | ChargePosted
     | DocumentRecorded
     | ResultAcknowledged
+    | RecordAccessed
     | Unrecognized
 )
 

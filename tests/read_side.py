@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 import asyncpg
 
 from actors.record import PatientRecord
-from engine.model import ChargePosted, MedicationAdministered, ResultAcknowledged, ResultReported
+from engine.model import ChargePosted, MedicationAdministered, RecordAccessed, ResultAcknowledged, ResultReported
 from engine.wal.record import LogRecord
 
 Tables = dict[str, set[tuple[object, ...]]]
@@ -25,10 +25,10 @@ def folded(records: Iterable[LogRecord]) -> dict[str, PatientRecord]:
     return found
 
 
-def expected_tables(records: Iterable[LogRecord]) -> Tables:
+def expected_tables(records: Sequence[LogRecord]) -> Tables:
     """What the projections must hold, from the actors' views."""
     t: Tables = {k: set() for k in ("patients", "encounters", "medications", "allergies", "results", "worklist")}
-    t |= {"administrations": set(), "charges": set()}
+    t |= {"administrations": set(), "charges": set(), "access": set()}
     for patient, record in folded(records).items():
         view = record.view()
         d = view.demographics
@@ -80,7 +80,19 @@ def expected_tables(records: Iterable[LogRecord]) -> Tables:
                 t["administrations"].add((patient, e.order_id, fact.lsn, e.dose))
             elif isinstance(e, ChargePosted):
                 t["charges"].add((patient, e.transaction_id, fact.lsn, e.amount))
+    t["access"] = _accesses(records)
     return t
+
+
+def _accesses(records: Sequence[LogRecord]) -> set[tuple[object, ...]]:
+    """Accesses are not in the record fold: one row for every patient the record names."""
+    return {
+        (patient, r.lsn, e.user, e.action, e.outcome)
+        for r in records
+        for e in r.envelope.events
+        if isinstance(e, RecordAccessed)
+        for patient in r.patients
+    }
 
 
 async def actual_tables(dsn: str, schema: str) -> Tables:
@@ -109,6 +121,7 @@ async def actual_tables(dsn: str, schema: str) -> Tables:
             ),
             "administrations": await rows("SELECT patient, order_id, lsn, dose FROM medication_administrations"),
             "charges": await rows("SELECT patient, transaction_id, lsn, amount_raw FROM charges"),
+            "access": await rows("SELECT patient, lsn, user_id, action, outcome FROM phi_access_audit"),
         }
     finally:
         await conn.close()

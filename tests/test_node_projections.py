@@ -106,7 +106,7 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
         assert status["state"] == "following"
         assert status["critical_visible_p99_ms"] > 0
     report = _vigil(config, "db", "status", "--json")
-    assert report["database"]["schema_version"] == 2
+    assert report["database"]["schema_version"] == 3
     assert set(report["database"]["positions"].values()) == {3}  # two messages and the acknowledgement
 
 

@@ -34,6 +34,7 @@ from engine.model import (
     MedicationAdministered,
     MedicationOrdered,
     OrderCancelled,
+    RecordAccessed,
     ResultAcknowledged,
     ResultReported,
     Transferred,
@@ -129,6 +130,14 @@ def _events() -> st.SearchStrategy[Event]:
             ChargePosted,
             transaction_id=st.sampled_from(["T1", "T2"]),
             amount=st.sampled_from(["45.00", "1e15", "abc", ""]),
+        ),
+        st.builds(
+            RecordAccessed,
+            user=st.sampled_from(["dr.a", "op.b"]),
+            role=st.sampled_from(["clinician", "operator"]),
+            action=st.sampled_from(["record", "log"]),
+            outcome=st.sampled_from(["allowed", "denied"]),
+            at=st.just("t"),
         ),
     )
 
@@ -328,7 +337,7 @@ async def test_migrations_apply_once_in_order_and_carry_existing_rows(pg_dsn: st
         await conn.execute(
             "INSERT INTO critical_worklist (patient, result_key, opened_lsn, opened_at, last_lsn) VALUES ('P', 'K', 7, 't', 7)"
         )
-        assert await migrate(conn) == [2]
+        assert await migrate(conn) == [2, 3]
         assert await migrate(conn) == []  # idempotent
         assert await schema_version(conn) == len(MIGRATIONS)
         assert await conn.fetchval("SELECT ack_lsn < last_critical_lsn FROM critical_worklist") is True

@@ -11,7 +11,10 @@ actors report (a property test checks it):
 - `critical_worklist`: every result that was ever critical, open until a
   clinician acknowledges it (`ResultAcknowledged`) after its latest critical
   version (a new critical value opens the item again);
-- `medication_administrations` and `charges`: one row per event.
+- `medication_administrations` and `charges`: one row per event;
+- `phi_access_audit`: who read which patient's data, when, why, and whether
+  they were allowed (`RecordAccessed`, which the authentication layer
+  appends to the log).
 
 Bad data never stops a projection: a value that does not fit its typed column
 (a numeric result that is not a number, an amount too large, a time that is
@@ -41,6 +44,7 @@ from engine.model import (
     MedicationOrdered,
     OrderCancelled,
     PatientMerged,
+    RecordAccessed,
     ResultAcknowledged,
     ResultReported,
     Transferred,
@@ -124,6 +128,13 @@ TABLES: Final[dict[str, TableSpec]] = {
             ("patient", "order_id"),
             {"lsn": "bigint", "seq": "int", "medication_code": _S, "medication_text": _S, "dose": _S}
             | {"dose_numeric": "numeric", "units": _S, "status": _S, "administered_at": _S},
+            append_only=True,
+        ),
+        TableSpec(
+            "phi_access_audit",
+            ("patient",),
+            {"lsn": "bigint", "seq": "int", "user_id": _S, "role": _S, "setting": _S, "action": _S, "reason": _S}
+            | {"outcome": _S, "accessed_at": _S},
             append_only=True,
         ),
         TableSpec(
@@ -382,6 +393,12 @@ def _charge(c: _Context, e: Event) -> None:
     c.changes["charges"].append((*row, e.amount, e.posted_at))
 
 
+def _accessed(c: _Context, e: Event) -> None:
+    assert isinstance(e, RecordAccessed)
+    row = (c.patient, c.lsn, c.seq, e.user, e.role, e.setting, e.action, e.reason, e.outcome, e.at)
+    c.changes["phi_access_audit"].append(row)
+
+
 def projections(critical_flags: Iterable[str], on_worklist: set[Key] | None = None) -> dict[str, Projection]:
     """Every projection; `critical_flags` are the OBX-8 codes that put a result on the worklist.
 
@@ -405,6 +422,7 @@ def projections(critical_flags: Iterable[str], on_worklist: set[Key] | None = No
         Projection("critical_worklist", ("critical_worklist",), worklist),
         Projection("medication_administrations", ("medication_administrations",), administrations),
         Projection("charges", ("charges",), {ChargePosted: _charge}),
+        Projection("phi_access_audit", ("phi_access_audit",), {RecordAccessed: _accessed}),
     )
     return {p.name: p for p in found}
 

@@ -176,9 +176,27 @@ DROP INDEX critical_worklist_open;
 CREATE INDEX critical_worklist_open ON critical_worklist (opened_lsn) WHERE ack_lsn < last_critical_lsn;
 """
 
+_V3: Final = """
+CREATE TABLE phi_access_audit (
+    patient text NOT NULL,
+    lsn bigint NOT NULL,
+    seq int NOT NULL,
+    user_id text NOT NULL,
+    role text NOT NULL,
+    setting text NOT NULL,
+    action text NOT NULL,
+    reason text NOT NULL,
+    outcome text NOT NULL,
+    accessed_at text NOT NULL,
+    PRIMARY KEY (patient, lsn, seq)
+);
+CREATE INDEX phi_access_audit_by_user ON phi_access_audit (user_id, lsn);
+"""
+
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (1, "read models: summary, results, worklist, administrations, charges", _V1),
     (2, "critical worklist: an item opens again at a new critical version", _V2),
+    (3, "the PHI access audit: who read which record, when, why, with what outcome", _V3),
 )
 
 
