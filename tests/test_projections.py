@@ -176,7 +176,7 @@ def _log_of(history: list[tuple[str, list[Event], Lane]]) -> _Log:
 
 
 @settings(
-    max_examples=int(os.environ.get("VIGIL_PROJECTION_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("VIGIL_PROJECTION_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -371,3 +371,30 @@ def test_the_read_side_speaks_tls_and_refuses_a_server_it_cannot_verify(tmp_path
         assert anyio.run(attempt, "ca.pem", backend="asyncio") == "True"
         with pytest.raises(ssl.SSLCertVerificationError):
             anyio.run(attempt, "stranger.pem", backend="asyncio")
+
+
+@pytest.mark.anyio
+async def test_a_record_the_database_refuses_is_noted_and_passed_and_the_rest_of_its_batch_applied(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """PostgreSQL text cannot hold NUL: that record's rows are refused; its batch goes in record by record."""
+    code = Coded("2823-3", "Potassium")
+    history = [
+        ("MRN|1", [ResultReported("K|1", code, value="4.1")], Lane.STANDARD),
+        ("MRN|1", [ResultReported("K|2", code, value="bad\x00value")], Lane.STANDARD),
+        ("MRN|2", [ResultReported("K|3", code, value="5.0")], Lane.STANDARD),
+    ]
+    log = _log_of(history)
+    config = ProjectionsConfig(schema=pg_schema)
+    await ProjectionRunner(log, config, pg_dsn, base=Path("."), critical_flags=sorted(CRITICAL)).catch_up()
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": pg_schema})
+    try:
+        keys = {r["result_key"] for r in await conn.fetch("SELECT result_key FROM results")}
+        issues = [dict(r) for r in await conn.fetch("SELECT projection, lsn, field, reason FROM projection_issues")]
+        positions = {r["lsn"] for r in await conn.fetch("SELECT lsn FROM projection_positions")}
+    finally:
+        await conn.close()
+    assert keys == {"K|1", "K|3"}
+    assert [(i["projection"], i["lsn"], i["field"]) for i in issues] == [("*", 2, "record")]
+    assert "SQLSTATE" in issues[0]["reason"]
+    assert positions == {3}
