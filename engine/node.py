@@ -37,13 +37,14 @@ from anyio.streams.tls import TLSListener
 from actors import Applied, PatientActors, RecordView
 from engine.admin import AdminError, AdminServer, Handler
 from engine.batching import windows
+from engine.commands import acknowledgement, was_critical
 from engine.config import Config
 from engine.decode import Decoder
 from engine.errors import FramingError, InputError
 from engine.framing import Piece, split_input
 from engine.hl7 import AckContext, Outcome, build_ack
 from engine.mllp import Frame, MLLPDecoder, frame
-from engine.model import Envelope, Kind, Lane, ResultAcknowledged
+from engine.model import Envelope, Kind, Lane
 from engine.nats_source import NatsSource, Verdict
 from engine.patient_store import LogRecordSource, PoisonQuarantine
 from engine.projections import ProjectionRunner, Record, dsn_of
@@ -55,73 +56,13 @@ from engine.wal.log import utc_now
 from engine.wal.quarantine import Quarantine
 from engine.wal.scan import Progress
 from engine.wal.snapshots import SnapshotStore
+from engine.work import Group, IngestResult, TemporaryError, Work, patient_hint
 from lanes import Classifier, LaneScheduler, LaneStatistics
 from lanes.classify import Classification
 
 __all__ = ["IngestResult", "Node"]
 
 _log = structlog.get_logger("vigil.node")
-
-
-@final
-class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What became of one message: accepted (with LSN), retry, or rejected (with the error)."""
-
-    outcome: str
-    lsns: tuple[int, ...] = ()
-    duplicate: bool = False
-    error: dict[str, object] | None = None
-
-
-@final
-class _Work:
-    """One message on its way through a lane, and the answer its source waits for."""
-
-    __slots__ = (
-        "classified",
-        "done",
-        "in_batch",
-        "kind",
-        "message_type",
-        "outcome",
-        "raw",
-        "reason",
-        "result",
-        "source",
-    )
-
-    def __init__(
-        self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False, classified: Classification | None = None
-    ) -> None:
-        self.raw = raw
-        self.classified = classified  # the lane decided at the source: not decided twice
-        self.source = source
-        self.kind = kind
-        self.in_batch = in_batch
-        self.done = anyio.Event()
-        self.outcome = Outcome.RETRY
-        self.reason: InputError | None = None
-        self.result = IngestResult("retry")
-        self.message_type = ""
-
-    def finish(self, outcome: Outcome, result: IngestResult, reason: InputError | None = None) -> None:
-        self.outcome, self.result, self.reason = outcome, result, reason
-        self.done.set()
-
-
-@final
-class _Group:
-    """Messages of one lane from one input, handled in one turn of the lane (see `engine.batching`)."""
-
-    __slots__ = ("done", "works")
-
-    def __init__(self, works: list[_Work]) -> None:
-        self.works = works
-        self.done = anyio.Event()
-
-
-class _TemporaryError(InputError):
-    """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout)."""
 
 
 @final
@@ -151,7 +92,7 @@ class Node:
         self._connections = anyio.CapacityLimiter(config.mllp.connections_max)
         self._wal: WriteAheadLog | None = None
         self._actors: PatientActors | None = None
-        self._scheduler: LaneScheduler[_Work | _Group] | None = None
+        self._scheduler: LaneScheduler[Work | Group] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
         self._stop_requested = anyio.Event()
         self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
@@ -332,11 +273,7 @@ class Node:
         return msgspec.to_builtins(view)
 
     async def _acknowledge(self, request: dict[str, object]) -> object:
-        """A clinician acknowledges a critical result: recorded in the log, like any message, then applied.
-
-        `request_id` (one per CLI invocation) makes the message id, so a retried
-        request is a duplicate, not a second acknowledgement.
-        """
+        """A clinician acknowledges a critical result: recorded in the log (`engine.commands`), then applied."""
         fields = {k: request.get(k) for k in ("patient", "result_key", "by", "request_id")}
         missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
         if missing:
@@ -346,24 +283,11 @@ class Node:
         view = await self.patient(patient)
         result = next((r for r in view.results if r.result_key == result_key), None)
         rules = self.config.lanes.rules
-        critical = {*rules.critical_abnormal_flags, *rules.local_critical_flags}
-        if result is None or not any(critical & set(getattr(f.event, "abnormal_flags", ())) for f in result.versions):
+        if result is None or not was_critical(result, (*rules.critical_abnormal_flags, *rules.local_critical_flags)):
             raise AdminError("that patient has no critical result with that key")
         now = utc_now()
-        event = ResultAcknowledged(result_key, by, now, note if isinstance(note, str) else "")
-        raw = msgspec.json.encode({"command": "acknowledge", **fields, "note": event.note, "at": now})
-        env = Envelope(
-            f"command:{request_id}",
-            Kind.COMMAND,
-            "ACKNOWLEDGE^RESULT",
-            patient,
-            Lane.CRITICAL,
-            "critical result acknowledged",
-            now,
-            "admin",
-            raw,
-            (event,),
-        )
+        note_text = note if isinstance(note, str) else ""
+        env = acknowledgement(patient, result_key, by, note_text, request_id=request_id, now=now)
         try:
             positions = await self.wal.append([env])
         except (DiskFullError, WALFailedError) as exc:
@@ -516,7 +440,7 @@ class Node:
                 with contextlib.suppress(InputError):
                     classified[i] = self._classifier.classify_hl7(piece.data, in_batch=piece.in_batch)
         lanes = [c.lane if c is not None else None for c in classified]
-        hints = [_patient_hint(p.data) if p.kind is Kind.HL7V2 and p.error is None else None for p in pieces]
+        hints = [patient_hint(p.data) if p.kind is Kind.HL7V2 and p.error is None else None for p in pieces]
         results: list[IngestResult] = [IngestResult("retry")] * len(pieces)
         for window in windows(lanes, hints, _GROUP_MESSAGES_MAX):
             if window.one_by_one:
@@ -527,7 +451,7 @@ class Node:
             async with anyio.create_task_group() as tg:
                 for lane, indexes in window.groups:
                     works = [
-                        _Work(pieces[i].data, source, Kind.HL7V2, in_batch=pieces[i].in_batch, classified=classified[i])
+                        Work(pieces[i].data, source, Kind.HL7V2, in_batch=pieces[i].in_batch, classified=classified[i])
                         for i in indexes
                     ]
                     tg.start_soon(self._ingest_group, lane, works, indexes, results)
@@ -561,7 +485,7 @@ class Node:
             for index, piece in enumerate(pieces):
                 await window.acquire()
                 mine = anyio.Event()
-                key = _patient_hint(piece.data) if piece.kind is Kind.HL7V2 and piece.error is None else None
+                key = patient_hint(piece.data) if piece.kind is Kind.HL7V2 and piece.error is None else None
                 before = last.get(key) if key else None
                 if key:
                     last[key] = mine
@@ -579,7 +503,7 @@ class Node:
         except InputError as exc:
             return await self._reject(raw, source, exc), exc
         lane = classified.lane if classified is not None else Lane.STANDARD
-        work = _Work(raw, source, kind, in_batch=in_batch, classified=classified)
+        work = Work(raw, source, kind, in_batch=in_batch, classified=classified)
         self._in_flight += 1
         self._idle = anyio.Event()
         started = time.perf_counter()
@@ -596,7 +520,7 @@ class Node:
             reason: InputError | None
             if waited.cancelled_caught:
                 # The message may still become durable: a retry is then a duplicate, answered AA.
-                reason = _TemporaryError("timed out waiting for the log; retry later")
+                reason = TemporaryError("timed out waiting for the log; retry later")
                 result = IngestResult("retry", error=reason.to_dict())
             else:
                 result, reason = work.result, work.reason
@@ -620,11 +544,11 @@ class Node:
         return result, reason
 
     async def _ingest_group(
-        self, lane: Lane, works: list[_Work], indexes: Sequence[int], results: list[IngestResult]
+        self, lane: Lane, works: list[Work], indexes: Sequence[int], results: list[IngestResult]
     ) -> None:
         """Messages of one lane from one input: one scheduler turn, one append; each answered on its own."""
         assert self._scheduler is not None
-        group = _Group(works)
+        group = Group(works)
         self._in_flight += len(works)
         self._idle = anyio.Event()
         started = time.perf_counter()
@@ -642,7 +566,7 @@ class Node:
         elapsed_ms = (time.perf_counter() - started) * 1000
         for index, work, span in zip(indexes, group.works, spans, strict=True):
             # Unanswered in time: it may still become durable, and a retry is then a duplicate, answered AA.
-            late = _TemporaryError("timed out waiting for the log; retry later")
+            late = TemporaryError("timed out waiting for the log; retry later")
             result = work.result if work.done.is_set() else IngestResult("retry", error=late.to_dict())
             results[index] = result
             span.set_attribute("vigil.outcome", result.outcome)
@@ -654,9 +578,9 @@ class Node:
             self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
             self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
 
-    async def _handle(self, _lane: Lane, work: _Work | _Group) -> None:
+    async def _handle(self, _lane: Lane, work: Work | Group) -> None:
         """A lane worker: parse and map, append durably, answer, then hand to the patient actors."""
-        if isinstance(work, _Group):
+        if isinstance(work, Group):
             await self._handle_group(work)
             return
         assert self._wal is not None
@@ -682,7 +606,7 @@ class Node:
         try:
             positions = await self._wal.append(envelopes)
         except (DiskFullError, WALFailedError) as exc:
-            error = _TemporaryError(str(exc))
+            error = TemporaryError(str(exc))
             work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
             return
         work.finish(
@@ -705,12 +629,12 @@ class Node:
             for patient in patients:
                 await self._actors.deliver(patient, applied)
 
-    async def _handle_group(self, group: _Group) -> None:
+    async def _handle_group(self, group: Group) -> None:
         """A group's messages parsed one by one (a refusal is its message's alone), appended together."""
         assert self._wal is not None
         received = self._clock().isoformat(timespec="milliseconds")
         envelopes: list[Envelope] = []
-        owners: list[_Work] = []
+        owners: list[Work] = []
         try:
             for work in group.works:
                 try:
@@ -732,7 +656,7 @@ class Node:
             try:
                 positions = await self._wal.append(envelopes)
             except (DiskFullError, WALFailedError) as exc:
-                error = _TemporaryError(str(exc))
+                error = TemporaryError(str(exc))
                 for work in owners:
                     work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
                 return
@@ -761,17 +685,6 @@ class Node:
 
 _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
 _GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
-
-
-def _patient_hint(raw: bytes) -> bytes | None:
-    """PID-3 as sent, from the raw bytes: enough to keep one patient's messages in order."""
-    for marker in (b"\rPID", b"\nPID"):
-        start = raw.find(marker)
-        if start >= 0:
-            line = raw[start + 1 :].split(b"\r", 1)[0].split(b"\n", 1)[0]
-            fields = line.split(line[3:4]) if len(line) > 3 else []
-            return fields[3] if len(fields) > 3 and fields[3] else None
-    return None
 
 
 def _ready_files(folder: Path, settle_s: float) -> list[Path]:

@@ -1,0 +1,87 @@
+"""Messages on their way through a lane: what a lane carries, and the answer a source waits for."""
+
+from __future__ import annotations
+
+from typing import final
+
+import anyio
+import msgspec
+
+from engine.errors import InputError
+from engine.hl7 import Outcome
+from engine.model import Kind
+from lanes.classify import Classification
+
+__all__ = ["Group", "IngestResult", "TemporaryError", "Work", "patient_hint"]
+
+
+@final
+class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What became of one message: accepted (with LSN), retry, or rejected (with the error)."""
+
+    outcome: str
+    lsns: tuple[int, ...] = ()
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+@final
+class Work:
+    """One message on its way through a lane, and the answer its source waits for."""
+
+    __slots__ = (
+        "classified",
+        "done",
+        "in_batch",
+        "kind",
+        "message_type",
+        "outcome",
+        "raw",
+        "reason",
+        "result",
+        "source",
+    )
+
+    def __init__(
+        self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False, classified: Classification | None = None
+    ) -> None:
+        self.raw = raw
+        self.classified = classified  # the lane decided at the source: not decided twice
+        self.source = source
+        self.kind = kind
+        self.in_batch = in_batch
+        self.done = anyio.Event()
+        self.outcome = Outcome.RETRY
+        self.reason: InputError | None = None
+        self.result = IngestResult("retry")
+        self.message_type = ""
+
+    def finish(self, outcome: Outcome, result: IngestResult, reason: InputError | None = None) -> None:
+        self.outcome, self.result, self.reason = outcome, result, reason
+        self.done.set()
+
+
+@final
+class Group:
+    """Messages of one lane from one input, handled in one turn of the lane (see `engine.batching`)."""
+
+    __slots__ = ("done", "works")
+
+    def __init__(self, works: list[Work]) -> None:
+        self.works = works
+        self.done = anyio.Event()
+
+
+class TemporaryError(InputError):
+    """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout)."""
+
+
+def patient_hint(raw: bytes) -> bytes | None:
+    """PID-3 as sent, from the raw bytes: enough to keep one patient's messages in order."""
+    for marker in (b"\rPID", b"\nPID"):
+        start = raw.find(marker)
+        if start >= 0:
+            line = raw[start + 1 :].split(b"\r", 1)[0].split(b"\n", 1)[0]
+            fields = line.split(line[3:4]) if len(line) > 3 else []
+            return fields[3] if len(fields) > 3 and fields[3] else None
+    return None
