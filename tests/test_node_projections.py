@@ -76,6 +76,9 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
         _until(lambda: len(worklist()) == 1, "the critical result on the worklist")
         [item] = worklist()
         assert (item["value"], item["abnormal_flags"], item["acknowledged_by"]) == ("6.9", ["HH"], None)
+        table = _vigil(config, "worklist")
+        assert "Critical results: open" in table
+        assert "6.9 mmol/L" in table
         _until(lambda: _status(config, data)["lag_records"] == 0, "the read side to catch up")
         _vigil(config, "worklist", "ack", item["patient"], item["result_key"], "--by", "dr.osei", "--data", str(data))
         _until(lambda: not worklist(), "the acknowledged result to leave the open worklist")
@@ -102,9 +105,13 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
         )
         assert refused.returncode == 1
         assert b"no critical result" in refused.stderr
+        assert "read side: following" in _vigil(config, "status", "--data", str(data))
         status = _status(config, data)
         assert status["state"] == "following"
         assert status["critical_visible_p99_ms"] > 0
+    shown = _vigil(config, "db", "status")
+    assert "critical_worklist" in shown
+    assert "schema version 3" in shown
     report = _vigil(config, "db", "status", "--json")
     assert report["database"]["schema_version"] == 3
     assert set(report["database"]["positions"].values()) == {3}  # two messages and the acknowledgement
