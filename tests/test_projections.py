@@ -96,7 +96,7 @@ def _events() -> st.SearchStrategy[Event]:
         value=_VALUES,
         value_type=st.sampled_from(["NM", "ST", ""]),
         abnormal_flags=_FLAGS,
-        status=st.sampled_from(["F", "C"]),
+        status=st.sampled_from(["F", "C", "Q"]),
         effective_at=when,
     ).map(lambda r: msgspec.structs.replace(r, corrects=r.result_key if r.status == "C" else None))
     drug = st.builds(Coded, st.sampled_from(["D1", "D2"]), st.just("Drug"))
@@ -223,7 +223,7 @@ async def test_bad_values_are_kept_raw_and_counted_and_never_stop_the_projection
     code = Coded("2823-3", "Potassium")
     bad = [
         ResultReported(
-            "K|1", code, value="n/a", value_type="NM", abnormal_flags=("ZZ",), effective_at="31/12/2026 8am"
+            "K|1", code, value="n/a", value_type="NM", abnormal_flags=("ZZ",), effective_at="31/12/2026 8am", status="Q"
         ),
         ChargePosted("T1", amount="1e15"),
         MedicationAdministered("O1", Coded("D1"), dose="two"),
@@ -247,6 +247,7 @@ async def test_bad_values_are_kept_raw_and_counted_and_never_stop_the_projection
         assert issues == {
             ("results", "value", "n/a"),
             ("results", "abnormal_flags", "ZZ"),
+            ("results", "status", "Q"),
             ("results", "effective_at", "31/12/2026 8am"),
             ("charges", "amount", "1e15"),
             ("medication_administrations", "dose", "two"),

@@ -18,7 +18,8 @@ actors report (a property test checks it):
 
 Bad data never stops a projection: a value that does not fit its typed column
 (a numeric result that is not a number, an amount too large, a time that is
-not a time, an abnormal flag outside HL7 table 0078) leaves the typed column
+not a time, an abnormal flag outside HL7 table 0078, a result status outside
+table 0085) leaves the typed column
 empty, the raw value stays in its text column, and an `Issue` is counted.
 """
 
@@ -151,6 +152,10 @@ TABLES: Final[dict[str, TableSpec]] = {
 _KNOWN_FLAGS: Final = frozenset(
     "L H LL HH < > N A AA U D B W S R I MS VS NEG POS IND NR RR QCF TOX E EX EXP LX HX HU LU NS SYN-R SYN-S".split()  # noqa: SIM905 -- a table, read as one
 )
+# HL7 table 0085 (observation result status), and the FHIR Observation.status codes the mapping passes on.
+_KNOWN_RESULT_STATUS: Final = frozenset(
+    "C D F I N O P R S U W X registered preliminary final amended corrected cancelled entered-in-error unknown".split()  # noqa: SIM905
+)
 _AMOUNT_LIMIT: Final = Decimal("1e12")  # numeric(14,2)
 
 
@@ -259,6 +264,8 @@ def _result(c: _Context, e: Event) -> None:
     for flag in flags:
         if flag not in _KNOWN_FLAGS:
             c.issue("results", "abnormal_flags", flag, "not a code of HL7 table 0078")
+    if e.status and e.status not in _KNOWN_RESULT_STATUS:
+        c.issue("results", "status", e.status, "not a code of HL7 table 0085")
     effective = e.effective_at or c.recorded_at
     values: dict[str, object] = {
         "code": e.code.code,
