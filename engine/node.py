@@ -23,7 +23,7 @@ import itertools
 import signal
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import final
@@ -33,6 +33,7 @@ import msgspec
 import structlog
 from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.tls import TLSListener
+from opentelemetry.trace import Span
 
 from actors import Applied, PatientActors, RecordView
 from engine.admin import AdminError, AdminServer, Handler
@@ -56,7 +57,7 @@ from engine.wal.log import utc_now
 from engine.wal.quarantine import Quarantine
 from engine.wal.scan import Progress
 from engine.wal.snapshots import SnapshotStore
-from engine.work import Group, IngestResult, TemporaryError, Work, patient_hint
+from engine.work import Group, IngestResult, TemporaryError, Work, patient_hint, timed_out
 from lanes import Classifier, LaneScheduler, LaneStatistics
 from lanes.classify import Classification
 
@@ -92,7 +93,7 @@ class Node:
         self._connections = anyio.CapacityLimiter(config.mllp.connections_max)
         self._wal: WriteAheadLog | None = None
         self._actors: PatientActors | None = None
-        self._scheduler: LaneScheduler[Work | Group] | None = None
+        self._scheduler: LaneScheduler[Group] | None = None
         self._quarantine = Quarantine(data_dir / "quarantine", OSFiles())
         self._stop_requested = anyio.Event()
         self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
@@ -504,43 +505,15 @@ class Node:
             return await self._reject(raw, source, exc), exc
         lane = classified.lane if classified is not None else Lane.STANDARD
         work = Work(raw, source, kind, in_batch=in_batch, classified=classified)
-        self._in_flight += 1
-        self._idle = anyio.Event()
+        group = Group([work])
         started = time.perf_counter()
         attributes = {"vigil.lane": lane.value, "vigil.kind": kind.value}
         with self._telemetry.tracer.start_as_current_span("vigil.message", attributes=attributes) as span:
-            try:
-                with anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
-                    await self._scheduler.admit(lane, work)
-                    await work.done.wait()
-            finally:
-                self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._idle.set()
-            reason: InputError | None
-            if waited.cancelled_caught:
-                # The message may still become durable: a retry is then a duplicate, answered AA.
-                reason = TemporaryError("timed out waiting for the log; retry later")
-                result = IngestResult("retry", error=reason.to_dict())
-            else:
-                result, reason = work.result, work.reason
-            span.set_attribute("vigil.outcome", result.outcome)
-            span.set_attribute("vigil.message_type", work.message_type)
-            if result.lsns:
-                span.set_attribute("vigil.lsn", result.lsns[0])
-                span.add_event("durable")
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
-        self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
-        # The canonical line: one per message, at debug, and nothing in it identifies a patient.
-        _log.debug(
-            "message",
-            lane=lane.value,
-            type=work.message_type,
-            outcome=result.outcome,
-            lsn=result.lsns[0] if result.lsns else None,
-            ms=round(elapsed_ms, 3),
-        )
+            with self._counted_in_flight(1), anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
+                await self._scheduler.admit(lane, group)
+                await group.done.wait()
+            result, reason = timed_out() if waited.cancelled_caught else (work.result, work.reason)
+            self._answered(span, lane, work, result, (time.perf_counter() - started) * 1000)
         return result, reason
 
     async def _ingest_group(
@@ -549,71 +522,90 @@ class Node:
         """Messages of one lane from one input: one scheduler turn, one append; each answered on its own."""
         assert self._scheduler is not None
         group = Group(works)
-        self._in_flight += len(works)
-        self._idle = anyio.Event()
         started = time.perf_counter()
         # One span per message, as on the one-by-one path: receive to durable.
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
         spans = [self._telemetry.tracer.start_span("vigil.message", attributes=attributes) for _ in works]
-        try:
-            with anyio.move_on_after(self.config.mllp.ack_timeout_s):
-                await self._scheduler.admit(lane, group)
-                await group.done.wait()
-        finally:
-            self._in_flight -= len(works)
-            if self._in_flight == 0:
-                self._idle.set()
+        with self._counted_in_flight(len(works)), anyio.move_on_after(self.config.mllp.ack_timeout_s):
+            await self._scheduler.admit(lane, group)
+            await group.done.wait()
         elapsed_ms = (time.perf_counter() - started) * 1000
         for index, work, span in zip(indexes, group.works, spans, strict=True):
-            # Unanswered in time: it may still become durable, and a retry is then a duplicate, answered AA.
-            late = TemporaryError("timed out waiting for the log; retry later")
-            result = work.result if work.done.is_set() else IngestResult("retry", error=late.to_dict())
-            results[index] = result
-            span.set_attribute("vigil.outcome", result.outcome)
-            span.set_attribute("vigil.message_type", work.message_type)
-            if result.lsns:
-                span.set_attribute("vigil.lsn", result.lsns[0])
-                span.add_event("durable")
+            results[index] = work.result if work.answered else timed_out()[0]
+            self._answered(span, lane, work, results[index], elapsed_ms)
             span.end()
-            self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
-            self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
 
-    async def _handle(self, _lane: Lane, work: Work | Group) -> None:
-        """A lane worker: parse and map, append durably, answer, then hand to the patient actors."""
-        if isinstance(work, Group):
-            await self._handle_group(work)
-            return
-        assert self._wal is not None
-        assert self._actors is not None
-        received = self._clock().isoformat(timespec="milliseconds")
+    @contextlib.contextmanager
+    def _counted_in_flight(self, count: int) -> Iterator[None]:
+        """Messages in flight, so a stop waits for them (`_idle`)."""
+        self._in_flight += count
+        self._idle = anyio.Event()
         try:
-            if work.kind is Kind.HL7V2:
-                envelopes = [
-                    self._decoder.hl7(
-                        work.raw,
-                        received_at=received,
-                        source=work.source,
-                        in_batch=work.in_batch,
-                        classified=work.classified,
-                    )
-                ]
-            else:
-                envelopes = self._decoder.fhir(work.raw, received_at=received, source=work.source)
-        except InputError as exc:
-            work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
-            return
-        work.message_type = envelopes[0].message_type if envelopes else ""
-        try:
-            positions = await self._wal.append(envelopes)
-        except (DiskFullError, WALFailedError) as exc:
-            error = TemporaryError(str(exc))
-            work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
-            return
-        work.finish(
-            Outcome.ACCEPTED,
-            IngestResult("accepted", tuple(p.lsn for p in positions), all(p.duplicate for p in positions)),
+            yield
+        finally:
+            self._in_flight -= count
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _answered(self, span: Span, lane: Lane, work: Work, result: IngestResult, elapsed_ms: float) -> None:
+        """A message's span attributes, metrics and canonical log line (at debug; nothing identifies a patient)."""
+        span.set_attribute("vigil.outcome", result.outcome)
+        span.set_attribute("vigil.message_type", work.message_type)
+        if result.lsns:
+            span.set_attribute("vigil.lsn", result.lsns[0])
+            span.add_event("durable")
+        self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
+        self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
+        lsn = result.lsns[0] if result.lsns else None
+        _log.debug(
+            "message", lane=lane.value, type=work.message_type, outcome=result.outcome, lsn=lsn, ms=round(elapsed_ms, 3)
         )
+
+    async def _handle(self, _lane: Lane, group: Group) -> None:
+        """A lane worker: parse and map, append durably (a group in one append), answer, hand to the actors.
+
+        A refusal is its own message's alone: the others of the group go on.
+        """
+        assert self._wal is not None
+        received = self._clock().isoformat(timespec="milliseconds")
+        envelopes: list[Envelope] = []
+        owned: list[tuple[Work, int]] = []  # each parsed message, and how many envelopes it made
+        try:
+            for work in group.works:
+                try:
+                    made = self._decode(work, received)
+                except InputError as exc:
+                    work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
+                    continue
+                work.message_type = made[0].message_type if made else ""
+                envelopes += made
+                owned.append((work, len(made)))
+            if not owned:
+                return
+            try:
+                positions = await self._wal.append(envelopes)
+            except (DiskFullError, WALFailedError) as exc:
+                error = TemporaryError(str(exc))
+                for work, _made in owned:
+                    work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
+                return
+            start = 0
+            for work, made_count in owned:
+                mine = positions[start : start + made_count]
+                start += made_count
+                lsns, duplicate = tuple(p.lsn for p in mine), all(p.duplicate for p in mine)
+                work.finish(Outcome.ACCEPTED, IngestResult("accepted", lsns, duplicate))
+        finally:
+            group.done.set()
         await self._apply(envelopes, positions)
+
+    def _decode(self, work: Work, received: str) -> list[Envelope]:
+        if work.kind is Kind.HL7V2:
+            hl7 = self._decoder.hl7(
+                work.raw, received_at=received, source=work.source, in_batch=work.in_batch, classified=work.classified
+            )
+            return [hl7]
+        return self._decoder.fhir(work.raw, received_at=received, source=work.source)
 
     async def _apply(self, envelopes: Sequence[Envelope], positions: Sequence[Position]) -> None:
         """Durable records to their patients' actors, and news of them to the read side."""
@@ -628,43 +620,6 @@ class Node:
                 self._projections.notify(Record(position.lsn, recorded_at, patients, env.events), env.lane)
             for patient in patients:
                 await self._actors.deliver(patient, applied)
-
-    async def _handle_group(self, group: Group) -> None:
-        """A group's messages parsed one by one (a refusal is its message's alone), appended together."""
-        assert self._wal is not None
-        received = self._clock().isoformat(timespec="milliseconds")
-        envelopes: list[Envelope] = []
-        owners: list[Work] = []
-        try:
-            for work in group.works:
-                try:
-                    env = self._decoder.hl7(
-                        work.raw,
-                        received_at=received,
-                        source=work.source,
-                        in_batch=work.in_batch,
-                        classified=work.classified,
-                    )
-                except InputError as exc:
-                    work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
-                    continue
-                work.message_type = env.message_type
-                envelopes.append(env)
-                owners.append(work)
-            if not envelopes:
-                return
-            try:
-                positions = await self._wal.append(envelopes)
-            except (DiskFullError, WALFailedError) as exc:
-                error = TemporaryError(str(exc))
-                for work in owners:
-                    work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
-                return
-            for work, position in zip(owners, positions, strict=True):
-                work.finish(Outcome.ACCEPTED, IngestResult("accepted", (position.lsn,), position.duplicate))
-        finally:
-            group.done.set()
-        await self._apply(envelopes, positions)
 
     async def _reject(self, raw: bytes, source: str, error: InputError) -> IngestResult:
         """Never a silent drop: the bytes go to quarantine with the reason (invariant 2)."""

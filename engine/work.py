@@ -12,7 +12,7 @@ from engine.hl7 import Outcome
 from engine.model import Kind
 from lanes.classify import Classification
 
-__all__ = ["Group", "IngestResult", "TemporaryError", "Work", "patient_hint"]
+__all__ = ["Group", "IngestResult", "TemporaryError", "Work", "patient_hint", "timed_out"]
 
 
 @final
@@ -30,8 +30,8 @@ class Work:
     """One message on its way through a lane, and the answer its source waits for."""
 
     __slots__ = (
+        "answered",
         "classified",
-        "done",
         "in_batch",
         "kind",
         "message_type",
@@ -50,7 +50,7 @@ class Work:
         self.source = source
         self.kind = kind
         self.in_batch = in_batch
-        self.done = anyio.Event()
+        self.answered = False
         self.outcome = Outcome.RETRY
         self.reason: InputError | None = None
         self.result = IngestResult("retry")
@@ -58,12 +58,12 @@ class Work:
 
     def finish(self, outcome: Outcome, result: IngestResult, reason: InputError | None = None) -> None:
         self.outcome, self.result, self.reason = outcome, result, reason
-        self.done.set()
+        self.answered = True
 
 
 @final
 class Group:
-    """Messages of one lane from one input, handled in one turn of the lane (see `engine.batching`)."""
+    """Messages handled in one turn of a lane and one log append: one message, or a stream's (`engine.batching`)."""
 
     __slots__ = ("done", "works")
 
@@ -74,6 +74,12 @@ class Group:
 
 class TemporaryError(InputError):
     """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout)."""
+
+
+def timed_out() -> tuple[IngestResult, TemporaryError]:
+    """The answer to a message not durable in time: it may still become so, and a retry is then a duplicate (AA)."""
+    reason = TemporaryError("timed out waiting for the log; retry later")
+    return IngestResult("retry", error=reason.to_dict()), reason
 
 
 def patient_hint(raw: bytes) -> bytes | None:
