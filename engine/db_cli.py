@@ -9,7 +9,6 @@ projection has applied it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -146,14 +145,16 @@ def _follow_node(obj: Context, directory: Path, projection: str) -> None:
     """The node's runner replays the log into the emptied projection; the database's position is the truth."""
     last = request(directory, "status")["wal"]["last_lsn"]
 
-    async def position(conn: Any) -> int:
-        return int(await conn.fetchval("SELECT lsn FROM projection_positions WHERE name = $1", projection))
-
     with _bar() as bar:
         task = bar.add_task(f"rebuilding {projection}", total=last)
-        while (done := _with_db(obj, position)) < last:
-            bar.update(task, completed=done)
-            time.sleep(0.2)
+
+        async def follow(conn: Any) -> None:
+            sql = "SELECT lsn FROM projection_positions WHERE name = $1"
+            while (done := int(await conn.fetchval(sql, projection))) < last:
+                bar.update(task, completed=done)
+                await anyio.sleep(0.2)
+
+        _with_db(obj, follow)
 
 
 def _rebuild_here(obj: Context, directory: Path, projection: str) -> None:

@@ -191,10 +191,7 @@ class Node:
         )
 
     def _read_side_lag(self) -> tuple[int, float] | None:
-        if self._projections is None:
-            return None
-        status = self._projections.status()
-        return status.lag_records, status.lag_s
+        return self._projections.lag() if self._projections is not None else None
 
     def _lane_depths(self) -> list[tuple[str, int]]:
         if self._scheduler is None:

@@ -20,13 +20,13 @@ import anyio
 import asyncpg
 from hdrh.histogram import HdrHistogram
 
+from engine.projections.database import REFUSED_DATA_ERRORS
 from engine.projections.definitions import Projection, Record, build_changes
 from engine.projections.writer import write_unordered
 
 __all__ = ["CriticalPath"]
 
 _QUEUE_MAX = 10_000  # critical records waiting; beyond, they are left to the ordered cursor
-_REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 class CriticalPath:
@@ -65,7 +65,7 @@ class CriticalPath:
                     async with pool.acquire() as conn:
                         try:
                             await write_unordered(conn, changes, self._schema)
-                        except _REFUSED_DATA:
+                        except REFUSED_DATA_ERRORS:
                             continue  # the ordered cursor applies it and notes the issue
                 now = self._clock()
                 for _record, at in items:

@@ -13,7 +13,7 @@ import asyncpg
 from engine.config import ProjectionsConfig
 from engine.errors import ConfigError
 
-__all__ = ["CONNECTION_ERRORS", "Connection", "connect", "dsn_of", "open_pool"]
+__all__ = ["CONNECTION_ERRORS", "REFUSED_DATA_ERRORS", "Connection", "connect", "dsn_of", "open_pool"]
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -39,6 +39,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.ConnectionFailureError,
 )
+
+
+# What "the database refuses this data" looks like: the data's fault, not the connection's.
+REFUSED_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def dsn_of(config: ProjectionsConfig) -> str | None:

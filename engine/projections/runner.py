@@ -39,7 +39,7 @@ from hdrh.histogram import HdrHistogram
 from engine.config import ProjectionsConfig
 from engine.model import Lane
 from engine.projections.critical_path import CriticalPath
-from engine.projections.database import CONNECTION_ERRORS, open_pool
+from engine.projections.database import CONNECTION_ERRORS, REFUSED_DATA_ERRORS, open_pool
 from engine.projections.definitions import TABLES, Record, build_changes, projections
 from engine.projections.schema import migrate
 from engine.projections.tables import Changes, Issue, Key
@@ -53,8 +53,6 @@ __all__ = ["LogReader", "ProjectionRunner", "ProjectionStatus", "record_of"]
 
 _log = structlog.get_logger("vigil.projections")
 
-# Errors that are the data's, not the connection's: the batch is retried record by record.
-_REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _PENDING_MAX = 200_000  # notified records whose visibility is timed; beyond this the oldest go untimed
 _SLICE_RECORDS = 200  # records read and folded between two turns of the event loop (a few ms)
 
@@ -162,15 +160,20 @@ class ProjectionRunner:
         if lane is Lane.CRITICAL and self._critical is not None:
             self._critical.offer(record)
 
-    def status(self) -> ProjectionStatus:
+    def lag(self) -> tuple[int, float]:
+        """(records not yet applied, age in seconds of the oldest of them)."""
         last = self._reader.last_lsn
         applied = min(self._positions.values()) if self._positions else 0
+        return max(0, last - applied), round(self._lag_s(applied, last), 3)
+
+    def status(self) -> ProjectionStatus:
+        lag_records, lag_s = self.lag()
         return ProjectionStatus(
             state=self._state,
             positions=dict(self._positions),
-            last_lsn=last,
-            lag_records=max(0, last - applied) if self._positions else last,
-            lag_s=round(self._lag_s(applied, last), 3),
+            last_lsn=self._reader.last_lsn,
+            lag_records=lag_records,
+            lag_s=lag_s,
             batches=self._batches,
             records_applied=self._applied,
             issues_noted=self._issues,
@@ -373,7 +376,7 @@ class ProjectionRunner:
             await write_changes(
                 conn, batch.steps, batch.issues, expected=batch.expected, new=batch.new, schema=self._config.schema
             )
-        except _REFUSED_DATA:
+        except REFUSED_DATA_ERRORS:
             await self._write_each(conn, batch)
         else:
             self._issues += len(batch.issues)
@@ -389,7 +392,7 @@ class ProjectionRunner:
                     conn, list(plan(changes)), changes.issues, expected=positions, new=new, schema=self._config.schema
                 )
                 self._issues += len(changes.issues)
-            except _REFUSED_DATA as exc:
+            except REFUSED_DATA_ERRORS as exc:
                 _log.warning("projections.record_refused", lsn=record.lsn, sqlstate=exc.sqlstate)
                 reason = f"the database refused the record's rows: SQLSTATE {exc.sqlstate}"
                 refused = [Issue("*", record.lsn, 0, "record", "", reason)]

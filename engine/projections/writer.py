@@ -153,10 +153,6 @@ def _merged(spec: TableSpec, column: str, columns: tuple[str, ...], incoming: Ca
     return f"CASE WHEN {incoming(guard.lsn_column)} {wins} t.{guard.lsn_column} THEN {value} ELSE t.{column} END"
 
 
-def _type(spec: TableSpec, column: str) -> str:
-    return "text" if column in spec.key else spec.columns[column]
-
-
 async def _note_issues(conn: Connection, issues: list[Issue]) -> None:
     if issues:
         await conn.executemany(
