@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, final
 
 import msgspec
 
+from engine.auth.settings import AuthConfig, WorkstationConfig
 from engine.errors import ConfigError
 from lanes.rules import ClassificationRules
 from lanes.settings import SchedulerSettings
@@ -232,6 +233,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audit: AuditConfig = AuditConfig()
     projections: ProjectionsConfig = ProjectionsConfig()
     lanes: LanesConfig = LanesConfig()
+    auth: AuthConfig = AuthConfig()
+    workstation: WorkstationConfig = WorkstationConfig()
 
 
 _AT = re.compile(r"\s*- at `\$\.?([^`]*)`")

@@ -287,6 +287,9 @@ class RecordAccessed(_Event, frozen=True, tag="record_accessed"):
         at: when (ISO 8601, UTC).
         setting: the session's clinical setting (emergency department, ward...).
         reason: why, where one is given (a break-the-glass reason code).
+        device: the workstation the session is bound to.
+        detail: why a request was refused, or the note given with a reason.
+        severity: `high` for break-the-glass and for repeated failures.
     """
 
     user: str
@@ -296,6 +299,9 @@ class RecordAccessed(_Event, frozen=True, tag="record_accessed"):
     at: str
     setting: str = ""
     reason: str = ""
+    device: str = ""
+    detail: str = ""
+    severity: str = ""
 
 
 @final

@@ -1,0 +1,140 @@
+"""The accounts, sessions, break-the-glass grants and reviews of one node, in SQLite in its data directory.
+
+SQLite (the standard library's): one file, transactions, crash-safe with
+`synchronous=FULL` in WAL mode, and nothing to run beside the node, so
+sessions survive a restart and break-the-glass works with NATS and PostgreSQL
+down. Each row keeps its Struct as JSON beside the columns it is looked up by.
+The file is created owner-only (0600). Thread-safe: one connection, one lock
+(the node calls it from worker threads).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final, TypeVar, final
+
+import msgspec
+
+from engine.auth.policy import Grant, Review, SessionRecord, User
+
+__all__ = ["STORE_FILE", "AuthStore"]
+
+STORE_FILE: Final = "auth.db"
+_T = TypeVar("_T", User, SessionRecord, Grant, Review)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, user TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user);
+CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, session TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS grants_session ON grants (session);
+CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, open INTEGER NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS reviews_open ON reviews (open);
+"""
+
+
+@final
+class AuthStore:
+    """Load and save the auth records of a data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / STORE_FILE
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Created owner-only before SQLite writes a byte: hashes are secrets too.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple[object, ...], kind: type[_T]) -> list[_T]:
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        return [msgspec.json.decode(row[0], type=kind) for row in rows]
+
+    # -- users -------------------------------------------------------------------
+
+    def user(self, user_id: str) -> User | None:
+        found = self._rows("SELECT doc FROM users WHERE id = ?", (user_id,), User)
+        return found[0] if found else None
+
+    def users(self) -> list[User]:
+        return self._rows("SELECT doc FROM users ORDER BY id", (), User)
+
+    def put_user(self, user: User) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO users VALUES (?, ?)", (user.id, msgspec.json.encode(user)))
+
+    def add_user(self, user: User) -> bool:
+        """Insert a new user; False if the id is taken."""
+        with self._transaction() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO users VALUES (?, ?)", (user.id, msgspec.json.encode(user)))
+            return cursor.rowcount == 1
+
+    # -- sessions ----------------------------------------------------------------
+
+    def session_by_token(self, token_hash: str) -> SessionRecord | None:
+        found = self._rows("SELECT doc FROM sessions WHERE token_hash = ?", (token_hash,), SessionRecord)
+        return found[0] if found else None
+
+    def sessions_of(self, user_id: str) -> list[SessionRecord]:
+        return self._rows("SELECT doc FROM sessions WHERE user = ?", (user_id,), SessionRecord)
+
+    def put_session(self, session: SessionRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
+                (session.id, session.token_hash, session.user, msgspec.json.encode(session)),
+            )
+
+    # -- break-the-glass -----------------------------------------------------------
+
+    def grants_of(self, session_id: str) -> list[Grant]:
+        return self._rows("SELECT doc FROM grants WHERE session = ?", (session_id,), Grant)
+
+    def add_grant(self, grant: Grant, review: Review) -> None:
+        """The grant and its review item, together or not at all."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO grants VALUES (?, ?, ?)", (grant.id, grant.session, msgspec.json.encode(grant)))
+            db.execute("INSERT INTO reviews VALUES (?, 1, ?)", (review.id, msgspec.json.encode(review)))
+
+    def reviews(self, *, open_only: bool) -> list[Review]:
+        if open_only:
+            return self._rows("SELECT doc FROM reviews WHERE open = 1 ORDER BY rowid", (), Review)
+        return self._rows("SELECT doc FROM reviews ORDER BY rowid", (), Review)
+
+    def review(self, review_id: str) -> Review | None:
+        found = self._rows("SELECT doc FROM reviews WHERE id = ?", (review_id,), Review)
+        return found[0] if found else None
+
+    def put_review(self, review: Review) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE reviews SET open = ?, doc = ? WHERE id = ?",
+                (0 if review.reviewed_at else 1, msgspec.json.encode(review), review.id),
+            )

@@ -1,0 +1,411 @@
+"""Authentication, sessions and break-the-glass on deterministic time (a hand-driven clock, no sleeps).
+
+Each refusal of the matrix is checked twice: the request is refused with a
+clear reason, and the refusal is among the audit events owed to the log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.auth import (
+    AccessRefusedError,
+    AuthConfig,
+    AuthService,
+    AuthStore,
+    Credentials,
+    Permission,
+    Role,
+    SessionState,
+    Setting,
+)
+from engine.auth.service import AuditItem
+from engine.config import decode_config
+from engine.errors import ConfigError
+
+PASSWORD = "correct horse battery"
+PIN = "4321"
+T0 = 1_800_000_000.0
+PATIENT = "GENHOSP|MRN42"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def service(tmp_path: Path, clock: Clock) -> AuthService:
+    auth = AuthService(AuthStore(tmp_path), AuthConfig(), clock=clock)
+    auth.add_user(None, "admin", name="Admin", roles=(Role.ADMINISTRATOR,), password=PASSWORD, pin=PIN)
+    by = _login(auth, "admin", Setting.OPERATOR_CONSOLE)
+    admin = auth.authorize(by, Permission.USER_MANAGE)
+    for user, role in (
+        ("dr.osei", Role.CLINICIAN),
+        ("op.kim", Role.OPERATOR),
+        ("po.diaz", Role.PRIVACY_OFFICER),
+        ("rx.lee", Role.PHARMACIST),
+    ):
+        auth.add_user(admin, user, name=user, roles=(role,), password=PASSWORD, pin=PIN)
+    return auth
+
+
+def _login(auth: AuthService, user: str, setting: Setting = Setting.WARD, device: str = "ws-1") -> Credentials:
+    login = auth.login(user, PASSWORD, setting, device)
+    return Credentials(login.token, device)
+
+
+def _refused(call: object, *args: object, **kwargs: object) -> tuple[str, list[AuditItem]]:
+    assert callable(call)
+    with pytest.raises(AccessRefusedError) as caught:
+        call(*args, **kwargs)
+    return caught.value.reason, caught.value.audit
+
+
+def _denied(audit: list[AuditItem]) -> AuditItem:
+    [item] = audit
+    assert item[1].outcome == "denied"
+    return item
+
+
+def test_an_allowed_record_read_is_audited_with_who_role_setting_and_patient(service: AuthService) -> None:
+    creds = _login(service, "dr.osei", Setting.INTENSIVE_CARE)
+    access = service.authorize(creds, Permission.RECORD_READ, patient=PATIENT, action="record")
+    [(patient, event)] = access.audit
+    assert patient == PATIENT
+    assert (event.user, event.role, event.setting, event.action, event.outcome, event.device) == (
+        "dr.osei",
+        "clinician",
+        "intensive_care",
+        "record",
+        "allowed",
+        "ws-1",
+    )
+
+
+def test_status_reads_are_not_audited_but_their_refusals_are(service: AuthService) -> None:
+    creds = _login(service, "op.kim")
+    assert service.authorize(creds, Permission.STATUS_READ).audit == []
+    reason, audit = _refused(service.authorize, creds, Permission.USER_MANAGE)
+    assert "may not user.manage" in reason
+    _denied(audit)
+
+
+@pytest.mark.parametrize(
+    ("setting", "idle_s"),
+    [
+        (Setting.EMERGENCY_DEPARTMENT, 300),
+        (Setting.INTENSIVE_CARE, 300),
+        (Setting.WARD, 600),
+        (Setting.PHARMACY, 600),
+        (Setting.OFFICE, 900),
+        (Setting.OPERATOR_CONSOLE, 900),
+    ],
+)
+def test_a_session_locks_after_its_settings_idle_time_and_not_before(
+    service: AuthService, clock: Clock, setting: Setting, idle_s: int
+) -> None:
+    creds = _login(service, "dr.osei", setting)
+    clock.now += idle_s - 1
+    service.authorize(creds, Permission.STATUS_READ)  # activity: the idle time starts again
+    clock.now += idle_s - 1
+    service.authorize(creds, Permission.STATUS_READ)
+    clock.now += idle_s
+    reason, audit = _refused(service.authorize, creds, Permission.RECORD_READ, patient=PATIENT)
+    assert f"locked after {idle_s / 60:g} min idle" in reason
+    assert _denied(audit)[0] == PATIENT
+    assert service.whoami(creds)[1] is SessionState.LOCKED
+
+
+def test_pin_resumes_a_locked_session_with_its_context_intact(service: AuthService, clock: Clock) -> None:
+    creds = _login(service, "dr.osei", Setting.EMERGENCY_DEPARTMENT)
+    service.authorize(creds, Permission.RECORD_READ, patient="GENHOSP|MRN1", action="record")
+    service.authorize(creds, Permission.RECORD_READ, patient=PATIENT, action="record")
+    clock.now += 301
+    _refused(service.authorize, creds, Permission.RECORD_READ, patient=PATIENT)
+    reason, _ = _refused(service.unlock, creds, "0000")
+    assert reason == "wrong PIN"
+    session, audit = service.unlock(creds, PIN)
+    assert audit[0][1].action == "unlock"
+    assert session.context["patient"] == PATIENT
+    assert session.context["queries"] == [["record", "GENHOSP|MRN1"], ["record", PATIENT]]
+    service.authorize(creds, Permission.RECORD_READ, patient=PATIENT)
+
+
+def test_a_locked_session_stays_locked_even_if_time_runs_backwards_from_activity(
+    service: AuthService, clock: Clock
+) -> None:
+    """An idle lock is recorded: a request just under the limit after the lock does not undo it."""
+    creds = _login(service, "dr.osei")
+    clock.now += 600
+    _refused(service.authorize, creds, Permission.STATUS_READ)
+    reason, _ = _refused(service.authorize, creds, Permission.STATUS_READ)
+    assert "vigil unlock" in reason
+
+
+def test_wrong_pins_end_the_session(service: AuthService, clock: Clock) -> None:
+    creds = _login(service, "dr.osei")
+    service.lock(creds)
+    for _ in range(2):
+        _refused(service.unlock, creds, "1111")
+    reason, audit = _refused(service.unlock, creds, "1111")
+    assert "session has ended" in reason
+    assert audit[0][1].severity == "high"
+    reason, _ = _refused(service.unlock, creds, PIN)
+    assert "session ended (3 wrong PINs)" in reason
+
+
+def test_a_session_ends_at_the_absolute_limit_even_when_active(service: AuthService, clock: Clock) -> None:
+    creds = _login(service, "dr.osei", Setting.OFFICE)
+    for _ in range(12 * 4 - 1):  # active every 15 minutes for 12 hours
+        clock.now += 14 * 60
+        service.authorize(creds, Permission.STATUS_READ)
+    clock.now += 12 * 3600 - (12 * 4 - 1) * 14 * 60
+    reason, audit = _refused(service.authorize, creds, Permission.STATUS_READ)
+    assert "over the 12 h limit" in reason
+    _denied(audit)
+    reason, _ = _refused(service.unlock, creds, PIN)
+    assert "ended" in reason
+
+
+def test_sessions_survive_a_restart(tmp_path: Path, service: AuthService, clock: Clock) -> None:
+    creds = _login(service, "dr.osei")
+    service.authorize(creds, Permission.RECORD_READ, patient=PATIENT)
+    service.flush()
+    again = AuthService(AuthStore(tmp_path), AuthConfig(), clock=clock)
+    clock.now += 60
+    access = again.authorize(creds, Permission.RECORD_READ, patient=PATIENT)
+    assert access.session.context["patient"] == PATIENT
+
+
+def test_refusal_matrix(service: AuthService, clock: Clock, tmp_path: Path) -> None:
+    """Every refusal the issue names: refused, with its reason, and audited."""
+    rows: list[tuple[str, str]] = []
+
+    def check(name: str, expected: str, call: object, *args: object, **kwargs: object) -> None:
+        reason, audit = _refused(call, *args, **kwargs)
+        assert expected in reason, f"{name}: {reason}"
+        _denied(audit)
+        rows.append((name, reason))
+
+    check("no session", "no session", service.authorize, Credentials(), Permission.RECORD_READ, patient=PATIENT)
+    forged = Credentials("A" * 43, "ws-1")
+    check("forged token", "not a valid session token", service.authorize, forged, Permission.STATUS_READ)
+    clinician = _login(service, "dr.osei")
+    stolen = Credentials(clinician.token, "ws-9")
+    check("another device", "another device", service.authorize, stolen, Permission.STATUS_READ)
+    check("wrong role", "may not audit.read", service.authorize, clinician, Permission.AUDIT_READ)
+    operator = _login(service, "op.kim", Setting.OPERATOR_CONSOLE)
+    check(
+        "operator reading content",
+        "break the glass",
+        service.authorize,
+        operator,
+        Permission.QUARANTINE_CONTENT,
+        patient=PATIENT,
+    )
+    check(
+        "operator reading a record",
+        "break the glass",
+        service.authorize,
+        operator,
+        Permission.RECORD_READ,
+        patient=PATIENT,
+    )
+    check("break-glass without reason", "reason code", service.break_glass, operator, PATIENT, "", "", PASSWORD)
+    check("break-glass, unknown reason", "reason code", service.break_glass, operator, PATIENT, "curious", "", PASSWORD)
+    check(
+        "break-glass, wrong password",
+        "re-authentication failed",
+        service.break_glass,
+        operator,
+        PATIENT,
+        "message_investigation",
+        "",
+        "nope",
+    )
+    service.break_glass(operator, PATIENT, "message_investigation", "ADT stuck", PASSWORD)
+    service.authorize(operator, Permission.QUARANTINE_CONTENT, patient=PATIENT)
+    check(
+        "break-glass for another patient",
+        "another patient",
+        service.authorize,
+        operator,
+        Permission.RECORD_READ,
+        patient="GENHOSP|MRN7",
+    )
+    check(
+        "break-glass does not give other permissions",
+        "may not audit.read",
+        service.authorize,
+        operator,
+        Permission.AUDIT_READ,
+    )
+    for _ in range(6):  # the operator stays active past the grant's 60 minutes; the clinician idles
+        clock.now += 600
+        service.authorize(operator, Permission.STATUS_READ)
+    check(
+        "after the break-glass window",
+        "window for this patient has ended",
+        service.authorize,
+        operator,
+        Permission.RECORD_READ,
+        patient=PATIENT,
+    )
+    check("locked session", "locked", service.authorize, clinician, Permission.RECORD_READ, patient=PATIENT)
+    service.unlock(clinician, PIN)
+    service.logout(clinician)
+    check(
+        "replayed token after logout",
+        "logged out",
+        service.authorize,
+        clinician,
+        Permission.RECORD_READ,
+        patient=PATIENT,
+    )
+    pharmacist = _login(service, "rx.lee")
+    admin = service.authorize(_login(service, "admin", Setting.OFFICE), Permission.USER_MANAGE)
+    service.disable_user(admin, "rx.lee")
+    check(
+        "disabled user (live session)",
+        "user disabled",
+        service.authorize,
+        pharmacist,
+        Permission.RECORD_READ,
+        patient=PATIENT,
+    )
+    check("disabled user (login)", "disabled", service.login, "rx.lee", PASSWORD, Setting.PHARMACY, "ws-1")
+    check(
+        "wrong password",
+        "wrong user id or password",
+        service.login,
+        "dr.osei",
+        "guess guess guess",
+        Setting.WARD,
+        "ws-1",
+    )
+    check("unknown user", "wrong user id or password", service.login, "nobody", PASSWORD, Setting.WARD, "ws-1")
+    expired = _login(service, "dr.osei")
+    clock.now += 12 * 3600
+    check("expired session", "over the 12 h limit", service.authorize, expired, Permission.RECORD_READ, patient=PATIENT)
+    assert len(rows) == 19
+
+
+def test_repeated_wrong_passwords_lock_the_account_for_a_while(service: AuthService, clock: Clock) -> None:
+    for _ in range(5):
+        _refused(service.login, "dr.osei", "not the password", Setting.WARD, "ws-1")
+    reason, audit = _refused(service.login, "dr.osei", PASSWORD, Setting.WARD, "ws-1")
+    assert "account locked after 5 wrong passwords" in reason
+    assert audit[0][1].severity == "high"
+    clock.now += 901
+    _login(service, "dr.osei")
+
+
+def test_break_glass_opens_a_review_until_a_privacy_officer_closes_it(service: AuthService) -> None:
+    clinician = _login(service, "dr.osei")
+    operator = _login(service, "op.kim", Setting.OPERATOR_CONSOLE)
+    grant, audit = service.break_glass(operator, PATIENT, "message_investigation", "ORU stuck in quarantine", PASSWORD)
+    [(patient, event)] = audit
+    assert (patient, event.action, event.severity, event.reason) == (
+        PATIENT,
+        "break_glass",
+        "high",
+        "message_investigation",
+    )
+    [review] = service.reviews(open_only=True)
+    assert (review.grant, review.user, review.patient) == (grant.id, "op.kim", PATIENT)
+    reason, _ = _refused(service.authorize, clinician, Permission.AUDIT_REVIEW)
+    assert "may not audit.review" in reason
+    officer = service.authorize(_login(service, "po.diaz", Setting.OFFICE), Permission.AUDIT_REVIEW)
+    closed, audit = service.close_review(officer, review.id, "appropriate", "ticket 1234")
+    assert closed.reviewed_by == "po.diaz"
+    assert audit[0][1].action == "audit_review"
+    assert service.reviews(open_only=True) == []
+    reason, _ = _refused(service.close_review, officer, review.id, "appropriate", "")
+    assert "closed by po.diaz already" in reason
+
+
+def test_in_the_emergency_department_the_pin_is_enough_to_break_the_glass(service: AuthService) -> None:
+    ward = _login(service, "rx.lee", Setting.PHARMACY)
+    reason, _ = _refused(service.break_glass, ward, PATIENT, "urgent_medication", "", PIN)
+    assert "(password)" in reason
+    emergency = _login(service, "rx.lee", Setting.EMERGENCY_DEPARTMENT)
+    service.break_glass(emergency, PATIENT, "urgent_medication", "", PIN)
+    service.authorize(emergency, Permission.RECORD_READ, patient=PATIENT)
+
+
+def test_accounts_need_a_strong_secret_and_a_role_and_ids_are_unique(service: AuthService) -> None:
+    admin = service.authorize(_login(service, "admin", Setting.OFFICE), Permission.USER_MANAGE)
+    for kwargs, expected in (
+        ({"password": "short", "pin": PIN, "roles": (Role.CLINICIAN,)}, "at least 12 characters"),
+        ({"password": PASSWORD, "pin": "12", "roles": (Role.CLINICIAN,)}, "4 to 8 digits"),
+        ({"password": PASSWORD, "pin": PIN, "roles": ()}, "at least one role"),
+    ):
+        reason, _ = _refused(service.add_user, admin, "new.user", name="", **kwargs)
+        assert expected in reason
+    reason, _ = _refused(
+        service.add_user, admin, "dr.osei", name="", password=PASSWORD, pin=PIN, roles=(Role.CLINICIAN,)
+    )
+    assert "exists already" in reason
+    reason, _ = _refused(
+        service.add_user, None, "root2", name="", password=PASSWORD, pin=PIN, roles=(Role.ADMINISTRATOR,)
+    )
+    assert "log in as an administrator" in reason
+
+
+def test_the_store_keeps_no_secret_in_clear(service: AuthService, tmp_path: Path) -> None:
+    creds = _login(service, "dr.osei")
+    service.flush()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("auth.db*"))
+    for secret in (PASSWORD, PIN, creds.token):
+        assert secret.encode() not in data
+    assert (tmp_path / "auth.db").stat().st_mode & 0o077 == 0
+
+
+def test_the_permission_matrix_and_timeouts_come_from_config() -> None:
+    config = decode_config(
+        """
+        [auth]
+        absolute_timeout_s = 3600
+        [auth.idle_timeout_s]
+        ward = 120
+        [auth.permissions]
+        integration_operator = ["status.read", "log.content"]
+        [workstation]
+        setting = "emergency_department"
+        """
+    )
+    assert config.auth.idle_timeout_s.of(Setting.WARD) == 120
+    assert config.auth.permissions[Role.OPERATOR] == frozenset({Permission.STATUS_READ, Permission.LOG_CONTENT})
+    assert config.workstation.setting is Setting.EMERGENCY_DEPARTMENT
+    with pytest.raises(ConfigError, match="idle_timeout_s"):
+        decode_config("[auth.idle_timeout_s]\nlobby = 5\n")
+    with pytest.raises(ConfigError):
+        decode_config('[auth.permissions]\nclinician = ["everything"]\n')
+
+
+def test_audit_events_round_trip_through_the_log_encoding(service: AuthService) -> None:
+    from engine.auth import audit_envelope, fhir_audit_event
+    from engine.model import Envelope
+
+    operator = _login(service, "op.kim", Setting.OPERATOR_CONSOLE)
+    _, audit = service.break_glass(operator, PATIENT, "emergency_treatment", "", PASSWORD)
+    patient, event = audit[0]
+    env = audit_envelope(event, patient, node="vigil-1")
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(env), type=Envelope) == env
+    doc = fhir_audit_event(7, event.at, patient, event, node="vigil-1")
+    assert doc["resourceType"] == "AuditEvent"
+    assert doc["entity"][0]["what"]["identifier"]["value"] == PATIENT
+    assert [c["code"] for c in doc["purposeOfEvent"][0]["coding"]] == ["BTG", "ETREAT"]
+    assert doc["agent"][0]["who"]["identifier"]["value"] == "op.kim"
