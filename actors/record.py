@@ -169,10 +169,13 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """
         if lsn <= self.last_lsn:
             return self
+        # An access to the record is not a fact of it: the audit trail (the log, the
+        # read side's phi_access_audit) keeps those, and a record read a thousand
+        # times must not grow a thousand facts.
         new = tuple(
             Fact(lsn, recorded_at, self._effective_of(e) or recorded_at, message_id, self.patient, e)
             for e in events
-            if not isinstance(e, PatientMerged) or e.surviving == self.patient
+            if not isinstance(e, RecordAccessed) and (not isinstance(e, PatientMerged) or e.surviving == self.patient)
         )
         merged_into = self.merged_into
         for e in events:

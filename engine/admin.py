@@ -2,8 +2,10 @@
 
 Frames are `length (4 bytes, little-endian) | MessagePack body`. A request
 names its operation (`status`, `patient`); the response says `ok` and holds
-either `data` or a one-line `error`. The CLI is the client; the socket's
-file permissions are the access control until authentication lands.
+either `data` or a one-line `error`. The CLI is the client. The socket is
+owner-only (0600, in an owner-only data directory); on top of that, every
+request that shows PHI carries a session token (`auth`) that the node checks
+and audits (`engine.auth_endpoint`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import msgspec
 import structlog
 from anyio.abc import SocketStream
 
-__all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "request"]
+__all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "NodeNotRunningError", "request"]
 
 SOCKET_NAME: Final = "admin.sock"
 _LENGTH = struct.Struct("<I")
@@ -32,6 +34,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 class AdminError(Exception):
     """The node could not be reached, or refused the request."""
+
+
+class NodeNotRunningError(AdminError):
+    """No node serves this data directory (no socket, or nobody listening on it)."""
 
 
 @final
@@ -108,7 +114,7 @@ def request(data_dir: Path, operation: str, timeout_s: float = 30.0, **fields: A
                 raise AdminError("response over the limit")
             reply = msgspec.msgpack.decode(_recv_exactly(conn, size))
     except (FileNotFoundError, ConnectionRefusedError):
-        raise AdminError(f"no node is running on {data_dir}") from None
+        raise NodeNotRunningError(f"no node is running on {data_dir}") from None
     except OSError as exc:
         raise AdminError(f"{path}: {exc.strerror or exc}") from None
     if not reply.get("ok"):

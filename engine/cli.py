@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engine.auth_cli import AUDIT_COMMANDS, break_glass, lock, login, logout, unlock, user, whoami
 from engine.cli_context import Context
 from engine.db_cli import db, worklist
 from engine.decode import Decoded, decode_input
@@ -47,6 +48,8 @@ _INPUT_BYTES_MAX = 1024 * 1024 * 1024  # inspect reads whole inputs: refuse beyo
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Vigil: a clinical-priority message engine for HL7 v2 and FHIR R4."""
+    # Warnings and errors only, to stderr: stdout is for the command's data (JSON).
+    configure_logging("warning")
     ctx.obj = Context(config_path)
 
 
@@ -267,6 +270,10 @@ cli.add_command(patient)
 cli.add_command(log)
 cli.add_command(db)
 cli.add_command(worklist)
+for command in (login, unlock, lock, logout, whoami, break_glass, user):
+    cli.add_command(command)
+for command in AUDIT_COMMANDS:
+    audit.add_command(command)
 
 
 def main() -> None:

@@ -22,7 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine.admin import AdminError, request
+from engine.auth import Permission
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
+from engine.cli_session import audited, authorized, call
 from engine.config import DEFAULT_CONFIG_PATH
 from engine.projections import PROJECTIONS, ProjectionRunner, dsn_of
 from engine.projections.database import CONNECTION_ERRORS, connect
@@ -88,7 +90,7 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     """Each projection's position and issues; the node's lag when a node runs."""
     state = _with_db(obj, read_state)
     try:
-        node = request(obj.data_dir(data), "status").get("projections")
+        node = request(obj.data_dir(data), "health").get("projections")
     except AdminError:
         node = None
     if as_json:
@@ -126,9 +128,10 @@ def rebuild(obj: Context, projection: str, data: Path | None) -> None:
         await apply_migrations(conn)
         await reset_projection(conn, projection)
 
+    authorized(obj, directory, Permission.READ_SIDE_MANAGE, action="rebuild")
     _with_db(obj, reset)
     try:
-        request(directory, "status")
+        request(directory, "health")
     except AdminError:
         _rebuild_here(obj, directory, projection)
     else:
@@ -143,7 +146,7 @@ def _bar() -> Progress:
 
 def _follow_node(obj: Context, directory: Path, projection: str) -> None:
     """The node's runner replays the log into the emptied projection; the database's position is the truth."""
-    last = request(directory, "status")["wal"]["last_lsn"]
+    last = request(directory, "health")["wal"]["last_lsn"]
 
     with _bar() as bar:
         task = bar.add_task(f"rebuilding {projection}", total=last)
@@ -188,13 +191,17 @@ def _rebuild_here(obj: Context, directory: Path, projection: str) -> None:
 
 @click.group("worklist", invoke_without_command=True)
 @click.option("--all", "show_all", is_flag=True, help="Acknowledged items too.")
+@DATA_OPTION
 @JSON_OPTION
 @click.pass_context
-def worklist(ctx: click.Context, *, show_all: bool, as_json: bool) -> None:
-    """Critical results waiting for a clinician's acknowledgement (oldest first)."""
+def worklist(ctx: click.Context, data: Path | None, *, show_all: bool, as_json: bool) -> None:
+    """Critical results waiting for a clinician's acknowledgement (oldest first; each patient shown is audited)."""
     if ctx.invoked_subcommand is not None:
         return
     obj: Context = ctx.obj
+    directory = obj.data_dir(data)
+    _dsn(obj)  # a node without a read side says so before asking who you are
+    authorized(obj, directory, Permission.WORKLIST_READ, action="worklist")
 
     async def fetch(conn: Any) -> list[dict[str, Any]]:
         rows = await conn.fetch(
@@ -206,6 +213,7 @@ def worklist(ctx: click.Context, *, show_all: bool, as_json: bool) -> None:
         return [dict(r) for r in rows]
 
     items = _with_db(obj, fetch)
+    audited(obj, directory, Permission.WORKLIST_READ, "worklist", [item["patient"] for item in items])
     if as_json:
         emit_json(items)
         return
@@ -229,25 +237,15 @@ def worklist(ctx: click.Context, *, show_all: bool, as_json: bool) -> None:
 @worklist.command("ack")
 @click.argument("patient")
 @click.argument("result_key")
-@click.option("--by", "by", required=True, help="The acknowledging clinician's user id.")
 @click.option("--note", default="", help="A short note (what was done).")
 @DATA_OPTION
 @JSON_OPTION
 @click.pass_obj
-def ack(obj: Context, patient: str, result_key: str, *, by: str, note: str, data: Path | None, as_json: bool) -> None:
-    """Acknowledge a critical result: recorded in the log by the running node."""
-    try:
-        reply = request(
-            obj.data_dir(data),
-            "acknowledge",
-            patient=patient,
-            result_key=result_key,
-            by=by,
-            note=note,
-            request_id=uuid.uuid4().hex,
-        )
-    except AdminError as exc:
-        raise click.ClickException(str(exc)) from None
+def ack(obj: Context, patient: str, result_key: str, *, note: str, data: Path | None, as_json: bool) -> None:
+    """Acknowledge a critical result as the logged-in clinician: recorded in the log by the running node."""
+    directory = obj.data_dir(data)
+    fields = {"patient": patient, "result_key": result_key, "note": note, "request_id": uuid.uuid4().hex}
+    reply = call(obj, directory, "acknowledge", **fields)
     if as_json:
         emit_json(reply)
     else:

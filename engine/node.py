@@ -37,6 +37,8 @@ from opentelemetry.trace import Span
 
 from actors import Applied, PatientActors, RecordView
 from engine.admin import AdminError, AdminServer, Handler
+from engine.auth import AuthService, AuthStore, Permission
+from engine.auth_endpoint import AuthEndpoint
 from engine.batching import windows
 from engine.commands import acknowledgement, was_critical
 from engine.config import Config
@@ -102,6 +104,7 @@ class Node:
         self._nats: NatsSource | None = None
         self._mllp_tls = False
         self._projections: ProjectionRunner | None = None
+        self._auth: AuthEndpoint | None = None
 
     # -- running --------------------------------------------------------------------
 
@@ -135,10 +138,16 @@ class Node:
             self._projections = self._read_side(wal)
             if self._projections is not None:
                 await tg.start(self._projections.run)
+            store = await anyio.to_thread.run_sync(AuthStore.open_private, self.data_dir)
+            self._auth = AuthEndpoint(
+                AuthService(store, self.config.auth), self._record_audit, node=self.config.node.id
+            )
             requests: dict[str, Handler] = {
+                "health": self._health,
                 "status": self._status,
                 "patient": self._patient_request,
                 "acknowledge": self._acknowledge,
+                **self._auth.handlers(),
             }
             admin = AdminServer(self.data_dir, requests)
             await tg.start(admin.serve)
@@ -171,6 +180,8 @@ class Node:
             listening.cancel()
             watching.cancel()
             await self._stop()
+            await anyio.to_thread.run_sync(self._auth.service.flush)
+            await anyio.to_thread.run_sync(store.close)
             tg.cancel_scope.cancel()
         return results
 
@@ -234,8 +245,36 @@ class Node:
         assert self._scheduler is not None, "the node is not running"
         return self._scheduler.statistics()
 
-    async def _status(self, _request: dict[str, object]) -> dict[str, object]:
+    @property
+    def auth(self) -> AuthEndpoint:
+        """The node's authentication endpoint (while running)."""
+        assert self._auth is not None, "the node is not running"
+        return self._auth
+
+    async def _record_audit(self, envelopes: Sequence[Envelope]) -> None:
+        """Audit events into the log (the hash chain makes them tamper-evident), then to the read side.
+
+        Not to the patient actors: an access is not a fact of the record.
+        """
+        positions = await self.wal.append(envelopes)
+        if self._projections is not None:
+            for env, position in zip(envelopes, positions, strict=True):
+                patients = (env.patient,) if env.patient else ()
+                self._projections.notify(
+                    Record(position.lsn, position.recorded_at or "", patients, env.events), env.lane
+                )
+
+    async def _health(self, _request: dict[str, object]) -> dict[str, object]:
+        """No session needed: no PHI, only whether the node runs, its LSN and its read side (scripts, `vigil db`)."""
+        return {
+            "node": self.config.node.id,
+            "wal": {"last_lsn": self.wal.last_lsn},
+            "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
+        }
+
+    async def _status(self, request: dict[str, object]) -> dict[str, object]:
         """What `vigil status` shows."""
+        await self.auth.authorize(request, Permission.STATUS_READ)
         assert self._actors is not None
         assert self._scheduler is not None
         open_items = await anyio.to_thread.run_sync(lambda: sum(1 for q in self._quarantine.items() if q.open))
@@ -261,6 +300,7 @@ class Node:
         key = request.get("key")
         if not isinstance(key, str) or not key:
             raise AdminError("a patient key (authority|identifier) is needed")
+        await self.auth.authorize(request, Permission.RECORD_READ, patient=key, action="record")
         known_at = request.get("known_at")
         as_of = request.get("as_of")
         view = await self.patient(
@@ -272,11 +312,16 @@ class Node:
 
     async def _acknowledge(self, request: dict[str, object]) -> object:
         """A clinician acknowledges a critical result: recorded in the log (`engine.commands`), then applied."""
-        fields = {k: request.get(k) for k in ("patient", "result_key", "by", "request_id")}
+        fields = {k: request.get(k) for k in ("patient", "result_key", "request_id")}
         missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
         if missing:
             raise AdminError(f"an acknowledgement needs {', '.join(missing)}")
-        patient, result_key, by, request_id = (str(fields[k]) for k in ("patient", "result_key", "by", "request_id"))
+        patient, result_key, request_id = (str(fields[k]) for k in ("patient", "result_key", "request_id"))
+        # Who acknowledges is the session's user, never a name the client types.
+        access = await self.auth.authorize(
+            request, Permission.RESULT_ACKNOWLEDGE, patient=patient, action="acknowledge"
+        )
+        by = access.user.id
         note = request.get("note")
         view = await self.patient(patient)
         result = next((r for r in view.results if r.result_key == result_key), None)

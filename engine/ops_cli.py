@@ -20,12 +20,13 @@ from rich.table import Table
 from rich.text import Text
 
 from actors import PatientRecord
-from engine.admin import AdminError, request
+from engine.auth import Permission
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
+from engine.cli_session import audited, authorized, call, node_or
 from engine.model import Lane
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
-from engine.wal_cli import record_json
+from engine.wal_cli import metadata_json, record_json
 
 __all__ = ["log", "patient", "status", "top"]
 
@@ -36,10 +37,7 @@ __all__ = ["log", "patient", "status", "top"]
 @click.pass_obj
 def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     """The running node: uptime, LSN, lanes, actors, quarantine, sources."""
-    try:
-        report = request(obj.data_dir(data), "status")
-    except AdminError as exc:
-        raise click.ClickException(str(exc)) from None
+    report = call(obj, obj.data_dir(data), "status")
     if as_json:
         emit_json(report)
         return
@@ -94,12 +92,10 @@ def top(obj: Context, data: Path | None, interval_s: float) -> None:
     """`status`, live, refreshing in the terminal until Ctrl-C."""
     directory = obj.data_dir(data)
     try:
-        with Live(_status_view(request(directory, "status")), refresh_per_second=4, screen=False) as live:
+        with Live(_status_view(call(obj, directory, "status")), refresh_per_second=4, screen=False) as live:
             while True:
                 time.sleep(interval_s)
-                live.update(_status_view(request(directory, "status")))
-    except AdminError as exc:
-        raise click.ClickException(str(exc)) from None
+                live.update(_status_view(call(obj, directory, "status")))
     except KeyboardInterrupt:
         return
 
@@ -116,12 +112,12 @@ def patient(
 ) -> None:
     """One patient's record (KEY is authority|identifier, as `vigil inspect` shows it)."""
     directory = obj.data_dir(data)
-    try:
-        view = request(directory, "patient", key=key, as_of=as_of, known_at=known_at)
-    except AdminError as exc:
-        if "no node is running" not in str(exc):
-            raise click.ClickException(str(exc)) from None
-        view = _from_log(directory, key, as_of=as_of, known_at=known_at)
+
+    def here() -> Any:
+        authorized(obj, directory, Permission.RECORD_READ, patient=key, action="record")
+        return _from_log(directory, key, as_of=as_of, known_at=known_at)
+
+    view = node_or(obj, directory, "patient", here, key=key, as_of=as_of, known_at=known_at)
     if as_json:
         emit_json(view)
         return
@@ -173,24 +169,44 @@ def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None
 @click.option("--patient", help="Only records touching this patient key.")
 @click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
 @click.option("--lane", type=click.Choice([lane.value for lane in Lane]), help="Only this lane.")
+@click.option("--content", is_flag=True, help="Events and original bytes in --json (needs log.content).")
 @DATA_OPTION
 @JSON_OPTION
 @click.pass_obj
 def log(
-    obj: Context, patient: str | None, from_lsn: int, lane: str | None, data: Path | None, *, as_json: bool
+    obj: Context,
+    patient: str | None,
+    from_lsn: int,
+    lane: str | None,
+    data: Path | None,
+    *,
+    content: bool,
+    as_json: bool,
 ) -> None:
-    """The event history: what arrived, in which lane, and what it did."""
-    wal_dir = obj.data_dir(data) / "wal"
+    """The event history: what arrived, in which lane, and what it did.
+
+    Without --patient or --content it shows metadata only (LSN, lane, type,
+    event kinds: no identifiers). One patient's history, or content, is PHI:
+    it needs `log.content` (a role's, or break-the-glass for that patient)
+    and each patient shown is audited.
+    """
+    directory = obj.data_dir(data)
+    wal_dir = directory / "wal"
     if not wal_dir.is_dir():
         raise click.ClickException(f"no log at {wal_dir}")
-    records = (
+    phi = bool(patient) or content
+    permission = Permission.LOG_CONTENT if phi else Permission.LOG_METADATA
+    authorized(obj, directory, permission, patient=patient or "", action="log")
+    records = [
         r
         for r in iter_records(wal_dir, OSFiles(), from_lsn=from_lsn, patient=patient)
         if lane is None or r.envelope.lane.value == lane
-    )
+    ]
+    if content and not patient:
+        audited(obj, directory, permission, "log", [p for r in records for p in r.patients])
     if as_json:
         for record in records:
-            emit_json(record_json(record))
+            emit_json(record_json(record) if phi else metadata_json(record))
         return
     table = Table()
     for name in ("LSN", "recorded at", "lane", "type", "why", "events"):

@@ -18,10 +18,13 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from engine.auth import Permission
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli_progress import scan_progress
+from engine.cli_session import audited, authorized
 from engine.decode import decode_input
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InputError
+from engine.hl7 import parse, patient_key
 from engine.wal.audit import AuditTrail, audit_key_from_env
 from engine.wal.checkpoint import CheckpointStore
 from engine.wal.errors import WALCorruptError, WALLockedError
@@ -131,9 +134,12 @@ def _emit(report: dict[str, Any], as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_obj
 def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None, *, as_json: bool) -> None:
-    """Show records: a table, or NDJSON with the original bytes in base64."""
+    """Show records: a table, or NDJSON with the original bytes in base64 (needs log.content; audited)."""
     directory = _wal_dir(obj, data)
-    records = iter_records(directory, OSFiles(), from_lsn=from_lsn, patient=patient)
+    authorized(obj, directory.parent, Permission.LOG_CONTENT, patient=patient or "", action="wal_dump")
+    records = list(iter_records(directory, OSFiles(), from_lsn=from_lsn, patient=patient))
+    if not patient:
+        audited(obj, directory.parent, Permission.LOG_CONTENT, "wal_dump", [p for r in records for p in r.patients])
     if as_json:
         out = sys.stdout.buffer
         for record in records:
@@ -156,21 +162,31 @@ def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None
     Console().print(table)
 
 
-def record_json(record: LogRecord) -> dict[str, Any]:
+def metadata_json(record: LogRecord) -> dict[str, Any]:
+    """What an operator may see of a record: where and what kind, no identifier, no content."""
     env = record.envelope
     return {
         "lsn": record.lsn,
         "recorded_at": record.recorded_at,
         "partition": record.partition,
         "epoch": record.epoch,
-        "message_id": record.message_id,
-        "patients": list(record.patients),
         "kind": env.kind.value,
         "type": env.message_type,
         "lane": env.lane.value,
         "reason": env.lane_reason,
         "received_at": env.received_at,
         "source": env.source,
+        "event_kinds": sorted({str(e.__struct_config__.tag) for e in env.events}),
+    }
+
+
+def record_json(record: LogRecord) -> dict[str, Any]:
+    """The whole record: identifiers, events and the original bytes (PHI)."""
+    env = record.envelope
+    return {
+        **metadata_json(record),
+        "message_id": record.message_id,
+        "patients": list(record.patients),
         "events": msgspec.to_builtins(env.events),
         "raw_base64": base64.b64encode(env.raw).decode(),
     }
@@ -240,6 +256,7 @@ def _quarantine(obj: Context, data: Path | None) -> Quarantine:
 @click.pass_obj
 def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json: bool) -> None:
     """Quarantined items (metadata only: no message content)."""
+    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_METADATA, action="quarantine_list")
     items = [i for i in _quarantine(obj, data).items() if show_all or i.open]
     if as_json:
         for item in items:
@@ -261,10 +278,16 @@ def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json:
 @JSON_OPTION
 @click.pass_obj
 def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool) -> None:
-    """One item, with its original bytes (base64 in JSON)."""
+    """One item, with its original bytes (base64 in JSON): message content, so it needs quarantine.content.
+
+    An operator gets it by breaking the glass for the message's patient; a
+    message whose patient cannot be read needs the permission by role.
+    """
     item = _quarantine(obj, data).get(qid)
     if item is None:
         raise click.ClickException(f"no quarantined item {qid}")
+    patient = quarantined_patient(item.raw)
+    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_CONTENT, patient=patient, action="quarantine_show")
     if as_json:
         doc = msgspec.to_builtins(item)
         doc["raw_base64"] = base64.b64encode(item.raw).decode()
@@ -289,6 +312,7 @@ def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
     Takes the log's lock: with a node running on this data directory, retry
     through the node instead.
     """
+    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_RETRY, action="quarantine_retry")
     store = _quarantine(obj, data)
     item = store.get(qid)
     if item is None:
@@ -313,6 +337,15 @@ def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
         raise click.ClickException(f"{exc}: retry through the running node") from None
     store.resolve(qid, outcome=f"accepted at LSN {', '.join(map(str, lsns))}", at=utc_now())
     Console(soft_wrap=True).print(f"item {qid} accepted: LSN {', '.join(map(str, lsns))}")
+
+
+def quarantined_patient(raw: bytes) -> str:
+    """The patient key of a refused HL7 v2 message, where its PID can still be read; else ""."""
+    try:
+        pid = parse(raw).segment("PID")
+        return (patient_key(pid) or "") if pid is not None else ""
+    except (InputError, ValueError, IndexError):
+        return ""
 
 
 def _audit_key(obj: Context) -> bytes | None:

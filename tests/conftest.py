@@ -45,6 +45,12 @@ def corpus_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _own_session_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's CLI processes keep their session token in the test's own directory, never the user's."""
+    monkeypatch.setenv("VIGIL_SESSION_FILE", str(tmp_path / "vigil-session.json"))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_logging() -> object:
     """The CLI configures structlog for its process; a test must not inherit another's setup."""
     yield

@@ -28,7 +28,10 @@ def test_every_key_is_optional() -> None:
             "unknown key ingest.message_bytes_maxx (allowed: message_bytes_max, watch_poll_interval_s)",
         ),
         ("[lanes]\nrule = 1", "unknown key lanes.rule (allowed: rules, scheduler)"),
-        ("colour = 1", "unknown key colour (allowed: node, ingest, mllp, nats, wal, audit, projections, lanes)"),
+        (
+            "colour = 1",
+            "unknown key colour (allowed: node, ingest, mllp, nats, wal, audit, projections, lanes, auth, workstation)",
+        ),
         ("[ingest]\nmessage_bytes_max = 5", "ingest.message_bytes_max: expected int >= 1024"),
         ('[ingest]\nmessage_bytes_max = "big"', "ingest.message_bytes_max: expected int, got str"),
         ('[lanes.rules]\nstat_priorities = "S"', "lanes.rules.stat_priorities: expected array, got str"),

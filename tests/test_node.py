@@ -21,10 +21,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from engine.auth import Role
 from engine.hl7 import parse
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.wal import open_wal
 from tests.helpers import MSH_ADT, PID, hl7, oru
+from tests.sessions import sign_in
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -214,10 +216,11 @@ def test_status_patient_and_log_from_a_running_node_and_after_it(tmp_path: Path)
             decoder = MLLPDecoder()
             assert parse(_exchange(conn, critical, decoder)).get("MSA-1") == "AA"
             assert parse(_exchange(conn, _message(2), decoder)).get("MSA-1") == "AA"
+        sign_in(tmp_path, "dr.osei")
         code, out = _cli("status", "--data", str(tmp_path), "--json")
         report = json.loads(out)
         assert code == 0
-        assert report["wal"]["last_lsn"] == 2
+        assert report["wal"]["last_lsn"] == 3  # the two messages, then the login's audit event
         assert {lane["lane"]: lane["done"] for lane in report["lanes"]} == {"critical": 1, "standard": 1, "batch": 0}
         code, out = _cli("patient", "GENHOSP|MRN42", "--data", str(tmp_path), "--json")
         live = json.loads(out)
@@ -285,6 +288,7 @@ def test_a_watched_folder_moves_each_file_to_done_or_failed(tmp_path: Path) -> N
 
 def test_top_refreshes_until_interrupted(tmp_path: Path) -> None:
     """`vigil top` shows the live status and leaves quietly on Ctrl-C."""
+    sign_in(tmp_path, "op.kim", Role.OPERATOR)  # no node yet: the CLI logs in over the store and log itself
     with (
         node(tmp_path),
         subprocess.Popen(

@@ -14,11 +14,13 @@ import anyio
 import asyncpg
 import pytest
 
+from engine.auth import Role
 from engine.mllp import MLLPDecoder
 from engine.wal import open_wal
 from tests.helpers import MSH_ORU, oru
 from tests.pg_server import throwaway_server
 from tests.read_side import actual_tables, differences, expected_tables
+from tests.sessions import sign_in
 from tests.test_node import ROOT, VIGIL, _exchange, node
 
 _POTASSIUM_HIGH = "OBX|1|NM|2823-3^Potassium^LN||6.9|mmol/L|3.5-5.1|HH|||F|||20261124100000"
@@ -65,22 +67,23 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
     tmp_path: Path, pg_dsn: str, pg_schema: str
 ) -> None:
     config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
+    sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
     with node(data, config=config) as (_, port):
         acks = _send(port, [_message(1, _POTASSIUM_HIGH), _message(2, _SODIUM_NORMAL)])
         assert all(b"MSA|AA" in a for a in acks)
 
         def worklist(*extra: str) -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = _vigil(config, "worklist", "--json", *extra)
+            items: list[dict[str, Any]] = _vigil(config, "worklist", "--data", str(data), "--json", *extra)
             return items
 
         _until(lambda: len(worklist()) == 1, "the critical result on the worklist")
         [item] = worklist()
         assert (item["value"], item["abnormal_flags"], item["acknowledged_by"]) == ("6.9", ["HH"], None)
-        table = _vigil(config, "worklist")
+        table = _vigil(config, "worklist", "--data", str(data))
         assert "Critical results: open" in table
         assert "6.9 mmol/L" in table
         _until(lambda: _status(config, data)["lag_records"] == 0, "the read side to catch up")
-        _vigil(config, "worklist", "ack", item["patient"], item["result_key"], "--by", "dr.osei", "--data", str(data))
+        _vigil(config, "worklist", "ack", item["patient"], item["result_key"], "--data", str(data))
         _until(lambda: not worklist(), "the acknowledged result to leave the open worklist")
         [done] = worklist("--all")
         assert done["acknowledged_by"] == "dr.osei"
@@ -94,8 +97,6 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
                 "ack",
                 item["patient"],
                 "nope",
-                "--by",
-                "x",
                 "--data",
                 str(data),
             ],
@@ -114,7 +115,8 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
     assert "schema version 3" in shown
     report = _vigil(config, "db", "status", "--json")
     assert report["database"]["schema_version"] == 3
-    assert set(report["database"]["positions"].values()) == {3}  # two messages and the acknowledgement
+    [position] = set(report["database"]["positions"].values())  # every projection at the log's end
+    assert position > 3  # two messages, the acknowledgement, and the audit trail of the session
 
 
 def test_the_node_acknowledges_through_a_database_outage_and_the_read_side_catches_up_exactly_once(
@@ -122,6 +124,7 @@ def test_the_node_acknowledges_through_a_database_outage_and_the_read_side_catch
 ) -> None:
     with throwaway_server() as server:
         config, data = _config(tmp_path, server.dsn, "vigil"), tmp_path / "data"
+        sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
         with node(data, config=config) as (_, port):
             first = [_message(i, _POTASSIUM_HIGH if i % 5 == 0 else _SODIUM_NORMAL) for i in range(40)]
             assert all(b"MSA|AA" in a for a in _send(port, first))
@@ -197,12 +200,13 @@ def test_rebuild_with_the_node_running_and_without_it_gives_the_incremental_tabl
     tmp_path: Path, pg_dsn: str, pg_schema: str
 ) -> None:
     config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
+    sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
     with node(data, config=config) as (_, port):
         messages = [_message(i, _POTASSIUM_HIGH if i % 3 == 0 else _SODIUM_NORMAL) for i in range(30)]
         assert all(b"MSA|AA" in a for a in _send(port, messages))
         _until(lambda: _status(config, data)["lag_records"] == 0, "the messages projected")
         assert "results rebuilt" in _vigil(config, "db", "rebuild", "results", "--data", str(data))
-        assert _status(config, data)["positions"]["results"] == 30
+        assert _status(config, data)["positions"]["results"] == 31  # the login's audit event, then 30 messages
     assert "critical_worklist rebuilt" in _vigil(config, "db", "rebuild", "critical_worklist", "--data", str(data))
 
     async def compare() -> None:
@@ -222,6 +226,7 @@ def test_rebuild_with_the_node_running_and_without_it_gives_the_incremental_tabl
 def test_a_stuck_database_never_holds_back_acknowledgements(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
     """Another session holds the read side's tables locked: the node ACKs on, then the runner catches up."""
     config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
+    sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
     with node(data, config=config) as (_, port):
         assert all(b"MSA|AA" in a for a in _send(port, [_message(0, _SODIUM_NORMAL)]))
         _until(lambda: _status(config, data)["lag_records"] == 0, "the first message projected")
@@ -249,6 +254,7 @@ def test_read_side_commands_fail_in_one_line_without_a_database(tmp_path: Path) 
     nowhere = tmp_path / "nowhere.toml"
     nowhere.write_text('[projections]\ndsn_env = "VIGIL_TEST_NO_SUCH_VARIABLE"\n')
     unreachable = _config(tmp_path, "postgresql://postgres@127.0.0.1:9/none", "vigil")
+    sign_in(tmp_path / ".vigil", "dr.osei", config=unreachable)  # the worklist asks for a session before the database
     for config, expected in ((nowhere, b"no read side configured"), (unreachable, b"cannot reach")):
         for args in (["db", "status"], ["worklist"], ["db", "migrate"]):
             out = subprocess.run(

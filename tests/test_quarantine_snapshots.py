@@ -9,6 +9,7 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
+from engine.auth import Role
 from engine.cli import cli
 from engine.errors import ErrorLocation, MissingFieldError
 from engine.wal import open_wal
@@ -17,6 +18,7 @@ from engine.wal.quarantine import QUARANTINE_FILE, Quarantine
 from engine.wal.snapshots import Snapshot, SnapshotStore
 from tests.faultfs import FaultyFiles
 from tests.helpers import MSH_ORU, hl7, oru
+from tests.sessions import PASSWORD, sign_in
 
 ERROR = MissingFieldError("ORU^R01 requires a patient identifier", ErrorLocation(segment="PID", field=3)).to_dict()
 
@@ -75,8 +77,8 @@ def test_keep_must_be_positive(tmp_path: Path) -> None:
         SnapshotStore(tmp_path, OSFiles(), keep=0)
 
 
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+def _run(*args: str, secret: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, input=secret)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -85,26 +87,38 @@ def test_quarantine_cli_list_show_retry(tmp_path: Path) -> None:
     q = Quarantine(tmp_path / "quarantine", OSFiles())
     still_bad = q.add(hl7(MSH_ORU, "OBR|1|P|F|X"), source="stdin", reason="no PID", error=ERROR, at="t1")
     fixed = q.add(oru("OBX|1|NM|K||4.1|||N"), source="stdin", reason="was refused by an old rule", error={}, at="t2")
+    sign_in(tmp_path, "op.kim", Role.OPERATOR)
     code, out, _ = _run("quarantine", "list", "--data", str(tmp_path), "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0
     assert [r["qid"] for r in rows] == [still_bad, fixed]
     assert "raw" not in rows[0]
+    # Content is PHI: an operator reads it only by breaking the glass for that message's patient.
+    code, _, err = _run("quarantine", "show", str(fixed), "--data", str(tmp_path), "--json")
+    assert code != 0
+    assert "break the glass" in err
+    reason = ("--reason", "message_investigation", "--secrets-stdin")
+    code, _, err = _run("break-glass", "GENHOSP|MRN42", *reason, "--data", str(tmp_path), secret=PASSWORD + "\n")
+    assert code == 0, err
     code, out, _ = _run("quarantine", "show", str(fixed), "--data", str(tmp_path), "--json")
     assert code == 0
     assert json.loads(out)["raw_base64"]
+    code, _, err = _run("quarantine", "show", str(still_bad), "--data", str(tmp_path), "--json")
+    assert code != 0  # no readable patient: the grant for another patient does not cover it
     code, _, err = _run("quarantine", "retry", str(still_bad), "--data", str(tmp_path))
     assert code != 0
     assert "still refused" in err
     code, out, _ = _run("quarantine", "retry", str(fixed), "--data", str(tmp_path))
     assert code == 0, out
-    assert "accepted: LSN 1" in out
+    assert "accepted: LSN 6" in out  # after the audit trail of the login, the refusals and the break-the-glass
 
-    async def logged() -> list[bytes]:
+    async def logged() -> list[tuple[str, bytes]]:
         async with open_wal(tmp_path / "wal") as wal:
-            return [r.envelope.raw for r in wal.read_from(1)]
+            return [(r.envelope.message_type, r.envelope.raw) for r in wal.read_from(1)]
 
-    assert anyio.run(logged) == [oru("OBX|1|NM|K||4.1|||N")]
+    records = anyio.run(logged)
+    assert [raw for kind, raw in records if kind != "AUDIT^ACCESS"] == [oru("OBX|1|NM|K||4.1|||N")]
+    assert len(records) == 6
     code, out, _ = _run("quarantine", "list", "--data", str(tmp_path), "--json")
     assert [json.loads(line)["qid"] for line in out.splitlines()] == [still_bad]
     code, _, err = _run("quarantine", "retry", str(fixed), "--data", str(tmp_path))

@@ -11,12 +11,14 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
+from engine.auth import Role
 from engine.cli import cli
 from engine.config import WalConfig
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
 from engine.wal.record import GENESIS_HASH, SEGMENT_MAGIC, encode_frame
+from tests.sessions import sign_in
 from tests.test_wal import envelope
 
 KEY = "a-test-key-of-sufficient-length"
@@ -76,16 +78,33 @@ def test_verify_reports_an_incomplete_tail_without_failing(tmp_path: Path) -> No
 
 
 def test_dump_ndjson_with_original_bytes(tmp_path: Path) -> None:
-    """NDJSON, original bytes in base64; --from and --patient select."""
+    """NDJSON, original bytes in base64; --from and --patient select. Content: only for a role given log.content."""
     _make_log(tmp_path)
-    code, out, _ = _run("wal", "dump", "--data", str(tmp_path), "--json", "--from", "38")
-    rows = [json.loads(line) for line in out.splitlines()]
+    config = tmp_path / "vigil.toml"
+    config.write_text('[auth.permissions]\nintegration_operator = ["log.metadata", "log.content"]\n')
+    sign_in(tmp_path, "op.kim", Role.OPERATOR)
+    code, _, err = _run("wal", "dump", "--data", str(tmp_path), "--json")
+    assert code != 0
+    assert "may not log.content" in err  # not with the default permissions
+    code, out, _ = _run("--config", str(config), "wal", "dump", "--data", str(tmp_path), "--json", "--from", "38")
+    everything = [json.loads(line) for line in out.splitlines()]
+    rows = [r for r in everything if r["type"] != "AUDIT^ACCESS"]
     assert code == 0
     assert [r["lsn"] for r in rows] == [38, 39, 40]
     assert base64.b64decode(rows[0]["raw_base64"]) == envelope(37).raw
-    code, out, _ = _run("wal", "dump", "--data", str(tmp_path), "--json", "--patient", "H|A")
-    assert [json.loads(line)["lsn"] for line in out.splitlines()] == list(range(1, 41, 4))
-    code, out, _ = _run("wal", "dump", "--data", str(tmp_path))
+    # The login, the refused dump and this dump itself are in the log too, after the messages.
+    audit = [e["events"][0] for e in everything if e["type"] == "AUDIT^ACCESS"]
+    assert [(e["action"], e["outcome"]) for e in audit] == [
+        ("login", "allowed"),
+        ("wal_dump", "denied"),
+        ("wal_dump", "allowed"),
+    ]
+    args = ("--config", str(config), "wal", "dump", "--data", str(tmp_path))
+    code, out, _ = _run(*args, "--json", "--patient", "H|A")
+    shown = [json.loads(line) for line in out.splitlines()]
+    assert [r["lsn"] for r in shown if r["type"] != "AUDIT^ACCESS"] == list(range(1, 41, 4))
+    assert shown[-1]["events"][0]["action"] == "wal_dump"  # the patient's trail holds this very read
+    code, out, _ = _run(*args)
     assert code == 0
     assert "ORU^R01" in out
 

@@ -57,6 +57,13 @@ class AuthStore:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
 
+    @classmethod
+    def open_private(cls, data_dir: Path) -> AuthStore:
+        """The store of a data directory made owner-only first (the log and the admin socket live there too)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+        return cls(data_dir)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -1,0 +1,156 @@
+"""The CLI's side of a session: where its token is kept, and who it asks.
+
+A token lives in a file readable only by its OS user (`$VIGIL_SESSION_FILE`,
+else one per data directory under `$XDG_STATE_HOME/vigil` or
+`~/.local/state/vigil`), with the device it is bound to. Every request that
+needs a session carries both.
+
+Who decides: the running node, over its admin socket. When no node runs, the
+CLI is the authority itself over the same store (`auth.db`) and the same log
+(taking the log's lock, which a running node would hold): the same checks,
+and the same audit events appended before anything is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import msgspec
+
+from engine.admin import AdminError, NodeNotRunningError, request
+from engine.auth import AuthService, AuthStore, Permission
+from engine.auth_endpoint import AuthEndpoint
+from engine.cli_context import Context
+from engine.errors import ConfigError
+from engine.model import Envelope
+from engine.wal import WALLockedError, open_wal
+from engine.wal.audit import audit_key_from_env
+
+__all__ = [
+    "audited",
+    "authorized",
+    "call",
+    "device_of",
+    "forget_session",
+    "keep_session",
+    "node_or",
+    "session_file",
+]
+
+
+def session_file(data_dir: Path) -> Path:
+    """Where this OS user's session for `data_dir` is kept."""
+    explicit = os.environ.get("VIGIL_SESSION_FILE")
+    if explicit:
+        return Path(explicit)
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return state / "vigil" / f"session-{tag}.json"
+
+
+def device_of(obj: Context) -> str:
+    """The workstation's device id: from `[workstation]`, else the host's name."""
+    return obj.config.workstation.device or socket.gethostname()
+
+
+def keep_session(data_dir: Path, token: str, device: str, user: str) -> None:
+    path = session_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    body = msgspec.json.encode({"token": token, "device": device, "user": user})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+
+
+def forget_session(data_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        session_file(data_dir).unlink()
+
+
+def _credentials(obj: Context, data_dir: Path) -> dict[str, str]:
+    try:
+        saved = msgspec.json.decode(session_file(data_dir).read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return {"token": "", "device": device_of(obj)}
+    return {"token": str(saved.get("token", "")), "device": device_of(obj)}
+
+
+def call(obj: Context, data_dir: Path, operation: str, **fields: Any) -> Any:
+    """One authenticated request: to the running node, else answered here over the same store and log.
+
+    Raises:
+        click.ClickException: refused (the one-line reason), or unreachable.
+    """
+    body = {"auth": _credentials(obj, data_dir), **fields}
+    try:
+        return request(data_dir, operation, **body)
+    except NodeNotRunningError:
+        return _here(obj, data_dir, operation, body)
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def node_or(obj: Context, data_dir: Path, operation: str, here: Callable[[], Any], **fields: Any) -> Any:
+    """Ask the running node (authenticated); when none runs, `here()` answers (it authorizes itself)."""
+    try:
+        return request(data_dir, operation, auth=_credentials(obj, data_dir), **fields)
+    except NodeNotRunningError:
+        return here()
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def authorized(obj: Context, data_dir: Path, permission: Permission, *, patient: str = "", action: str = "") -> Any:
+    """Ask before reading files that hold PHI (the log, the quarantine): allowed and audited, or refused."""
+    return call(obj, data_dir, "authorize", permission=permission.value, patient=patient, action=action)
+
+
+def audited(obj: Context, data_dir: Path, permission: Permission, action: str, patients: list[str]) -> None:
+    """Record that a listing showed these patients (one audit event each), before it is shown."""
+    if patients:
+        call(obj, data_dir, "accessed", permission=permission.value, action=action, patients=patients)
+
+
+def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) -> Any:
+    """No node runs: this process decides, over the data directory's store, and audits into its log."""
+    try:
+        key = audit_key_from_env(obj.config.audit.key_env)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def answer() -> Any:
+        # A refusal is carried out of the log's task group as a value, not raised through it
+        # (where it would arrive wrapped in an exception group).
+        async with open_wal(data_dir / "wal", obj.config.wal, audit_key=key) as log:
+
+            async def sink(envelopes: Sequence[Envelope]) -> None:
+                await log.append(envelopes)
+
+            store = await anyio.to_thread.run_sync(AuthStore.open_private, data_dir)
+            endpoint = AuthEndpoint(AuthService(store, obj.config.auth), sink, node=obj.config.node.id)
+            try:
+                handler = endpoint.handlers().get(operation)
+                if handler is None:
+                    return AdminError(f"no node is running on {data_dir} (`{operation}` needs one)")
+                return await handler(body)
+            except AdminError as refused:
+                return refused
+            finally:
+                endpoint.service.flush()
+                store.close()
+
+    try:
+        answered = anyio.run(answer)
+    except WALLockedError:
+        raise click.ClickException(f"the log on {data_dir} is busy (a node is starting): retry") from None
+    if isinstance(answered, AdminError):
+        raise click.ClickException(str(answered))
+    return answered
