@@ -15,6 +15,7 @@ from typing import Any, TypeVar, final
 
 import anyio
 import msgspec
+import structlog
 
 from engine.admin import AdminError, Handler
 from engine.auth import (
@@ -35,6 +36,7 @@ __all__ = ["AuditSink", "AuthEndpoint", "credentials_of"]
 
 AuditSink = Callable[[Sequence[Envelope]], Awaitable[None]]
 _T = TypeVar("_T")
+_log = structlog.get_logger("vigil.auth")
 
 
 def credentials_of(request: dict[str, Any]) -> Credentials:
@@ -66,10 +68,11 @@ def _enum(kind: Callable[[str], _T], value: str, what: str) -> _T:
 class AuthEndpoint:
     """Authentication requests, and `authorize` for every other request that shows PHI."""
 
-    def __init__(self, service: AuthService, sink: AuditSink, *, node: str) -> None:
+    def __init__(self, service: AuthService, sink: AuditSink, *, node: str, log_denials: bool = True) -> None:
         self.service = service
         self._sink = sink
         self._node = node
+        self._log_denials = log_denials  # the node's log; a CLI answering for itself says it in its one line
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -93,6 +96,12 @@ class AuthEndpoint:
         """Append audit events to the log; an access that cannot be audited is refused."""
         if not items:
             return
+        for _patient, event in items:
+            if self._log_denials and event.outcome != "allowed":
+                # For operators and their alerting: what was refused and why, never whom it was about.
+                # The user id is left out for a failed login: people type passwords into that field.
+                user = "" if event.action == "login" else event.user
+                _log.warning("auth.denied", action=event.action, user=user, why=event.detail, severity=event.severity)
         envelopes = [audit_envelope(event, patient, node=self._node) for patient, event in items]
         try:
             await self._sink(envelopes)

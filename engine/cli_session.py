@@ -135,7 +135,8 @@ def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) ->
                 await log.append(envelopes)
 
             store = await anyio.to_thread.run_sync(AuthStore.open_private, data_dir)
-            endpoint = AuthEndpoint(AuthService(store, obj.config.auth), sink, node=obj.config.node.id)
+            service = AuthService(store, obj.config.auth)
+            endpoint = AuthEndpoint(service, sink, node=obj.config.node.id, log_denials=False)
             try:
                 handler = endpoint.handlers().get(operation)
                 if handler is None:
