@@ -31,7 +31,7 @@ from typing import final
 import anyio
 import msgspec
 import structlog
-from anyio.abc import ByteStream, TaskStatus
+from anyio.abc import ByteStream, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSListener
 from opentelemetry.trace import Span
 
@@ -105,6 +105,7 @@ class Node:
         self._mllp_tls = False
         self._projections: ProjectionRunner | None = None
         self._auth: AuthEndpoint | None = None
+        self._requests: dict[str, Handler] = {}
 
     # -- running --------------------------------------------------------------------
 
@@ -138,19 +139,7 @@ class Node:
             self._projections = self._read_side(wal)
             if self._projections is not None:
                 await tg.start(self._projections.run)
-            store = await anyio.to_thread.run_sync(AuthStore.open_private, self.data_dir)
-            self._auth = AuthEndpoint(
-                AuthService(store, self.config.auth), self._record_audit, node=self.config.node.id
-            )
-            requests: dict[str, Handler] = {
-                "health": self._health,
-                "status": self._status,
-                "patient": self._patient_request,
-                "acknowledge": self._acknowledge,
-                **self._auth.handlers(),
-            }
-            admin = AdminServer(self.data_dir, requests)
-            await tg.start(admin.serve)
+            store = await self._start_admin(tg)
             self._started = anyio.current_time()
             tg.start_soon(self._summarise)
             port = None
@@ -180,10 +169,25 @@ class Node:
             listening.cancel()
             watching.cancel()
             await self._stop()
-            await anyio.to_thread.run_sync(self._auth.service.flush)
-            await anyio.to_thread.run_sync(store.close)
             tg.cancel_scope.cancel()
+        # After the task group: the sessions' last activity was flushed as its task ended.
+        await anyio.to_thread.run_sync(store.close)
         return results
+
+    async def _start_admin(self, tg: TaskGroup) -> AuthStore:
+        """Accounts and sessions, and the admin socket that serves them and every operator request."""
+        store = await anyio.to_thread.run_sync(AuthStore.open_private, self.data_dir)
+        self._auth = AuthEndpoint(AuthService(store, self.config.auth), self._record_audit, node=self.config.node.id)
+        self._requests = {
+            "health": self._health,
+            "status": self._status,
+            "patient": self._patient_request,
+            "acknowledge": self._acknowledge,
+            **self._auth.handlers(),
+        }
+        await tg.start(AdminServer(self.data_dir, self._requests).serve)
+        tg.start_soon(self._auth.persist_sessions)
+        return store
 
     def _read_side(self, wal: WriteAheadLog) -> ProjectionRunner | None:
         """The projection runner when a DSN is configured; without one the node runs without a read side."""
@@ -250,6 +254,13 @@ class Node:
         """The node's authentication endpoint (while running)."""
         assert self._auth is not None, "the node is not running"
         return self._auth
+
+    async def handle(self, operation: str, request: dict[str, object]) -> object:
+        """Answer an admin request in-process, exactly as the admin socket would (embedding, benchmarks)."""
+        handler = self._requests.get(operation)
+        if handler is None:
+            raise AdminError(f"unknown request {operation!r}")
+        return await handler(request)
 
     async def _record_audit(self, envelopes: Sequence[Envelope]) -> None:
         """Audit events into the log (the hash chain makes them tamper-evident), then to the read side.

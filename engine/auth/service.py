@@ -111,7 +111,11 @@ class AuthService:
         self._config = config
         self._clock = clock
         self._sessions: dict[str, SessionRecord] = {}  # by token hash: the hot path reads no disk
-        self._persisted_at: dict[str, float] = {}  # session id -> last_seen_at as stored
+        self._dirty: set[str] = set()  # token hashes whose activity or lock is not on disk yet
+        # Users and grants as this service last read or wrote them: a decision on the event
+        # loop must never wait for the store's lock (a flush may hold it through an fsync).
+        self._users: dict[str, User] = {}
+        self._grants: dict[str, list[Grant]] = {}
 
     @property
     def config(self) -> AuthConfig:
@@ -167,6 +171,7 @@ class AuthService:
             raise AccessRefusedError("; ".join(problems), [])
         user = User(user_id, name, roles, hash_secret(password), hash_secret(pin))
         if not self._store.add_user(user):
+            self._users.pop(user_id, None)
             raise AccessRefusedError(f"user {user_id} exists already (ids are never reused)", [])
         actor = by.session if by else None
         detail = f"added {user_id} as {','.join(r.value for r in roles)}" + ("" if by else " (first administrator)")
@@ -190,7 +195,7 @@ class AuthService:
         """Disable an account and end its sessions at once (the id is kept: audit trails name it)."""
         now = self._clock()
         user = self._require_user(user_id)
-        self._store.put_user(msgspec.structs.replace(user, disabled=True))
+        self._put_user(msgspec.structs.replace(user, disabled=True))
         for session in self._store.sessions_of(user_id):
             if not session.ended_at:
                 self._save(msgspec.structs.replace(session, ended_at=now, end_reason="user disabled"))
@@ -214,7 +219,7 @@ class AuthService:
         if not roles:
             raise AccessRefusedError("a user needs at least one role", [])
         user = self._require_user(user_id)
-        self._store.put_user(msgspec.structs.replace(user, roles=roles))
+        self._put_user(msgspec.structs.replace(user, roles=roles))
         detail = f"{user_id}: {','.join(r.value for r in user.roles)} -> {','.join(r.value for r in roles)}"
         return [
             (
@@ -234,6 +239,24 @@ class AuthService:
     def users(self) -> list[User]:
         return self._store.users()
 
+    def _user(self, user_id: str) -> User | None:
+        """From memory; from the store the first time (a user added by another process is then seen)."""
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._store.user(user_id)
+            if user is not None:
+                self._users[user_id] = user
+        return user
+
+    def _put_user(self, user: User) -> None:
+        self._store.put_user(user)
+        self._users[user.id] = user
+
+    def _grants_of(self, session_id: str) -> list[Grant]:
+        if session_id not in self._grants:
+            self._grants[session_id] = self._store.grants_of(session_id)
+        return self._grants[session_id]
+
     def _require_user(self, user_id: str) -> User:
         user = self._store.user(user_id)
         if user is None:
@@ -245,7 +268,9 @@ class AuthService:
     def login(self, user_id: str, password: str, setting: Setting, device: str) -> Login:
         """A new session, or `AccessRefusedError` (audited) for a wrong password, a disabled or locked-out account."""
         now = self._clock()
-        user = self._store.user(user_id)
+        user = self._store.user(user_id)  # fresh at every login: the account may have changed elsewhere
+        if user is not None:
+            self._users[user_id] = user
         probe = SessionRecord("", "", user_id, setting, device, now, now)
         refused = "wrong user id or password"  # the same words whether the id exists or not
         if user is None:
@@ -267,7 +292,7 @@ class AuthService:
         if not verify_secret(user.password_hash, password):
             failures = user.failures + 1
             locked = failures >= self._config.login_failures_max
-            self._store.put_user(
+            self._put_user(
                 msgspec.structs.replace(
                     user,
                     failures=0 if locked else failures,
@@ -280,7 +305,7 @@ class AuthService:
             )
             raise AccessRefusedError(refused, [("", event)])
         if user.failures:
-            self._store.put_user(msgspec.structs.replace(user, failures=0))
+            self._put_user(msgspec.structs.replace(user, failures=0))
         token = new_token()
         session = SessionRecord(uuid.uuid4().hex, token_digest(token), user.id, setting, device, now, now)
         self._save(session)
@@ -288,9 +313,19 @@ class AuthService:
         return Login(token, session, [("", self._event(session, "login", allowed=True, role=roles, now=now))])
 
     def _save(self, session: SessionRecord) -> None:
+        """Durably: a new session, a logout, an end, an unlock."""
         self._store.put_session(session)
         self._sessions[session.token_hash] = session
-        self._persisted_at[session.id] = session.last_seen_at
+        self._dirty.discard(session.token_hash)
+
+    def _remember(self, session: SessionRecord) -> None:
+        """In memory now, on disk at the next `flush`: the request path never waits for a disk write.
+
+        Only activity, context and an idle lock are deferred; a crash before the
+        flush can only make a session look idle sooner (it locks early).
+        """
+        self._sessions[session.token_hash] = session
+        self._dirty.add(session.token_hash)
 
     def _session(self, credentials: Credentials, action: str, now: float) -> SessionRecord:
         """The session these credentials name, whatever its state; refusals are audited."""
@@ -316,11 +351,11 @@ class AuthService:
         state, why = session_state(session, self._config, now)
         if state is SessionState.LOCKED and not session.locked:
             session = msgspec.structs.replace(session, locked=True)  # an idle lock holds until the PIN
-            self._save(session)
+            self._remember(session)
         if state is SessionState.ACTIVE:
-            user = self._store.user(session.user)
+            user = self._user(session.user)
             if user is None or user.disabled:
-                self._save(msgspec.structs.replace(session, ended_at=now, end_reason="user disabled"))
+                self._remember(msgspec.structs.replace(session, ended_at=now, end_reason="user disabled"))
                 state, why = SessionState.ENDED, "session ended (user disabled)"
             else:
                 return session, user
@@ -333,7 +368,7 @@ class AuthService:
         now = self._clock()
         action = action or permission.value
         session, user = self._active(credentials, action, patient, now)
-        grants = self._store.grants_of(session.id) if permission not in self._role_permissions(user) else []
+        grants = self._grants_of(session.id) if permission not in self._role_permissions(user) else []
         decision = decide(user, permission, patient=patient, grants=grants, config=self._config, now=now)
         if not decision.allowed:
             event = self._event(session, action, allowed=False, role=decision.role, detail=decision.reason, now=now)
@@ -364,17 +399,16 @@ class AuthService:
             context["patient"] = patient
             context["queries"] = [*queries, [action, patient]][-_QUERIES_KEPT:]
         session = msgspec.structs.replace(session, last_seen_at=now, context=context)
-        self._sessions[session.token_hash] = session
-        # Activity reaches the disk at most every interval (a crash can only lock a session sooner).
-        if now - self._persisted_at.get(session.id, 0.0) >= self._config.activity_persist_interval_s:
-            self._save(session)
+        self._remember(session)
         return session
 
     def flush(self) -> None:
-        """Write every session's latest activity and context (at a graceful stop)."""
-        for session in list(self._sessions.values()):
-            if session.last_seen_at > self._persisted_at.get(session.id, 0.0):
-                self._save(session)
+        """Write the sessions changed in memory since the last flush (the node does it every few seconds)."""
+        for digest in list(self._dirty):
+            session = self._sessions.get(digest)
+            if session is not None:
+                self._store.put_session(session)
+            self._dirty.discard(digest)
 
     def whoami(self, credentials: Credentials) -> tuple[SessionRecord, SessionState, str]:
         """The session and its state (no audit: it shows no PHI, and a locked session may ask)."""
@@ -474,6 +508,7 @@ class AuthService:
         )
         review = Review(uuid.uuid4().hex[:12], grant.id, user.id, patient, reason, note, now)
         self._store.add_grant(grant, review)
+        self._grants.setdefault(session.id, []).append(grant)
         self._touch(session, now, patient=patient, action="break_glass")
         detail = f"{self._config.break_glass_window_s / 60:g} min; review {review.id}" + (
             f"; note: {note}" if note else ""

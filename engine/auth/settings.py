@@ -136,9 +136,9 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     login_failures_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     login_lockout_s: _Seconds = 900.0
     pin_failures_max: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
-    # A session's last activity reaches the disk at most this often: a crash can
-    # only make a session look idle sooner (it locks early), never later.
-    activity_persist_interval_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    # A session's last activity reaches the disk this often (never on the request's
+    # path): a crash can only make a session look idle sooner (it locks early).
+    activity_persist_interval_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
     permissions: dict[Role, frozenset[Permission]] = msgspec.field(default_factory=lambda: dict(DEFAULT_PERMISSIONS))
 
     def allowed(self, roles: tuple[Role, ...], permission: Permission) -> Role | None:
