@@ -124,6 +124,14 @@ class NatsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         ack_wait_s: jetstream: a message fetched but not answered this long
             (the node died holding it) is redelivered; set on the consumer
             when the node makes it.
+        credentials_file: a NATS credentials file (JWT and NKey seed), relative
+            to the config file.
+        token_env, user, password_env: a token, or a user and password; the
+            secrets come from the environment variables named, never this file.
+        tls_ca_file, tls_cert_file, tls_key_file: TLS to the broker: the CA
+            that signed its certificate (the system's CAs when empty) and, for
+            mutual TLS, this node's certificate and key. TLS is on when any
+            is given or a server URL is tls://.
     """
 
     servers: tuple[str, ...] = ()
@@ -131,6 +139,13 @@ class NatsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fetch_messages_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
     redeliver_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     ack_wait_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 30.0
+    credentials_file: str = ""
+    token_env: str = ""
+    user: str = ""
+    password_env: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @final

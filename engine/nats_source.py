@@ -51,10 +51,13 @@ _CONNECT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 class NatsSource:
     """Every configured subject, served until cancelled; reconnects on its own."""
 
-    def __init__(self, config: NatsConfig, ingest: IngestMessages, *, name: str) -> None:
+    def __init__(
+        self, config: NatsConfig, ingest: IngestMessages, *, name: str, security: dict[str, object] | None = None
+    ) -> None:
         self._config = config
         self._ingest = ingest
         self._name = name
+        self._security = security or {}  # credentials and TLS (engine.tls.nats_security)
         self.state = "starting"
 
     async def run(self) -> None:
@@ -84,6 +87,7 @@ class NatsSource:
                     error_cb=_on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    **self._security,  # nats-py options: credentials and TLS (engine.tls.nats_security)
                 )
             except (OSError, nats.errors.Error) as exc:
                 self.state = "unreachable"

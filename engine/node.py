@@ -52,6 +52,7 @@ from engine.nats_source import NatsSource, Verdict
 from engine.patient_store import LogRecordSource, PoisonQuarantine
 from engine.projections import ProjectionRunner, Record, dsn_of
 from engine.telemetry import Telemetry
+from engine.tls import nats_security
 from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog, open_wal
 from engine.wal.audit import audit_key_from_env
 from engine.wal.files import OSFiles
@@ -158,7 +159,10 @@ class Node:
             if watch is not None:
                 tg.start_soon(self._watch, watch, watching)
             if stdin is None and self.config.nats.servers and self.config.nats.subjects:
-                self._nats = NatsSource(self.config.nats, self._ingest_messages, name=self.config.node.id)
+                security = nats_security(self.config.nats, self._config_dir)
+                self._nats = NatsSource(
+                    self.config.nats, self._ingest_messages, name=self.config.node.id, security=security
+                )
                 tg.start_soon(self._consume_nats, self._nats, watching)
             task_status.started(port)
             _log.info("node.ready", mllp_port=port, last_lsn=wal.last_lsn)
@@ -280,6 +284,7 @@ class Node:
         return {
             "node": self.config.node.id,
             "wal": {"last_lsn": self.wal.last_lsn},
+            "sources": self._sources(),
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
         }
 
@@ -299,13 +304,12 @@ class Node:
             "quarantine_open": open_items,
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "in_flight": self._in_flight,
-            "sources": {
-                "mllp": f"listening on port {self._mllp_port}{' (TLS)' if self._mllp_tls else ''}"
-                if self._mllp_port
-                else "off",
-                "nats": self._nats.state if self._nats is not None else "off",
-            },
+            "sources": self._sources(),
         }
+
+    def _sources(self) -> dict[str, str]:
+        mllp = f"listening on port {self._mllp_port}{' (TLS)' if self._mllp_tls else ''}" if self._mllp_port else "off"
+        return {"mllp": mllp, "nats": self._nats.state if self._nats is not None else "off"}
 
     async def _patient_request(self, request: dict[str, object]) -> object:
         key = request.get("key")

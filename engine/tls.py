@@ -6,14 +6,15 @@ level HIPAA guidance and NIST SP 800-52r2 ask of a server).
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.config import MLLPConfig
+from engine.config import MLLPConfig, NatsConfig
 from engine.errors import ConfigError
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["client_context", "nats_security", "server_context"]
 
 
 def server_context(config: MLLPConfig, base: Path) -> ssl.SSLContext | None:
@@ -46,6 +47,48 @@ def client_context(ca_file: Path | None, cert_file: Path | None = None, key_file
     if cert_file is not None:
         _load("--tls-cert", lambda: context.load_cert_chain(cert_file, key_file))
     return context
+
+
+def nats_security(config: NatsConfig, base: Path) -> dict[str, object]:
+    """The nats-py connect options for the broker's credentials and TLS (empty when none are configured).
+
+    Raises:
+        ConfigError: a secret's variable is named but unset, a half-given
+            certificate pair, or a file that cannot be loaded.
+    """
+    options: dict[str, object] = {}
+    if config.credentials_file:
+        path = base / config.credentials_file
+        if not path.is_file():
+            raise ConfigError(f"nats.credentials_file: {path} does not exist")
+        options["user_credentials"] = str(path)
+    if config.token_env:
+        options["token"] = _secret("nats.token_env", config.token_env)
+    if config.user:
+        if not config.password_env:
+            raise ConfigError("nats.user needs nats.password_env (the variable holding the password)")
+        options["user"] = config.user
+        options["password"] = _secret("nats.password_env", config.password_env)
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("nats: give both tls_cert_file and tls_key_file, or neither")
+    wants_tls = any(s.startswith("tls://") for s in config.servers)
+    if wants_tls or config.tls_ca_file or config.tls_cert_file:
+        context = ssl.create_default_context(cafile=None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if config.tls_ca_file:
+            _load("nats.tls_ca_file", lambda: context.load_verify_locations(base / config.tls_ca_file))
+        if config.tls_cert_file:
+            cert, key = base / config.tls_cert_file, base / config.tls_key_file
+            _load("nats.tls_cert_file", lambda: context.load_cert_chain(cert, key))
+        options["tls"] = context
+    return options
+
+
+def _secret(key: str, variable: str) -> str:
+    value = os.environ.get(variable, "")
+    if not value:
+        raise ConfigError(f"{key} names ${variable}, which is not set")
+    return value
 
 
 def _load(what: str, load: Callable[[], object]) -> None:

@@ -38,12 +38,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def nats_server(store: Path) -> Iterator[str]:
-    """Start one JetStream server; yield its URL; kill it."""
+def nats_server(store: Path, extra: str = "") -> Iterator[str]:
+    """Start one JetStream server (`extra`: more of its configuration, e.g. tls or authorization); yield its URL."""
     port = _free_port()
     conf = store / "nats.conf"
     store.mkdir(parents=True, exist_ok=True)
-    conf.write_text(f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{store / "js"}", sync_interval: always }}\n')
+    jetstream = f'jetstream {{ store_dir: "{store / "js"}", sync_interval: always }}'
+    conf.write_text(f'listen: "127.0.0.1:{port}"\n{jetstream}\n{extra}\n')
     proc = subprocess.Popen([_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
