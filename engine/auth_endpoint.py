@@ -11,7 +11,7 @@ in a worker thread, off the event loop that serves the ACK path.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, final
+from typing import Any, Final, TypeVar, final
 
 import anyio
 import msgspec
@@ -32,7 +32,27 @@ from engine.auth import (
 from engine.model import Envelope
 from engine.wal import DiskFullError, WALFailedError
 
-__all__ = ["AuditSink", "AuthEndpoint", "credentials_of"]
+__all__ = ["OPERATIONS", "AuditSink", "AuthEndpoint", "credentials_of"]
+
+# The requests this endpoint answers (a CLI with no node to ask can answer these itself).
+OPERATIONS: Final = frozenset(
+    {
+        "login",
+        "unlock",
+        "lock",
+        "logout",
+        "whoami",
+        "break_glass",
+        "authorize",
+        "accessed",
+        "users",
+        "user_add",
+        "user_disable",
+        "user_roles",
+        "reviews",
+        "review_close",
+    }
+)
 
 AuditSink = Callable[[Sequence[Envelope]], Awaitable[None]]
 _T = TypeVar("_T")
@@ -75,7 +95,7 @@ class AuthEndpoint:
         self._log_denials = log_denials  # the node's log; a CLI answering for itself says it in its one line
 
     def handlers(self) -> dict[str, Handler]:
-        return {
+        handlers: dict[str, Handler] = {
             "login": self._login,
             "unlock": self._unlock,
             "lock": self._lock,
@@ -91,6 +111,8 @@ class AuthEndpoint:
             "reviews": self._reviews,
             "review_close": self._review_close,
         }
+        assert handlers.keys() == OPERATIONS
+        return handlers
 
     async def audit(self, items: list[AuditItem]) -> None:
         """Append audit events to the log; an access that cannot be audited is refused."""

@@ -27,7 +27,8 @@ import msgspec
 
 from engine.admin import AdminError, NodeNotRunningError, request
 from engine.auth import AuthService, AuthStore, Permission
-from engine.auth_endpoint import AuthEndpoint
+from engine.auth.store import STORE_FILE
+from engine.auth_endpoint import OPERATIONS, AuthEndpoint
 from engine.cli_context import Context
 from engine.errors import ConfigError
 from engine.model import Envelope
@@ -121,6 +122,11 @@ def audited(obj: Context, data_dir: Path, permission: Permission, action: str, p
 
 def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) -> Any:
     """No node runs: this process decides, over the data directory's store, and audits into its log."""
+    if operation not in OPERATIONS:
+        raise click.ClickException(f"no node is running on {data_dir}")
+    if operation != "user_add" and not (data_dir / STORE_FILE).exists():
+        # Only the first account may create a store (and a log): anything else here is a wrong --data.
+        raise click.ClickException(f"no accounts on {data_dir}: add the first administrator with `vigil user add`")
     try:
         key = audit_key_from_env(obj.config.audit.key_env)
     except ConfigError as exc:
@@ -138,10 +144,7 @@ def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) ->
             service = AuthService(store, obj.config.auth)
             endpoint = AuthEndpoint(service, sink, node=obj.config.node.id, log_denials=False)
             try:
-                handler = endpoint.handlers().get(operation)
-                if handler is None:
-                    return AdminError(f"no node is running on {data_dir} (`{operation}` needs one)")
-                return await handler(body)
+                return await endpoint.handlers()[operation](body)
             except AdminError as refused:
                 return refused
             finally:

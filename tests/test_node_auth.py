@@ -263,3 +263,12 @@ def test_no_canary_phi_in_logs_traces_or_metrics_through_a_realistic_session(
     for where, payload in (("logs", logs), ("traces", traces), ("metrics", metrics)):
         for secret in (name, given, mrn, birth, PASSWORD):
             assert secret.encode() not in payload, f"{secret} leaked into the {where}"
+
+
+def test_without_a_node_or_accounts_the_cli_says_which_in_one_line(tmp_path: Path) -> None:
+    """No node and no store: nothing is created by a read, and the line says what is missing."""
+    desk = Desk(tmp_path, "desk", tmp_path / "empty")
+    assert "no accounts on" in desk.refused("whoami")
+    assert "no node is running" in desk.refused("status")
+    assert "no accounts on" in desk.refused("login", "dr.osei", secrets=(PASSWORD,))
+    assert not (tmp_path / "empty").exists()
