@@ -143,10 +143,13 @@ class AuthEndpoint:
     ) -> Access:
         """Allow this request (audited) or raise `AdminError` with the reason (audited too)."""
         creds = credentials_of(request)
+        passive = request.get("passive") is True
         # On the event loop: a decision reads memory and one SQLite row (tens of µs, never a write),
         # where a worker thread's round trip would cost ten times that.
         try:
-            access = self.service.authorize(creds, permission, patient=patient, action=action or permission.value)
+            access = self.service.authorize(
+                creds, permission, patient=patient, action=action or permission.value, passive=passive
+            )
         except AccessRefusedError as refused:
             await self.audit(refused.audit)
             raise AdminError(refused.reason) from None
@@ -262,9 +265,10 @@ class AuthEndpoint:
         return tuple(_enum(Role, r, "role") for r in roles)
 
     async def _reviews(self, request: dict[str, Any]) -> object:
-        await self.authorize(request, Permission.AUDIT_READ, action="audit_read")
+        access = await self.authorize(request, Permission.AUDIT_READ, action="audit_read")
         open_only = not request.get("all")
         reviews = await anyio.to_thread.run_sync(lambda: self.service.reviews(open_only=open_only))
+        await self.audit(self.service.accessed(access, "audit_reviews", [r.patient for r in reviews]))
         return msgspec.to_builtins(reviews)
 
     async def _review_close(self, request: dict[str, Any]) -> object:

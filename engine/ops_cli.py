@@ -95,7 +95,8 @@ def top(obj: Context, data: Path | None, interval_s: float) -> None:
         with Live(_status_view(call(obj, directory, "status")), refresh_per_second=4, screen=False) as live:
             while True:
                 time.sleep(interval_s)
-                live.update(_status_view(call(obj, directory, "status")))
+                # A refresh is not the person at the screen: it does not hold off the idle lock.
+                live.update(_status_view(call(obj, directory, "status", passive=True)))
     except KeyboardInterrupt:
         return
 

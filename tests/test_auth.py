@@ -409,3 +409,14 @@ def test_audit_events_round_trip_through_the_log_encoding(service: AuthService) 
     assert doc["entity"][0]["what"]["identifier"]["value"] == PATIENT
     assert [c["code"] for c in doc["purposeOfEvent"][0]["coding"]] == ["BTG", "ETREAT"]
     assert doc["agent"][0]["who"]["identifier"]["value"] == "op.kim"
+
+
+def test_a_screen_refreshing_itself_does_not_keep_a_session_from_locking(service: AuthService, clock: Clock) -> None:
+    """`vigil top` asks every second, passively: the session still locks when the person has gone."""
+    creds = _login(service, "op.kim", Setting.OPERATOR_CONSOLE)
+    for _ in range(899):
+        clock.now += 1
+        service.authorize(creds, Permission.STATUS_READ, passive=True)
+    clock.now += 1
+    reason, _ = _refused(service.authorize, creds, Permission.STATUS_READ, passive=True)
+    assert "locked after 15 min idle" in reason

@@ -362,9 +362,19 @@ class AuthService:
         raise AccessRefusedError(why, [(patient, self._event(session, action, allowed=False, detail=why, now=now))])
 
     def authorize(
-        self, credentials: Credentials, permission: Permission, *, patient: str = "", action: str = ""
+        self,
+        credentials: Credentials,
+        permission: Permission,
+        *,
+        patient: str = "",
+        action: str = "",
+        passive: bool = False,
     ) -> Access:
-        """Allow a request or raise `AccessRefusedError`; an allowed PHI read is audited and kept in the context."""
+        """Allow a request or raise `AccessRefusedError`; an allowed PHI read is audited and kept in the context.
+
+        `passive`: a screen refreshing itself (`vigil top`), not the person: it does
+        not count as activity, so it cannot keep an unattended session from locking.
+        """
         now = self._clock()
         action = action or permission.value
         session, user = self._active(credentials, action, patient, now)
@@ -373,7 +383,8 @@ class AuthService:
         if not decision.allowed:
             event = self._event(session, action, allowed=False, role=decision.role, detail=decision.reason, now=now)
             raise AccessRefusedError(decision.reason, [(patient, event)])
-        session = self._touch(session, now, patient=patient, action=action)
+        if not passive:
+            session = self._touch(session, now, patient=patient, action=action)
         audit: list[AuditItem] = []
         if permission in PHI_PERMISSIONS:
             grant = next((g for g in grants if g.id == decision.grant), None)
