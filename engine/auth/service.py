@@ -199,20 +199,7 @@ class AuthService:
         for session in self._store.sessions_of(user_id):
             if not session.ended_at:
                 self._save(msgspec.structs.replace(session, ended_at=now, end_reason="user disabled"))
-        return [
-            (
-                "",
-                self._event(
-                    by.session,
-                    "user_disable",
-                    allowed=True,
-                    user=by.user.id,
-                    role=by.decision.role,
-                    detail=f"disabled {user_id}",
-                    now=now,
-                ),
-            )
-        ]
+        return [("", self._done_by(by, "user_disable", f"disabled {user_id}", now))]
 
     def set_roles(self, by: Access, user_id: str, roles: tuple[Role, ...]) -> list[AuditItem]:
         now = self._clock()
@@ -221,20 +208,13 @@ class AuthService:
         user = self._require_user(user_id)
         self._put_user(msgspec.structs.replace(user, roles=roles))
         detail = f"{user_id}: {','.join(r.value for r in user.roles)} -> {','.join(r.value for r in roles)}"
-        return [
-            (
-                "",
-                self._event(
-                    by.session,
-                    "user_roles",
-                    allowed=True,
-                    user=by.user.id,
-                    role=by.decision.role,
-                    detail=detail,
-                    now=now,
-                ),
-            )
-        ]
+        return [("", self._done_by(by, "user_roles", detail, now))]
+
+    def _done_by(self, by: Access, action: str, detail: str, now: float) -> RecordAccessed:
+        """The audit event of an action an authorised user took (an account change, a review)."""
+        return self._event(
+            by.session, action, allowed=True, user=by.user.id, role=by.decision.role, detail=detail, now=now
+        )
 
     def users(self) -> list[User]:
         return self._store.users()
@@ -552,15 +532,7 @@ class AuthService:
             review, reviewed_by=by.user.id, reviewed_at=now, outcome=outcome, review_note=note
         )
         self._store.put_review(closed)
-        event = self._event(
-            by.session,
-            "audit_review",
-            allowed=True,
-            role=by.decision.role,
-            detail=f"review {review_id}: {outcome}",
-            now=now,
-        )
-        return closed, [(review.patient, event)]
+        return closed, [(review.patient, self._done_by(by, "audit_review", f"review {review_id}: {outcome}", now))]
 
 
 def _user_id_problem(user_id: str) -> str | None:
