@@ -10,7 +10,9 @@ and audits (`engine.auth_endpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,9 +21,8 @@ from typing import Any, Final, final
 import anyio
 import msgspec
 import structlog
-from anyio.abc import SocketStream
 
-__all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "NodeNotRunningError", "request"]
+__all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "NodeNotRunningError", "request", "request_remote"]
 
 SOCKET_NAME: Final = "admin.sock"
 _LENGTH = struct.Struct("<I")
@@ -63,18 +64,39 @@ class AdminServer:
         async with listener:
             await listener.serve(self._serve_one)
 
-    async def _serve_one(self, stream: SocketStream) -> None:
+    async def serve_network(
+        self,
+        listener: anyio.abc.Listener[Any],
+        connections_max: int,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the same requests on a network listener (TLS-wrapped by the node), a bounded number at once."""
+        limiter = anyio.CapacityLimiter(connections_max)
+
+        async def one(stream: Any) -> None:
+            async with limiter:
+                await self._serve_one(stream, network=True)
+
+        task_status.started()
+        async with listener:
+            await listener.serve(one)
+
+    async def _serve_one(self, stream: anyio.abc.ByteStream, *, network: bool = False) -> None:
         async with stream:
             try:
                 with anyio.fail_after(10):
                     request = msgspec.msgpack.decode(await _receive(stream, _REQUEST_BYTES_MAX))
+                if isinstance(request, dict):
+                    request["network"] = network  # set here, never taken from the client
                 reply: dict[str, Any] = {"ok": True, "data": await self._dispatch(request)}
             except (AdminError, msgspec.DecodeError, ValueError) as exc:
                 reply = {"ok": False, "error": str(exc)}
             except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
                 return
             body = msgspec.msgpack.encode(reply)
-            await stream.send(_LENGTH.pack(len(body)) + body)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await stream.send(_LENGTH.pack(len(body)) + body)  # a client that left is no error of ours
 
     async def _dispatch(self, request: object) -> Any:
         if not isinstance(request, dict) or request.get("op") not in self._handlers:
@@ -82,7 +104,7 @@ class AdminServer:
         return await self._handlers[request["op"]](request)
 
 
-async def _receive(stream: SocketStream, limit: int) -> bytes:
+async def _receive(stream: anyio.abc.ByteStream, limit: int) -> bytes:
     data = b""
     while len(data) < _LENGTH.size:
         data += await stream.receive(_LENGTH.size - len(data))
@@ -102,21 +124,45 @@ def request(data_dir: Path, operation: str, timeout_s: float = 30.0, **fields: A
         AdminError: no node is running there, or it refused the request.
     """
     path = data_dir / SOCKET_NAME
-    body = msgspec.msgpack.encode({"op": operation, **fields})
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout_s)
             conn.connect(str(path))
-            conn.sendall(_LENGTH.pack(len(body)) + body)
-            head = _recv_exactly(conn, _LENGTH.size)
-            (size,) = _LENGTH.unpack(head)
-            if size > _RESPONSE_BYTES_MAX:
-                raise AdminError("response over the limit")
-            reply = msgspec.msgpack.decode(_recv_exactly(conn, size))
+            return _exchange(conn, operation, fields)
     except (FileNotFoundError, ConnectionRefusedError):
         raise NodeNotRunningError(f"no node is running on {data_dir}") from None
     except OSError as exc:
         raise AdminError(f"{path}: {exc.strerror or exc}") from None
+
+
+def request_remote(
+    address: tuple[str, int], context: ssl.SSLContext, operation: str, timeout_s: float = 30.0, **fields: Any
+) -> Any:
+    """Send one request to a node's admin endpoint over TLS (its `[admin] listen`).
+
+    Raises:
+        AdminError: unreachable, the certificate did not verify, or the node refused.
+    """
+    host, port = address
+    try:
+        with (
+            socket.create_connection(address, timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            return _exchange(conn, operation, fields)
+    except ssl.SSLError as exc:
+        raise AdminError(f"{host}:{port}: TLS refused: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise AdminError(f"{host}:{port}: {exc.strerror or exc}") from None
+
+
+def _exchange(conn: socket.socket, operation: str, fields: dict[str, Any]) -> Any:
+    body = msgspec.msgpack.encode({"op": operation, **fields})
+    conn.sendall(_LENGTH.pack(len(body)) + body)
+    (size,) = _LENGTH.unpack(_recv_exactly(conn, _LENGTH.size))
+    if size > _RESPONSE_BYTES_MAX:
+        raise AdminError("response over the limit")
+    reply = msgspec.msgpack.decode(_recv_exactly(conn, size))
     if not reply.get("ok"):
         raise AdminError(str(reply.get("error")))
     return reply.get("data")

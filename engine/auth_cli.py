@@ -63,7 +63,7 @@ def login(obj: Context, user_id: str, data: Path | None, *, secrets_stdin: bool,
     setting = obj.config.workstation.setting
     password = _Secrets(from_stdin=secrets_stdin).ask("Password")
     reply = call(obj, directory, "login", user=user_id, password=password, setting=setting.value, device=device_of(obj))
-    keep_session(directory, reply.pop("token"), reply["device"], user_id)
+    keep_session(obj, directory, reply.pop("token"), reply["device"], user_id)
     if as_json:
         emit_json(reply)
         return
@@ -111,7 +111,7 @@ def logout(obj: Context, data: Path | None) -> None:
     """End your session: its token is refused from now on."""
     directory = obj.data_dir(data)
     call(obj, directory, "logout")
-    forget_session(directory)
+    forget_session(obj, directory)
     click.echo("logged out")
 
 

@@ -238,6 +238,9 @@ class AuthEndpoint:
         password, pin = _text(request, "password"), _text(request, "pin")
         roles = self._roles(request)
         bootstrap = await anyio.to_thread.run_sync(self.service.needs_bootstrap)
+        if bootstrap and request.get("network") is not False:
+            # Only someone on the node's own host (who can reach its owner-only socket) may make the first account.
+            raise AdminError("the first administrator is added on the node's host, over its admin socket")
         by = None if bootstrap else await self.authorize(request, Permission.USER_MANAGE)
         audit = await self._run(
             lambda: self.service.add_user(by, user_id, name=name, roles=roles, password=password, pin=pin)

@@ -47,9 +47,12 @@ class Context:
     def decoder(self) -> Decoder:
         return Decoder(Classifier(self.config.lanes.rules))
 
+    def base_dir(self) -> Path:
+        """The configuration file's directory: relative paths in it are relative to this."""
+        return (self.config_path or DEFAULT_CONFIG_PATH).resolve().parent
+
     def data_dir(self, option: Path | None) -> Path:
         """`--data` if given, else the config's data_dir (relative to the config file)."""
         if option is not None:
             return option
-        base = (self.config_path or DEFAULT_CONFIG_PATH).resolve().parent
-        return base / self.config.node.data_dir
+        return self.base_dir() / self.config.node.data_dir

@@ -25,13 +25,14 @@ import anyio
 import click
 import msgspec
 
-from engine.admin import AdminError, NodeNotRunningError, request
+from engine.admin import AdminError, NodeNotRunningError, request, request_remote
 from engine.auth import AuthService, AuthStore, Permission
 from engine.auth.store import STORE_FILE
 from engine.auth_endpoint import OPERATIONS, AuthEndpoint
 from engine.cli_context import Context
 from engine.errors import ConfigError
 from engine.model import Envelope
+from engine.tls import client_context
 from engine.wal import WALLockedError, open_wal
 from engine.wal.audit import audit_key_from_env
 
@@ -47,13 +48,14 @@ __all__ = [
 ]
 
 
-def session_file(data_dir: Path) -> Path:
-    """Where this OS user's session for `data_dir` is kept."""
+def session_file(obj: Context, data_dir: Path) -> Path:
+    """Where this OS user's session with the node (of `data_dir`, or `[workstation] node`) is kept."""
     explicit = os.environ.get("VIGIL_SESSION_FILE")
     if explicit:
         return Path(explicit)
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    node = obj.config.workstation.node or str(data_dir.resolve())
+    tag = hashlib.sha256(node.encode()).hexdigest()[:16]
     return state / "vigil" / f"session-{tag}.json"
 
 
@@ -62,8 +64,8 @@ def device_of(obj: Context) -> str:
     return obj.config.workstation.device or socket.gethostname()
 
 
-def keep_session(data_dir: Path, token: str, device: str, user: str) -> None:
-    path = session_file(data_dir)
+def keep_session(obj: Context, data_dir: Path, token: str, device: str, user: str) -> None:
+    path = session_file(obj, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     body = msgspec.json.encode({"token": token, "device": device, "user": user})
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -71,14 +73,14 @@ def keep_session(data_dir: Path, token: str, device: str, user: str) -> None:
         f.write(body)
 
 
-def forget_session(data_dir: Path) -> None:
+def forget_session(obj: Context, data_dir: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        session_file(data_dir).unlink()
+        session_file(obj, data_dir).unlink()
 
 
 def _credentials(obj: Context, data_dir: Path) -> dict[str, str]:
     try:
-        saved = msgspec.json.decode(session_file(data_dir).read_bytes())
+        saved = msgspec.json.decode(session_file(obj, data_dir).read_bytes())
     except (OSError, msgspec.DecodeError):
         return {"token": "", "device": device_of(obj)}
     return {"token": str(saved.get("token", "")), "device": device_of(obj)}
@@ -92,7 +94,7 @@ def call(obj: Context, data_dir: Path, operation: str, **fields: Any) -> Any:
     """
     body = {"auth": _credentials(obj, data_dir), **fields}
     try:
-        return request(data_dir, operation, **body)
+        return _ask(obj, data_dir, operation, body)
     except NodeNotRunningError:
         return _here(obj, data_dir, operation, body)
     except AdminError as exc:
@@ -102,15 +104,50 @@ def call(obj: Context, data_dir: Path, operation: str, **fields: Any) -> Any:
 def node_or(obj: Context, data_dir: Path, operation: str, here: Callable[[], Any], **fields: Any) -> Any:
     """Ask the running node (authenticated); when none runs, `here()` answers (it authorizes itself)."""
     try:
-        return request(data_dir, operation, auth=_credentials(obj, data_dir), **fields)
+        return _ask(obj, data_dir, operation, {"auth": _credentials(obj, data_dir), **fields})
     except NodeNotRunningError:
         return here()
     except AdminError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def authorized(obj: Context, data_dir: Path, permission: Permission, *, patient: str = "", action: str = "") -> Any:
-    """Ask before reading files that hold PHI (the log, the quarantine): allowed and audited, or refused."""
+def _ask(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) -> Any:
+    """The node of `[workstation] node` over TLS, else the one on `data_dir` over its Unix socket."""
+    remote = obj.config.workstation.node
+    if not remote:
+        return request(data_dir, operation, **body)
+    host, _, port = remote.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.ClickException(f"workstation.node: {remote!r} is not HOST:PORT")
+    workstation = obj.config.workstation
+    base = obj.base_dir()
+    try:
+        context = client_context(
+            base / workstation.tls_ca_file if workstation.tls_ca_file else None,
+            base / workstation.tls_cert_file if workstation.tls_cert_file else None,
+            base / workstation.tls_key_file if workstation.tls_key_file else None,
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return request_remote((host, int(port)), context, operation, **body)
+
+
+def authorized(
+    obj: Context,
+    data_dir: Path,
+    permission: Permission,
+    *,
+    patient: str = "",
+    action: str = "",
+    reads_files: bool = True,
+) -> Any:
+    """Ask before reading what holds PHI (the log, the quarantine): allowed and audited, or refused.
+
+    `reads_files`: the command then reads the data directory itself, which only
+    the node's own host has: refused at once when the node is a remote one.
+    """
+    if reads_files and obj.config.workstation.node:
+        raise click.ClickException("this command reads the node's data directory: run it on the node's host")
     return call(obj, data_dir, "authorize", permission=permission.value, patient=patient, action=action)
 
 
@@ -144,7 +181,7 @@ def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) ->
             service = AuthService(store, obj.config.auth)
             endpoint = AuthEndpoint(service, sink, node=obj.config.node.id, log_denials=False)
             try:
-                return await endpoint.handlers()[operation](body)
+                return await endpoint.handlers()[operation]({**body, "network": False})  # this host, by definition
             except AdminError as refused:
                 return refused
             finally:

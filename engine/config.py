@@ -21,6 +21,7 @@ from lanes.settings import SchedulerSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AdminConfig",
     "AuditConfig",
     "Config",
     "IngestConfig",
@@ -87,6 +88,27 @@ class MLLPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     tls_handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+
+
+@final
+class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[admin]`: the admin endpoint over the network, beside its Unix socket.
+
+    Attributes:
+        listen: HOST:PORT to serve on (port 0: any free port); empty: the
+            Unix socket only (the default).
+        tls_cert_file, tls_key_file: required with `listen`: the endpoint
+            carries passwords and PHI, so over a network it speaks only TLS.
+        tls_client_ca_file: when given, a client must present a certificate
+            signed by this CA (mutual TLS), before any session is asked for.
+        connections_max: connections served at once.
+    """
+
+    listen: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    connections_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
 
 
 @final
@@ -243,6 +265,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node: NodeConfig = NodeConfig()
     ingest: IngestConfig = IngestConfig()
     mllp: MLLPConfig = MLLPConfig()
+    admin: AdminConfig = AdminConfig()
     nats: NatsConfig = NatsConfig()
     wal: WalConfig = WalConfig()
     audit: AuditConfig = AuditConfig()

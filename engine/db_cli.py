@@ -201,7 +201,7 @@ def worklist(ctx: click.Context, data: Path | None, *, show_all: bool, as_json: 
     obj: Context = ctx.obj
     directory = obj.data_dir(data)
     _dsn(obj)  # a node without a read side says so before asking who you are
-    authorized(obj, directory, Permission.WORKLIST_READ, action="worklist")
+    authorized(obj, directory, Permission.WORKLIST_READ, action="worklist", reads_files=False)
 
     async def fetch(conn: Any) -> list[dict[str, Any]]:
         rows = await conn.fetch(

@@ -43,7 +43,7 @@ from engine.batching import windows
 from engine.commands import acknowledgement, was_critical
 from engine.config import Config
 from engine.decode import Decoder
-from engine.errors import FramingError, InputError
+from engine.errors import ConfigError, FramingError, InputError
 from engine.framing import Piece, split_input
 from engine.hl7 import AckContext, Outcome, build_ack
 from engine.mllp import Frame, MLLPDecoder, frame
@@ -52,7 +52,7 @@ from engine.nats_source import NatsSource, Verdict
 from engine.patient_store import LogRecordSource, PoisonQuarantine
 from engine.projections import ProjectionRunner, Record, dsn_of
 from engine.telemetry import Telemetry
-from engine.tls import nats_security
+from engine.tls import nats_security, server_context
 from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog, open_wal
 from engine.wal.audit import audit_key_from_env
 from engine.wal.files import OSFiles
@@ -107,6 +107,7 @@ class Node:
         self._projections: ProjectionRunner | None = None
         self._auth: AuthEndpoint | None = None
         self._requests: dict[str, Handler] = {}
+        self.admin_port: int | None = None  # the admin endpoint's TCP port, when `[admin] listen` is set
 
     # -- running --------------------------------------------------------------------
 
@@ -189,9 +190,27 @@ class Node:
             "acknowledge": self._acknowledge,
             **self._auth.handlers(),
         }
-        await tg.start(AdminServer(self.data_dir, self._requests).serve)
+        admin = AdminServer(self.data_dir, self._requests)
+        await tg.start(admin.serve)
+        if self.config.admin.listen:
+            listener = await self._admin_listener()
+            await tg.start(admin.serve_network, listener, self.config.admin.connections_max)
         tg.start_soon(self._auth.persist_sessions)
         return store
+
+    async def _admin_listener(self) -> anyio.abc.Listener[ByteStream]:
+        """The admin endpoint on the network: TLS only (it carries passwords and PHI)."""
+        config = self.config.admin
+        context = server_context(config, self._config_dir, where="admin")
+        if context is None:
+            raise ConfigError("admin.listen needs admin.tls_cert_file and admin.tls_key_file: never plain TCP")
+        host, _, port = config.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"admin.listen: {config.listen!r} is not HOST:PORT")
+        tcp = await anyio.create_tcp_listener(local_host=host, local_port=int(port))
+        self.admin_port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
+        timeout = self.config.mllp.tls_handshake_timeout_s
+        return TLSListener(tcp, context, standard_compatible=False, handshake_timeout=timeout)
 
     def _read_side(self, wal: WriteAheadLog) -> ProjectionRunner | None:
         """The projection runner when a DSN is configured; without one the node runs without a read side."""

@@ -117,6 +117,9 @@ async def _serve(
             sys.stdout.write(f"vigil: listening on {address[0]}:{port}{' (TLS)' if tls else ''}\n")
         if watch is not None:
             sys.stdout.write(f"vigil: watching {watch}\n")
+        if node.admin_port is not None:
+            host = node.config.admin.listen.rpartition(":")[0]
+            sys.stdout.write(f"vigil: admin endpoint on {host}:{node.admin_port} (TLS)\n")
         for subject in node.config.nats.subjects if node.config.nats.servers else ():
             sys.stdout.write(f"vigil: consuming NATS {subject.mode} subject {subject.subject}\n")
         sys.stdout.flush()

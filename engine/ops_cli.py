@@ -193,11 +193,11 @@ def log(
     """
     directory = obj.data_dir(data)
     wal_dir = directory / "wal"
-    if not wal_dir.is_dir():
-        raise click.ClickException(f"no log at {wal_dir}")
     phi = bool(patient) or content
     permission = Permission.LOG_CONTENT if phi else Permission.LOG_METADATA
     authorized(obj, directory, permission, patient=patient or "", action="log")
+    if not wal_dir.is_dir():
+        raise click.ClickException(f"no log at {wal_dir}")
     records = [
         r
         for r in iter_records(wal_dir, OSFiles(), from_lsn=from_lsn, patient=patient)

@@ -11,31 +11,30 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.config import MLLPConfig, NatsConfig
+from engine.config import AdminConfig, MLLPConfig, NatsConfig
 from engine.errors import ConfigError
 
 __all__ = ["client_context", "nats_security", "server_context"]
 
 
-def server_context(config: MLLPConfig, base: Path) -> ssl.SSLContext | None:
-    """The listener's context, or None when no certificate is configured.
+def server_context(config: MLLPConfig | AdminConfig, base: Path, *, where: str = "mllp") -> ssl.SSLContext | None:
+    """A listener's context (MLLP's, the admin endpoint's), or None when no certificate is configured.
 
     Raises:
         ConfigError: only one of cert and key is given, or a file cannot be loaded.
     """
     if not config.tls_cert_file and not config.tls_key_file:
         if config.tls_client_ca_file:
-            raise ConfigError("mllp.tls_client_ca_file needs mllp.tls_cert_file and mllp.tls_key_file")
+            raise ConfigError(f"{where}.tls_client_ca_file needs {where}.tls_cert_file and {where}.tls_key_file")
         return None
     if not (config.tls_cert_file and config.tls_key_file):
-        raise ConfigError("mllp: give both tls_cert_file and tls_key_file, or neither")
+        raise ConfigError(f"{where}: give both tls_cert_file and tls_key_file, or neither")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load(
-        "mllp.tls_cert_file", lambda: context.load_cert_chain(base / config.tls_cert_file, base / config.tls_key_file)
-    )
+    cert, key = base / config.tls_cert_file, base / config.tls_key_file
+    _load(f"{where}.tls_cert_file", lambda: context.load_cert_chain(cert, key))
     if config.tls_client_ca_file:
-        _load("mllp.tls_client_ca_file", lambda: context.load_verify_locations(base / config.tls_client_ca_file))
+        _load(f"{where}.tls_client_ca_file", lambda: context.load_verify_locations(base / config.tls_client_ca_file))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

@@ -7,6 +7,7 @@ twice: on the terminal, and in the audit trail the log keeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -272,3 +273,63 @@ def test_without_a_node_or_accounts_the_cli_says_which_in_one_line(tmp_path: Pat
     assert "no node is running" in desk.refused("status")
     assert "no accounts on" in desk.refused("login", "dr.osei", secrets=(PASSWORD,))
     assert not (tmp_path / "empty").exists()
+
+
+def test_the_admin_endpoint_over_tls_serves_a_workstation_elsewhere(tmp_path: Path) -> None:
+    """`[admin] listen` with a certificate: a remote CLI logs in and reads a record over TLS; the rest stays local."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "node.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "node.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    config = tmp_path / "node.toml"
+    config.write_text('[admin]\nlisten = "127.0.0.1:0"\ntls_cert_file = "node.pem"\ntls_key_file = "node.key"\n')
+    data = tmp_path / "data"
+    args = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--data", str(data)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        mllp = int(proc.stdout.readline().decode().rsplit(":", 1)[1].split()[0])
+        line = proc.stdout.readline().decode()
+        assert "admin endpoint on" in line, line
+        admin_port = int(line.rsplit(":", 1)[1].split()[0])
+        _send(mllp, _critical())
+        far = Desk(
+            tmp_path, "far-1", tmp_path / "nowhere", extra=f'node = "127.0.0.1:{admin_port}"\ntls_ca_file = "ca.pem"\n'
+        )
+        assert "on the node's host" in far.refused(
+            "user", "add", "admin", "--role", "administrator", secrets=(PASSWORD, PIN)
+        )
+        local = Desk(tmp_path, "local", data, "office")
+        local.ok("user", "add", "admin", "--role", "administrator", secrets=(PASSWORD, PIN))
+        local.ok("login", "admin", secrets=(PASSWORD,))
+        local.ok("user", "add", "dr.osei", "--role", "clinician", secrets=(PASSWORD, PIN))
+        far.ok("login", "dr.osei", secrets=(PASSWORD,))
+        assert far.ok("patient", PATIENT, "--json")["results"][0]["current"]["value"] == "6.9"
+        assert far.ok("whoami", "--json")["device"] == "far-1"
+        assert "run it on the node's host" in far.refused("log")
+        stranger = Desk(
+            tmp_path,
+            "far-2",
+            tmp_path / "nowhere",
+            extra=f'node = "127.0.0.1:{admin_port}"\ntls_ca_file = "other-ca.pem"\n',
+        )
+        assert "TLS refused" in stranger.refused("login", "dr.osei", secrets=(PASSWORD,))
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as plain:
+            # A request in clear (the admin frame of {"op": "health"}) gets no answer in clear.
+            body = b"\x81\xa2op\xa6health"
+            plain.sendall(len(body).to_bytes(4, "little") + body)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := plain.recv(4096):
+                    answer += chunk
+            assert b"vigil" not in answer
+            assert b"last_lsn" not in answer
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -152,3 +152,9 @@ class WorkstationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
     setting: Setting = Setting.OPERATOR_CONSOLE
     device: str = ""  # empty: the host's name
+    # A node's admin endpoint over TLS (HOST:PORT, its `[admin] listen`); empty: the
+    # node on this machine's data directory, over its Unix socket.
+    node: str = ""
+    tls_ca_file: str = ""  # the CA that signed the node's certificate (else the system's CAs)
+    tls_cert_file: str = ""  # this workstation's certificate, where the node asks for one
+    tls_key_file: str = ""
