@@ -87,7 +87,7 @@ def expected_tables(records: Sequence[LogRecord]) -> Tables:
 def _accesses(records: Sequence[LogRecord]) -> set[tuple[object, ...]]:
     """Accesses are not in the record fold: one row for every patient the record names."""
     return {
-        (patient, r.lsn, e.user, e.action, e.outcome)
+        (patient, r.lsn, e.user, e.action, e.outcome, e.device, e.severity)
         for r in records
         for e in r.envelope.events
         if isinstance(e, RecordAccessed)
@@ -121,7 +121,9 @@ async def actual_tables(dsn: str, schema: str) -> Tables:
             ),
             "administrations": await rows("SELECT patient, order_id, lsn, dose FROM medication_administrations"),
             "charges": await rows("SELECT patient, transaction_id, lsn, amount_raw FROM charges"),
-            "access": await rows("SELECT patient, lsn, user_id, action, outcome FROM phi_access_audit"),
+            "access": await rows(
+                "SELECT patient, lsn, user_id, action, outcome, device, severity FROM phi_access_audit"
+            ),
         }
     finally:
         await conn.close()

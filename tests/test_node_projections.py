@@ -112,9 +112,9 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
         assert status["critical_visible_p99_ms"] > 0
     shown = _vigil(config, "db", "status")
     assert "critical_worklist" in shown
-    assert "schema version 3" in shown
+    assert "schema version 4" in shown
     report = _vigil(config, "db", "status", "--json")
-    assert report["database"]["schema_version"] == 3
+    assert report["database"]["schema_version"] == 4
     [position] = set(report["database"]["positions"].values())  # every projection at the log's end
     assert position > 3  # two messages, the acknowledgement, and the audit trail of the session
 

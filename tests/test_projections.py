@@ -138,6 +138,8 @@ def _events() -> st.SearchStrategy[Event]:
             action=st.sampled_from(["record", "log"]),
             outcome=st.sampled_from(["allowed", "denied"]),
             at=st.just("t"),
+            device=st.sampled_from(["", "ward-3"]),
+            severity=st.sampled_from(["", "high"]),
         ),
     )
 
@@ -338,7 +340,7 @@ async def test_migrations_apply_once_in_order_and_carry_existing_rows(pg_dsn: st
         await conn.execute(
             "INSERT INTO critical_worklist (patient, result_key, opened_lsn, opened_at, last_lsn) VALUES ('P', 'K', 7, 't', 7)"
         )
-        assert await migrate(conn) == [2, 3]
+        assert await migrate(conn) == [2, 3, 4]
         assert await migrate(conn) == []  # idempotent
         assert await schema_version(conn) == len(MIGRATIONS)
         assert await conn.fetchval("SELECT ack_lsn < last_critical_lsn FROM critical_worklist") is True

@@ -396,10 +396,11 @@ class AuthService:
     def flush(self) -> None:
         """Write the sessions changed in memory since the last flush (the node does it every few seconds)."""
         for digest in list(self._dirty):
+            # Off the dirty set before the read: activity the event loop adds meanwhile marks it again.
+            self._dirty.discard(digest)
             session = self._sessions.get(digest)
             if session is not None:
                 self._store.put_session(session)
-            self._dirty.discard(digest)
 
     def whoami(self, credentials: Credentials) -> tuple[SessionRecord, SessionState, str]:
         """The session and its state (no audit: it shows no PHI, and a locked session may ask)."""

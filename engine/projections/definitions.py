@@ -135,7 +135,7 @@ TABLES: Final[dict[str, TableSpec]] = {
             "phi_access_audit",
             ("patient",),
             {"lsn": "bigint", "seq": "int", "user_id": _S, "role": _S, "setting": _S, "action": _S, "reason": _S}
-            | {"outcome": _S, "accessed_at": _S},
+            | {"outcome": _S, "accessed_at": _S, "device": _S, "detail": _S, "severity": _S},
             append_only=True,
         ),
         TableSpec(
@@ -403,7 +403,7 @@ def _charge(c: _Context, e: Event) -> None:
 def _accessed(c: _Context, e: Event) -> None:
     assert isinstance(e, RecordAccessed)
     row = (c.patient, c.lsn, c.seq, e.user, e.role, e.setting, e.action, e.reason, e.outcome, e.at)
-    c.changes["phi_access_audit"].append(row)
+    c.changes["phi_access_audit"].append((*row, e.device, e.detail, e.severity))
 
 
 def projections(critical_flags: Iterable[str], on_worklist: set[Key] | None = None) -> dict[str, Projection]:

@@ -193,10 +193,18 @@ CREATE TABLE phi_access_audit (
 CREATE INDEX phi_access_audit_by_user ON phi_access_audit (user_id, lsn);
 """
 
+_V4: Final = """
+ALTER TABLE phi_access_audit
+    ADD COLUMN device text NOT NULL DEFAULT '',
+    ADD COLUMN detail text NOT NULL DEFAULT '',
+    ADD COLUMN severity text NOT NULL DEFAULT '';
+"""
+
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (1, "read models: summary, results, worklist, administrations, charges", _V1),
     (2, "critical worklist: an item opens again at a new critical version", _V2),
     (3, "the PHI access audit: who read which record, when, why, with what outcome", _V3),
+    (4, "the PHI access audit: the device, why a request was refused, and its severity", _V4),
 )
 
 
