@@ -6,10 +6,15 @@ clear reason, and the refusal is among the audit events owed to the log.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+from argon2 import PasswordHasher
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.auth import (
     AccessRefusedError,
@@ -420,3 +425,58 @@ def test_a_screen_refreshing_itself_does_not_keep_a_session_from_locking(service
     clock.now += 1
     reason, _ = _refused(service.authorize, creds, Permission.STATUS_READ, passive=True)
     assert "locked after 15 min idle" in reason
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["use", "lock", "unlock", "wrong_pin"]),
+        # The boundaries (the ward's 600 s idle limit, the 12 h limit) as often as anything between.
+        st.one_of(st.sampled_from([0, 1, 599, 600, 601, 43_199, 43_200]), st.integers(min_value=0, max_value=9000)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=int(os.environ.get("VIGIL_AUTH_EXAMPLES", "60")), deadline=None)
+@given(steps=_STEPS)
+def test_session_states_follow_a_simple_model_on_any_history(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]]
+) -> None:
+    """Any interleaving of use, waiting, lock and (wrong) PINs: the service agrees with a ten-line model of the rules."""
+    clock = Clock()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("engine.auth.hashing._HASHER", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
+        auth = AuthService(AuthStore(tmp_path_factory.mktemp("auth")), AuthConfig(), clock=clock)
+        auth.add_user(None, "dr.a", name="", roles=(Role.ADMINISTRATOR, Role.CLINICIAN), password=PASSWORD, pin=PIN)
+        creds = _login(auth, "dr.a", Setting.WARD)
+        created, last, locked, ended, wrong = T0, T0, False, False, 0
+        for action, wait in steps:
+            clock.now += wait
+            now = clock.now
+            over = ended or now - created >= 12 * 3600
+            idle = now - last >= 600
+            if action == "use":
+                allowed = not over and not locked and not idle
+                locked = locked or (not over and idle)
+                last = now if allowed else last
+                call: Any = lambda: auth.authorize(creds, Permission.RECORD_READ, patient=PATIENT)  # noqa: E731
+            elif action == "lock":
+                allowed, locked = not over, locked or not over
+                call = lambda: auth.lock(creds)  # noqa: E731
+            elif action == "unlock":
+                allowed = not over
+                if allowed:
+                    locked, wrong, last = False, 0, now
+                call = lambda: auth.unlock(creds, PIN)  # noqa: E731
+            else:
+                allowed = False
+                if not over:
+                    wrong, locked = wrong + 1, True
+                    ended = wrong >= 3
+                call = lambda: auth.unlock(creds, "0000")  # noqa: E731
+            try:
+                call()
+                outcome = True
+            except AccessRefusedError:
+                outcome = False
+            assert outcome == allowed, (action, wait, steps)
