@@ -7,6 +7,7 @@ an argument, where they would land in shell history and `ps`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from rich.table import Table
 from engine.auth import Permission, Role, Setting, fhir_audit_event
 from engine.auth.audit_events import AUDIT_MESSAGE_TYPE
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
-from engine.cli_session import authorized, call, device_of, forget_session, keep_session
+from engine.cli_session import authorized, call, device_of, forget_session, keep_session, session_file
 from engine.model import Kind, RecordAccessed
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
@@ -63,6 +64,10 @@ def login(obj: Context, user_id: str, data: Path | None, *, secrets_stdin: bool,
     setting = obj.config.workstation.setting
     password = _Secrets(from_stdin=secrets_stdin).ask("Password")
     reply = call(obj, directory, "login", user=user_id, password=password, setting=setting.value, device=device_of(obj))
+    if session_file(obj, directory).exists():
+        # One session per workstation user: the one this login replaces ends now, not at its timeout.
+        with contextlib.suppress(click.ClickException):
+            call(obj, directory, "logout")
     keep_session(obj, directory, reply.pop("token"), reply["device"], user_id)
     if as_json:
         emit_json(reply)

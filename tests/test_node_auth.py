@@ -333,3 +333,20 @@ def test_the_admin_endpoint_over_tls_serves_a_workstation_elsewhere(tmp_path: Pa
         assert proc.wait(timeout=30) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_new_login_ends_the_session_it_replaces(tmp_path: Path) -> None:
+    """No node running: the CLI answers itself, and the replaced token is refused like a logged-out one."""
+    data = tmp_path / "data"
+    desk = Desk(tmp_path, "ward-1", data)
+    desk.ok("user", "add", "admin", "--role", "administrator", "--role", "clinician", secrets=(PASSWORD, PIN))
+    desk.ok("login", "admin", secrets=(PASSWORD,))
+    first = desk.session.read_text()
+    desk.ok("login", "admin", secrets=(PASSWORD,))
+    second = desk.session.read_text()
+    desk.session.write_text(first)
+    replaced = desk.ok("whoami", "--json")
+    assert (replaced["state"], replaced["why"]) == ("ended", "session ended (logged out)")
+    assert "session ended (logged out)" in desk.refused("patient", PATIENT)
+    desk.session.write_text(second)
+    assert desk.ok("whoami", "--json")["state"] == "active"
