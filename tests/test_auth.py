@@ -398,6 +398,9 @@ def test_the_permission_matrix_and_timeouts_come_from_config() -> None:
         decode_config("[auth.idle_timeout_s]\nlobby = 5\n")
     with pytest.raises(ConfigError):
         decode_config('[auth.permissions]\nclinician = ["everything"]\n')
+    for off in ("[audit]\nenabled = false\n", "[auth]\naudit = false\n"):  # there is no switch to turn auditing off
+        with pytest.raises(ConfigError, match="unknown key"):
+            decode_config(off)
 
 
 def test_audit_events_round_trip_through_the_log_encoding(service: AuthService) -> None:
