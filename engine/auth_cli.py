@@ -26,7 +26,7 @@ from engine.model import Kind, RecordAccessed
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
 
-__all__ = ["AUDIT_COMMANDS", "break_glass", "lock", "login", "logout", "unlock", "user", "whoami"]
+__all__ = ["AUDIT_COMMANDS", "break_glass", "lock", "login", "logout", "passwd", "unlock", "user", "whoami"]
 
 SECRETS_STDIN = click.option(
     "--secrets-stdin", "secrets_stdin", is_flag=True, help="Read the secrets from standard input, one per line."
@@ -154,6 +154,22 @@ def break_glass(
         return
     until = datetime.fromtimestamp(grant["expires_at"], UTC).isoformat(timespec="seconds")
     click.echo(f"break-the-glass: access to {patient} until {until} ({reason}); recorded and sent for review")
+
+
+@click.command("passwd")
+@click.option("--password/--no-password", "new_password", default=True, help="Set a new password.")
+@click.option("--pin/--no-pin", "new_pin", default=False, help="Set a new PIN.")
+@SECRETS_STDIN
+@DATA_OPTION
+@click.pass_obj
+def passwd(obj: Context, data: Path | None, *, new_password: bool, new_pin: bool, secrets_stdin: bool) -> None:
+    """Change your own password and/or PIN (your current password first); your other sessions end."""
+    secrets = _Secrets(from_stdin=secrets_stdin)
+    current = secrets.ask("Current password")
+    password = secrets.ask("New password") if new_password else ""
+    pin = secrets.ask("New PIN") if new_pin else ""
+    call(obj, obj.data_dir(data), "secrets_change", current=current, password=password, pin=pin)
+    click.echo("changed: " + " and ".join(w for w, new in (("password", password), ("PIN", pin)) if new))
 
 
 # -- accounts -----------------------------------------------------------------------------

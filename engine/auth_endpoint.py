@@ -51,6 +51,7 @@ OPERATIONS: Final = frozenset(
         "user_roles",
         "reviews",
         "review_close",
+        "secrets_change",
     }
 )
 
@@ -110,6 +111,7 @@ class AuthEndpoint:
             "user_roles": self._user_roles,
             "reviews": self._reviews,
             "review_close": self._review_close,
+            "secrets_change": self._secrets_change,
         }
         assert handlers.keys() == OPERATIONS
         return handlers
@@ -225,6 +227,14 @@ class AuthEndpoint:
         grant, audit = await self._run(lambda: self.service.break_glass(creds, patient, reason, note, secret))
         await self.audit(audit)
         return msgspec.to_builtins(grant)
+
+    async def _secrets_change(self, request: dict[str, Any]) -> object:
+        creds, current = credentials_of(request), _text(request, "current")
+        password, pin = _text(request, "password", required=False), _text(request, "pin", required=False)
+        await self.audit(
+            await self._run(lambda: self.service.change_secrets(creds, current, password=password, pin=pin))
+        )
+        return {"password": bool(password), "pin": bool(pin)}
 
     async def _users(self, request: dict[str, Any]) -> object:
         await self.authorize(request, Permission.USER_MANAGE)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine.auth_cli import AUDIT_COMMANDS, break_glass, lock, login, logout, unlock, user, whoami
+from engine.auth_cli import AUDIT_COMMANDS, break_glass, lock, login, logout, passwd, unlock, user, whoami
 from engine.cli_context import Context
 from engine.db_cli import db, worklist
 from engine.decode import Decoded, decode_input
@@ -270,7 +270,7 @@ cli.add_command(patient)
 cli.add_command(log)
 cli.add_command(db)
 cli.add_command(worklist)
-for command in (login, unlock, lock, logout, whoami, break_glass, user):
+for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:
     audit.add_command(command)

@@ -483,3 +483,23 @@ def test_session_states_follow_a_simple_model_on_any_history(
             except AccessRefusedError:
                 outcome = False
             assert outcome == allowed, (action, wait, steps)
+
+
+def test_a_user_changes_their_own_password_and_pin_and_their_other_sessions_end(service: AuthService) -> None:
+    here = _login(service, "dr.osei", Setting.WARD, "ws-1")
+    elsewhere = _login(service, "dr.osei", Setting.OFFICE, "ws-2")
+    reason, audit = _refused(service.change_secrets, here, "not my password", password="a new long password")
+    assert reason == "the current password is wrong"
+    assert audit[0][1].severity == "high"
+    reason, _ = _refused(service.change_secrets, here, PASSWORD, pin="12")
+    assert "4 to 8 digits" in reason
+    audit = service.change_secrets(here, PASSWORD, password="a new long password", pin="97531")
+    assert audit[0][1].detail == "password and PIN changed"
+    service.authorize(here, Permission.RECORD_READ, patient=PATIENT)  # this session goes on
+    reason, _ = _refused(service.authorize, elsewhere, Permission.STATUS_READ)
+    assert "session ended (secrets changed)" in reason
+    _refused(service.login, "dr.osei", PASSWORD, Setting.WARD, "ws-1")
+    service.login("dr.osei", "a new long password", Setting.WARD, "ws-1")
+    service.lock(here)
+    _refused(service.unlock, here, PIN)
+    service.unlock(here, "97531")

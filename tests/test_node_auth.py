@@ -350,3 +350,14 @@ def test_a_new_login_ends_the_session_it_replaces(tmp_path: Path) -> None:
     assert "session ended (logged out)" in desk.refused("patient", PATIENT)
     desk.session.write_text(second)
     assert desk.ok("whoami", "--json")["state"] == "active"
+
+
+def test_passwd_changes_the_password_and_pin_from_the_cli(tmp_path: Path) -> None:
+    desk = Desk(tmp_path, "ward-2", tmp_path / "data")
+    desk.ok("user", "add", "admin", "--role", "administrator", secrets=(PASSWORD, PIN))
+    desk.ok("login", "admin", secrets=(PASSWORD,))
+    assert "password and PIN" in desk.ok("passwd", "--pin", secrets=(PASSWORD, "a brand new password", "86420"))
+    assert "wrong user id or password" in desk.refused("login", "admin", secrets=(PASSWORD,))
+    desk.ok("login", "admin", secrets=("a brand new password",))
+    desk.ok("lock")
+    desk.ok("unlock", secrets=("86420",))

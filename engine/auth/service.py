@@ -450,6 +450,37 @@ class AuthService:
         roles = ",".join(r.value for r in user.roles)
         return resumed, [("", self._event(resumed, "unlock", allowed=True, role=roles, now=now))]
 
+    def change_secrets(
+        self, credentials: Credentials, current_password: str, *, password: str = "", pin: str = ""
+    ) -> list[AuditItem]:
+        """A user sets their own password and/or PIN: proven by the current password; other sessions end."""
+        now = self._clock()
+        session, user = self._active(credentials, "secrets_change", "", now)
+
+        def refuse(why: str, severity: str = "") -> AccessRefusedError:
+            event = self._event(session, "secrets_change", allowed=False, detail=why, severity=severity, now=now)
+            return AccessRefusedError(why, [("", event)])
+
+        if not verify_secret(user.password_hash, current_password):
+            raise refuse("the current password is wrong", "high")
+        problems = [p for p in (password and check_password_rules(password), pin and check_pin_rules(pin)) if p]
+        if problems or not (password or pin):
+            raise refuse("; ".join(problems) or "give a new password, a new PIN, or both")
+        changed = msgspec.structs.replace(
+            user,
+            password_hash=hash_secret(password) if password else user.password_hash,
+            pin_hash=hash_secret(pin) if pin else user.pin_hash,
+        )
+        self._put_user(changed)
+        for other in self._store.sessions_of(user.id):
+            if other.id != session.id and not other.ended_at:
+                self._save(msgspec.structs.replace(other, ended_at=now, end_reason="secrets changed"))
+        what = " and ".join(w for w, new in (("password", password), ("PIN", pin)) if new)
+        roles = ",".join(r.value for r in user.roles)
+        return [
+            ("", self._event(session, "secrets_change", allowed=True, role=roles, detail=f"{what} changed", now=now))
+        ]
+
     def logout(self, credentials: Credentials) -> list[AuditItem]:
         """End the session: its token is refused from now on (a replay too)."""
         now = self._clock()
