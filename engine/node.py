@@ -313,6 +313,7 @@ class Node:
         assert self._actors is not None
         assert self._scheduler is not None
         open_items = await anyio.to_thread.run_sync(lambda: sum(1 for q in self._quarantine.items() if q.open))
+        auth = await anyio.to_thread.run_sync(self.auth.service.statistics)
         return {
             "node": self.config.node.id,
             "uptime_s": round(anyio.current_time() - self._started, 1),
@@ -324,6 +325,7 @@ class Node:
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "in_flight": self._in_flight,
             "sources": self._sources(),
+            "auth": auth,
         }
 
     def _sources(self) -> dict[str, str]:

@@ -81,7 +81,12 @@ def _status_view(report: dict[str, Any]) -> Group:
         )
     else:
         read_side = Text("read side: off (no PostgreSQL DSN configured)")
-    return Group(summary, table, tail, read_side)
+    auth = report.get("auth", {})
+    sessions = Text(
+        f"sessions: {auth.get('sessions_active', 0)} active, {auth.get('sessions_locked', 0)} locked; "
+        f"break-the-glass reviews open: {auth.get('break_glass_reviews_open', 0)}"
+    )
+    return Group(summary, table, tail, read_side, sessions)
 
 
 @click.command("top")

@@ -139,6 +139,9 @@ def test_a_day_of_sessions_break_the_glass_and_the_audit_trail(tmp_path: Path) -
         )  # fmt: skip
         assert grant["patient"] == PATIENT
         assert operator.ok("patient", PATIENT, "--json") == record
+        counts = operator.ok("status", "--json")["auth"]
+        assert (counts["break_glass_reviews_open"], counts["sessions_active"]) == (1, 4)
+        assert "break-the-glass reviews open: 1" in operator.ok("status")
         assert "another patient" in operator.refused("patient", "GENHOSP|MRN7")
 
         assert "may not audit.read" in clinician.refused("audit", "reviews")

@@ -551,6 +551,16 @@ class AuthService:
     def reviews(self, *, open_only: bool) -> list[Review]:
         return self._store.reviews(open_only=open_only)
 
+    def statistics(self) -> dict[str, int]:
+        """What `vigil status` shows of authentication: counts only, no names, no patients."""
+        now = self._clock()
+        states = [session_state(s, self._config, now)[0] for s in self._sessions.values()]
+        return {
+            "sessions_active": sum(1 for s in states if s is SessionState.ACTIVE),
+            "sessions_locked": sum(1 for s in states if s is SessionState.LOCKED),
+            "break_glass_reviews_open": len(self._store.reviews(open_only=True)),
+        }
+
     def close_review(self, by: Access, review_id: str, outcome: str, note: str) -> tuple[Review, list[AuditItem]]:
         now = self._clock()
         review = self._store.review(review_id)
