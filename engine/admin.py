@@ -94,6 +94,10 @@ class AdminServer:
                 reply = {"ok": False, "error": str(exc)}
             except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
                 return
+            except Exception as exc:  # noqa: BLE001 -- one failed request must never take the node's endpoint down
+                # The type only: an exception's text may quote the data it was handling.
+                _log.error("admin.request_failed", error=type(exc).__name__)
+                reply = {"ok": False, "error": f"the node failed to answer ({type(exc).__name__}); see its log"}
             body = msgspec.msgpack.encode(reply)
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 await stream.send(_LENGTH.pack(len(body)) + body)  # a client that left is no error of ours

@@ -10,6 +10,7 @@ in a worker thread, off the event loop that serves the ACK path.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, final
 
@@ -163,10 +164,17 @@ class AuthEndpoint:
         try:
             while True:
                 await anyio.sleep(self.service.config.activity_persist_interval_s)
-                await anyio.to_thread.run_sync(self.service.flush)
+                await self._flush()
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.service.flush)
+                await self._flush()
+
+    async def _flush(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.service.flush)
+        except (sqlite3.Error, OSError) as exc:
+            # Activity only (the sessions' state changes were written at once): try again next time.
+            _log.warning("auth.flush_failed", error=type(exc).__name__)
 
     async def _authorize_request(self, request: dict[str, Any]) -> object:
         """For commands that read files themselves after asking (`vigil log`, `quarantine show`...)."""

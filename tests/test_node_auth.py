@@ -133,10 +133,8 @@ def test_a_day_of_sessions_break_the_glass_and_the_audit_trail(tmp_path: Path) -
         assert "Potassium" not in operator.ok("log")  # metadata: kinds and lanes, no content
         assert "may not log.content" in operator.refused("log", "--patient", PATIENT)
         assert "reason code" in operator.refused("break-glass", PATIENT, secrets=(PASSWORD,))
-        grant = operator.ok(
-            "break-glass", PATIENT, "--reason", "message_investigation", "--note", "stuck ORU", "--json",
-            secrets=(PASSWORD,),
-        )  # fmt: skip
+        why = ("--reason", "message_investigation", "--note", "stuck ORU")
+        grant = operator.ok("break-glass", PATIENT, *why, "--json", secrets=(PASSWORD,))
         assert grant["patient"] == PATIENT
         assert operator.ok("patient", PATIENT, "--json") == record
         counts = operator.ok("status", "--json")["auth"]
