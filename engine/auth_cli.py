@@ -325,23 +325,30 @@ def _event_json(event: RecordAccessed) -> dict[str, Any]:
     return {name: getattr(event, name) for name in fields}
 
 
+def _utc(value: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint=option) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 @click.command("export")
 @click.option("--since", required=True, help="From this time on (ISO 8601, UTC), e.g. 2026-11-01T00:00:00Z.")
+@click.option("--until", "until", help="Before this time (ISO 8601, UTC).")
+@click.option("--user", "user_id", help="Only what this user did (or was refused).")
 @DATA_OPTION
 @click.pass_obj
-def export(obj: Context, since: str, data: Path | None) -> None:
+def export(obj: Context, since: str, until: str | None, user_id: str | None, data: Path | None) -> None:
     """The audit trail as FHIR R4 AuditEvent (IHE ATNA), one JSON resource per line (privacy officer)."""
-    try:
-        start = datetime.fromisoformat(since)
-    except ValueError:
-        raise click.BadParameter(f"{since!r} is not an ISO 8601 time", param_hint="--since") from None
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
+    start = _utc(since, "--since")
+    end = _utc(until, "--until") if until else None
     directory = obj.data_dir(data)
     authorized(obj, directory, Permission.AUDIT_READ, action="audit_export")
     node = obj.config.node.id
     for lsn, recorded_at, patient, event in _audit_records(directory / "wal", None):
-        if datetime.fromisoformat(event.at) >= start:
+        at = datetime.fromisoformat(event.at)
+        if at >= start and (end is None or at < end) and (user_id is None or event.user == user_id):
             emit_json(fhir_audit_event(lsn, recorded_at, patient, event, node=node))
 
 

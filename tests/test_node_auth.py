@@ -173,6 +173,11 @@ def test_a_day_of_sessions_break_the_glass_and_the_audit_trail(tmp_path: Path) -
         assert btg[0]["entity"][0]["what"]["identifier"]["value"] == PATIENT
         logins = [e for e in exported if e["type"]["code"] == "110114" and e["outcome"] == "0"]
         assert len(logins) >= 4
+        window = ("audit", "export", "--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z")
+        kim = [json.loads(line) for line in officer.ok(*window, "--user", "op.kim").splitlines()]
+        assert kim
+        assert {e["agent"][0]["who"]["identifier"]["value"] for e in kim} == {"op.kim"}
+        assert officer.ok("audit", "export", "--since", "2100-01-01T00:00:00Z") == ""
 
         # Logout, then the same token again (a replay): refused, and audited.
         clinician_token = json.loads(clinician.session.read_text())
