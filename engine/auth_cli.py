@@ -219,6 +219,19 @@ def user_disable(obj: Context, user_id: str, data: Path | None) -> None:
     click.echo(f"disabled {user_id}")
 
 
+@user.command("reset")
+@click.argument("user_id", metavar="USER")
+@SECRETS_STDIN
+@DATA_OPTION
+@click.pass_obj
+def user_reset(obj: Context, user_id: str, data: Path | None, *, secrets_stdin: bool) -> None:
+    """Set a forgotten password and PIN; the account's sessions end and a lockout lifts."""
+    secrets = _Secrets(from_stdin=secrets_stdin)
+    password, pin = secrets.ask("New password"), secrets.ask("New PIN")
+    call(obj, obj.data_dir(data), "user_reset", user=user_id, password=password, pin=pin)
+    click.echo(f"reset {user_id}: its sessions have ended")
+
+
 @user.command("roles")
 @click.argument("user_id", metavar="USER")
 @_ROLE

@@ -53,6 +53,7 @@ OPERATIONS: Final = frozenset(
         "reviews",
         "review_close",
         "secrets_change",
+        "user_reset",
     }
 )
 
@@ -113,6 +114,7 @@ class AuthEndpoint:
             "reviews": self._reviews,
             "review_close": self._review_close,
             "secrets_change": self._secrets_change,
+            "user_reset": self._user_reset,
         }
         assert handlers.keys() == OPERATIONS
         return handlers
@@ -277,6 +279,12 @@ class AuthEndpoint:
         by = await self.authorize(request, Permission.USER_MANAGE)
         await self.audit(await self._run(lambda: self.service.set_roles(by, user_id, roles)))
         return {"user": user_id, "roles": [r.value for r in roles]}
+
+    async def _user_reset(self, request: dict[str, Any]) -> object:
+        user_id, password, pin = _text(request, "user"), _text(request, "password"), _text(request, "pin")
+        by = await self.authorize(request, Permission.USER_MANAGE)
+        await self.audit(await self._run(lambda: self.service.reset_secrets(by, user_id, password=password, pin=pin)))
+        return {"user": user_id, "reset": True}
 
     @staticmethod
     def _roles(request: dict[str, Any]) -> tuple[Role, ...]:

@@ -503,3 +503,20 @@ def test_a_user_changes_their_own_password_and_pin_and_their_other_sessions_end(
     service.lock(here)
     _refused(service.unlock, here, PIN)
     service.unlock(here, "97531")
+
+
+def test_an_administrator_resets_a_forgotten_password_and_a_lockout(service: AuthService) -> None:
+    clinician = _login(service, "dr.osei")
+    for _ in range(5):
+        _refused(service.login, "dr.osei", "forgotten, sorry", Setting.WARD, "ws-1")
+    admin = service.authorize(_login(service, "admin", Setting.OFFICE), Permission.USER_MANAGE)
+    reason, _ = _refused(service.reset_secrets, admin, "dr.osei", password="short", pin=PIN)
+    assert "12 characters" in reason
+    [(_, event)] = service.reset_secrets(admin, "dr.osei", password="a fresh long password", pin="2468")
+    assert (event.user, event.action) == ("admin", "secrets_reset")
+    reason, _ = _refused(service.authorize, clinician, Permission.STATUS_READ)
+    assert "session ended (secrets reset)" in reason
+    service.login("dr.osei", "a fresh long password", Setting.WARD, "ws-1")  # the lockout lifted with the reset
+    operator = service.authorize(_login(service, "op.kim"), Permission.STATUS_READ)
+    reason, _ = _refused(service.authorize, Credentials(operator.session.id, "ws-1"), Permission.USER_MANAGE)
+    assert "not a valid session token" in reason  # a session id is not a token

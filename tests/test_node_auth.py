@@ -184,6 +184,8 @@ def test_a_day_of_sessions_break_the_glass_and_the_audit_trail(tmp_path: Path) -
         clinician.ok("logout")
         clinician.session.write_text(json.dumps(clinician_token))
         assert "session ended (logged out)" in clinician.refused("patient", PATIENT)
+        admin.ok("user", "reset", "po.diaz", secrets=("a reset long password", "13579"))
+        assert "session ended (secrets reset)" in officer.refused("audit", "reviews")
         admin.ok("user", "disable", "op.kim")
         assert "user disabled" in operator.refused("status")
         assert "wrong user id or password" in clinician.refused("login", "dr.osei", secrets=("not it at all",))

@@ -37,6 +37,7 @@ _TYPES: Final[dict[str, tuple[str, str, str]]] = {
     "user_disable": ("110137", "User Security Attributes Changed", "U"),
     "user_roles": ("110136", "Security Roles Changed", "U"),
     "secrets_change": ("110137", "User Security Attributes Changed", "U"),
+    "secrets_reset": ("110137", "User Security Attributes Changed", "U"),
     "audit_read": ("110101", "Audit Log Used", "R"),
     "audit_review": ("110101", "Audit Log Used", "U"),
     "acknowledge": ("110110", "Patient Record", "U"),

@@ -201,6 +201,22 @@ class AuthService:
                 self._save(msgspec.structs.replace(session, ended_at=now, end_reason="user disabled"))
         return [("", self._done_by(by, "user_disable", f"disabled {user_id}", now))]
 
+    def reset_secrets(self, by: Access, user_id: str, *, password: str, pin: str) -> list[AuditItem]:
+        """An administrator sets a forgotten password and PIN; the user's sessions end and a lockout lifts."""
+        now = self._clock()
+        user = self._require_user(user_id)
+        problems = [p for p in (check_password_rules(password), check_pin_rules(pin)) if p]
+        if problems:
+            raise AccessRefusedError("; ".join(problems), [])
+        reset = msgspec.structs.replace(
+            user, password_hash=hash_secret(password), pin_hash=hash_secret(pin), failures=0, locked_until=0.0
+        )
+        self._put_user(reset)
+        for session in self._store.sessions_of(user_id):
+            if not session.ended_at:
+                self._save(msgspec.structs.replace(session, ended_at=now, end_reason="secrets reset"))
+        return [("", self._done_by(by, "secrets_reset", f"reset the password and PIN of {user_id}", now))]
+
     def set_roles(self, by: Access, user_id: str, roles: tuple[Role, ...]) -> list[AuditItem]:
         now = self._clock()
         if not roles:
