@@ -135,29 +135,41 @@ class AuthEndpoint:
         except (DiskFullError, WALFailedError, OSError) as exc:  # serve nothing unaudited
             raise AdminError(f"refused: the access could not be written to the audit trail ({exc})") from None
 
+    async def _refused(self, refused: AccessRefusedError) -> AdminError:
+        """The refusal's audit events reach the log before the refusal is answered."""
+        await self.audit(refused.audit)
+        return AdminError(refused.reason)
+
     async def _run(self, work: Callable[[], _T]) -> _T:
-        """Service work in a thread; a refusal's audit events reach the log before the refusal is answered."""
+        """Service work in a worker thread (SQLite, argon2)."""
         try:
             return await anyio.to_thread.run_sync(work)
         except AccessRefusedError as refused:
-            await self.audit(refused.audit)
-            raise AdminError(refused.reason) from None
+            raise await self._refused(refused) from None
+
+    async def _act(self, work: Callable[[], list[AuditItem]]) -> None:
+        """Service work whose only result is the audit events it owes."""
+        await self.audit(await self._run(work))
+
+    def _decide(self, request: dict[str, Any], permission: Permission, patient: str, action: str) -> Access:
+        # On the event loop: a decision reads memory (the store only at a first look; never a write),
+        # where a worker thread's round trip would cost ten times that.
+        return self.service.authorize(
+            credentials_of(request),
+            permission,
+            patient=patient,
+            action=action or permission.value,
+            passive=request.get("passive") is True,
+        )
 
     async def authorize(
         self, request: dict[str, Any], permission: Permission, *, patient: str = "", action: str = ""
     ) -> Access:
         """Allow this request (audited) or raise `AdminError` with the reason (audited too)."""
-        creds = credentials_of(request)
-        passive = request.get("passive") is True
-        # On the event loop: a decision reads memory and one SQLite row (tens of µs, never a write),
-        # where a worker thread's round trip would cost ten times that.
         try:
-            access = self.service.authorize(
-                creds, permission, patient=patient, action=action or permission.value, passive=passive
-            )
+            access = self._decide(request, permission, patient, action)
         except AccessRefusedError as refused:
-            await self.audit(refused.audit)
-            raise AdminError(refused.reason) from None
+            raise await self._refused(refused) from None
         await self.audit(access.audit)
         return access
 
@@ -194,7 +206,11 @@ class AuthEndpoint:
         if not isinstance(patients, list) or not all(isinstance(p, str) for p in patients):
             raise AdminError("the request needs patients (a list of keys)")
         action = _text(request, "action", required=False) or permission.value
-        access = await self.authorize(request, permission, action=action)
+        try:
+            access = self._decide(request, permission, "", action)
+        except AccessRefusedError as refused:
+            raise await self._refused(refused) from None
+        # The patients shown stand for the request's own event: one record each, not one more for the listing.
         await self.audit(self.service.accessed(access, action, patients))
         return {"audited": len(set(patients) - {""})}
 
@@ -214,12 +230,12 @@ class AuthEndpoint:
 
     async def _lock(self, request: dict[str, Any]) -> object:
         creds = credentials_of(request)
-        await self.audit(await self._run(lambda: self.service.lock(creds)))
+        await self._act(lambda: self.service.lock(creds))
         return {"locked": True}
 
     async def _logout(self, request: dict[str, Any]) -> object:
         creds = credentials_of(request)
-        await self.audit(await self._run(lambda: self.service.logout(creds)))
+        await self._act(lambda: self.service.logout(creds))
         return {"ended": True}
 
     async def _whoami(self, request: dict[str, Any]) -> object:
@@ -241,9 +257,7 @@ class AuthEndpoint:
     async def _secrets_change(self, request: dict[str, Any]) -> object:
         creds, current = credentials_of(request), _text(request, "current")
         password, pin = _text(request, "password", required=False), _text(request, "pin", required=False)
-        await self.audit(
-            await self._run(lambda: self.service.change_secrets(creds, current, password=password, pin=pin))
-        )
+        await self._act(lambda: self.service.change_secrets(creds, current, password=password, pin=pin))
         return {"password": bool(password), "pin": bool(pin)}
 
     async def _users(self, request: dict[str, Any]) -> object:
@@ -262,28 +276,25 @@ class AuthEndpoint:
             # Only someone on the node's own host (who can reach its owner-only socket) may make the first account.
             raise AdminError("the first administrator is added on the node's host, over its admin socket")
         by = None if bootstrap else await self.authorize(request, Permission.USER_MANAGE)
-        audit = await self._run(
-            lambda: self.service.add_user(by, user_id, name=name, roles=roles, password=password, pin=pin)
-        )
-        await self.audit(audit)
+        await self._act(lambda: self.service.add_user(by, user_id, name=name, roles=roles, password=password, pin=pin))
         return {"user": user_id, "roles": [r.value for r in roles], "first_administrator": bootstrap}
 
     async def _user_disable(self, request: dict[str, Any]) -> object:
         user_id = _text(request, "user")
         by = await self.authorize(request, Permission.USER_MANAGE)
-        await self.audit(await self._run(lambda: self.service.disable_user(by, user_id)))
+        await self._act(lambda: self.service.disable_user(by, user_id))
         return {"user": user_id, "disabled": True}
 
     async def _user_roles(self, request: dict[str, Any]) -> object:
         user_id, roles = _text(request, "user"), self._roles(request)
         by = await self.authorize(request, Permission.USER_MANAGE)
-        await self.audit(await self._run(lambda: self.service.set_roles(by, user_id, roles)))
+        await self._act(lambda: self.service.set_roles(by, user_id, roles))
         return {"user": user_id, "roles": [r.value for r in roles]}
 
     async def _user_reset(self, request: dict[str, Any]) -> object:
         user_id, password, pin = _text(request, "user"), _text(request, "password"), _text(request, "pin")
         by = await self.authorize(request, Permission.USER_MANAGE)
-        await self.audit(await self._run(lambda: self.service.reset_secrets(by, user_id, password=password, pin=pin)))
+        await self._act(lambda: self.service.reset_secrets(by, user_id, password=password, pin=pin))
         return {"user": user_id, "reset": True}
 
     @staticmethod

@@ -30,6 +30,7 @@ from engine.auth import AuthService, AuthStore, Permission
 from engine.auth.store import STORE_FILE
 from engine.auth_endpoint import OPERATIONS, AuthEndpoint
 from engine.cli_context import Context
+from engine.config import split_address
 from engine.errors import ConfigError
 from engine.model import Envelope
 from engine.tls import client_context
@@ -116,12 +117,10 @@ def _ask(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) -> 
     remote = obj.config.workstation.node
     if not remote:
         return request(data_dir, operation, **body)
-    host, _, port = remote.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.ClickException(f"workstation.node: {remote!r} is not HOST:PORT")
     workstation = obj.config.workstation
     base = obj.base_dir()
     try:
+        address = split_address(remote, "workstation.node")
         context = client_context(
             base / workstation.tls_ca_file if workstation.tls_ca_file else None,
             base / workstation.tls_cert_file if workstation.tls_cert_file else None,
@@ -129,7 +128,7 @@ def _ask(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) -> 
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    return request_remote((host, int(port)), context, operation, **body)
+    return request_remote(address, context, operation, **body)
 
 
 def authorized(

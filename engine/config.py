@@ -34,6 +34,7 @@ __all__ = [
     "WalConfig",
     "decode_config",
     "load_config",
+    "split_address",
 ]
 
 # The repository's config.toml: the embedded default.
@@ -277,6 +278,18 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _AT = re.compile(r"\s*- at `\$\.?([^`]*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
+def split_address(value: str, key: str) -> tuple[str, int]:
+    """HOST:PORT as (host, port).
+
+    Raises:
+        ConfigError: `value` (given as `key`) is not HOST:PORT.
+    """
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
+    return host, int(port)
 
 
 def decode_config(data: bytes | str, source: str = "config.toml") -> Config:

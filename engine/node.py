@@ -41,7 +41,7 @@ from engine.auth import AuthService, AuthStore, Permission
 from engine.auth_endpoint import AuthEndpoint
 from engine.batching import windows
 from engine.commands import acknowledgement, was_critical
-from engine.config import Config
+from engine.config import Config, split_address
 from engine.decode import Decoder
 from engine.errors import ConfigError, FramingError, InputError
 from engine.framing import Piece, split_input
@@ -182,7 +182,8 @@ class Node:
     async def _start_admin(self, tg: TaskGroup) -> AuthStore:
         """Accounts and sessions, and the admin socket that serves them and every operator request."""
         store = await anyio.to_thread.run_sync(AuthStore.open_private, self.data_dir)
-        self._auth = AuthEndpoint(AuthService(store, self.config.auth), self._record_audit, node=self.config.node.id)
+        service = await anyio.to_thread.run_sync(AuthService, store, self.config.auth)  # it reads the live sessions
+        self._auth = AuthEndpoint(service, self._record_audit, node=self.config.node.id)
         self._requests = {
             "health": self._health,
             "status": self._status,
@@ -204,10 +205,8 @@ class Node:
         context = server_context(config, self._config_dir, where="admin")
         if context is None:
             raise ConfigError("admin.listen needs admin.tls_cert_file and admin.tls_key_file: never plain TCP")
-        host, _, port = config.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"admin.listen: {config.listen!r} is not HOST:PORT")
-        tcp = await anyio.create_tcp_listener(local_host=host, local_port=int(port))
+        host, port = split_address(config.listen, "admin.listen")
+        tcp = await anyio.create_tcp_listener(local_host=host, local_port=port)
         self.admin_port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
         timeout = self.config.mllp.tls_handshake_timeout_s
         return TLSListener(tcp, context, standard_compatible=False, handshake_timeout=timeout)
@@ -290,13 +289,7 @@ class Node:
 
         Not to the patient actors: an access is not a fact of the record.
         """
-        positions = await self.wal.append(envelopes)
-        if self._projections is not None:
-            for env, position in zip(envelopes, positions, strict=True):
-                patients = (env.patient,) if env.patient else ()
-                self._projections.notify(
-                    Record(position.lsn, position.recorded_at or "", patients, env.events), env.lane
-                )
+        await self._apply(envelopes, await self.wal.append(envelopes), to_actors=False)
 
     async def _health(self, _request: dict[str, object]) -> dict[str, object]:
         """No session needed: no PHI, only whether the node runs, its LSN and its read side (scripts, `vigil db`)."""
@@ -685,8 +678,10 @@ class Node:
             return [hl7]
         return self._decoder.fhir(work.raw, received_at=received, source=work.source)
 
-    async def _apply(self, envelopes: Sequence[Envelope], positions: Sequence[Position]) -> None:
-        """Durable records to their patients' actors, and news of them to the read side."""
+    async def _apply(
+        self, envelopes: Sequence[Envelope], positions: Sequence[Position], *, to_actors: bool = True
+    ) -> None:
+        """Durable records to their patients' actors (unless not `to_actors`), and news of them to the read side."""
         assert self._actors is not None
         for env, position in zip(envelopes, positions, strict=True):
             if position.duplicate:
@@ -696,7 +691,7 @@ class Node:
             patients = tuple(p for p in (env.patient, *env.other_patients) if p)
             if self._projections is not None:
                 self._projections.notify(Record(position.lsn, recorded_at, patients, env.events), env.lane)
-            for patient in patients:
+            for patient in patients if to_actors else ():
                 await self._actors.deliver(patient, applied)
 
     async def _reject(self, raw: bytes, source: str, error: InputError) -> IngestResult:

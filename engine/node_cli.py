@@ -19,7 +19,7 @@ from rich.table import Table
 
 from engine.cli_context import Context
 from engine.cli_progress import scan_progress
-from engine.config import DEFAULT_CONFIG_PATH
+from engine.config import DEFAULT_CONFIG_PATH, split_address
 from engine.errors import ConfigError, InputError
 from engine.framing import split_input
 from engine.hl7 import parse
@@ -35,10 +35,10 @@ __all__ = ["run", "send"]
 
 
 def _address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"{value!r} is not HOST:PORT")
-    return host, int(port)
+    try:
+        return split_address(value, "address")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("run")

@@ -189,9 +189,15 @@ def test_sessions_survive_a_restart(tmp_path: Path, service: AuthService, clock:
     service.authorize(creds, Permission.RECORD_READ, patient=PATIENT)
     service.flush()
     again = AuthService(AuthStore(tmp_path), AuthConfig(), clock=clock)
+    assert again.statistics()["sessions_active"] == 2  # the admin's and this one, known before either is used
     clock.now += 60
     access = again.authorize(creds, Permission.RECORD_READ, patient=PATIENT)
     assert access.session.context["patient"] == PATIENT
+    again.logout(creds)
+    again.flush()  # an ended session leaves memory; its token is still refused from the store
+    assert again.statistics()["sessions_active"] == 1
+    reason, _ = _refused(again.authorize, creds, Permission.STATUS_READ)
+    assert "session ended (logged out)" in reason
 
 
 def test_refusal_matrix(service: AuthService, clock: Clock, tmp_path: Path) -> None:

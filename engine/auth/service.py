@@ -116,6 +116,9 @@ class AuthService:
         # loop must never wait for the store's lock (a flush may hold it through an fsync).
         self._users: dict[str, User] = {}
         self._grants: dict[str, list[Grant]] = {}
+        # Every session that may still be live, so the counts `vigil status` shows are right from the start.
+        for session in store.sessions_since(self._clock() - config.absolute_timeout_s):
+            self._sessions[session.token_hash] = session
 
     @property
     def config(self) -> AuthConfig:
@@ -196,9 +199,7 @@ class AuthService:
         now = self._clock()
         user = self._require_user(user_id)
         self._put_user(msgspec.structs.replace(user, disabled=True))
-        for session in self._store.sessions_of(user_id):
-            if not session.ended_at:
-                self._save(msgspec.structs.replace(session, ended_at=now, end_reason="user disabled"))
+        self._end_sessions(user_id, "user disabled", now)
         return [("", self._done_by(by, "user_disable", f"disabled {user_id}", now))]
 
     def reset_secrets(self, by: Access, user_id: str, *, password: str, pin: str) -> list[AuditItem]:
@@ -212,9 +213,7 @@ class AuthService:
             user, password_hash=hash_secret(password), pin_hash=hash_secret(pin), failures=0, locked_until=0.0
         )
         self._put_user(reset)
-        for session in self._store.sessions_of(user_id):
-            if not session.ended_at:
-                self._save(msgspec.structs.replace(session, ended_at=now, end_reason="secrets reset"))
+        self._end_sessions(user_id, "secrets reset", now)
         return [("", self._done_by(by, "secrets_reset", f"reset the password and PIN of {user_id}", now))]
 
     def set_roles(self, by: Access, user_id: str, roles: tuple[Role, ...]) -> list[AuditItem]:
@@ -225,6 +224,12 @@ class AuthService:
         self._put_user(msgspec.structs.replace(user, roles=roles))
         detail = f"{user_id}: {','.join(r.value for r in user.roles)} -> {','.join(r.value for r in roles)}"
         return [("", self._done_by(by, "user_roles", detail, now))]
+
+    def _end_sessions(self, user_id: str, reason: str, now: float, *, keep: str = "") -> None:
+        """End every open session of a user (but `keep`), durably: their tokens are refused from now on."""
+        for session in self._store.sessions_of(user_id):
+            if session.id != keep and not session.ended_at:
+                self._save(msgspec.structs.replace(session, ended_at=now, end_reason=reason))
 
     def _done_by(self, by: Access, action: str, detail: str, now: float) -> RecordAccessed:
         """The audit event of an action an authorised user took (an account change, a review)."""
@@ -417,6 +422,12 @@ class AuthService:
             session = self._sessions.get(digest)
             if session is not None:
                 self._store.put_session(session)
+        # Ended sessions leave memory (the store still refuses their tokens): the cache stays the live ones.
+        now = self._clock()
+        for digest, session in list(self._sessions.items()):
+            if digest not in self._dirty and session_state(session, self._config, now)[0] is SessionState.ENDED:
+                self._sessions.pop(digest, None)
+                self._grants.pop(session.id, None)
 
     def whoami(self, credentials: Credentials) -> tuple[SessionRecord, SessionState, str]:
         """The session and its state (no audit: it shows no PHI, and a locked session may ask)."""
@@ -488,9 +499,7 @@ class AuthService:
             pin_hash=hash_secret(pin) if pin else user.pin_hash,
         )
         self._put_user(changed)
-        for other in self._store.sessions_of(user.id):
-            if other.id != session.id and not other.ended_at:
-                self._save(msgspec.structs.replace(other, ended_at=now, end_reason="secrets changed"))
+        self._end_sessions(user.id, "secrets changed", now, keep=session.id)
         what = " and ".join(w for w, new in (("password", password), ("PIN", pin)) if new)
         roles = ",".join(r.value for r in user.roles)
         return [
@@ -570,7 +579,7 @@ class AuthService:
     def statistics(self) -> dict[str, int]:
         """What `vigil status` shows of authentication: counts only, no names, no patients."""
         now = self._clock()
-        states = [session_state(s, self._config, now)[0] for s in self._sessions.values()]
+        states = [session_state(s, self._config, now)[0] for s in list(self._sessions.values())]
         return {
             "sessions_active": sum(1 for s in states if s is SessionState.ACTIVE),
             "sessions_locked": sum(1 for s in states if s is SessionState.LOCKED),

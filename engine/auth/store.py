@@ -109,6 +109,15 @@ class AuthStore:
         found = self._rows("SELECT doc FROM sessions WHERE token_hash = ?", (token_hash,), SessionRecord)
         return found[0] if found else None
 
+    def sessions_since(self, created_after: float) -> list[SessionRecord]:
+        """Sessions not ended and started after `created_after` (those that may still be live)."""
+        return self._rows(
+            "SELECT doc FROM sessions WHERE json_extract(doc, '$.ended_at') = 0"
+            " AND json_extract(doc, '$.created_at') > ?",
+            (created_after,),
+            SessionRecord,
+        )
+
     def sessions_of(self, user_id: str) -> list[SessionRecord]:
         return self._rows("SELECT doc FROM sessions WHERE user = ?", (user_id,), SessionRecord)
 
