@@ -44,6 +44,17 @@ class Context:
                 raise click.ClickException(str(exc)) from None
         return self._config
 
+    def join_cluster(self, nats: str | None, node_id: str | None) -> None:
+        """`--nats URL[,URL...]` turns cluster mode on with those servers; `--node-id` names this node."""
+        config = self.config
+        if nats:
+            servers = tuple(url.strip() for url in nats.split(",") if url.strip())
+            cluster = msgspec.structs.replace(config.cluster, enabled=True, servers=servers)
+            config = msgspec.structs.replace(config, cluster=cluster)
+        if node_id:
+            config = msgspec.structs.replace(config, node=msgspec.structs.replace(config.node, id=node_id))
+        self._config = config
+
     def decoder(self) -> Decoder:
         return Decoder(Classifier(self.config.lanes.rules))
 

@@ -23,6 +23,8 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AdminConfig",
     "AuditConfig",
+    "ClusterAckConfig",
+    "ClusterConfig",
     "Config",
     "IngestConfig",
     "LanesConfig",
@@ -171,6 +173,71 @@ class NatsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key_file: str = ""
 
 
+AckPolicy = Literal["local", "cluster"]
+
+
+@final
+class ClusterAckConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """When a source is acknowledged, per lane: "local" (after the local fsync) or "cluster" (and the stream's ack).
+
+    "cluster" is the default for clinical lanes: a node that dies right after
+    acknowledging loses nothing, its successor has the record. Billing may
+    take "local": it is then acknowledged faster, and replicated a moment later.
+    """
+
+    critical: AckPolicy = "cluster"
+    standard: AckPolicy = "cluster"
+    batch: AckPolicy = "local"
+
+
+@final
+class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Several nodes over NATS JetStream (DESIGN.md, "Cluster"); off in the embedded default.
+
+    Attributes:
+        enabled: join a cluster (`vigil run --nats URL --node-id ID` also does).
+        servers: the NATS URLs; empty: `nats.servers` (credentials and TLS
+            are always `nats.*`).
+        partitions: patient keys hash to this many partitions. Fixed for the
+            cluster's life: changing it moves every patient.
+        lease_ttl_s: a partition whose owner has not renewed its lease for this
+            long (as each observer sees it, on its own clock) may be taken;
+            the owner itself stops serving it this long after its last
+            successful renewal began, so it always stops first.
+        renew_interval_s: leases are renewed, and the members' heartbeats
+            written, this often. Keep it well under `lease_ttl_s`.
+        replicas: JetStream replicas of the log stream and the buckets (3 in a
+            three-server cluster); the node warns when the stream has fewer.
+        stream, subject_prefix: the replicated log: partition N's records go
+            to `<subject_prefix>.N` in `stream`.
+        bucket_prefix: the key-value buckets `<prefix>_leases` and `<prefix>_members`.
+        publish_timeout_s: one replication publish waits this long for the
+            stream's ack before it is retried (with the same Nats-Msg-Id).
+        forward_timeout_s: a message for another node's partition is
+            forwarded there and waits this long for its answer.
+        publish_records_max: records of one partition in one stream message.
+        ack: per lane, "local" or "cluster".
+    """
+
+    enabled: bool = False
+    servers: tuple[str, ...] = ()
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=0.5, le=600)] = 2.0
+    renew_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 0.4
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 3
+    stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "VIGIL_LOG"
+    subject_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "vigil.log"
+    bucket_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "vigil"
+    publish_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
+    forward_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    publish_records_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    ack: ClusterAckConfig = ClusterAckConfig()
+
+    def __post_init__(self) -> None:
+        if self.renew_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError("cluster.renew_interval_s must be at most half of cluster.lease_ttl_s")
+
+
 @final
 class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The write-ahead log.
@@ -268,6 +335,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mllp: MLLPConfig = MLLPConfig()
     admin: AdminConfig = AdminConfig()
     nats: NatsConfig = NatsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     wal: WalConfig = WalConfig()
     audit: AuditConfig = AuditConfig()
     projections: ProjectionsConfig = ProjectionsConfig()

@@ -40,6 +40,7 @@ from engine.admin import AdminError, AdminServer, Handler
 from engine.auth import AuthService, AuthStore, Permission
 from engine.auth_endpoint import AuthEndpoint
 from engine.batching import windows
+from engine.cluster import Cluster, FencedError, ReplicaBatch, partition_of
 from engine.commands import acknowledgement, was_critical
 from engine.config import Config, split_address
 from engine.decode import Decoder
@@ -106,6 +107,7 @@ class Node:
         self._mllp_tls = False
         self._projections: ProjectionRunner | None = None
         self._auth: AuthEndpoint | None = None
+        self._cluster: Cluster | None = None
         self._requests: dict[str, Handler] = {}
         self.admin_port: int | None = None  # the admin endpoint's TCP port, when `[admin] listen` is set
 
@@ -141,6 +143,9 @@ class Node:
             self._projections = self._read_side(wal)
             if self._projections is not None:
                 await tg.start(self._projections.run)
+            if self.config.cluster.enabled:
+                self._cluster = self._join_cluster(wal)
+                await tg.start(self._cluster.run)
             store = await self._start_admin(tg)
             self._started = anyio.current_time()
             tg.start_soon(self._summarise)
@@ -210,6 +215,21 @@ class Node:
         self.admin_port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
         timeout = self.config.mllp.tls_handshake_timeout_s
         return TLSListener(tcp, context, standard_compatible=False, handshake_timeout=timeout)
+
+    def _join_cluster(self, wal: WriteAheadLog) -> Cluster:
+        """This node's part in the cluster (`[cluster]`); its NATS credentials and TLS are `[nats]`'s."""
+        servers = self.config.cluster.servers or self.config.nats.servers
+        if not servers:
+            raise ConfigError("cluster.enabled needs NATS servers: cluster.servers, nats.servers or --nats URL")
+        return Cluster(
+            self.config.cluster,
+            self.config.node.id,
+            wal,
+            servers=servers,
+            security=nats_security(self.config.nats, self._config_dir),
+            adopt=self._adopt_partition,
+            forwarded=self._answer_forwarded,
+        )
 
     def _read_side(self, wal: WriteAheadLog) -> ProjectionRunner | None:
         """The projection runner when a DSN is configured; without one the node runs without a read side."""
@@ -298,6 +318,7 @@ class Node:
             "wal": {"last_lsn": self.wal.last_lsn},
             "sources": self._sources(),
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
+            "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
         }
 
     async def _status(self, request: dict[str, object]) -> dict[str, object]:
@@ -316,6 +337,7 @@ class Node:
             "actors": msgspec.to_builtins(self._actors.statistics()),
             "quarantine_open": open_items,
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
+            "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "in_flight": self._in_flight,
             "sources": self._sources(),
             "auth": auth,
@@ -330,6 +352,7 @@ class Node:
         if not isinstance(key, str) or not key:
             raise AdminError("a patient key (authority|identifier) is needed")
         await self.auth.authorize(request, Permission.RECORD_READ, patient=key, action="record")
+        self._check_served(key)
         known_at = request.get("known_at")
         as_of = request.get("as_of")
         view = await self.patient(
@@ -338,6 +361,17 @@ class Node:
             as_of=as_of if isinstance(as_of, str) else None,
         )
         return msgspec.to_builtins(view)
+
+    def _check_served(self, patient: str) -> None:
+        """In a cluster, a record is answered by its partition's owner only: another node's copy may be behind."""
+        cluster = self._cluster
+        if cluster is None:
+            return
+        partition = partition_of(patient, self.config.cluster.partitions)
+        if not cluster.serves(partition):
+            owner = cluster.owner(partition)
+            where = f"node {owner}" if owner else "no node at this moment (a takeover is in progress)"
+            raise AdminError(f"this patient's partition ({partition}) is served by {where}: ask there")
 
     async def _acknowledge(self, request: dict[str, object]) -> object:
         """A clinician acknowledges a critical result: recorded in the log (`engine.commands`), then applied."""
@@ -424,6 +458,8 @@ class Node:
         """Finish in-flight messages (within the deadline), then snapshot the patients."""
         with anyio.move_on_after(self.config.node.stop_deadline_s) as deadline:
             await self._idle.wait()
+            if self._cluster is not None:
+                await self._cluster.drain()  # what the stream has not yet got, before the leases go
             if self._actors is not None:
                 await self._actors.passivate_all()
         if deadline.cancelled_caught:
@@ -638,37 +674,121 @@ class Node:
         A refusal is its own message's alone: the others of the group go on.
         """
         assert self._wal is not None
-        received = self._clock().isoformat(timespec="milliseconds")
+        if self._cluster is not None:
+            await self._handle_clustered(group, self._cluster)
+            return
         envelopes: list[Envelope] = []
-        owned: list[tuple[Work, int]] = []  # each parsed message, and how many envelopes it made
+        positions: list[Position] = []
         try:
-            for work in group.works:
-                try:
-                    made = self._decode(work, received)
-                except InputError as exc:
-                    work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
-                    continue
-                work.message_type = made[0].message_type if made else ""
-                envelopes += made
-                owned.append((work, len(made)))
+            owned = await self._decode_group(group)
+            envelopes = [env for _work, made in owned for env in made]
             if not owned:
                 return
             try:
                 positions = await self._wal.append(envelopes)
             except (DiskFullError, WALFailedError) as exc:
-                error = TemporaryError(str(exc))
-                for work, _made in owned:
-                    work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
+                _retry_all([work for work, _made in owned], str(exc))
                 return
-            start = 0
-            for work, made_count in owned:
-                mine = positions[start : start + made_count]
-                start += made_count
-                lsns, duplicate = tuple(p.lsn for p in mine), all(p.duplicate for p in mine)
-                work.finish(Outcome.ACCEPTED, IngestResult("accepted", lsns, duplicate))
+            _accept(owned, positions)
         finally:
             group.done.set()
         await self._apply(envelopes, positions)
+
+    async def _decode_group(self, group: Group) -> list[tuple[Work, list[Envelope]]]:
+        """Each message of a group parsed and mapped; a refused one is answered (and quarantined) here."""
+        received = self._clock().isoformat(timespec="milliseconds")
+        owned: list[tuple[Work, list[Envelope]]] = []
+        for work in group.works:
+            try:
+                made = self._decode(work, received)
+            except InputError as exc:
+                work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
+                continue
+            work.message_type = made[0].message_type if made else ""
+            owned.append((work, made))
+        return owned
+
+    async def _handle_clustered(self, group: Group, cluster: Cluster) -> None:
+        """The cluster's lane worker: each message to its partition, served here or forwarded to its owner."""
+        applied: list[tuple[list[Envelope], list[Position]]] = []
+        try:
+            by_partition: dict[int, list[tuple[Work, list[Envelope]]]] = {}
+            for work, made in await self._decode_group(group):
+                if made:
+                    by_partition.setdefault(cluster.partition_of(made[0]), []).append((work, made))
+                else:
+                    work.finish(Outcome.ACCEPTED, IngestResult("accepted"))
+            async with anyio.create_task_group() as tg:
+                for partition, owned in by_partition.items():
+                    tg.start_soon(self._append_partition, cluster, partition, owned, applied)
+        finally:
+            group.done.set()
+        for envelopes, positions in applied:
+            await self._apply(envelopes, positions)
+
+    async def _append_partition(
+        self,
+        cluster: Cluster,
+        partition: int,
+        owned: list[tuple[Work, list[Envelope]]],
+        applied: list[tuple[list[Envelope], list[Position]]],
+    ) -> None:
+        """Messages of one partition: appended with the owner's epoch, answered once durable as each lane's ack asks."""
+        epoch = cluster.enter(partition)
+        if epoch is None:
+            await self._forward(cluster, partition, [work for work, _made in owned])
+            return
+        try:
+            envelopes = [env for _work, made in owned for env in made]
+            try:
+                positions = await self.wal.append(envelopes, partition=partition, epoch=epoch)
+            except (DiskFullError, WALFailedError) as exc:
+                _retry_all([work for work, _made in owned], str(exc))
+                return
+            cluster.notify()
+            applied.append((envelopes, positions))
+            acks = self.config.cluster.ack
+            if any(getattr(acks, env.lane.value) == "cluster" for env in envelopes):
+                try:
+                    with anyio.fail_after(self.config.mllp.ack_timeout_s):
+                        await cluster.wait_replicated(partition, epoch, max(p.lsn for p in positions))
+                except (FencedError, TimeoutError) as exc:
+                    # Durable here but not in the stream: the source retries (to the new owner, if it moved).
+                    why = str(exc) or "the stream did not acknowledge in time"
+                    _retry_all([work for work, _made in owned], f"not replicated: {why}; retry")
+                    return
+            _accept(owned, positions)
+        finally:
+            cluster.leave(partition)
+
+    async def _forward(self, cluster: Cluster, partition: int, works: list[Work]) -> None:
+        """Messages of a partition this node does not serve: to its owner, whose answer is theirs."""
+        owner = cluster.owner(partition)
+        if owner is None or owner == cluster.node or any(w.source.startswith("forwarded:") for w in works):
+            # No owner now (a takeover in progress), or a forward that came back: the source retries shortly.
+            _retry_all(works, f"partition {partition} is between owners; retry")
+            return
+        for work in works:
+            answers = await cluster.forward(owner, work.raw, work.source)
+            if not answers:
+                _retry_all([work], f"partition {partition}'s owner {owner} did not answer; retry")
+                continue
+            answer = msgspec.convert(answers[0], IngestResult)
+            outcome = {"accepted": Outcome.ACCEPTED, "retry": Outcome.RETRY}.get(answer.outcome, Outcome.REJECTED)
+            reason = None if answer.error is None else InputError(str(answer.error.get("reason", "refused")))
+            work.finish(outcome, answer, reason)
+
+    async def _answer_forwarded(self, raw: bytes, source: str) -> bytes:
+        """A message another node forwarded here (this node owns its partition): ingested, answered in JSON."""
+        results = await self._ingest_stream(raw, source)
+        return msgspec.json.encode(results)
+
+    async def _adopt_partition(self, partition: int, batches: Sequence[ReplicaBatch]) -> None:
+        """A partition taken over: its earlier owners' records into the local log (duplicates skipped), applied."""
+        for batch in batches:
+            envelopes = [r.envelope for r in batch.records]
+            positions = await self.wal.append(envelopes, partition=partition, epoch=batch.epoch)
+            await self._apply(envelopes, positions)
 
     def _decode(self, work: Work, received: str) -> list[Envelope]:
         if work.kind is Kind.HL7V2:
@@ -709,6 +829,23 @@ class Node:
 
     def _dtm(self) -> str:
         return self._clock().strftime("%Y%m%d%H%M%S")
+
+
+def _accept(owned: Sequence[tuple[Work, Sequence[Envelope]]], positions: Sequence[Position]) -> None:
+    """Each message answered with its records' LSNs (a duplicate when all were there already)."""
+    start = 0
+    for work, made in owned:
+        mine = positions[start : start + len(made)]
+        start += len(made)
+        lsns, duplicate = tuple(p.lsn for p in mine), all(p.duplicate for p in mine)
+        work.finish(Outcome.ACCEPTED, IngestResult("accepted", lsns, duplicate))
+
+
+def _retry_all(works: Sequence[Work], why: str) -> None:
+    """A temporary failure: every one of these messages gets "retry" (AE/CE), and the sender sends it again."""
+    error = TemporaryError(why)
+    for work in works:
+        work.finish(Outcome.RETRY, IngestResult("retry", error=error.to_dict()), error)
 
 
 _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one

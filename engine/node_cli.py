@@ -46,14 +46,28 @@ def _address(value: str) -> tuple[str, int]:
 @click.option("--mllp", "mllp", help="Listen for MLLP on HOST:PORT (port 0: any free port).")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Ingest standard input, answer it, and stop.")
 @click.option("--watch", type=click.Path(file_okay=False, path_type=Path), help="A drop folder to ingest from.")
+@click.option("--nats", "nats_urls", help="Join a cluster over these NATS servers (URL[,URL...]).")
+@click.option("--node-id", help="This node's id in the cluster (default: node.id from the configuration).")
 @click.pass_obj
-def run(obj: Context, data: Path | None, mllp: str | None, watch: Path | None, *, use_stdin: bool) -> None:
+def run(
+    obj: Context,
+    data: Path | None,
+    mllp: str | None,
+    watch: Path | None,
+    *,
+    nats_urls: str | None,
+    node_id: str | None,
+    use_stdin: bool,
+) -> None:
     """Run a node: MLLP until SIGTERM/SIGINT, or stdin until its end.
 
     With --stdin, one JSON line per message says what became of it (accepted
     with its LSN, retry, rejected with the reason and quarantine id); the exit
     status is 0 only when every message is durable.
     """
+    obj.join_cluster(nats_urls, node_id)
+    if use_stdin and obj.config.cluster.enabled:
+        raise click.UsageError("--stdin runs a single node: a cluster node takes --mllp, --watch or NATS subjects")
     nats = bool(obj.config.nats.servers and obj.config.nats.subjects)
     if use_stdin == bool(mllp or watch or nats):
         raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR and/or [nats] in the config")
@@ -117,6 +131,8 @@ async def _serve(
             sys.stdout.write(f"vigil: listening on {address[0]}:{port}{' (TLS)' if tls else ''}\n")
         if watch is not None:
             sys.stdout.write(f"vigil: watching {watch}\n")
+        if node.config.cluster.enabled:
+            sys.stdout.write(f"vigil: node {node.config.node.id} joining the cluster\n")
         if node.admin_port is not None:
             host = node.config.admin.listen.rpartition(":")[0]
             sys.stdout.write(f"vigil: admin endpoint on {host}:{node.admin_port} (TLS)\n")

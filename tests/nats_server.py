@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -60,6 +61,65 @@ def nats_server(store: Path, extra: str = "") -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+@dataclass
+class NatsProcess:
+    """One server of a test cluster: its client URL, and its process (to kill and start again)."""
+
+    url: str
+    conf: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        port = int(self.url.rpartition(":")[2])
+        _wait_for_port(port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("nats-server did not start") from None
+            time.sleep(0.05)
+        else:
+            return
+
+
+@contextmanager
+def nats_cluster(store: Path, size: int = 3) -> Iterator[list[NatsProcess]]:
+    """A JetStream cluster of `size` servers on loopback (fsync on every write); yield them, kill them at the end."""
+    ports = [(_free_port(), _free_port()) for _ in range(size)]
+    routes = ", ".join(f"nats-route://127.0.0.1:{route}" for _client, route in ports)
+    servers = []
+    for i, (client, route) in enumerate(ports):
+        home = store / f"n{i}"
+        home.mkdir(parents=True, exist_ok=True)
+        conf = home / "nats.conf"
+        conf.write_text(
+            f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\n'
+            f'jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}\n'
+            f'cluster {{ name: "vigil-test", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n'
+        )
+        servers.append(NatsProcess(f"nats://127.0.0.1:{client}", conf))
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.kill()
 
 
 async def until_consumed(url: str, stream: str, durable: str, total: int, *, limit_s: float = 90) -> None:

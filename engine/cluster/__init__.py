@@ -1,0 +1,29 @@
+"""The cluster (node floor): partition leases, replication and failover over NATS JetStream.
+
+`partitions` and `leases` are pure (which partition, which owner, when a
+lease is stale); `replication` moves records between a node's log and the
+stream, with fencing; `coordinator` is one node's part, run by the node.
+"""
+
+from engine.cluster.coordinator import Cluster, ClusterStatistics, ingest_subject
+from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo
+from engine.cluster.partitions import fair_shares, partition_of, plan
+from engine.cluster.replication import FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
+
+__all__ = [
+    "Cluster",
+    "ClusterStatistics",
+    "FencedError",
+    "Freshness",
+    "Held",
+    "LeaseValue",
+    "MemberInfo",
+    "ReplicaBatch",
+    "ReplicaRecord",
+    "Replicator",
+    "decode_batch",
+    "fair_shares",
+    "ingest_subject",
+    "partition_of",
+    "plan",
+]

@@ -1,0 +1,590 @@
+"""One node's part in the cluster: heartbeats, partition leases, takeover, handover, forwarding.
+
+Every `renew_interval_s` the node writes its heartbeat, renews its leases
+(compare-and-set on each key's revision), reads everyone's, and computes
+the plan (`engine.cluster.partitions.plan`). It takes the free partitions the
+plan gives it, and hands over those the plan gives another live node.
+
+Taking a partition: win its lease (epoch + 1), write the epoch marker on its
+subject (fencing out any older owner), read the subject into the local log
+(the records of earlier owners; duplicates are answered by the log's
+idempotency index), then serve. Handing one over: stop taking its messages,
+let those in flight finish and replicate, then mark the lease released so
+the new owner takes it at once. A node that cannot renew (the broker is
+away, the process was paused) stops serving each lease `lease_ttl_s` after
+its last successful renewal began, before anyone may take it over.
+
+Messages for a partition served elsewhere are forwarded to its owner over
+NATS request/reply (`vigil.node.<id>.ingest`); the source is answered with
+the owner's answer, so it is acknowledged only once the owner made the
+record durable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, final
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from anyio.abc import TaskStatus
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+
+from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo, decode_lease, decode_member
+from engine.cluster.partitions import partition_of, plan
+from engine.cluster.replication import (
+    FencedError,
+    ReplicaBatch,
+    Replicator,
+    last_on_subject,
+    publish_marker,
+    read_partition,
+    subject_of,
+)
+from engine.config import ClusterConfig
+from engine.model import Envelope
+from engine.wal import WriteAheadLog
+
+__all__ = ["Adopt", "Cluster", "ClusterStatistics", "Forwarded", "ingest_subject"]
+
+_log = structlog.get_logger("vigil.cluster")
+_ENCODE = msgspec.json.Encoder()
+_CONNECT_RETRY_S = (0.2, 0.5, 1.0, 2.0)
+
+# Records of a partition taken over: append them to the local log and apply them.
+Adopt = Callable[[int, Sequence[ReplicaBatch]], Awaitable[None]]
+# A forwarded message: ingest it here, answer with the results (JSON).
+Forwarded = Callable[[bytes, str], Awaitable[bytes]]
+
+
+def ingest_subject(node: str) -> str:
+    """Where a node takes messages forwarded to it."""
+    return f"vigil.node.{node}.ingest"
+
+
+@final
+class ClusterStatistics(msgspec.Struct, frozen=True):
+    """What `vigil status` shows of the cluster."""
+
+    node: str
+    nats: str
+    serving: tuple[int, ...]
+    taking_over: tuple[int, ...]
+    members: tuple[str, ...]
+    partitions: int
+    replication_lag_records: int
+    published_records: int
+    forwarded_messages: int
+    takeovers: int
+    fenced: int
+
+
+@dataclass
+class _Lease:
+    held: Held
+    serving: bool = False
+    releasing: bool = False
+    in_flight: int = 0
+
+
+@final
+class Cluster:
+    """A node's membership: run it in the node's task group; ask it which partitions this node serves."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node: str,
+        wal: WriteAheadLog,
+        *,
+        servers: Sequence[str],
+        security: dict[str, object],
+        adopt: Adopt,
+        forwarded: Forwarded,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self._wal = wal
+        self._servers = list(servers)
+        self._security = security
+        self._adopt = adopt
+        self._forwarded = forwarded
+        self._clock = clock
+        self._leases: dict[int, _Lease] = {}
+        self._lease_seen = Freshness(config.lease_ttl_s)
+        self._member_seen = Freshness(config.lease_ttl_s)
+        self._owners: dict[int, str | None] = {}
+        self._lease_values: dict[int, LeaseValue] = {}
+        self._members: dict[str, MemberInfo] = {}
+        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self._client: Any = None
+        self._js: Any = None
+        self._replicator: Replicator | None = None
+        self._taking: set[int] = set()
+        self.state = "connecting"
+        self.forwarded_messages = 0
+        self.takeovers = 0
+        self.fenced = 0
+
+    # -- what the node asks ------------------------------------------------------------
+
+    def partition_of(self, envelope: Envelope) -> int:
+        """A message's partition: its patient's, else its id's (so a redelivery lands in the same one)."""
+        return partition_of(envelope.patient or envelope.message_id, self.config.partitions)
+
+    def enter(self, partition: int) -> int | None:
+        """Begin writing to a partition: its epoch while this node serves it, else None. Pair with `leave`."""
+        lease = self._leases.get(partition)
+        if lease is None or not lease.serving or lease.releasing or not lease.held.valid(self._clock()):
+            return None
+        lease.in_flight += 1
+        return lease.held.epoch
+
+    def leave(self, partition: int) -> None:
+        lease = self._leases.get(partition)
+        if lease is not None:
+            lease.in_flight -= 1
+
+    def serves(self, partition: int) -> bool:
+        lease = self._leases.get(partition)
+        return lease is not None and lease.serving and lease.held.valid(self._clock())
+
+    def owner(self, partition: int) -> str | None:
+        """The live owner of a partition as this node last saw it (None: none now)."""
+        owner = self._owners.get(partition)
+        return owner if owner and owner in self._live_members() else None
+
+    def notify(self) -> None:
+        """New records in the local log: replicate them."""
+        if self._replicator is not None:
+            self._replicator.notify()
+
+    async def wait_replicated(self, partition: int, epoch: int, lsn: int) -> None:
+        """Return once the record is in the stream.
+
+        Raises:
+            FencedError: the partition was lost first (the source should retry: the new owner takes it).
+        """
+        if self._replicator is None:
+            raise FencedError("not connected to the cluster")
+        await self._replicator.wait_replicated(partition, epoch, lsn)
+
+    async def forward(self, owner: str, raw: bytes, source: str) -> list[dict[str, Any]] | None:
+        """Send a message to its partition's owner: its answers (one per message in `raw`), or None without one."""
+        if self._client is None:
+            return None
+        try:
+            reply = await self._client.request(
+                ingest_subject(owner),
+                raw,
+                timeout=self.config.forward_timeout_s,
+                headers={"Vigil-Source": source, "Vigil-From": self.node},
+            )
+        except (nats.errors.Error, OSError) as exc:
+            _log.warning("cluster.forward_failed", owner=owner, error=type(exc).__name__)
+            return None
+        self.forwarded_messages += 1
+        answers = msgspec.json.decode(reply.data)
+        return answers if isinstance(answers, list) else None
+
+    def statistics(self) -> ClusterStatistics:
+        serving = tuple(sorted(p for p, lease in self._leases.items() if lease.serving))
+        return ClusterStatistics(
+            node=self.node,
+            nats=self.state,
+            serving=serving,
+            taking_over=tuple(sorted(self._taking)),
+            members=tuple(sorted(self._live_members())),
+            partitions=self.config.partitions,
+            replication_lag_records=self._replicator.lag_records() if self._replicator else 0,
+            published_records=self._replicator.published_records if self._replicator else 0,
+            forwarded_messages=self.forwarded_messages,
+            takeovers=self.takeovers,
+            fenced=self.fenced,
+        )
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join and stay in the cluster until cancelled; on a clean stop, hand every partition back."""
+        task_status.started()  # the node serves its sources at once; partitions come as leases are won
+        self._client = await self._connect()
+        try:
+            js = self._client.jetstream(timeout=self.config.publish_timeout_s)
+            self._js = js
+            leases, members = await self._prepare(js)
+            self._replicator = Replicator(
+                self._wal,
+                js,
+                node=self.node,
+                stream=self.config.stream,
+                subject_prefix=self.config.subject_prefix,
+                publish_timeout_s=self.config.publish_timeout_s,
+                records_max=self.config.publish_records_max,
+                valid=self._may_write,
+            )
+            sub = await self._client.subscribe(ingest_subject(self.node), cb=self._on_forwarded)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._replicator.run)
+                    tg.start_soon(self._coordinate, leases, members, tg)
+            finally:
+                with anyio.move_on_after(2, shield=True):
+                    await sub.unsubscribe()
+                with anyio.move_on_after(self.config.lease_ttl_s, shield=True):
+                    await self._leave(leases, members)
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                await self._client.close()
+
+    async def _connect(self) -> Any:
+        attempt = 0
+        while True:
+            try:
+                client = await nats.connect(
+                    servers=self._servers,
+                    name=f"vigil-cluster-{self.node}",
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=_on_error,
+                    **self._security,
+                )
+            except (OSError, nats.errors.Error) as exc:
+                self.state = "unreachable"
+                delay = _CONNECT_RETRY_S[min(attempt, len(_CONNECT_RETRY_S) - 1)]
+                _log.warning("cluster.connect_failed", error=type(exc).__name__, retry_in_s=delay)
+                attempt += 1
+                await anyio.sleep(delay)
+                continue
+            self.state = "connected"
+            return client
+
+    async def _on_disconnected(self) -> None:
+        self.state = "disconnected"
+        _log.warning("cluster.disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self.state = "connected"
+        _log.info("cluster.reconnected")
+        self.notify()  # what waited in the local log goes now
+
+    async def _prepare(self, js: Any) -> tuple[Any, Any]:
+        """The stream and the buckets (made if absent); a loud warning when the stream is weaker than configured."""
+        config = self.config
+        while True:
+            try:
+                await self._ensure_stream(js)
+                kv = KeyValueConfig(bucket="", history=1, replicas=config.replicas, storage=StorageType.FILE)
+                leases = await _bucket(js, kv, f"{config.bucket_prefix}_leases")
+                members = await _bucket(js, kv, f"{config.bucket_prefix}_members")
+            except (nats.errors.Error, OSError) as exc:
+                # A cluster electing its meta leader answers "unavailable" for a few seconds.
+                _log.warning("cluster.prepare_failed", error=type(exc).__name__, reason=str(exc)[:200])
+                await anyio.sleep(0.5)
+                continue
+            return leases, members
+
+    async def _ensure_stream(self, js: Any) -> None:
+        config = self.config
+        try:
+            info = await js.stream_info(config.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                StreamConfig(
+                    name=config.stream,
+                    subjects=[f"{config.subject_prefix}.>"],
+                    num_replicas=config.replicas,
+                    storage=StorageType.FILE,
+                    duplicate_window=120.0,
+                    allow_direct=True,
+                )
+            )
+            _log.info("cluster.stream_created", stream=config.stream, replicas=config.replicas)
+            return
+        replicas = info.config.num_replicas or 1
+        if replicas < config.replicas or info.config.storage != StorageType.FILE:
+            _log.error(
+                "cluster.replication_weaker_than_configured",
+                stream=config.stream,
+                replicas=replicas,
+                configured=config.replicas,
+                storage=str(info.config.storage),
+            )
+
+    async def _coordinate(self, leases: Any, members: Any, tg: Any) -> None:
+        interval = self.config.renew_interval_s
+        while True:
+            started = self._clock()
+            try:
+                await self._tick(leases, members, tg)
+            except (nats.errors.Error, OSError) as exc:
+                _log.warning("cluster.tick_failed", error=type(exc).__name__)
+            self._expire()
+            await anyio.sleep(max(0.0, interval - (self._clock() - started)))
+
+    async def _tick(self, leases: Any, members: Any, tg: Any) -> None:
+        await self._heartbeat(members)
+        await self._renew(leases)
+        await self._read_members(members)
+        await self._read_leases(leases)
+        now = self._clock()
+        live = self._live_members()
+        owners = {p: self._current_owner(p, now) for p in range(self.config.partitions)}
+        planned = plan(self.config.partitions, live, owners)
+        for p, owner in planned.items():
+            mine = self._leases.get(p)
+            if owner == self.node and mine is None and p not in self._taking and self._free(p, now):
+                self._taking.add(p)
+                tg.start_soon(self._take, leases, p)
+            elif owner != self.node and mine is not None and mine.serving and not mine.releasing:
+                mine.releasing = True
+                tg.start_soon(self._hand_over, leases, p, owner)
+
+    def _current_owner(self, p: int, now: float) -> str | None:
+        if p in self._leases:
+            return self.node
+        owner = self._owners.get(p)
+        return owner if owner and self._lease_seen.fresh(_lease_key(p), now) else None
+
+    def _free(self, p: int, now: float) -> bool:
+        """Whether a partition's lease may be taken: none, released, ours from before a restart, or expired."""
+        owner = self._owners.get(p)
+        return not owner or owner == self.node or not self._lease_seen.fresh(_lease_key(p), now)
+
+    def _live_members(self) -> set[str]:
+        now = self._clock()
+        live = {m for m in self._members if self._member_seen.fresh(m, now)}
+        live.add(self.node)
+        return live
+
+    async def _heartbeat(self, members: Any) -> None:
+        info = MemberInfo(
+            node=self.node,
+            started_at=self._started_at,
+            serving=tuple(sorted(p for p, lease in self._leases.items() if lease.serving)),
+            last_lsn=self._wal.last_lsn,
+            replication_lag_records=self._replicator.lag_records() if self._replicator else 0,
+            nats=self.state,
+        )
+        await members.put(self.node, _ENCODE.encode(info))
+
+    async def _renew(self, leases: Any) -> None:
+        async def one(p: int, lease: _Lease) -> None:
+            started = self._clock()
+            value = _ENCODE.encode(LeaseValue(self.node, lease.held.epoch))
+            try:
+                revision = await leases.update(_lease_key(p), value, last=lease.held.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                self._lose(p, "another node holds its lease now")
+                return
+            except (nats.errors.Error, OSError) as exc:
+                _log.warning("cluster.renew_failed", partition=p, error=type(exc).__name__)
+                return
+            if self._leases.get(p) is lease:
+                lease.held.revision = revision
+                lease.held.valid_until = started + self.config.lease_ttl_s
+
+        async with anyio.create_task_group() as tg:
+            for p, lease in list(self._leases.items()):
+                tg.start_soon(one, p, lease)
+
+    async def _read_members(self, members: Any) -> None:
+        now = self._clock()
+        for key in await _keys(self._js, members):
+            try:
+                entry = await members.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                self._member_seen.forget(key)
+                self._members.pop(key, None)
+                continue
+            info = decode_member(entry.value)
+            if info is not None:
+                self._members[key] = info
+                self._member_seen.observe(key, int(entry.revision), now)
+
+    async def _read_leases(self, leases: Any) -> None:
+        now = self._clock()
+
+        async def one(p: int) -> None:
+            key = _lease_key(p)
+            try:
+                entry = await leases.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                self._owners[p] = None
+                self._lease_values.pop(p, None)
+                self._lease_seen.forget(key)
+                return
+            value = decode_lease(entry.value)
+            self._owners[p] = value.owner if value is not None else None
+            if value is not None:
+                self._lease_values[p] = value
+            self._lease_seen.observe(key, int(entry.revision), now)
+
+        async with anyio.create_task_group() as tg:
+            for p in range(self.config.partitions):
+                tg.start_soon(one, p)
+
+    def _may_write(self, partition: int, epoch: int) -> bool:
+        lease = self._leases.get(partition)
+        return lease is not None and lease.held.epoch == epoch and lease.held.valid(self._clock())
+
+    def _expire(self) -> None:
+        """Stop serving every lease past its validity: another node may take it from now on."""
+        now = self._clock()
+        for p, lease in list(self._leases.items()):
+            if not lease.held.valid(now):
+                self._lose(p, "its lease could not be renewed in time")
+        if self._replicator is not None:
+            for p in self._replicator.fenced:
+                self._lose(p, "fenced out by a newer owner")
+                self.fenced += 1
+            self._replicator.fenced.clear()
+
+    def _lose(self, p: int, why: str) -> None:
+        lease = self._leases.pop(p, None)
+        if lease is None:
+            return
+        if self._replicator is not None:
+            self._replicator.drop(p)
+        _log.warning("cluster.partition_lost", partition=p, epoch=lease.held.epoch, reason=why)
+
+    # -- taking over and handing over ----------------------------------------------------
+
+    async def _take(self, leases: Any, p: int) -> None:
+        """Win the lease, fence the subject, read it into the local log, serve."""
+        began = self._clock()
+        key = _lease_key(p)
+        try:
+            held = await self._win(leases, p, key, began)
+            if held is None:
+                return
+            lease = _Lease(held)
+            self._leases[p] = lease
+            subject = subject_of(self.config.subject_prefix, p)
+            seq, _last = await last_on_subject(self._js, self.config.stream, subject)
+            marker = ReplicaBatch(self.node, p, held.epoch, self._wal.last_lsn)
+            marker_seq = await publish_marker(self._js, self.config.stream, subject, marker, seq)
+            batches = await read_partition(self._js, self.config.stream, subject, until_seq=marker_seq)
+            await self._adopt(p, batches)
+            if self._leases.get(p) is not lease or not held.valid(self._clock()):
+                return
+            assert self._replicator is not None
+            self._replicator.adopt(p, held.epoch, last_seq=marker_seq, cursor=self._wal.last_lsn)
+            lease.serving = True
+            self.takeovers += 1
+            records = sum(len(b.records) for b in batches)
+            took_ms = round((self._clock() - began) * 1000, 1)
+            _log.info("cluster.partition_serving", partition=p, epoch=held.epoch, records=records, took_ms=took_ms)
+        except FencedError as exc:
+            _log.warning("cluster.take_fenced", partition=p, reason=str(exc))
+            self._lose(p, "fenced while taking it over")
+        except (nats.errors.Error, OSError) as exc:
+            _log.warning("cluster.take_failed", partition=p, error=type(exc).__name__, reason=str(exc)[:200])
+            self._lose(p, "taking it over failed")
+        finally:
+            self._taking.discard(p)
+
+    async def _win(self, leases: Any, p: int, key: str, began: float) -> Held | None:
+        """The lease by compare-and-set on the revision judged free (epoch + 1); None when another node won it."""
+        revision = self._lease_seen.revision(key)
+        seen = self._lease_values.get(p)
+        epoch = (seen.epoch if seen is not None else 0) + 1
+        value = _ENCODE.encode(LeaseValue(self.node, epoch))
+        try:
+            if revision is None:
+                new_revision = await leases.create(key, value)
+            else:
+                # Only if it is still what we judged free: a renewal since then means its owner lives.
+                new_revision = await leases.update(key, value, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        return Held(p, epoch, int(new_revision), began + self.config.lease_ttl_s)
+
+    async def _hand_over(self, leases: Any, p: int, to: str) -> None:
+        """Orderly handover: finish and replicate what is in flight, then release the lease for `to`."""
+        lease = self._leases.get(p)
+        if lease is None:
+            return
+        with anyio.move_on_after(self.config.lease_ttl_s):
+            # A short, bounded poll of two counters other tasks move (an event per counter is not worth it here).
+            while lease.in_flight > 0 or self._unreplicated(p):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        if self._leases.get(p) is not lease:
+            return
+        self._leases.pop(p, None)
+        if self._replicator is not None:
+            self._replicator.drop(p)
+        try:
+            value = _ENCODE.encode(LeaseValue("", lease.held.epoch))
+            await leases.update(_lease_key(p), value, last=lease.held.revision)
+        except (nats.errors.Error, OSError) as exc:
+            _log.warning("cluster.release_failed", partition=p, error=type(exc).__name__)
+            return
+        _log.info("cluster.partition_handed_over", partition=p, to=to)
+
+    def _unreplicated(self, p: int) -> bool:
+        cursor = self._replicator.cursor(p) if self._replicator is not None else None
+        return cursor is not None and cursor < self._wal.last_lsn
+
+    async def drain(self) -> None:
+        """Before a clean stop: let the local log's records reach the stream (bounded by the caller's deadline)."""
+        while any(self._unreplicated(p) for p in list(self._leases)) and self.state == "connected":
+            self.notify()
+            await anyio.sleep(0.01)
+
+    async def _leave(self, leases: Any, members: Any) -> None:
+        """A clean stop: every partition released (its successor need not wait out the lease), the heartbeat gone."""
+        for p, lease in list(self._leases.items()):
+            self._leases.pop(p, None)
+            try:
+                value = _ENCODE.encode(LeaseValue("", lease.held.epoch))
+                await leases.update(_lease_key(p), value, last=lease.held.revision)
+            except (nats.errors.Error, OSError):
+                continue
+        try:
+            await members.delete(self.node)
+        except (nats.errors.Error, OSError):
+            return
+        _log.info("cluster.left", node=self.node)
+
+    async def _on_forwarded(self, msg: Any) -> None:
+        source = f"forwarded:{(msg.headers or {}).get('Vigil-From', '?')}"
+        reply = await self._forwarded(msg.data, source)
+        if msg.reply:
+            await msg.respond(reply)
+
+
+def _lease_key(p: int) -> str:
+    return f"p{p}"
+
+
+async def _bucket(js: Any, template: KeyValueConfig, name: str) -> Any:
+    try:
+        return await js.key_value(name)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(
+            bucket=name, history=template.history, replicas=template.replicas, storage=template.storage
+        )
+        return await js.create_key_value(config)
+
+
+async def _keys(js: Any, kv: Any) -> list[str]:
+    """A bucket's keys, from its stream's subjects (one request; a KV watcher is heavier and less sure)."""
+    info = await js.stream_info(kv._stream, subjects_filter=">")
+    prefix = kv._pre
+    return [s[len(prefix) :] for s in (info.state.subjects or {})]
+
+
+async def _on_error(exc: Exception) -> None:
+    _log.warning("cluster.nats_error", error=type(exc).__name__)

@@ -1,0 +1,346 @@
+"""Replication: each partition's records, from the owner's local log to its subject in the JetStream stream.
+
+The owner of partition N publishes its records, in LSN order, to
+`<prefix>.N`, several records to a stream message (`ReplicaBatch`). Every
+publish carries `Nats-Expected-Last-Subject-Sequence`: the stream takes it
+only if nothing else was written to that subject since this owner's last
+publish. A new owner's first act is to publish an *epoch marker* on the
+subject, so an old owner that wakes up (a paused process, a partitioned
+network) has its next publish refused: it is fenced out, and stops serving
+the partition at once. Publishes also carry `Nats-Msg-Id` (node, epoch, LSN
+range), so a retry of a publish whose ack was lost is deduplicated.
+
+Publishes of one partition are sequential (each needs the sequence the last
+one got); partitions publish concurrently, so the stream sees many publishes
+in flight. The stream itself says how far an owner got: the last message on
+a subject names its node, epoch and last LSN, so nothing else need be stored.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, final
+
+import anyio
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from engine.model import Envelope
+from engine.wal import LogRecord, WriteAheadLog
+
+__all__ = [
+    "FencedError",
+    "ReplicaBatch",
+    "ReplicaRecord",
+    "Replicator",
+    "decode_batch",
+    "last_on_subject",
+    "read_partition",
+]
+
+_log = structlog.get_logger("vigil.cluster")
+
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
+_RETRY_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+_READ_RECORDS_MAX = 4096  # records read from the local log per replication pass
+
+
+class FencedError(Exception):
+    """This node no longer owns the partition (another took it, or its lease ran out): nothing more is written."""
+
+
+@final
+class ReplicaRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One record as replicated: the origin's LSN and time, the message id, the envelope."""
+
+    lsn: int
+    recorded_at: str
+    message_id: str
+    envelope: Envelope
+
+
+@final
+class ReplicaBatch(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One stream message: records of one partition from one owner and epoch (none: an epoch marker).
+
+    `last_lsn` is the owner's local LSN the subject is replicated up to: the
+    last record's, or for a marker the owner's last LSN when it took over.
+    """
+
+    node: str
+    partition: int
+    epoch: int
+    last_lsn: int
+    records: tuple[ReplicaRecord, ...] = ()
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_BATCH = msgspec.msgpack.Decoder(ReplicaBatch)
+
+
+def decode_batch(data: bytes) -> ReplicaBatch | None:
+    """A stream message's batch, or None for anything else on the subject."""
+    try:
+        return _BATCH.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+def subject_of(prefix: str, partition: int) -> str:
+    return f"{prefix}.{partition}"
+
+
+async def last_on_subject(js: Any, stream: str, subject: str) -> tuple[int, ReplicaBatch | None]:
+    """The stream sequence of the subject's last message (0: none) and its batch."""
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        return 0, None
+    return int(msg.seq), decode_batch(msg.data or b"")
+
+
+async def publish_marker(js: Any, stream: str, subject: str, marker: ReplicaBatch, expected_seq: int) -> int:
+    """A new owner's epoch marker, written only if the subject is where the owner last saw it.
+
+    Raises:
+        FencedError: someone wrote to the subject in between.
+    """
+    headers = {
+        "Nats-Msg-Id": f"{marker.node}/p{marker.partition}/e{marker.epoch}/marker",
+        "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+    }
+    try:
+        ack = await js.publish(subject, _ENCODER.encode(marker), stream=stream, headers=headers)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code in _WRONG_LAST_SEQUENCE:
+            raise FencedError(f"partition {marker.partition}: the subject moved while taking it over") from None
+        raise
+    return int(ack.seq)
+
+
+async def read_partition(
+    js: Any, stream: str, subject: str, *, until_seq: int, batch_max: int = 256
+) -> list[ReplicaBatch]:
+    """Every batch on a partition's subject up to stream sequence `until_seq`, in order (a takeover's catch-up)."""
+    if until_seq <= 0:
+        return []
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    batches: list[ReplicaBatch] = []
+    try:
+        seq = 0
+        while seq < until_seq:
+            try:
+                msgs = await sub.fetch(batch_max, timeout=2.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                if seq > until_seq:
+                    break
+                batch = decode_batch(msg.data)
+                if batch is not None and batch.records:
+                    batches.append(batch)
+    finally:
+        with anyio.move_on_after(2, shield=True):
+            await sub.unsubscribe()
+    return batches
+
+
+@dataclass
+class _Partition:
+    """What the replicator keeps of one held partition."""
+
+    epoch: int
+    last_seq: int  # the subject's last stream sequence, as this owner wrote it
+    cursor: int  # every record of this partition and epoch up to this local LSN is in the stream
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def moved(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+@final
+class Replicator:
+    """Publishes the held partitions' records from the local log, and tells waiters when theirs are in the stream."""
+
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        js: Any,
+        *,
+        node: str,
+        stream: str,
+        subject_prefix: str,
+        publish_timeout_s: float,
+        records_max: int,
+        valid: Callable[[int, int], bool],
+    ) -> None:
+        self._wal = wal
+        self._js = js
+        self._node = node
+        self._stream = stream
+        self._prefix = subject_prefix
+        self._timeout_s = publish_timeout_s
+        self._records_max = records_max
+        self._valid = valid  # (partition, epoch) -> whether this node may still write it
+        self._held: dict[int, _Partition] = {}
+        self._wake = anyio.Event()
+        self.published_records = 0
+        self.fenced: list[int] = []  # partitions fenced out since the last look (the coordinator drops them)
+
+    def adopt(self, partition: int, epoch: int, *, last_seq: int, cursor: int) -> None:
+        """Start replicating a partition just taken (after its marker) or kept."""
+        self._held[partition] = _Partition(epoch, last_seq, cursor)
+        self.notify()
+
+    def drop(self, partition: int) -> None:
+        """Stop replicating a partition (lost, released): its waiters learn it at once."""
+        state = self._held.pop(partition, None)
+        if state is not None:
+            state.moved()
+
+    def notify(self) -> None:
+        """New records in the local log."""
+        self._wake.set()
+
+    def cursor(self, partition: int) -> int | None:
+        state = self._held.get(partition)
+        return None if state is None else state.cursor
+
+    def lag_records(self) -> int:
+        """Local records of held partitions not yet known to be in the stream (an upper bound)."""
+        if not self._held:
+            return 0
+        return max(0, self._wal.last_lsn - min(s.cursor for s in self._held.values()))
+
+    async def wait_replicated(self, partition: int, epoch: int, lsn: int) -> None:
+        """Return once the record at `lsn` (of this partition and epoch) is in the stream.
+
+        Raises:
+            FencedError: the partition was lost before it got there.
+        """
+        while True:
+            state = self._held.get(partition)
+            if state is None or state.epoch != epoch:
+                raise FencedError(f"partition {partition} was lost before its record reached the stream")
+            if state.cursor >= lsn:
+                return
+            await state.changed.wait()
+
+    async def run(self) -> None:
+        """Replicate until cancelled: each pass reads what is new and publishes it, partitions side by side."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._held and min(s.cursor for s in self._held.values()) < self._wal.last_lsn:
+                if not await self._pass():
+                    await anyio.sleep(_RETRY_S[-1])  # the broker is away: the records wait in the local log
+
+    async def _pass(self) -> bool:
+        """One read of the log and its publishes; False when some partition could not publish (retry later)."""
+        start = min(s.cursor for s in self._held.values()) + 1
+        records = await anyio.to_thread.run_sync(self._read, start)
+        if not records:
+            return True
+        end = records[-1].lsn
+        mine: dict[int, list[LogRecord]] = {}
+        for record in records:
+            state = self._held.get(record.partition)
+            # Imported records (an older epoch) and other partitions' records are not ours to publish.
+            if state is not None and record.epoch == state.epoch and record.lsn > state.cursor:
+                mine.setdefault(record.partition, []).append(record)
+        ok = True
+
+        async def one(partition: int, state: _Partition) -> None:
+            nonlocal ok
+            if not await self._publish_all(partition, state, mine.get(partition, [])):
+                ok = False
+                return
+            if self._held.get(partition) is state and state.cursor < end:
+                state.cursor = end
+                state.moved()
+
+        async with anyio.create_task_group() as tg:
+            for partition, state in list(self._held.items()):
+                if state.cursor < end:
+                    tg.start_soon(one, partition, state)
+        return ok
+
+    def _read(self, start: int) -> list[LogRecord]:
+        return list(itertools.islice(self._wal.read_from(start), _READ_RECORDS_MAX))
+
+    async def _publish_all(self, partition: int, state: _Partition, records: Sequence[LogRecord]) -> bool:
+        for i in range(0, len(records), self._records_max):
+            chunk = records[i : i + self._records_max]
+            batch = ReplicaBatch(
+                self._node,
+                partition,
+                state.epoch,
+                chunk[-1].lsn,
+                tuple(ReplicaRecord(r.lsn, r.recorded_at, r.message_id, r.envelope) for r in chunk),
+            )
+            try:
+                if not await self._publish(partition, state, batch):
+                    return False
+            except FencedError as exc:
+                _log.warning("cluster.fenced", partition=partition, epoch=state.epoch, reason=str(exc))
+                self.fenced.append(partition)
+                self.drop(partition)
+                return False
+            if self._held.get(partition) is state:
+                state.cursor = batch.last_lsn
+                state.moved()
+            self.published_records += len(chunk)
+        return True
+
+    async def _publish(self, partition: int, state: _Partition, batch: ReplicaBatch) -> bool:
+        """One batch, retried with the same id while the lease holds; False when the broker stays away.
+
+        Raises:
+            FencedError: the subject moved on without us, or the lease ran out.
+        """
+        subject = subject_of(self._prefix, partition)
+        first = batch.records[0].lsn
+        body = _ENCODER.encode(batch)
+        headers = {
+            "Nats-Msg-Id": f"{self._node}/p{partition}/e{batch.epoch}/{first}-{batch.last_lsn}",
+            "Nats-Expected-Last-Subject-Sequence": str(state.last_seq),
+        }
+        for delay in _RETRY_S:
+            if not self._valid(partition, state.epoch):
+                raise FencedError(f"partition {partition}: the lease ran out before the publish")
+            try:
+                ack = await self._js.publish(
+                    subject, body, timeout=self._timeout_s, stream=self._stream, headers=dict(headers)
+                )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    _log.warning("cluster.publish_failed", partition=partition, error=type(exc).__name__)
+                    await anyio.sleep(delay)
+                    continue
+                # Our own earlier attempt may have landed with its ack lost: then the subject ends with it.
+                seq, last = await last_on_subject(self._js, self._stream, subject)
+                landed = (self._node, state.epoch, batch.last_lsn)
+                if last is not None and (last.node, last.epoch, last.last_lsn) == landed:
+                    state.last_seq = seq
+                    return True
+                raise FencedError(f"partition {partition}: another owner wrote to it") from None
+            except (nats.errors.Error, OSError) as exc:
+                _log.warning("cluster.publish_failed", partition=partition, error=type(exc).__name__)
+                await anyio.sleep(delay)
+                continue
+            state.last_seq = int(ack.seq)  # a deduplicated retry names the first attempt's sequence
+            return True
+        return False
