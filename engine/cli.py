@@ -22,6 +22,7 @@ from rich.table import Table
 
 from engine.auth_cli import AUDIT_COMMANDS, break_glass, lock, login, logout, passwd, unlock, user, whoami
 from engine.cli_context import Context
+from engine.cluster_cli import cluster
 from engine.db_cli import db, worklist
 from engine.decode import Decoded, decode_input
 from engine.demo import STORY_MESSAGES, DemoReport, run_demo
@@ -270,6 +271,7 @@ cli.add_command(patient)
 cli.add_command(log)
 cli.add_command(db)
 cli.add_command(worklist)
+cli.add_command(cluster)
 for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:

@@ -86,7 +86,17 @@ def _status_view(report: dict[str, Any]) -> Group:
         f"sessions: {auth.get('sessions_active', 0)} active, {auth.get('sessions_locked', 0)} locked; "
         f"break-the-glass reviews open: {auth.get('break_glass_reviews_open', 0)}"
     )
-    return Group(summary, table, tail, read_side, sessions)
+    cluster = report.get("cluster", "off")
+    if isinstance(cluster, dict):
+        membership = Text(
+            f"cluster: nats {cluster['nats']}; serving {len(cluster['serving'])} of {cluster['partitions']} "
+            f"partitions ({', '.join(str(p) for p in cluster['serving']) or 'none'}); members "
+            f"{', '.join(cluster['members'])}; replication lag {cluster['replication_lag_records']:,} records; "
+            f"{cluster['takeovers']} takeovers, {cluster['forwarded_messages']:,} forwarded, {cluster['fenced']} fenced"
+        )
+    else:
+        membership = Text("cluster: off (a single node)")
+    return Group(summary, table, tail, read_side, sessions, membership)
 
 
 @click.command("top")

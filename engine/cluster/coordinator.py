@@ -50,7 +50,7 @@ from engine.cluster.replication import (
 )
 from engine.config import ClusterConfig
 from engine.model import Envelope
-from engine.wal import WriteAheadLog
+from engine.wal import LogRecord, WriteAheadLog
 
 __all__ = ["Adopt", "Cluster", "ClusterStatistics", "Forwarded", "ingest_subject"]
 
@@ -476,11 +476,15 @@ class Cluster:
             marker = ReplicaBatch(self.node, p, held.epoch, self._wal.last_lsn)
             marker_seq = await publish_marker(self._js, self.config.stream, subject, marker, seq)
             batches = await read_partition(self._js, self.config.stream, subject, until_seq=marker_seq)
-            await self._adopt(p, batches)
+            orphans = await anyio.to_thread.run_sync(self._orphans, p, held.epoch, batches)
+            await self._adopt(p, [b for b in batches if b.records])
             if self._leases.get(p) is not lease or not held.valid(self._clock()):
                 return
             assert self._replicator is not None
             self._replicator.adopt(p, held.epoch, last_seq=marker_seq, cursor=self._wal.last_lsn)
+            if orphans and not await self._replicator.publish_backlog(p, orphans):
+                self._lose(p, "its unreplicated records could not be published")
+                return
             lease.serving = True
             self.takeovers += 1
             records = sum(len(b.records) for b in batches)
@@ -494,6 +498,25 @@ class Cluster:
             self._lose(p, "taking it over failed")
         finally:
             self._taking.discard(p)
+
+    def _orphans(self, p: int, epoch: int, batches: Sequence[ReplicaBatch]) -> list[LogRecord]:
+        """This node's records of the partition from its previous epoch that never reached the stream.
+
+        Written just before a crash or during an outage. Each takeover looks at
+        the previous epoch this node held, after its last batch on the subject;
+        what the stream has (by message id, from any owner) is not missing.
+        """
+        prior = [b for b in batches if b.node == self.node and b.epoch < epoch]
+        if not prior:
+            return []
+        previous = prior[-1].epoch
+        after = max(b.last_lsn for b in prior if b.epoch == previous)
+        present = {r.message_id for b in batches for r in b.records}
+        return [
+            r
+            for r in self._wal.read_from(after + 1)
+            if r.partition == p and r.epoch == previous and r.message_id not in present
+        ]
 
     async def _win(self, leases: Any, p: int, key: str, began: float) -> Held | None:
         """The lease by compare-and-set on the revision judged free (epoch + 1); None when another node won it."""

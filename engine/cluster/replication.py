@@ -126,7 +126,7 @@ async def publish_marker(js: Any, stream: str, subject: str, marker: ReplicaBatc
 async def read_partition(
     js: Any, stream: str, subject: str, *, until_seq: int, batch_max: int = 256
 ) -> list[ReplicaBatch]:
-    """Every batch on a partition's subject up to stream sequence `until_seq`, in order (a takeover's catch-up)."""
+    """Every batch on a partition's subject up to stream sequence `until_seq`, in order, markers included."""
     if until_seq <= 0:
         return []
     config = ConsumerConfig(
@@ -149,7 +149,7 @@ async def read_partition(
                 if seq > until_seq:
                     break
                 batch = decode_batch(msg.data)
-                if batch is not None and batch.records:
+                if batch is not None:
                     batches.append(batch)
     finally:
         with anyio.move_on_after(2, shield=True):
@@ -210,6 +210,16 @@ class Replicator:
         state = self._held.pop(partition, None)
         if state is not None:
             state.moved()
+
+    async def publish_backlog(self, partition: int, records: Sequence[LogRecord]) -> bool:
+        """Publish, under the partition's new epoch, this node's records of it that never reached the stream.
+
+        They were written before a crash or an outage, in an earlier epoch of
+        this node's, and found missing from the subject at takeover. False
+        when they could not all be published (the partition is then not served).
+        """
+        state = self._held.get(partition)
+        return state is not None and await self._publish_all(partition, state, records)
 
     def notify(self) -> None:
         """New records in the local log."""
@@ -299,7 +309,7 @@ class Replicator:
                 self.fenced.append(partition)
                 self.drop(partition)
                 return False
-            if self._held.get(partition) is state:
+            if self._held.get(partition) is state and batch.last_lsn > state.cursor:
                 state.cursor = batch.last_lsn
                 state.moved()
             self.published_records += len(chunk)
