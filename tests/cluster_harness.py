@@ -91,6 +91,8 @@ class VigilNode:
         self.signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait(timeout=30)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -214,8 +214,30 @@ class Cluster:
     # -- running -----------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Join and stay in the cluster until cancelled; on a clean stop, hand every partition back."""
+        """Join and stay in the cluster until cancelled; on a clean stop, hand every partition back.
+
+        The cluster is a part the node can lose without stopping (invariant 6):
+        when a session with the broker fails in a way not handled below it,
+        every partition is given up at once (it may no longer be ours), the
+        failure is logged, and a new session begins after a pause.
+        """
         task_status.started()  # the node serves its sources at once; partitions come as leases are won
+        failures = 0
+        while True:
+            try:
+                await self._session()
+            # Any failure (alone or in a task group's ExceptionGroup), even a bug: the node's local log,
+            # its sources and its actors must outlive the cluster part. Cancellation is not caught.
+            except Exception as exc:  # noqa: BLE001
+                failures += 1
+                delay = _CONNECT_RETRY_S[min(failures, len(_CONNECT_RETRY_S) - 1)]
+                _log.error("cluster.session_failed", error=type(exc).__name__, reason=str(exc)[:200], retry_in_s=delay)
+                self._give_up_all("the session with the broker failed")
+                self.state = "restarting"
+                await anyio.sleep(delay)
+
+    async def _session(self) -> None:
+        """One connection's life: the stream and buckets, the replicator, the forwarding inbox, the ticks."""
         self._client = await self._connect()
         try:
             js = self._client.jetstream(timeout=self.config.publish_timeout_s)
@@ -244,6 +266,11 @@ class Cluster:
         finally:
             with anyio.move_on_after(2, shield=True):
                 await self._client.close()
+
+    def _give_up_all(self, why: str) -> None:
+        for p in list(self._leases):
+            self._lose(p, why)
+        self._taking.clear()
 
     async def _connect(self) -> Any:
         attempt = 0

@@ -48,6 +48,7 @@ _log = structlog.get_logger("vigil.cluster")
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
 _RETRY_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _READ_RECORDS_MAX = 4096  # records read from the local log per replication pass
+_READ_TIMEOUT_S = 60.0  # a takeover's read of one subject; past it the takeover fails and is tried again
 
 
 class FencedError(Exception):
@@ -139,18 +140,23 @@ async def read_partition(
     batches: list[ReplicaBatch] = []
     try:
         seq = 0
-        while seq < until_seq:
-            try:
-                msgs = await sub.fetch(batch_max, timeout=2.0)
-            except nats.errors.TimeoutError:
-                continue
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                if seq > until_seq:
-                    break
-                batch = decode_batch(msg.data)
-                if batch is not None:
-                    batches.append(batch)
+        with anyio.fail_after(_READ_TIMEOUT_S):
+            while seq < until_seq:
+                try:
+                    msgs = await sub.fetch(batch_max, timeout=2.0)
+                except nats.errors.TimeoutError:
+                    continue
+                except nats.js.errors.ServiceUnavailableError:
+                    # A new consumer on a replicated stream answers 503 until it has a leader.
+                    await anyio.sleep(0.1)
+                    continue
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if seq > until_seq:
+                        break
+                    batch = decode_batch(msg.data)
+                    if batch is not None:
+                        batches.append(batch)
     finally:
         with anyio.move_on_after(2, shield=True):
             await sub.unsubscribe()
@@ -341,7 +347,12 @@ class Replicator:
                     await anyio.sleep(delay)
                     continue
                 # Our own earlier attempt may have landed with its ack lost: then the subject ends with it.
-                seq, last = await last_on_subject(self._js, self._stream, subject)
+                try:
+                    seq, last = await last_on_subject(self._js, self._stream, subject)
+                except (nats.errors.Error, OSError) as exc:
+                    _log.warning("cluster.publish_failed", partition=partition, error=type(exc).__name__)
+                    await anyio.sleep(delay)
+                    continue
                 landed = (self._node, state.epoch, batch.last_lsn)
                 if last is not None and (last.node, last.epoch, last.last_lsn) == landed:
                     state.last_seq = seq
