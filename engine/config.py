@@ -211,6 +211,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         stream, subject_prefix: the replicated log: partition N's records go
             to `<subject_prefix>.N` in `stream`.
         bucket_prefix: the key-value buckets `<prefix>_leases` and `<prefix>_members`.
+        placement: the NATS cluster (region) that holds the stream and the
+            buckets when several are joined by gateways; empty: the server chooses.
         publish_timeout_s: one replication publish waits this long for the
             stream's ack before it is retried (with the same Nats-Msg-Id).
         forward_timeout_s: a message for another node's partition is
@@ -228,6 +230,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "VIGIL_LOG"
     subject_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "vigil.log"
     bucket_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "vigil"
+    placement: str = ""
     publish_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     forward_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     publish_records_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256

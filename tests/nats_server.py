@@ -122,6 +122,39 @@ def nats_cluster(store: Path, size: int = 3) -> Iterator[list[NatsProcess]]:
             server.kill()
 
 
+@contextmanager
+def nats_regions(store: Path, sizes: dict[str, int]) -> Iterator[dict[str, list[NatsProcess]]]:
+    """NATS clusters (regions) joined by gateways, one JetStream meta group over all; yield each region's servers."""
+    ports = {region: [(_free_port(), _free_port(), _free_port()) for _ in range(n)] for region, n in sizes.items()}
+    gateways = ", ".join(
+        f'{{name: "{region}", urls: [{", ".join(f"nats://127.0.0.1:{g}" for _c, _r, g in members)}]}}'
+        for region, members in ports.items()
+    )
+    regions: dict[str, list[NatsProcess]] = {}
+    for region, members in ports.items():
+        routes = ", ".join(f"nats-route://127.0.0.1:{r}" for _c, r, _g in members)
+        for i, (client, route, gateway) in enumerate(members):
+            home = store / f"{region}{i}"
+            home.mkdir(parents=True, exist_ok=True)
+            conf = home / "nats.conf"
+            conf.write_text(
+                f'server_name: "{region}{i}"\nlisten: "127.0.0.1:{client}"\n'
+                f'jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}\n'
+                f'cluster {{ name: "{region}", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n'
+                f'gateway {{ name: "{region}", listen: "127.0.0.1:{gateway}", gateways: [{gateways}] }}\n'
+            )
+            regions.setdefault(region, []).append(NatsProcess(f"nats://127.0.0.1:{client}", conf))
+    try:
+        for servers in regions.values():
+            for server in servers:
+                server.start()
+        yield regions
+    finally:
+        for servers in regions.values():
+            for server in servers:
+                server.kill()
+
+
 async def until_consumed(url: str, stream: str, durable: str, total: int, *, limit_s: float = 90) -> None:
     """Wait (bounded) until the durable consumer has been delivered `total` messages and settled every one."""
     client = await nats.connect(url)

@@ -39,7 +39,7 @@ from tests.cluster_harness import (
     vigil_cluster,
     wait_all_served,
 )
-from tests.nats_server import NatsProcess, nats_cluster
+from tests.nats_server import NatsProcess, nats_cluster, nats_regions
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -191,3 +191,32 @@ def test_killing_a_nats_server_loses_nothing_acknowledged(
     survivors = ",".join(s.url for s in servers[1:])
     _check_exactly_once(survivors, senders, tag="N")
     wait_all_served(survivors, PARTITIONS, {n.node_id for n in nodes})
+
+
+def test_two_regions_joined_by_a_gateway_share_partitions_and_survive_losing_one(tmp_path: Path) -> None:
+    """Two NATS clusters (regions east and west) joined by a gateway; the stream and leases live in east.
+
+    A node in each region, each connected to its own region's server: they share the partitions, and
+    messages given to west for east's partitions cross the gateway. West is lost (its server and node
+    killed): east serves every partition, and nothing acknowledged is lost.
+    """
+    with nats_regions(tmp_path / "nats", {"east": 2, "west": 1}) as regions:
+        east = ",".join(s.url for s in regions["east"])
+        west = regions["west"][0].url
+        extra = 'placement = "east"'
+        with vigil_cluster(tmp_path, east, 2, replicas=2, node_urls=[east, west], cluster_extra=extra) as nodes:
+            wait_all_served(east, PARTITIONS, {"node0", "node1"})
+            status = cluster_status(east)
+            assert str(status["stream"]["leader"]).startswith("east")  # type: ignore[index]
+            assert all(m["serving"] for m in status["members"])  # type: ignore[union-attr, index]
+            senders = _feed([nodes[1]], 600, senders=2, tag="W")  # everything arrives in west
+            _join(_run(senders), senders)
+            regions["west"][0].kill()
+            nodes[1].kill()
+            taken = wait_all_served(east, PARTITIONS, {"node0"}, limit_s=30)
+            after = _feed([nodes[0]], 300, senders=2, tag="E")
+            _join(_run(after), after)
+            _check_exactly_once(east, senders, tag="W")
+            _check_exactly_once(east, after, tag="E")
+            print(f"west lost: east served every partition after {taken:.2f} s (polled)")
+            assert "cluster.forward" not in nodes[1].logs()  # forwarding worked, never failed

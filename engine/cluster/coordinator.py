@@ -35,7 +35,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from anyio.abc import TaskStatus
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, Placement, StorageType, StreamConfig
 
 from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo, decode_lease, decode_member
 from engine.cluster.partitions import partition_of, plan
@@ -312,7 +312,10 @@ class Cluster:
         while True:
             try:
                 await self._ensure_stream(js)
-                kv = KeyValueConfig(bucket="", history=1, replicas=config.replicas, storage=StorageType.FILE)
+                placement = self._placement()
+                kv = KeyValueConfig(
+                    bucket="", history=1, replicas=config.replicas, storage=StorageType.FILE, placement=placement
+                )
                 leases = await _bucket(js, kv, f"{config.bucket_prefix}_leases")
                 members = await _bucket(js, kv, f"{config.bucket_prefix}_members")
             except (nats.errors.Error, OSError) as exc:
@@ -335,6 +338,7 @@ class Cluster:
                     storage=StorageType.FILE,
                     duplicate_window=120.0,
                     allow_direct=True,
+                    placement=self._placement(),
                 )
             )
             _log.info("cluster.stream_created", stream=config.stream, replicas=config.replicas)
@@ -348,6 +352,9 @@ class Cluster:
                 configured=config.replicas,
                 storage=str(info.config.storage),
             )
+
+    def _placement(self) -> Placement | None:
+        return Placement(cluster=self.config.placement) if self.config.placement else None
 
     async def _coordinate(self, leases: Any, members: Any, tg: Any) -> None:
         interval = self.config.renew_interval_s
@@ -624,7 +631,11 @@ async def _bucket(js: Any, template: KeyValueConfig, name: str) -> Any:
         return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         config = KeyValueConfig(
-            bucket=name, history=template.history, replicas=template.replicas, storage=template.storage
+            bucket=name,
+            history=template.history,
+            replicas=template.replicas,
+            storage=template.storage,
+            placement=template.placement,
         )
         return await js.create_key_value(config)
 
