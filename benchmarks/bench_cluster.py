@@ -66,11 +66,15 @@ def _until_served(urls: str, live: set[str], limit_s: float = 60) -> float:
 
 
 def _throughput(base: Path, nodes_count: int, senders_count: int, seconds: float) -> dict[str, Any]:
-    """Acknowledged messages per second with `senders_count` connections spread over `nodes_count` nodes."""
+    """Acknowledged messages per second with `senders_count` connections spread over `nodes_count` nodes.
+
+    `nodes_count` 0: one node without a cluster (no NATS at all), the baseline.
+    """
     with nats_cluster(base / "nats") as servers:
-        urls = ",".join(s.url for s in servers)
-        with vigil_cluster(base, urls, nodes_count) as nodes:
-            _until_served(urls, {n.node_id for n in nodes})
+        urls = ",".join(s.url for s in servers) if nodes_count else ""
+        with vigil_cluster(base, urls, max(1, nodes_count)) as nodes:
+            if nodes_count:
+                _until_served(urls, {n.node_id for n in nodes})
             senders = [
                 Sender(nodes, list(range(i, 10_000_000, senders_count)), 500, tag=f"T{nodes_count}")
                 for i in range(senders_count)
@@ -153,6 +157,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="vigil-bench-cluster-"))
     try:
         rows = [
+            _throughput(base / "embedded", 0, 16, seconds),
             _throughput(base / "one", 1, 16, seconds),
             _throughput(base / "three", 3, 16, seconds),
         ]
@@ -160,16 +165,19 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     fail_if(any(r["per_s"] <= 0 for r in rows), "no message acknowledged")
-    ratio = rows[1]["per_s"] / rows[0]["per_s"]
+    ratio = rows[2]["per_s"] / rows[1]["per_s"]
+    replication_cost = rows[1]["per_s"] / rows[0]["per_s"]
     console = Console(width=max(100, Console().width))
     table = Table(title="Cluster throughput: R3 stream, ack after local fsync and the stream's ack (all lanes)")
     for name in ("nodes", "MLLP connections", "acknowledged/s", "ACK p50 ms", "ACK p99 ms"):
         table.add_column(name, justify="right")
     for r in rows:
         cells = (f"{r['per_s']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
-        table.add_row(str(r["nodes"]), str(r["connections"]), *cells)
+        label = str(r["nodes"]) if r["nodes"] else "1, no cluster"
+        table.add_row(label, str(r["connections"]), *cells)
     console.print(table)
     console.print(f"3 nodes / 1 node: [bold]{ratio:.2f}x[/] (all on this machine's 2 cores, with the 3 NATS servers)")
+    console.print(f"1 clustered node / 1 node without a cluster: [bold]{replication_cost:.2f}x[/] (the cost of R3)")
     kills_table = Table(title=f"Takeover: SIGKILL to every partition served again (seed {seed})")
     for name in ("what died", "kills", "p50 s", "max s"):
         kills_table.add_column(name, justify="right")
@@ -180,7 +188,13 @@ def main() -> None:
     console.print(kills_table)
     console.print(f"messages acknowledged during the kills: {takeover['acked']:,}")
     if args.json is not None:
-        doc = {"throughput": rows, "three_vs_one": round(ratio, 3), "takeover": takeover, "seed": seed}
+        doc = {
+            "throughput": rows,
+            "three_vs_one": round(ratio, 3),
+            "clustered_vs_embedded": round(replication_cost, 3),
+            "takeover": takeover,
+            "seed": seed,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
 

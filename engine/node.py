@@ -362,6 +362,26 @@ class Node:
         )
         return msgspec.to_builtins(view)
 
+    async def _append_command(self, env: Envelope) -> list[Position]:
+        """A command about a patient into the log; in a cluster, in its partition's epoch and into the stream first."""
+        cluster = self._cluster
+        try:
+            if cluster is None:
+                return await self.wal.append([env])
+            partition = cluster.partition_of(env)
+            epoch = cluster.enter(partition)
+            if epoch is None:
+                raise AdminError(f"this patient's partition ({partition}) is not served here now: retry")
+            try:
+                positions = await self.wal.append([env], partition=partition, epoch=epoch)
+                with anyio.fail_after(self.config.mllp.ack_timeout_s):
+                    await cluster.wait_replicated(partition, epoch, positions[0].lsn)
+            finally:
+                cluster.leave(partition)
+        except (DiskFullError, WALFailedError, FencedError, TimeoutError) as exc:
+            raise AdminError(f"not recorded, retry: {exc or 'the stream did not acknowledge in time'}") from None
+        return positions
+
     def _check_served(self, patient: str) -> None:
         """In a cluster, a record is answered by its partition's owner only: another node's copy may be behind."""
         cluster = self._cluster
@@ -384,6 +404,7 @@ class Node:
         access = await self.auth.authorize(
             request, Permission.RESULT_ACKNOWLEDGE, patient=patient, action="acknowledge"
         )
+        self._check_served(patient)
         by = access.user.id
         note = request.get("note")
         view = await self.patient(patient)
@@ -394,10 +415,7 @@ class Node:
         now = utc_now()
         note_text = note if isinstance(note, str) else ""
         env = acknowledgement(patient, result_key, by, note_text, request_id=request_id, now=now)
-        try:
-            positions = await self.wal.append([env])
-        except (DiskFullError, WALFailedError) as exc:
-            raise AdminError(f"not recorded, retry: {exc}") from None
+        positions = await self._append_command(env)
         await self._apply([env], positions)
         return {"lsn": positions[0].lsn, "duplicate": positions[0].duplicate, "acknowledged_at": now}
 
@@ -745,7 +763,6 @@ class Node:
             except (DiskFullError, WALFailedError) as exc:
                 _retry_all([work for work, _made in owned], str(exc))
                 return
-            cluster.notify()
             applied.append((envelopes, positions))
             acks = self.config.cluster.ack
             if any(getattr(acks, env.lane.value) == "cluster" for env in envelopes):

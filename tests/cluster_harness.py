@@ -75,7 +75,8 @@ class VigilNode:
         self.starts += 1
         log = (self.data.parent / f"{self.node_id}.{self.starts}.log").open("wb")
         args = [VIGIL, "--config", str(self.config), "run", "--mllp", "127.0.0.1:0", "--data", str(self.data)]
-        args += ["--nats", self.urls, "--node-id", self.node_id]
+        if self.urls:  # without: a single node on the embedded default (a benchmark's baseline)
+            args += ["--nats", self.urls, "--node-id", self.node_id]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
         log.close()
         assert self.proc.stdout is not None

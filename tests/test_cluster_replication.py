@@ -16,7 +16,7 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from engine.cluster import Cluster, FencedError, ReplicaBatch, Replicator, decode_batch
+from engine.cluster import Cluster, FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
 from engine.cluster.replication import last_on_subject, publish_marker, read_partition
 from engine.config import ClusterConfig
 from engine.decode import Decoder
@@ -53,9 +53,9 @@ async def _js(url: str) -> Any:
     return client, js
 
 
-def _replicator(wal: WriteAheadLog, js: Any, node: str, valid: Any = None) -> Replicator:
-    return Replicator(
-        wal,
+async def _replicator(tg: Any, wal: WriteAheadLog, js: Any, node: str, valid: Any = None) -> Replicator:
+    """A running replicator, told of the log's durable records."""
+    replicator = Replicator(
         js,
         node=node,
         stream=STREAM,
@@ -64,6 +64,9 @@ def _replicator(wal: WriteAheadLog, js: Any, node: str, valid: Any = None) -> Re
         records_max=8,
         valid=valid or (lambda _p, _e: True),
     )
+    await tg.start(replicator.run)
+    wal.on_durable = replicator.on_durable
+    return replicator
 
 
 async def _stream_ids(js: Any, partition: int) -> list[str]:
@@ -76,14 +79,13 @@ async def test_records_reach_the_stream_in_order_and_waiters_are_told(tmp_path: 
     """Batches of at most `records_max`, in LSN order; `wait_replicated` returns once the stream has the record."""
     client, js = await _js(nats_url)
     async with open_wal(tmp_path / "a") as wal, anyio.create_task_group() as tg:
-        replicator = _replicator(wal, js, "a")
+        replicator = await _replicator(tg, wal, js, "a")
         seq = await publish_marker(js, STREAM, f"{PREFIX}.0", ReplicaBatch("a", 0, 1, 0), 0)
         replicator.adopt(0, 1, last_seq=seq, cursor=wal.last_lsn)
-        tg.start_soon(replicator.run)
         envelopes = _envelopes(range(20))
         positions = await wal.append(envelopes, partition=0, epoch=1)
         await wal.append(_envelopes(range(3), tag="OTHER"), partition=1, epoch=1)  # not held: not published
-        replicator.notify()
+        await wal.append(_envelopes(range(3), tag="OLD"), partition=0, epoch=0)  # another epoch: not published
         with anyio.fail_after(10):
             await replicator.wait_replicated(0, 1, positions[-1].lsn)
         assert [e.message_id for e in envelopes] == await _stream_ids(js, 0)
@@ -98,19 +100,16 @@ async def test_a_new_owners_marker_fences_the_old_owner(tmp_path: Path, nats_url
     client, js = await _js(nats_url)
     subject = f"{PREFIX}.3"
     async with open_wal(tmp_path / "a") as wal, anyio.create_task_group() as tg:
-        old = _replicator(wal, js, "a")
+        old = await _replicator(tg, wal, js, "a")
         seq = await publish_marker(js, STREAM, subject, ReplicaBatch("a", 3, 1, 0), 0)
         old.adopt(3, 1, last_seq=seq, cursor=wal.last_lsn)
-        tg.start_soon(old.run)
         first = await wal.append(_envelopes(range(5)), partition=3, epoch=1)
-        old.notify()
         with anyio.fail_after(10):
             await old.wait_replicated(3, 1, first[-1].lsn)
         # Another node takes the partition (epoch 2) while this one, paused, did not notice.
         last_seq, _ = await last_on_subject(js, STREAM, subject)
         await publish_marker(js, STREAM, subject, ReplicaBatch("b", 3, 2, 0), last_seq)
         late = await wal.append(_envelopes(range(5, 8)), partition=3, epoch=1)
-        old.notify()
         with anyio.fail_after(10), pytest.raises(FencedError):
             await old.wait_replicated(3, 1, late[-1].lsn)
         assert old.fenced == [3]
@@ -125,21 +124,16 @@ async def test_a_publish_that_landed_with_its_ack_lost_is_not_written_twice(tmp_
     """The retry meets "wrong last sequence", finds its own batch at the subject's end, and counts it as done."""
     client, js = await _js(nats_url)
     subject = f"{PREFIX}.0"
-    async with open_wal(tmp_path / "a") as wal, anyio.create_task_group() as tg:
+    when = "2026-11-27T08:00:00.000000+00:00"
+    envelopes = _envelopes(range(3))
+    async with open_wal(tmp_path / "a", clock=lambda: when) as wal, anyio.create_task_group() as tg:
         seq = await publish_marker(js, STREAM, subject, ReplicaBatch("a", 0, 1, 0), 0)
-        positions = await wal.append(_envelopes(range(3)), partition=0, epoch=1)
-        records = list(wal.read_from(1))
-        # What the first attempt wrote before the connection broke: the same batch, the broker has it.
-        from engine.cluster import ReplicaRecord
-
-        landed = ReplicaBatch(
-            "a", 0, 1, records[-1].lsn, tuple(ReplicaRecord(r.lsn, r.recorded_at, r.message_id, r.envelope) for r in records)
-        )
-        await js.publish(subject, msgspec.msgpack.encode(landed), stream=STREAM)
-        replicator = _replicator(wal, js, "a")
+        # What a first attempt wrote before the connection broke: the broker has it, the node never heard.
+        records = tuple(ReplicaRecord(lsn, when, e.message_id, e) for lsn, e in enumerate(envelopes, start=1))
+        await js.publish(subject, msgspec.msgpack.encode(ReplicaBatch("a", 0, 1, 3, records)), stream=STREAM)
+        replicator = await _replicator(tg, wal, js, "a")
         replicator.adopt(0, 1, last_seq=seq, cursor=0)  # it still believes the subject ends at its marker
-        tg.start_soon(replicator.run)
-        replicator.notify()
+        positions = await wal.append(envelopes, partition=0, epoch=1)
         with anyio.fail_after(10):
             await replicator.wait_replicated(0, 1, positions[-1].lsn)
         assert replicator.fenced == []
@@ -153,13 +147,11 @@ async def test_no_publish_once_the_lease_may_have_passed(tmp_path: Path, nats_ur
     client, js = await _js(nats_url)
     valid = {"now": True}
     async with open_wal(tmp_path / "a") as wal, anyio.create_task_group() as tg:
-        replicator = _replicator(wal, js, "a", valid=lambda _p, _e: valid["now"])
+        replicator = await _replicator(tg, wal, js, "a", valid=lambda _p, _e: valid["now"])
         seq = await publish_marker(js, STREAM, f"{PREFIX}.0", ReplicaBatch("a", 0, 1, 0), 0)
         replicator.adopt(0, 1, last_seq=seq, cursor=0)
-        tg.start_soon(replicator.run)
         valid["now"] = False
         positions = await wal.append(_envelopes(range(2)), partition=0, epoch=1)
-        replicator.notify()
         with anyio.fail_after(10), pytest.raises(FencedError):
             await replicator.wait_replicated(0, 1, positions[-1].lsn)
         tg.cancel_scope.cancel()
@@ -227,7 +219,6 @@ async def test_two_coordinators_share_the_partitions_and_a_stopping_one_hands_ov
         epoch = a.enter(p)
         assert epoch is not None
         [position] = await wal_a.append([env], partition=p, epoch=epoch)
-        a.notify()
         with anyio.fail_after(10):
             await a.wait_replicated(p, epoch, position.lsn)
         a.leave(p)

@@ -162,11 +162,6 @@ class Cluster:
         owner = self._owners.get(partition)
         return owner if owner and owner in self._live_members() else None
 
-    def notify(self) -> None:
-        """New records in the local log: replicate them."""
-        if self._replicator is not None:
-            self._replicator.notify()
-
     async def wait_replicated(self, partition: int, epoch: int, lsn: int) -> None:
         """Return once the record is in the stream.
 
@@ -244,7 +239,6 @@ class Cluster:
             self._js = js
             leases, members = await self._prepare(js)
             self._replicator = Replicator(
-                self._wal,
                 js,
                 node=self.node,
                 stream=self.config.stream,
@@ -256,9 +250,11 @@ class Cluster:
             sub = await self._client.subscribe(ingest_subject(self.node), cb=self._on_forwarded)
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._replicator.run)
+                    await tg.start(self._replicator.run)
+                    self._wal.on_durable = self._replicator.on_durable
                     tg.start_soon(self._coordinate, leases, members, tg)
             finally:
+                self._wal.on_durable = None
                 with anyio.move_on_after(2, shield=True):
                     await sub.unsubscribe()
                 with anyio.move_on_after(self.config.lease_ttl_s, shield=True):
@@ -304,7 +300,6 @@ class Cluster:
     async def _on_reconnected(self) -> None:
         self.state = "connected"
         _log.info("cluster.reconnected")
-        self.notify()  # what waited in the local log goes now
 
     async def _prepare(self, js: Any) -> tuple[Any, Any]:
         """The stream and the buckets (made if absent); a loud warning when the stream is weaker than configured."""
@@ -591,14 +586,12 @@ class Cluster:
         _log.info("cluster.partition_handed_over", partition=p, to=to)
 
     def _unreplicated(self, p: int) -> bool:
-        cursor = self._replicator.cursor(p) if self._replicator is not None else None
-        return cursor is not None and cursor < self._wal.last_lsn
+        return self._replicator is not None and self._replicator.pending(p) > 0
 
     async def drain(self) -> None:
         """Before a clean stop: let the local log's records reach the stream (bounded by the caller's deadline)."""
-        while any(self._unreplicated(p) for p in list(self._leases)) and self.state == "connected":
-            self.notify()
-            await anyio.sleep(0.01)
+        while self._replicator is not None and self._replicator.lag_records() > 0 and self.state == "connected":  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # a short, bounded poll of the publishers' progress
 
     async def _leave(self, leases: Any, members: Any) -> None:
         """A clean stop: every partition released (its successor need not wait out the lease), the heartbeat gone."""

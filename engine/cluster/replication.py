@@ -18,7 +18,6 @@ a subject names its node, epoch and last LSN, so nothing else need be stored.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -28,10 +27,11 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
+from anyio.abc import TaskGroup, TaskStatus
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.model import Envelope
-from engine.wal import LogRecord, WriteAheadLog
+from engine.wal import Durable, LogRecord
 
 __all__ = [
     "FencedError",
@@ -47,7 +47,6 @@ _log = structlog.get_logger("vigil.cluster")
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
 _RETRY_S = (0.05, 0.1, 0.25, 0.5, 1.0)
-_READ_RECORDS_MAX = 4096  # records read from the local log per replication pass
 _READ_TIMEOUT_S = 60.0  # a takeover's read of one subject; past it the takeover fails and is tried again
 
 
@@ -165,12 +164,15 @@ async def read_partition(
 
 @dataclass
 class _Partition:
-    """What the replicator keeps of one held partition."""
+    """What the replicator keeps of one held partition: its epoch, where the subject is, what waits."""
 
     epoch: int
     last_seq: int  # the subject's last stream sequence, as this owner wrote it
     cursor: int  # every record of this partition and epoch up to this local LSN is in the stream
+    pending: list[ReplicaRecord] = field(default_factory=list)  # durable here, not yet in the stream (LSN order)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
     def moved(self) -> None:
         self.changed.set()
@@ -179,11 +181,17 @@ class _Partition:
 
 @final
 class Replicator:
-    """Publishes the held partitions' records from the local log, and tells waiters when theirs are in the stream."""
+    """Publishes the held partitions' new records, and tells waiters when theirs are in the stream.
+
+    The log tells it of every record once durable, in LSN order
+    (`WriteAheadLog.on_durable`), so nothing is read back from disk. Each held
+    partition has its own publisher: one publish in flight per partition (each
+    needs the sequence the last one got), every partition at once, and what
+    arrives while a publish is in flight goes in the next one.
+    """
 
     def __init__(
         self,
-        wal: WriteAheadLog,
         js: Any,
         *,
         node: str,
@@ -193,7 +201,6 @@ class Replicator:
         records_max: int,
         valid: Callable[[int, int], bool],
     ) -> None:
-        self._wal = wal
         self._js = js
         self._node = node
         self._stream = stream
@@ -202,44 +209,50 @@ class Replicator:
         self._records_max = records_max
         self._valid = valid  # (partition, epoch) -> whether this node may still write it
         self._held: dict[int, _Partition] = {}
-        self._wake = anyio.Event()
+        self._tasks: TaskGroup | None = None
         self.published_records = 0
         self.fenced: list[int] = []  # partitions fenced out since the last look (the coordinator drops them)
 
     def adopt(self, partition: int, epoch: int, *, last_seq: int, cursor: int) -> None:
-        """Start replicating a partition just taken (after its marker) or kept."""
-        self._held[partition] = _Partition(epoch, last_seq, cursor)
-        self.notify()
+        """Start replicating a partition just taken (after its marker): its records from now on.
+
+        Raises:
+            RuntimeError: the replicator is not running.
+        """
+        if self._tasks is None:
+            raise RuntimeError("the replicator is not running")
+        self.drop(partition)
+        state = _Partition(epoch, last_seq, cursor)
+        self._held[partition] = state
+        self._tasks.start_soon(self._serve, partition, state)
 
     def drop(self, partition: int) -> None:
-        """Stop replicating a partition (lost, released): its waiters learn it at once."""
+        """Stop replicating a partition (lost, released): its publisher stops, its waiters learn it at once."""
         state = self._held.pop(partition, None)
         if state is not None:
+            state.scope.cancel()
             state.moved()
 
-    async def publish_backlog(self, partition: int, records: Sequence[LogRecord]) -> bool:
-        """Publish, under the partition's new epoch, this node's records of it that never reached the stream.
-
-        They were written before a crash or an outage, in an earlier epoch of
-        this node's, and found missing from the subject at takeover. False
-        when they could not all be published (the partition is then not served).
-        """
-        state = self._held.get(partition)
-        return state is not None and await self._publish_all(partition, state, records)
-
-    def notify(self) -> None:
-        """New records in the local log."""
-        self._wake.set()
+    def on_durable(self, records: list[Durable]) -> None:
+        """From the log's syncer: new durable records; those of held partitions (this epoch) wait for publishing."""
+        for partition, epoch, lsn, recorded_at, envelope in records:
+            state = self._held.get(partition)
+            if state is not None and state.epoch == epoch:
+                state.pending.append(ReplicaRecord(lsn, recorded_at, envelope.message_id, envelope))
+                state.wake.set()
 
     def cursor(self, partition: int) -> int | None:
         state = self._held.get(partition)
         return None if state is None else state.cursor
 
+    def pending(self, partition: int) -> int:
+        """Records of a held partition durable here but not yet in the stream."""
+        state = self._held.get(partition)
+        return 0 if state is None else len(state.pending)
+
     def lag_records(self) -> int:
-        """Local records of held partitions not yet known to be in the stream (an upper bound)."""
-        if not self._held:
-            return 0
-        return max(0, self._wal.last_lsn - min(s.cursor for s in self._held.values()))
+        """Records of held partitions durable here but not yet in the stream."""
+        return sum(len(s.pending) for s in self._held.values())
 
     async def wait_replicated(self, partition: int, epoch: int, lsn: int) -> None:
         """Return once the record at `lsn` (of this partition and epoch) is in the stream.
@@ -255,71 +268,58 @@ class Replicator:
                 return
             await state.changed.wait()
 
-    async def run(self) -> None:
-        """Replicate until cancelled: each pass reads what is new and publishes it, partitions side by side."""
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            while self._held and min(s.cursor for s in self._held.values()) < self._wal.last_lsn:
-                if not await self._pass():
-                    await anyio.sleep(_RETRY_S[-1])  # the broker is away: the records wait in the local log
+    async def publish_backlog(self, partition: int, records: Sequence[LogRecord]) -> bool:
+        """Publish, under the partition's new epoch, this node's records of it that never reached the stream.
 
-    async def _pass(self) -> bool:
-        """One read of the log and its publishes; False when some partition could not publish (retry later)."""
-        start = min(s.cursor for s in self._held.values()) + 1
-        records = await anyio.to_thread.run_sync(self._read, start)
-        if not records:
-            return True
-        end = records[-1].lsn
-        mine: dict[int, list[LogRecord]] = {}
-        for record in records:
-            state = self._held.get(record.partition)
-            # Imported records (an older epoch) and other partitions' records are not ours to publish.
-            if state is not None and record.epoch == state.epoch and record.lsn > state.cursor:
-                mine.setdefault(record.partition, []).append(record)
-        ok = True
-
-        async def one(partition: int, state: _Partition) -> None:
-            nonlocal ok
-            if not await self._publish_all(partition, state, mine.get(partition, [])):
-                ok = False
-                return
-            if self._held.get(partition) is state and state.cursor < end:
-                state.cursor = end
-                state.moved()
-
-        async with anyio.create_task_group() as tg:
-            for partition, state in list(self._held.items()):
-                if state.cursor < end:
-                    tg.start_soon(one, partition, state)
-        return ok
-
-    def _read(self, start: int) -> list[LogRecord]:
-        return list(itertools.islice(self._wal.read_from(start), _READ_RECORDS_MAX))
-
-    async def _publish_all(self, partition: int, state: _Partition, records: Sequence[LogRecord]) -> bool:
-        for i in range(0, len(records), self._records_max):
-            chunk = records[i : i + self._records_max]
-            batch = ReplicaBatch(
-                self._node,
-                partition,
-                state.epoch,
-                chunk[-1].lsn,
-                tuple(ReplicaRecord(r.lsn, r.recorded_at, r.message_id, r.envelope) for r in chunk),
-            )
-            try:
-                if not await self._publish(partition, state, batch):
-                    return False
-            except FencedError as exc:
-                _log.warning("cluster.fenced", partition=partition, epoch=state.epoch, reason=str(exc))
-                self.fenced.append(partition)
-                self.drop(partition)
+        They were written before a crash or an outage, in an earlier epoch of
+        this node's, and found missing from the subject at takeover. False
+        when they could not all be published (the partition is then not served).
+        """
+        state = self._held.get(partition)
+        if state is None:
+            return False
+        backlog = [ReplicaRecord(r.lsn, r.recorded_at, r.message_id, r.envelope) for r in records]
+        for i in range(0, len(backlog), self._records_max):
+            if not await self._publish_fenced(partition, state, backlog[i : i + self._records_max]):
                 return False
-            if self._held.get(partition) is state and batch.last_lsn > state.cursor:
-                state.cursor = batch.last_lsn
-                state.moved()
-            self.published_records += len(chunk)
         return True
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Host the partitions' publishers until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def _serve(self, partition: int, state: _Partition) -> None:
+        """One partition's publisher: what is pending, a batch at a time; the broker away, again later."""
+        with state.scope:
+            while True:
+                await state.wake.wait()
+                state.wake = anyio.Event()
+                while state.pending:
+                    chunk = state.pending[: self._records_max]
+                    if not await self._publish_fenced(partition, state, chunk):
+                        await anyio.sleep(_RETRY_S[-1])  # the records wait here and in the local log
+                        continue
+                    del state.pending[: len(chunk)]
+                    if chunk[-1].lsn > state.cursor:
+                        state.cursor = chunk[-1].lsn
+                        state.moved()
+
+    async def _publish_fenced(self, partition: int, state: _Partition, chunk: Sequence[ReplicaRecord]) -> bool:
+        """One batch; a fencing drops the partition (and says so to the coordinator)."""
+        batch = ReplicaBatch(self._node, partition, state.epoch, chunk[-1].lsn, tuple(chunk))
+        try:
+            published = await self._publish(partition, state, batch)
+        except FencedError as exc:
+            _log.warning("cluster.fenced", partition=partition, epoch=state.epoch, reason=str(exc))
+            self.fenced.append(partition)
+            self.drop(partition)
+            return False
+        if published:
+            self.published_records += len(chunk)
+        return published
 
     async def _publish(self, partition: int, state: _Partition, batch: ReplicaBatch) -> bool:
         """One batch, retried with the same id while the lease holds; False when the broker stays away.

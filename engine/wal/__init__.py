@@ -3,12 +3,13 @@
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Position
-from engine.wal.log import WALStatistics, WriteAheadLog, open_wal
+from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
 from engine.wal.record import LogRecord
 from engine.wal.scan import ScanResult, scan_log
 
 __all__ = [
     "DiskFullError",
+    "Durable",
     "FileLayer",
     "LogRecord",
     "OSFiles",

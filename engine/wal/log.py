@@ -48,7 +48,7 @@ from engine.wal.record import LogRecord, body_hash, decode_record, encode_frame,
 from engine.wal.scan import Progress, ScanResult, SegmentInfo, released_segments, scan_log
 from engine.wal.segment_file import ActiveSegment
 
-__all__ = ["Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
+__all__ = ["Durable", "Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
 
 _log = structlog.get_logger("vigil.wal")
 
@@ -62,6 +62,20 @@ class _HasLsn(Protocol):
 
 
 _Decoded = TypeVar("_Decoded", bound=_HasLsn)
+
+
+# A record just made durable: partition, epoch, LSN, time recorded, envelope.
+Durable = tuple[int, int, int, str, Envelope]
+
+
+def _durable(group: list[Append]) -> list[Durable]:
+    """The new records of a synced group, in LSN order (duplicates left out)."""
+    return [
+        (request.partition, request.epoch, position.lsn, position.recorded_at or "", env)
+        for request in group
+        for env, position in zip(request.envelopes, request.positions, strict=True)
+        if not position.duplicate
+    ]
 
 
 def utc_now() -> str:
@@ -122,6 +136,8 @@ class WriteAheadLog:
         self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._send, self._receive = anyio.create_memory_object_stream[Append](config.queue_appends_max)
         self._appended = self._duplicates = self._groups = self._disk_full = 0
+        # Told of every group's new records once durable, in LSN order, from the syncer (replication).
+        self.on_durable: Callable[[list[Durable]], None] | None = None
 
     # -- recovery -----------------------------------------------------------
 
@@ -342,6 +358,8 @@ class WriteAheadLog:
         self._last_hash = framed.hashes[-1]
         self._appended += len(framed.pending)
         self._groups += 1
+        if self.on_durable is not None:
+            self.on_durable(_durable(group))
         answer(group, None)
 
     def _write(self, data: bytes, first_lsn: int) -> tuple[SegmentInfo, int]:
