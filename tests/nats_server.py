@@ -99,34 +99,22 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def nats_cluster(store: Path, size: int = 3) -> Iterator[list[NatsProcess]]:
-    """A JetStream cluster of `size` servers on loopback (fsync on every write); yield them, kill them at the end."""
-    ports = [(_free_port(), _free_port()) for _ in range(size)]
-    routes = ", ".join(f"nats-route://127.0.0.1:{route}" for _client, route in ports)
-    servers = []
-    for i, (client, route) in enumerate(ports):
-        home = store / f"n{i}"
-        home.mkdir(parents=True, exist_ok=True)
-        conf = home / "nats.conf"
-        conf.write_text(
-            f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\n'
-            f'jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}\n'
-            f'cluster {{ name: "vigil-test", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n'
-        )
-        servers.append(NatsProcess(f"nats://127.0.0.1:{client}", conf))
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.kill()
+    """A JetStream cluster of `size` servers (n0, n1, ...) on loopback, fsync on every write; killed at the end."""
+    with nats_regions(store, {"n": size}, gateways=False) as regions:
+        yield regions["n"]
 
 
 @contextmanager
-def nats_regions(store: Path, sizes: dict[str, int]) -> Iterator[dict[str, list[NatsProcess]]]:
-    """NATS clusters (regions) joined by gateways, one JetStream meta group over all; yield each region's servers."""
+def nats_regions(
+    store: Path, sizes: dict[str, int], *, gateways: bool = True
+) -> Iterator[dict[str, list[NatsProcess]]]:
+    """NATS clusters (regions) joined by gateways, one JetStream meta group over all; yield each region's servers.
+
+    Servers are named for their region and number (east0, east1...). Without
+    `gateways`, each region is a cluster on its own.
+    """
     ports = {region: [(_free_port(), _free_port(), _free_port()) for _ in range(n)] for region, n in sizes.items()}
-    gateways = ", ".join(
+    remotes = ", ".join(
         f'{{name: "{region}", urls: [{", ".join(f"nats://127.0.0.1:{g}" for _c, _r, g in members)}]}}'
         for region, members in ports.items()
     )
@@ -137,11 +125,12 @@ def nats_regions(store: Path, sizes: dict[str, int]) -> Iterator[dict[str, list[
             home = store / f"{region}{i}"
             home.mkdir(parents=True, exist_ok=True)
             conf = home / "nats.conf"
+            gateway_conf = f'gateway {{ name: "{region}", listen: "127.0.0.1:{gateway}", gateways: [{remotes}] }}\n'
             conf.write_text(
                 f'server_name: "{region}{i}"\nlisten: "127.0.0.1:{client}"\n'
                 f'jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}\n'
                 f'cluster {{ name: "{region}", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n'
-                f'gateway {{ name: "{region}", listen: "127.0.0.1:{gateway}", gateways: [{gateways}] }}\n'
+                + (gateway_conf if gateways else "")
             )
             regions.setdefault(region, []).append(NatsProcess(f"nats://127.0.0.1:{client}", conf))
     try:
