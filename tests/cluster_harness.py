@@ -148,11 +148,17 @@ def cluster_status(urls: str) -> dict[str, object]:
     return dict(json.loads(out.stdout))
 
 
-def cluster_log(urls: str) -> list[dict[str, object]]:
-    out = subprocess.run(
-        [VIGIL, "cluster", "log", "--nats", urls, "--json"], capture_output=True, timeout=120, check=True, cwd=ROOT
-    )
-    return [json.loads(line) for line in out.stdout.splitlines()]
+def cluster_log(urls: str, *, limit_s: float = 60) -> list[dict[str, object]]:
+    """The replicated log (`vigil cluster log --json`), asked again while the broker is still electing leaders."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        out = subprocess.run(
+            [VIGIL, "cluster", "log", "--nats", urls, "--json"], capture_output=True, timeout=120, check=False, cwd=ROOT
+        )
+        if out.returncode == 0:
+            return [json.loads(line) for line in out.stdout.splitlines()]
+        assert time.monotonic() < deadline, f"vigil cluster log failed: {out.stderr.decode()[-500:]}"
+        time.sleep(0.5)
 
 
 def wait_all_served(urls: str, partitions: int, live: set[str], *, limit_s: float = 60) -> float:

@@ -126,10 +126,12 @@ def nats_regions(
             home.mkdir(parents=True, exist_ok=True)
             conf = home / "nats.conf"
             gateway_conf = f'gateway {{ name: "{region}", listen: "127.0.0.1:{gateway}", gateways: [{remotes}] }}\n'
+            cluster_conf = f'cluster {{ name: "{region}", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n'
+            alone = len(members) == 1 and not gateways  # a lone server: JetStream's meta group is itself
             conf.write_text(
                 f'server_name: "{region}{i}"\nlisten: "127.0.0.1:{client}"\n'
                 f'jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}\n'
-                f'cluster {{ name: "{region}", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n'
+                + ("" if alone else cluster_conf)
                 + (gateway_conf if gateways else "")
             )
             regions.setdefault(region, []).append(NatsProcess(f"nats://127.0.0.1:{client}", conf))

@@ -107,6 +107,12 @@ async def _local_ids(wal_dir: Path) -> list[str]:
         return [r.message_id for r in wal.read_from(1)]
 
 
+def _no_session_failures(nodes: list[VigilNode]) -> None:
+    """The cluster part restarts itself after any failure (the node goes on): in these runs it never had to."""
+    for n in nodes:
+        assert "cluster.session_failed" not in n.logs(), f"{n.node_id}'s cluster session failed"
+
+
 def _epochs_never_go_back(urls: str) -> None:
     """Fencing: on every partition's subject, epochs only grow (no write of an older owner after a newer one)."""
 
@@ -157,6 +163,7 @@ def test_sigkill_a_node_again_and_again_loses_nothing_acknowledged(
     _check_exactly_once(urls, senders)
     _epochs_never_go_back(urls)
     wait_all_served(urls, PARTITIONS, {n.node_id for n in nodes})
+    _no_session_failures(nodes)
     _check_owner_logs(nodes, urls, senders)
 
 
@@ -176,6 +183,7 @@ def test_a_node_paused_past_its_lease_is_fenced_out(cluster: tuple[list[NatsProc
     _epochs_never_go_back(urls)
     assert "cluster.partition_lost" in paused.logs()
     wait_all_served(urls, PARTITIONS, {n.node_id for n in nodes})
+    _no_session_failures(nodes)
 
 
 def test_killing_a_nats_server_loses_nothing_acknowledged(
@@ -219,4 +227,28 @@ def test_two_regions_joined_by_a_gateway_share_partitions_and_survive_losing_one
             _check_exactly_once(east, senders, tag="W")
             _check_exactly_once(east, after, tag="E")
             print(f"west lost: east served every partition after {taken:.2f} s (polled)")
+            _no_session_failures(nodes[:1])
             assert "cluster.forward" not in nodes[1].logs()  # forwarding worked, never failed
+
+
+def test_a_broker_outage_degrades_the_node_and_it_serves_again_when_the_broker_returns(tmp_path: Path) -> None:
+    """Every NATS server down: the node stays up, stops serving within its lease (AE, never a silent AA), and
+    when NATS returns it takes its partitions again; the senders finish and nothing acknowledged is lost."""
+    with nats_cluster(tmp_path / "nats", size=1) as servers:
+        url = servers[0].url
+        with vigil_cluster(tmp_path, url, 1, replicas=1) as nodes:
+            wait_all_served(url, PARTITIONS, {"node0"})
+            senders = _feed(nodes, 1200, senders=2, tag="O")
+            threads = _run(senders)
+            time.sleep(1.0)
+            servers[0].kill()
+            before = sum(len(s.acked) for s in senders)
+            time.sleep(4.0)  # twice the lease
+            during = sum(len(s.acked) for s in senders) - before
+            assert nodes[0].alive()
+            assert during <= 2 * len(senders)  # at most what was in flight when the broker went
+            servers[0].start()
+            _join(threads, senders)
+            _check_exactly_once(url, senders, tag="O")
+            assert "cluster.partition_lost" in nodes[0].logs()
+            assert nodes[0].alive()

@@ -57,6 +57,8 @@ __all__ = ["Adopt", "Cluster", "ClusterStatistics", "Forwarded", "ingest_subject
 _log = structlog.get_logger("vigil.cluster")
 _ENCODE = msgspec.json.Encoder()
 _CONNECT_RETRY_S = (0.2, 0.5, 1.0, 2.0)
+_FORWARDED_IN_FLIGHT_MAX = 256  # forwarded messages being answered at once (the lanes bound the work itself)
+_FORWARDED_PENDING_MAX = 4096  # waiting in the subscription beyond those; more are dropped by nats-py, and retried
 
 # Records of a partition taken over: append them to the local log and apply them.
 Adopt = Callable[[int, Sequence[ReplicaBatch]], Awaitable[None]]
@@ -129,6 +131,7 @@ class Cluster:
         self._js: Any = None
         self._replicator: Replicator | None = None
         self._taking: set[int] = set()
+        self._twin = False
         self.state = "connecting"
         self.forwarded_messages = 0
         self.takeovers = 0
@@ -226,7 +229,10 @@ class Cluster:
             except Exception as exc:  # noqa: BLE001
                 failures += 1
                 delay = _CONNECT_RETRY_S[min(failures, len(_CONNECT_RETRY_S) - 1)]
-                _log.error("cluster.session_failed", error=type(exc).__name__, reason=str(exc)[:200], retry_in_s=delay)
+                leaf = _leaf(exc)
+                _log.error(
+                    "cluster.session_failed", error=type(leaf).__name__, reason=str(leaf)[:200], retry_in_s=delay
+                )
                 self._give_up_all("the session with the broker failed")
                 self.state = "restarting"
                 await anyio.sleep(delay)
@@ -247,12 +253,13 @@ class Cluster:
                 records_max=self.config.publish_records_max,
                 valid=self._may_write,
             )
-            sub = await self._client.subscribe(ingest_subject(self.node), cb=self._on_forwarded)
+            sub = await self._client.subscribe(ingest_subject(self.node), pending_msgs_limit=_FORWARDED_PENDING_MAX)
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._replicator.run)
                     self._wal.on_durable = self._replicator.on_durable
                     tg.start_soon(self._coordinate, leases, members, tg)
+                    tg.start_soon(self._serve_forwarded, sub)
             finally:
                 self._wal.on_durable = None
                 with anyio.move_on_after(2, shield=True):
@@ -438,6 +445,11 @@ class Cluster:
                 self._members.pop(key, None)
                 continue
             info = decode_member(entry.value)
+            if info is not None and key == self.node and info.started_at != self._started_at and not self._twin:
+                # Another process writes this node's heartbeat: two nodes configured with one id would take
+                # each other's leases in turn (fencing keeps that safe, not useful). Said once, loudly.
+                self._twin = True
+                _log.error("cluster.node_id_in_use", node=self.node, other_started_at=info.started_at)
             if info is not None:
                 self._members[key] = info
                 self._member_seen.observe(key, int(entry.revision), now)
@@ -608,11 +620,32 @@ class Cluster:
             return
         _log.info("cluster.left", node=self.node)
 
-    async def _on_forwarded(self, msg: Any) -> None:
-        source = f"forwarded:{(msg.headers or {}).get('Vigil-From', '?')}"
-        reply = await self._forwarded(msg.data, source)
-        if msg.reply:
-            await msg.respond(reply)
+    async def _serve_forwarded(self, sub: Any) -> None:
+        """Messages other nodes forward here, each on its own (a slow one never holds the rest), at most a bound."""
+        slots = anyio.Semaphore(_FORWARDED_IN_FLIGHT_MAX)
+        async with anyio.create_task_group() as tg:
+            async for msg in sub.messages:
+                await slots.acquire()
+                tg.start_soon(self._answer_forwarded, msg, slots)
+
+    async def _answer_forwarded(self, msg: Any, slots: anyio.Semaphore) -> None:
+        try:
+            source = f"forwarded:{(msg.headers or {}).get('Vigil-From', '?')}"
+            reply = await self._forwarded(msg.data, source)
+            if msg.reply:
+                await msg.respond(reply)
+        except (nats.errors.Error, OSError) as exc:
+            # The sender's request times out and it answers its source "retry": nothing is lost.
+            _log.warning("cluster.forward_answer_failed", error=type(exc).__name__)
+        finally:
+            slots.release()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: what to name in a log line."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _lease_key(p: int) -> str:

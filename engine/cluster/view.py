@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, final
 
+import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.cluster.leases import decode_lease, decode_member
-from engine.cluster.replication import decode_batch
+from engine.cluster.replication import ReplicaBatch, decode_batch
 from engine.config import ClusterConfig
 
 __all__ = ["LeaseRow", "LogRow", "MemberRow", "StreamRow", "read_leases", "read_log", "read_members", "read_stream"]
@@ -156,36 +157,59 @@ async def read_stream(js: Any, config: ClusterConfig) -> StreamRow | None:
 
 
 async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = None) -> AsyncIterator[LogRow]:
-    """Every replicated record, in stream order (one partition's with `partition`); markers are skipped."""
+    """Every replicated record, in stream order (one partition's with `partition`); markers are skipped.
+
+    Reads until the consumer has nothing pending, so the answer is never
+    silently short.
+
+    Raises:
+        TimeoutError: the stream stopped answering before the end was reached.
+    """
     subject = f"{config.subject_prefix}.{partition if partition is not None else '>'}"
     try:
-        info = await js.stream_info(config.stream)
+        await js.stream_info(config.stream)
     except nats.js.errors.NotFoundError:
-        return
-    last = info.state.last_seq
-    if info.state.messages == 0:
         return
     consumer = ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True
     )
     sub = await js.pull_subscribe(subject, stream=config.stream, config=consumer)
     try:
-        seq = 0
-        while seq < last:
-            try:
-                msgs = await sub.fetch(512, timeout=1.0)
-            except nats.errors.TimeoutError:
-                break  # nothing more on this filter
+        while True:
+            with anyio.fail_after(_STALL_S):
+                msgs = await _next(sub)
+            if msgs is None:
+                return  # nothing pending at all
             for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                batch = decode_batch(msg.data)
-                if batch is None:
-                    continue
-                for r in batch.records:
-                    env = r.envelope
-                    yield LogRow(
-                        seq, batch.partition, batch.epoch, batch.node, r.lsn, r.message_id, env.lane.value,
-                        env.message_type,
-                    )
+                for row in _rows(msg.metadata.sequence.stream, decode_batch(msg.data)):
+                    yield row
+            if msgs[-1].metadata.num_pending == 0:
+                return
     finally:
         await sub.unsubscribe()
+
+
+def _rows(seq: int, batch: ReplicaBatch | None) -> list[LogRow]:
+    if batch is None:
+        return []
+    lanes = [(r.envelope.lane.value, r.envelope.message_type) for r in batch.records]
+    return [
+        LogRow(seq, batch.partition, batch.epoch, batch.node, r.lsn, r.message_id, lane, message_type)
+        for r, (lane, message_type) in zip(batch.records, lanes, strict=True)
+    ]
+
+
+_STALL_S = 30.0  # the stream gave nothing this long while messages were pending: an error, never a short answer
+
+
+async def _next(sub: Any) -> list[Any] | None:
+    """The next messages for the consumer, or None when it has none pending (the filter matched nothing)."""
+    while True:
+        try:
+            return list(await sub.fetch(512, timeout=1.0))
+        except nats.errors.TimeoutError:
+            info = await sub.consumer_info()
+            if info.num_pending == 0:
+                return None
+        except nats.js.errors.ServiceUnavailableError:
+            await anyio.sleep(0.1)  # a new consumer on a replicated stream answers 503 until it has a leader
