@@ -23,6 +23,7 @@ record durable.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -231,7 +232,11 @@ class Cluster:
                 delay = _CONNECT_RETRY_S[min(failures, len(_CONNECT_RETRY_S) - 1)]
                 leaf = _leaf(exc)
                 _log.error(
-                    "cluster.session_failed", error=type(leaf).__name__, reason=str(leaf)[:200], retry_in_s=delay
+                    "cluster.session_failed",
+                    error=type(leaf).__name__,
+                    reason=str(leaf)[:200],
+                    at=_where(leaf),
+                    retry_in_s=delay,
                 )
                 self._give_up_all("the session with the broker failed")
                 self.state = "restarting"
@@ -362,17 +367,20 @@ class Cluster:
         interval = self.config.renew_interval_s
         while True:
             started = self._clock()
-            try:
-                await self._tick(leases, members, tg)
-            except (nats.errors.Error, OSError) as exc:
-                _log.warning("cluster.tick_failed", error=type(exc).__name__)
+            await self._tick(leases, members, tg)
             self._expire()
             await anyio.sleep(max(0.0, interval - (self._clock() - started)))
 
     async def _tick(self, leases: Any, members: Any, tg: Any) -> None:
-        await self._heartbeat(members)
+        """One round: renew first (what keeps this node serving), the heartbeat, what the others hold, the plan.
+
+        A step the broker cannot answer now (a leader election, a lost
+        server) is skipped for this round; the next round tries again.
+        """
         await self._renew(leases)
-        await self._read_members(members)
+        await _attempt("heartbeat", self._heartbeat(members))
+        if not await _attempt("members", self._read_members(members)):
+            return
         await self._read_leases(leases)
         now = self._clock()
         live = self._live_members()
@@ -466,6 +474,8 @@ class Cluster:
                 self._lease_values.pop(p, None)
                 self._lease_seen.forget(key)
                 return
+            except (nats.errors.Error, OSError):
+                return  # unread this tick: what was seen stands, and its age keeps growing
             value = decode_lease(entry.value)
             self._owners[p] = value.owner if value is not None else None
             if value is not None:
@@ -641,11 +651,27 @@ class Cluster:
             slots.release()
 
 
+async def _attempt(step: str, work: Awaitable[None]) -> bool:
+    """One step of a round; a broker error is logged and the step skipped (False)."""
+    try:
+        await work
+    except (nats.errors.Error, OSError) as exc:
+        _log.warning("cluster.tick_failed", step=step, error=type(exc).__name__)
+        return False
+    return True
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The first exception inside (nested) exception groups: what to name in a log line."""
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost line of Vigil's own code an exception passed through (file:line), for the log."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/engine/" in f.filename]
+    return f"{frames[-1].filename.rsplit('/engine/', 1)[1]}:{frames[-1].lineno}" if frames else "?"
 
 
 def _lease_key(p: int) -> str:

@@ -133,7 +133,10 @@ async def read_partition(
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,
+        # One replica, in memory: a read that lives for one takeover needs no raft group of its own
+        # (an R3 consumer is one more leader election, and a slow one while a server is down).
         mem_storage=True,
+        num_replicas=1,
     )
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     batches: list[ReplicaBatch] = []

@@ -171,7 +171,11 @@ async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = No
     except nats.js.errors.NotFoundError:
         return
     consumer = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,  # a read for one command: no raft group of its own
     )
     sub = await js.pull_subscribe(subject, stream=config.stream, config=consumer)
     try:
