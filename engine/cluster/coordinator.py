@@ -246,11 +246,13 @@ class Cluster:
         """One connection's life: the stream and buckets, the replicator, the forwarding inbox, the ticks."""
         self._client = await self._connect()
         try:
-            js = self._client.jetstream(timeout=self.config.publish_timeout_s)
-            self._js = js
-            leases, members = await self._prepare(js)
+            # Leases, heartbeats and takeovers ask short questions with short timeouts, so a round or a
+            # takeover stuck behind a leader election tries again soon after it ends; replication waits longer.
+            control_timeout_s = min(self.config.publish_timeout_s, self.config.lease_ttl_s / 2)
+            self._js = self._client.jetstream(timeout=control_timeout_s)
+            leases, members = await self._prepare(self._js)
             self._replicator = Replicator(
-                js,
+                self._client.jetstream(timeout=self.config.publish_timeout_s),
                 node=self.node,
                 stream=self.config.stream,
                 subject_prefix=self.config.subject_prefix,

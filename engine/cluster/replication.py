@@ -145,7 +145,7 @@ async def read_partition(
         with anyio.fail_after(_READ_TIMEOUT_S):
             while seq < until_seq:
                 try:
-                    msgs = await sub.fetch(batch_max, timeout=2.0)
+                    msgs = await sub.fetch(batch_max, timeout=1.0)
                 except nats.errors.TimeoutError:
                     continue
                 except nats.js.errors.ServiceUnavailableError:
