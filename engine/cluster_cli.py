@@ -84,9 +84,10 @@ def status(obj: Context, nats_urls: str | None, *, as_json: bool) -> None:
     console = Console(soft_wrap=True)
     nodes = Table(title="Members")
     for name in ("node", "heartbeat age s", "serving", "partitions", "last LSN", "replication lag", "nats"):
-        nodes.add_column(name, justify="left" if name in ("node", "partitions", "nats") else "right")
+        left = name in ("node", "partitions", "nats")
+        nodes.add_column(name, justify="left" if left else "right", overflow="fold")
     for m in report["members"]:
-        listed = ",".join(str(p) for p in m.serving)
+        listed = ", ".join(str(p) for p in m.serving)
         lag = f"{m.replication_lag_records:,}"
         nodes.add_row(m.node, f"{m.heartbeat_age_s:.1f}", str(len(m.serving)), listed, f"{m.last_lsn:,}", lag, m.nats)
     console.print(nodes)

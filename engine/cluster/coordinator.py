@@ -133,6 +133,8 @@ class Cluster:
         self._replicator: Replicator | None = None
         self._taking: set[int] = set()
         self._twin = False
+        self._forward_failures = 0
+        self._forward_failure_logged_at = -1.0e9
         self.state = "connecting"
         self.forwarded_messages = 0
         self.takeovers = 0
@@ -188,7 +190,14 @@ class Cluster:
                 headers={"Vigil-Source": source, "Vigil-From": self.node},
             )
         except (nats.errors.Error, OSError) as exc:
-            _log.warning("cluster.forward_failed", owner=owner, error=type(exc).__name__)
+            # During a takeover every sender's retry fails like this: one line a second, with the count.
+            self._forward_failures += 1
+            now = self._clock()
+            if now - self._forward_failure_logged_at >= 1.0:
+                _log.warning(
+                    "cluster.forward_failed", owner=owner, error=type(exc).__name__, failures=self._forward_failures
+                )
+                self._forward_failures, self._forward_failure_logged_at = 0, now
             return None
         self.forwarded_messages += 1
         answers = msgspec.json.decode(reply.data)
