@@ -218,6 +218,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         forward_timeout_s: a message for another node's partition is
             forwarded there and waits this long for its answer.
         publish_records_max: records of one partition in one stream message.
+        pending_records_max: records of one partition durable here but not yet
+            in the stream; past it, new messages for that partition wait
+            (backpressure on the sources, even for lanes acknowledged `local`).
         ack: per lane, "local" or "cluster".
     """
 
@@ -234,6 +237,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     publish_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     forward_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     publish_records_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    pending_records_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 65_536
     ack: ClusterAckConfig = ClusterAckConfig()
 
     def __post_init__(self) -> None:

@@ -759,6 +759,12 @@ class Node:
         try:
             envelopes = [env for _work, made in owned for env in made]
             try:
+                with anyio.fail_after(self.config.mllp.ack_timeout_s):
+                    await cluster.wait_room(partition, epoch)  # replication far behind: the sources wait
+            except (FencedError, TimeoutError) as exc:
+                _retry_all([work for work, _made in owned], f"replication is behind: {exc or 'timed out'}; retry")
+                return
+            try:
                 positions = await self.wal.append(envelopes, partition=partition, epoch=epoch)
             except (DiskFullError, WALFailedError) as exc:
                 _retry_all([work for work, _made in owned], str(exc))

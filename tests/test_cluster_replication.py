@@ -23,7 +23,7 @@ from engine.decode import Decoder
 from engine.model import Envelope
 from engine.wal import WriteAheadLog, open_wal
 from tests.cluster_harness import lab_result
-from tests.nats_server import nats_server
+from tests.nats_server import nats_cluster, nats_server
 
 pytestmark = pytest.mark.anyio
 
@@ -232,3 +232,27 @@ async def test_two_coordinators_share_the_partitions_and_a_stopping_one_hands_ov
 
 def test_a_stream_message_that_is_not_ours_is_skipped() -> None:
     assert decode_batch(b"\x00garbage") is None
+
+
+async def test_a_partition_far_behind_makes_its_writers_wait(tmp_path: Path) -> None:
+    """While the broker is away, records wait; past the bound, `wait_room` holds new writers back (backpressure,
+    for lanes acknowledged `local` too), and lets them go once the broker is back and the backlog is published."""
+    with nats_cluster(tmp_path / "nats", size=1) as servers:
+        client, js = await _js(servers[0].url)
+        async with open_wal(tmp_path / "a") as wal, anyio.create_task_group() as tg:
+            replicator = await _replicator(tg, wal, js, "a")
+            seq = await publish_marker(js, STREAM, f"{PREFIX}.0", ReplicaBatch("a", 0, 1, 0), 0)
+            replicator.adopt(0, 1, last_seq=seq, cursor=wal.last_lsn)
+            servers[0].kill()
+            await wal.append(_envelopes(range(3)), partition=0, epoch=1)
+            assert replicator.pending(0) == 3
+            await replicator.wait_room(0, 1, pending_max=4)  # under the bound: no wait
+            with pytest.raises(TimeoutError), anyio.fail_after(0.5):
+                await replicator.wait_room(0, 1, pending_max=3)
+            servers[0].start()
+            with anyio.fail_after(30):
+                await replicator.wait_room(0, 1, pending_max=1)
+            assert replicator.pending(0) == 0
+            tg.cancel_scope.cancel()
+        assert len(await _stream_ids(js, 0)) == 3
+        await client.close()

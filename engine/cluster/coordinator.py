@@ -168,6 +168,16 @@ class Cluster:
         owner = self._owners.get(partition)
         return owner if owner and owner in self._live_members() else None
 
+    async def wait_room(self, partition: int, epoch: int) -> None:
+        """Return once the partition's replication is not too far behind (`cluster.pending_records_max`).
+
+        Raises:
+            FencedError: the partition was lost meanwhile.
+        """
+        if self._replicator is None:
+            raise FencedError("not connected to the cluster")
+        await self._replicator.wait_room(partition, epoch, self.config.pending_records_max)
+
     async def wait_replicated(self, partition: int, epoch: int, lsn: int) -> None:
         """Return once the record is in the stream.
 

@@ -257,6 +257,20 @@ class Replicator:
         """Records of held partitions durable here but not yet in the stream."""
         return sum(len(s.pending) for s in self._held.values())
 
+    async def wait_room(self, partition: int, epoch: int, pending_max: int) -> None:
+        """Return once fewer than `pending_max` of the partition's records wait for the stream (backpressure).
+
+        Raises:
+            FencedError: the partition was lost meanwhile.
+        """
+        while True:
+            state = self._held.get(partition)
+            if state is None or state.epoch != epoch:
+                raise FencedError(f"partition {partition} was lost while its replication was behind")
+            if len(state.pending) < pending_max:
+                return
+            await state.changed.wait()
+
     async def wait_replicated(self, partition: int, epoch: int, lsn: int) -> None:
         """Return once the record at `lsn` (of this partition and epoch) is in the stream.
 
