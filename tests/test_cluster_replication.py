@@ -48,7 +48,7 @@ def _envelopes(numbers: Sequence[int], tag: str = "R") -> list[Envelope]:
 
 async def _js(url: str) -> Any:
     client = await nats.connect(url)
-    js = client.jetstream(timeout=5)
+    js = client.jetstream(timeout=2)
     await js.add_stream(StreamConfig(name=STREAM, subjects=[f"{PREFIX}.>"], storage=StorageType.FILE))
     return client, js
 
@@ -60,7 +60,6 @@ async def _replicator(tg: Any, wal: WriteAheadLog, js: Any, node: str, valid: An
         node=node,
         stream=STREAM,
         subject_prefix=PREFIX,
-        publish_timeout_s=2.0,
         records_max=8,
         valid=valid or (lambda _p, _e: True),
     )

@@ -49,6 +49,7 @@ from engine.cluster.replication import (
     read_partition,
     subject_of,
 )
+from engine.cluster.view import bucket_keys
 from engine.config import ClusterConfig
 from engine.model import Envelope
 from engine.wal import LogRecord, WriteAheadLog
@@ -124,8 +125,7 @@ class Cluster:
         self._leases: dict[int, _Lease] = {}
         self._lease_seen = Freshness(config.lease_ttl_s)
         self._member_seen = Freshness(config.lease_ttl_s)
-        self._owners: dict[int, str | None] = {}
-        self._lease_values: dict[int, LeaseValue] = {}
+        self._lease_values: dict[int, LeaseValue] = {}  # each partition's lease as last read (absent: none)
         self._members: dict[str, MemberInfo] = {}
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._client: Any = None
@@ -165,8 +165,13 @@ class Cluster:
 
     def owner(self, partition: int) -> str | None:
         """The live owner of a partition as this node last saw it (None: none now)."""
-        owner = self._owners.get(partition)
+        owner = self._seen_owner(partition)
         return owner if owner and owner in self._live_members() else None
+
+    def _seen_owner(self, p: int) -> str:
+        """The owner in the lease as last read ("" when released, never taken, or unreadable)."""
+        value = self._lease_values.get(p)
+        return value.owner if value is not None else ""
 
     async def wait_room(self, partition: int, epoch: int) -> None:
         """Return once the partition's replication is not too far behind (`cluster.pending_records_max`).
@@ -271,11 +276,10 @@ class Cluster:
             self._js = self._client.jetstream(timeout=control_timeout_s)
             leases, members = await self._prepare(self._js)
             self._replicator = Replicator(
-                self._client.jetstream(timeout=self.config.publish_timeout_s),
+                self._client.jetstream(timeout=self.config.publish_timeout_s),  # each publish waits this long
                 node=self.node,
                 stream=self.config.stream,
                 subject_prefix=self.config.subject_prefix,
-                publish_timeout_s=self.config.publish_timeout_s,
                 records_max=self.config.publish_records_max,
                 valid=self._may_write,
             )
@@ -340,12 +344,8 @@ class Cluster:
         while True:
             try:
                 await self._ensure_stream(js)
-                placement = self._placement()
-                kv = KeyValueConfig(
-                    bucket="", history=1, replicas=config.replicas, storage=StorageType.FILE, placement=placement
-                )
-                leases = await _bucket(js, kv, f"{config.bucket_prefix}_leases")
-                members = await _bucket(js, kv, f"{config.bucket_prefix}_members")
+                leases = await self._bucket(js, f"{config.bucket_prefix}_leases")
+                members = await self._bucket(js, f"{config.bucket_prefix}_members")
             except (nats.errors.Error, OSError) as exc:
                 # A cluster electing its meta leader answers "unavailable" for a few seconds.
                 _log.warning("cluster.prepare_failed", error=type(exc).__name__, reason=str(exc)[:200])
@@ -380,6 +380,20 @@ class Cluster:
                 configured=config.replicas,
                 storage=str(info.config.storage),
             )
+
+    async def _bucket(self, js: Any, name: str) -> Any:
+        """A key-value bucket, made (one value per key, file storage, the configured replicas) if absent."""
+        try:
+            return await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=name,
+                history=1,
+                replicas=self.config.replicas,
+                storage=StorageType.FILE,
+                placement=self._placement(),
+            )
+            return await js.create_key_value(config)
 
     def _placement(self) -> Placement | None:
         return Placement(cluster=self.config.placement) if self.config.placement else None
@@ -419,12 +433,12 @@ class Cluster:
     def _current_owner(self, p: int, now: float) -> str | None:
         if p in self._leases:
             return self.node
-        owner = self._owners.get(p)
+        owner = self._seen_owner(p)
         return owner if owner and self._lease_seen.fresh(_lease_key(p), now) else None
 
     def _free(self, p: int, now: float) -> bool:
         """Whether a partition's lease may be taken: none, released, ours from before a restart, or expired."""
-        owner = self._owners.get(p)
+        owner = self._seen_owner(p)
         return not owner or owner == self.node or not self._lease_seen.fresh(_lease_key(p), now)
 
     def _live_members(self) -> set[str]:
@@ -466,7 +480,7 @@ class Cluster:
 
     async def _read_members(self, members: Any) -> None:
         now = self._clock()
-        for key in await _keys(self._js, members):
+        for key in await bucket_keys(self._js, f"{self.config.bucket_prefix}_members"):
             try:
                 entry = await members.get(key)
             except nats.js.errors.KeyNotFoundError:
@@ -491,15 +505,15 @@ class Cluster:
             try:
                 entry = await leases.get(key)
             except nats.js.errors.KeyNotFoundError:
-                self._owners[p] = None
                 self._lease_values.pop(p, None)
                 self._lease_seen.forget(key)
                 return
             except (nats.errors.Error, OSError):
                 return  # unread this tick: what was seen stands, and its age keeps growing
             value = decode_lease(entry.value)
-            self._owners[p] = value.owner if value is not None else None
-            if value is not None:
+            if value is None:
+                self._lease_values.pop(p, None)  # a foreign value: no owner, and no epoch to go on from
+            else:
                 self._lease_values[p] = value
             self._lease_seen.observe(key, int(entry.revision), now)
 
@@ -524,12 +538,26 @@ class Cluster:
             self._replicator.fenced.clear()
 
     def _lose(self, p: int, why: str) -> None:
+        lease = self._forget(p)
+        if lease is not None:
+            _log.warning("cluster.partition_lost", partition=p, epoch=lease.held.epoch, reason=why)
+
+    def _forget(self, p: int) -> _Lease | None:
+        """Stop holding a partition here (its writers and waiters learn at once); the lease it was, if any."""
         lease = self._leases.pop(p, None)
-        if lease is None:
-            return
-        if self._replicator is not None:
+        if lease is not None and self._replicator is not None:
             self._replicator.drop(p)
-        _log.warning("cluster.partition_lost", partition=p, epoch=lease.held.epoch, reason=why)
+        return lease
+
+    async def _release(self, leases: Any, p: int, lease: _Lease) -> bool:
+        """Mark a lease released (owner "", same epoch) so the next owner need not wait it out; False if it failed."""
+        try:
+            value = _ENCODE.encode(LeaseValue("", lease.held.epoch))
+            await leases.update(_lease_key(p), value, last=lease.held.revision)
+        except (nats.errors.Error, OSError) as exc:
+            _log.warning("cluster.release_failed", partition=p, error=type(exc).__name__)
+            return False
+        return True
 
     # -- taking over and handing over ----------------------------------------------------
 
@@ -617,16 +645,9 @@ class Cluster:
                 await anyio.sleep(0.01)
         if self._leases.get(p) is not lease:
             return
-        self._leases.pop(p, None)
-        if self._replicator is not None:
-            self._replicator.drop(p)
-        try:
-            value = _ENCODE.encode(LeaseValue("", lease.held.epoch))
-            await leases.update(_lease_key(p), value, last=lease.held.revision)
-        except (nats.errors.Error, OSError) as exc:
-            _log.warning("cluster.release_failed", partition=p, error=type(exc).__name__)
-            return
-        _log.info("cluster.partition_handed_over", partition=p, to=to)
+        self._forget(p)
+        if await self._release(leases, p, lease):
+            _log.info("cluster.partition_handed_over", partition=p, to=to)
 
     def _unreplicated(self, p: int) -> bool:
         return self._replicator is not None and self._replicator.pending(p) > 0
@@ -638,13 +659,10 @@ class Cluster:
 
     async def _leave(self, leases: Any, members: Any) -> None:
         """A clean stop: every partition released (its successor need not wait out the lease), the heartbeat gone."""
-        for p, lease in list(self._leases.items()):
-            self._leases.pop(p, None)
-            try:
-                value = _ENCODE.encode(LeaseValue("", lease.held.epoch))
-                await leases.update(_lease_key(p), value, last=lease.held.revision)
-            except (nats.errors.Error, OSError):
-                continue
+        for p in list(self._leases):
+            lease = self._forget(p)
+            if lease is not None:
+                await self._release(leases, p, lease)
         try:
             await members.delete(self.node)
         except (nats.errors.Error, OSError):
@@ -697,27 +715,6 @@ def _where(exc: BaseException) -> str:
 
 def _lease_key(p: int) -> str:
     return f"p{p}"
-
-
-async def _bucket(js: Any, template: KeyValueConfig, name: str) -> Any:
-    try:
-        return await js.key_value(name)
-    except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=name,
-            history=template.history,
-            replicas=template.replicas,
-            storage=template.storage,
-            placement=template.placement,
-        )
-        return await js.create_key_value(config)
-
-
-async def _keys(js: Any, kv: Any) -> list[str]:
-    """A bucket's keys, from its stream's subjects (one request; a KV watcher is heavier and less sure)."""
-    info = await js.stream_info(kv._stream, subjects_filter=">")
-    prefix = kv._pre
-    return [s[len(prefix) :] for s in (info.state.subjects or {})]
 
 
 async def _on_error(exc: Exception) -> None:

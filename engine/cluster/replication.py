@@ -200,7 +200,6 @@ class Replicator:
         node: str,
         stream: str,
         subject_prefix: str,
-        publish_timeout_s: float,
         records_max: int,
         valid: Callable[[int, int], bool],
     ) -> None:
@@ -208,7 +207,6 @@ class Replicator:
         self._node = node
         self._stream = stream
         self._prefix = subject_prefix
-        self._timeout_s = publish_timeout_s
         self._records_max = records_max
         self._valid = valid  # (partition, epoch) -> whether this node may still write it
         self._held: dict[int, _Partition] = {}
@@ -345,40 +343,37 @@ class Replicator:
             FencedError: the subject moved on without us, or the lease ran out.
         """
         subject = subject_of(self._prefix, partition)
-        first = batch.records[0].lsn
         body = _ENCODER.encode(batch)
         headers = {
-            "Nats-Msg-Id": f"{self._node}/p{partition}/e{batch.epoch}/{first}-{batch.last_lsn}",
+            "Nats-Msg-Id": f"{self._node}/p{partition}/e{batch.epoch}/{batch.records[0].lsn}-{batch.last_lsn}",
             "Nats-Expected-Last-Subject-Sequence": str(state.last_seq),
         }
         for delay in _RETRY_S:
             if not self._valid(partition, state.epoch):
                 raise FencedError(f"partition {partition}: the lease ran out before the publish")
             try:
-                ack = await self._js.publish(
-                    subject, body, timeout=self._timeout_s, stream=self._stream, headers=dict(headers)
-                )
-            except nats.js.errors.APIError as exc:
-                if exc.err_code not in _WRONG_LAST_SEQUENCE:
-                    _log.warning("cluster.publish_failed", partition=partition, error=type(exc).__name__)
-                    await anyio.sleep(delay)
-                    continue
-                # Our own earlier attempt may have landed with its ack lost: then the subject ends with it.
-                try:
-                    seq, last = await last_on_subject(self._js, self._stream, subject)
-                except (nats.errors.Error, OSError) as exc:
-                    _log.warning("cluster.publish_failed", partition=partition, error=type(exc).__name__)
-                    await anyio.sleep(delay)
-                    continue
-                landed = (self._node, state.epoch, batch.last_lsn)
-                if last is not None and (last.node, last.epoch, last.last_lsn) == landed:
-                    state.last_seq = seq
-                    return True
-                raise FencedError(f"partition {partition}: another owner wrote to it") from None
-            except (nats.errors.Error, OSError) as exc:
+                state.last_seq = await self._publish_once(subject, body, dict(headers), batch)
+            except (nats.errors.Error, OSError) as exc:  # not FencedError: that one ends the partition
                 _log.warning("cluster.publish_failed", partition=partition, error=type(exc).__name__)
                 await anyio.sleep(delay)
                 continue
-            state.last_seq = int(ack.seq)  # a deduplicated retry names the first attempt's sequence
             return True
         return False
+
+    async def _publish_once(self, subject: str, body: bytes, headers: dict[str, str], batch: ReplicaBatch) -> int:
+        """One attempt: the stream sequence the batch has (a deduplicated retry names the first attempt's).
+
+        Raises:
+            FencedError: another owner wrote to the subject since our last publish.
+        """
+        try:
+            ack = await self._js.publish(subject, body, stream=self._stream, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
+            # Our own earlier attempt may have landed with its ack lost: then the subject ends with it.
+            seq, last = await last_on_subject(self._js, self._stream, subject)
+            if last is not None and (last.node, last.epoch, last.last_lsn) == (self._node, batch.epoch, batch.last_lsn):
+                return seq
+            raise FencedError(f"partition {batch.partition}: another owner wrote to it") from None
+        return int(ack.seq)

@@ -21,7 +21,17 @@ from engine.cluster.leases import decode_lease, decode_member
 from engine.cluster.replication import ReplicaBatch, decode_batch
 from engine.config import ClusterConfig
 
-__all__ = ["LeaseRow", "LogRow", "MemberRow", "StreamRow", "read_leases", "read_log", "read_members", "read_stream"]
+__all__ = [
+    "LeaseRow",
+    "LogRow",
+    "MemberRow",
+    "StreamRow",
+    "bucket_keys",
+    "read_leases",
+    "read_log",
+    "read_members",
+    "read_stream",
+]
 
 
 @final
@@ -81,7 +91,8 @@ async def _last(js: Any, bucket: str, key: str) -> Any | None:
         return None
 
 
-async def _keys(js: Any, bucket: str) -> list[str]:
+async def bucket_keys(js: Any, bucket: str) -> list[str]:
+    """A key-value bucket's keys, from its stream's subjects (one request; a KV watcher is heavier and less sure)."""
     try:
         info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
     except nats.js.errors.NotFoundError:
@@ -103,7 +114,7 @@ async def read_members(js: Any, config: ClusterConfig) -> list[MemberRow]:
     """Every member that has a heartbeat (a node that stopped cleanly has none)."""
     bucket = f"{config.bucket_prefix}_members"
     rows = []
-    for key in await _keys(js, bucket):
+    for key in await bucket_keys(js, bucket):
         msg = await _last(js, bucket, key)
         info = decode_member(msg.data) if msg is not None and not _deleted(msg) else None
         if info is None:
