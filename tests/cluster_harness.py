@@ -179,6 +179,20 @@ def wait_all_served(urls: str, partitions: int, live: set[str], *, limit_s: floa
         time.sleep(0.2)
 
 
+def wait_shared(urls: str, live: set[str], *, limit_s: float = 30) -> dict[str, object]:
+    """Wait until every live node serves some partitions (a joiner gets its share by handover, a moment after
+    the first node took them all); the status that shows it."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        status = cluster_status(urls)
+        members = status["members"]
+        assert isinstance(members, list)
+        if {m["node"] for m in members if m["serving"]} >= live:
+            return status
+        assert time.monotonic() < deadline, f"the partitions were not shared by {sorted(live)}: {members}"
+        time.sleep(0.2)
+
+
 @dataclass
 class Sender:
     """One MLLP sender: sends its messages in order, each until an AA; a dead node means another node.
