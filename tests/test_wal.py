@@ -353,8 +353,8 @@ async def test_recovery_makes_the_page_cache_tail_durable(tmp_path: Path) -> Non
         assert files.durable[segment] == files.size(segment)
 
 
-async def test_disk_full_under_concurrency_voids_groups_framed_behind_it(tmp_path: Path) -> None:
-    """With groups in flight, a refused group also refuses those framed on top of it; the log stays gap-free."""
+async def test_disk_full_under_concurrency_refuses_one_group_and_leaves_no_gap(tmp_path: Path) -> None:
+    """Many writers, the disk full once: that group is refused, the next is chained on the durable end, no gap."""
     files = FaultyFiles()
     acked: list[str] = []
     refused: list[str] = []

@@ -235,7 +235,7 @@ class Replicator:
             state.moved()
 
     def on_durable(self, records: list[Durable]) -> None:
-        """From the log's syncer: new durable records; those of held partitions (this epoch) wait for publishing."""
+        """From the log's writer: new durable records; those of held partitions (this epoch) wait for publishing."""
         for partition, epoch, lsn, recorded_at, envelope in records:
             state = self._held.get(partition)
             if state is not None and state.epoch == epoch:

@@ -1,4 +1,4 @@
-"""Group commit's units: an append waiting for its fsync, and a group framed for the syncer."""
+"""Group commit's units: an append waiting for its fsync, and a group framed for one write and fsync."""
 
 from __future__ import annotations
 
@@ -63,9 +63,9 @@ class Append:
 
 @final
 class Framed:
-    """A group framed and chained, on its way to the syncer."""
+    """A group framed and chained, ready to be written and fsync'd."""
 
-    __slots__ = ("data", "generation", "group", "hashes", "offsets", "pending")
+    __slots__ = ("data", "group", "hashes", "offsets", "pending")
 
     def __init__(
         self,
@@ -75,14 +75,12 @@ class Framed:
         offsets: list[int],
         hashes: list[bytes],
         pending: list[Pending],
-        generation: int,
     ) -> None:
         self.group = group
         self.data = data
         self.offsets = offsets
         self.hashes = hashes
         self.pending = pending
-        self.generation = generation
 
 
 def critical_first(group: list[Append]) -> list[list[Append]]:

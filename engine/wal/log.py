@@ -22,6 +22,7 @@ Failure semantics, after what storage engines learned the hard way:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -31,8 +32,7 @@ from typing import Any, Protocol, TypeVar, final, overload
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.abc import TaskStatus
 
 from engine.config import WalConfig
 from engine.model import Envelope
@@ -124,19 +124,25 @@ class WriteAheadLog:
         self._failure: WALFailedError | None = None
         self._first_lsn = 1
         # The durable end (what a reader may see) and the tip (the last record
-        # framed, maybe still in flight); the syncer moves the first behind the second.
+        # framed, maybe still in flight); a commit moves the first up to the second.
         self._last_lsn = self._tip_lsn = 0
         self._last_hash = self._tip_hash = b""
         self._inflight: dict[str, int] = {}
-        self._generation = 0  # moves when a refused group voids those framed after it
         self._checkpoint_lsn = 0
         self._checkpointing = False
         # anyio.Event() looks the backend up on every call; an append makes one
         # each, so the backend's own Event class is resolved once, at open.
         self._new_event: Callable[[], anyio.Event] = anyio.Event
-        self._send, self._receive = anyio.create_memory_object_stream[Append](config.queue_appends_max)
+        # Appends waiting for the writer. A deque and two events, not a memory
+        # stream: a stream's checkpoints cost the writer two more task switches
+        # per group, measured as a tenth of an unloaded append's time.
+        self._queue: deque[Append] = deque()
+        self._wake = anyio.Event()  # set by an append (or the close) while the writer is idle
+        self._idle = False
+        self._room: anyio.Event | None = None  # made when an append waits for room in the queue
+        self._closing = False
         self._appended = self._duplicates = self._groups = self._disk_full = 0
-        # Told of every group's new records once durable, in LSN order, from the syncer (replication).
+        # Told of every group's new records once durable, in LSN order, by the writer (replication).
         self.on_durable: Callable[[list[Durable]], None] | None = None
 
     # -- recovery -----------------------------------------------------------
@@ -207,73 +213,110 @@ class WriteAheadLog:
 
         Raises:
             DiskFullError: no space for this group; nothing was written; retry later.
-            WALFailedError: the log stopped after an I/O error.
+            WALFailedError: the log stopped after an I/O error, or is closing.
         """
-        if self._failure is not None:
-            raise self._failure
         request = Append(envelopes, partition, epoch, self._new_event())
-        try:
-            self._send.send_nowait(request)
-        except anyio.WouldBlock:
-            await self._send.send(request)  # the queue is full: wait (backpressure)
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise WALFailedError("the log is closing; appends are refused")
+            if len(self._queue) < self.config.queue_appends_max:
+                break
+            if self._room is None:
+                self._room = self._new_event()
+            await self._room.wait()  # the queue is full: wait (backpressure)
+        self._queue.append(request)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
         await request.done.wait()
         if request.error is not None:
             raise request.error
         return request.positions
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer: gather waiting appends and frame them; the syncer writes and fsyncs.
+        """The writer: gather waiting appends into a group, frame it, write and fsync it, answer it.
 
-        The two are pipelined through a one-slot channel: while group N is
-        being written and fsync'd (in a worker thread), group N+1 is gathered
-        and framed, so the CPU work overlaps the disk wait. Checkpoints run
-        beside both (they only shorten recovery).
+        The write and the fsync run on the event loop's own thread. A hop to a
+        worker thread and back cost more CPU than the fsync itself on the
+        machines measured (benchmarks/bench_wal.py), doubled an unloaded
+        append's latency, and bought no throughput: appends that arrive
+        during an fsync wait in the queue and go together in the next group.
+        Checkpoints run beside, in a worker thread (they only shorten recovery).
         """
         task_status.started()
         delay = self.config.commit_delay_ms / 1000
-        send_framed, receive_framed = anyio.create_memory_object_stream[Framed](1)
-        async with self._receive, anyio.create_task_group() as tasks:
-            tasks.start_soon(self._syncer, receive_framed, tasks)
-            async with send_framed:
-                async for first in self._receive:
-                    group = [first]
-                    self._gather(group)
-                    if delay and not any(a.urgent for a in group):
-                        await self._wait_for_company(group, delay)
-                    for part in critical_first(group):
-                        framed = self._frame(part)
-                        if framed is not None:
-                            await send_framed.send(framed)
+        async with anyio.create_task_group() as tasks:
+            while True:
+                group = self._take()
+                if not group:
+                    if self._closing:
+                        return
+                    await self._until_queued()
+                    continue
+                if delay and not any(a.urgent for a in group):
+                    await self._wait_for_company(group, delay)
+                for part in critical_first(group):
+                    framed = self._frame(part)
+                    if framed is not None:
+                        self._commit(framed)
+                due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
+                if due and not self._checkpointing:
+                    self._checkpointing = True
+                    tasks.start_soon(self._checkpoint_beside)
 
-    def _gather(self, group: list[Append]) -> None:
+    def stop_writer(self) -> None:
+        """Take no more appends; the writer commits what is queued, then returns."""
+        self._closing = True
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+        if self._room is not None:
+            self._room.set()  # waiters for room see the log closing
+
+    async def _until_queued(self) -> None:
+        """Sleep until an append (or the close) wakes the writer."""
+        self._idle = True
+        self._wake = self._new_event()
+        try:
+            await self._wake.wait()
+        finally:
+            self._idle = False
+
+    def _take(self, group: list[Append] | None = None) -> list[Append]:
+        """Move waiting appends into a group, up to `group_records_max` records."""
+        group = [] if group is None else group
         limit = self.config.group_records_max
         count = sum(len(a.envelopes) for a in group)
-        while count < limit:
-            try:
-                more = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return
+        queue = self._queue
+        while queue and count < limit:
+            more = queue.popleft()
             group.append(more)
             count += len(more.envelopes)
+        if self._room is not None and len(queue) < self.config.queue_appends_max:
+            self._room.set()
+            self._room = None
+        return group
 
     async def _wait_for_company(self, group: list[Append], delay: float) -> None:
         """A batch-only group waits up to `delay` for more, ending early for urgent work."""
+        limit = self.config.group_records_max
         with anyio.move_on_after(delay):
-            while sum(len(a.envelopes) for a in group) < self.config.group_records_max:
-                try:
-                    more = await self._receive.receive()
-                except anyio.EndOfStream:
+            while sum(len(a.envelopes) for a in group) < limit:
+                before = len(group)
+                self._take(group)
+                if any(a.urgent for a in group[before:]) or self._closing:
                     return
-                group.append(more)
-                if more.urgent:
-                    return
+                if len(group) == before:
+                    await self._until_queued()
 
     def _frame(self, group: list[Append]) -> Framed | None:
         """Frame every new record of the group, chained on the tip.
 
         A duplicate of a durable record is answered at once (if the whole
-        group is duplicates); a duplicate of a record still in flight is
-        answered with this group, which is synced after the one holding it.
+        group is duplicates); a duplicate of a record still in flight (in the
+        critical part committed just before) is answered with this group.
         """
         if self._failure is not None:
             answer(group, self._failure)
@@ -314,33 +357,19 @@ class WriteAheadLog:
             return None
         self._tip_lsn, self._tip_hash = lsn, prev
         data = b"".join(frames)
-        return Framed(group, data=data, offsets=offsets, hashes=hashes, pending=pending, generation=self._generation)
+        return Framed(group, data=data, offsets=offsets, hashes=hashes, pending=pending)
 
-    async def _syncer(self, receive: MemoryObjectReceiveStream[Framed], tasks: TaskGroup) -> None:
-        async with receive:
-            async for framed in receive:
-                with anyio.CancelScope(shield=True):
-                    await self._sync(framed)
-                due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
-                if due and not self._checkpointing:
-                    self._checkpointing = True
-                    tasks.start_soon(self._checkpoint_beside)
-
-    async def _sync(self, framed: Framed) -> None:
-        """Write and fsync one framed group (in a worker thread), then answer it."""
+    def _commit(self, framed: Framed) -> None:
+        """Write and fsync one framed group, then answer it."""
         group = framed.group
         if self._failure is not None:
             answer(group, self._failure)
-            return
-        if framed.generation != self._generation:
-            # Framed on top of a group the disk refused: its LSNs and chain are void.
-            answer(group, DiskFullError("an earlier group was refused for lack of space; retry later"))
             return
         if not framed.data:
             answer(group, None)
             return
         try:
-            seg, start = await anyio.to_thread.run_sync(self._write, framed.data, framed.pending[0][0])
+            seg, start = self._write(framed.data, framed.pending[0][0])
         except DiskFullError as exc:
             self._disk_full += 1
             self._rewind()
@@ -363,7 +392,7 @@ class WriteAheadLog:
         answer(group, None)
 
     def _write(self, data: bytes, first_lsn: int) -> tuple[SegmentInfo, int]:
-        """In a worker thread: begin a segment if this one is full, then write and fdatasync."""
+        """Begin a segment if this one is full, then write and fdatasync."""
         seg = self._index.segments[-1]
         if seg.size + len(data) > self.config.segment_bytes_max and seg.last_lsn >= seg.first_lsn:
             seg = self._active.begin(first_lsn)
@@ -371,8 +400,7 @@ class WriteAheadLog:
         return seg, self._active.write(seg, data)
 
     def _rewind(self) -> None:
-        """Forget every framed-but-unwritten group: the tip goes back to the durable end."""
-        self._generation += 1
+        """Forget the refused group: the tip goes back to the durable end."""
         self._tip_lsn, self._tip_hash = self._last_lsn, self._last_hash
         self._inflight.clear()
 
@@ -548,7 +576,7 @@ class WriteAheadLog:
             appended_records=self._appended,
             duplicate_records=self._duplicates,
             groups=self._groups,
-            queued_appends=self._send.statistics().current_buffer_used,
+            queued_appends=len(self._queue),
             disk_full_refusals=self._disk_full,
             failed=str(self._failure) if self._failure else None,
         )
@@ -562,8 +590,7 @@ class WriteAheadLog:
 
     def abandon(self) -> None:
         """Give up before the writer ever ran (recovery failed): release what was made."""
-        self._send.close()
-        self._receive.close()
+        self._closing = True
         self._active.close()
 
 
@@ -605,6 +632,6 @@ async def open_wal(
                     yield wal
                 finally:
                     # Let the writer finish what is queued, then stop it.
-                    await wal._send.aclose()
+                    wal.stop_writer()
         finally:
             await anyio.to_thread.run_sync(wal.close)

@@ -2,8 +2,8 @@
 
 It begins segments (header, fsync, directory fsync), writes a group and
 fdatasyncs it, and takes back a partial write when the disk is full, so that
-a refused group leaves no bytes behind. Runs in a worker thread, one call at
-a time (the log's syncer serialises them).
+a refused group leaves no bytes behind. Only the log's writer calls it, one
+call at a time.
 """
 
 from __future__ import annotations
