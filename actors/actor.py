@@ -182,7 +182,7 @@ class Actor(Generic[M]):
                 await self._wake.wait()
                 continue
             gate = self._gate
-            if gate is not None:
+            if gate is not None and not gate.try_acquire():
                 # Priority inheritance: the turn waits as urgent as its most urgent message.
                 await gate.acquire(self._priority(queue) if self._priority is not None else 0)
             try:
@@ -198,8 +198,10 @@ class Actor(Generic[M]):
             finally:
                 if gate is not None:
                     gate.release()
-            # A turn that awaited nothing must still let others run.
-            await anyio.lowlevel.checkpoint()
+            if queue:
+                # A turn that awaited nothing must still let others run before the next
+                # (with the mailbox empty, waiting for the next message lets them).
+                await anyio.lowlevel.checkpoint()
 
 
 async def ask(actor: Actor[M], make: Callable[[Reply[T]], M], *, timeout_s: float) -> T:

@@ -31,6 +31,13 @@ class TurnGate:
         self._waiting: list[tuple[int, int, anyio.Event]] = []
         self._order = itertools.count()
 
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if no turn is waiting for one (no checkpoint); False otherwise."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire(self, priority: int) -> None:
         """Wait for a slot; lower `priority` values go first."""
         if self._free > 0 and not self._waiting:

@@ -76,6 +76,20 @@ class _LaneState:
         self.total = HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
 
 
+_Job = tuple[Lane, object, float]  # an item started: its lane, the item, when it was admitted
+
+
+@final
+class _Worker:
+    """An idle worker's wake-up call and the item it is woken with."""
+
+    __slots__ = ("job", "wake")
+
+    def __init__(self) -> None:
+        self.job: _Job | None = None
+        self.wake = anyio.Event()
+
+
 @final
 class LaneScheduler(Generic[T]):
     """Runs `handler(lane, item)` for admitted items, lanes first; run with `tg.start(s.run)`.
@@ -96,7 +110,8 @@ class LaneScheduler(Generic[T]):
             Lane.BATCH: _LaneState(settings.batch),
         }
         self._fifo: deque[tuple[Lane, object, float]] = deque()
-        self._work = anyio.Event()
+        self._tg: TaskGroup | None = None  # set while `run` runs: workers start in it
+        self._idle: list[_Worker] = []  # workers waiting for an item (at most workers_total exist)
         self._running_total = 0
         self._credits = {Lane.STANDARD: settings.standard_weight, Lane.BATCH: settings.batch_weight}
 
@@ -112,7 +127,7 @@ class LaneScheduler(Generic[T]):
             self._fifo.append((lane, item, now))
         state.queue.append((item, now))
         state.admitted += 1
-        self._work.set()
+        self._dispatch()
 
     async def admit(self, lane: Lane, item: T) -> None:
         """Queue an item, waiting while its lane is full (backpressure)."""
@@ -132,22 +147,62 @@ class LaneScheduler(Generic[T]):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start items as slots free up, until cancelled."""
         async with anyio.create_task_group() as tg:
-            task_status.started()
-            while True:
-                picked = self._pick_fifo() if self.settings.mode == "fifo" else self._pick()
-                if picked is None:
-                    self._work = anyio.Event()
-                    await self._work.wait()
-                    continue
-                self._start(tg, *picked)
+            self._tg = tg
+            try:
+                self._dispatch()  # what was admitted before the scheduler ran
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+                self._idle = []  # their tasks end with the group
 
-    def _start(self, tg: TaskGroup, lane: Lane, item: object, admitted_at: float) -> None:
+    def _dispatch(self) -> None:
+        """Start what may start now: called when an item is admitted (a finished worker picks its own next).
+
+        Items run on long-lived workers: an idle one is woken with its item,
+        and a worker that finishes takes the next item itself, so a busy
+        lane costs no task creation and no dispatcher hand-off per item. What
+        starts, and in which order, is decided by `_pick` alone.
+        """
+        tg = self._tg
+        if tg is None:
+            return
+        while (job := self._next()) is not None:
+            if self._idle:
+                worker = self._idle.pop()
+                worker.job = job
+                worker.wake.set()
+            else:
+                tg.start_soon(self._work, job)
+
+    def _next(self) -> _Job | None:
+        """The next item to start, counted as running; None if none may start now."""
+        picked = self._pick_fifo() if self.settings.mode == "fifo" else self._pick()
+        if picked is None:
+            return None
+        lane, _item, admitted_at = picked
         state = self._lanes[lane]
         state.running += 1
         self._running_total += 1
         state.wait.record_value(max(1, int((anyio.current_time() - admitted_at) * _US)))
         state.not_full.set()
-        tg.start_soon(self._serve, lane, item, admitted_at)
+        return picked
+
+    async def _work(self, job: _Job) -> None:
+        """One worker: its item, then the next while there is one, then idle until woken with another."""
+        me = _Worker()
+        while True:
+            await self._serve(*job)
+            following = self._next()
+            if following is not None:
+                job = following
+                await anyio.lowlevel.checkpoint()  # a handler that never waited must not starve the loop
+                continue
+            me.wake = anyio.Event()
+            self._idle.append(me)
+            await me.wake.wait()
+            assert me.job is not None
+            job, me.job = me.job, None
 
     async def _serve(self, lane: Lane, item: object, admitted_at: float) -> None:
         state = self._lanes[lane]
@@ -161,9 +216,8 @@ class LaneScheduler(Generic[T]):
             state.total.record_value(max(1, int((anyio.current_time() - admitted_at) * _US)))
             state.running -= 1
             self._running_total -= 1
-            self._work.set()
 
-    def _pick(self) -> tuple[Lane, object, float] | None:
+    def _pick(self) -> _Job | None:
         critical = self._lanes[Lane.CRITICAL]
         if critical.queue and critical.running < critical.limits.workers:
             return (Lane.CRITICAL, *critical.queue.popleft())
@@ -185,7 +239,7 @@ class LaneScheduler(Generic[T]):
         self._credits[lane] = max(0, self._credits[lane] - 1)
         return (lane, *self._lanes[lane].queue.popleft())
 
-    def _pick_fifo(self) -> tuple[Lane, object, float] | None:
+    def _pick_fifo(self) -> _Job | None:
         if not self._fifo or self._running_total >= self.settings.workers_total:
             return None
         lane, item, admitted_at = self._fifo.popleft()

@@ -169,3 +169,41 @@ def test_reserved_critical_workers_must_leave_room() -> None:
             SchedulerSettings(critical=LaneLimits(1, 4), workers_total=4),
             lambda lane, item: anyio.lowlevel.checkpoint(),
         )
+
+
+@pytest.mark.anyio
+async def test_workers_are_reused_and_a_busy_lane_never_starves_the_loop() -> None:
+    """Thousands of items run on at most workers_total tasks; handlers that never wait still let others run."""
+    tasks: set[int] = set()
+    handled = 0
+    all_done = anyio.Event()
+
+    async def handler(lane: Lane, item: int) -> None:
+        nonlocal handled
+        tasks.add(anyio.get_current_task().id)
+        handled += 1  # no await: only the scheduler's own checkpoint lets the ticker run
+        if handled == 3000:
+            all_done.set()
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    scheduler: LaneScheduler[int] = LaneScheduler(SETTINGS, handler)
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        tg.start_soon(ticker)
+        for lane, count in ((Lane.CRITICAL, 100), (Lane.STANDARD, 1000), (Lane.BATCH, 1000)):
+            for i in range(count):
+                scheduler.admit_nowait(lane, i)
+        for i in range(900):
+            await scheduler.admit(Lane.STANDARD, i)
+        await all_done.wait()
+        tg.cancel_scope.cancel()
+    assert len(tasks) <= SETTINGS.workers_total
+    assert ticks > 100
+    assert sum(s.done for s in scheduler.statistics()) == 3000
