@@ -623,7 +623,6 @@ class Node:
     async def _ingest(
         self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False
     ) -> tuple[IngestResult, InputError | None]:
-        assert self._scheduler is not None
         try:
             classified = self._classifier.classify_hl7(raw, in_batch=in_batch) if kind is Kind.HL7V2 else None
         except InputError as exc:
@@ -632,14 +631,24 @@ class Node:
         work = Work(raw, source, kind, in_batch=in_batch, classified=classified)
         group = Group([work])
         started = time.perf_counter()
+        if not self._telemetry.tracing:
+            result, reason = await self._admitted(lane, group)
+            self._answered(None, lane, work, result, (time.perf_counter() - started) * 1000)
+            return result, reason
         attributes = {"vigil.lane": lane.value, "vigil.kind": kind.value}
         with self._telemetry.tracer.start_as_current_span("vigil.message", attributes=attributes) as span:
-            with self._counted_in_flight(1), anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
-                await self._scheduler.admit(lane, group)
-                await group.done.wait()
-            result, reason = timed_out() if waited.cancelled_caught else (work.result, work.reason)
+            result, reason = await self._admitted(lane, group)
             self._answered(span, lane, work, result, (time.perf_counter() - started) * 1000)
         return result, reason
+
+    async def _admitted(self, lane: Lane, group: Group) -> tuple[IngestResult, InputError | None]:
+        """One message through its lane: its answer once handled, or AE once `ack_timeout_s` passed."""
+        assert self._scheduler is not None
+        work = group.works[0]
+        with self._counted_in_flight(1), anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
+            await self._scheduler.admit(lane, group)
+            await group.done.wait()
+        return timed_out() if waited.cancelled_caught else (work.result, work.reason)
 
     async def _ingest_group(
         self, lane: Lane, works: list[Work], indexes: Sequence[int], results: list[IngestResult]
@@ -650,7 +659,8 @@ class Node:
         started = time.perf_counter()
         # One span per message, as on the one-by-one path: receive to durable.
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
-        spans = [self._telemetry.tracer.start_span("vigil.message", attributes=attributes) for _ in works]
+        tracer = self._telemetry.tracer if self._telemetry.tracing else None
+        spans = [tracer.start_span("vigil.message", attributes=attributes) if tracer else None for _ in works]
         with self._counted_in_flight(len(works)), anyio.move_on_after(self.config.mllp.ack_timeout_s):
             await self._scheduler.admit(lane, group)
             await group.done.wait()
@@ -658,13 +668,15 @@ class Node:
         for index, work, span in zip(indexes, group.works, spans, strict=True):
             results[index] = work.result if work.answered else timed_out()[0]
             self._answered(span, lane, work, results[index], elapsed_ms)
-            span.end()
+            if span is not None:
+                span.end()
 
     @contextlib.contextmanager
     def _counted_in_flight(self, count: int) -> Iterator[None]:
         """Messages in flight, so a stop waits for them (`_idle`)."""
+        if self._in_flight == 0:
+            self._idle = anyio.Event()
         self._in_flight += count
-        self._idle = anyio.Event()
         try:
             yield
         finally:
@@ -672,13 +684,14 @@ class Node:
             if self._in_flight == 0:
                 self._idle.set()
 
-    def _answered(self, span: Span, lane: Lane, work: Work, result: IngestResult, elapsed_ms: float) -> None:
+    def _answered(self, span: Span | None, lane: Lane, work: Work, result: IngestResult, elapsed_ms: float) -> None:
         """A message's span attributes, metrics and canonical log line (at debug; nothing identifies a patient)."""
-        span.set_attribute("vigil.outcome", result.outcome)
-        span.set_attribute("vigil.message_type", work.message_type)
-        if result.lsns:
-            span.set_attribute("vigil.lsn", result.lsns[0])
-            span.add_event("durable")
+        if span is not None:
+            span.set_attribute("vigil.outcome", result.outcome)
+            span.set_attribute("vigil.message_type", work.message_type)
+            if result.lsns:
+                span.set_attribute("vigil.lsn", result.lsns[0])
+                span.add_event("durable")
         self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
         self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
         lsn = result.lsns[0] if result.lsns else None

@@ -30,6 +30,9 @@ class Telemetry:
         read_side_lag: Callable[[], tuple[int, float] | None] = lambda: None,
     ) -> None:
         self.tracer = trace.get_tracer("vigil.node")
+        # Without an SDK installed before the node starts (engine.otel_export does it
+        # first), a span is a no-op that still costs a tenth of a message's CPU: none then.
+        self.tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         meter = metrics.get_meter("vigil.node")
         self.messages = meter.create_counter(
             "vigil.messages", unit="1", description="messages answered, by lane and outcome"
