@@ -37,6 +37,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from actors.actor import Actor, Behavior, Reply
+from actors.clock import loop_clock
 from actors.record import PatientRecord, RecordView
 from actors.turns import TurnGate
 from engine.model import Event, Lane, PatientMerged
@@ -127,7 +128,7 @@ class _Patient:
         self.attempts = 0
         self.unapplied: list[_Message] = []
         self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
-        self.last_used = anyio.current_time()
+        self.last_used = registry.now()
         self.closing: anyio.Event | None = None  # set while passivating: senders wait, then reactivate
         self.stopped = anyio.Event()
 
@@ -186,6 +187,7 @@ class PatientActors:
         self._limiter = anyio.CapacityLimiter(activations_max)
         self._tg: TaskGroup | None = None
         self._activations = self._passivations = self._restarts = self._quarantined = 0
+        self.now: Callable[[], float] = anyio.current_time  # the loop's clock, resolved once `run` runs
 
     def new_actor(self, behave: Behavior[_Message], capacity: int) -> Actor[_Message]:
         return Actor(behave, capacity=capacity, name="patient", gate=self.gate, priority=_urgency)
@@ -227,6 +229,7 @@ class PatientActors:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own every patient actor and the passivation sweep, until cancelled."""
+        self.now = loop_clock()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._sweep)
@@ -242,7 +245,7 @@ class PatientActors:
                     await entry.closing.wait()  # being passivated: then activated afresh
                     continue
                 self._active.move_to_end(patient)
-                entry.last_used = anyio.current_time()
+                entry.last_used = self.now()
                 await entry.actor.tell(message)
                 return
             stash = self._stashes.get(patient)
@@ -317,7 +320,7 @@ class PatientActors:
     async def _sweep(self) -> None:
         while True:
             await anyio.sleep(self.idle_timeout_s / 2)
-            now = anyio.current_time()
+            now = self.now()
             for patient, entry in list(self._active.items()):
                 idle = now - entry.last_used >= self.idle_timeout_s and entry.actor.depth == 0
                 if idle and entry.closing is None:

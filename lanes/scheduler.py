@@ -30,6 +30,7 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from hdrh.histogram import HdrHistogram
 
+from actors.clock import loop_clock
 from engine.model import Lane
 from lanes.settings import LaneLimits, SchedulerSettings
 
@@ -112,6 +113,7 @@ class LaneScheduler(Generic[T]):
         self._fifo: deque[tuple[Lane, object, float]] = deque()
         self._tg: TaskGroup | None = None  # set while `run` runs: workers start in it
         self._idle: list[_Worker] = []  # workers waiting for an item (at most workers_total exist)
+        self._now: Callable[[], float] = anyio.current_time  # the loop's clock, resolved once `run` runs
         self._running_total = 0
         self._credits = {Lane.STANDARD: settings.standard_weight, Lane.BATCH: settings.batch_weight}
 
@@ -122,7 +124,7 @@ class LaneScheduler(Generic[T]):
         state = self._lanes[lane]
         if len(state.queue) >= state.limits.capacity_items:
             raise LaneFull(f"the {lane.value} lane holds {state.limits.capacity_items} items")
-        now = anyio.current_time()
+        now = self._now()
         if self.settings.mode == "fifo":
             self._fifo.append((lane, item, now))
         state.queue.append((item, now))
@@ -146,6 +148,7 @@ class LaneScheduler(Generic[T]):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start items as slots free up, until cancelled."""
+        self._now = loop_clock()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
@@ -184,7 +187,7 @@ class LaneScheduler(Generic[T]):
         state = self._lanes[lane]
         state.running += 1
         self._running_total += 1
-        state.wait.record_value(max(1, int((anyio.current_time() - admitted_at) * _US)))
+        state.wait.record_value(max(1, int((self._now() - admitted_at) * _US)))
         state.not_full.set()
         return picked
 
@@ -213,7 +216,7 @@ class LaneScheduler(Generic[T]):
         else:
             state.done += 1
         finally:
-            state.total.record_value(max(1, int((anyio.current_time() - admitted_at) * _US)))
+            state.total.record_value(max(1, int((self._now() - admitted_at) * _US)))
             state.running -= 1
             self._running_total -= 1
 

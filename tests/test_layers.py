@@ -27,7 +27,7 @@ PURE_ENGINE = {
     "engine.feedgen",
 }
 # The runtime floor: on anyio, but no I/O of its own (the node passes it in).
-RUNTIME = {"actors.actor", "actors.supervisor", "actors.patients", "actors.turns", "lanes.scheduler"}
+RUNTIME = {"actors.actor", "actors.clock", "actors.supervisor", "actors.patients", "actors.turns", "lanes.scheduler"}
 # I/O of any kind: never below the node floor.
 IO = {
     "os",
