@@ -52,6 +52,10 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MIB)] = 16 * _MIB
     # A drop folder (--watch) is looked at this often; a file must be this old to be taken.
     watch_poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 0.5
+    # An input of at least this many messages (stdin, a file, a NATS batch) is parsed in
+    # `parse_workers` worker processes beside the event loop (0: always in the loop).
+    parse_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
+    parse_pool_messages_min: Annotated[int, msgspec.Meta(ge=1)] = 2048
 
 
 _KIB = 1024

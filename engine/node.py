@@ -50,6 +50,7 @@ from engine.hl7 import AckContext, Outcome, build_ack
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import Envelope, Kind, Lane
 from engine.nats_source import NatsSource, Verdict
+from engine.parse_pool import Parsed, ParsePool
 from engine.patient_store import LogRecordSource, PoisonQuarantine
 from engine.projections import ProjectionRunner, Record, dsn_of
 from engine.telemetry import Telemetry
@@ -90,6 +91,7 @@ class Node:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._decoder = Decoder(Classifier(config.lanes.rules))
         self._classifier = self._decoder.classifier
+        self._parse_pool = ParsePool(config.lanes.rules, config.ingest.parse_workers)
         self._acks = itertools.count(1)
         self._in_flight = 0
         self._idle = anyio.Event()
@@ -128,6 +130,22 @@ class Node:
         With `mllp_tls`, the MLLP listener speaks only TLS.
         Returns the stdin results, in order.
         """
+        if stdin is not None or watch is not None or (self.config.nats.servers and self.config.nats.subjects):
+            self._parse_pool.start()  # its processes import while the log is recovered
+        try:
+            return await self._run(mllp=mllp, stdin=stdin, watch=watch, mllp_tls=mllp_tls, task_status=task_status)
+        finally:
+            self._parse_pool.close()
+
+    async def _run(
+        self,
+        *,
+        mllp: tuple[str, int] | None,
+        stdin: bytes | None,
+        watch: Path | None,
+        mllp_tls: ssl.SSLContext | None,
+        task_status: TaskStatus[int | None],
+    ) -> list[IngestResult]:
         key = audit_key_from_env(self.config.audit.key_env)
         results: list[IngestResult] = []
         async with (
@@ -558,30 +576,70 @@ class Node:
         return answers
 
     async def _ingest_pieces(self, pieces: list[Piece], source: str) -> list[IngestResult]:
-        """The messages of one input, answered in input order, in windows of lane groups (`engine.batching`)."""
-        classified: list[Classification | None] = [None] * len(pieces)
-        for i, piece in enumerate(pieces):
-            if piece.kind is Kind.HL7V2 and piece.error is None:
+        """The messages of one input, answered in input order, in windows of lane groups (`engine.batching`).
+
+        A large input is parsed in worker processes (`engine.parse_pool`), in
+        chunks, while the windows of the chunks already parsed are appended;
+        a small one (or one the workers cannot take) is parsed in the loop.
+        """
+        results: list[IngestResult] = [IngestResult("retry")] * len(pieces)
+        if len(pieces) < self.config.ingest.parse_pool_messages_min:
+            everything = range(len(pieces))
+            await self._ingest_chunk(pieces, everything, self._parse_here(pieces, everything), source, results)
+            return results
+        received = self._clock().isoformat(timespec="milliseconds")
+        ahead = []
+        for start in range(0, len(pieces), _PARSE_CHUNK_MESSAGES):
+            span = range(start, min(len(pieces), start + _PARSE_CHUNK_MESSAGES))
+            messages = [(pieces[i].data, pieces[i].in_batch) for i in span if _groupable(pieces[i])]
+            ahead.append((span, self._parse_pool.submit(messages, received, source)))
+        for span, future in ahead:
+            answer = await self._parse_pool.result(future) if future is not None else None
+            parsed = self._parse_here(pieces, span) if answer is None else _unpack(pieces, span, answer)
+            await self._ingest_chunk(pieces, span, parsed, source, results)
+        return results
+
+    def _parse_here(self, pieces: list[Piece], span: range) -> _Parsed:
+        """Lanes and patient hints of the pieces of `span`, classified in the loop (parsed later, in the lane)."""
+        classified: list[Classification | None] = []
+        hints: list[bytes | None] = []
+        for piece in (pieces[i] for i in span):
+            lane = None
+            if _groupable(piece):
                 # A refusal is made and explained one by one, in the window that holds it.
                 with contextlib.suppress(InputError):
-                    classified[i] = self._classifier.classify_hl7(piece.data, in_batch=piece.in_batch)
+                    lane = self._classifier.classify_hl7(piece.data, in_batch=piece.in_batch)
+            classified.append(lane)
+            hints.append(patient_hint(piece.data) if _groupable(piece) else None)
+        return classified, hints, [None] * len(span)
+
+    async def _ingest_chunk(
+        self, pieces: list[Piece], span: range, parsed: _Parsed, source: str, results: list[IngestResult]
+    ) -> None:
+        """The pieces of `span`, window by window: each window's lane groups side by side."""
+        classified, hints, envelopes = parsed
         lanes = [c.lane if c is not None else None for c in classified]
-        hints = [patient_hint(p.data) if p.kind is Kind.HL7V2 and p.error is None else None for p in pieces]
-        results: list[IngestResult] = [IngestResult("retry")] * len(pieces)
         for window in windows(lanes, hints, _GROUP_MESSAGES_MAX):
             if window.one_by_one:
-                answered = await self._ingest_one_by_one([pieces[i] for i in window.one_by_one], source)
+                alone = [pieces[span.start + i] for i in window.one_by_one]
+                answered = await self._ingest_one_by_one(alone, source)
                 for i, result in zip(window.one_by_one, answered, strict=True):
-                    results[i] = result
+                    results[span.start + i] = result
                 continue
             async with anyio.create_task_group() as tg:
                 for lane, indexes in window.groups:
                     works = [
-                        Work(pieces[i].data, source, Kind.HL7V2, in_batch=pieces[i].in_batch, classified=classified[i])
+                        Work(
+                            pieces[span.start + i].data,
+                            source,
+                            Kind.HL7V2,
+                            in_batch=pieces[span.start + i].in_batch,
+                            classified=classified[i],
+                            parsed=envelopes[i],
+                        )
                         for i in indexes
                     ]
-                    tg.start_soon(self._ingest_group, lane, works, indexes, results)
-        return results
+                    tg.start_soon(self._ingest_group, lane, works, [span.start + i for i in indexes], results)
 
     async def _ingest_one_by_one(self, pieces: list[Piece], source: str) -> list[IngestResult]:
         """Messages answered in order; up to `_STREAM_WINDOW` in flight at once, so the log can group-commit.
@@ -827,6 +885,10 @@ class Node:
             await self._apply(envelopes, positions)
 
     def _decode(self, work: Work, received: str) -> list[Envelope]:
+        if isinstance(work.parsed, InputError):
+            raise work.parsed
+        if work.parsed is not None:
+            return [work.parsed]
         if work.kind is Kind.HL7V2:
             hl7 = self._decoder.hl7(
                 work.raw, received_at=received, source=work.source, in_batch=work.in_batch, classified=work.classified
@@ -867,6 +929,32 @@ class Node:
         return self._clock().strftime("%Y%m%d%H%M%S")
 
 
+# A chunk's lanes (None: not groupable), patient hints, and what a worker made of each (None: not parsed yet).
+_Parsed = tuple[list[Classification | None], list[bytes | None], list[Envelope | InputError | None]]
+
+
+def _groupable(piece: Piece) -> bool:
+    """An HL7 v2 message cut cleanly: it may go in a lane group (anything else is answered one by one)."""
+    return piece.kind is Kind.HL7V2 and piece.error is None
+
+
+def _unpack(pieces: list[Piece], span: range, answer: tuple[list[Parsed], dict[int, InputError]]) -> _Parsed:
+    """A worker's answer for the groupable pieces of `span`, spread back over the whole span."""
+    parsed, refused = answer
+    classified: list[Classification | None] = [None] * len(span)
+    hints: list[bytes | None] = [None] * len(span)
+    envelopes: list[Envelope | InputError | None] = [None] * len(span)
+    k = 0
+    for j, i in enumerate(span):
+        if not _groupable(pieces[i]):
+            continue
+        made = parsed[k]
+        classified[j], hints[j] = made.classified, made.hint
+        envelopes[j] = refused.get(k, made.envelope)
+        k += 1
+    return classified, hints, envelopes
+
+
 def _accept(owned: Sequence[tuple[Work, Sequence[Envelope]]], positions: Sequence[Position]) -> None:
     """Each message answered with its records' LSNs (a duplicate when all were there already)."""
     start = 0
@@ -886,6 +974,7 @@ def _retry_all(works: Sequence[Work], why: str) -> None:
 
 _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
 _GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
+_PARSE_CHUNK_MESSAGES = 1024  # messages per hand-off to a parse worker
 
 
 def _ready_files(folder: Path, settle_s: float) -> list[Path]:

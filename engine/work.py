@@ -9,7 +9,7 @@ import msgspec
 
 from engine.errors import InputError
 from engine.hl7 import Outcome
-from engine.model import Kind
+from engine.model import Envelope, Kind
 from lanes.classify import Classification
 
 __all__ = ["Group", "IngestResult", "TemporaryError", "Work", "patient_hint", "timed_out"]
@@ -36,6 +36,7 @@ class Work:
         "kind",
         "message_type",
         "outcome",
+        "parsed",
         "raw",
         "reason",
         "result",
@@ -43,10 +44,18 @@ class Work:
     )
 
     def __init__(
-        self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False, classified: Classification | None = None
+        self,
+        raw: bytes,
+        source: str,
+        kind: Kind,
+        *,
+        in_batch: bool = False,
+        classified: Classification | None = None,
+        parsed: Envelope | InputError | None = None,
     ) -> None:
         self.raw = raw
         self.classified = classified  # the lane decided at the source: not decided twice
+        self.parsed = parsed  # parsed already (in a worker process), or refused there
         self.source = source
         self.kind = kind
         self.in_batch = in_batch

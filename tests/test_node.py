@@ -334,3 +334,40 @@ def test_stdin_keeps_every_patients_order_across_lanes(tmp_path: Path) -> None:
         return found
 
     assert anyio.run(logged) == sent
+
+
+def test_stdin_parsed_in_worker_processes_answers_as_the_loop_does(tmp_path: Path) -> None:
+    """A large input parsed in a worker process: the same answers, refusals and per-patient order as in the loop."""
+    from engine.feedgen import generate_feed
+
+    feed = generate_feed(1200, seed=78, patients=12)
+    feed[300:300] = [NO_PID]
+    answers: dict[str, list[tuple[str, bool]]] = {}
+    logged: dict[str, dict[str, list[str]]] = {}
+    for name, workers in (("loop", 0), ("workers", 1)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f"[ingest]\nparse_workers = {workers}\nparse_pool_messages_min = 100\n")
+        done = subprocess.run(
+            [VIGIL, "--config", str(config), "run", "--stdin", "--data", str(tmp_path / name)],
+            input=b"".join(feed),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr.decode()[-500:]  # the one refusal
+        assert (b"parse_pool.started" in done.stderr) == bool(workers)
+        assert b"parse_pool.failed" not in done.stderr
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        answers[name] = [(r["outcome"], r.get("duplicate", False)) for r in rows]
+
+        async def by_patient(data: Path) -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            async with open_wal(data / "wal") as wal:
+                for r in wal.read_from(1):
+                    found.setdefault(r.envelope.patient or "", []).append(r.message_id)
+            return found
+
+        logged[name] = anyio.run(by_patient, tmp_path / name)
+    assert answers["workers"] == answers["loop"]
+    assert [i for i, (outcome, _) in enumerate(answers["workers"]) if outcome != "accepted"] == [300]
+    assert logged["workers"] == logged["loop"]

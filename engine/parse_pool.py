@@ -1,0 +1,150 @@
+"""Parsing a large input (stdin, a dropped file, a NATS batch) in worker processes, beside the event loop.
+
+Classifying, parsing and mapping HL7 v2 is the largest share of a node's
+CPU on a stream: about a third of its main thread (benchmarks/bench_node.py).
+A worker process does that share for a large input while the event loop
+appends, answers and applies what is already parsed. Small inputs and single
+MLLP messages stay in the loop: the hand-off (about 100 µs here) would cost
+more than their parse.
+
+A chunk of messages goes out as raw bytes and comes back as one msgpack
+document (envelopes cross the process boundary in their wire form, decoded
+in a few µs each), with the refusals beside it. A worker that dies or cannot
+start is not an outage: the node logs it and parses in the loop, as for a
+small input. The workers are a `ProcessPoolExecutor` started with `spawn`:
+the node has threads, and a forked child could inherit a held lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+from collections.abc import Sequence
+from typing import final
+
+import msgspec
+import structlog
+
+from engine.decode import Decoder
+from engine.errors import InputError
+from engine.model import Envelope
+from engine.work import patient_hint
+from lanes.classify import Classification, Classifier
+from lanes.rules import ClassificationRules
+
+__all__ = ["ParsePool", "Parsed"]
+
+_log = structlog.get_logger("vigil.parse_pool")
+
+
+@final
+class Parsed(msgspec.Struct, frozen=True, array_like=True):
+    """One HL7 v2 message parsed in a worker: its lane (None: not classifiable), patient hint, envelope.
+
+    `envelope` is None when the message was refused: the refusal is in the
+    chunk's error map, or (no lane) the node classifies it again to explain it.
+    """
+
+    classified: Classification | None
+    hint: bytes | None
+    envelope: Envelope | None
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(list[Parsed])
+_decoder: Decoder | None = None  # one per worker process, made by `_start_worker`
+
+
+def _start_worker(rules: ClassificationRules) -> None:
+    global _decoder  # noqa: PLW0603 -- the worker process's one decoder, made once
+    _decoder = Decoder(Classifier(rules))
+
+
+def _parse_chunk(
+    messages: Sequence[tuple[bytes, bool]], received_at: str, source: str
+) -> tuple[bytes, dict[int, InputError]]:
+    """In a worker: each (raw, in_batch) classified, parsed and mapped; refusals by index."""
+    assert _decoder is not None, "the worker was not started by ParsePool"
+    parsed: list[Parsed] = []
+    refused: dict[int, InputError] = {}
+    for index, (raw, in_batch) in enumerate(messages):
+        hint = patient_hint(raw)
+        try:
+            classified = _decoder.classifier.classify_hl7(raw, in_batch=in_batch)
+        except InputError:
+            parsed.append(Parsed(None, hint, None))  # explained by the node, one by one, as ever
+            continue
+        try:
+            envelope = _decoder.hl7(
+                raw, received_at=received_at, source=source, in_batch=in_batch, classified=classified
+            )
+        except InputError as exc:
+            refused[index] = exc
+            parsed.append(Parsed(classified, hint, None))
+            continue
+        parsed.append(Parsed(classified, hint, envelope))
+    return _ENCODER.encode(parsed), refused
+
+
+@final
+class ParsePool:
+    """Worker processes for large inputs; `parse` returns None when they cannot serve (parse in the loop)."""
+
+    def __init__(self, rules: ClassificationRules, workers: int) -> None:
+        self._rules = rules
+        self._workers = workers
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._broken = False
+
+    def start(self) -> None:
+        """Start the workers now (they take a moment to import), so the first large input need not wait."""
+        if self._executor is None and not self._broken and self._workers > 0:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self._rules,),
+            )
+            self._executor.submit(int)  # makes the processes start now, not at the first chunk
+            _log.info("parse_pool.started", workers=self._workers)
+
+    def submit(
+        self, messages: Sequence[tuple[bytes, bool]], received_at: str, source: str
+    ) -> asyncio.Future[tuple[bytes, dict[int, InputError]]] | None:
+        """One chunk on its way to a worker; None when the pool cannot serve."""
+        self.start()
+        if self._executor is None:
+            return None
+        try:
+            future = self._executor.submit(_parse_chunk, list(messages), received_at, source)
+        except (concurrent.futures.BrokenExecutor, RuntimeError) as exc:
+            self._give_up(exc)
+            return None
+        return asyncio.wrap_future(future)
+
+    async def result(
+        self, future: asyncio.Future[tuple[bytes, dict[int, InputError]]]
+    ) -> tuple[list[Parsed], dict[int, InputError]] | None:
+        """A chunk's answer; None when its worker failed (the chunk is parsed in the loop instead)."""
+        try:
+            encoded, refused = await future
+            return _DECODER.decode(encoded), refused
+        except Exception as exc:  # noqa: BLE001 -- a broken worker, whatever broke it: the loop parses instead
+            self._give_up(exc)
+            return None
+
+    def _give_up(self, exc: BaseException) -> None:
+        if not self._broken:
+            _log.error("parse_pool.failed", error=type(exc).__name__, then="parsing in the event loop")
+        self._broken = True
+        self._stop(cancel=False)  # chunks awaited still answer (or fail, and are parsed in the loop)
+
+    def close(self) -> None:
+        """Stop the workers: the node is done with them."""
+        self._stop(cancel=True)
+
+    def _stop(self, *, cancel: bool) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=cancel)
