@@ -270,6 +270,11 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         retention: "keep-all" (the default: it is a medical record), or
             "release-before-snapshot": segments wholly older than the oldest
             snapshot still needed may be deleted.
+        sync: where a group's write and fsync run. "inline": on the event
+            loop's thread (the default: on local disks the hop to a thread
+            costs more than the fsync). "thread": in a worker thread, so the
+            node goes on parsing during a slow fsync (network or spinning
+            storage, milliseconds per fsync).
     """
 
     segment_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB)] = 64 * _MIB
@@ -280,6 +285,7 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     checkpoint_records_interval: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     sparse_index_records_interval: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 64
     retention: Literal["keep-all", "release-before-snapshot"] = "keep-all"
+    sync: Literal["inline", "thread"] = "inline"
 
 
 @final

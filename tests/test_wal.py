@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import msgspec
@@ -92,10 +93,11 @@ async def test_patient_index_reads_without_a_scan(tmp_path: Path) -> None:
         assert list(wal.read_patient("H|nobody")) == []
 
 
-async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
-    """Group commit: 64 concurrent writers need far fewer fsyncs than records."""
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_concurrent_appends_share_fsyncs(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
+    """Group commit: 64 concurrent writers need far fewer fsyncs than records (the fsync on either thread)."""
     files = FaultyFiles()
-    async with open_wal(tmp_path, WalConfig(commit_delay_ms=0), files=files) as wal:
+    async with open_wal(tmp_path, WalConfig(commit_delay_ms=0, sync=sync), files=files) as wal:
         start = files.syncs
 
         async def writer(k: int) -> None:
@@ -251,10 +253,11 @@ async def test_checkpoint_beyond_the_log_refuses(tmp_path: Path) -> None:
 # -- I/O errors ----------------------------------------------------------------
 
 
-async def test_fsync_error_stops_the_log_for_good(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_fsync_error_stops_the_log_for_good(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
     """fsync raising EIO: the append fails, later appends are refused, no retry on the file."""
     files = FaultyFiles()
-    async with open_wal(tmp_path, SMALL, files=files) as wal:
+    async with open_wal(tmp_path, msgspec.structs.replace(SMALL, sync=sync), files=files) as wal:
         await wal.append([envelope(1)])
         files.sync_errno = errno.EIO
         with pytest.raises(WALFailedError, match="appends are refused"):
@@ -268,10 +271,11 @@ async def test_fsync_error_stops_the_log_for_good(tmp_path: Path) -> None:
     assert await read_ids(tmp_path, files) == [envelope(1).message_id]
 
 
-async def test_disk_full_refuses_then_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_disk_full_refuses_then_resumes(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
     """ENOSPC mid-write: that group is refused and its partial bytes removed; reads work; appends resume."""
     files = FaultyFiles()
-    async with open_wal(tmp_path, SMALL, files=files) as wal:
+    async with open_wal(tmp_path, msgspec.structs.replace(SMALL, sync=sync), files=files) as wal:
         await wal.append([envelope(1)])
         files.write_errno, files.write_partial_bytes = errno.ENOSPC, 37
         with pytest.raises(DiskFullError, match="retry later"):
@@ -353,12 +357,16 @@ async def test_recovery_makes_the_page_cache_tail_durable(tmp_path: Path) -> Non
         assert files.durable[segment] == files.size(segment)
 
 
-async def test_disk_full_under_concurrency_refuses_one_group_and_leaves_no_gap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_disk_full_under_concurrency_refuses_one_group_and_leaves_no_gap(
+    tmp_path: Path, sync: Literal["inline", "thread"]
+) -> None:
     """Many writers, the disk full once: that group is refused, the next is chained on the durable end, no gap."""
     files = FaultyFiles()
     acked: list[str] = []
     refused: list[str] = []
-    async with open_wal(tmp_path, WalConfig(commit_delay_ms=0, group_records_max=4), files=files) as wal:
+    config = WalConfig(commit_delay_ms=0, group_records_max=4, sync=sync)
+    async with open_wal(tmp_path, config, files=files) as wal:
         await wal.append([envelope(0)])
         acked.append(envelope(0).message_id)
         files.write_errno, files.write_partial_bytes = errno.ENOSPC, 100

@@ -238,11 +238,12 @@ class WriteAheadLog:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer: gather waiting appends into a group, frame it, write and fsync it, answer it.
 
-        The write and the fsync run on the event loop's own thread. A hop to a
-        worker thread and back cost more CPU than the fsync itself on the
-        machines measured (benchmarks/bench_wal.py), doubled an unloaded
-        append's latency, and bought no throughput: appends that arrive
-        during an fsync wait in the queue and go together in the next group.
+        By default the write and the fsync run on the event loop's own thread:
+        a hop to a worker thread and back cost more CPU than the fsync itself
+        on the machines measured (benchmarks/bench_wal.py) and doubled an
+        unloaded append's latency, and appends that arrive during an fsync
+        go together in the next group anyway. `sync = "thread"` is for
+        storage whose fsync takes milliseconds: the loop parses on meanwhile.
         Checkpoints run beside, in a worker thread (they only shorten recovery).
         """
         task_status.started()
@@ -260,7 +261,7 @@ class WriteAheadLog:
                 for part in critical_first(group):
                     framed = self._frame(part)
                     if framed is not None:
-                        self._commit(framed)
+                        await self._commit(framed)
                 due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
                 if due and not self._checkpointing:
                     self._checkpointing = True
@@ -359,8 +360,8 @@ class WriteAheadLog:
         data = b"".join(frames)
         return Framed(group, data=data, offsets=offsets, hashes=hashes, pending=pending)
 
-    def _commit(self, framed: Framed) -> None:
-        """Write and fsync one framed group, then answer it."""
+    async def _commit(self, framed: Framed) -> None:
+        """Write and fsync one framed group (`config.sync` says on which thread), then answer it."""
         group = framed.group
         if self._failure is not None:
             answer(group, self._failure)
@@ -369,7 +370,11 @@ class WriteAheadLog:
             answer(group, None)
             return
         try:
-            seg, start = self._write(framed.data, framed.pending[0][0])
+            if self.config.sync == "thread":
+                with anyio.CancelScope(shield=True):  # a write, once begun, is seen through
+                    seg, start = await anyio.to_thread.run_sync(self._write, framed.data, framed.pending[0][0])
+            else:
+                seg, start = self._write(framed.data, framed.pending[0][0])
         except DiskFullError as exc:
             self._disk_full += 1
             self._rewind()
