@@ -109,6 +109,8 @@ class Actor(Generic[M]):
         self._batch_max = batch_max
         self._queue: deque[M] = deque()
         self._wake = anyio.Event()  # set when a message arrives for an idle actor
+        # anyio.Event() looks the backend up on every call; an actor makes one per idle spell.
+        self._new_event: Callable[[], anyio.Event] = type(self._wake)
         self._room: anyio.Event | None = None  # made when a sender waits for room (most never do)
         self._idle = False
         self._closed = False
@@ -178,7 +180,7 @@ class Actor(Generic[M]):
                 if self._closed:
                     return
                 self._idle = True
-                self._wake = anyio.Event()
+                self._wake = self._new_event()
                 await self._wake.wait()
                 continue
             gate = self._gate

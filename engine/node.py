@@ -92,6 +92,10 @@ class Node:
         self._decoder = Decoder(Classifier(config.lanes.rules))
         self._classifier = self._decoder.classifier
         self._parse_pool = ParsePool(config.lanes.rules, config.ingest.parse_workers)
+        # anyio.Event() looks the backend up each time; a message makes one or two: resolved once, in `run`.
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        # The per-message debug line through a logger bound once: the module's lazy proxy binds on every call.
+        self._message_log = _log
         self._acks = itertools.count(1)
         self._in_flight = 0
         self._idle = anyio.Event()
@@ -147,6 +151,8 @@ class Node:
         task_status: TaskStatus[int | None],
     ) -> list[IngestResult]:
         key = audit_key_from_env(self.config.audit.key_env)
+        self._new_event = type(anyio.Event())
+        self._message_log = _log.bind()
         results: list[IngestResult] = []
         async with (
             open_wal(self.data_dir / "wal", self.config.wal, audit_key=key, progress=self._recovery_progress) as wal,
@@ -687,7 +693,7 @@ class Node:
             return await self._reject(raw, source, exc), exc
         lane = classified.lane if classified is not None else Lane.STANDARD
         work = Work(raw, source, kind, in_batch=in_batch, classified=classified)
-        group = Group([work])
+        group = Group([work], self._new_event())
         started = time.perf_counter()
         if not self._telemetry.tracing:
             result, reason = await self._admitted(lane, group)
@@ -713,7 +719,7 @@ class Node:
     ) -> None:
         """Messages of one lane from one input: one scheduler turn, one append; each answered on its own."""
         assert self._scheduler is not None
-        group = Group(works)
+        group = Group(works, self._new_event())
         started = time.perf_counter()
         # One span per message, as on the one-by-one path: receive to durable.
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
@@ -753,7 +759,7 @@ class Node:
         self._telemetry.messages.add(1, {"vigil.lane": lane.value, "vigil.outcome": result.outcome})
         self._telemetry.ack_latency.record(elapsed_ms, {"vigil.lane": lane.value})
         lsn = result.lsns[0] if result.lsns else None
-        _log.debug(
+        self._message_log.debug(
             "message", lane=lane.value, type=work.message_type, outcome=result.outcome, lsn=lsn, ms=round(elapsed_ms, 3)
         )
 

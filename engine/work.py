@@ -76,9 +76,9 @@ class Group:
 
     __slots__ = ("done", "works")
 
-    def __init__(self, works: list[Work]) -> None:
+    def __init__(self, works: list[Work], done: anyio.Event | None = None) -> None:
         self.works = works
-        self.done = anyio.Event()
+        self.done = done if done is not None else anyio.Event()
 
 
 class TemporaryError(InputError):
