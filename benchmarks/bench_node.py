@@ -5,9 +5,12 @@ The node is a real `vigil run` process; every message counted was ACK'd
 threads in this process, each on its own connection, sending one message
 and waiting for its ACK before the next, as HL7 interfaces do. The ACK
 round trip of one unsaturated connection is compared with this machine's
-fdatasync p99, measured in the same run. The NATS row drains a JetStream
-stream filled beforehand (a real nats-server, fsyncing every write), each
-message acked only once durable in the node's log.
+fdatasync p99, measured in the same run. stdin runs twice in the same
+run, parsing in the event loop and in one worker process (`[ingest]
+parse_workers`; an input of 2,048 messages or more), and reports the ratio.
+The NATS row drains a JetStream stream filled beforehand (a real
+nats-server, fsyncing every write), each message acked only once durable
+in the node's log.
 """
 
 from __future__ import annotations
@@ -44,19 +47,17 @@ ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
 
 
-def _stdin(feed: list[bytes], scratch: Path) -> tuple[float, float]:
-    """(messages/s excluding start-up, start-up seconds)."""
+def _stdin(feed: list[bytes], scratch: Path, parse_workers: int) -> tuple[float, float]:
+    """(messages/s excluding start-up, start-up seconds), with `parse_workers` parse processes."""
+    config = scratch / f"parse-{parse_workers}.toml"
+    config.write_text(f"[ingest]\nparse_workers = {parse_workers}\n")
+    command = [VIGIL, "--config", str(config), "run", "--stdin", "--data"]
     t0 = time.perf_counter()
-    subprocess.run(
-        [VIGIL, "run", "--stdin", "--data", str(scratch / "empty")], input=b"", capture_output=True, check=True
-    )
+    subprocess.run([*command, str(scratch / f"empty-{parse_workers}")], input=b"", capture_output=True, check=True)
     startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [VIGIL, "run", "--stdin", "--data", str(scratch / "stdin")],
-        input=b"".join(feed),
-        capture_output=True,
-        check=False,
+        [*command, str(scratch / f"stdin-{parse_workers}")], input=b"".join(feed), capture_output=True, check=False
     )
     elapsed = time.perf_counter() - t0
     accepted = proc.stdout.count(b'"accepted"')
@@ -177,15 +178,18 @@ def _fsync_p99_ms(directory: Path) -> float:
 def main() -> None:
     args = arguments(__doc__ or "")
     quick = args.quick
-    count = 2_000 if quick else 40_000
+    count = 4_000 if quick else 40_000  # quick: still past parse_pool_messages_min (2,048)
     duration = 0.6 if quick else 5.0
     scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-node-"))
     rows: list[dict[str, Any]] = []
     try:
-        stdin_rate, startup = _stdin(generate_feed(count, seed=21), scratch)
-        rows.append(
-            {"source": "stdin", "connections": "-", "messages_per_s": stdin_rate, "p50_ms": None, "p99_ms": None}
-        )
+        stdin_feed = generate_feed(count, seed=21)
+        in_loop, _ = _stdin(stdin_feed, scratch, parse_workers=0)
+        stdin_rate, startup = _stdin(stdin_feed, scratch, parse_workers=1)
+        for source, rate in (("stdin, parsed in the loop", in_loop), ("stdin, 1 parse worker", stdin_rate)):
+            rows.append(
+                {"source": source, "connections": "-", "messages_per_s": rate, "p50_ms": None, "p99_ms": None}
+            )
         # Latency unsaturated: one connection of clinical (standard-lane) traffic; batch-only
         # groups may wait `wal.commit_delay_ms` for company by design, so they are not the measure.
         clinical = [generate_feed(20_000, seed=300, mix=FeedMix(1, 3, 0, 0, 1, 1, 0))]
@@ -220,9 +224,10 @@ def main() -> None:
         table.add_row(r["source"], str(r["connections"]), f"{r['messages_per_s']:,.0f}", p50, p99)
     console = Console(width=120)
     console.print(table)
-    single = rows[1]  # one connection of clinical traffic: the unsaturated ACK
+    single = rows[2]  # one connection of clinical traffic: the unsaturated ACK
     extra = {
         "node_startup_s": round(startup, 2),
+        "stdin_parse_worker_vs_loop": round(stdin_rate / in_loop, 2),
         "machine_fdatasync_p99_ms": round(fsync_p99, 3),
         "mllp_single_p99_minus_fsync_p99_ms": round(single["p99_ms"] - fsync_p99, 3),
         "goals": ">= 25,000/s via stdin, >= 10,000/s via MLLP; MLLP p99 <= fsync p99 + 2 ms unsaturated",
