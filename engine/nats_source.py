@@ -4,8 +4,8 @@ JetStream: messages are fetched a batch at a time and each is acked only
 once the node has answered it (invariant 1): `ack` once durable, `term` once
 refused (its bytes are in quarantine, so redelivering it would only
 quarantine it again), `nak` with a delay on a temporary failure (disk full,
-overload) so JetStream redelivers it. The next fetch waits until the batch is
-answered, so a full lane stops the pulling (backpressure). A crash between
+overload) so JetStream redelivers it. One batch is fetched while the one
+before is answered, and no more: a full lane stops the pulling (backpressure). A crash between
 the log commit and the ack means a redelivery, which the log answers as a
 duplicate without a second append.
 
@@ -28,9 +28,11 @@ import nats.errors
 import nats.js.errors
 import sniffio
 import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
 from opentelemetry import propagate, trace
 
 from engine.config import NatsConfig, NatsSubjectConfig
@@ -124,17 +126,30 @@ class NatsSource:
             raise ConfigError(f"nats: stream {subject.stream!r} for subject {subject.subject!r} not found") from None
         source = f"nats:{subject.subject}"
         _log.info("nats.consuming", subject=subject.subject, durable=subject.durable)
-        while True:
-            try:
-                batch = await consumer.fetch(self._config.fetch_messages_max, timeout=_FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                await anyio.sleep(_FETCH_WAIT_S)
-                continue
-            verdicts = await self._answer(batch, source)
-            for message, (verdict, _reply) in zip(batch, verdicts, strict=True):
-                await _settle(message, verdict, self._config.redeliver_delay_s)
+        # One batch fetched while the one before is answered: the fetch's round trip no
+        # longer leaves the node idle. An unbuffered hand-off keeps it to one batch ahead.
+        send, receive = anyio.create_memory_object_stream[list[Msg]](0)
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(self._fetch, consumer, send)
+            async for batch in receive:
+                verdicts = await self._answer(batch, source)
+                for message, (verdict, _reply) in zip(batch, verdicts, strict=True):
+                    await _settle(message, verdict, self._config.redeliver_delay_s)
+
+    async def _fetch(
+        self, consumer: JetStreamContext.PullSubscription, send: MemoryObjectSendStream[list[Msg]]
+    ) -> None:
+        """Batches from the pull consumer, handed over one at a time."""
+        async with send:
+            while True:
+                try:
+                    batch = await consumer.fetch(self._config.fetch_messages_max, timeout=_FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                    await anyio.sleep(_FETCH_WAIT_S)
+                    continue
+                await send.send(batch)
 
     async def _subscribe(self, client: Client, subject: NatsSubjectConfig) -> None:
         """Core NATS: one message at a time, in arrival order; a request gets the results as its reply."""
