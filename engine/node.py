@@ -97,6 +97,8 @@ class Node:
         # The per-message debug line through a logger bound once: the module's lazy proxy binds on every call.
         self._message_log = _log
         self._acks = itertools.count(1)
+        self._dtm_second: tuple[int, ...] = ()
+        self._dtm_text = ""
         self._in_flight = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -932,7 +934,12 @@ class Node:
         return f"{self.config.node.id}-{next(self._acks)}"
 
     def _dtm(self) -> str:
-        return self._clock().strftime("%Y%m%d%H%M%S")
+        """The ACK's MSH-7 (to the second): formatted once a second, not once a message."""
+        now = self._clock()
+        second = (now.year, now.month, now.day, now.hour, now.minute, now.second)
+        if second != self._dtm_second:
+            self._dtm_second, self._dtm_text = second, now.strftime("%Y%m%d%H%M%S")
+        return self._dtm_text
 
 
 # A chunk's lanes (None: not groupable), patient hints, and what a worker made of each (None: not parsed yet).
