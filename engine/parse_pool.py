@@ -20,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import final
 
@@ -54,11 +57,21 @@ class Parsed(msgspec.Struct, frozen=True, array_like=True):
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[Parsed])
 _decoder: Decoder | None = None  # one per worker process, made by `_start_worker`
+_WATCHDOG_INTERVAL_S = 0.5  # how soon a worker notices that the node is gone
 
 
-def _start_worker(rules: ClassificationRules) -> None:
+def _start_worker(rules: ClassificationRules, node_pid: int) -> None:
     global _decoder  # noqa: PLW0603 -- the worker process's one decoder, made once
     _decoder = Decoder(Classifier(rules))
+    threading.Thread(target=_exit_with, args=(node_pid,), name="parse-worker-watchdog", daemon=True).start()
+
+
+def _exit_with(node_pid: int) -> None:
+    """Leave when the node is gone (SIGKILL included): a worker holds its own end of the
+    pool's queue, so it would otherwise wait on it forever, an orphan."""
+    while os.getppid() == node_pid:
+        time.sleep(_WATCHDOG_INTERVAL_S)
+    os._exit(0)
 
 
 def _parse_chunk(
@@ -99,15 +112,20 @@ class ParsePool:
 
     def start(self) -> None:
         """Start the workers now (they take a moment to import), so the first large input need not wait."""
-        if self._executor is None and not self._broken and self._workers > 0:
+        if self._executor is not None or self._broken or self._workers < 1:
+            return
+        try:
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self._rules,),
+                initargs=(self._rules, os.getpid()),
             )
             self._executor.submit(int)  # makes the processes start now, not at the first chunk
-            _log.info("parse_pool.started", workers=self._workers)
+        except (OSError, concurrent.futures.BrokenExecutor) as exc:  # no /dev/shm, no processes left...
+            self._give_up(exc)
+            return
+        _log.info("parse_pool.started", workers=self._workers)
 
     def submit(
         self, messages: Sequence[tuple[bytes, bool]], received_at: str, source: str

@@ -5,6 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import structlog
@@ -18,12 +22,15 @@ from engine.work import patient_hint
 from lanes import Classifier
 from tests.helpers import hl7
 
-# The pool hands futures to asyncio: the node runs on anyio's asyncio backend only.
-pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])
-
 RULES = Config().lanes.rules
 NO_PID = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|BAD1|P|2.5.1", "OBR|1|P|F|X")
 NO_MSH = b"EVN|A01|20261124\rPID|1||MRN9^^^GENHOSP^MR\r"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The pool hands futures to asyncio: the node runs on anyio's asyncio backend only."""
+    return "asyncio"
 
 
 def _messages() -> list[tuple[bytes, bool]]:
@@ -108,3 +115,56 @@ async def test_a_worker_that_cannot_start_is_not_an_outage() -> None:
         assert future is None or await pool.result(future) is None
     finally:
         pool.close()
+
+
+def test_workers_leave_when_the_node_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the process that owns the pool: its workers exit on their own, no orphan stays behind."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert owner.stdout is not None
+        line = b""
+        while not line.startswith(b"workers:"):  # structlog, unconfigured, prints its lines here too
+            line = owner.stdout.readline()
+            assert line, "the pool's owner ended early"
+        workers = [int(pid) for pid in line.split()[1:]]
+        assert workers
+        assert all(_alive(pid) for pid in workers)
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+        if owner.stdout is not None:
+            owner.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+# A node stand-in: starts a pool, waits for its worker to answer, prints the workers' pids, sleeps.
+_OWNER = """
+import asyncio, multiprocessing, time
+from engine.config import Config
+from engine.parse_pool import ParsePool
+
+async def main():
+    pool = ParsePool(Config().lanes.rules, workers=1)
+    answer = await pool.result(pool.submit([], "t0", "test"))
+    assert answer is not None
+    print("workers:", *(p.pid for p in multiprocessing.active_children() if "Process" in p.name), flush=True)
+    time.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
