@@ -256,7 +256,8 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     Attributes:
         segment_bytes_max: a segment is sealed and a new one begun past this size.
         commit_delay_ms: how long a group of batch-lane records only may wait
-            for more before its fsync; groups holding any critical or standard
+            for more before its fsync, when the group before it had company (a
+            lone sender never waits); groups holding any critical or standard
             record never wait.
         group_records_max: the most records one write + fsync covers.
         group_bytes_max: the most bytes one write covers (a single larger

@@ -310,7 +310,8 @@ async def test_disk_full_at_segment_roll_leaves_no_segment(tmp_path: Path) -> No
 
 
 def test_critical_never_waits_for_the_batch_window(tmp_path: Path) -> None:
-    """With a 30 s commit delay a batch-only group waits; a critical record ends the wait at once.
+    """With a 30 s commit delay: a lone batch sender never waits; once groups have company a batch-only
+    group waits for more; a critical record ends the wait at once.
 
     Deterministic time: trio's MockClock jumps ahead whenever every task waits.
     """
@@ -319,21 +320,42 @@ def test_critical_never_waits_for_the_batch_window(tmp_path: Path) -> None:
 
     config = WalConfig(commit_delay_ms=30_000)
 
-    async def scenario() -> tuple[float, float]:
+    async def scenario() -> tuple[float, float, float, float]:
         async with open_wal(tmp_path, config) as wal:
-            start = trio.current_time()
-            await wal.append([envelope(1, Lane.BATCH)])
-            batch_alone = trio.current_time() - start
-            start = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(wal.append, [envelope(2, Lane.BATCH)])
-                await trio.sleep(1)
-                await wal.append([envelope(3, Lane.CRITICAL)])
-            return batch_alone, trio.current_time() - start
 
-    batch_alone, with_critical = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert batch_alone >= 30
+            async def flood(first: int) -> None:  # appends arriving together: a group with company
+                async with trio.open_nursery() as nursery:
+                    for i in range(first, first + 4):
+                        nursery.start_soon(wal.append, [envelope(i, Lane.BATCH)])
+
+            start = trio.current_time()
+            for i in range(3):  # one at a time, each waiting for its answer: no company to wait for
+                await wal.append([envelope(i, Lane.BATCH)])
+            lone = trio.current_time() - start
+            await flood(10)
+            start = trio.current_time()
+            batch_waited = 0.0
+
+            async def batch() -> None:
+                nonlocal batch_waited
+                await wal.append([envelope(30, Lane.BATCH)])
+                batch_waited = trio.current_time() - start
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(batch)
+                await trio.sleep(1)
+                await wal.append([envelope(31, Lane.CRITICAL)])
+            with_critical = trio.current_time() - start
+            await flood(40)
+            start = trio.current_time()
+            await wal.append([envelope(50, Lane.BATCH)])
+            return lone, batch_waited, with_critical, trio.current_time() - start
+
+    lone, batch_waited, with_critical, in_flood = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert lone < 1
+    assert 1 <= batch_waited < 2  # it waited for company, until the critical record came
     assert with_critical < 2
+    assert in_flood >= 30
 
 
 async def test_recovery_makes_the_page_cache_tail_durable(tmp_path: Path) -> None:

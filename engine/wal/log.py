@@ -4,7 +4,8 @@
 starts the writer, and yields a `WriteAheadLog`. `append` returns only when
 the records are on disk: the writer gathers whatever appends are waiting
 into one write and one fdatasync (group commit). A group of batch-lane records
-only may wait `commit_delay_ms` for company; a group with any critical or
+only may wait `commit_delay_ms` for company (if the group before it had
+some: a lone sender never waits); a group with any critical or
 standard record is written at once, so a critical record never waits for a
 batch window, and critical appends are made durable ahead of the rest of
 their group.
@@ -141,6 +142,7 @@ class WriteAheadLog:
         self._idle = False
         self._room: anyio.Event | None = None  # made when an append waits for room in the queue
         self._closing = False
+        self._company = False  # the last group held more than one append (so a batch group may wait for more)
         self._appended = self._duplicates = self._groups = self._disk_full = 0
         # Told of every group's new records once durable, in LSN order, by the writer (replication).
         self.on_durable: Callable[[list[Durable]], None] | None = None
@@ -256,8 +258,12 @@ class WriteAheadLog:
                         return
                     await self._until_queued()
                     continue
-                if delay and not any(a.urgent for a in group):
+                # Like PostgreSQL's commit_siblings: a batch-only group waits for company
+                # only if the group before it had some; a lone sender (one append at a
+                # time, each waiting for its answer) would only wait out the delay.
+                if delay and self._company and not any(a.urgent for a in group):
                     await self._wait_for_company(group, delay)
+                self._company = len(group) > 1
                 for part in critical_first(group):
                     framed = self._frame(part)
                     if framed is not None:
