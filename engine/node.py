@@ -18,11 +18,13 @@ messages finish within `node.stop_deadline_s`, passivate the patient actors
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import signal
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -596,12 +598,17 @@ class Node:
             await self._ingest_chunk(pieces, everything, self._parse_here(pieces, everything), source, results)
             return results
         received = self._clock().isoformat(timespec="milliseconds")
-        ahead = []
-        for start in range(0, len(pieces), _PARSE_CHUNK_MESSAGES):
-            span = range(start, min(len(pieces), start + _PARSE_CHUNK_MESSAGES))
-            messages = [(pieces[i].data, pieces[i].in_batch) for i in span if _groupable(pieces[i])]
-            ahead.append((span, self._parse_pool.submit(messages, received, source)))
-        for span, future in ahead:
+        spans = [
+            range(start, min(len(pieces), start + _PARSE_CHUNK_MESSAGES))
+            for start in range(0, len(pieces), _PARSE_CHUNK_MESSAGES)
+        ]
+        ahead: deque[tuple[range, asyncio.Future[tuple[bytes, dict[int, InputError]]] | None]] = deque()
+        for k, span in enumerate(spans):
+            # A few chunks ahead, no more: parsed envelopes weigh several times their bytes.
+            for later in spans[k + len(ahead) : k + _PARSE_CHUNKS_AHEAD]:
+                messages = [(pieces[i].data, pieces[i].in_batch) for i in later if _groupable(pieces[i])]
+                ahead.append((later, self._parse_pool.submit(messages, received, source)))
+            _span, future = ahead.popleft()
             answer = await self._parse_pool.result(future) if future is not None else None
             parsed = self._parse_here(pieces, span) if answer is None else _unpack(pieces, span, answer)
             await self._ingest_chunk(pieces, span, parsed, source, results)
@@ -988,6 +995,7 @@ def _retry_all(works: Sequence[Work], why: str) -> None:
 _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
 _GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
 _PARSE_CHUNK_MESSAGES = 1024  # messages per hand-off to a parse worker
+_PARSE_CHUNKS_AHEAD = 4  # chunks handed off before the loop has taken their turn
 
 
 def _ready_files(folder: Path, settle_s: float) -> list[Path]:
