@@ -49,7 +49,7 @@ from engine.decode import Decoder
 from engine.errors import ConfigError, FramingError, InputError
 from engine.framing import Piece, split_input
 from engine.hl7 import AckContext, Outcome, build_ack
-from engine.mllp import Frame, MLLPDecoder, frame
+from engine.mllp_server import MLLPServer
 from engine.model import Envelope, Kind, Lane
 from engine.nats_source import NatsSource, Verdict
 from engine.parse_pool import Parsed, ParsePool
@@ -104,7 +104,6 @@ class Node:
         self._in_flight = 0
         self._idle = anyio.Event()
         self._idle.set()
-        self._connections = anyio.CapacityLimiter(config.mllp.connections_max)
         self._wal: WriteAheadLog | None = None
         self._actors: PatientActors | None = None
         self._scheduler: LaneScheduler[Group] | None = None
@@ -180,15 +179,16 @@ class Node:
             port = None
             listening = anyio.CancelScope()
             if mllp is not None:
-                tcp = await anyio.create_tcp_listener(local_host=mllp[0], local_port=mllp[1])
-                port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
+                server = MLLPServer(
+                    self.config.mllp,
+                    self.config.ingest.message_bytes_max,
+                    self._answer_frame,
+                    self._refuse_framing,
+                    tls=mllp_tls,
+                )
+                port = await tg.start(self._listen, server, mllp, listening)
                 self._mllp_port = port
                 self._mllp_tls = mllp_tls is not None
-                listener: anyio.abc.Listener[ByteStream] = tcp
-                if mllp_tls is not None:
-                    timeout = self.config.mllp.tls_handshake_timeout_s
-                    listener = TLSListener(tcp, mllp_tls, standard_compatible=False, handshake_timeout=timeout)
-                tg.start_soon(self._listen, listener, listening)
             watching = anyio.CancelScope()
             if watch is not None:
                 tg.start_soon(self._watch, watch, watching)
@@ -495,10 +495,16 @@ class Node:
         with scope:
             await source.run()
 
-    async def _listen(self, listener: anyio.abc.Listener[ByteStream], scope: anyio.CancelScope) -> None:
-        async with listener:
-            with scope:
-                await listener.serve(self._serve_connection)
+    async def _listen(
+        self,
+        server: MLLPServer,
+        address: tuple[str, int],
+        scope: anyio.CancelScope,
+        *,
+        task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            await server.serve(address[0], address[1], task_status=task_status)
 
     async def _stop(self) -> None:
         """Finish in-flight messages (within the deadline), then snapshot the patients."""
@@ -513,34 +519,6 @@ class Node:
         _log.info("node.stopped")
 
     # -- sources --------------------------------------------------------------------
-
-    async def _serve_connection(self, stream: ByteStream) -> None:
-        """One MLLP connection: frames in, one ACK per message, in order."""
-        if self._connections.available_tokens < 1:
-            _log.warning("mllp.connection_refused", reason="connections_max reached")
-            await stream.aclose()
-            return
-        peer = stream.extra(anyio.abc.SocketAttribute.remote_address)  # noqa: S610 -- anyio, not Django
-        source = f"mllp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "mllp"
-        decoder = MLLPDecoder(self.config.ingest.message_bytes_max)
-        async with self._connections, stream:
-            while True:
-                with anyio.move_on_after(self.config.mllp.idle_timeout_s) as idle:
-                    try:
-                        data = await stream.receive(65536)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                if idle.cancelled_caught:
-                    _log.info("mllp.idle_closed", source=source)
-                    return
-                for item in decoder.feed(data):
-                    # Not reading further until this one is answered: a full lane
-                    # holds the connection back (backpressure).
-                    reply = await self._answer_frame(item.payload, source) if isinstance(item, Frame) else None
-                    if reply is None and isinstance(item, FramingError):
-                        reply = self._refuse_framing(item, source)
-                    if reply is not None:
-                        await stream.send(frame(reply))
 
     def _refuse_framing(self, error: FramingError, source: str) -> bytes | None:
         _log.warning("mllp.framing_error", source=source, reason=error.reason)

@@ -1,0 +1,221 @@
+"""The MLLP listener: connections on asyncio's protocols, one task per connection answering in order.
+
+A connection is an `asyncio.Protocol`: bytes go straight from the socket
+into the connection's MLLP decoder, and ACKs straight to its transport. A
+byte stream with its own checkpoints and a pause and resume of reading (two
+`epoll_ctl` calls) around every receive cost about 40 µs of the node's CPU
+per message, measured against this on 32 connections.
+
+Each connection's frames are answered by one task, in order, one at a time,
+as MLLP senders expect. The bounds that keep one slow or hostile peer from
+hurting the others:
+
+- a frame is at most `message_bytes_max` (the decoder refuses a longer one
+  and skips its bytes, never buffering them);
+- at most `_QUEUED_FRAMES_MAX` frames wait for their turn; past that the
+  connection is not read (backpressure reaches the peer through TCP);
+- a peer that does not read its ACKs stops being read once its unsent ACKs
+  pass the transport's high-water mark;
+- a connection idle for `idle_timeout_s` (nothing received, nothing being
+  answered) is closed; at most `connections_max` are served at once, and the
+  one past that is closed at once; a TLS handshake must end within
+  `tls_handshake_timeout_s`.
+
+The node runs on anyio's asyncio backend (nats-py and asyncpg need asyncio);
+this listener is the one place where the node speaks to asyncio directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import final
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from engine.config import MLLPConfig
+from engine.errors import FramingError
+from engine.mllp import Frame, MLLPDecoder, frame
+
+__all__ = ["AnswerFrame", "MLLPServer", "RefuseFraming"]
+
+_log = structlog.get_logger("vigil.mllp")
+
+# A frame's payload and its source -> the ACK to send.
+AnswerFrame = Callable[[bytes, str], Awaitable[bytes]]
+# A framing error and its source -> the NAK to send, or None (junk between frames).
+RefuseFraming = Callable[[FramingError, str], bytes | None]
+
+_QUEUED_FRAMES_MAX = 16  # frames (or framing errors) waiting for their turn before reading stops
+
+
+@final
+class MLLPServer:
+    """Serves MLLP on HOST:PORT until cancelled; `await tg.start(server.serve, host, port)` gives the port."""
+
+    def __init__(
+        self,
+        config: MLLPConfig,
+        message_bytes_max: int,
+        answer: AnswerFrame,
+        refuse: RefuseFraming,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.message_bytes_max = message_bytes_max
+        self.answer = answer
+        self.refuse = refuse
+        self.tls = tls
+        self.connections = 0
+        self._tg: TaskGroup | None = None
+
+    async def serve(self, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen, serve every connection, and on cancellation close the listener and every connection."""
+        loop = asyncio.get_running_loop()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            server = await loop.create_server(
+                lambda: _Connection(self, loop),
+                host,
+                port,
+                ssl=self.tls,
+                ssl_handshake_timeout=self.config.tls_handshake_timeout_s if self.tls else None,
+            )
+            try:
+                task_status.started(server.sockets[0].getsockname()[1])
+                await anyio.sleep_forever()
+            finally:
+                server.close()  # stop accepting; the connections' tasks end with this group
+
+    def start(self, connection: _Connection) -> bool:
+        """A new connection's turn-taking task, unless connections_max are served already."""
+        if self._tg is None or self.connections >= self.config.connections_max:
+            _log.warning("mllp.connection_refused", reason="connections_max reached")
+            return False
+        self.connections += 1
+        self._tg.start_soon(connection.run)
+        return True
+
+
+@final
+class _Connection(asyncio.Protocol):
+    """One peer: its decoder, the frames waiting for their answers, and the task that answers them."""
+
+    def __init__(self, server: MLLPServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._decoder = MLLPDecoder(server.message_bytes_max)
+        self._waiting: deque[Frame | FramingError] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None  # made while the peer is not reading its ACKs
+        self._source = "mllp"
+        self._reading = True
+        self._busy = False
+        self._ended = False  # the peer closed its side, or the connection is lost
+        self._last = loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio's callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._source = f"mllp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "mllp"
+        if not self._server.start(self):
+            transport.abort()
+            return
+        self._arm_idle(self._server.config.idle_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self._loop.time()
+        self._waiting.extend(self._decoder.feed(data))
+        if len(self._waiting) >= _QUEUED_FRAMES_MAX and self._reading and self._transport is not None:
+            self._transport.pause_reading()  # resumed once the task has caught up
+            self._reading = False
+        self._poke()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        self._poke()
+        # Keep the transport open to answer the frames already received (TLS cannot half-close).
+        return self._server.tls is None
+
+    def connection_lost(self, exc: BaseException | None) -> None:  # noqa: ARG002 -- asyncio's signature
+        self._ended = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._poke()
+
+    def pause_writing(self) -> None:
+        self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- the connection's task ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Answer each frame in order, one at a time; close the connection when done or cancelled."""
+        transport = self._transport
+        assert transport is not None
+        try:
+            while True:
+                if not self._waiting:
+                    if self._ended or transport.is_closing():
+                        return
+                    if not self._reading:
+                        self._reading = True
+                        transport.resume_reading()
+                    self._wake = self._loop.create_future()
+                    await self._wake
+                    continue
+                item = self._waiting.popleft()
+                self._busy = True
+                try:
+                    if isinstance(item, Frame):
+                        reply: bytes | None = await self._server.answer(item.payload, self._source)
+                    else:
+                        reply = self._server.refuse(item, self._source)
+                finally:
+                    self._busy = False
+                    self._last = self._loop.time()
+                if reply is not None and not transport.is_closing():
+                    transport.write(frame(reply))
+                    if self._writable is not None:
+                        await self._writable  # the peer is not reading its ACKs: neither do we read
+                        self._writable = None
+        finally:
+            self._server.connections -= 1
+            transport.close()
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    # -- idleness --------------------------------------------------------------------------
+
+    def _arm_idle(self, after_s: float) -> None:
+        self._idle_timer = self._loop.call_later(after_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close the connection if nothing came and nothing was answered for idle_timeout_s."""
+        if self._ended or self._transport is None:
+            return
+        idle_s = self._server.config.idle_timeout_s
+        left = self._last + idle_s - self._loop.time()
+        if self._busy or self._waiting or left > 0:
+            self._arm_idle(max(left, 0.05) if not self._busy else idle_s)
+            return
+        _log.info("mllp.idle_closed", source=self._source)
+        self._transport.close()
