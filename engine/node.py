@@ -137,8 +137,11 @@ class Node:
         With `mllp_tls`, the MLLP listener speaks only TLS.
         Returns the stdin results, in order.
         """
-        if stdin is not None or watch is not None or (self.config.nats.servers and self.config.nats.subjects):
-            self._parse_pool.start()  # its processes import while the log is recovered
+        # Its processes import while the log is recovered. Not for a small stdin input: a worker
+        # still importing holds the process's exit back by most of a second.
+        large_stdin = stdin is not None and stdin.count(b"MSH") >= self.config.ingest.parse_pool_messages_min
+        if large_stdin or watch is not None or (self.config.nats.servers and self.config.nats.subjects):
+            self._parse_pool.start()
         try:
             return await self._run(mllp=mllp, stdin=stdin, watch=watch, mllp_tls=mllp_tls, task_status=task_status)
         finally:
