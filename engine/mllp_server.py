@@ -28,6 +28,7 @@ this listener is the one place where the node speaks to asyncio directly.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -77,20 +78,28 @@ class MLLPServer:
     async def serve(self, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen, serve every connection, and on cancellation close the listener and every connection."""
         loop = asyncio.get_running_loop()
+        servers: list[asyncio.Server] = []
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            server = await loop.create_server(
-                lambda: _Connection(self, loop),
-                host,
-                port,
-                ssl=self.tls,
-                ssl_handshake_timeout=self.config.tls_handshake_timeout_s if self.tls else None,
-            )
             try:
-                task_status.started(server.sockets[0].getsockname()[1])
+                # Each address of the host on its own (localhost may be ::1 and 127.0.0.1), all on
+                # one port: port 0 takes the first address's free port for the others too.
+                for family, address in await _addresses(loop, host, port):
+                    server = await loop.create_server(
+                        lambda: _Connection(self, loop),
+                        address,
+                        port,
+                        family=family,
+                        ssl=self.tls,
+                        ssl_handshake_timeout=self.config.tls_handshake_timeout_s if self.tls else None,
+                    )
+                    servers.append(server)
+                    port = port or server.sockets[0].getsockname()[1]
+                task_status.started(port)
                 await anyio.sleep_forever()
             finally:
-                server.close()  # stop accepting; the connections' tasks end with this group
+                for server in servers:
+                    server.close()  # stop accepting; the connections' tasks end with this group
 
     def start(self, connection: _Connection) -> bool:
         """A new connection's turn-taking task, unless connections_max are served already."""
@@ -100,6 +109,12 @@ class MLLPServer:
         self.connections += 1
         self._tg.start_soon(connection.run)
         return True
+
+
+async def _addresses(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple[int, str]]:
+    """The distinct (family, address) pairs to listen on for `host`, in the resolver's order."""
+    found = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return list(dict.fromkeys((family, str(sockaddr[0])) for family, _type, _proto, _name, sockaddr in found))
 
 
 @final
