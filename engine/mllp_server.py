@@ -166,16 +166,14 @@ class _Connection(asyncio.Protocol):
         self._ended = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+        _resolve(self._writable)
         self._poke()
 
     def pause_writing(self) -> None:
         self._writable = self._loop.create_future()
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+        _resolve(self._writable)
 
     # -- the connection's task ---------------------------------------------------------
 
@@ -214,9 +212,7 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
     def _poke(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        _resolve(self._wake)
 
     # -- idleness --------------------------------------------------------------------------
 
@@ -225,8 +221,9 @@ class _Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         """Close the connection if nothing came and nothing was answered for idle_timeout_s."""
-        if self._ended or self._transport is None:
+        if self._ended:
             return
+        assert self._transport is not None  # armed once connected
         idle_s = self._server.config.idle_timeout_s
         left = self._last + idle_s - self._loop.time()
         if self._busy or self._waiting or left > 0:
@@ -234,3 +231,9 @@ class _Connection(asyncio.Protocol):
             return
         _log.info("mllp.idle_closed", source=self._source)
         self._transport.close()
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    """Wake whoever awaits `waiter`, if anyone still does."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

@@ -5,9 +5,9 @@ once the node has answered it (invariant 1): `ack` once durable, `term` once
 refused (its bytes are in quarantine, so redelivering it would only
 quarantine it again), `nak` with a delay on a temporary failure (disk full,
 overload) so JetStream redelivers it. One batch is fetched while the one
-before is answered, and no more: a full lane stops the pulling (backpressure). A crash between
-the log commit and the ack means a redelivery, which the log answers as a
-duplicate without a second append.
+before is answered, and no more: a full lane stops the pulling
+(backpressure). A crash between the log commit and the ack means a
+redelivery, which the log answers as a duplicate without a second append.
 
 Core NATS is at most once on the wire: a message published with a reply
 subject (a request) gets the node's results as its reply, so the requester

@@ -583,13 +583,13 @@ class Node:
             range(start, min(len(pieces), start + _PARSE_CHUNK_MESSAGES))
             for start in range(0, len(pieces), _PARSE_CHUNK_MESSAGES)
         ]
-        ahead: deque[tuple[range, asyncio.Future[tuple[bytes, dict[int, InputError]]] | None]] = deque()
+        ahead: deque[asyncio.Future[tuple[bytes, dict[int, InputError]]] | None] = deque()
         for k, span in enumerate(spans):
             # A few chunks ahead, no more: parsed envelopes weigh several times their bytes.
             for later in spans[k + len(ahead) : k + _PARSE_CHUNKS_AHEAD]:
                 messages = [(pieces[i].data, pieces[i].in_batch) for i in later if _groupable(pieces[i])]
-                ahead.append((later, self._parse_pool.submit(messages, received, source)))
-            _span, future = ahead.popleft()
+                ahead.append(self._parse_pool.submit(messages, received, source))
+            future = ahead.popleft()  # this span's
             answer = await self._parse_pool.result(future) if future is not None else None
             parsed = self._parse_here(pieces, span) if answer is None else _unpack(pieces, span, answer)
             await self._ingest_chunk(pieces, span, parsed, source, results)
@@ -600,13 +600,14 @@ class Node:
         classified: list[Classification | None] = []
         hints: list[bytes | None] = []
         for piece in (pieces[i] for i in span):
-            lane = None
+            lane = hint = None
             if _groupable(piece):
+                hint = patient_hint(piece.data)
                 # A refusal is made and explained one by one, in the window that holds it.
                 with contextlib.suppress(InputError):
                     lane = self._classifier.classify_hl7(piece.data, in_batch=piece.in_batch)
             classified.append(lane)
-            hints.append(patient_hint(piece.data) if _groupable(piece) else None)
+            hints.append(hint)
         return classified, hints, [None] * len(span)
 
     async def _ingest_chunk(
@@ -683,41 +684,38 @@ class Node:
             return await self._reject(raw, source, exc), exc
         lane = classified.lane if classified is not None else Lane.STANDARD
         work = Work(raw, source, kind, in_batch=in_batch, classified=classified)
-        group = Group([work], self._new_event())
         started = time.perf_counter()
-        if not self._telemetry.tracing:
-            result, reason = await self._admitted(lane, group)
-            self._answered(None, lane, work, result, (time.perf_counter() - started) * 1000)
-            return result, reason
         attributes = {"vigil.lane": lane.value, "vigil.kind": kind.value}
-        with self._telemetry.tracer.start_as_current_span("vigil.message", attributes=attributes) as span:
-            result, reason = await self._admitted(lane, group)
+        span_scope: contextlib.AbstractContextManager[Span | None] = (
+            self._telemetry.tracer.start_as_current_span("vigil.message", attributes=attributes)
+            if self._telemetry.tracing
+            else contextlib.nullcontext()
+        )
+        with span_scope as span:
+            late = await self._through_lane(lane, Group([work], self._new_event()))
+            result, reason = timed_out() if late else (work.result, work.reason)
             self._answered(span, lane, work, result, (time.perf_counter() - started) * 1000)
         return result, reason
 
-    async def _admitted(self, lane: Lane, group: Group) -> tuple[IngestResult, InputError | None]:
-        """One message through its lane: its answer once handled, or AE once `ack_timeout_s` passed."""
+    async def _through_lane(self, lane: Lane, group: Group) -> bool:
+        """A group admitted to its lane and waited for; True if `ack_timeout_s` passed first."""
         assert self._scheduler is not None
-        work = group.works[0]
-        with self._counted_in_flight(1), anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
+        with self._counted_in_flight(len(group.works)), anyio.move_on_after(self.config.mllp.ack_timeout_s) as waited:
             await self._scheduler.admit(lane, group)
             await group.done.wait()
-        return timed_out() if waited.cancelled_caught else (work.result, work.reason)
+        return waited.cancelled_caught
 
     async def _ingest_group(
         self, lane: Lane, works: list[Work], indexes: Sequence[int], results: list[IngestResult]
     ) -> None:
         """Messages of one lane from one input: one scheduler turn, one append; each answered on its own."""
-        assert self._scheduler is not None
         group = Group(works, self._new_event())
         started = time.perf_counter()
         # One span per message, as on the one-by-one path: receive to durable.
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
         tracer = self._telemetry.tracer if self._telemetry.tracing else None
         spans = [tracer.start_span("vigil.message", attributes=attributes) if tracer else None for _ in works]
-        with self._counted_in_flight(len(works)), anyio.move_on_after(self.config.mllp.ack_timeout_s):
-            await self._scheduler.admit(lane, group)
-            await group.done.wait()
+        await self._through_lane(lane, group)
         elapsed_ms = (time.perf_counter() - started) * 1000
         for index, work, span in zip(indexes, group.works, spans, strict=True):
             results[index] = work.result if work.answered else timed_out()[0]

@@ -229,9 +229,7 @@ class WriteAheadLog:
                 self._room = self._new_event()
             await self._room.wait()  # the queue is full: wait (backpressure)
         self._queue.append(request)
-        if self._idle:
-            self._idle = False
-            self._wake.set()
+        self._wake_writer()
         await request.done.wait()
         if request.error is not None:
             raise request.error
@@ -276,11 +274,14 @@ class WriteAheadLog:
     def stop_writer(self) -> None:
         """Take no more appends; the writer commits what is queued, then returns."""
         self._closing = True
+        self._wake_writer()
+        if self._room is not None:
+            self._room.set()  # waiters for room see the log closing
+
+    def _wake_writer(self) -> None:
         if self._idle:
             self._idle = False
             self._wake.set()
-        if self._room is not None:
-            self._room.set()  # waiters for room see the log closing
 
     async def _until_queued(self) -> None:
         """Sleep until an append (or the close) wakes the writer."""
