@@ -24,6 +24,7 @@ from engine.fhir.resources import MessageHeader, Meta, Patient, Resource
 from engine.framing import split_input
 from engine.hl7.mapping import map_message
 from engine.hl7.message import parse
+from engine.identity import fhir_digest, hl7_digest
 from engine.model import Envelope, Event, Kind
 from lanes.classify import Classification, Classifier
 
@@ -88,6 +89,7 @@ class Decoder:
             events=mapped.events,
             other_patients=mapped.other_patients,
             non_production=lane.non_production,
+            digest=hl7_digest(raw),
         )
 
     def fhir(self, raw: bytes, *, received_at: str, source: str) -> list[Envelope]:
@@ -106,6 +108,7 @@ class Decoder:
                     [(doc, "$")],
                     raw=raw,
                     message_id=_canonical_hash(raw),
+                    digest=fhir_digest(raw),
                     message_type=resource_type(doc),
                     received_at=received_at,
                     source=source,
@@ -120,6 +123,7 @@ class Decoder:
                     metas=metas,
                     raw=e.json,
                     message_id=f"fhir:Bundle/{doc.id}#{e.index}" if doc.id else _canonical_hash(e.json),
+                    digest=fhir_digest(e.json),
                     message_type=resource_type(e.resource),
                     patients=patients,
                     received_at=received_at,
@@ -133,6 +137,7 @@ class Decoder:
                 metas=metas,
                 raw=raw,
                 message_id=_bundle_id(doc, raw),
+                digest=fhir_digest(raw),
                 message_type=_bundle_type(doc),
                 patients=patients,
                 received_at=received_at,
@@ -146,6 +151,7 @@ class Decoder:
         *,
         raw: bytes,
         message_id: str,
+        digest: int,
         message_type: str,
         received_at: str,
         source: str,
@@ -173,6 +179,7 @@ class Decoder:
             events=tuple(events),
             other_patients=tuple(keys[1:]),
             non_production=lane.non_production,
+            digest=digest,
         )
 
 

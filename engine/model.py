@@ -355,6 +355,8 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
         other_patients: further patient keys the message touches (the merged
             record of a merge), so both patients' actors see it.
         non_production: MSH-11 said test/debug/training traffic.
+        digest: the content digest (`engine.identity`): a duplicate is the same
+            `message_id` with the same digest; 0 when unknown.
     """
 
     message_id: str
@@ -369,3 +371,4 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     events: tuple[Event, ...] = ()
     other_patients: tuple[str, ...] = ()
     non_production: bool = False
+    digest: int = 0

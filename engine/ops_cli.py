@@ -49,7 +49,8 @@ def _status_view(report: dict[str, Any]) -> Group:
     wal = report["wal"]
     summary = Text.from_markup(
         f"[bold]{report['node']}[/] up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
-        f"({wal['segments']} segments); {report['in_flight']} in flight; "
+        f"({wal['segments']} segments); {wal['duplicate_records']:,} duplicates answered again, "
+        f"{wal['reused_control_ids']:,} control ids reused (stored as new messages); {report['in_flight']} in flight; "
         f"{report['quarantine_open']} open in quarantine; mllp: {report['sources']['mllp']}"
     )
     table = Table(title="Lanes")

@@ -24,6 +24,7 @@ PURE_ENGINE = {
     "engine.mllp",
     "engine.framing",
     "engine.decode",
+    "engine.identity",
     "engine.feedgen",
 }
 # The runtime floor: on anyio, but no I/O of its own (the node passes it in).

@@ -604,18 +604,19 @@ class Cluster:
 
         Written just before a crash or during an outage. Each takeover looks at
         the previous epoch this node held, after its last batch on the subject;
-        what the stream has (by message id, from any owner) is not missing.
+        what the stream has (by message id and digest, from any owner) is not missing.
         """
         prior = [b for b in batches if b.node == self.node and b.epoch < epoch]
         if not prior:
             return []
         previous = prior[-1].epoch
         after = max(b.last_lsn for b in prior if b.epoch == previous)
-        present = {r.message_id for b in batches for r in b.records}
+        # A message is its id and content (a reused control id is another message).
+        present = {(r.message_id, r.envelope.digest) for b in batches for r in b.records}
         return [
             r
             for r in self._wal.read_from(after + 1)
-            if r.partition == p and r.epoch == previous and r.message_id not in present
+            if r.partition == p and r.epoch == previous and (r.message_id, r.digest) not in present
         ]
 
     async def _win(self, leases: Any, p: int, key: str, began: float) -> Held | None:

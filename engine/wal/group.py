@@ -12,7 +12,7 @@ from engine.model import Envelope, Lane
 
 __all__ = ["Append", "Framed", "Pending", "Position", "answer", "critical_first"]
 
-Pending = tuple[int, str, tuple[str, ...]]  # a framed record: LSN, message id, patients
+Pending = tuple[int, str, int, tuple[str, ...]]  # a framed record: LSN, message id, digest, patients
 
 
 @final

@@ -1,6 +1,8 @@
-"""The log's indexes: message id -> LSN, patient -> record positions, segments.
+"""The log's indexes: message id and digest -> LSN, patient -> record positions, segments.
 
-`LogIndex` is what the log keeps in memory: the idempotency index, the
+`LogIndex` is what the log keeps in memory: the idempotency index (a message
+is a duplicate when its id *and* its content digest match a record's; see
+`engine.identity`), the
 patient index (each entry packs a segment ordinal and a byte offset), and the
 segments with their sparse LSN indexes. It is built by recovery's scan,
 extended after every durable group, and, at a clean stop, saved.
@@ -33,6 +35,12 @@ __all__ = ["IndexSnapshot", "IndexStore", "LogIndex"]
 
 _SEGMENT_BITS = 40  # a patient index entry packs (segment ordinal << 40 | offset)
 _OFFSET_MASK = (1 << _SEGMENT_BITS) - 1
+# An id entry packs (LSN << 64 | digest): one int per message, no second dict.
+# The first content seen under an id is keyed by the id itself; every other
+# content under that id (a reused control id) by `id#digest`, so a resend of
+# any of them is still recognised.
+_DIGEST_BITS = 64
+_DIGEST_MASK = (1 << _DIGEST_BITS) - 1
 
 _log = structlog.get_logger("vigil.wal")
 
@@ -42,6 +50,8 @@ class IndexSnapshot(msgspec.Struct, frozen=True, array_like=True):
     """The indexes as of `lsn` (whose chain hash is `hash`).
 
     `segments` holds (name, first LSN, last LSN, valid size, sparse index);
+    `ids` maps each id key to its LSN and `digests` holds their digests in the
+    same order (MessagePack has no 128-bit integers for the packed entry);
     `patients` maps each key to its packed positions (`array('q')` bytes).
     """
 
@@ -49,6 +59,7 @@ class IndexSnapshot(msgspec.Struct, frozen=True, array_like=True):
     hash: bytes
     segments: list[tuple[str, int, int, int, list[tuple[int, int]]]]
     ids: dict[str, int]
+    digests: list[int]
     patients: dict[str, bytes]
 
 
@@ -62,10 +73,14 @@ class IndexStore:
     def load(self) -> IndexSnapshot | None:
         """The saved index, or None when absent or damaged (a damaged one is only slower)."""
         try:
-            return self._file.read()
+            saved = self._file.read()
         except DamagedFileError as exc:
             _log.warning("wal.index_ignored", reason=str(exc))
             return None
+        if saved is not None and len(saved.digests) != len(saved.ids):
+            _log.warning("wal.index_ignored", reason="its ids and digests differ in number")
+            return None
+        return saved
 
     def save(self, snapshot: IndexSnapshot) -> None:
         """Replace the index atomically."""
@@ -94,7 +109,7 @@ class LogIndex:
 
     def visit(self, segment: int, offset: int, head: RecordHead) -> None:
         """The recovery scan's visitor (the body of `add`, inlined: one call less a record)."""
-        self._ids[head.message_id] = head.lsn
+        self._remember(head.message_id, head.digest, head.lsn)
         entry = segment << _SEGMENT_BITS | offset
         for key in head.patients:
             positions = self._patients.get(key)
@@ -102,10 +117,10 @@ class LogIndex:
                 self._patients[key] = positions = array("q")
             positions.append(entry)
 
-    def add(self, offset: int, lsn: int, message_id: str, patients: tuple[str, ...]) -> None:
+    def add(self, offset: int, lsn: int, message_id: str, digest: int, patients: tuple[str, ...]) -> None:
         """Index a record just made durable in the last segment."""
         seg = self.segments[-1]
-        self._ids[message_id] = lsn
+        self._remember(message_id, digest, lsn)
         entry = (len(self.segments) - 1 + self._released) << _SEGMENT_BITS | offset
         for key in patients:
             positions = self._patients.get(key)
@@ -114,6 +129,13 @@ class LogIndex:
             positions.append(entry)
         if (lsn - seg.first_lsn) % self.sparse_every == 0:
             seg.sparse.append((lsn, offset))
+
+    def _remember(self, message_id: str, digest: int, lsn: int) -> None:
+        ids = self._ids
+        known = ids.get(message_id)
+        if known is not None and known & _DIGEST_MASK != digest:
+            message_id = _variant(message_id, digest)
+        ids[message_id] = lsn << _DIGEST_BITS | digest
 
     def adopt(self, segments: list[SegmentInfo]) -> None:
         """Take the segments recovery found."""
@@ -135,9 +157,25 @@ class LogIndex:
 
     # -- reading ------------------------------------------------------------------
 
-    def lookup(self, message_id: str) -> int | None:
-        """The LSN of a message id, if indexed."""
-        return self._ids.get(message_id)
+    def lookup(self, message_id: str, digest: int = 0) -> int | None:
+        """The LSN of the record with this id and content, if indexed.
+
+        A digest of 0 on either side ("unknown": a caller without content, a
+        record from before digests) matches on the id alone, as before.
+        """
+        known = self._ids.get(message_id)
+        if known is None:
+            return None
+        stored = known & _DIGEST_MASK
+        if stored != digest and stored and digest:
+            known = self._ids.get(_variant(message_id, digest))
+            if known is None:
+                return None
+        return known >> _DIGEST_BITS
+
+    def holds_id(self, message_id: str) -> bool:
+        """Whether any record carries this id (whatever its content)."""
+        return message_id in self._ids
 
     def segments_from(self, lsn: int) -> list[SegmentInfo]:
         """The segments holding `lsn` and after."""
@@ -161,7 +199,8 @@ class LogIndex:
             lsn,
             digest,
             [(s.name, s.first_lsn, s.last_lsn, s.size, s.sparse) for s in self.segments],
-            self._ids,
+            {key: packed >> _DIGEST_BITS for key, packed in self._ids.items()},
+            [packed & _DIGEST_MASK for packed in self._ids.values()],
             {key: positions.tobytes() for key, positions in self._patients.items()},
         )
 
@@ -173,9 +212,15 @@ class LogIndex:
             seg.last_lsn, seg.size = last, size
             seg.sparse = [(lsn, offset) for lsn, offset in sparse]
             segments.append(seg)
-        self._ids = dict(saved.ids)
+        pairs = zip(saved.ids.items(), saved.digests, strict=True)
+        self._ids = {key: lsn << _DIGEST_BITS | digest for (key, lsn), digest in pairs}
         self._patients = {key: array("q", packed) for key, packed in saved.patients.items()}
         return Resume(segments, saved.lsn, saved.hash)
+
+
+def _variant(message_id: str, digest: int) -> str:
+    """The index key of a further content under an id already taken."""
+    return f"{message_id}#{digest:016x}"
 
 
 def sparse_offset(seg: SegmentInfo, lsn: int) -> int:

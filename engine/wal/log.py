@@ -92,6 +92,7 @@ class WALStatistics(msgspec.Struct, frozen=True):
     segments: int
     appended_records: int
     duplicate_records: int
+    reused_control_ids: int
     groups: int
     queued_appends: int
     disk_full_refusals: int
@@ -128,7 +129,7 @@ class WriteAheadLog:
         # framed, maybe still in flight); a commit moves the first up to the second.
         self._last_lsn = self._tip_lsn = 0
         self._last_hash = self._tip_hash = b""
-        self._inflight: dict[str, int] = {}
+        self._inflight: dict[tuple[str, int], int] = {}  # (message id, digest) framed, not yet durable
         self._checkpoint_lsn = 0
         self._checkpointing = False
         # anyio.Event() looks the backend up on every call; an append makes one
@@ -143,7 +144,7 @@ class WriteAheadLog:
         self._room: anyio.Event | None = None  # made when an append waits for room in the queue
         self._closing = False
         self._company = False  # the last group held more than one append (so a batch group may wait for more)
-        self._appended = self._duplicates = self._groups = self._disk_full = 0
+        self._appended = self._duplicates = self._groups = self._disk_full = self._reused = 0
         # Told of every group's new records once durable, in LSN order, by the writer (replication).
         self.on_durable: Callable[[list[Durable]], None] | None = None
 
@@ -340,25 +341,30 @@ class WriteAheadLog:
         for request in group:
             request.positions = []
             for env in request.envelopes:
-                known = lookup(env.message_id)
+                message_id, digest = env.message_id, env.digest
+                known = lookup(message_id, digest)
                 if known is None:
-                    known = inflight.get(env.message_id)
+                    known = inflight.get((message_id, digest))
                     waits_for_flight = waits_for_flight or known is not None
                 if known is not None:
                     request.positions.append(Position(known, duplicate=True))
                     self._duplicates += 1
                     continue
                 lsn += 1
+                if self._index.holds_id(message_id):
+                    self._control_id_reused(message_id, lsn)
                 others = env.other_patients
                 patients = ((env.patient, *others) if others else (env.patient,)) if env.patient else others
-                record = LogRecord(lsn, now, request.partition, request.epoch, env.message_id, patients, prev, env)
+                record = LogRecord(
+                    lsn, now, request.partition, request.epoch, env.message_id, patients, prev, env, env.digest
+                )
                 frame, prev = encode_frame(record)
                 frames.append(frame)
                 hashes.append(prev)
                 offsets.append(size)
                 size += len(frame)
-                pending.append((lsn, env.message_id, patients))
-                inflight[env.message_id] = lsn
+                pending.append((lsn, message_id, digest, patients))
+                inflight[message_id, digest] = lsn
                 request.positions.append(Position(lsn, recorded_at=now))
         if not frames and not waits_for_flight:
             answer(group, None)
@@ -366,6 +372,17 @@ class WriteAheadLog:
         self._tip_lsn, self._tip_hash = lsn, prev
         data = b"".join(frames)
         return Framed(group, data=data, offsets=offsets, hashes=hashes, pending=pending)
+
+    def _control_id_reused(self, message_id: str, lsn: int) -> None:
+        """Other content under an id the log holds: stored as the new message it is, and said."""
+        self._reused += 1
+        _log.warning(
+            "wal.control_id_reused",
+            message_id=message_id,
+            lsn=lsn,
+            first_lsn=self._index.lookup(message_id),
+            reason="an earlier message has this id and other content; both are kept",
+        )
 
     async def _commit(self, framed: Framed) -> None:
         """Write and fsync one framed group (`config.sync` says on which thread), then answer it."""
@@ -391,9 +408,9 @@ class WriteAheadLog:
             self._fail(f"{exc.strerror or exc} while writing the log", exc)
             answer(group, self._failure)
             return
-        for (lsn, message_id, patients), offset in zip(framed.pending, framed.offsets, strict=True):
-            self._index.add(start + offset, lsn, message_id, patients)
-            self._inflight.pop(message_id, None)
+        for (lsn, message_id, digest, patients), offset in zip(framed.pending, framed.offsets, strict=True):
+            self._index.add(start + offset, lsn, message_id, digest, patients)
+            self._inflight.pop((message_id, digest), None)
         seg.last_lsn = self._last_lsn = framed.pending[-1][0]
         seg.size = start + len(framed.data)
         self._last_hash = framed.hashes[-1]
@@ -514,9 +531,9 @@ class WriteAheadLog:
         """The last durable LSN (0 for an empty log)."""
         return self._last_lsn
 
-    def lookup(self, message_id: str) -> int | None:
-        """The LSN of a message id, if the log has it durably."""
-        return self._index.lookup(message_id)
+    def lookup(self, message_id: str, digest: int = 0) -> int | None:
+        """The LSN of a message (its id and content digest; 0: any content), if the log has it durably."""
+        return self._index.lookup(message_id, digest)
 
     @overload
     def read_from(self, lsn: int = 1) -> Iterator[LogRecord]: ...
@@ -587,6 +604,7 @@ class WriteAheadLog:
             segments=len(self._index.segments),
             appended_records=self._appended,
             duplicate_records=self._duplicates,
+            reused_control_ids=self._reused,
             groups=self._groups,
             queued_appends=len(self._queue),
             disk_full_refusals=self._disk_full,

@@ -1,8 +1,10 @@
 """Log records and their framing: `length | crc32c | body`, bodies hash-chained.
 
-The body is MessagePack (msgspec), an array whose last element is the whole
-envelope. Recovery decodes a `RecordHead`, the same array with the envelope
-left as raw bytes, so rebuilding the indexes never pays for decoding events.
+The body is MessagePack (msgspec), an array holding the whole envelope and,
+after it, the envelope's content digest. Recovery decodes a `RecordHead`, the
+same array with the envelope left as raw bytes, so rebuilding the indexes
+never pays for decoding events. (Records written before the digest existed
+end at the envelope and decode with digest 0, "unknown".)
 
 The CRC (CRC32C, in C) covers the length and the body, so a flipped bit in
 either is caught. Each body holds the SHA-256 of the previous body: editing or
@@ -56,6 +58,7 @@ class LogRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no c
         patients: every patient key the message touches (primary first).
         prev_hash: SHA-256 of the previous record's body.
         envelope: the message: original bytes, lane, events.
+        digest: the envelope's content digest, repeated for the idempotency index.
     """
 
     lsn: int
@@ -66,6 +69,7 @@ class LogRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no c
     patients: tuple[str, ...]
     prev_hash: bytes
     envelope: Envelope
+    digest: int = 0
 
 
 @final
@@ -80,6 +84,7 @@ class RecordHead(msgspec.Struct, frozen=True, array_like=True):
     patients: tuple[str, ...]
     prev_hash: bytes
     envelope: msgspec.Raw
+    digest: int = 0
 
 
 class _EventsOnly(msgspec.Struct, frozen=True, gc=False):
@@ -100,6 +105,7 @@ class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     patients: tuple[str, ...]
     prev_hash: msgspec.Raw
     envelope: _EventsOnly
+    digest: int = 0
 
 
 _ENCODER = msgspec.msgpack.Encoder()

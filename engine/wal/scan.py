@@ -14,6 +14,7 @@ checkpoint; `verify` at the genesis). Damage is one of two things:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import final
@@ -39,8 +40,9 @@ __all__ = [
 ]
 
 SEGMENT_SUFFIX = ".seg"
-# A LogRecord body is a MessagePack array of 8 elements: it starts with 0x98.
-_BODY_MARK = b"\x98"
+# A LogRecord body is a MessagePack array of 9 elements (8 before the content
+# digest was added): it starts with 0x99 (or 0x98).
+_BODY_MARK = re.compile(b"[\x98\x99]")
 
 Visitor = Callable[[int, int, RecordHead], None]  # (segment index, frame offset, head)
 
@@ -352,9 +354,10 @@ def _valid_frame_after(data: bytes, pos: int) -> bool:
     buf = data
     start = pos + 1 + FRAME.size
     while True:
-        mark = data.find(_BODY_MARK, start)
-        if mark < 0:
+        found = _BODY_MARK.search(data, start)
+        if found is None:
             return False
+        mark = found.start()
         frame_at = mark - FRAME.size
         length, crc = FRAME.unpack_from(buf, frame_at)
         end = mark + length
