@@ -122,3 +122,26 @@ def test_arbitrary_bytes_never_break_the_decoder(chunks: list[bytes], limit: int
         assert d.statistics().buffered_bytes <= limit
     for item in d.close():
         assert isinstance(item, FramingError)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=6), st.sampled_from(["\r", "\n", "\r\n"]))
+def test_any_grouping_of_messages_into_frames_gives_one_answer_per_frame(sizes: list[int], end: str) -> None:
+    """A frame of one message decodes to it; a frame of several is refused whole, naming the second MSH."""
+    from engine.decode import Decoder
+    from engine.errors import HeaderError
+    from tests.helpers import oru
+
+    decoder, n = Decoder(), 0
+    for size in sizes:
+        messages = []
+        for _ in range(size):
+            n += 1
+            msh = f"MSH|^~\\&|LAB|H|V|H|2026||ORU^R01|C{n}|P|2.5.1"
+            messages.append(oru("OBX|1|NM|K||4.1|mmol/L|||N|||F", msh=msh).replace(b"\r", end.encode()))
+        [payload] = [f.payload for f in MLLPDecoder().feed(frame(b"".join(messages))) if isinstance(f, Frame)]
+        if size == 1:
+            assert decoder.hl7(payload, received_at="t", source="s").message_id == f"hl7:LAB|H|C{n}"
+            continue
+        with pytest.raises(HeaderError, match="more than one message") as refused:
+            decoder.hl7(payload, received_at="t", source="s")
+        assert refused.value.location.segment == "MSH"

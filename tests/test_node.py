@@ -24,7 +24,8 @@ import pytest
 from engine.auth import Role
 from engine.hl7 import parse
 from engine.mllp import Frame, MLLPDecoder, frame
-from engine.wal import open_wal
+from engine.wal import OSFiles, open_wal
+from engine.wal.quarantine import Quarantine
 from tests.helpers import MSH_ADT, PID, hl7, oru
 from tests.sessions import sign_in
 
@@ -121,6 +122,18 @@ def test_mllp_acks_after_durability_and_stops_on_sigterm(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert _ids(tmp_path) == ["hl7:LAB|GENHOSP|CTL000007"]
+
+
+def test_two_messages_in_one_mllp_frame_are_refused_whole(tmp_path: Path) -> None:
+    """AR naming the second MSH, both kept in quarantine, neither stored: nothing in between."""
+    with node(tmp_path) as (_, port), socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        nak = parse(_exchange(conn, _message(1) + _message(2), MLLPDecoder()))
+        ok = parse(_exchange(conn, _message(3), MLLPDecoder()))
+    assert (nak.get("MSA-1"), nak.get("MSA-2"), nak.get("ERR-2.1")) == ("AR", "CTL000001", "MSH")
+    assert ok.get("MSA-1") == "AA"
+    assert _ids(tmp_path) == ["hl7:LAB|GENHOSP|CTL000003"]
+    [kept] = Quarantine(tmp_path / "quarantine", OSFiles()).items()
+    assert kept.raw == _message(1) + _message(2)
 
 
 def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> None:

@@ -442,6 +442,12 @@ def _valid_id(seg_id: str) -> bool:
     return ok
 
 
+# Segments that begin a message or a batch: inside a message, one of them means
+# two messages were sent as one (two in one MLLP frame), and reading on would
+# absorb the second into the first, silently.
+_MESSAGE_BOUNDS = frozenset({"MSH", "FHS", "BHS", "BTS", "FTS"})
+
+
 def _check_segment_ids(msg: Message) -> None:
     fs = msg.delimiters.field
     for i, seg in enumerate(msg.segments):
@@ -451,6 +457,12 @@ def _check_segment_ids(msg: Message) -> None:
                 # The line's text is not quoted: it may hold patient data.
                 f"segment {i + 1} does not start with a three-character segment id",
                 ErrorLocation(byte_offset=msg.segment_offset(i)),
+            )
+        if i and seg.id in _MESSAGE_BOUNDS:
+            raise HeaderError(
+                f"segment {i + 1} is a {seg.id}: more than one message was sent as one "
+                "(send each message in its own MLLP frame, or a batch as a file)",
+                ErrorLocation(byte_offset=msg.segment_offset(i), segment=seg.id),
             )
 
 
