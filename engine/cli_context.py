@@ -56,7 +56,7 @@ class Context:
         self._config = config
 
     def decoder(self) -> Decoder:
-        return Decoder(Classifier(self.config.lanes.rules))
+        return Decoder(Classifier(self.config.lanes.rules), self.config.ingest.charsets())
 
     def base_dir(self) -> Path:
         """The configuration file's directory: relative paths in it are relative to this."""

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, final
 import msgspec
 
 from engine.auth.settings import AuthConfig, WorkstationConfig
-from engine.errors import ConfigError
+from engine.errors import CharsetError, ConfigError
+from engine.hl7.encoding import CharsetDefaults, resolve_charset
 from lanes.rules import ClassificationRules
 from lanes.settings import SchedulerSettings
 
@@ -56,6 +57,31 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `parse_workers` worker processes beside the event loop (0: always in the loop).
     parse_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     parse_pool_messages_min: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    # The character set of HL7 v2 messages whose MSH-18 is empty: the node's, and
+    # per sender ("MSH-3|MSH-4" = set). MSH-18 names (8859/1) or codec names (cp1252).
+    hl7_charset: str = "UNICODE UTF-8"
+    hl7_sender_charsets: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.charsets()  # an unknown set is refused at load, not at the first message
+
+    def charsets(self) -> CharsetDefaults:
+        """The defaults the HL7 decoder applies.
+
+        Raises:
+            ValueError: a set Vigil cannot read, naming the key.
+        """
+        try:
+            default = resolve_charset(self.hl7_charset)
+        except CharsetError as exc:
+            raise ValueError(f"hl7_charset: {exc.reason}") from None
+        senders: dict[str, str] = {}
+        for sender, name in self.hl7_sender_charsets.items():
+            try:
+                senders[sender] = resolve_charset(name)
+            except CharsetError as exc:
+                raise ValueError(f"hl7_sender_charsets.{sender}: {exc.reason}") from None
+        return CharsetDefaults(default, senders)
 
 
 _KIB = 1024

@@ -22,6 +22,7 @@ from engine.fhir.codec import BundleEntry, DecodedBundle, decode_document
 from engine.fhir.mapping import map_resource, patient_key, resource_type
 from engine.fhir.resources import MessageHeader, Meta, Patient, Resource
 from engine.framing import split_input
+from engine.hl7.encoding import CharsetDefaults
 from engine.hl7.mapping import map_message
 from engine.hl7.message import parse
 from engine.identity import fhir_digest, hl7_digest
@@ -57,8 +58,9 @@ def _canonical_hash(raw: bytes) -> str:
 class Decoder:
     """Classifies, parses and maps messages; build once, reuse for every message."""
 
-    def __init__(self, classifier: Classifier | None = None) -> None:
+    def __init__(self, classifier: Classifier | None = None, charsets: CharsetDefaults | None = None) -> None:
         self.classifier = classifier if classifier is not None else Classifier()
+        self.charsets = charsets if charsets is not None else CharsetDefaults()
 
     def hl7(
         self,
@@ -75,7 +77,8 @@ class Decoder:
             InputError: the message is malformed or lacks a required patient.
         """
         lane = classified if classified is not None else self.classifier.classify_hl7(raw, in_batch=in_batch)
-        mapped = map_message(parse(raw))
+        msg = parse(raw, self.charsets)
+        mapped = map_message(msg)
         return Envelope(
             message_id=mapped.message_id,
             kind=Kind.HL7V2,
@@ -90,6 +93,7 @@ class Decoder:
             other_patients=mapped.other_patients,
             non_production=lane.non_production,
             digest=hl7_digest(raw),
+            invalid_text=msg.invalid_text,
         )
 
     def fhir(self, raw: bytes, *, received_at: str, source: str) -> list[Envelope]:

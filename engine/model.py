@@ -18,6 +18,8 @@ from typing import final
 
 import msgspec
 
+from engine.errors import ErrorLocation
+
 __all__ = [
     "Admitted",
     "AllergyRecorded",
@@ -29,6 +31,7 @@ __all__ = [
     "EncounterCancelled",
     "Envelope",
     "Event",
+    "InvalidText",
     "Kind",
     "Lane",
     "MedicationAdministered",
@@ -336,6 +339,21 @@ Event = (
 
 
 @final
+class InvalidText(msgspec.Struct, frozen=True, gc=False):
+    """Bytes of a message that were not valid in its undeclared character set, replaced by U+FFFD.
+
+    Attributes:
+        charset: the Python codec the message was read in.
+        count: how many invalid sequences were replaced.
+        first: where the first was (byte offset, segment, field).
+    """
+
+    charset: str
+    count: int
+    first: ErrorLocation
+
+
+@final
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One accepted message: identity, routing, the original bytes and its events.
 
@@ -357,6 +375,8 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
         non_production: MSH-11 said test/debug/training traffic.
         digest: the content digest (`engine.identity`): a duplicate is the same
             `message_id` with the same digest; 0 when unknown.
+        invalid_text: bytes that were not valid text and were replaced (the
+            original bytes are in `raw`); None when all were valid.
     """
 
     message_id: str
@@ -372,3 +392,4 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     other_patients: tuple[str, ...] = ()
     non_production: bool = False
     digest: int = 0
+    invalid_text: InvalidText | None = None

@@ -91,9 +91,9 @@ class Node:
         self._recovery_progress = recovery_progress
         self.data_dir = data_dir
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._decoder = Decoder(Classifier(config.lanes.rules))
+        self._decoder = Decoder(Classifier(config.lanes.rules), config.ingest.charsets())
         self._classifier = self._decoder.classifier
-        self._parse_pool = ParsePool(config.lanes.rules, config.ingest.parse_workers)
+        self._parse_pool = ParsePool(config.lanes.rules, config.ingest.parse_workers, self._decoder.charsets)
         # anyio.Event() looks the backend up each time; a message makes one or two: resolved once, in `run`.
         self._new_event: Callable[[], anyio.Event] = anyio.Event
         # The per-message debug line through a logger bound once: the module's lazy proxy binds on every call.
@@ -102,6 +102,7 @@ class Node:
         self._dtm_second: tuple[int, ...] = ()
         self._dtm_text = ""
         self._in_flight = 0
+        self._invalid_text = 0  # messages whose invalid bytes were replaced (`engine.hl7.parse`)
         self._idle = anyio.Event()
         self._idle.set()
         self._wal: WriteAheadLog | None = None
@@ -370,6 +371,7 @@ class Node:
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "in_flight": self._in_flight,
+            "invalid_text_messages": self._invalid_text,
             "sources": self._sources(),
             "auth": auth,
         }
@@ -788,8 +790,27 @@ class Node:
                 work.finish(Outcome.REJECTED, await self._reject(work.raw, work.source, exc), exc)
                 continue
             work.message_type = made[0].message_type if made else ""
+            for env in made:
+                if env.invalid_text is not None:
+                    self._note_invalid_text(env)
             owned.append((work, made))
         return owned
+
+    def _note_invalid_text(self, env: Envelope) -> None:
+        """Invalid bytes replaced in a message that flows on: said and counted (where, never what)."""
+        self._invalid_text += 1
+        invalid = env.invalid_text
+        assert invalid is not None
+        _log.warning(
+            "hl7.invalid_text_replaced",
+            message_id=env.message_id,
+            charset=invalid.charset,
+            replaced=invalid.count,
+            segment=invalid.first.segment,
+            field=invalid.first.field,
+            byte_offset=invalid.first.byte_offset,
+            hint="set ingest.hl7_sender_charsets for this sender if it sends another character set",
+        )
 
     async def _handle_clustered(self, group: Group, cluster: Cluster) -> None:
         """The cluster's lane worker: each message to its partition, served here or forwarded to its owner."""

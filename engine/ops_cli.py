@@ -51,7 +51,8 @@ def _status_view(report: dict[str, Any]) -> Group:
         f"[bold]{report['node']}[/] up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
         f"({wal['segments']} segments); {wal['duplicate_records']:,} duplicates answered again, "
         f"{wal['reused_control_ids']:,} control ids reused (stored as new messages); {report['in_flight']} in flight; "
-        f"{report['quarantine_open']} open in quarantine; mllp: {report['sources']['mllp']}"
+        f"{report['quarantine_open']} open in quarantine; "
+        f"{report.get('invalid_text_messages', 0):,} with invalid text replaced; mllp: {report['sources']['mllp']}"
     )
     table = Table(title="Lanes")
     for name in ("lane", "depth/capacity", "running", "done", "failed", "wait p99 ms", "p50 ms", "p99 ms"):

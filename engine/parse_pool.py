@@ -31,6 +31,7 @@ import structlog
 
 from engine.decode import Decoder
 from engine.errors import InputError
+from engine.hl7 import CharsetDefaults
 from engine.model import Envelope
 from engine.work import patient_hint
 from lanes.classify import Classification, Classifier
@@ -60,9 +61,9 @@ _decoder: Decoder | None = None  # one per worker process, made by `_start_worke
 _WATCHDOG_INTERVAL_S = 0.5  # how soon a worker notices that the node is gone
 
 
-def _start_worker(rules: ClassificationRules, node_pid: int) -> None:
+def _start_worker(rules: ClassificationRules, charsets: CharsetDefaults, node_pid: int) -> None:
     global _decoder  # noqa: PLW0603 -- the worker process's one decoder, made once
-    _decoder = Decoder(Classifier(rules))
+    _decoder = Decoder(Classifier(rules), charsets)
     threading.Thread(target=_exit_with, args=(node_pid,), name="parse-worker-watchdog", daemon=True).start()
 
 
@@ -104,8 +105,9 @@ def _parse_chunk(
 class ParsePool:
     """Worker processes for large inputs; `parse` returns None when they cannot serve (parse in the loop)."""
 
-    def __init__(self, rules: ClassificationRules, workers: int) -> None:
+    def __init__(self, rules: ClassificationRules, workers: int, charsets: CharsetDefaults | None = None) -> None:
         self._rules = rules
+        self._charsets = charsets if charsets is not None else CharsetDefaults()
         self._workers = workers
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._broken = False
@@ -119,7 +121,7 @@ class ParsePool:
                 self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self._rules, os.getpid()),
+                initargs=(self._rules, self._charsets, os.getpid()),
             )
             self._executor.submit(int)  # makes the processes start now, not at the first chunk
         except (OSError, concurrent.futures.BrokenExecutor) as exc:  # no /dev/shm, no processes left...

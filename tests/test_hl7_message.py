@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import CharsetError, EscapeError, HeaderError, HL7Error, MissingFieldError
-from engine.hl7 import NULL, Message, parse, parse_path
+from engine.hl7 import NULL, CharsetDefaults, Message, parse, parse_path
 from tests.helpers import MSH_ORU, PID, hl7, oru
 
 
@@ -114,12 +114,28 @@ def test_msh18_character_sets() -> None:
     assert parse(utf8).get("PID-5") == "Müller"
 
 
-def test_undeclared_legacy_bytes_fall_back_to_latin1() -> None:
-    """No MSH-18 and bytes that are not UTF-8: read as ISO-8859-1, nothing lost."""
+def test_a_legacy_sender_named_in_the_charset_defaults_is_read_in_its_set() -> None:
+    """No MSH-18: the sender's configured character set (here ISO-8859-1) reads it; the round trip is exact."""
     raw = b"MSH|^~\\&|A|B|C|D|20261124||ADT^A08|C1|P|2.3\rPID|1||M1^^^H^MR||Ren\xe9\r"
-    msg = parse(raw)
+    msg = parse(raw, CharsetDefaults(senders={"A|B": "latin-1"}))
     assert msg.get("PID-5") == "René"
+    assert msg.invalid_text is None
     assert msg.to_bytes() == raw
+    assert parse(raw, CharsetDefaults(default="cp1252")).get("PID-5") == "René"
+
+
+def test_one_stray_byte_never_re_decodes_valid_utf8_as_latin1() -> None:
+    """A stray 0xff in an NTE: the name stays "Müller, Zoë"; the byte is replaced and located (NTE-3)."""
+    raw = "MSH|^~\\&|A|B|C|D|20261124||ADT^A08|C1|P|2.5\rPID|1||M1^^^H^MR||Müller^Zoë\rNTE|1||ok \xff\r"
+    data = raw.encode("utf-8").replace(b"\xc3\xbf", b"\xff")
+    msg = parse(data)
+    assert msg.get("PID-5.1") == "Müller"
+    assert msg.get("PID-5.2") == "Zoë"
+    assert msg.get("NTE-3") == "ok \ufffd"
+    assert msg.invalid_text is not None
+    assert (msg.invalid_text.charset, msg.invalid_text.count) == ("utf-8", 1)
+    first = msg.invalid_text.first
+    assert (first.segment, first.field, first.byte_offset) == ("NTE", 3, data.index(b"\xff"))
 
 
 def test_declared_charset_violations_are_typed_errors() -> None:
@@ -128,6 +144,7 @@ def test_declared_charset_violations_are_typed_errors() -> None:
     with pytest.raises(CharsetError) as info:
         parse(raw)
     assert info.value.location.byte_offset == raw.index(b"\xe9")
+    assert (info.value.location.segment, info.value.location.field) == ("PID", 5)
     with pytest.raises(CharsetError) as unknown:
         parse(raw.replace(b"ASCII", b"EBCDIC"))
     assert unknown.value.location.field == 18

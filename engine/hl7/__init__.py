@@ -2,7 +2,7 @@
 
 from engine.hl7.ack import AckContext, Outcome, build_ack
 from engine.hl7.batch import HL7Stream, split_stream
-from engine.hl7.encoding import DEFAULT_DELIMITERS, Delimiters, codec_for_charset, escape, unescape
+from engine.hl7.encoding import DEFAULT_DELIMITERS, CharsetDefaults, Delimiters, codec_for_charset, escape, unescape
 from engine.hl7.mapping import Mapped, map_message, message_id, patient_key
 from engine.hl7.message import NULL, Message, Path, Segment, parse, parse_path
 from engine.hl7.scan import Header, read_header, segment_fields
@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_DELIMITERS",
     "NULL",
     "AckContext",
+    "CharsetDefaults",
     "Delimiters",
     "HL7Stream",
     "Header",

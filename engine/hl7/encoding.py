@@ -7,13 +7,22 @@ set in MSH-18. Everything here is a pure function of those declarations.
 
 from __future__ import annotations
 
+import codecs
 from typing import final
 
 import msgspec
 
 from engine.errors import CharsetError, ErrorLocation, EscapeError, HeaderError
 
-__all__ = ["DEFAULT_DELIMITERS", "Delimiters", "codec_for_charset", "escape", "unescape"]
+__all__ = [
+    "DEFAULT_DELIMITERS",
+    "CharsetDefaults",
+    "Delimiters",
+    "codec_for_charset",
+    "escape",
+    "resolve_charset",
+    "unescape",
+]
 
 
 @final
@@ -111,6 +120,42 @@ def codec_for_charset(name: str) -> str | None:
             ErrorLocation(segment="MSH", field=18),
         )
     return codec
+
+
+def resolve_charset(name: str) -> str:
+    """The Python codec for a configured character set: an MSH-18 name (`8859/1`) or a codec's (`cp1252`).
+
+    Raises:
+        CharsetError: unknown, or a set whose bytes do not keep the ASCII delimiters (UTF-16).
+    """
+    try:
+        codec = codec_for_charset(name)
+    except CharsetError:
+        try:
+            codec = codecs.lookup(name).name
+        except LookupError:
+            codec = None
+    if not codec or "|^~\\&\r\n".encode(codec, "replace") != b"|^~\\&\r\n":
+        raise CharsetError(f"character set {name!r} is not one Vigil can read (for example UTF-8, 8859/1, cp1252)")
+    return codec
+
+
+@final
+class CharsetDefaults(msgspec.Struct, frozen=True):
+    """The character set of a message whose MSH-18 is empty: its sender's, else the node's.
+
+    Most senders send UTF-8 without saying so; a legacy 8-bit sender is named
+    here (`senders` maps `MSH-3|MSH-4`, as written, to a Python codec).
+    """
+
+    default: str = "utf-8"
+    senders: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def codec_for(self, application: str, facility: str) -> str:
+        """The codec for a sender's undeclared messages."""
+        if not self.senders:
+            return self.default
+        return self.senders.get(f"{application}|{facility}", self.default)
 
 
 # Formatting escapes (.br, .sp, ...) become plain text: a line break is a

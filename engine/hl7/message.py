@@ -20,19 +20,23 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
-from typing import final
+from typing import Any, final
 
-from engine.errors import ErrorLocation, EscapeError, HeaderError, HL7Error, MissingFieldError
+from engine.errors import CharsetError, ErrorLocation, EscapeError, HeaderError, HL7Error, MissingFieldError
 from engine.hl7.encoding import (
     DEFAULT_DELIMITERS,
+    CharsetDefaults,
     Delimiters,
     codec_for_charset,
     decode_text,
     escape,
     unescape,
 )
+from engine.model import InvalidText
 
 __all__ = ["NULL", "Message", "Path", "Segment", "parse", "parse_path"]
+
+_UTF8 = CharsetDefaults()
 
 NULL = '""'
 BOM = b"\xef\xbb\xbf"
@@ -222,9 +226,11 @@ class Message:
 
     Build one with `parse` (from bytes) or `Message.new` (from segment lines).
     `trailing` counts the terminators after the last segment (usually 1).
+    `invalid_text` is set when bytes not valid in its (undeclared) character
+    set were replaced: such a message does not serialize back to its bytes.
     """
 
-    __slots__ = ("_index", "_segments", "bom", "codec", "delimiters", "terminator", "trailing")
+    __slots__ = ("_index", "_segments", "bom", "codec", "delimiters", "invalid_text", "terminator", "trailing")
 
     def __init__(
         self,
@@ -243,6 +249,7 @@ class Message:
         self.trailing = trailing
         self._segments = [Segment(line, delimiters, codec) for line in lines]
         self._index: dict[str, list[Segment]] | None = None
+        self.invalid_text: InvalidText | None = None
 
     @classmethod
     def new(cls, lines: list[str], codec: str = "utf-8") -> Message:
@@ -341,12 +348,19 @@ class Message:
 _TERMINATORS = re.compile(r"\r\n|\r|\n")
 
 
-def parse(raw: bytes) -> Message:
+def parse(raw: bytes, charsets: CharsetDefaults = _UTF8) -> Message:
     """Parse one HL7 v2 message (not a batch: see `engine.hl7.batch`).
 
     Accepts `\\r`, `\\n` or `\\r\\n` segment terminators and a UTF-8 BOM. The
-    text is decoded in the MSH-18 character set; with none declared, UTF-8,
-    falling back to ISO-8859-1 (which reads any byte) for legacy senders.
+    text is decoded in the MSH-18 character set; with none declared, in the
+    sender's or the node's default (`charsets`, UTF-8 unless configured).
+
+    Valid text is never decoded twice in another character set. Bytes that
+    are not valid in a declared character set refuse the message (the sender
+    said what it sends, and it is not that); in an undeclared one they become
+    U+FFFD, and `Message.invalid_text` says how many and where the first was,
+    so the node can count and report it while the message (a critical result,
+    say) still flows, its original bytes kept whole in the log.
 
     Raises:
         HeaderError, CharsetError, HL7Error: the message is malformed; the
@@ -361,7 +375,19 @@ def parse(raw: bytes) -> Message:
             "MSH segment is truncated before its encoding characters", ErrorLocation(byte_offset=start, segment="MSH")
         )
     fs = chr(raw[start + 3])
-    text, codec = _decode(raw[start:], _declared_codec(raw, start, fs), start)
+    header = _header_fields(raw, start, fs)
+    declared = _declared_codec(header, start)
+    invalid: InvalidText | None = None
+    if declared is not None:
+        codec = declared
+        try:
+            text = decode_text(raw[start:], declared, start)
+        except CharsetError as exc:
+            where = _where(raw, exc.location.byte_offset or start, fs)
+            raise CharsetError(exc.reason, ErrorLocation(**where)) from None
+    else:
+        codec = charsets.codec_for(_at(header, 2), _at(header, 3))
+        text, invalid = _decode_replacing(raw, start, codec, fs)
     enc_end = text.find(fs, 4)
     line_end = _line_end(text)
     if enc_end < 0 or enc_end > line_end:
@@ -369,6 +395,7 @@ def parse(raw: bytes) -> Message:
     d = Delimiters.from_header(fs, text[4:enc_end])
     lines, terminator, trailing = _split_lines(text)
     msg = Message(lines, d, codec, terminator, bom=bom, trailing=trailing)
+    msg.invalid_text = invalid
     _check_segment_ids(msg)
     _check_header(msg)
     return msg
@@ -379,15 +406,22 @@ def _line_end(text: str) -> int:
     return min(ends) if ends else len(text)
 
 
-def _declared_codec(raw: bytes, start: int, fs: str) -> str | None:
-    """MSH-18 read from the raw header line (ASCII by rule) before decoding."""
+def _header_fields(raw: bytes, start: int, fs: str) -> list[str]:
+    """The MSH line's fields, read as Latin-1 (the header is ASCII by rule); fields[n - 1] is MSH-n."""
     end = len(raw)
     for term in (b"\r", b"\n"):
         i = raw.find(term, start)
         if 0 <= i < end:
             end = i
-    fields = raw[start:end].decode("latin-1").split(fs)
-    # fields[0] is "MSH", fields[1] is MSH-2, so MSH-n is fields[n - 1].
+    return raw[start:end].decode("latin-1").split(fs)
+
+
+def _at(fields: list[str], index: int) -> str:
+    return fields[index] if index < len(fields) else ""
+
+
+def _declared_codec(fields: list[str], start: int) -> str | None:
+    """MSH-18's codec, None when none is declared."""
     if len(fields) < 18:
         return None
     comp = fields[1][:1] if fields[1] else "^"
@@ -399,15 +433,24 @@ def _declared_codec(raw: bytes, start: int, fs: str) -> str | None:
         raise exc.located(byte_offset=start) from None
 
 
-def _decode(body: bytes, codec: str | None, base: int) -> tuple[str, str]:
-    if codec is not None:
-        return decode_text(body, codec, base), codec
+def _decode_replacing(raw: bytes, start: int, codec: str, fs: str) -> tuple[str, InvalidText | None]:
+    """Decode in `codec`; invalid bytes become U+FFFD, noted with where the first one was."""
+    body = raw[start:]
     try:
-        return body.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        # Undeclared and not UTF-8: a legacy 8-bit sender. Latin-1 maps every
-        # byte to one character, so nothing is lost and the round trip is exact.
-        return body.decode("latin-1"), "latin-1"
+        return body.decode(codec), None
+    except UnicodeDecodeError as exc:
+        first = start + exc.start
+    text = body.decode(codec, "replace")
+    # A U+FFFD sent as such (valid UTF-8) is counted too: a rare over-count, never an under-count.
+    return text, InvalidText(codec, text.count("\ufffd"), ErrorLocation(**_where(raw, first, fs)))
+
+
+def _where(raw: bytes, offset: int, fs: str) -> dict[str, Any]:
+    """The segment and field holding byte `offset` (the delimiters are ASCII in every codec read here)."""
+    line_start = max(raw.rfind(b"\r", 0, offset), raw.rfind(b"\n", 0, offset)) + 1
+    segment = raw[line_start : line_start + 3].decode("latin-1")
+    field = raw.count(fs.encode("latin-1"), line_start, offset) + (1 if segment == "MSH" else 0)
+    return {"byte_offset": offset, "segment": segment, "field": field}
 
 
 def _split_lines(text: str) -> tuple[list[str], str, int]:
