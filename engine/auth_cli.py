@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from engine.auth import Permission, Role, Setting, fhir_audit_event
 from engine.auth.audit_events import AUDIT_MESSAGE_TYPE
+from engine.cli_console import DataConsole, inert, styled
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli_session import authorized, call, device_of, forget_session, keep_session, session_file
 from engine.model import Kind, RecordAccessed
@@ -95,9 +95,9 @@ def unlock(obj: Context, data: Path | None, *, secrets_stdin: bool, as_json: boo
         return
     context = reply.get("context") or {}
     patient = context.get("patient")
-    click.echo(f"unlocked: {reply['user']}" + (f"; current patient {patient}" if patient else ""))
+    click.echo(inert(f"unlocked: {reply['user']}" + (f"; current patient {patient}" if patient else "")))
     for action, key in context.get("queries", []):
-        click.echo(f"  recent: {action} {key}")
+        click.echo(inert(f"  recent: {action} {key}"))
 
 
 @click.command("lock")
@@ -131,7 +131,7 @@ def whoami(obj: Context, data: Path | None, *, as_json: bool) -> None:
         emit_json(reply)
         return
     state = reply["state"] + (f" ({reply['why']})" if reply["why"] else "")
-    click.echo(f"{reply['user']} at {reply['setting']} on {reply['device']}: {state}")
+    click.echo(inert(f"{reply['user']} at {reply['setting']} on {reply['device']}: {state}"))
 
 
 @click.command("break-glass")
@@ -153,7 +153,7 @@ def break_glass(
         emit_json(grant)
         return
     until = datetime.fromtimestamp(grant["expires_at"], UTC).isoformat(timespec="seconds")
-    click.echo(f"break-the-glass: access to {patient} until {until} ({reason}); recorded and sent for review")
+    click.echo(inert(f"break-the-glass: access to {patient} until {until} ({reason}); recorded and sent for review"))
 
 
 @click.command("passwd")
@@ -258,7 +258,7 @@ def user_list(obj: Context, data: Path | None, *, as_json: bool) -> None:
         table.add_column(name)
     for u in users:
         table.add_row(u["id"], u["name"], ", ".join(u["roles"]), "yes" if u["disabled"] else "")
-    Console().print(table)
+    DataConsole().print(table)
 
 
 # -- the audit trail ----------------------------------------------------------------------
@@ -282,7 +282,7 @@ def reviews(obj: Context, data: Path | None, *, show_all: bool, as_json: bool) -
         opened = datetime.fromtimestamp(r["opened_at"], UTC).isoformat(timespec="seconds")
         outcome = f"{r['outcome']} by {r['reviewed_by']}" if r.get("reviewed_at") else "open"
         table.add_row(r["id"], opened, r["user"], r["patient"], r["reason"], r["note"], outcome)
-    Console().print(table)
+    DataConsole().print(table)
 
 
 @click.command("review")
@@ -328,9 +328,9 @@ def access(obj: Context, patient: str, data: Path | None, *, as_json: bool) -> N
     for row in rows:
         why = " ".join(x for x in (row["reason"], row["detail"]) if x)
         style = "bold red" if row["severity"] == "high" else ""
-        outcome = f"[{style}]{row['outcome']}[/]" if style else row["outcome"]
+        outcome = styled(row["outcome"], style)
         table.add_row(row["at"], row["user"], row["role"], row["setting"], row["device"], row["action"], outcome, why)
-    Console().print(table)
+    DataConsole().print(table)
 
 
 def _event_json(event: RecordAccessed) -> dict[str, Any]:

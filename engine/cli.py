@@ -16,11 +16,12 @@ from typing import Any
 import anyio
 import click
 import msgspec
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from engine.auth_cli import AUDIT_COMMANDS, break_glass, lock, login, logout, passwd, unlock, user, whoami
+from engine.cli_console import DataConsole, InertGroup, styled
 from engine.cli_context import Context
 from engine.cluster_cli import cluster
 from engine.db_cli import db, worklist
@@ -39,7 +40,7 @@ _LANE_STYLE = {Lane.CRITICAL: "bold red", Lane.STANDARD: "cyan", Lane.BATCH: "di
 _INPUT_BYTES_MAX = 1024 * 1024 * 1024  # inspect reads whole inputs: refuse beyond 1 GiB
 
 
-@click.group()
+@click.group(cls=InertGroup)
 @click.option(
     "--config",
     "config_path",
@@ -122,7 +123,7 @@ def inspect(obj: Context, source: str, *, as_json: bool) -> None:
 
 
 def _print_inspect(decoded: list[Decoded], source: str) -> None:
-    console = Console()
+    console = DataConsole()
     table = Table(title=f"{source}: {len(decoded)} message(s)", show_lines=False)
     for name in ("#", "kind", "type", "lane", "why", "events", "error"):
         table.add_column(name, overflow="fold")
@@ -134,13 +135,14 @@ def _print_inspect(decoded: list[Decoded], source: str) -> None:
                 str(d.index),
                 d.kind.value,
                 env.message_type,
-                f"[{_LANE_STYLE[env.lane]}]{env.lane.value}[/]",
+                styled(env.lane.value, _LANE_STYLE[env.lane]),
                 env.lane_reason,
                 f"{len(env.events)} ({', '.join(map(str, kinds))})",
                 "",
             )
         elif d.error is not None:
-            table.add_row(str(d.index), d.kind.value, "", "", "", "", f"[red]{d.error.reason}[/] ({d.error.where()})")
+            error = Text.assemble(styled(d.error.reason, "red"), styled(f" ({d.error.where()})"))
+            table.add_row(str(d.index), d.kind.value, "", "", "", "", error)
     console.print(table)
 
 
@@ -155,7 +157,7 @@ def _print_inspect(decoded: list[Decoded], source: str) -> None:
 def demo(obj: Context, messages: int, seed: int, keep: Path | None, *, as_json: bool) -> None:
     """Run an embedded node and feed it a hospital's traffic over MLLP (a billing flood and STAT results)."""
     configure_logging("warning")
-    console = Console(stderr=True)
+    console = DataConsole(stderr=True)
     columns = (TextColumn("[bold]feeding the node over MLLP"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("feed", total=messages + STORY_MESSAGES)
@@ -211,10 +213,14 @@ def _describe(event: Event) -> str:
 
 
 def _print_demo(report: DemoReport) -> None:
-    console = Console()
+    console = DataConsole()
     console.print(
-        f"[bold]Vigil demo[/]: {report.messages:,} messages over MLLP to an embedded node in "
-        f"{report.elapsed_s:.1f} s = [bold]{report.messages_per_s:,.0f}[/] messages/s, each ACK'd only once durable."
+        Text.assemble(
+            styled("Vigil demo", "bold"),
+            f": {report.messages:,} messages over MLLP to an embedded node in {report.elapsed_s:.1f} s = ",
+            styled(f"{report.messages_per_s:,.0f}", "bold"),
+            " messages/s, each ACK'd only once durable.",
+        )
     )
     lanes = Table(title="Per lane: send to ACK (durable)")
     for name in ("lane", "messages", "accepted", "ACK p50 (ms)", "ACK p99 (ms)", "queue wait p99 (ms)"):
@@ -228,7 +234,7 @@ def _print_demo(report: DemoReport) -> None:
             f"{lane.ack_p99_ms:.2f}",
             f"{waits.get(lane.lane, 0):.2f}",
         )
-        lanes.add_row(f"[{_LANE_STYLE[Lane(lane.lane)]}]{lane.lane}[/]", *cells)
+        lanes.add_row(styled(lane.lane, _LANE_STYLE[Lane(lane.lane)]), *cells)
     console.print(lanes)
     by_lane = {lane.lane: lane for lane in report.lanes}
     batch, critical = by_lane["batch"], by_lane["critical"]
@@ -244,9 +250,10 @@ def _print_demo(report: DemoReport) -> None:
         timeline.add_column(name, overflow="fold")
     for record in report.timeline:
         env = record.envelope
-        styled = f"[{_LANE_STYLE[env.lane]}]{env.lane.value}[/]"
         events = "\n".join(_describe(e) for e in env.events)
-        timeline.add_row(str(record.lsn), env.message_type, styled, env.lane_reason, events)
+        timeline.add_row(
+            str(record.lsn), env.message_type, styled(env.lane.value, _LANE_STYLE[env.lane]), env.lane_reason, events
+        )
     console.print(timeline)
     for result in report.record.results:
         steps = []
@@ -255,7 +262,8 @@ def _print_demo(report: DemoReport) -> None:
             steps.append(f"{version.event.value} {' '.join(version.event.abnormal_flags)} (LSN {version.lsn})")
         current = result.current
         now = f"{current.value} {current.units}"
-        console.print(f"{current.code.text}: now [bold]{now}[/]; versions: {' -> '.join(steps)}")
+        versions = f"; versions: {' -> '.join(steps)}"
+        console.print(Text.assemble(styled(f"{current.code.text}: now "), styled(now, "bold"), styled(versions)))
     if report.data_dir:
         console.print(f"data kept in {report.data_dir}")
 

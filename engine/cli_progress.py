@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from engine.cli_console import DataConsole
 from engine.wal.scan import Progress as ScanProgress
 
 __all__ = ["scan_progress"]
@@ -22,7 +22,7 @@ __all__ = ["scan_progress"]
 @contextmanager
 def scan_progress(label: str) -> Iterator[ScanProgress | None]:
     """Yield a (bytes done, bytes in all) callback drawing a bar, or None when stderr is not a terminal."""
-    console = Console(stderr=True)
+    console = DataConsole(stderr=True)
     if not console.is_terminal:
         yield None
         return

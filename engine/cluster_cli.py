@@ -15,9 +15,9 @@ import click
 import msgspec
 import nats
 import nats.errors
-from rich.console import Console
 from rich.table import Table
 
+from engine.cli_console import DataConsole
 from engine.cli_context import JSON_OPTION, Context, emit_json
 from engine.cluster.view import read_leases, read_log, read_members, read_stream
 from engine.tls import nats_security
@@ -81,7 +81,7 @@ def status(obj: Context, nats_urls: str | None, *, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    console = Console(soft_wrap=True)
+    console = DataConsole(soft_wrap=True)
     nodes = Table(title="Members")
     for name in ("node", "heartbeat age s", "serving", "partitions", "last LSN", "replication lag", "nats"):
         left = name in ("node", "partitions", "nats")

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 import anyio
 import click
 import msgspec
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from engine.admin import AdminError, request
 from engine.auth import Permission
+from engine.cli_console import DataConsole
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli_session import audited, authorized, call
 from engine.config import DEFAULT_CONFIG_PATH
@@ -101,7 +101,7 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
         table.add_column(column, justify="left" if column == "projection" else "right")
     for name, lsn in sorted(state.positions.items()):
         table.add_row(name, f"{lsn:,}", f"{sum(i.count for i in state.issues if i.projection == name):,}")
-    console = Console(soft_wrap=True)
+    console = DataConsole(soft_wrap=True)
     console.print(table)
     if isinstance(node, dict):
         console.print(
@@ -141,7 +141,7 @@ def rebuild(obj: Context, projection: str, data: Path | None) -> None:
 
 def _bar() -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    return Progress(*columns, console=Console(stderr=True), transient=True)
+    return Progress(*columns, console=DataConsole(stderr=True), transient=True)
 
 
 def _follow_node(obj: Context, directory: Path, projection: str) -> None:
@@ -231,7 +231,7 @@ def worklist(ctx: click.Context, data: Path | None, *, show_all: bool, as_json: 
             item["status"],
             acknowledged,
         )
-    Console(soft_wrap=True).print(table)
+    DataConsole(soft_wrap=True).print(table)
 
 
 @worklist.command("ack")

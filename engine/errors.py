@@ -30,6 +30,8 @@ from typing import Any, Self, final
 
 import msgspec
 
+from engine.inert import inert
+
 __all__ = [
     "CharsetError",
     "ConfigError",
@@ -93,6 +95,7 @@ class InputError(VigilError):
     hl7_code: int = DATA_TYPE_ERROR
 
     def __init__(self, reason: str, location: ErrorLocation | None = None) -> None:
+        reason = inert(reason)  # it may quote the message: shown in ACKs, logs, quarantine, terminals
         super().__init__(reason)
         self.reason = reason
         self.location = location if location is not None else ErrorLocation()

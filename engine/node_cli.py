@@ -14,9 +14,9 @@ from typing import Any
 import anyio
 import click
 import msgspec
-from rich.console import Console
 from rich.table import Table
 
+from engine.cli_console import DataConsole, styled
 from engine.cli_context import Context
 from engine.cli_progress import scan_progress
 from engine.config import DEFAULT_CONFIG_PATH, split_address
@@ -235,8 +235,8 @@ def _print_acks(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         style = "green" if code in ("AA", "CA") else "red"
         table.add_row(
             str(row["index"]),
-            f"[{style}]{code}[/]",
+            styled(code, style),
             row.get("control_id") or "",
             row.get("text") or row.get("error") or "",
         )
-    Console().print(table)
+    DataConsole().print(table)

@@ -14,13 +14,14 @@ from typing import Any
 
 import click
 import msgspec
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from actors import PatientRecord
 from engine.auth import Permission
+from engine.cli_console import DataConsole, styled
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli_session import audited, authorized, call, node_or
 from engine.model import Lane
@@ -41,14 +42,15 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    Console(soft_wrap=True).print(_status_view(report))
+    DataConsole(soft_wrap=True).print(_status_view(report))
 
 
 def _status_view(report: dict[str, Any]) -> Group:
     """The status as one renderable: a summary line, the lanes table, the actors line."""
     wal = report["wal"]
-    summary = Text.from_markup(
-        f"[bold]{report['node']}[/] up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
+    summary = Text.assemble(
+        styled(report["node"], "bold"),
+        f" up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
         f"({wal['segments']} segments); {wal['duplicate_records']:,} duplicates answered again, "
         f"{wal['reused_control_ids']:,} control ids reused (stored as new messages); {report['in_flight']} in flight; "
         f"{report['quarantine_open']} open in quarantine; "
@@ -155,10 +157,11 @@ def _from_log(directory: Path, key: str, *, as_of: str | None, known_at: str | N
 
 
 def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None:
-    console = Console(soft_wrap=True)
+    console = DataConsole(soft_wrap=True)
     when = f" as of {as_of}" if as_of else ""
     when += f" as known at {known_at}" if known_at else ""
-    console.print(f"[bold]{view['patient']}[/]{when}: {view['facts']} facts up to LSN {view['last_lsn']}")
+    head = f"{when}: {view['facts']} facts up to LSN {view['last_lsn']}"
+    console.print(Text.assemble(styled(view["patient"], "bold"), styled(head)))
     demographics = view.get("demographics")
     if demographics:
         console.print(
@@ -173,10 +176,11 @@ def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None
         current = result["current"]
         history = " -> ".join(f"{v[-1].get('value', '')} (LSN {v[0]})" for v in result["versions"])
         flags = ",".join(current.get("abnormal_flags", []))
-        console.print(
+        line = (
             f"  result {current['code'].get('text') or current['code']['code']}: {current.get('value', '')} "
-            f"{current.get('units', '')} {flags} [dim]{history}[/]"
+            f"{current.get('units', '')} {flags} "
         )
+        console.print(Text.assemble(styled(line), styled(history, "dim")))
     for med in view["medications"]:
         console.print(f"  medication {med['order_id']}: {med['status']}")
     for allergy in view["allergies"]:
@@ -233,4 +237,4 @@ def log(
         env = record.envelope
         kinds = ", ".join(sorted({str(e.__struct_config__.tag) for e in env.events}))
         table.add_row(str(record.lsn), record.recorded_at, env.lane.value, env.message_type, env.lane_reason, kinds)
-    Console().print(table)
+    DataConsole().print(table)

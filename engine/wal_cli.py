@@ -15,10 +15,11 @@ from typing import Any
 import anyio
 import click
 import msgspec
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from engine.auth import Permission
+from engine.cli_console import DataConsole, styled
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli_progress import scan_progress
 from engine.cli_session import audited, authorized
@@ -103,9 +104,9 @@ def _emit(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    console = Console(soft_wrap=True)
+    console = DataConsole(soft_wrap=True)
     if report.get("problem"):
-        console.print(f"[bold red]problem[/]: {report['problem']}")
+        console.print(Text.assemble(styled("problem", "bold red"), styled(f": {report['problem']}")))
     if "records" in report:
         console.print(
             f"checked {report['records']:,} records in {report['segments']} segment(s), "
@@ -115,16 +116,21 @@ def _emit(report: dict[str, Any], as_json: bool) -> None:
         )
     checkpoint = report.get("checkpoint")
     if checkpoint:
-        state = "matches" if checkpoint["matches"] else "[red]does NOT match[/]"
-        console.print(f"checkpoint at LSN {checkpoint['lsn']:,} ({checkpoint['at']}) {state}")
+        state = styled("matches") if checkpoint["matches"] else styled("does NOT match", "red")
+        console.print(Text.assemble(styled(f"checkpoint at LSN {checkpoint['lsn']:,} ({checkpoint['at']}) "), state))
     tail = report.get("tail")
     if tail:
         console.print(
-            f"[yellow]incomplete tail[/]: {tail['size']} bytes at byte {tail['offset']} of {tail['segment']} "
-            f"({tail['reason']}): a write in progress or torn by a crash; the next open truncates it"
+            Text.assemble(
+                styled("incomplete tail", "yellow"),
+                styled(
+                    f": {tail['size']} bytes at byte {tail['offset']} of {tail['segment']} "
+                    f"({tail['reason']}): a write in progress or torn by a crash; the next open truncates it"
+                ),
+            )
         )
     if report["ok"]:
-        console.print("[green]ok[/]")
+        console.print(styled("ok", "green"))
 
 
 @wal.command("dump")
@@ -159,7 +165,7 @@ def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None
             record.message_id,
             str(len(env.events)),
         )
-    Console().print(table)
+    DataConsole().print(table)
 
 
 def metadata_json(record: LogRecord) -> dict[str, Any]:
@@ -235,7 +241,7 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
         report.update(ok=False, problem="no keyed checkpoint yet: nothing vouches for the chain")
     _emit(report, as_json)
     if not as_json:
-        Console(soft_wrap=True).print(f"{count} keyed checkpoint(s) checked")
+        DataConsole(soft_wrap=True).print(f"{count} keyed checkpoint(s) checked")
     if not report["ok"]:
         sys.exit(1)
 
@@ -269,7 +275,7 @@ def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json:
     for item in items:
         status = "open" if item.open else f"resolved: {item.resolved}"
         table.add_row(str(item.qid), item.at, item.source, item.reason, str(len(item.raw)), status)
-    Console().print(table)
+    DataConsole().print(table)
 
 
 @quarantine.command("show")
@@ -294,7 +300,7 @@ def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool)
         del doc["raw"]
         emit_json(doc)
         return
-    console = Console(soft_wrap=True)
+    console = DataConsole(soft_wrap=True)
     console.print(f"item {item.qid}, quarantined {item.at} from {item.source}: {item.reason}")
     console.print(f"error: {item.error}")
     if not item.open:
@@ -336,7 +342,7 @@ def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
     except WALLockedError as exc:
         raise click.ClickException(f"{exc}: retry through the running node") from None
     store.resolve(qid, outcome=f"accepted at LSN {', '.join(map(str, lsns))}", at=utc_now())
-    Console(soft_wrap=True).print(f"item {qid} accepted: LSN {', '.join(map(str, lsns))}")
+    DataConsole(soft_wrap=True).print(f"item {qid} accepted: LSN {', '.join(map(str, lsns))}")
 
 
 def quarantined_patient(raw: bytes) -> str:

@@ -25,6 +25,7 @@ PURE_ENGINE = {
     "engine.framing",
     "engine.decode",
     "engine.identity",
+    "engine.inert",
     "engine.feedgen",
 }
 # The runtime floor: on anyio, but no I/O of its own (the node passes it in).
