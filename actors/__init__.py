@@ -6,6 +6,7 @@ Imports only the pure floor of `engine` (a test checks it).
 from actors.actor import Actor, ActorClosed, Behavior, MailboxFull, Reply, ask
 from actors.patients import Applied, PatientActors, PatientStatistics, Quarantine, RecordSource, apply_record
 from actors.record import (
+    MOMENT_RULE,
     EncounterView,
     Fact,
     MedicationView,
@@ -13,12 +14,14 @@ from actors.record import (
     PatientRecord,
     RecordView,
     ResultView,
+    parse_moment,
     time_key,
 )
 from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorGaveUp
 from actors.turns import TurnGate
 
 __all__ = [
+    "MOMENT_RULE",
     "Actor",
     "ActorClosed",
     "Applied",
@@ -44,5 +47,6 @@ __all__ = [
     "TurnGate",
     "apply_record",
     "ask",
+    "parse_moment",
     "time_key",
 ]

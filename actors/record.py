@@ -26,6 +26,7 @@ records (a property test checks it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import final
@@ -56,6 +57,7 @@ from engine.model import (
 )
 
 __all__ = [
+    "MOMENT_RULE",
     "EncounterView",
     "Fact",
     "MedicationView",
@@ -63,6 +65,7 @@ __all__ = [
     "PatientRecord",
     "RecordView",
     "ResultView",
+    "parse_moment",
     "time_key",
 ]
 
@@ -249,6 +252,36 @@ def _effective(event: Event) -> str | None:
     if isinstance(event, DocumentRecorded):
         return event.recorded_at
     return None
+
+
+_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+MOMENT_RULE = (
+    "ISO 8601: 2026-12-01, 2026-12-01T14:30, 2026-12-01T14:30:00+01:00 or ...Z; "
+    "a time without an offset is UTC, a date alone its first moment"
+)
+
+
+def parse_moment(text: str) -> str:
+    """A time a person or a client asks about (`--as-of`), read strictly, as ISO 8601 in UTC.
+
+    A time without an offset is UTC (as `time_key` reads HL7 times without
+    one); a date alone is that day's first moment. Anything else is refused
+    rather than compared as a string: `12/01/2026` matched nothing and
+    `garbage` matched everything, both without a word.
+
+    Raises:
+        ValueError: the text is not such a time; the message states the rule.
+    """
+    stripped = text.strip()
+    if _MOMENT.fullmatch(stripped) is None:
+        raise ValueError(f"{text!r} is not a time: use {MOMENT_RULE}")
+    try:
+        moment = datetime.fromisoformat(stripped.replace(" ", "T", 1))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a time ({exc}): use {MOMENT_RULE}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def time_key(iso: str) -> str:

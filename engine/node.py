@@ -37,7 +37,7 @@ from anyio.abc import ByteStream, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSListener
 from opentelemetry.trace import Span
 
-from actors import Applied, PatientActors, RecordView
+from actors import Applied, PatientActors, RecordView, parse_moment
 from engine.admin import AdminError, AdminServer, Handler
 from engine.auth import AuthService, AuthStore, Permission
 from engine.auth_endpoint import AuthEndpoint
@@ -386,14 +386,8 @@ class Node:
             raise AdminError("a patient key (authority|identifier) is needed")
         await self.auth.authorize(request, Permission.RECORD_READ, patient=key, action="record")
         self._check_served(key)
-        known_at = request.get("known_at")
-        as_of = request.get("as_of")
-        view = await self.patient(
-            key,
-            known_at=known_at if isinstance(known_at, str) else None,
-            as_of=as_of if isinstance(as_of, str) else None,
-        )
-        return msgspec.to_builtins(view)
+        known_at, as_of = _moment(request, "known_at"), _moment(request, "as_of")
+        return msgspec.to_builtins(await self.patient(key, known_at=known_at, as_of=as_of))
 
     async def _append_command(self, env: Envelope) -> list[Position]:
         """A command about a patient into the log; in a cluster, in its partition's epoch and into the stream first."""
@@ -951,6 +945,17 @@ class Node:
 
 # A chunk's lanes (None: not groupable), patient hints, and what a worker made of each (None: not parsed yet).
 _Parsed = tuple[list[Classification | None], list[bytes | None], list[Envelope | InputError | None]]
+
+
+def _moment(request: dict[str, object], name: str) -> str | None:
+    """A time in a request, read strictly (`actors.parse_moment`); refused in one line otherwise."""
+    value = request.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_moment(str(value))
+    except ValueError as exc:
+        raise AdminError(f"{name}: {exc}") from None
 
 
 def _groupable(piece: Piece) -> bool:

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from actors import PatientRecord
+from actors import MOMENT_RULE, PatientRecord, parse_moment
 from engine.auth import Permission
 from engine.cli_console import DataConsole, styled
 from engine.cli_context import DATA_OPTION, JSON_OPTION, Context, emit_json
@@ -120,10 +120,22 @@ def top(obj: Context, data: Path | None, interval_s: float) -> None:
         return
 
 
+def _moment(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--as-of`/`--as-known-at` read strictly (ISO 8601, UTC without an offset); anything else refused."""
+    if value is None:
+        return None
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
 @click.command("patient")
 @click.argument("key")
-@click.option("--as-of", "as_of", help="The record as of a clinical time (ISO 8601), as now known.")
-@click.option("--as-known-at", "known_at", help="The record as the system knew it at a time (ISO 8601).")
+@click.option(
+    "--as-of", "as_of", callback=_moment, help=f"The record as of a clinical time, as now known ({MOMENT_RULE})."
+)
+@click.option("--as-known-at", "known_at", callback=_moment, help="The record as the system knew it at a time.")
 @DATA_OPTION
 @JSON_OPTION
 @click.pass_obj
