@@ -103,7 +103,16 @@ class MLLPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     Attributes:
         connections_max: connections served at once; more are refused at once.
-        idle_timeout_s: a connection that sends nothing this long is closed.
+        connections_per_address_max: connections served at once from one peer
+            address, so one host (or one attacker) cannot take every slot.
+        idle_timeout_s: a connection that sends no message this long is closed
+            (a byte that begins no frame does not count; a frame in progress is
+            held to `frame_timeout_s` instead).
+        frame_timeout_s, frame_bytes_per_s_min: once a frame's start block has
+            come, the frame must end within `frame_timeout_s`, plus a second for
+            every `frame_bytes_per_s_min` bytes received (a large message on a
+            slow link completes; a peer trickling a byte now and then does not):
+            else the connection is closed.
         ack_timeout_s: the longest a message may wait for its ACK (in a full
             lane, say) before the sender gets AE and should retry.
         tls_cert_file, tls_key_file: PEM files (relative to the configuration
@@ -115,7 +124,10 @@ class MLLPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     connections_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    connections_per_address_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    frame_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    frame_bytes_per_s_min: Annotated[int, msgspec.Meta(ge=1)] = 1000
     ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -75,6 +75,12 @@ class MLLPDecoder:
         """A snapshot of the counters."""
         return MLLPStatistics(self._frames, self._oversized, self._junk, len(self._buf))
 
+    def open_frame(self) -> tuple[int, int] | None:
+        """The frame begun and not yet ended: its start block's stream offset and the bytes since; else None."""
+        if self._state == _OUTSIDE:
+            return None
+        return self._start, self._offset - self._start
+
     def feed(self, data: bytes) -> list[Frame | FramingError]:
         """Consume the next bytes of the stream; return what they completed."""
         out: list[Frame | FramingError] = []

@@ -16,10 +16,17 @@ hurting the others:
   connection is not read (backpressure reaches the peer through TCP);
 - a peer that does not read its ACKs stops being read once its unsent ACKs
   pass the transport's high-water mark;
-- a connection idle for `idle_timeout_s` (nothing received, nothing being
-  answered) is closed; at most `connections_max` are served at once, and the
-  one past that is closed at once; a TLS handshake must end within
-  `tls_handshake_timeout_s`.
+- a connection idle for `idle_timeout_s` (no message received, nothing being
+  answered: a stray byte does not count) is closed;
+- a frame, once its start block came, must end within `frame_timeout_s`
+  plus a second per `frame_bytes_per_s_min` bytes received (a minimum data
+  rate): a peer that opens a frame and trickles a byte now and then is closed;
+- at most `connections_max` are served at once, and at most
+  `connections_per_address_max` from one address (so a host that opens
+  hundreds of connections cannot lock every other sender out); the one past
+  either is closed at once, the log line naming the peer; a slot is free
+  again as soon as its connection is lost;
+- a TLS handshake must end within `tls_handshake_timeout_s`.
 
 The node runs on anyio's asyncio backend (nats-py and asyncpg need asyncio);
 this listener is the one place where the node speaks to asyncio directly.
@@ -73,6 +80,7 @@ class MLLPServer:
         self.refuse = refuse
         self.tls = tls
         self.connections = 0
+        self._per_address: dict[str, int] = {}
         self._tg: TaskGroup | None = None
 
     async def serve(self, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -101,14 +109,29 @@ class MLLPServer:
                 for server in servers:
                     server.close()  # stop accepting; the connections' tasks end with this group
 
-    def start(self, connection: _Connection) -> bool:
-        """A new connection's turn-taking task, unless connections_max are served already."""
-        if self._tg is None or self.connections >= self.config.connections_max:
-            _log.warning("mllp.connection_refused", reason="connections_max reached")
+    def start(self, connection: _Connection, address: str, peer: str) -> bool:
+        """A new connection's turn-taking task, unless its slot (overall or for its address) is taken."""
+        if self._tg is None:
             return False
-        self.connections += 1
-        self._tg.start_soon(connection.run)
-        return True
+        held = self._per_address.get(address, 0)
+        if self.connections >= self.config.connections_max:
+            reason = f"connections_max ({self.config.connections_max}) reached"
+        elif held >= self.config.connections_per_address_max:
+            reason = f"connections_per_address_max ({self.config.connections_per_address_max}) reached for its address"
+        else:
+            self.connections += 1
+            self._per_address[address] = held + 1
+            self._tg.start_soon(connection.run)
+            return True
+        _log.warning("mllp.connection_refused", peer=peer, reason=reason)
+        return False
+
+    def release(self, address: str) -> None:
+        """A connection's slot, free again."""
+        self.connections -= 1
+        held = self._per_address.pop(address) - 1
+        if held:
+            self._per_address[address] = held
 
 
 async def _addresses(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple[int, str]]:
@@ -130,11 +153,16 @@ class _Connection(asyncio.Protocol):
         self._wake: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # made while the peer is not reading its ACKs
         self._source = "mllp"
+        self._address = ""
+        self._held = False  # holds a slot of the server's (released once, when lost or done)
         self._reading = True
         self._busy = False
         self._ended = False  # the peer closed its side, or the connection is lost
         self._last = loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._frame_start = -1  # stream offset of the open frame being timed (-1: none)
+        self._frame_began = 0.0
+        self._frame_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio's callbacks ---------------------------------------------------------
 
@@ -143,14 +171,19 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._source = f"mllp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "mllp"
-        if not self._server.start(self):
+        self._address = str(peer[0]) if isinstance(peer, tuple) else ""
+        if not self._server.start(self, self._address, self._source):
             transport.abort()
             return
+        self._held = True
         self._arm_idle(self._server.config.idle_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        self._last = self._loop.time()
-        self._waiting.extend(self._decoder.feed(data))
+        items = self._decoder.feed(data)
+        if items:
+            self._last = self._loop.time()
+            self._waiting.extend(items)
+        self._time_frame()
         if len(self._waiting) >= _QUEUED_FRAMES_MAX and self._reading and self._transport is not None:
             self._transport.pause_reading()  # resumed once the task has caught up
             self._reading = False
@@ -164,8 +197,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:  # noqa: ARG002 -- asyncio's signature
         self._ended = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._frame_timer):
+            if timer is not None:
+                timer.cancel()
+        self._release()  # at once: a peer that reconnects at once finds its slot free
         _resolve(self._writable)
         self._poke()
 
@@ -208,11 +243,52 @@ class _Connection(asyncio.Protocol):
                         await self._writable  # the peer is not reading its ACKs: neither do we read
                         self._writable = None
         finally:
-            self._server.connections -= 1
+            self._release()
             transport.close()
 
     def _poke(self) -> None:
         _resolve(self._wake)
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._server.release(self._address)
+
+    # -- a frame's deadline ------------------------------------------------------------------
+
+    def _time_frame(self) -> None:
+        """Start the clock when a frame begins, stop it when it ends."""
+        opened = self._decoder.open_frame()
+        if opened is None:
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+                self._frame_timer, self._frame_start = None, -1
+            return
+        if opened[0] != self._frame_start:  # a new frame (the last one may have ended in this read)
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+            self._frame_start, self._frame_began = opened[0], self._loop.time()
+            self._frame_timer = self._loop.call_later(self._server.config.frame_timeout_s, self._check_frame)
+
+    def _check_frame(self) -> None:
+        """Close the connection if the open frame has taken longer than its bytes allow."""
+        opened = self._decoder.open_frame()
+        if opened is None or opened[0] != self._frame_start or self._transport is None:
+            return
+        config = self._server.config
+        allowed_s = config.frame_timeout_s + opened[1] / config.frame_bytes_per_s_min
+        left = self._frame_began + allowed_s - self._loop.time()
+        if left > 0:
+            self._frame_timer = self._loop.call_later(left, self._check_frame)
+            return
+        _log.warning(
+            "mllp.frame_too_slow",
+            peer=self._source,
+            frame_bytes=opened[1],
+            elapsed_s=round(self._loop.time() - self._frame_began, 1),
+            reason="a frame must end within frame_timeout_s, plus 1 s per frame_bytes_per_s_min bytes",
+        )
+        self._transport.close()
 
     # -- idleness --------------------------------------------------------------------------
 
@@ -226,8 +302,11 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None  # armed once connected
         idle_s = self._server.config.idle_timeout_s
         left = self._last + idle_s - self._loop.time()
-        if self._busy or self._waiting or left > 0:
-            self._arm_idle(max(left, 0.05) if not self._busy else idle_s)
+        if self._busy or self._waiting or self._frame_start >= 0:  # answering, or a frame's clock runs
+            self._arm_idle(idle_s)
+            return
+        if left > 0:
+            self._arm_idle(max(left, 0.05))
             return
         _log.info("mllp.idle_closed", source=self._source)
         self._transport.close()

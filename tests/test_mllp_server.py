@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from engine.config import MLLPConfig
 from engine.errors import FramingError
@@ -149,3 +150,89 @@ async def test_framing_errors_are_answered_in_their_turn() -> None:
     assert replies[0] == b"ACK ko"
     assert replies[1].startswith(b"NAK ")
     assert replies[2] == b"ACK retfa"
+
+
+async def _closed_within(stream: anyio.abc.ByteStream, seconds: float) -> float:
+    """How long until the listener closed `stream` (failing past `seconds`)."""
+    started = time.monotonic()
+    with anyio.fail_after(seconds), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+        while True:
+            await stream.receive()
+    return time.monotonic() - started
+
+
+async def test_a_frame_that_trickles_is_closed_at_its_deadline_and_a_slow_but_steady_one_completes() -> None:
+    """A start block then a byte every 0.1 s: closed at about frame_timeout_s; 2 KB at 4 KB/s: answered."""
+    answers = Answers()
+    async with listening(answers, frame_timeout_s=0.5, frame_bytes_per_s_min=1000) as port:
+        with capture_logs() as logs:
+            async with await anyio.connect_tcp("127.0.0.1", port) as trickler:
+                await trickler.send(b"\x0bMSH")
+
+                async def trickle() -> None:
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        while True:
+                            await anyio.sleep(0.1)
+                            await trickler.send(b"x")
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(trickle)
+                    assert 0.3 < await _closed_within(trickler, 5) < 2
+                    tg.cancel_scope.cancel()
+        [refused] = [line for line in logs if line["event"] == "mllp.frame_too_slow"]
+        assert refused["peer"].startswith("mllp:127.0.0.1:")
+        async with await anyio.connect_tcp("127.0.0.1", port) as steady:
+            payload = b"MSH" + b"y" * 2000
+            await steady.send(b"\x0b")
+            for start in range(0, len(payload), 200):  # 200 bytes every 0.05 s: 4 KB/s
+                await steady.send(payload[start : start + 200])
+                await anyio.sleep(0.05)
+            await steady.send(b"\x1c\r")
+            assert await _replies(steady, 1) == [b"ACK " + payload[::-1]]
+
+
+async def test_stray_bytes_between_frames_do_not_keep_a_connection_open() -> None:
+    """Whitespace every 0.1 s begins no message: the connection is closed as idle all the same."""
+    answers = Answers()
+    async with listening(answers, idle_timeout_s=0.3) as port, await anyio.connect_tcp("127.0.0.1", port) as stream:
+
+        async def drip() -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while True:
+                    await stream.send(b"\r")
+                    await anyio.sleep(0.1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drip)
+            assert await _closed_within(stream, 5) < 2
+            tg.cancel_scope.cancel()
+
+
+async def test_one_address_cannot_take_every_slot() -> None:
+    """Past connections_per_address_max, 127.0.0.1 is refused (the line names it); 127.0.0.2 is served."""
+    answers = Answers()
+    async with listening(answers, connections_max=10, connections_per_address_max=3) as port:
+        with capture_logs() as logs:
+            hogs = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(3)]
+            async with await anyio.connect_tcp("127.0.0.1", port) as fourth:
+                assert await _closed_within(fourth, 5) < 5
+            async with await anyio.connect_tcp("127.0.0.1", port, local_host="127.0.0.2") as other:
+                await other.send(frame(b"in"))
+                assert await _replies(other, 1) == [b"ACK ni"]
+            for hog in hogs:
+                await hog.aclose()
+        [refused] = [line for line in logs if line["event"] == "mllp.connection_refused"]
+        assert refused["peer"].startswith("mllp:127.0.0.1:")
+        assert "connections_per_address_max" in refused["reason"]
+
+
+async def test_slots_are_free_again_as_soon_as_their_peers_close() -> None:
+    """1,000 quick connections one after another, each one message: none refused with only 4 slots."""
+    answers = Answers()
+    async with listening(answers, connections_max=4, connections_per_address_max=4) as port:
+        with capture_logs() as logs:
+            for n in range(1000):
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    await stream.send(frame(b"%d" % n))
+                    assert await _replies(stream, 1) == [b"ACK " + (b"%d" % n)[::-1]]
+        assert [line for line in logs if line["event"] == "mllp.connection_refused"] == []

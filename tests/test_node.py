@@ -5,6 +5,7 @@ Every test starts `bin/vigil run` and talks to it over loopback only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -175,6 +176,36 @@ def test_a_hostile_connection_never_blocks_the_others(tmp_path: Path) -> None:
         assert time.monotonic() - started < 20
         stuck.close()
         big.close()
+
+
+def test_three_hundred_trickling_connections_from_one_address_lock_no_one_out(tmp_path: Path) -> None:
+    """300 peers on 127.0.0.1 open a frame and trickle; a sender on 127.0.0.2 keeps getting AA meanwhile."""
+    with node(tmp_path) as (_, port):
+        tricklers: list[socket.socket] = []
+        for _ in range(300):
+            peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with contextlib.suppress(OSError):  # refused past the per-address cap: closed by the node
+                peer.sendall(b"\x0bMSH|")
+            tricklers.append(peer)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.5):
+                for peer in tricklers:
+                    with contextlib.suppress(OSError):
+                        peer.send(b"x")
+
+        dripping = threading.Thread(target=trickle, daemon=True)
+        dripping.start()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.0.2", 0)) as good:
+                for n in range(20):
+                    assert parse(_exchange(good, _message(500 + n), MLLPDecoder())).get("MSA-1") == "AA"
+        finally:
+            stop.set()
+            dripping.join(timeout=10)
+            for peer in tricklers:
+                peer.close()
 
 
 def _sender(port: int, acked: list[str], stop: threading.Event, first: int) -> None:
