@@ -24,6 +24,9 @@ _ABSENT = f"public sample corpus not found at {CORPUS}"
 # ExamplePatient.json is the FHIR-Converter's *input* template data, not a
 # FHIR resource (it has no resourceType): Vigil must refuse it clearly.
 NOT_FHIR = {"ExamplePatient.json"}
+# ObservationBundle.json's entry 1 holds an Encounter's fields in the entry
+# itself, not under `resource`: once dropped in silence, now refused by path.
+MALFORMED = {"ObservationBundle.json": "$.entry[1]"}
 
 
 @pytest.mark.corpus
@@ -81,12 +84,12 @@ def test_hl7_corpus_lanes_and_events() -> None:
 @pytest.mark.skipif(not FHIR_FILES, reason=_ABSENT)
 @pytest.mark.parametrize("path", FHIR_FILES, ids=lambda p: p.name)
 def test_fhir_samples(path: Path) -> None:
-    """FHIR samples decode; the one that is not FHIR is refused with a ShapeError at `$`."""
+    """FHIR samples decode; the one that is not FHIR, and the malformed one, are refused with a ShapeError at a path."""
     decoded = decode_input(path.read_bytes(), DECODER, received_at="t", source=path.name)
-    if path.name in NOT_FHIR:
+    if path.name in NOT_FHIR or path.name in MALFORMED:
         [bad] = decoded
         assert isinstance(bad.error, ShapeError)
-        assert bad.error.location.path == "$"
+        assert bad.error.location.path == MALFORMED.get(path.name, "$")
         return
     assert decoded
     for d in decoded:

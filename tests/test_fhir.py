@@ -99,6 +99,20 @@ def test_bad_entry_names_its_bundle_path() -> None:
     assert info.value.location.path == "$.entry[1].resource.status"
 
 
+@pytest.mark.parametrize("kind", ["batch", "transaction", "collection"])
+def test_an_entry_without_a_resource_refuses_the_bundle_by_path(kind: str) -> None:
+    """Never dropped in silence: the Bundle is refused, naming the entry (and an inlined resource's type)."""
+    doc = json.loads(_bundle(kind, _obs()))
+    doc["entry"].append({"request": {"method": "DELETE", "url": "Observation/o9"}})
+    doc["entry"].append({"resourceType": "Encounter", "id": "e1"})
+    with pytest.raises(ShapeError, match="entry 1 has no resource") as info:
+        decode_document(json.dumps(doc).encode())
+    assert info.value.location.path == "$.entry[1]"
+    del doc["entry"][1]
+    with pytest.raises(ShapeError, match="resourceType Encounter itself"):
+        decode_document(json.dumps(doc).encode())
+
+
 def test_transaction_bundle_is_one_message_with_the_most_urgent_lane() -> None:
     """A transaction is one message; its lane is its most urgent entry's."""
     critical = _obs(id="o2", interpretation=[{"coding": [{"code": "HH"}]}])

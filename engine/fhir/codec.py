@@ -47,7 +47,7 @@ class BundleEntry(msgspec.Struct, frozen=True):
 
 @final
 class DecodedBundle(msgspec.Struct, frozen=True):
-    """A Bundle and its decoded entries (entries without a resource are skipped)."""
+    """A Bundle and its decoded entries (each carries a resource: a Bundle with an entry without one is refused)."""
 
     bundle: Bundle
     entries: tuple[BundleEntry, ...]
@@ -83,10 +83,18 @@ def decode_document(raw: bytes) -> Resource | DecodedBundle:
     head = _head(raw, "$")
     if head.resourceType == "Bundle":
         bundle = _decode(_BUNDLE, raw, "$")
+        for i, e in enumerate(bundle.entry):
+            if not len(e.resource):
+                # Dropping it would lose what it stood for (a REST request, say), without a word.
+                inline = f" (it says resourceType {e.resource_type} itself: not under `resource`)"
+                inline = inline if e.resource_type else ""
+                raise ShapeError(
+                    f"Bundle entry {i} has no resource{inline}: every entry must carry one",
+                    ErrorLocation(path=f"$.entry[{i}]"),
+                )
         entries = tuple(
             BundleEntry(i, e.full_url, decode_resource(bytes(e.resource), f"$.entry[{i}].resource"), bytes(e.resource))
             for i, e in enumerate(bundle.entry)
-            if len(e.resource)
         )
         return DecodedBundle(bundle, entries)
     return decode_resource(raw, "$", head)

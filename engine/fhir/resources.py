@@ -329,6 +329,8 @@ class MessageHeader(_Resource, frozen=True):
 class BundleEntry(_Element, frozen=True):
     full_url: str | None = None
     resource: msgspec.Raw = msgspec.Raw()
+    # Set only on a malformed entry: a resource's fields written into the entry itself.
+    resource_type: str | None = msgspec.field(default=None, name="resourceType")
 
 
 @final
