@@ -51,6 +51,8 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Limits on what one source may send."""
 
     message_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MIB)] = 16 * _MIB
+    # The largest whole input read at once: stdin, or one file from a drop folder.
+    input_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * _MIB)] = 1024 * _MIB
     # A drop folder (--watch) is looked at this often; a file must be this old to be taken.
     watch_poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 0.5
     # An input of at least this many messages (stdin, a file, a NATS batch) is parsed in

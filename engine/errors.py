@@ -142,7 +142,8 @@ class InputError(VigilError):
 
 
 class FramingError(InputError):
-    """MLLP framing is broken: a frame too large, or bytes outside any frame."""
+    """A message cannot be cut from its input: MLLP framing is broken (bytes outside any frame, a frame
+    cut short), or it is larger than `ingest.message_bytes_max`."""
 
 
 class FormatError(InputError):

@@ -13,7 +13,7 @@ from typing import final
 
 import msgspec
 
-from engine.errors import ErrorLocation, FormatError, InputError
+from engine.errors import ErrorLocation, FormatError, FramingError, InputError
 from engine.fhir.codec import split_ndjson
 from engine.hl7.batch import split_stream
 from engine.mllp import MLLPDecoder
@@ -37,7 +37,11 @@ class Piece(msgspec.Struct, frozen=True):
 
 
 def split_input(raw: bytes, max_message_bytes: int = 16 * 1024 * 1024) -> list[Piece]:
-    """Cut one input into messages, detecting its format from the first bytes."""
+    """Cut one input into messages, detecting its format from the first bytes.
+
+    A message over `max_message_bytes` is refused in its place (its bytes kept
+    for quarantine), from every source: the limit is the node's, not MLLP's.
+    """
     body = raw.removeprefix(_BOM)
     lead = body.lstrip(b" \t\r\n")
     start = len(raw) - len(lead)
@@ -46,9 +50,9 @@ def split_input(raw: bytes, max_message_bytes: int = 16 * 1024 * 1024) -> list[P
     if lead[:1] == b"\x0b":
         return _mllp(raw, max_message_bytes)
     if lead[:3] in _HL7_STARTS:
-        return _hl7(raw, 0)
+        return _bounded(_hl7(raw, 0), max_message_bytes)
     if lead[:1] in (b"{", b"["):
-        return _json(raw)
+        return _bounded(_json(raw), max_message_bytes)
     return [
         Piece(
             start,
@@ -58,6 +62,25 @@ def split_input(raw: bytes, max_message_bytes: int = 16 * 1024 * 1024) -> list[P
                 ErrorLocation(byte_offset=start),
             ),
         )
+    ]
+
+
+def _bounded(pieces: list[Piece], max_message_bytes: int) -> list[Piece]:
+    """Each piece over the limit refused in its place, with its bytes."""
+    if all(len(p.data) <= max_message_bytes for p in pieces):
+        return pieces
+    return [
+        p
+        if len(p.data) <= max_message_bytes
+        else msgspec.structs.replace(
+            p,
+            error=FramingError(
+                f"message of {len(p.data):,} bytes is larger than {max_message_bytes:,} "
+                "(ingest.message_bytes_max): refused",
+                ErrorLocation(byte_offset=p.offset),
+            ),
+        )
+        for p in pieces
     ]
 
 

@@ -475,20 +475,28 @@ class Node:
                 await anyio.sleep(interval)
 
     async def _ingest_file(self, folder: Path, path: Path) -> None:
-        raw = await anyio.to_thread.run_sync(path.read_bytes)
-        results = await self._ingest_stream(raw, f"file:{path.name}")
+        limit = self.config.ingest.input_bytes_max
+        size = (await anyio.to_thread.run_sync(path.stat)).st_size
+        if size > limit:  # not read at all: the file itself, moved to failed/, keeps every byte
+            reason = f"file of {size:,} bytes is larger than {limit:,} (ingest.input_bytes_max): not read"
+            results = [IngestResult("rejected", error={"type": "InputTooLarge", "reason": reason})]
+        else:
+            raw = await anyio.to_thread.run_sync(path.read_bytes)
+            results = await self._ingest_stream(raw, f"file:{path.name}")
         accepted = bool(results) and all(r.outcome == "accepted" for r in results)
         target = folder / ("done" if accepted else "failed")
 
-        def move() -> None:
+        def move() -> str:
             target.mkdir(exist_ok=True)
+            name = _free_name(target, path.name)  # a file sent again under the same name overwrites nothing
             if not accepted:
-                reason = target / f"{path.name}.reason.json"
+                reason = target / f"{name}.reason.json"
                 reason.write_bytes(msgspec.json.encode(results or [{"outcome": "empty file"}]))
-            path.replace(target / path.name)
+            path.replace(target / name)
+            return name
 
-        await anyio.to_thread.run_sync(move)
-        _log.info("node.file_ingested", file=path.name, messages=len(results), moved_to=target.name)
+        kept_as = await anyio.to_thread.run_sync(move)
+        _log.info("node.file_ingested", file=path.name, messages=len(results), moved_to=f"{target.name}/{kept_as}")
 
     async def _consume_nats(self, source: NatsSource, scope: anyio.CancelScope) -> None:
         with scope:
@@ -1001,6 +1009,16 @@ _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
 _GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
 _PARSE_CHUNK_MESSAGES = 1024  # messages per hand-off to a parse worker
 _PARSE_CHUNKS_AHEAD = 4  # chunks handed off before the loop has taken their turn
+
+
+def _free_name(folder: Path, name: str) -> str:
+    """`name`, or `stem.2.suffix`, `stem.3.suffix`...: the first that neither it nor its reason file takes."""
+    stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    candidate, n = name, 1
+    while (folder / candidate).exists() or (folder / f"{candidate}.reason.json").exists():
+        n += 1
+        candidate = f"{stem}.{n}{dot}{suffix}" if dot else f"{name}.{n}"
+    return candidate
 
 
 def _ready_files(folder: Path, settle_s: float) -> list[Path]:

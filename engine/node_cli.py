@@ -106,7 +106,13 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _run_stdin(node: Node) -> None:
-    raw = sys.stdin.buffer.read()
+    limit = node.config.ingest.input_bytes_max
+    raw = sys.stdin.buffer.read(limit + 1)
+    if len(raw) > limit:
+        raise click.ClickException(
+            f"standard input is larger than {limit:,} bytes (ingest.input_bytes_max): nothing was ingested; "
+            "split it, or raise the limit"
+        )
     results = anyio.run(functools.partial(node.run, stdin=raw))
     out = sys.stdout.buffer
     for result in results:

@@ -330,6 +330,59 @@ def test_a_watched_folder_moves_each_file_to_done_or_failed(tmp_path: Path) -> N
     assert sorted(_ids(tmp_path / "data")) == [f"hl7:LAB|GENHOSP|CTL00000{n}" for n in (1, 2, 3)]
 
 
+def _watch_until(drop: Path, data: Path, config: Path | None, *expected: Path) -> None:
+    """A `vigil run --watch` process until every expected path exists (60 s at most), then stopped."""
+    args = [VIGIL, *(["--config", str(config)] if config else []), "run", "--watch", str(drop), "--data", str(data)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in expected):
+            assert time.monotonic() < deadline, f"not all of {[p.name for p in expected]} appeared"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_file_dropped_again_under_its_name_overwrites_nothing(tmp_path: Path) -> None:
+    """done/feed.hl7 stays; the second feed.hl7 becomes done/feed.2.hl7 (and failed/ keeps its reasons apart)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "feed.hl7").write_bytes(_message(1))
+    _watch_until(drop, tmp_path / "data", None, drop / "done" / "feed.hl7")
+    (drop / "feed.hl7").write_bytes(_message(2))
+    _watch_until(drop, tmp_path / "data", None, drop / "done" / "feed.2.hl7")
+    assert (drop / "done" / "feed.hl7").read_bytes() == _message(1)
+    assert (drop / "done" / "feed.2.hl7").read_bytes() == _message(2)
+
+
+def test_the_size_limits_hold_on_stdin_and_in_the_drop_folder(tmp_path: Path) -> None:
+    """A message over message_bytes_max is refused (and quarantined) there too; a file over input_bytes_max
+    goes to failed/ unread; stdin over input_bytes_max is refused in one line, nothing ingested."""
+    config = tmp_path / "vigil.toml"
+    config.write_text("[ingest]\nmessage_bytes_max = 4096\ninput_bytes_max = 16384\n")
+    big = oru(*[f"OBX|{n}|ST|X||{'y' * 100}|||N|||F" for n in range(60)])
+    assert 4096 < len(big) < 16384
+    run = [VIGIL, "--config", str(config), "run", "--stdin", "--data", str(tmp_path / "data")]
+    proc = subprocess.run(run, input=_message(1) + big + _message(2), capture_output=True, timeout=120, check=False)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["outcome"] for r in rows] == ["accepted", "rejected", "accepted"]
+    assert "message_bytes_max" in rows[1]["error"]["reason"]
+    assert Quarantine(tmp_path / "data" / "quarantine", OSFiles()).items()[0].raw == big
+    huge = subprocess.run(run, input=_message(3) * 200, capture_output=True, timeout=120, check=False)
+    assert huge.returncode == 1
+    assert b"input_bytes_max" in huge.stderr
+    assert b"Traceback" not in huge.stderr
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "huge.hl7").write_bytes(_message(4) * 200)
+    _watch_until(drop, tmp_path / "data", config, drop / "failed" / "huge.hl7.reason.json")
+    [reason] = json.loads((drop / "failed" / "huge.hl7.reason.json").read_bytes())
+    assert "input_bytes_max" in reason["error"]["reason"]
+    assert (drop / "failed" / "huge.hl7").read_bytes() == _message(4) * 200
+    assert sorted(_ids(tmp_path / "data")) == ["hl7:LAB|GENHOSP|CTL000001", "hl7:LAB|GENHOSP|CTL000002"]
+
+
 def test_top_refreshes_until_interrupted(tmp_path: Path) -> None:
     """`vigil top` shows the live status and leaves quietly on Ctrl-C."""
     sign_in(tmp_path, "op.kim", Role.OPERATOR)  # no node yet: the CLI logs in over the store and log itself
