@@ -22,6 +22,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from engine.errors import VigilError
 from engine.inert import inert
 
 __all__ = ["DataConsole", "InertGroup", "inert", "styled"]
@@ -33,12 +34,20 @@ def styled(text: object, style: str = "") -> Text:
 
 
 class InertGroup(click.Group):
-    """A command group whose one-line errors are inert too (a refusal may quote a key or a reason)."""
+    """A command group whose failures are one inert line each, never a traceback.
+
+    Vigil's own errors (a corrupt or locked log, a bad configuration) and the
+    operating system's (a read-only directory, a port in use) become a
+    one-line `Error: ...` and exit 1; a refusal that quotes a key or a reason
+    goes out with its control characters made visible.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; an error's message goes out with its control characters made visible."""
+        """Run the command; a known failure goes out as one line."""
         try:
             return super().invoke(ctx)
+        except (VigilError, OSError) as exc:
+            raise click.ClickException(inert(str(exc))) from None
         except click.ClickException as exc:
             shown = inert(exc.message)
             if shown == exc.message or isinstance(exc, click.UsageError):

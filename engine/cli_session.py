@@ -191,6 +191,10 @@ def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) ->
         answered = anyio.run(answer)
     except WALLockedError:
         raise click.ClickException(f"the log on {data_dir} is busy (a node is starting): retry") from None
+    except OSError as exc:  # read-only media, say: no look at PHI goes unrecorded, so none is shown
+        raise click.ClickException(
+            f"cannot write to the log on {data_dir} ({exc.strerror}): every look is recorded there before it is shown"
+        ) from None
     if isinstance(answered, AdminError):
         raise click.ClickException(str(answered))
     return answered

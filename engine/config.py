@@ -415,6 +415,8 @@ def split_address(value: str, key: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
+    if int(port) > 65535:
+        raise ConfigError(f"{key}: {value!r}: the port must be 0 to 65535")
     return host, int(port)
 
 
