@@ -28,6 +28,9 @@ _T = TypeVar("_T")
 NATS_OPTION = click.option("--nats", "nats_urls", help="NATS URL[,URL...] (default: cluster.servers or nats.servers).")
 
 
+_CONNECT_DEADLINE_S = 10.0  # an operator waits this long at most for an answer from NATS
+
+
 @click.group("cluster")
 def cluster() -> None:
     """The cluster: members, partition leases, the replicated log."""
@@ -42,12 +45,23 @@ def _with_js(obj: Context, nats_urls: str | None, work: Callable[[Any], Awaitabl
     security = nats_security(config.nats, obj.base_dir())
 
     async def go() -> _T:
+        unreachable = f"cannot reach NATS at {', '.join(servers)}"
         try:
-            client = await nats.connect(
-                servers=servers, connect_timeout=2, allow_reconnect=False, error_cb=_quiet, **security
-            )
+            # nats-py retries an unreachable server ~60 times, 2 s apart, even without reconnecting:
+            # one attempt per server, and a deadline over all of them.
+            with anyio.fail_after(_CONNECT_DEADLINE_S):
+                client = await nats.connect(
+                    servers=servers,
+                    connect_timeout=2,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    error_cb=_quiet,
+                    **security,
+                )
+        except TimeoutError:
+            raise click.ClickException(f"{unreachable}: no answer within {_CONNECT_DEADLINE_S:.0f} s") from None
         except (OSError, nats.errors.Error) as exc:
-            raise click.ClickException(f"cannot reach NATS at {', '.join(servers)}: {type(exc).__name__}") from None
+            raise click.ClickException(f"{unreachable}: {type(exc).__name__}") from None
         try:
             return await work(client.jetstream(timeout=5))
         except nats.errors.Error as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +71,14 @@ def test_a_read_only_log_is_refused_in_one_line_since_each_look_is_recorded(tmp_
         err = _fails_in_one_line("log", "--data", str(view))
     assert "cannot write to the log" in err
     assert "Read-only file system" in err
+
+
+def test_cluster_status_against_an_unreachable_nats_answers_at_once() -> None:
+    """No NATS on the port: one line (exit 1) within the connect deadline, not minutes of retries."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    err = _fails_in_one_line("cluster", "status", "--nats", f"nats://127.0.0.1:{port}")
+    assert "cannot reach NATS" in err
+    assert time.monotonic() - started < 20
