@@ -103,6 +103,7 @@ class Node:
         self._dtm_text = ""
         self._in_flight = 0
         self._invalid_text = 0  # messages whose invalid bytes were replaced (`engine.hl7.parse`)
+        self._audit_keyed = False
         self._idle = anyio.Event()
         self._idle.set()
         self._wal: WriteAheadLog | None = None
@@ -158,6 +159,15 @@ class Node:
         task_status: TaskStatus[int | None],
     ) -> list[IngestResult]:
         key = audit_key_from_env(self.config.audit.key_env)
+        self._audit_keyed = key is not None
+        if key is None:
+            _log.warning(
+                "node.audit_unkeyed",
+                variable=self.config.audit.key_env,
+                consequence="no keyed checkpoints: whoever can rewrite the whole log can rebuild its hash chain "
+                "unseen, and `vigil audit verify` has no key to check it against",
+                fix=f"set {self.config.audit.key_env} to a secret of at least 16 bytes before starting the node",
+            )
         self._new_event = type(anyio.Event())
         self._message_log = _log.bind()
         results: list[IngestResult] = []
@@ -372,6 +382,7 @@ class Node:
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "in_flight": self._in_flight,
             "invalid_text_messages": self._invalid_text,
+            "audit": {"keyed": self._audit_keyed, "key_env": self.config.audit.key_env},
             "sources": self._sources(),
             "auth": auth,
         }

@@ -100,7 +100,16 @@ def _status_view(report: dict[str, Any]) -> Group:
         )
     else:
         membership = Text("cluster: off (a single node)")
-    return Group(summary, table, tail, read_side, sessions, membership)
+    audit = report.get("audit", {})
+    if audit.get("keyed"):
+        keyed = Text("audit: keyed checkpoints on")
+    else:
+        keyed = styled(
+            f"audit: NOT KEYED (${audit.get('key_env', 'VIGIL_AUDIT_KEY')} was unset at start): the hash chain "
+            "can be rebuilt by whoever can rewrite the log",
+            "bold red",
+        )
+    return Group(summary, table, tail, read_side, sessions, membership, keyed)
 
 
 @click.command("top")

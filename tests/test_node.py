@@ -282,6 +282,27 @@ def test_status_patient_and_log_from_a_running_node_and_after_it(tmp_path: Path)
     assert code != 0  # no node to ask
 
 
+@pytest.mark.parametrize("key", ["", "k" * 32])
+def test_a_node_without_an_audit_key_says_so_at_start_and_in_status(tmp_path: Path, key: str) -> None:
+    """No key: a warning at start naming the variable, and `vigil status` (and --json) says NOT KEYED."""
+    env = {**os.environ, "VIGIL_AUDIT_KEY": key}
+    args = [VIGIL, "run", "--mllp", "127.0.0.1:0", "--data", str(tmp_path)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    try:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline().decode()
+        sign_in(tmp_path, "op.li", Role.OPERATOR)
+        status = subprocess.run([VIGIL, "status", "--data", str(tmp_path), "--json"], capture_output=True, check=True)
+        plain = subprocess.run([VIGIL, "status", "--data", str(tmp_path)], capture_output=True, check=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert json.loads(status.stdout)["audit"]["keyed"] is bool(key)
+    assert (b"NOT KEYED" in plain.stdout) is not bool(key)
+    warned = [json.loads(line) for line in err.splitlines() if b"node.audit_unkeyed" in line]
+    assert [w["variable"] for w in warned] == ([] if key else ["VIGIL_AUDIT_KEY"])
+
+
 def test_no_phi_reaches_the_logs(tmp_path: Path) -> None:
     """Canary PHI through accepted and refused messages: none of it appears in the node's logs."""
     name, mrn, birth = "Zyxwvutsrqp", "CANARY98765", "19230417"
