@@ -143,7 +143,15 @@ class InputError(VigilError):
 
 class FramingError(InputError):
     """A message cannot be cut from its input: MLLP framing is broken (bytes outside any frame, a frame
-    cut short), or it is larger than `ingest.message_bytes_max`."""
+    cut short), or it is larger than `ingest.message_bytes_max`.
+
+    `head` holds the first bytes of a refused frame when they were seen (an
+    oversized one): enough to echo its MSH-10 in the refusal.
+    """
+
+    def __init__(self, reason: str, location: ErrorLocation | None = None, *, head: bytes = b"") -> None:
+        super().__init__(reason, location)
+        self.head = head
 
 
 class FormatError(InputError):

@@ -50,6 +50,7 @@ class MLLPStatistics(msgspec.Struct, frozen=True):
 
 
 _OUTSIDE, _INSIDE, _DISCARDING = 0, 1, 2
+_HEAD_BYTES = 1024  # of a frame refused as too large, kept to answer it by its MSH-10
 
 
 @final
@@ -177,6 +178,7 @@ class MLLPDecoder:
         if self._state == _DISCARDING or not chunk:
             return
         if len(self._buf) + len(chunk) > self._max:
+            head = bytes(self._buf[:_HEAD_BYTES]) + chunk[: max(0, _HEAD_BYTES - len(self._buf))]
             self._state = _DISCARDING
             self._oversized += 1
             self._buf = bytearray()
@@ -185,6 +187,7 @@ class MLLPDecoder:
                 FramingError(
                     f"MLLP frame larger than {self._max} bytes: refused and skipped",
                     ErrorLocation(byte_offset=self._start),
+                    head=head[:_HEAD_BYTES],
                 )
             )
             return

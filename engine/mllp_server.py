@@ -53,8 +53,8 @@ __all__ = ["AnswerFrame", "MLLPServer", "RefuseFraming"]
 
 _log = structlog.get_logger("vigil.mllp")
 
-# A frame's payload and its source -> the ACK to send.
-AnswerFrame = Callable[[bytes, str], Awaitable[bytes]]
+# A frame's payload and its source -> the ACK to send, or None (an empty frame: nothing was asked).
+AnswerFrame = Callable[[bytes, str], Awaitable[bytes | None]]
 # A framing error and its source -> the NAK to send, or None (junk between frames).
 RefuseFraming = Callable[[FramingError, str], bytes | None]
 

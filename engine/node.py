@@ -539,16 +539,26 @@ class Node:
     # -- sources --------------------------------------------------------------------
 
     def _refuse_framing(self, error: FramingError, source: str) -> bytes | None:
+        """An AR for a frame refused whole (too large), echoing its MSH-10; nothing for broken framing.
+
+        Junk between frames, a stray start block, a frame cut short: no message
+        the sender waits on. An AR without a control id would be read as the
+        answer to its next message, so they are logged (naming the peer), never
+        answered.
+        """
         _log.warning("mllp.framing_error", source=source, reason=error.reason)
-        if "outside any MLLP frame" in error.reason:
-            return None  # junk between frames: nothing to answer
-        ctx = AckContext()
+        if error.head.lstrip(b" \t\r\n")[:3] != b"MSH":
+            return None
+        ctx = AckContext.from_raw(error.head.lstrip(b" \t\r\n"))
         return build_ack(
             ctx, Outcome.REJECTED, control_id=self._ack_id(), timestamp=self._dtm(), error=error
         ).to_bytes()
 
-    async def _answer_frame(self, raw: bytes, source: str) -> bytes:
-        """Ingest one HL7 v2 message and build its ACK (original or enhanced mode)."""
+    async def _answer_frame(self, raw: bytes, source: str) -> bytes | None:
+        """Ingest one HL7 v2 message and build its ACK (original or enhanced mode); an empty frame gets none."""
+        if not raw.strip(b" \t\r\n"):
+            _log.warning("mllp.empty_frame", source=source, reason="an MLLP frame with no message: not answered")
+            return None
         ctx = AckContext.from_raw(raw)
         result = await self._ingest(raw, source, Kind.HL7V2)
         outcome = {"accepted": Outcome.ACCEPTED, "retry": Outcome.RETRY}.get(result[0].outcome, Outcome.REJECTED)

@@ -137,6 +137,24 @@ def test_two_messages_in_one_mllp_frame_are_refused_whole(tmp_path: Path) -> Non
     assert kept.raw == _message(1) + _message(2)
 
 
+def test_only_messages_are_answered_and_an_oversized_one_by_its_control_id(tmp_path: Path) -> None:
+    """A stray start block and an empty frame get no unsolicited AR (the next reply is the next message's);
+    a frame over the size limit gets AR echoing its MSH-10."""
+    config = tmp_path / "vigil.toml"
+    config.write_text("[ingest]\nmessage_bytes_max = 4096\n")
+    big = oru(*[f"OBX|{n}|ST|X||{'y' * 100}|||N|||F" for n in range(60)])
+    with node(tmp_path / "data", config=config) as (_, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            decoder = MLLPDecoder()
+            conn.sendall(b"\x0b" + b"\x0b\x1c\r")  # a stray start block, then an empty frame
+            first = parse(_exchange(conn, _message(31), decoder))
+            refused = parse(_exchange(conn, big, decoder))
+            after = parse(_exchange(conn, _message(32), decoder))
+    assert (first.get("MSA-1"), first.get("MSA-2")) == ("AA", "CTL000031")
+    assert (refused.get("MSA-1"), refused.get("MSA-2")) == ("AR", "MSG0001")
+    assert (after.get("MSA-1"), after.get("MSA-2")) == ("AA", "CTL000032")
+
+
 def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> None:
     """`vigil send` prints each ACK; the `hl7` package's MLLP client reads ours as any other."""
     import hl7.client
