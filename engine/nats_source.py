@@ -37,6 +37,7 @@ from opentelemetry import propagate, trace
 
 from engine.config import NatsConfig, NatsSubjectConfig
 from engine.errors import ConfigError
+from engine.repeated_warning import RepeatedWarning
 
 __all__ = ["IngestMessages", "NatsSource", "Verdict"]
 
@@ -181,5 +182,8 @@ async def _settle(message: Msg, verdict: Verdict, redeliver_delay_s: float) -> N
         _log.warning("nats.ack_failed", error=type(exc).__name__)
 
 
+_NATS_ERRORS = RepeatedWarning(_log, "nats.error")  # nats-py calls back on every reconnect attempt
+
+
 async def _on_error(exc: Exception) -> None:
-    _log.warning("nats.error", error=type(exc).__name__)
+    _NATS_ERRORS.warn(error=type(exc).__name__)

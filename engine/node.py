@@ -897,8 +897,13 @@ class Node:
         """Messages of a partition this node does not serve: to its owner, whose answer is theirs."""
         owner = cluster.owner(partition)
         if owner is None or owner == cluster.node or any(w.source.startswith("forwarded:") for w in works):
-            # No owner now (a takeover in progress), or a forward that came back: the source retries shortly.
-            _retry_all(works, f"partition {partition} is between owners; retry")
+            # No owner now (a takeover in progress, or NATS away), or a forward that came back: retried shortly.
+            if cluster.state != "connected":
+                why = f"not connected to the cluster's NATS ({cluster.state}): partition {partition}'s owner is unknown"
+                why += "; retry"
+            else:
+                why = f"partition {partition} is between owners (a takeover is under way); retry"
+            _retry_all(works, why)
             return
         for work in works:
             answers = await cluster.forward(owner, work.raw, work.source)

@@ -143,13 +143,13 @@ def test_only_messages_are_answered_and_an_oversized_one_by_its_control_id(tmp_p
     config = tmp_path / "vigil.toml"
     config.write_text("[ingest]\nmessage_bytes_max = 4096\n")
     big = oru(*[f"OBX|{n}|ST|X||{'y' * 100}|||N|||F" for n in range(60)])
-    with node(tmp_path / "data", config=config) as (_, port):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-            decoder = MLLPDecoder()
-            conn.sendall(b"\x0b" + b"\x0b\x1c\r")  # a stray start block, then an empty frame
-            first = parse(_exchange(conn, _message(31), decoder))
-            refused = parse(_exchange(conn, big, decoder))
-            after = parse(_exchange(conn, _message(32), decoder))
+    with node(tmp_path / "data", config=config) as (_, port), socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.settimeout(30)
+        decoder = MLLPDecoder()
+        conn.sendall(b"\x0b" + b"\x0b\x1c\r")  # a stray start block, then an empty frame
+        first = parse(_exchange(conn, _message(31), decoder))
+        refused = parse(_exchange(conn, big, decoder))
+        after = parse(_exchange(conn, _message(32), decoder))
     assert (first.get("MSA-1"), first.get("MSA-2")) == ("AA", "CTL000031")
     assert (refused.get("MSA-1"), refused.get("MSA-2")) == ("AR", "MSG0001")
     assert (after.get("MSA-1"), after.get("MSA-2")) == ("AA", "CTL000032")

@@ -52,6 +52,7 @@ from engine.cluster.replication import (
 from engine.cluster.view import bucket_keys
 from engine.config import ClusterConfig
 from engine.model import Envelope
+from engine.repeated_warning import RepeatedWarning
 from engine.wal import LogRecord, WriteAheadLog
 
 __all__ = ["Adopt", "Cluster", "ClusterStatistics", "Forwarded", "ingest_subject"]
@@ -133,8 +134,8 @@ class Cluster:
         self._replicator: Replicator | None = None
         self._taking: set[int] = set()
         self._twin = False
-        self._forward_failures = 0
-        self._forward_failure_logged_at = -1.0e9
+        # During a takeover every sender's retry fails alike: one line a second, with the count.
+        self._forward_failed = RepeatedWarning(_log, "cluster.forward_failed", interval_s=1.0, clock=clock)
         self.state = "connecting"
         self.forwarded_messages = 0
         self.takeovers = 0
@@ -205,14 +206,7 @@ class Cluster:
                 headers={"Vigil-Source": source, "Vigil-From": self.node},
             )
         except (nats.errors.Error, OSError) as exc:
-            # During a takeover every sender's retry fails like this: one line a second, with the count.
-            self._forward_failures += 1
-            now = self._clock()
-            if now - self._forward_failure_logged_at >= 1.0:
-                _log.warning(
-                    "cluster.forward_failed", owner=owner, error=type(exc).__name__, failures=self._forward_failures
-                )
-                self._forward_failures, self._forward_failure_logged_at = 0, now
+            self._forward_failed.warn(owner=owner, error=type(exc).__name__)
             return None
         self.forwarded_messages += 1
         answers = msgspec.json.decode(reply.data)
@@ -718,5 +712,8 @@ def _lease_key(p: int) -> str:
     return f"p{p}"
 
 
+_NATS_ERRORS = RepeatedWarning(_log, "cluster.nats_error")  # nats-py calls back on every reconnect attempt
+
+
 async def _on_error(exc: Exception) -> None:
-    _log.warning("cluster.nats_error", error=type(exc).__name__)
+    _NATS_ERRORS.warn(error=type(exc).__name__)
