@@ -38,6 +38,23 @@ def test_batch_trailer_count_mismatch_is_refused() -> None:
     assert (info.value.location.segment, info.value.location.field) == ("BTS", 1)
 
 
+@pytest.mark.parametrize("declared", ["1", "2", ""])
+def test_a_file_header_without_a_batch_header_is_one_implicit_batch(declared: str) -> None:
+    """FHS, MSH..., FTS: read as one batch; FTS-1 may count that batch or its messages."""
+    raw = hl7("FHS|^~\\&|BILL|GENHOSP|||20261124", MSH_ORU, PID, MSH_ADT, PID, f"FTS|{declared}")
+    stream = split_stream(raw)
+    assert stream.batch
+    assert [parse(data).message_type for _, data in stream.messages] == ["ORU^R01", "ADT^A01"]
+
+
+def test_an_implicit_batch_still_refuses_a_count_that_fits_nothing() -> None:
+    """FTS-1 = 5 for one implicit batch of two messages: cut short or spliced."""
+    raw = hl7("FHS|^~\\&|BILL|GENHOSP|||20261124", MSH_ORU, PID, MSH_ADT, PID, "FTS|5")
+    with pytest.raises(HL7Error) as info:
+        split_stream(raw)
+    assert (info.value.location.segment, info.value.location.field) == ("FTS", 1)
+
+
 def test_concatenated_messages_with_any_terminator() -> None:
     """Several messages back to back, LF-terminated, are cut at each MSH."""
     raw = hl7(MSH_ORU, PID, MSH_ADT, PID, MSH_ORU, terminator="\n")

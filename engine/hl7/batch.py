@@ -1,7 +1,8 @@
 """Cutting an HL7 v2 stream into messages: plain concatenation and batch files.
 
 A batch file wraps messages as `FHS BHS MSH... BTS FTS` (either level may be
-absent). The trailers count what they close (BTS-1 messages, FTS-1 batches);
+absent; `FHS MSH... FTS` is one implicit batch). The trailers count what they
+close (BTS-1 messages, FTS-1 batches);
 a count that does not match means the file was cut short or spliced, and the
 whole file is refused rather than half-processed.
 """
@@ -63,16 +64,20 @@ def split_stream(raw: bytes) -> HL7Stream:
             batch = True
         elif seg_id == b"BTS":
             _check_count(raw[start:end], in_batch, "BTS", "messages", start)
-        else:  # FTS
+        elif batches:  # FTS
             _check_count(raw[start:end], batches, "FTS", "batches", start)
+        else:
+            # FHS, MSH..., FTS with no BHS (common in the wild, read by other HL7 libraries): one implicit
+            # batch. Senders then count either that one batch or the messages in FTS-1: both are taken.
+            _check_count(raw[start:end], 1, "FTS", "batches", start, also=in_batch)
     return HL7Stream(messages, batch)
 
 
-def _check_count(line: bytes, found: int, seg: str, what: str, offset: int) -> None:
+def _check_count(line: bytes, found: int, seg: str, what: str, offset: int, *, also: int | None = None) -> None:
     line = line.split(b"\r", 1)[0].split(b"\n", 1)[0]
     fields = line.split(line[3:4]) if len(line) > 3 else [line]
     declared = fields[1].strip() if len(fields) > 1 else b""
-    if declared and declared.isdigit() and int(declared) != found:
+    if declared and declared.isdigit() and int(declared) not in (found, also):
         raise HL7Error(
             f"{seg}-1 declares {int(declared)} {what} but the file holds {found}: it was cut short or spliced",
             ErrorLocation(byte_offset=offset, segment=seg, field=1),
