@@ -59,6 +59,9 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `parse_workers` worker processes beside the event loop (0: always in the loop).
     parse_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     parse_pool_messages_min: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    # A single HL7 v2 message at least this large is classified and parsed in a parse
+    # worker too, away from the loop that answers critical traffic.
+    large_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024
     # The character set of HL7 v2 messages whose MSH-18 is empty: the node's, and
     # per sender ("MSH-3|MSH-4" = set). MSH-18 names (8859/1) or codec names (cp1252).
     hl7_charset: str = "UNICODE UTF-8"

@@ -49,6 +49,7 @@ from engine.decode import Decoder
 from engine.errors import ConfigError, FramingError, InputError
 from engine.framing import Piece, split_input
 from engine.hl7 import AckContext, Outcome, build_ack
+from engine.memory import release_free_memory
 from engine.mllp_server import MLLPServer
 from engine.model import Envelope, Kind, Lane
 from engine.nats_source import NatsSource, Verdict
@@ -142,7 +143,8 @@ class Node:
         # Its processes import while the log is recovered. Not for a small stdin input: a worker
         # still importing holds the process's exit back by most of a second.
         large_stdin = stdin is not None and stdin.count(b"MSH") >= self.config.ingest.parse_pool_messages_min
-        if large_stdin or watch is not None or (self.config.nats.servers and self.config.nats.subjects):
+        serving = mllp is not None or watch is not None or (self.config.nats.servers and self.config.nats.subjects)
+        if large_stdin or serving:  # a served source may send a large message: workers parse it
             self._parse_pool.start()
         try:
             return await self._run(mllp=mllp, stdin=stdin, watch=watch, mllp_tls=mllp_tls, task_status=task_status)
@@ -703,12 +705,30 @@ class Node:
     async def _ingest(
         self, raw: bytes, source: str, kind: Kind, *, in_batch: bool = False
     ) -> tuple[IngestResult, InputError | None]:
+        large = kind is Kind.HL7V2 and len(raw) >= self.config.ingest.large_message_bytes
         try:
-            classified = self._classifier.classify_hl7(raw, in_batch=in_batch) if kind is Kind.HL7V2 else None
-        except InputError as exc:
-            return await self._reject(raw, source, exc), exc
+            return await self._ingest_one(raw, source, kind, in_batch=in_batch, large=large)
+        finally:
+            if large:  # what it took (parse, envelope, frame) goes back to the system
+                await anyio.to_thread.run_sync(release_free_memory)
+
+    async def _ingest_one(
+        self, raw: bytes, source: str, kind: Kind, *, in_batch: bool, large: bool
+    ) -> tuple[IngestResult, InputError | None]:
+        made = None
+        if large:  # classified and parsed in a worker, away from the loop that answers critical traffic
+            received = self._clock().isoformat(timespec="milliseconds")
+            made = await self._parse_pool.parse_one(raw, in_batch=in_batch, received_at=received, source=source)
+        if made is not None and made[0] is not None:
+            classified, parsed = made
+        else:
+            parsed = None
+            try:
+                classified = self._classifier.classify_hl7(raw, in_batch=in_batch) if kind is Kind.HL7V2 else None
+            except InputError as exc:
+                return await self._reject(raw, source, exc), exc
         lane = classified.lane if classified is not None else Lane.STANDARD
-        work = Work(raw, source, kind, in_batch=in_batch, classified=classified)
+        work = Work(raw, source, kind, in_batch=in_batch, classified=classified, parsed=parsed)
         started = time.perf_counter()
         attributes = {"vigil.lane": lane.value, "vigil.kind": kind.value}
         span_scope: contextlib.AbstractContextManager[Span | None] = (

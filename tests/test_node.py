@@ -155,6 +155,31 @@ def test_only_messages_are_answered_and_an_oversized_one_by_its_control_id(tmp_p
     assert (after.get("MSA-1"), after.get("MSA-2")) == ("AA", "CTL000032")
 
 
+def test_a_critical_result_is_answered_while_a_large_message_is_parsed(tmp_path: Path) -> None:
+    """An 8 MB ORU (150,000 OBX) is parsed in a worker: a critical result sent after it is answered first."""
+    msh = "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|BIG1|P|2.5.1"
+    big = oru(*[f"OBX|{n}|NM|2823-3^K^LN||4.{n % 10}|mmol/L|3.5-5.1|N|||F" for n in range(150_000)], msh=msh)
+    critical = _message(77).replace(b"|N|||F", b"|HH|||F").replace(b"4.1", b"6.9")
+    order: list[str] = []
+    with node(tmp_path) as (_, port):
+        slow = socket.create_connection(("127.0.0.1", port), timeout=120)
+        fast = socket.create_connection(("127.0.0.1", port), timeout=120)
+        try:
+
+            def big_one() -> None:
+                order.append(parse(_exchange(slow, big, MLLPDecoder())).get("MSA-2") or "")
+
+            sender = threading.Thread(target=big_one)
+            sender.start()
+            time.sleep(0.5)  # the large frame is on its way (an ordering test: no time is asserted)
+            order.append(parse(_exchange(fast, critical, MLLPDecoder())).get("MSA-2") or "")
+            sender.join(timeout=120)
+        finally:
+            slow.close()
+            fast.close()
+    assert order == ["CTL000077", "BIG1"]
+
+
 def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> None:
     """`vigil send` prints each ACK; the `hl7` package's MLLP client reads ours as any other."""
     import hl7.client
