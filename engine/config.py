@@ -380,6 +380,20 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 @final
+class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The patient actors: how long an idle one stays in memory, and how many may.
+
+    Attributes:
+        idle_timeout_s: an actor with no traffic this long is passivated (a
+            snapshot kept, its record let go from memory).
+        active_max: more active actors than this: the least recently used go first.
+    """
+
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    active_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+
+
+@final
 class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Lane settings: `rules` decide which message goes to which lane, `scheduler` how lanes share the node."""
 
@@ -401,6 +415,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audit: AuditConfig = AuditConfig()
     projections: ProjectionsConfig = ProjectionsConfig()
     lanes: LanesConfig = LanesConfig()
+    actors: ActorsConfig = ActorsConfig()
     auth: AuthConfig = AuthConfig()
     workstation: WorkstationConfig = WorkstationConfig()
 

@@ -227,13 +227,9 @@ class _Connection(asyncio.Protocol):
                     self._wake = self._loop.create_future()
                     await self._wake
                     continue
-                item = self._waiting.popleft()
                 self._busy = True
                 try:
-                    if isinstance(item, Frame):
-                        reply: bytes | None = await self._server.answer(item.payload, self._source)
-                    else:
-                        reply = self._server.refuse(item, self._source)
+                    reply = await self._answer(self._waiting.popleft())
                 finally:
                     self._busy = False
                     self._last = self._loop.time()
@@ -245,6 +241,13 @@ class _Connection(asyncio.Protocol):
         finally:
             self._release()
             transport.close()
+
+    async def _answer(self, item: Frame | FramingError) -> bytes | None:
+        # A method of its own: the frame (megabytes, for a large message) is not kept
+        # alive by the connection's loop while it waits for the next one.
+        if isinstance(item, Frame):
+            return await self._server.answer(item.payload, self._source)
+        return self._server.refuse(item, self._source)
 
     def _poke(self) -> None:
         _resolve(self._wake)

@@ -179,7 +179,12 @@ class Node:
         ):
             self._wal = wal
             snapshots = SnapshotStore(self.data_dir / "snapshots", OSFiles())
-            self._actors = PatientActors(LogRecordSource(wal, snapshots), PoisonQuarantine(wal, self._quarantine))
+            self._actors = PatientActors(
+                LogRecordSource(wal, snapshots),
+                PoisonQuarantine(wal, self._quarantine),
+                idle_timeout_s=self.config.actors.idle_timeout_s,
+                active_max=self.config.actors.active_max,
+            )
             await tg.start(self._actors.run)
             self._scheduler = LaneScheduler(self.config.lanes.scheduler, self._handle)
             await tg.start(self._scheduler.run)
@@ -300,9 +305,14 @@ class Node:
         return [(s.lane, s.depth) for s in self._scheduler.statistics()]
 
     async def _summarise(self) -> None:
-        """Per-lane summaries at info, every `node.summary_interval_s`."""
+        """Per-lane summaries at info, every `node.summary_interval_s`; then free memory back to the system.
+
+        Passivated records and finished bursts leave pages the allocator keeps
+        for later (`engine.memory`): a trim once an interval returns them.
+        """
         while True:
             await anyio.sleep(self.config.node.summary_interval_s)
+            await anyio.to_thread.run_sync(release_free_memory)
             if self._scheduler is not None:
                 for lane in self._scheduler.statistics():
                     _log.info(

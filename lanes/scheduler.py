@@ -203,6 +203,7 @@ class LaneScheduler(Generic[T]):
                 continue
             me.wake = anyio.Event()
             self._idle.append(me)
+            del job  # an idle worker keeps nothing of its last item (a large message weighs megabytes)
             await me.wake.wait()
             assert me.job is not None
             job, me.job = me.job, None

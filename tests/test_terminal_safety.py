@@ -8,19 +8,25 @@ and ESC sequences reached the operator's terminal. Every CLI console is a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import unicodedata
 from pathlib import Path
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.table import Table
 
+from actors import PatientRecord
 from engine.auth import Role
 from engine.cli_console import DataConsole
 from engine.errors import HL7Error
 from engine.inert import inert
+from engine.model import Admitted, Coded, DemographicsUpdated, ResultReported
+from engine.ops_cli import _print_record
 from tests.helpers import hl7
 from tests.sessions import sign_in
 
@@ -97,7 +103,9 @@ def test_log_patient_quarantine_and_inspect_show_hostile_text_as_data(tmp_path: 
     feed_file = tmp_path / "feed.hl7"
     feed_file.write_bytes(feed)
     data = tmp_path / "data"
-    subprocess.run([VIGIL, "run", "--stdin", "--data", str(data)], input=feed, capture_output=True, timeout=120, check=False)
+    subprocess.run(
+        [VIGIL, "run", "--stdin", "--data", str(data)], input=feed, capture_output=True, timeout=120, check=False
+    )
     sign_in(data, "op.ada", Role.OPERATOR, Role.CLINICIAN)
     assert "ZZZ^Z01[/]" in _cli(data, "log")
     record = _cli(data, "patient", "GENHOSP|MRN9")
@@ -107,3 +115,33 @@ def test_log_patient_quarantine_and_inspect_show_hostile_text_as_data(tmp_path: 
     inspected = subprocess.run([VIGIL, "inspect", str(feed_file)], capture_output=True, timeout=120, check=False)
     assert ESC.encode() not in inspected.stdout
     assert b"ZZZ^Z01[/]" in inspected.stdout
+
+
+_FIELD = st.text(max_size=30)
+
+
+@given(family=_FIELD, given_name=_FIELD, location=_FIELD, code_text=_FIELD, value=_FIELD, units=_FIELD)
+def test_a_patient_record_of_any_text_prints_inert(
+    *, family: str, given_name: str, location: str, code_text: str, value: str, units: str
+) -> None:
+    """`vigil patient`'s view, every field made by hypothesis: no crash, no control character reaches the terminal."""
+    events = (
+        DemographicsUpdated(family=family, given=(given_name,)),
+        Admitted(encounter_id="V1", location=location),
+        ResultReported("k1", Coded("2823-3", code_text), value=value, units=units, abnormal_flags=("HH",)),
+    )
+    record = PatientRecord.empty("H|1").apply(1, "2026-11-24T10:00:00+00:00", "m1", events)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _print_record(msgspec.to_builtins(record.view()), as_of=None, known_at=None)
+    assert _CONTROL.search(out.getvalue()) is None
+
+
+def test_every_cli_console_is_a_data_console() -> None:
+    """No CLI module prints through a plain rich Console or parses markup from a string."""
+    offenders = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        text = path.read_text()
+        for pattern in (r"(?<!Data)Console\(", r"from_markup\(", r"markup=True"):
+            offenders += [f"{path.name}: {pattern}" for _ in re.finditer(pattern, text)]
+    assert [o for o in offenders if not o.startswith(("cli_console.py", "demo.py"))] == []

@@ -263,14 +263,19 @@ class WriteAheadLog:
                 if delay and self._company and not any(a.urgent for a in group):
                     await self._wait_for_company(group, delay)
                 self._company = len(group) > 1
-                for part in critical_first(group):
-                    framed = self._frame(part)
-                    if framed is not None:
-                        await self._commit(framed)
+                await self._commit_group(group)
                 due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
                 if due and not self._checkpointing:
                     self._checkpointing = True
                     tasks.start_soon(self._checkpoint_beside)
+
+    async def _commit_group(self, group: list[Append]) -> None:
+        # A method of its own: its frames (a large message's is megabytes) go with it, not
+        # kept alive by the writer's loop while it waits for the next append.
+        for part in critical_first(group):
+            framed = self._frame(part)
+            if framed is not None:
+                await self._commit(framed)
 
     def stop_writer(self) -> None:
         """Take no more appends; the writer commits what is queued, then returns."""
