@@ -320,11 +320,16 @@ class PatientActors:
     async def _sweep(self) -> None:
         while True:
             await anyio.sleep(self.idle_timeout_s / 2)
-            now = self.now()
-            for patient, entry in list(self._active.items()):
-                idle = now - entry.last_used >= self.idle_timeout_s and entry.actor.depth == 0
-                if idle and entry.closing is None:
-                    await self._passivate(patient, entry)
+            await self._passivate_idle()
+
+    async def _passivate_idle(self) -> None:
+        # A method of its own: the sweep's loop must not keep the last passivated
+        # entry (and its whole record) alive in its locals while it sleeps.
+        now = self.now()
+        for patient, entry in list(self._active.items()):
+            idle = now - entry.last_used >= self.idle_timeout_s and entry.actor.depth == 0
+            if idle and entry.closing is None:
+                await self._passivate(patient, entry)
 
     async def passivate_all(self) -> None:
         """Passivate every active actor (a stopping node): their snapshots are saved."""
