@@ -348,6 +348,10 @@ class PatientActors:
             except Exception as exc:  # noqa: BLE001 -- a snapshot is only a cache: the log has everything
                 _log.error("patients.snapshot_failed", error=type(exc).__name__)
         del self._active[patient]
+        # The entry and its actor form a cycle (the actor calls the entry's `behave`), freed only
+        # by a cyclic collection, which an idle node may not run for long: the record (hundreds
+        # of MB for a patient with hundreds of thousands of results) is let go now.
+        entry.record = PatientRecord.empty(patient)
         self._passivations += 1
         entry.closing.set()
 

@@ -225,6 +225,26 @@ def test_idle_actors_are_passivated_after_the_timeout() -> None:
     assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (1, 0, 1)
 
 
+def test_a_passivated_actor_lets_its_record_go_at_once() -> None:
+    """The entry and its actor form a cycle: the record itself must not wait for a cyclic collection."""
+
+    async def scenario() -> tuple[int, int]:
+        log = MemoryLog()
+        registry = PatientActors(log, MemoryQuarantine(), idle_timeout_s=60)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            log.append("H|A", item(1))
+            await registry.deliver("H|A", item(1))
+            await registry.query("H|A")
+            entry = registry._active["H|A"]  # the entry a cycle would keep alive
+            held = len(entry.record.facts)
+            await trio.sleep(91)
+            nursery.cancel_scope.cancel()
+        return held, len(entry.record.facts)
+
+    assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (1, 0)
+
+
 async def test_a_patient_holding_a_critical_record_takes_the_next_turn() -> None:
     """Priority inheritance: with every turn slot busy, the critical patient's turn goes before the batch ones."""
     order: list[str] = []
