@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import signal
 import ssl
 import time
@@ -46,10 +45,12 @@ from engine.cluster import Cluster, FencedError, ReplicaBatch, partition_of
 from engine.commands import acknowledgement, was_critical
 from engine.config import Config, split_address
 from engine.decode import Decoder
-from engine.errors import ConfigError, FramingError, InputError
+from engine.drop_folder import DropFolder
+from engine.errors import ConfigError, InputError
 from engine.framing import Piece, split_input
-from engine.hl7 import AckContext, Outcome, build_ack
+from engine.hl7 import Outcome
 from engine.memory import release_free_memory
+from engine.mllp_answers import MLLPAnswers
 from engine.mllp_server import MLLPServer
 from engine.model import Envelope, Kind, Lane
 from engine.nats_source import NatsSource, Verdict
@@ -99,9 +100,6 @@ class Node:
         self._new_event: Callable[[], anyio.Event] = anyio.Event
         # The per-message debug line through a logger bound once: the module's lazy proxy binds on every call.
         self._message_log = _log
-        self._acks = itertools.count(1)
-        self._dtm_second: tuple[int, ...] = ()
-        self._dtm_text = ""
         self._in_flight = 0
         self._invalid_text = 0  # messages whose invalid bytes were replaced (`engine.hl7.parse`)
         self._audit_keyed = False
@@ -200,11 +198,12 @@ class Node:
             port = None
             listening = anyio.CancelScope()
             if mllp is not None:
+                answers = MLLPAnswers(self._ingest, self.config.node.id, self._clock)
                 server = MLLPServer(
                     self.config.mllp,
                     self.config.ingest.message_bytes_max,
-                    self._answer_frame,
-                    self._refuse_framing,
+                    answers.answer_frame,
+                    answers.refuse_framing,
                     tls=mllp_tls,
                 )
                 port = await tg.start(self._listen, server, mllp, listening)
@@ -212,7 +211,7 @@ class Node:
                 self._mllp_tls = mllp_tls is not None
             watching = anyio.CancelScope()
             if watch is not None:
-                tg.start_soon(self._watch, watch, watching)
+                tg.start_soon(self._watch, DropFolder(watch, self.config.ingest, self._ingest_stream), watching)
             if stdin is None and self.config.nats.servers and self.config.nats.subjects:
                 security = nats_security(self.config.nats, self._config_dir)
                 self._nats = NatsSource(
@@ -483,43 +482,9 @@ class Node:
             tg.start_soon(on_signal)
             tg.start_soon(on_request)
 
-    async def _watch(self, folder: Path, scope: anyio.CancelScope) -> None:
-        """A drop folder: each file is ingested, then moved to done/ or failed/ (with a reason file).
-
-        Only files untouched for a poll interval are taken (a sender still
-        writing one is left alone), and names starting with "." or ending in
-        .tmp/.part are ignored. Nothing is ever deleted.
-        """
-        interval = self.config.ingest.watch_poll_interval_s
+    async def _watch(self, folder: DropFolder, scope: anyio.CancelScope) -> None:
         with scope:
-            while True:
-                for path in await anyio.to_thread.run_sync(_ready_files, folder, interval):
-                    await self._ingest_file(folder, path)
-                await anyio.sleep(interval)
-
-    async def _ingest_file(self, folder: Path, path: Path) -> None:
-        limit = self.config.ingest.input_bytes_max
-        size = (await anyio.to_thread.run_sync(path.stat)).st_size
-        if size > limit:  # not read at all: the file itself, moved to failed/, keeps every byte
-            reason = f"file of {size:,} bytes is larger than {limit:,} (ingest.input_bytes_max): not read"
-            results = [IngestResult("rejected", error={"type": "InputTooLarge", "reason": reason})]
-        else:
-            raw = await anyio.to_thread.run_sync(path.read_bytes)
-            results = await self._ingest_stream(raw, f"file:{path.name}")
-        accepted = bool(results) and all(r.outcome == "accepted" for r in results)
-        target = folder / ("done" if accepted else "failed")
-
-        def move() -> str:
-            target.mkdir(exist_ok=True)
-            name = _free_name(target, path.name)  # a file sent again under the same name overwrites nothing
-            if not accepted:
-                reason = target / f"{name}.reason.json"
-                reason.write_bytes(msgspec.json.encode(results or [{"outcome": "empty file"}]))
-            path.replace(target / name)
-            return name
-
-        kept_as = await anyio.to_thread.run_sync(move)
-        _log.info("node.file_ingested", file=path.name, messages=len(results), moved_to=f"{target.name}/{kept_as}")
+            await folder.watch()
 
     async def _consume_nats(self, source: NatsSource, scope: anyio.CancelScope) -> None:
         with scope:
@@ -549,33 +514,6 @@ class Node:
         _log.info("node.stopped")
 
     # -- sources --------------------------------------------------------------------
-
-    def _refuse_framing(self, error: FramingError, source: str) -> bytes | None:
-        """An AR for a frame refused whole (too large), echoing its MSH-10; nothing for broken framing.
-
-        Junk between frames, a stray start block, a frame cut short: no message
-        the sender waits on. An AR without a control id would be read as the
-        answer to its next message, so they are logged (naming the peer), never
-        answered.
-        """
-        _log.warning("mllp.framing_error", source=source, reason=error.reason)
-        if error.head.lstrip(b" \t\r\n")[:3] != b"MSH":
-            return None
-        ctx = AckContext.from_raw(error.head.lstrip(b" \t\r\n"))
-        return build_ack(
-            ctx, Outcome.REJECTED, control_id=self._ack_id(), timestamp=self._dtm(), error=error
-        ).to_bytes()
-
-    async def _answer_frame(self, raw: bytes, source: str) -> bytes | None:
-        """Ingest one HL7 v2 message and build its ACK (original or enhanced mode); an empty frame gets none."""
-        if not raw.strip(b" \t\r\n"):
-            _log.warning("mllp.empty_frame", source=source, reason="an MLLP frame with no message: not answered")
-            return None
-        ctx = AckContext.from_raw(raw)
-        result = await self._ingest(raw, source, Kind.HL7V2)
-        outcome = {"accepted": Outcome.ACCEPTED, "retry": Outcome.RETRY}.get(result[0].outcome, Outcome.REJECTED)
-        ack = build_ack(ctx, outcome, control_id=self._ack_id(), timestamp=self._dtm(), error=result[1])
-        return ack.to_bytes()
 
     async def _ingest_stream(self, raw: bytes, source: str) -> list[IngestResult]:
         """Every message of one input (stdin, a file), answered in input order."""
@@ -993,19 +931,6 @@ class Node:
         _log.info("node.rejected", source=source, quarantine_id=qid, reason=error.reason)
         return IngestResult("rejected", error={**error.to_dict(), "quarantine_id": qid})
 
-    # -- ACK details -------------------------------------------------------------------
-
-    def _ack_id(self) -> str:
-        return f"{self.config.node.id}-{next(self._acks)}"
-
-    def _dtm(self) -> str:
-        """The ACK's MSH-7 (to the second): formatted once a second, not once a message."""
-        now = self._clock()
-        second = (now.year, now.month, now.day, now.hour, now.minute, now.second)
-        if second != self._dtm_second:
-            self._dtm_second, self._dtm_text = second, now.strftime("%Y%m%d%H%M%S")
-        return self._dtm_text
-
 
 # A chunk's lanes (None: not groupable), patient hints, and what a worker made of each (None: not parsed yet).
 _Parsed = tuple[list[Classification | None], list[bytes | None], list[Envelope | InputError | None]]
@@ -1065,30 +990,6 @@ _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
 _GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
 _PARSE_CHUNK_MESSAGES = 1024  # messages per hand-off to a parse worker
 _PARSE_CHUNKS_AHEAD = 4  # chunks handed off before the loop has taken their turn
-
-
-def _free_name(folder: Path, name: str) -> str:
-    """`name`, or `stem.2.suffix`, `stem.3.suffix`...: the first that neither it nor its reason file takes."""
-    stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
-    candidate, n = name, 1
-    while (folder / candidate).exists() or (folder / f"{candidate}.reason.json").exists():
-        n += 1
-        candidate = f"{stem}.{n}{dot}{suffix}" if dot else f"{name}.{n}"
-    return candidate
-
-
-def _ready_files(folder: Path, settle_s: float) -> list[Path]:
-    """Regular files in the folder, untouched for `settle_s`, oldest first."""
-    now = time.time()
-    found = [
-        p
-        for p in folder.iterdir()
-        if p.is_file()
-        and not p.name.startswith(".")
-        and not p.name.endswith((".tmp", ".part"))
-        and now - p.stat().st_mtime >= settle_s
-    ]
-    return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
 async def _until_signalled() -> None:
