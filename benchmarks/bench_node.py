@@ -198,7 +198,7 @@ def main() -> None:
             {"source": "mllp, clinical", "connections": 1, "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99}
         )
         # Throughput: the realistic mix (mostly billing), each connection its own message ids.
-        feeds = [generate_feed(20_000, seed=100 + k) for k in range(8)]
+        feeds = [generate_feed(20_000, seed=100 + k, id_prefix=f"C{k}") for k in range(8)]
         for connections in (1, 8, 32):
             rate, p50, p99 = _mllp(feeds, scratch, connections, duration)
             row = {

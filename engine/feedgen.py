@@ -48,9 +48,17 @@ class FeedMix(msgspec.Struct, frozen=True):
     billing: float = 60.0
 
 
-def generate_feed(count: int, seed: int = 1, mix: FeedMix | None = None, patients: int = 200) -> list[bytes]:
-    """`count` HL7 v2 messages (CR-terminated), deterministic for `seed`."""
-    gen = _Generator(random.Random(seed), patients)  # noqa: S311 -- synthetic data, not security
+def generate_feed(
+    count: int, seed: int = 1, mix: FeedMix | None = None, patients: int = 200, id_prefix: str = ""
+) -> list[bytes]:
+    """`count` HL7 v2 messages (CR-terminated), deterministic for `seed`.
+
+    MSH-10 is the message's index behind `id_prefix`: feeds made with other
+    seeds and the same prefix reuse control ids (as senders do in the wild),
+    which Vigil stores as the different messages they are; give each feed its
+    own prefix for distinct ids.
+    """
+    gen = _Generator(random.Random(seed), patients, id_prefix)  # noqa: S311 -- synthetic data, not security
     mix = mix if mix is not None else FeedMix()
     kinds = list(msgspec.structs.asdict(mix))
     weights = [getattr(mix, name) for name in kinds]
@@ -58,15 +66,17 @@ def generate_feed(count: int, seed: int = 1, mix: FeedMix | None = None, patient
 
 
 class _Generator:
-    def __init__(self, rng: random.Random, patients: int) -> None:
+    def __init__(self, rng: random.Random, patients: int, id_prefix: str = "") -> None:
         self.rng = rng
         self.patients = max(1, patients)
+        self.id_prefix = id_prefix
 
     def _ts(self, i: int) -> str:
         return (_START + timedelta(seconds=i * 3)).strftime("%Y%m%d%H%M%S")
 
     def _msh(self, i: int, app: str, mtype: str, structure: str) -> str:
-        return f"MSH|^~\\&|{app}|GENHOSP|VIGIL|GENHOSP|{self._ts(i)}||{mtype}^{structure}|{app}{i:08d}|P|2.5.1"
+        control = f"{self.id_prefix}{app}{i:08d}"
+        return f"MSH|^~\\&|{app}|GENHOSP|VIGIL|GENHOSP|{self._ts(i)}||{mtype}^{structure}|{control}|P|2.5.1"
 
     def _pid(self) -> str:
         n = self.rng.randrange(self.patients)

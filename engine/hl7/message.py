@@ -386,7 +386,7 @@ def parse(raw: bytes, charsets: CharsetDefaults = _UTF8) -> Message:
             where = _where(raw, exc.location.byte_offset or start, fs)
             raise CharsetError(exc.reason, ErrorLocation(**where)) from None
     else:
-        codec = charsets.codec_for(_at(header, 2), _at(header, 3))
+        codec = charsets.codec_for(_at(header, 2), _at(header, 3)) if charsets.senders else charsets.default
         text, invalid = _decode_replacing(raw, start, codec, fs)
     enc_end = text.find(fs, 4)
     line_end = _line_end(text)
