@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import ErrorLocation, HeaderError, InputError, MissingFieldError
+from engine.errors import CharsetError, ErrorLocation, HeaderError, InputError, MissingFieldError
 from engine.hl7 import AckContext, Outcome, build_ack, parse
 from tests.helpers import PID, hl7, oru
 
@@ -106,3 +106,14 @@ def test_ack_keeps_the_senders_delimiters_and_escapes_text() -> None:
     text = build_ack(ctx, Outcome.REJECTED, control_id="A", timestamp="2026", error=err).to_text()
     assert text.startswith("MSH#$*@!#")
     assert parse(text.encode()).get("ERR-8") == "bad value # and $ here"
+
+
+def test_a_byte_outside_the_declared_utf8_is_refused_naming_segment_field_and_offset() -> None:
+    """MSH-18 says UTF-8 and PID-5 holds 0xff: the ERR names PID-5, and its text the byte offset."""
+    raw = b"MSH|^~\\&|A|B|C|D|20261124||ADT^A08|C1|P|2.5||||||UNICODE UTF-8\rPID|1||M1^^^H^MR||M\xfcller\r"
+    with pytest.raises(CharsetError) as refused:
+        parse(raw)
+    ack = build_ack(AckContext.from_raw(raw), Outcome.REJECTED, control_id="A1", timestamp="2026", error=refused.value)
+    assert (ack.get("ERR-2.1"), ack.get("ERR-2.3")) == ("PID", "5")
+    offset = raw.index(b"\xfc")
+    assert f"offset {offset}" in (ack.get("ERR-8") or "")

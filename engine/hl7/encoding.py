@@ -262,6 +262,6 @@ def decode_text(raw: bytes, codec: str, base_offset: int = 0) -> str:
         return raw.decode(codec)
     except UnicodeDecodeError as exc:
         raise CharsetError(
-            f"byte 0x{raw[exc.start]:02x} is not valid {codec}",
+            f"byte 0x{raw[exc.start]:02x} at offset {base_offset + exc.start} is not valid {codec}",
             ErrorLocation(byte_offset=base_offset + exc.start),
         ) from None
