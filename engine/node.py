@@ -176,6 +176,7 @@ class Node:
             anyio.create_task_group() as tg,
         ):
             self._wal = wal
+            wal.on_control_id_reused = lambda: self._telemetry.reused_control_ids.add(1)
             snapshots = SnapshotStore(self.data_dir / "snapshots", OSFiles())
             self._actors = PatientActors(
                 LogRecordSource(wal, snapshots),
@@ -790,6 +791,7 @@ class Node:
     def _note_invalid_text(self, env: Envelope) -> None:
         """Invalid bytes replaced in a message that flows on: said and counted (where, never what)."""
         self._invalid_text += 1
+        self._telemetry.invalid_text.add(1)
         invalid = env.invalid_text
         assert invalid is not None
         _log.warning(

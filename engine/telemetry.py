@@ -40,6 +40,16 @@ class Telemetry:
         self.ack_latency = meter.create_histogram(
             "vigil.ack.latency", unit="ms", description="receive to answer (durable, or refused)"
         )
+        self.invalid_text = meter.create_counter(
+            "vigil.messages.invalid_text",
+            unit="1",
+            description="messages whose bytes not valid in their (undeclared) character set were replaced",
+        )
+        self.reused_control_ids = meter.create_counter(
+            "vigil.control_ids.reused",
+            unit="1",
+            description="messages stored under a control id the log held with other content",
+        )
         self._lane_depths = lane_depths
         meter.create_observable_gauge(
             "vigil.lane.depth", callbacks=[self._observe_depths], unit="1", description="items waiting in each lane"

@@ -96,6 +96,15 @@ async def test_the_log_keeps_a_reused_control_id_and_still_deduplicates_each_con
             assert wal.lookup(discharge.message_id, discharge.digest) == 2
 
 
+@pytest.mark.anyio
+async def test_a_reused_id_within_one_group_is_counted_too(tmp_path: Path) -> None:
+    """Admit and discharge appended together: both stored, the second counted as a reused control id."""
+    async with open_wal(tmp_path) as wal:
+        positions = await wal.append([_envelope(ADMIT), _envelope(DISCHARGE)])
+        assert [(p.lsn, p.duplicate) for p in positions] == [(1, False), (2, False)]
+        assert wal.statistics().reused_control_ids == 1
+
+
 # -- a node ---------------------------------------------------------------------
 
 

@@ -89,3 +89,33 @@ def test_a_log_line_inside_a_span_carries_its_trace_and_span_ids(capsys: pytest.
     assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
     assert "trace_id" not in outside
+
+
+def test_a_reused_control_id_and_replaced_text_are_counted(tmp_path: Path) -> None:
+    """`vigil.control_ids.reused` and `vigil.messages.invalid_text` count what `vigil status` counts."""
+    msh = "MSH|^~\\&|ADT|GENHOSP|VIGIL|GENHOSP|2026||ADT^{event}^ADT_A01|R1|P|2.5.1"
+    pid = "PID|1||MRN8^^^GENHOSP^MR||Doe^Jane||19700101|F"
+    admit, discharge = hl7(msh.format(event="A01"), pid), hl7(msh.format(event="A03"), pid)
+    stray = hl7(msh.format(event="A08").replace("R1", "R2"), pid, "NTE|1||x\xff").replace(b"\xc3\xbf", b"\xff")
+    before = {name: _total(name) for name in ("vigil.control_ids.reused", "vigil.messages.invalid_text")}
+    results = anyio.run(functools.partial(Node(Config(), tmp_path).run, stdin=admit + discharge + stray))
+    assert [r.outcome for r in results] == ["accepted"] * 3
+    assert {name: _total(name) - count for name, count in before.items()} == {
+        "vigil.control_ids.reused": 1,
+        "vigil.messages.invalid_text": 1,
+    }
+
+
+def _total(name: str) -> int:
+    """A counter's cumulative value, summed over its points (0 before its first add)."""
+    data = READER.get_metrics_data()
+    if data is None:
+        return 0
+    return sum(
+        int(point.value)  # type: ignore[union-attr]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points  # type: ignore[union-attr]
+    )

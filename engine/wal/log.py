@@ -130,6 +130,7 @@ class WriteAheadLog:
         self._last_lsn = self._tip_lsn = 0
         self._last_hash = self._tip_hash = b""
         self._inflight: dict[tuple[str, int], int] = {}  # (message id, digest) framed, not yet durable
+        self._inflight_ids: set[str] = set()  # their ids, to tell a reused id within one group
         self._checkpoint_lsn = 0
         self._checkpointing = False
         # anyio.Event() looks the backend up on every call; an append makes one
@@ -147,6 +148,8 @@ class WriteAheadLog:
         self._appended = self._duplicates = self._groups = self._disk_full = self._reused = 0
         # Told of every group's new records once durable, in LSN order, by the writer (replication).
         self.on_durable: Callable[[list[Durable]], None] | None = None
+        # Told of each message stored under an id the log holds with other content (a metric).
+        self.on_control_id_reused: Callable[[], None] | None = None
 
     # -- recovery -----------------------------------------------------------
 
@@ -356,7 +359,7 @@ class WriteAheadLog:
                     self._duplicates += 1
                     continue
                 lsn += 1
-                if self._index.holds_id(message_id):
+                if message_id in self._inflight_ids or self._index.holds_id(message_id):
                     self._control_id_reused(message_id, lsn)
                 others = env.other_patients
                 patients = ((env.patient, *others) if others else (env.patient,)) if env.patient else others
@@ -370,6 +373,7 @@ class WriteAheadLog:
                 size += len(frame)
                 pending.append((lsn, message_id, digest, patients))
                 inflight[message_id, digest] = lsn
+                self._inflight_ids.add(message_id)
                 request.positions.append(Position(lsn, recorded_at=now))
         if not frames and not waits_for_flight:
             answer(group, None)
@@ -381,6 +385,8 @@ class WriteAheadLog:
     def _control_id_reused(self, message_id: str, lsn: int) -> None:
         """Other content under an id the log holds: stored as the new message it is, and said."""
         self._reused += 1
+        if self.on_control_id_reused is not None:
+            self.on_control_id_reused()
         _log.warning(
             "wal.control_id_reused",
             message_id=message_id,
@@ -416,6 +422,7 @@ class WriteAheadLog:
         for (lsn, message_id, digest, patients), offset in zip(framed.pending, framed.offsets, strict=True):
             self._index.add(start + offset, lsn, message_id, digest, patients)
             self._inflight.pop((message_id, digest), None)
+            self._inflight_ids.discard(message_id)
         seg.last_lsn = self._last_lsn = framed.pending[-1][0]
         seg.size = start + len(framed.data)
         self._last_hash = framed.hashes[-1]
@@ -437,6 +444,7 @@ class WriteAheadLog:
         """Forget the refused group: the tip goes back to the durable end."""
         self._tip_lsn, self._tip_hash = self._last_lsn, self._last_hash
         self._inflight.clear()
+        self._inflight_ids.clear()
 
     def _fail(self, why: str, exc: BaseException) -> None:
         self._failure = WALFailedError(f"the log stopped: {why}; appends are refused until the node restarts")
