@@ -46,13 +46,13 @@ from engine.commands import acknowledgement, was_critical
 from engine.config import Config, split_address
 from engine.decode import Decoder
 from engine.drop_folder import DropFolder
-from engine.errors import ConfigError, InputError
+from engine.errors import CharsetError, ConfigError, InputError
 from engine.framing import Piece, split_input
 from engine.hl7 import Outcome
 from engine.memory import release_free_memory
 from engine.mllp_answers import MLLPAnswers
 from engine.mllp_server import MLLPServer
-from engine.model import Envelope, Kind, Lane
+from engine.model import Envelope, InvalidText, Kind, Lane
 from engine.nats_source import NatsSource, Verdict
 from engine.parse_pool import Parsed, ParsePool
 from engine.patient_store import LogRecordSource, PoisonQuarantine
@@ -978,7 +978,17 @@ def _accept(owned: Sequence[tuple[Work, Sequence[Envelope]]], positions: Sequenc
         mine = positions[start : start + len(made)]
         start += len(made)
         lsns, duplicate = tuple(p.lsn for p in mine), all(p.duplicate for p in mine)
-        work.finish(Outcome.ACCEPTED, IngestResult("accepted", lsns, duplicate))
+        warning = next((_replaced_text(env.invalid_text) for env in made if env.invalid_text), None)
+        work.finish(Outcome.ACCEPTED, IngestResult("accepted", lsns, duplicate), warning)
+
+
+def _replaced_text(invalid: InvalidText) -> CharsetError:
+    """What the sender is told (an ACK warning) of bytes replaced in its message, which was still stored."""
+    return CharsetError(
+        f"{invalid.count} byte sequence(s) not valid {invalid.charset} were replaced by U+FFFD, the first at byte "
+        f"{invalid.first.byte_offset}; the message was stored, with its original bytes",
+        invalid.first,
+    )
 
 
 def _retry_all(works: Sequence[Work], why: str) -> None:

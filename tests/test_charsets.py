@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import pytest
 
 from engine.config import decode_config
 from engine.errors import ConfigError
+from engine.hl7 import parse
+from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import DemographicsUpdated
 from engine.wal import open_wal
+from tests.test_node import node
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -53,6 +57,18 @@ def test_a_stray_byte_keeps_the_utf8_name_and_is_reported_by_location(tmp_path: 
     assert line["byte_offset"] == raw.index(b"\xff")
     assert "Müller" not in logs
     assert "Qzxvw" not in logs
+
+
+def test_over_mllp_the_sender_gets_aa_with_a_warning_naming_where(tmp_path: Path) -> None:
+    """AA (the message is stored) with ERR-4 = W naming NTE-3: the sender learns its bytes were replaced."""
+    raw = "\r".join([MSH.format(n=3), PID, "NTE|1||Qzxvw ÿ note", ""]).encode().replace("ÿ".encode(), b"\xff")
+    with node(tmp_path) as (_, port), socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(frame(raw))
+        decoder, replies = MLLPDecoder(), []
+        while not replies:
+            replies = [f.payload for f in decoder.feed(conn.recv(65536)) if isinstance(f, Frame)]
+    ack = parse(replies[0])
+    assert (ack.get("MSA-1"), ack.get("ERR-4"), ack.get("ERR-2.1"), ack.get("ERR-2.3")) == ("AA", "W", "NTE", "3")
 
 
 def test_a_legacy_sender_configured_as_latin1_is_read_as_latin1(tmp_path: Path) -> None:

@@ -117,3 +117,16 @@ def test_a_byte_outside_the_declared_utf8_is_refused_naming_segment_field_and_of
     assert (ack.get("ERR-2.1"), ack.get("ERR-2.3")) == ("PID", "5")
     offset = raw.index(b"\xfc")
     assert f"offset {offset}" in (ack.get("ERR-8") or "")
+
+
+@pytest.mark.parametrize(("version", "err"), [("2.5.1", True), ("2.3", False)])
+def test_an_accepted_message_with_a_warning_gets_err_severity_w_from_v25(version: str, err: bool) -> None:
+    """AA with ERR-4 = W (v2.5 on); before v2.5, where ERR has no severity, MSA-3's text alone says it."""
+    raw = hl7(f"MSH|^~\\&|A|B|C|D|20261124||ADT^A08|C1|P|{version}", PID)
+    warning = CharsetError("1 byte sequence(s) not valid utf-8 were replaced", ErrorLocation(segment="PID", field=5))
+    ack = build_ack(AckContext.from_raw(raw), Outcome.ACCEPTED, control_id="A1", timestamp="2026", error=warning)
+    assert ack.get("MSA-1") == "AA"
+    assert "replaced" in (ack.get("MSA-3") or "")
+    assert (ack.segment("ERR") is not None) is err
+    if err:
+        assert (ack.get("ERR-4"), ack.get("ERR-2.1"), ack.get("ERR-2.3")) == ("W", "PID", "5")

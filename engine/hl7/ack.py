@@ -177,12 +177,15 @@ def build_ack(
     # MSA-2 is required even when empty (no control id could be read).
     msa = f.join(["MSA", code, ctx.control_id] + ([escape(reason, d)] if reason else []))
     lines = [msh, msa]
-    if error is not None:
-        lines.append(_err_segment(ctx, error))
+    accepted = outcome is Outcome.ACCEPTED
+    # On an accepted message the error is a warning (ERR-4 = W, v2.5 on); before v2.5 an ERR has no
+    # severity and would read as a refusal, so MSA-3's text says it alone.
+    if error is not None and not (accepted and not _version_at_least_25(ctx.version)):
+        lines.append(_err_segment(ctx, error, "W" if accepted else "E"))
     return Message(lines, d, "utf-8", "\r")
 
 
-def _err_segment(ctx: AckContext, error: InputError) -> str:
+def _err_segment(ctx: AckContext, error: InputError, severity: str) -> str:
     d = ctx.delimiters
     c, s = d.component, d.subcomponent
     loc = error.location
@@ -191,7 +194,6 @@ def _err_segment(ctx: AckContext, error: InputError) -> str:
     field = str(loc.field) if loc.field is not None else ""
     code = str(error.hl7_code)
     reason = escape(error.reason, d)
-    severity = "E"
     if _version_at_least_25(ctx.version):
         location = c.join([seg, seq, field]).rstrip(c)
         fields = ["ERR", "", location, c.join([code, reason, "HL70357"]), severity, "", "", "", reason]
