@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 from pathlib import Path
 
 import anyio
@@ -17,20 +16,12 @@ from engine.hl7 import parse
 from engine.mllp import Frame, MLLPDecoder, frame
 from engine.model import DemographicsUpdated
 from engine.wal import open_wal
-from tests.test_node import node
+from tests.node_process import node, run_stdin
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
 MSH = "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ADT^A08^ADT_A01|C{n}|P|2.5.1"
 PID = "PID|1||MRN7^^^GENHOSP^MR||Müller^Zoë||19700101|F"
-
-
-def _stdin(data: Path, feed: bytes, *extra: str) -> tuple[list[dict[str, object]], str]:
-    proc = subprocess.run(
-        [VIGIL, *extra, "run", "--stdin", "--data", str(data)], input=feed, capture_output=True, timeout=120, check=False
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr.decode()
 
 
 def _names(data: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -47,9 +38,9 @@ def _names(data: Path) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def test_a_stray_byte_keeps_the_utf8_name_and_is_reported_by_location(tmp_path: Path) -> None:
-    """"Müller, Zoë" stays so beside a stray 0xff in an NTE; the warning names NTE-3 and holds no text."""
+    """ "Müller, Zoë" stays so beside a stray 0xff in an NTE; the warning names NTE-3 and holds no text."""
     raw = "\r".join([MSH.format(n=1), PID, "NTE|1||Qzxvw ÿ note", ""]).encode().replace("ÿ".encode(), b"\xff")
-    rows, logs = _stdin(tmp_path, raw)
+    rows, logs = run_stdin(tmp_path, raw)
     assert [r["outcome"] for r in rows] == ["accepted"]
     assert _names(tmp_path) == [("Müller", ("Zoë",))]
     [line] = [json.loads(x) for x in logs.splitlines() if "hl7.invalid_text_replaced" in x]
@@ -76,7 +67,7 @@ def test_a_legacy_sender_configured_as_latin1_is_read_as_latin1(tmp_path: Path) 
     config = tmp_path / "vigil.toml"
     config.write_text('[ingest.hl7_sender_charsets]\n"LAB|GENHOSP" = "8859/1"\n')
     raw = "\r".join([MSH.format(n=2), PID, ""]).encode("latin-1")
-    rows, logs = _stdin(tmp_path / "data", raw, "--config", str(config))
+    rows, logs = run_stdin(tmp_path / "data", raw, "--config", str(config))
     assert [r["outcome"] for r in rows] == ["accepted"]
     assert _names(tmp_path / "data") == [("Müller", ("Zoë",))]
     assert "hl7.invalid_text_replaced" not in logs

@@ -9,7 +9,6 @@ new MSH-7, other segment terminators) is still a duplicate.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import anyio
@@ -24,6 +23,7 @@ from engine.model import Envelope
 from engine.wal import open_wal
 from tests.conftest import corpus_files
 from tests.helpers import PID, hl7
+from tests.node_process import run_stdin
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -108,17 +108,9 @@ async def test_a_reused_id_within_one_group_is_counted_too(tmp_path: Path) -> No
 # -- a node ---------------------------------------------------------------------
 
 
-def _stdin(data: Path, feed: bytes) -> list[dict[str, object]]:
-    proc = subprocess.run(
-        [VIGIL, "run", "--stdin", "--data", str(data)], input=feed, capture_output=True, timeout=120, check=False
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
 def test_a_node_stores_a_discharge_that_reuses_the_admissions_control_id(tmp_path: Path) -> None:
     """The discharge is accepted as new (not a duplicate), and the patient is discharged."""
-    rows = _stdin(tmp_path, ADMIT + DISCHARGE + ADMIT)
+    rows, _ = run_stdin(tmp_path, ADMIT + DISCHARGE + ADMIT)
     assert [(r["lsns"], r.get("duplicate", False)) for r in rows] == [([1], False), ([2], False), ([1], True)]
 
     async def kinds() -> list[str]:
@@ -134,7 +126,7 @@ def test_every_corpus_message_is_stored(tmp_path: Path) -> None:
     """139 samples, many reusing MSH-10: one record each, none answered as a duplicate."""
     feed = b"".join(frame(p.read_bytes()) for p in HL7_FILES)  # framed: a file may not end its last segment
     expected = sum(1 for p in HL7_FILES for d in decode_input(p.read_bytes(), DECODER, received_at="t", source="s"))
-    rows = _stdin(tmp_path, feed)
+    rows, _ = run_stdin(tmp_path, feed)
     assert expected == len(rows)
     assert [r for r in rows if r["outcome"] != "accepted" or r.get("duplicate")] == []
     assert expected == len({lsn for r in rows for lsn in r["lsns"]})  # type: ignore[attr-defined]

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -24,73 +22,19 @@ import pytest
 
 from engine.auth import Role
 from engine.hl7 import parse
-from engine.mllp import Frame, MLLPDecoder, frame
+from engine.mllp import MLLPDecoder
 from engine.wal import OSFiles, open_wal
 from engine.wal.quarantine import Quarantine
 from tests.helpers import MSH_ADT, PID, hl7, oru
+from tests.node_process import NO_PID, ROOT, VIGIL, exchange, log_ids, message, node
 from tests.sessions import sign_in
 
-ROOT = Path(__file__).resolve().parents[1]
-VIGIL = str(ROOT / "bin" / "vigil")
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and bin/vigil")
-
-
-def _message(n: int) -> bytes:
-    msh = f"MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|CTL{n:06d}|P|2.5.1"
-    return oru("OBX|1|NM|2823-3^K^LN||4.1|mmol/L|3.5-5.1|N|||F", msh=msh)
-
-
-NO_PID = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|BAD1|P|2.5.1", "OBR|1|P|F|X")
-
-
-@contextmanager
-def node(data: Path, *extra: str, config: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A `vigil run --mllp` process on a free loopback port; stopped (SIGTERM) at the end."""
-    args = [
-        VIGIL,
-        *(["--config", str(config)] if config else []),
-        "run",
-        "--mllp",
-        "127.0.0.1:0",
-        "--data",
-        str(data),
-        *extra,
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "listening on" in line, f"the node did not start: {line!r}"
-        yield proc, int(line.rsplit(":", 1)[1].split()[0])
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _exchange(conn: socket.socket, payload: bytes, decoder: MLLPDecoder) -> bytes:
-    conn.sendall(frame(payload))
-    while True:
-        data = conn.recv(65536)
-        assert data, "connection closed before the ACK"
-        for item in decoder.feed(data):
-            if isinstance(item, Frame):
-                return item.payload
-
-
-def _ids(data: Path) -> list[str]:
-    async def read() -> list[str]:
-        async with open_wal(data / "wal") as wal:
-            return [r.message_id for r in wal.read_from(1)]
-
-    return anyio.run(read)
 
 
 def test_stdin_answers_every_message_and_refuses_none_silently(tmp_path: Path) -> None:
     """--stdin: one JSON line per message; the bad one is rejected into quarantine; exit 1."""
-    feed = _message(1) + NO_PID + hl7(MSH_ADT, PID)
+    feed = message(1) + NO_PID + hl7(MSH_ADT, PID)
     proc = subprocess.run(
         [VIGIL, "run", "--stdin", "--data", str(tmp_path)], input=feed, capture_output=True, timeout=120, check=False
     )
@@ -100,7 +44,7 @@ def test_stdin_answers_every_message_and_refuses_none_silently(tmp_path: Path) -
     assert rows[1]["error"]["quarantine_id"] == 1
     again = subprocess.run(
         [VIGIL, "run", "--stdin", "--data", str(tmp_path)],
-        input=_message(1),
+        input=message(1),
         capture_output=True,
         timeout=120,
         check=False,
@@ -114,27 +58,27 @@ def test_mllp_acks_after_durability_and_stops_on_sigterm(tmp_path: Path) -> None
     with node(tmp_path) as (proc, port):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             decoder = MLLPDecoder()
-            ok = parse(_exchange(conn, _message(7), decoder))
-            bad = parse(_exchange(conn, NO_PID, decoder))
-            again = parse(_exchange(conn, _message(7), decoder))
+            ok = parse(exchange(conn, message(7), decoder))
+            bad = parse(exchange(conn, NO_PID, decoder))
+            again = parse(exchange(conn, message(7), decoder))
         assert (ok.get("MSA-1"), ok.get("MSA-2")) == ("AA", "CTL000007")
         assert (bad.get("MSA-1"), bad.get("MSA-2"), bad.get("ERR-2.1")) == ("AR", "BAD1", "PID")
         assert again.get("MSA-1") == "AA"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    assert _ids(tmp_path) == ["hl7:LAB|GENHOSP|CTL000007"]
+    assert log_ids(tmp_path) == ["hl7:LAB|GENHOSP|CTL000007"]
 
 
 def test_two_messages_in_one_mllp_frame_are_refused_whole(tmp_path: Path) -> None:
     """AR naming the second MSH, both kept in quarantine, neither stored: nothing in between."""
     with node(tmp_path) as (_, port), socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        nak = parse(_exchange(conn, _message(1) + _message(2), MLLPDecoder()))
-        ok = parse(_exchange(conn, _message(3), MLLPDecoder()))
+        nak = parse(exchange(conn, message(1) + message(2), MLLPDecoder()))
+        ok = parse(exchange(conn, message(3), MLLPDecoder()))
     assert (nak.get("MSA-1"), nak.get("MSA-2"), nak.get("ERR-2.1")) == ("AR", "CTL000001", "MSH")
     assert ok.get("MSA-1") == "AA"
-    assert _ids(tmp_path) == ["hl7:LAB|GENHOSP|CTL000003"]
+    assert log_ids(tmp_path) == ["hl7:LAB|GENHOSP|CTL000003"]
     [kept] = Quarantine(tmp_path / "quarantine", OSFiles()).items()
-    assert kept.raw == _message(1) + _message(2)
+    assert kept.raw == message(1) + message(2)
 
 
 def test_only_messages_are_answered_and_an_oversized_one_by_its_control_id(tmp_path: Path) -> None:
@@ -147,9 +91,9 @@ def test_only_messages_are_answered_and_an_oversized_one_by_its_control_id(tmp_p
         conn.settimeout(30)
         decoder = MLLPDecoder()
         conn.sendall(b"\x0b" + b"\x0b\x1c\r")  # a stray start block, then an empty frame
-        first = parse(_exchange(conn, _message(31), decoder))
-        refused = parse(_exchange(conn, big, decoder))
-        after = parse(_exchange(conn, _message(32), decoder))
+        first = parse(exchange(conn, message(31), decoder))
+        refused = parse(exchange(conn, big, decoder))
+        after = parse(exchange(conn, message(32), decoder))
     assert (first.get("MSA-1"), first.get("MSA-2")) == ("AA", "CTL000031")
     assert (refused.get("MSA-1"), refused.get("MSA-2")) == ("AR", "MSG0001")
     assert (after.get("MSA-1"), after.get("MSA-2")) == ("AA", "CTL000032")
@@ -159,7 +103,7 @@ def test_a_critical_result_is_answered_while_a_large_message_is_parsed(tmp_path:
     """An 8 MB ORU (150,000 OBX) is parsed in a worker: a critical result sent after it is answered first."""
     msh = "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|BIG1|P|2.5.1"
     big = oru(*[f"OBX|{n}|NM|2823-3^K^LN||4.{n % 10}|mmol/L|3.5-5.1|N|||F" for n in range(150_000)], msh=msh)
-    critical = _message(77).replace(b"|N|||F", b"|HH|||F").replace(b"4.1", b"6.9")
+    critical = message(77).replace(b"|N|||F", b"|HH|||F").replace(b"4.1", b"6.9")
     order: list[str] = []
     with node(tmp_path) as (_, port):
         slow = socket.create_connection(("127.0.0.1", port), timeout=120)
@@ -167,12 +111,12 @@ def test_a_critical_result_is_answered_while_a_large_message_is_parsed(tmp_path:
         try:
 
             def big_one() -> None:
-                order.append(parse(_exchange(slow, big, MLLPDecoder())).get("MSA-2") or "")
+                order.append(parse(exchange(slow, big, MLLPDecoder())).get("MSA-2") or "")
 
             sender = threading.Thread(target=big_one)
             sender.start()
             time.sleep(0.5)  # the large frame is on its way (an ordering test: no time is asserted)
-            order.append(parse(_exchange(fast, critical, MLLPDecoder())).get("MSA-2") or "")
+            order.append(parse(exchange(fast, critical, MLLPDecoder())).get("MSA-2") or "")
             sender.join(timeout=120)
         finally:
             slow.close()
@@ -185,7 +129,7 @@ def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> N
     import hl7.client
 
     source = tmp_path / "feed.hl7"
-    source.write_bytes(_message(1) + _message(2))
+    source.write_bytes(message(1) + message(2))
     with node(tmp_path / "data") as (_, port):
         sent = subprocess.run(
             [VIGIL, "send", str(source), "--to", f"127.0.0.1:{port}", "--json"],
@@ -197,7 +141,7 @@ def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> N
         assert sent.returncode == 0, sent.stderr
         assert [(r["code"], r["control_id"]) for r in rows] == [("AA", "CTL000001"), ("AA", "CTL000002")]
         with hl7.client.MLLPClient("127.0.0.1", port) as client:
-            ack = client.send_message(_message(3).decode().rstrip("\r"))
+            ack = client.send_message(message(3).decode().rstrip("\r"))
         assert b"MSA|AA|CTL000003" in ack  # the hl7 client returns the raw MLLP response
 
 
@@ -210,12 +154,12 @@ def test_a_hostile_connection_never_blocks_the_others(tmp_path: Path) -> None:
         stuck.sendall(b"\x0bMSH|^~\\&|never ends")
         big = socket.create_connection(("127.0.0.1", port), timeout=30)
         decoder = MLLPDecoder()
-        nak = parse(_exchange(big, b"MSH|^~\\&|" + b"x" * 10_000, decoder))
+        nak = parse(exchange(big, b"MSH|^~\\&|" + b"x" * 10_000, decoder))
         assert nak.get("MSA-1") == "AR"
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as good:
             for n in range(20):
-                assert parse(_exchange(good, _message(100 + n), MLLPDecoder())).get("MSA-1") == "AA"
+                assert parse(exchange(good, message(100 + n), MLLPDecoder())).get("MSA-1") == "AA"
         assert time.monotonic() - started < 20
         stuck.close()
         big.close()
@@ -243,7 +187,7 @@ def test_three_hundred_trickling_connections_from_one_address_lock_no_one_out(tm
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.0.2", 0)) as good:
                 for n in range(20):
-                    assert parse(_exchange(good, _message(500 + n), MLLPDecoder())).get("MSA-1") == "AA"
+                    assert parse(exchange(good, message(500 + n), MLLPDecoder())).get("MSA-1") == "AA"
         finally:
             stop.set()
             dripping.join(timeout=10)
@@ -257,7 +201,7 @@ def _sender(port: int, acked: list[str], stop: threading.Event, first: int) -> N
             decoder = MLLPDecoder()
             n = first
             while not stop.is_set():
-                ack = parse(_exchange(conn, _message(n), decoder))
+                ack = parse(exchange(conn, message(n), decoder))
                 if ack.get("MSA-1") == "AA":
                     acked.append(f"hl7:LAB|GENHOSP|CTL{n:06d}")
                 n += 1
@@ -284,7 +228,7 @@ def test_sigkill_through_mllp_loses_nothing_acknowledged(tmp_path: Path) -> None
             stop.set()
             for t in senders:
                 t.join(timeout=30)
-    logged = set(_ids(tmp_path))
+    logged = set(log_ids(tmp_path))
     missing = [m for m in acked if m not in logged]
     assert not missing, f"acknowledged but lost (seed {seed}): {missing[:5]}"
     assert len(acked) > 20, f"too few messages acknowledged to mean anything (seed {seed})"
@@ -301,8 +245,8 @@ def test_status_patient_and_log_from_a_running_node_and_after_it(tmp_path: Path)
     with node(tmp_path) as (proc, port):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             decoder = MLLPDecoder()
-            assert parse(_exchange(conn, critical, decoder)).get("MSA-1") == "AA"
-            assert parse(_exchange(conn, _message(2), decoder)).get("MSA-1") == "AA"
+            assert parse(exchange(conn, critical, decoder)).get("MSA-1") == "AA"
+            assert parse(exchange(conn, message(2), decoder)).get("MSA-1") == "AA"
         sign_in(tmp_path, "dr.osei")
         code, out = _cli("status", "--data", str(tmp_path), "--json")
         report = json.loads(out)
@@ -369,9 +313,9 @@ def test_a_watched_folder_moves_each_file_to_done_or_failed(tmp_path: Path) -> N
     """Good files go to done/; a file with a refused message goes to failed/ with a reason file; nothing is deleted."""
     drop = tmp_path / "drop"
     drop.mkdir()
-    (drop / "good.hl7").write_bytes(_message(1) + _message(2))
-    (drop / "mixed.hl7").write_bytes(_message(3) + NO_PID)
-    (drop / ".hidden.hl7").write_bytes(_message(4))
+    (drop / "good.hl7").write_bytes(message(1) + message(2))
+    (drop / "mixed.hl7").write_bytes(message(3) + NO_PID)
+    (drop / ".hidden.hl7").write_bytes(message(4))
     proc = subprocess.Popen(
         [VIGIL, "run", "--watch", str(drop), "--data", str(tmp_path / "data")],
         stdout=subprocess.PIPE,
@@ -391,7 +335,7 @@ def test_a_watched_folder_moves_each_file_to_done_or_failed(tmp_path: Path) -> N
     reason = json.loads((drop / "failed" / "mixed.hl7.reason.json").read_bytes())
     assert [r["outcome"] for r in reason] == ["accepted", "rejected"]
     assert (drop / ".hidden.hl7").exists()  # ignored, not taken
-    assert sorted(_ids(tmp_path / "data")) == [f"hl7:LAB|GENHOSP|CTL00000{n}" for n in (1, 2, 3)]
+    assert sorted(log_ids(tmp_path / "data")) == [f"hl7:LAB|GENHOSP|CTL00000{n}" for n in (1, 2, 3)]
 
 
 def _watch_until(drop: Path, data: Path, config: Path | None, *expected: Path) -> None:
@@ -412,12 +356,12 @@ def test_a_file_dropped_again_under_its_name_overwrites_nothing(tmp_path: Path) 
     """done/feed.hl7 stays; the second feed.hl7 becomes done/feed.2.hl7 (and failed/ keeps its reasons apart)."""
     drop = tmp_path / "drop"
     drop.mkdir()
-    (drop / "feed.hl7").write_bytes(_message(1))
+    (drop / "feed.hl7").write_bytes(message(1))
     _watch_until(drop, tmp_path / "data", None, drop / "done" / "feed.hl7")
-    (drop / "feed.hl7").write_bytes(_message(2))
+    (drop / "feed.hl7").write_bytes(message(2))
     _watch_until(drop, tmp_path / "data", None, drop / "done" / "feed.2.hl7")
-    assert (drop / "done" / "feed.hl7").read_bytes() == _message(1)
-    assert (drop / "done" / "feed.2.hl7").read_bytes() == _message(2)
+    assert (drop / "done" / "feed.hl7").read_bytes() == message(1)
+    assert (drop / "done" / "feed.2.hl7").read_bytes() == message(2)
 
 
 def test_the_size_limits_hold_on_stdin_and_in_the_drop_folder(tmp_path: Path) -> None:
@@ -428,23 +372,23 @@ def test_the_size_limits_hold_on_stdin_and_in_the_drop_folder(tmp_path: Path) ->
     big = oru(*[f"OBX|{n}|ST|X||{'y' * 100}|||N|||F" for n in range(60)])
     assert 4096 < len(big) < 16384
     run = [VIGIL, "--config", str(config), "run", "--stdin", "--data", str(tmp_path / "data")]
-    proc = subprocess.run(run, input=_message(1) + big + _message(2), capture_output=True, timeout=120, check=False)
+    proc = subprocess.run(run, input=message(1) + big + message(2), capture_output=True, timeout=120, check=False)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["outcome"] for r in rows] == ["accepted", "rejected", "accepted"]
     assert "message_bytes_max" in rows[1]["error"]["reason"]
     assert Quarantine(tmp_path / "data" / "quarantine", OSFiles()).items()[0].raw == big
-    huge = subprocess.run(run, input=_message(3) * 200, capture_output=True, timeout=120, check=False)
+    huge = subprocess.run(run, input=message(3) * 200, capture_output=True, timeout=120, check=False)
     assert huge.returncode == 1
     assert b"input_bytes_max" in huge.stderr
     assert b"Traceback" not in huge.stderr
     drop = tmp_path / "drop"
     drop.mkdir()
-    (drop / "huge.hl7").write_bytes(_message(4) * 200)
+    (drop / "huge.hl7").write_bytes(message(4) * 200)
     _watch_until(drop, tmp_path / "data", config, drop / "failed" / "huge.hl7.reason.json")
     [reason] = json.loads((drop / "failed" / "huge.hl7.reason.json").read_bytes())
     assert "input_bytes_max" in reason["error"]["reason"]
-    assert (drop / "failed" / "huge.hl7").read_bytes() == _message(4) * 200
-    assert sorted(_ids(tmp_path / "data")) == ["hl7:LAB|GENHOSP|CTL000001", "hl7:LAB|GENHOSP|CTL000002"]
+    assert (drop / "failed" / "huge.hl7").read_bytes() == message(4) * 200
+    assert sorted(log_ids(tmp_path / "data")) == ["hl7:LAB|GENHOSP|CTL000001", "hl7:LAB|GENHOSP|CTL000002"]
 
 
 def test_top_refreshes_until_interrupted(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ import pytest
 
 from engine.mllp import MLLPDecoder
 from tests.helpers import hl7
+from tests.node_process import ROOT, VIGIL, exchange
 from tests.sessions import PASSWORD, PIN
-from tests.test_node import ROOT, VIGIL, _exchange
 
 PATIENT = "GENHOSP|MRN42"
 
@@ -88,7 +88,7 @@ def _send(port: int, *messages: bytes) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         decoder = MLLPDecoder()
         for message in messages:
-            assert b"MSA|AA" in _exchange(conn, message, decoder)
+            assert b"MSA|AA" in exchange(conn, message, decoder)
 
 
 def _staff(tmp_path: Path, data: Path) -> dict[str, Desk]:

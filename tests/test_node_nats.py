@@ -31,14 +31,14 @@ from engine.wal.files import OSFiles
 from engine.wal.quarantine import Quarantine
 from tests.helpers import hl7, oru
 from tests.nats_server import nats_server, until_consumed
-from tests.test_node import ROOT, VIGIL, _ids, node
+from tests.node_process import ROOT, VIGIL, log_ids, node
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 
 STREAM, SUBJECT = "HL7_IN", "hl7.in"
 
 
-def _message(n: int, patient: int = 0) -> bytes:
+def message(n: int, patient: int = 0) -> bytes:
     msh = f"MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|NATS{n:06d}|P|2.5.1"
     pid = f"PID|1||MRN{patient:06d}^^^GENHOSP^MR||Doe^Jan||19700101|F"
     return hl7(msh, pid, "OBR|1|P1|F1|80048^BMP^CPT", "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|3.5-5.1|N|||F")
@@ -85,7 +85,7 @@ def test_jetstream_messages_are_acked_once_durable_and_refused_ones_quarantined(
 
             async def publish(client: Any) -> None:
                 js = client.jetstream()
-                for payload in (critical, _message(1), BAD):
+                for payload in (critical, message(1), BAD):
                     await js.publish(SUBJECT, payload)
 
             await _with_js(url, lambda client: _make_stream(client.jetstream()))
@@ -96,7 +96,7 @@ def test_jetstream_messages_are_acked_once_durable_and_refused_ones_quarantined(
                 node_.stop()
 
         anyio.run(scenario, backend="asyncio")
-    assert len(_ids(tmp_path / "data")) == 2
+    assert len(log_ids(tmp_path / "data")) == 2
     items = list(Quarantine(tmp_path / "data" / "quarantine", OSFiles()).items())
     assert len(items) == 1
     assert items[0].source == f"nats:{SUBJECT}"
@@ -114,7 +114,7 @@ def test_core_nats_request_gets_the_results_as_its_reply(tmp_path: Path) -> None
 
                 async def ask(client: Any) -> None:
                     with anyio.fail_after(30):
-                        replies.extend([json.loads(await _request(client, p)) for p in (_message(7), _message(7), BAD)])
+                        replies.extend([json.loads(await _request(client, p)) for p in (message(7), message(7), BAD)])
 
                 await _with_js(url, ask)
                 node_.stop()
@@ -146,7 +146,7 @@ def test_sigkill_while_consuming_jetstream_loses_nothing_and_appends_nothing_twi
             js = client.jetstream()
             await _make_stream(js)
             for n in range(total):
-                await js.publish(SUBJECT, _message(n, patient=n % 37))
+                await js.publish(SUBJECT, message(n, patient=n % 37))
 
         anyio.run(functools.partial(_with_js, url, publish), backend="asyncio")
         for _ in range(3):
@@ -154,10 +154,10 @@ def test_sigkill_while_consuming_jetstream_loses_nothing_and_appends_nothing_twi
                 time.sleep(rng.uniform(0.05, 0.5))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
-            progress.append(len(_ids(data)))
+            progress.append(len(log_ids(data)))
         with node(data, config=config):
             anyio.run(functools.partial(until_consumed, url, STREAM, "vigil", total), backend="asyncio")
-    ids = _ids(data)
+    ids = log_ids(data)
     assert any(0 < n < total for n in progress), f"no kill landed mid-stream: {progress} (seed {seed})"
     assert len(ids) == len(set(ids)), f"a message appended twice (seed {seed})"
     assert set(ids) == {f"hl7:LAB|GENHOSP|NATS{n:06d}" for n in range(total)}, f"seed {seed}"

@@ -18,10 +18,10 @@ from engine.auth import Role
 from engine.mllp import MLLPDecoder
 from engine.wal import open_wal
 from tests.helpers import MSH_ORU, oru
+from tests.node_process import ROOT, VIGIL, exchange, node
 from tests.pg_server import throwaway_server
 from tests.read_side import actual_tables, differences, expected_tables
 from tests.sessions import sign_in
-from tests.test_node import ROOT, VIGIL, _exchange, node
 
 _POTASSIUM_HIGH = "OBX|1|NM|2823-3^Potassium^LN||6.9|mmol/L|3.5-5.1|HH|||F|||20261124100000"
 _SODIUM_NORMAL = "OBX|2|NM|2951-2^Sodium^LN||140|mmol/L|136-145|N|||F|||20261124100000"
@@ -48,14 +48,14 @@ def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> Non
         time.sleep(0.1)
 
 
-def _message(i: int, obx: str) -> bytes:
+def message(i: int, obx: str) -> bytes:
     return oru(obx, msh=MSH_ORU.replace("MSG0001", f"MSG{i:05d}"))
 
 
 def _send(port: int, messages: list[bytes]) -> list[bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         decoder = MLLPDecoder()
-        return [_exchange(conn, m, decoder) for m in messages]
+        return [exchange(conn, m, decoder) for m in messages]
 
 
 def _status(config: Path, data: Path) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def test_a_critical_result_reaches_the_worklist_and_leaves_it_when_acknowledged(
     config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
     sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
     with node(data, config=config) as (_, port):
-        acks = _send(port, [_message(1, _POTASSIUM_HIGH), _message(2, _SODIUM_NORMAL)])
+        acks = _send(port, [message(1, _POTASSIUM_HIGH), message(2, _SODIUM_NORMAL)])
         assert all(b"MSA|AA" in a for a in acks)
 
         def worklist(*extra: str) -> list[dict[str, Any]]:
@@ -126,11 +126,11 @@ def test_the_node_acknowledges_through_a_database_outage_and_the_read_side_catch
         config, data = _config(tmp_path, server.dsn, "vigil"), tmp_path / "data"
         sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
         with node(data, config=config) as (_, port):
-            first = [_message(i, _POTASSIUM_HIGH if i % 5 == 0 else _SODIUM_NORMAL) for i in range(40)]
+            first = [message(i, _POTASSIUM_HIGH if i % 5 == 0 else _SODIUM_NORMAL) for i in range(40)]
             assert all(b"MSA|AA" in a for a in _send(port, first))
             _until(lambda: _status(config, data)["lag_records"] == 0, "the first messages projected")
             server.stop("immediate")  # as a crash of the database server
-            more = [_message(i, _POTASSIUM_HIGH if i % 5 == 0 else _SODIUM_NORMAL) for i in range(40, 140)]
+            more = [message(i, _POTASSIUM_HIGH if i % 5 == 0 else _SODIUM_NORMAL) for i in range(40, 140)]
             assert all(b"MSA|AA" in a for a in _send(port, more)), "ingestion must not depend on the read side"
             _until(lambda: _status(config, data)["state"].startswith("waiting for the database"), "the outage seen")
             during = _status(config, data)
@@ -202,7 +202,7 @@ def test_rebuild_with_the_node_running_and_without_it_gives_the_incremental_tabl
     config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
     sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
     with node(data, config=config) as (_, port):
-        messages = [_message(i, _POTASSIUM_HIGH if i % 3 == 0 else _SODIUM_NORMAL) for i in range(30)]
+        messages = [message(i, _POTASSIUM_HIGH if i % 3 == 0 else _SODIUM_NORMAL) for i in range(30)]
         assert all(b"MSA|AA" in a for a in _send(port, messages))
         _until(lambda: _status(config, data)["lag_records"] == 0, "the messages projected")
         assert "results rebuilt" in _vigil(config, "db", "rebuild", "results", "--data", str(data))
@@ -228,7 +228,7 @@ def test_a_stuck_database_never_holds_back_acknowledgements(tmp_path: Path, pg_d
     config, data = _config(tmp_path, pg_dsn, pg_schema), tmp_path / "data"
     sign_in(data, "dr.osei", Role.CLINICIAN, Role.OPERATOR, config=config)
     with node(data, config=config) as (_, port):
-        assert all(b"MSA|AA" in a for a in _send(port, [_message(0, _SODIUM_NORMAL)]))
+        assert all(b"MSA|AA" in a for a in _send(port, [message(0, _SODIUM_NORMAL)]))
         _until(lambda: _status(config, data)["lag_records"] == 0, "the first message projected")
 
         async def hold_then_release() -> None:
@@ -238,7 +238,7 @@ def test_a_stuck_database_never_holds_back_acknowledgements(tmp_path: Path, pg_d
                     await blocker.execute("LOCK TABLE projection_positions IN ACCESS EXCLUSIVE MODE")
                     started = time.monotonic()
                     acks = await anyio.to_thread.run_sync(
-                        _send, port, [_message(i, _POTASSIUM_HIGH) for i in range(1, 51)]
+                        _send, port, [message(i, _POTASSIUM_HIGH) for i in range(1, 51)]
                     )
                     assert all(b"MSA|AA" in a for a in acks)
                     assert time.monotonic() - started < 20

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from engine.mllp import frame
-from tests.test_node import ROOT, VIGIL, _message, node
+from tests.node_process import ROOT, VIGIL, message, node
 
 
 @pytest.fixture
@@ -59,10 +59,10 @@ def _send(port: int, payload: Path, *tls: str) -> subprocess.CompletedProcess[st
 def test_tls_listener_acks_a_verified_client_and_ignores_plain_mllp(tmp_path: Path, pki: dict[str, Path]) -> None:
     """Plain MLLP at a TLS port gets no ACK and nothing is appended; a TLS client gets AA."""
     payload = tmp_path / "one.hl7"
-    payload.write_bytes(_message(1))
+    payload.write_bytes(message(1))
     with node(tmp_path / "data", config=_config(tmp_path, pki, mutual=False)) as (_proc, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
-            plain.sendall(frame(_message(2)))
+            plain.sendall(frame(message(2)))
             plain.settimeout(5)
             try:
                 answer = plain.recv(65536)
@@ -80,7 +80,7 @@ def test_tls_listener_acks_a_verified_client_and_ignores_plain_mllp(tmp_path: Pa
 def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
     """With a client CA configured, only a peer presenting a certificate it signed is served."""
     payload = tmp_path / "one.hl7"
-    payload.write_bytes(_message(3))
+    payload.write_bytes(message(3))
     with node(tmp_path / "data", config=_config(tmp_path, pki, mutual=True)) as (_proc, port):
         anonymous = _send(port, payload, "--tls-ca", str(pki["ca"]))
         assert anonymous.returncode != 0

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from tests.helpers import hl7
-from tests.test_node import ROOT, VIGIL
+from tests.node_process import ROOT, VIGIL
 
 
 def test_spans_and_metrics_reach_an_otlp_collector_without_phi(

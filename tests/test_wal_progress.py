@@ -12,7 +12,7 @@ import pytest
 
 from engine.wal import open_wal, scan_log
 from engine.wal.files import OSFiles
-from tests.test_node import ROOT, VIGIL
+from tests.node_process import ROOT, VIGIL
 from tests.test_wal import SMALL, envelope
 
 
