@@ -40,7 +40,7 @@ from actors.actor import Actor, Behavior, Reply
 from actors.clock import loop_clock
 from actors.record import PatientRecord, RecordView
 from actors.turns import TurnGate
-from engine.model import Event, Lane, PatientMerged
+from engine.core.model import Event, Lane, PatientMerged
 
 __all__ = ["Applied", "PatientActors", "PatientStatistics", "Quarantine", "RecordSource", "apply_record"]
 

@@ -33,7 +33,7 @@ from typing import final
 
 import msgspec
 
-from engine.model import (
+from engine.core.model import (
     Admitted,
     AllergyRecorded,
     ChargePosted,
@@ -71,7 +71,7 @@ __all__ = [
 
 
 @final
-class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles possible: see engine.model
+class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles possible: see engine.core.model
     """One event of the patient's history, with both its times and its origin."""
 
     lsn: int

@@ -35,7 +35,7 @@ class Contender(msgspec.Struct):
 
 
 def arguments(description: str) -> argparse.Namespace:
-    from engine.logs import configure_logging
+    from engine.infra.logging_setup import configure_logging
 
     configure_logging("warning")  # the engine's info lines would clutter the tables
     parser = argparse.ArgumentParser(description=description)
@@ -51,7 +51,7 @@ def corpus_messages() -> tuple[list[bytes], str]:
     if CORPUS.is_dir():
         files = sorted(p for p in CORPUS.iterdir() if p.is_file())
         return [p.read_bytes() for p in files], f"../shared/corpus/hl7v2 ({len(files)} messages)"
-    from engine.feedgen import generate_feed
+    from engine.core.feedgen import generate_feed
 
     return generate_feed(500, seed=1), "generated feed (corpus absent: ../shared/corpus/hl7v2)"
 

@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.auth import Credentials, Permission, Role, Setting, audit_envelope
-from engine.config import Config
-from engine.feedgen import generate_feed
+from engine.core.feedgen import generate_feed
+from engine.infra.config import Config
 from engine.node import Node
 
 PASSWORD = "bench password 1"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from _harness import Contender, arguments, corpus_messages, fail_if, measure, report
 
-from engine.decode import Decoder
-from engine.feedgen import generate_feed
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
 from lanes import Classifier
 
 

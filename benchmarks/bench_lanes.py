@@ -29,10 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from actors import Applied, PatientActors, PatientRecord
-from engine.config import WalConfig
-from engine.decode import Decoder
-from engine.feedgen import FeedMix, generate_feed
-from engine.model import Lane
+from engine.core.decode import Decoder
+from engine.core.feedgen import FeedMix, generate_feed
+from engine.core.model import Lane
+from engine.infra.config import WalConfig
 from engine.wal import WriteAheadLog, open_wal
 from lanes import Classifier, LaneLimits, LaneScheduler, SchedulerSettings
 

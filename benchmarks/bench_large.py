@@ -35,7 +35,7 @@ VIGIL = str(ROOT / "bin" / "vigil")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._harness import arguments  # noqa: E402 -- after the path is set
-from engine.mllp import Frame, MLLPDecoder, frame  # noqa: E402
+from engine.core.mllp import Frame, MLLPDecoder, frame  # noqa: E402
 
 _SEND_LARGE = "--send-large"  # the argument that makes this script the large messages' sender process
 

@@ -36,8 +36,8 @@ from nats.js.api import StreamConfig
 from rich.console import Console
 from rich.table import Table
 
-from engine.feedgen import FeedMix, generate_feed
-from engine.mllp import Frame, MLLPDecoder, frame
+from engine.core.feedgen import FeedMix, generate_feed
+from engine.core.mllp import Frame, MLLPDecoder, frame
 from tests.nats_server import (  # the tests' starter (bin/bench puts the repository on the path)
     nats_server,
     until_consumed,
@@ -187,9 +187,7 @@ def main() -> None:
         in_loop, _ = _stdin(stdin_feed, scratch, parse_workers=0)
         stdin_rate, startup = _stdin(stdin_feed, scratch, parse_workers=1)
         for source, rate in (("stdin, parsed in the loop", in_loop), ("stdin, 1 parse worker", stdin_rate)):
-            rows.append(
-                {"source": source, "connections": "-", "messages_per_s": rate, "p50_ms": None, "p99_ms": None}
-            )
+            rows.append({"source": source, "connections": "-", "messages_per_s": rate, "p50_ms": None, "p99_ms": None})
         # Latency unsaturated: one connection of clinical (standard-lane) traffic; batch-only
         # groups may wait `wal.commit_delay_ms` for company by design, so they are not the measure.
         clinical = [generate_feed(20_000, seed=300, mix=FeedMix(1, 3, 0, 0, 1, 1, 0))]

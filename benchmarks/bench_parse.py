@@ -12,8 +12,8 @@ import hl7
 from _harness import Contender, arguments, corpus_messages, fail_if, measure, peer_text, report
 from hl7apy.parser import parse_message
 
-from engine.decode import Decoder
-from engine.hl7 import parse
+from engine.core.decode import Decoder
+from engine.core.hl7 import parse
 
 
 def main() -> None:

@@ -38,10 +38,10 @@ from _harness import arguments, fail_if
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import ProjectionsConfig, WalConfig
-from engine.decode import Decoder
-from engine.feedgen import FeedMix, generate_feed
-from engine.model import Coded, Envelope, Kind, Lane, ResultReported
+from engine.core.decode import Decoder
+from engine.core.feedgen import FeedMix, generate_feed
+from engine.core.model import Coded, Envelope, Kind, Lane, ResultReported
+from engine.infra.config import ProjectionsConfig, WalConfig
 from engine.projections import ProjectionRunner, Record
 from engine.projections.database import connect
 from engine.projections.schema import migrate

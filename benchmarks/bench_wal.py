@@ -36,10 +36,10 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import WalConfig
-from engine.decode import Decoder
-from engine.feedgen import generate_feed
-from engine.model import Envelope, Lane
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
+from engine.core.model import Envelope, Lane
+from engine.infra.config import WalConfig
 from engine.wal import open_wal, scan_log
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.files import OSFiles

@@ -1,6 +1,6 @@
 """Lane classification: which lane a message belongs to, and why.
 
-HL7 v2 is classified from raw bytes (`engine.hl7.scan`): the header and the
+HL7 v2 is classified from raw bytes (`engine.core.hl7.scan`): the header and the
 few segments that carry priority (PV1, TQ1, ORC, OBR, OBX) are found by byte
 search and only those lines are split, so a flood is sorted before it costs a
 parse. FHIR is classified from decoded resources (msgspec decoding is already
@@ -23,7 +23,7 @@ from typing import final
 
 import msgspec
 
-from engine.fhir.resources import (
+from engine.core.fhir.resources import (
     DiagnosticReport,
     Encounter,
     MedicationRequest,
@@ -33,8 +33,8 @@ from engine.fhir.resources import (
     Resource,
     ServiceRequest,
 )
-from engine.hl7 import Header, read_header, segment_fields
-from engine.model import Lane
+from engine.core.hl7 import Header, read_header, segment_fields
+from engine.core.model import Lane
 from lanes.rules import ClassificationRules
 
 __all__ = ["Classification", "Classifier"]

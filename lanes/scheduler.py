@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from hdrh.histogram import HdrHistogram
 
 from actors.clock import loop_clock
-from engine.model import Lane
+from engine.core.model import Lane
 from lanes.settings import LaneLimits, SchedulerSettings
 
 __all__ = ["LaneFull", "LaneScheduler", "LaneStatistics"]

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.hl7 import parse
-from engine.mllp import Frame, MLLPDecoder, frame
+from engine.core.hl7 import parse
+from engine.core.mllp import Frame, MLLPDecoder, frame
 from tests.helpers import hl7
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,10 +126,10 @@ def vigil_cluster(
 ) -> Iterator[list[VigilNode]]:
     """`size` nodes joined over `urls` (or each over its own, `node_urls`); each stopped at the end."""
     config = base / "cluster.toml"
-    config.write_text(CLUSTER_CONFIG.format(replicas=replicas).replace("[cluster.ack]", f"{cluster_extra}\n[cluster.ack]"))
-    nodes = [
-        VigilNode(i, base / f"node{i}" / "data", config, node_urls[i] if node_urls else urls) for i in range(size)
-    ]
+    config.write_text(
+        CLUSTER_CONFIG.format(replicas=replicas).replace("[cluster.ack]", f"{cluster_extra}\n[cluster.ack]")
+    )
+    nodes = [VigilNode(i, base / f"node{i}" / "data", config, node_urls[i] if node_urls else urls) for i in range(size)]
     try:
         for n in nodes:
             n.data.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 
-from engine.mllp import Frame, MLLPDecoder, frame
+from engine.core.mllp import Frame, MLLPDecoder, frame
 from engine.wal import open_wal
 from tests.helpers import hl7, oru
 

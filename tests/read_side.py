@@ -8,7 +8,7 @@ from decimal import Decimal
 import asyncpg
 
 from actors.record import PatientRecord
-from engine.model import ChargePosted, MedicationAdministered, RecordAccessed, ResultAcknowledged, ResultReported
+from engine.core.model import ChargePosted, MedicationAdministered, RecordAccessed, ResultAcknowledged, ResultReported
 from engine.wal.record import LogRecord
 
 Tables = dict[str, set[tuple[object, ...]]]

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.admin import AdminError, AdminServer, request
+from engine.infra.admin_socket import AdminError, AdminServer, request
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets")
 

@@ -28,8 +28,8 @@ from engine.auth import (
     Setting,
 )
 from engine.auth.service import AuditItem
-from engine.config import decode_config
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
+from engine.infra.config import decode_config
 
 PASSWORD = "correct horse battery"
 PIN = "4321"
@@ -411,7 +411,7 @@ def test_the_permission_matrix_and_timeouts_come_from_config() -> None:
 
 def test_audit_events_round_trip_through_the_log_encoding(service: AuthService) -> None:
     from engine.auth import audit_envelope, fhir_audit_event
-    from engine.model import Envelope
+    from engine.core.model import Envelope
 
     operator = _login(service, "op.kim", Setting.OPERATOR_CONSOLE)
     _, audit = service.break_glass(operator, PATIENT, "emergency_treatment", "", PASSWORD)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.batching import windows
-from engine.model import Lane
+from engine.core.model import Lane
+from engine.core.windows import windows
 
 C, S, B = Lane.CRITICAL, Lane.STANDARD, Lane.BATCH
 

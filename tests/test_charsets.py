@@ -10,11 +10,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.config import decode_config
-from engine.errors import ConfigError
-from engine.hl7 import parse
-from engine.mllp import Frame, MLLPDecoder, frame
-from engine.model import DemographicsUpdated
+from engine.core.errors import ConfigError
+from engine.core.hl7 import parse
+from engine.core.mllp import Frame, MLLPDecoder, frame
+from engine.core.model import DemographicsUpdated
+from engine.infra.config import decode_config
 from engine.wal import open_wal
 from tests.node_process import node, run_stdin
 

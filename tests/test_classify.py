@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from engine.errors import HeaderError
-from engine.fhir import decode_document
-from engine.fhir.resources import Meta, Resource
-from engine.model import Lane
+from engine.core.errors import HeaderError
+from engine.core.fhir import decode_document
+from engine.core.fhir.resources import Meta, Resource
+from engine.core.model import Lane
 from lanes import Classification, ClassificationRules, Classifier
 from tests.helpers import PID, hl7, oru
 
@@ -163,7 +163,7 @@ def test_fhir_test_tag_is_batch_and_flagged() -> None:
 
 
 def _coding(code: str) -> object:
-    from engine.fhir.resources import Coding
+    from engine.core.fhir.resources import Coding
 
     return Coding(code=code)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
-from engine.mllp import frame
+from engine.cli.main import cli
+from engine.core.mllp import frame
 from tests.helpers import MSH_ADT, PID, hl7, oru
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ from nats.js.api import StorageType, StreamConfig
 
 from engine.cluster import Cluster, FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
 from engine.cluster.replication import last_on_subject, publish_marker, read_partition
-from engine.config import ClusterConfig
-from engine.decode import Decoder
-from engine.model import Envelope
+from engine.core.decode import Decoder
+from engine.core.model import Envelope
+from engine.infra.config import ClusterConfig
 from engine.wal import WriteAheadLog, open_wal
 from tests.cluster_harness import lab_result
 from tests.nats_server import nats_cluster, nats_server
@@ -195,11 +195,21 @@ async def test_two_coordinators_share_the_partitions_and_a_stopping_one_hands_ov
     async with open_wal(tmp_path / "a") as wal_a, open_wal(tmp_path / "b") as wal_b, anyio.create_task_group() as tg:
         seen_b: list[str] = []
         a = Cluster(
-            _config(), "a", wal_a, servers=[nats_url], security={}, adopt=await _adopter(wal_a, []),
+            _config(),
+            "a",
+            wal_a,
+            servers=[nats_url],
+            security={},
+            adopt=await _adopter(wal_a, []),
             forwarded=_no_forwarding,
         )
         b = Cluster(
-            _config(), "b", wal_b, servers=[nats_url], security={}, adopt=await _adopter(wal_b, seen_b),
+            _config(),
+            "b",
+            wal_b,
+            servers=[nats_url],
+            security={},
+            adopt=await _adopter(wal_b, seen_b),
             forwarded=_no_forwarding,
         )
         scope_a = anyio.CancelScope()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from actors.record import PatientRecord
-from engine.commands import acknowledgement, was_critical
-from engine.model import Coded, Kind, Lane, ResultAcknowledged, ResultReported
+from engine.core.model import Coded, Kind, Lane, ResultAcknowledged, ResultReported
+from engine.node.acknowledgements import acknowledgement, was_critical
 
 
 def test_an_acknowledgement_is_a_critical_lane_command_with_the_request_as_its_identity() -> None:

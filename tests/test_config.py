@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import DEFAULT_CONFIG_PATH, Config, decode_config, load_config
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
+from engine.infra.config import DEFAULT_CONFIG_PATH, Config, decode_config, load_config
 
 
 def test_the_shipped_config_is_the_documented_default() -> None:

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.decode import Decoder, decode_input
-from engine.identity import fhir_digest, hl7_digest
-from engine.mllp import frame
-from engine.model import Envelope
+from engine.core.decode import Decoder, decode_input
+from engine.core.identity import fhir_digest, hl7_digest
+from engine.core.mllp import frame
+from engine.core.model import Envelope
 from engine.wal import open_wal
 from tests.conftest import corpus_files
 from tests.helpers import PID, hl7

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.decode import Decoder, decode_input
-from engine.errors import ShapeError
-from engine.hl7 import parse
-from engine.mllp import frame
-from engine.model import Lane, Unrecognized
+from engine.core.decode import Decoder, decode_input
+from engine.core.errors import ShapeError
+from engine.core.hl7 import parse
+from engine.core.mllp import frame
+from engine.core.model import Lane, Unrecognized
 from tests.conftest import CORPUS, corpus_files
 
 HL7_FILES = corpus_files("hl7v2")

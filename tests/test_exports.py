@@ -7,15 +7,15 @@ import importlib
 import pytest
 
 PACKAGES = [
-    "engine.hl7",
-    "engine.fhir",
+    "engine.core.hl7",
+    "engine.core.fhir",
     "engine.wal",
     "actors",
     "lanes",
-    "engine.model",
-    "engine.errors",
-    "engine.mllp",
-    "engine.decode",
+    "engine.core.model",
+    "engine.core.errors",
+    "engine.core.mllp",
+    "engine.core.decode",
 ]
 
 

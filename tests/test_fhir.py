@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from engine.decode import Decoder, decode_input
-from engine.errors import JSONError, ShapeError
-from engine.fhir import DecodedBundle, RawResource, decode_document
-from engine.fhir.resources import Encounter, Observation
-from engine.model import Admitted, Lane, OrderPlaced, ResultReported
+from engine.core.decode import Decoder, decode_input
+from engine.core.errors import JSONError, ShapeError
+from engine.core.fhir import DecodedBundle, RawResource, decode_document
+from engine.core.fhir.resources import Encounter, Observation
+from engine.core.model import Admitted, Lane, OrderPlaced, ResultReported
 
 PATIENT = {
     "resourceType": "Patient",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import CharsetError, ErrorLocation, HeaderError, InputError, MissingFieldError
-from engine.hl7 import AckContext, Outcome, build_ack, parse
+from engine.core.errors import CharsetError, ErrorLocation, HeaderError, InputError, MissingFieldError
+from engine.core.hl7 import AckContext, Outcome, build_ack, parse
 from tests.helpers import PID, hl7, oru
 
 MSH_ENHANCED = "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|MSG0009|P|2.5.1|||AL|NE"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import HL7Error
-from engine.hl7 import parse, split_stream
+from engine.core.errors import HL7Error
+from engine.core.hl7 import parse, split_stream
 from tests.helpers import MSH_ADT, MSH_ORU, PID, hl7
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import EscapeError
-from engine.hl7 import DEFAULT_DELIMITERS, Delimiters, escape, unescape
+from engine.core.errors import EscapeError
+from engine.core.hl7 import DEFAULT_DELIMITERS, Delimiters, escape, unescape
 
 D = DEFAULT_DELIMITERS
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import MissingFieldError
-from engine.hl7 import map_message, parse
-from engine.model import (
+from engine.core.errors import MissingFieldError
+from engine.core.hl7 import map_message, parse
+from engine.core.model import (
     Admitted,
     AllergyRecorded,
     ChargePosted,

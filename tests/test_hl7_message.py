@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import CharsetError, EscapeError, HeaderError, HL7Error, MissingFieldError
-from engine.hl7 import NULL, CharsetDefaults, Message, parse, parse_path
+from engine.core.errors import CharsetError, EscapeError, HeaderError, HL7Error, MissingFieldError
+from engine.core.hl7 import NULL, CharsetDefaults, Message, parse, parse_path
 from tests.helpers import MSH_ORU, PID, hl7, oru
 
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import FramingError
-from engine.mllp import Frame, MLLPDecoder, frame
+from engine.core.errors import FramingError
+from engine.core.mllp import Frame, MLLPDecoder, frame
 
 
 def _feed_all(decoder: MLLPDecoder, chunks: list[bytes]) -> list[Frame | FramingError]:
@@ -127,8 +127,8 @@ def test_arbitrary_bytes_never_break_the_decoder(chunks: list[bytes], limit: int
 @given(st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=6), st.sampled_from(["\r", "\n", "\r\n"]))
 def test_any_grouping_of_messages_into_frames_gives_one_answer_per_frame(sizes: list[int], end: str) -> None:
     """A frame of one message decodes to it; a frame of several is refused whole, naming the second MSH."""
-    from engine.decode import Decoder
-    from engine.errors import HeaderError
+    from engine.core.decode import Decoder
+    from engine.core.errors import HeaderError
     from tests.helpers import oru
 
     decoder, n = Decoder(), 0

@@ -13,10 +13,10 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from engine.config import MLLPConfig
-from engine.errors import FramingError
-from engine.mllp import Frame, MLLPDecoder, frame
-from engine.mllp_server import MLLPServer
+from engine.core.errors import FramingError
+from engine.core.mllp import Frame, MLLPDecoder, frame
+from engine.infra.config import MLLPConfig
+from engine.ingress.mllp_listener import MLLPServer
 
 pytestmark = pytest.mark.anyio
 

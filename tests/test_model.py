@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine.decode import Decoder
-from engine.feedgen import generate_feed
-from engine.model import Envelope, Event, Lane, ResultReported
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
+from engine.core.model import Envelope, Event, Lane, ResultReported
 
 
 @pytest.mark.parametrize("codec", [msgspec.msgpack, msgspec.json])

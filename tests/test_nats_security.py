@@ -19,10 +19,10 @@ import nats
 import pytest
 import trustme
 
-from engine.config import Config, NatsConfig, NatsSubjectConfig
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
+from engine.infra.config import Config, NatsConfig, NatsSubjectConfig
+from engine.infra.tls import nats_security
 from engine.node import Node
-from engine.tls import nats_security
 from tests.helpers import oru
 from tests.nats_server import nats_server
 

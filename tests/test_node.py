@@ -21,8 +21,8 @@ import anyio
 import pytest
 
 from engine.auth import Role
-from engine.hl7 import parse
-from engine.mllp import MLLPDecoder
+from engine.core.hl7 import parse
+from engine.core.mllp import MLLPDecoder
 from engine.wal import OSFiles, open_wal
 from engine.wal.quarantine import Quarantine
 from tests.helpers import MSH_ADT, PID, hl7, oru
@@ -410,9 +410,9 @@ def test_top_refreshes_until_interrupted(tmp_path: Path) -> None:
 
 
 def test_stdin_keeps_every_patients_order_across_lanes(tmp_path: Path) -> None:
-    """A stream goes in lane groups (engine.batching); each patient's messages still reach the log in input order."""
-    from engine.decode import Decoder
-    from engine.feedgen import generate_feed
+    """A stream goes in lane groups (engine.core.windows); each patient's messages still reach the log in input order."""
+    from engine.core.decode import Decoder
+    from engine.core.feedgen import generate_feed
 
     feed = generate_feed(1500, seed=77, patients=12)
     decoder = Decoder()
@@ -443,7 +443,7 @@ def test_stdin_keeps_every_patients_order_across_lanes(tmp_path: Path) -> None:
 
 def test_stdin_parsed_in_worker_processes_answers_as_the_loop_does(tmp_path: Path) -> None:
     """A large input parsed in a worker process: the same answers, refusals and per-patient order as in the loop."""
-    from engine.feedgen import generate_feed
+    from engine.core.feedgen import generate_feed
 
     feed = generate_feed(1200, seed=78, patients=12)
     feed[300:300] = [NO_PID]

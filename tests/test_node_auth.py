@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from engine.mllp import MLLPDecoder
+from engine.core.mllp import MLLPDecoder
 from tests.helpers import hl7
 from tests.node_process import ROOT, VIGIL, exchange
 from tests.sessions import PASSWORD, PIN

@@ -25,7 +25,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from engine.config import Config, NatsConfig, NatsSubjectConfig
+from engine.infra.config import Config, NatsConfig, NatsSubjectConfig
 from engine.node import Node
 from engine.wal.files import OSFiles
 from engine.wal.quarantine import Quarantine

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from engine.auth import Role
-from engine.mllp import MLLPDecoder
+from engine.core.mllp import MLLPDecoder
 from engine.wal import open_wal
 from tests.helpers import MSH_ORU, oru
 from tests.node_process import ROOT, VIGIL, exchange, node
@@ -158,7 +158,7 @@ def test_the_node_acknowledges_through_a_database_outage_and_the_read_side_catch
 def test_connections_cut_mid_batch_leave_no_partial_batch(
     tmp_path: Path, pg_dsn: str, pg_schema: str, cuts: int
 ) -> None:
-    from engine.config import ProjectionsConfig
+    from engine.infra.config import ProjectionsConfig
     from engine.projections import ProjectionRunner
     from tests.read_side import CRITICAL
     from tests.test_projections import _fill

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from engine.mllp import frame
+from engine.core.mllp import frame
 from tests.node_process import ROOT, VIGIL, message, node
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import structlog
 
-from engine.config import Config
-from engine.decode import Decoder
-from engine.errors import InputError
-from engine.feedgen import generate_feed
-from engine.parse_pool import ParsePool
-from engine.work import patient_hint
+from engine.core.decode import Decoder
+from engine.core.errors import InputError
+from engine.core.feedgen import generate_feed
+from engine.core.windows import patient_hint
+from engine.infra.config import Config
+from engine.ingress.parse_pool import ParsePool
 from lanes import Classifier
 from tests.helpers import hl7
 
@@ -147,8 +147,8 @@ def test_workers_leave_when_the_node_is_killed(tmp_path: Path) -> None:
 # A node stand-in: starts a pool, waits for its worker to answer, prints the workers' pids, sleeps.
 _OWNER = """
 import asyncio, multiprocessing, time
-from engine.config import Config
-from engine.parse_pool import ParsePool
+from engine.infra.config import Config
+from engine.ingress.parse_pool import ParsePool
 
 async def main():
     pool = ParsePool(Config().lanes.rules, workers=1)

@@ -8,9 +8,9 @@ import anyio
 import pytest
 
 from actors import Applied, PatientActors, PatientRecord
-from engine.decode import Decoder
-from engine.feedgen import generate_feed
-from engine.patient_store import LogRecordSource, PoisonQuarantine
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
+from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.quarantine import Quarantine

@@ -16,7 +16,7 @@ import trio.testing
 
 from actors.patients import Applied, PatientActors, apply_record
 from actors.record import PatientRecord
-from engine.model import Coded, DemographicsUpdated, Lane, OrderPlaced, PatientMerged
+from engine.core.model import Coded, DemographicsUpdated, Lane, OrderPlaced, PatientMerged
 
 pytestmark = pytest.mark.anyio
 

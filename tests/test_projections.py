@@ -16,10 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import ProjectionsConfig
-from engine.decode import Decoder
-from engine.feedgen import generate_feed
-from engine.model import (
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
+from engine.core.model import (
     Admitted,
     AllergyRecorded,
     ChargePosted,
@@ -39,6 +38,7 @@ from engine.model import (
     ResultReported,
     Transferred,
 )
+from engine.infra.config import ProjectionsConfig
 from engine.projections import ProjectionRunner, projection_names
 from engine.projections.maintenance import rebuild
 from engine.wal import WriteAheadLog, open_wal
@@ -261,7 +261,7 @@ async def test_bad_values_are_kept_raw_and_counted_and_never_stop_the_projection
 
 
 def test_tls_settings_follow_libpq_modes(tmp_path: Path) -> None:
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
     from engine.projections.database import _ssl
 
     assert _ssl(ProjectionsConfig(ssl_mode="require"), tmp_path) == "require"

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from engine.auth import Role
-from engine.cli import cli
-from engine.errors import ErrorLocation, MissingFieldError
+from engine.cli.main import cli
+from engine.core.errors import ErrorLocation, MissingFieldError
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.quarantine import QUARANTINE_FILE, Quarantine

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.record import PatientRecord, time_key
-from engine.decode import Decoder
-from engine.feedgen import generate_feed
-from engine.model import (
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
+from engine.core.model import (
     Admitted,
     Coded,
     DemographicsUpdated,

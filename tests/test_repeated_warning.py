@@ -12,9 +12,9 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
-from engine.hl7 import parse
-from engine.mllp import Frame, MLLPDecoder, frame
-from engine.repeated_warning import RepeatedWarning
+from engine.core.hl7 import parse
+from engine.core.mllp import Frame, MLLPDecoder, frame
+from engine.infra.repeated_warning import RepeatedWarning
 from tests.helpers import MSH_ADT, PID, hl7
 
 ROOT = Path(__file__).resolve().parents[1]

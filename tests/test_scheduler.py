@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine.model import Lane
+from engine.core.model import Lane
 from lanes import LaneFull, LaneLimits, LaneScheduler, SchedulerSettings
 
 SETTINGS = SchedulerSettings(

@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from engine.config import Config
-from engine.logs import configure_logging
+from engine.infra.config import Config
+from engine.infra.logging_setup import configure_logging
+from engine.infra.telemetry import ATTRIBUTES_ALLOWED
 from engine.node import Node
-from engine.telemetry import ATTRIBUTES_ALLOWED
 from tests.helpers import hl7
 
 SPANS = InMemorySpanExporter()

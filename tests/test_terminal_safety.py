@@ -22,11 +22,11 @@ from rich.table import Table
 
 from actors import PatientRecord
 from engine.auth import Role
-from engine.cli_console import DataConsole
-from engine.errors import HL7Error
-from engine.inert import inert
-from engine.model import Admitted, Coded, DemographicsUpdated, ResultReported
-from engine.ops_cli import _print_record
+from engine.cli.console import DataConsole
+from engine.cli.ops import _print_record
+from engine.core.errors import HL7Error
+from engine.core.inert import inert
+from engine.core.model import Admitted, Coded, DemographicsUpdated, ResultReported
 from tests.helpers import hl7
 from tests.sessions import sign_in
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.hl7 import to_iso
+from engine.core.hl7 import to_iso
 
 
 @pytest.mark.parametrize(

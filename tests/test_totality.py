@@ -11,11 +11,11 @@ import contextlib
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from engine.decode import Decoder, decode_input
-from engine.errors import InputError
-from engine.feedgen import generate_feed
-from engine.fhir import decode_document
-from engine.hl7 import AckContext, Outcome, build_ack, map_message, parse, split_stream
+from engine.core.decode import Decoder, decode_input
+from engine.core.errors import InputError
+from engine.core.feedgen import generate_feed
+from engine.core.fhir import decode_document
+from engine.core.hl7 import AckContext, Outcome, build_ack, map_message, parse, split_stream
 from lanes import Classifier
 
 DECODER = Decoder()

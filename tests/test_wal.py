@@ -16,8 +16,8 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from engine.config import WalConfig
-from engine.model import Envelope, Kind, Lane, Unrecognized
+from engine.core.model import Envelope, Kind, Lane, Unrecognized
+from engine.infra.config import WalConfig
 from engine.wal import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError, open_wal, scan_log
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.record import FRAME, SEGMENT_MAGIC, checksum

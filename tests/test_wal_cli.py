@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from engine.auth import Role
-from engine.cli import cli
-from engine.config import WalConfig
+from engine.cli.main import cli
+from engine.infra.config import WalConfig
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records

@@ -11,8 +11,8 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.config import WalConfig
-from engine.model import Lane
+from engine.core.model import Lane
+from engine.infra.config import WalConfig
 from engine.wal import WALFailedError, open_wal, scan_log
 from tests.faultfs import FaultyFiles
 from tests.test_wal import envelope

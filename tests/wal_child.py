@@ -16,9 +16,9 @@ from pathlib import Path
 
 import anyio
 
-from engine.config import WalConfig
-from engine.logs import configure_logging
-from engine.model import Lane
+from engine.core.model import Lane
+from engine.infra.config import WalConfig
+from engine.infra.logging_setup import configure_logging
 from engine.wal import open_wal
 from tests.test_wal import envelope
 

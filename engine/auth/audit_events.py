@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import msgspec
 
-from engine.model import Envelope, Kind, Lane, RecordAccessed
+from engine.core.model import Envelope, Kind, Lane, RecordAccessed
 
 __all__ = ["AUDIT_MESSAGE_TYPE", "audit_envelope", "fhir_audit_event"]
 

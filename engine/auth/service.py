@@ -42,7 +42,7 @@ from engine.auth.policy import (
 )
 from engine.auth.settings import AuthConfig, Permission, Role, Setting
 from engine.auth.store import AuthStore
-from engine.model import RecordAccessed
+from engine.core.model import RecordAccessed
 
 __all__ = ["PHI_PERMISSIONS", "Access", "AccessRefusedError", "AuditItem", "AuthService", "Credentials", "Login"]
 

@@ -50,9 +50,9 @@ from engine.cluster.replication import (
     subject_of,
 )
 from engine.cluster.view import bucket_keys
-from engine.config import ClusterConfig
-from engine.model import Envelope
-from engine.repeated_warning import RepeatedWarning
+from engine.core.model import Envelope
+from engine.infra.config import ClusterConfig
+from engine.infra.repeated_warning import RepeatedWarning
 from engine.wal import LogRecord, WriteAheadLog
 
 __all__ = ["Adopt", "Cluster", "ClusterStatistics", "Forwarded", "ingest_subject"]

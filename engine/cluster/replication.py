@@ -30,7 +30,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from engine.model import Envelope
+from engine.core.model import Envelope
 from engine.wal import Durable, LogRecord
 
 __all__ = [

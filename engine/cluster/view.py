@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.cluster.leases import decode_lease, decode_member
 from engine.cluster.replication import ReplicaBatch, decode_batch
-from engine.config import ClusterConfig
+from engine.infra.config import ClusterConfig
 
 __all__ = [
     "LeaseRow",

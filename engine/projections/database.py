@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import asyncpg
 
-from engine.config import ProjectionsConfig
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
+from engine.infra.config import ProjectionsConfig
 
 __all__ = ["CONNECTION_ERRORS", "REFUSED_DATA_ERRORS", "Connection", "connect", "dsn_of", "open_pool"]
 

@@ -32,7 +32,7 @@ from typing import Final, final
 
 import msgspec
 
-from engine.model import (
+from engine.core.model import (
     Admitted,
     AllergyRecorded,
     ChargePosted,

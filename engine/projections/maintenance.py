@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, final
 
 import msgspec
 
-from engine.config import ProjectionsConfig
+from engine.infra.config import ProjectionsConfig
 from engine.projections.database import connect
 from engine.projections.definitions import PROJECTIONS
 from engine.projections.schema import migrate, schema_version

@@ -36,8 +36,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 from hdrh.histogram import HdrHistogram
 
-from engine.config import ProjectionsConfig
-from engine.model import Lane
+from engine.core.model import Lane
+from engine.infra.config import ProjectionsConfig
 from engine.projections.critical_path import CriticalPath
 from engine.projections.database import CONNECTION_ERRORS, REFUSED_DATA_ERRORS, open_pool
 from engine.projections.definitions import TABLES, Record, build_changes, projections

@@ -25,7 +25,7 @@ from typing import Final, final
 
 import msgspec
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from engine.wal.files import FileLayer
 from engine.wal.record import FRAME, checksum, frame_body
 

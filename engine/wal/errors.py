@@ -14,7 +14,7 @@ dirty pages, so retrying on the same file could acknowledge lost data.
 
 from __future__ import annotations
 
-from engine.errors import VigilError
+from engine.core.errors import VigilError
 
 __all__ = ["DiskFullError", "WALCorruptError", "WALError", "WALFailedError", "WALLockedError"]
 

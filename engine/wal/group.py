@@ -8,7 +8,7 @@ from typing import final
 import anyio
 import msgspec
 
-from engine.model import Envelope, Lane
+from engine.core.model import Envelope, Lane
 
 __all__ = ["Append", "Framed", "Pending", "Position", "answer", "critical_first"]
 

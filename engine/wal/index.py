@@ -2,7 +2,7 @@
 
 `LogIndex` is what the log keeps in memory: the idempotency index (a message
 is a duplicate when its id *and* its content digest match a record's; see
-`engine.identity`), the
+`engine.core.identity`), the
 patient index (each entry packs a segment ordinal and a byte offset), and the
 segments with their sparse LSN indexes. It is built by recovery's scan,
 extended after every durable group, and, at a clean stop, saved.

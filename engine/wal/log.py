@@ -35,8 +35,8 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
-from engine.config import WalConfig
-from engine.model import Envelope
+from engine.core.model import Envelope
+from engine.infra.config import WalConfig
 from engine.wal.audit import AuditTrail
 from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore

@@ -20,7 +20,7 @@ from typing import Final, final
 import google_crc32c
 import msgspec
 
-from engine.model import Envelope, Event
+from engine.core.model import Envelope, Event
 
 __all__ = [
     "FRAME",
@@ -46,7 +46,7 @@ GENESIS_HASH: Final = bytes(32)  # the "previous hash" of the first record
 
 
 @final
-class LogRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles: see engine.model
+class LogRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles: see engine.core.model
     """One durable record: where it sits in the log, and the envelope it keeps.
 
     Attributes:

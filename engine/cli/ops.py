@@ -1,0 +1,261 @@
+"""`vigil status`, `vigil patient`, `vigil log`: what an operator looks at.
+
+`status` asks the running node (admin socket). `patient` asks the node's
+patient actor when a node runs, else folds the record from the log itself
+(read-only): the record is a function of the log either way. `log` reads
+the log directly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from actors import MOMENT_RULE, PatientRecord, parse_moment
+from engine.auth import Permission
+from engine.cli.console import DataConsole, styled
+from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
+from engine.cli.session import audited, authorized, call, node_or
+from engine.cli.wal import metadata_json, record_json
+from engine.core.model import Lane
+from engine.wal.files import OSFiles
+from engine.wal.reader import iter_records
+
+__all__ = ["log", "patient", "status", "top"]
+
+
+@click.command("status")
+@DATA_OPTION
+@JSON_OPTION
+@click.pass_obj
+def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
+    """The running node: uptime, LSN, lanes, actors, quarantine, sources."""
+    report = call(obj, obj.data_dir(data), "status")
+    if as_json:
+        emit_json(report)
+        return
+    DataConsole(soft_wrap=True).print(_status_view(report))
+
+
+def _status_view(report: dict[str, Any]) -> Group:
+    """The status as one renderable: a summary line, the lanes table, the actors line."""
+    wal = report["wal"]
+    summary = Text.assemble(
+        styled(report["node"], "bold"),
+        f" up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
+        f"({wal['segments']} segments); {wal['duplicate_records']:,} duplicates answered again, "
+        f"{wal['reused_control_ids']:,} control ids reused (stored as new messages); {report['in_flight']} in flight; "
+        f"{report['quarantine_open']} open in quarantine; "
+        f"{report.get('invalid_text_messages', 0):,} with invalid text replaced; mllp: {report['sources']['mllp']}",
+    )
+    table = Table(title="Lanes")
+    for name in ("lane", "depth/capacity", "running", "done", "failed", "wait p99 ms", "p50 ms", "p99 ms"):
+        table.add_column(name, justify="left" if name == "lane" else "right")
+    for lane in report["lanes"]:
+        table.add_row(
+            lane["lane"],
+            f"{lane['depth']:,}/{lane['capacity']:,}",
+            str(lane["running"]),
+            f"{lane['done']:,}",
+            str(lane["failed"]),
+            f"{lane['wait_p99_us'] / 1000:.2f}",
+            f"{lane['total_p50_us'] / 1000:.2f}",
+            f"{lane['total_p99_us'] / 1000:.2f}",
+        )
+    actors = report["actors"]
+    tail = Text(
+        f"patient actors: {actors['active']} active, {actors['activations']} activations, "
+        f"{actors['passivations']} passivations, {actors['restarts']} restarts, {actors['quarantined']} poison records"
+    )
+    projections = report.get("projections", "off")
+    if isinstance(projections, dict):
+        read_side = Text(
+            f"read side: {projections['state']}; {projections['lag_records']:,} records behind "
+            f"({projections['lag_s']:.1f} s); visible p99 {projections['visible_p99_ms']:.0f} ms, "
+            f"critical worklist p99 {projections['critical_visible_p99_ms']:.0f} ms; "
+            f"{projections['issues_noted']:,} data issues"
+        )
+    else:
+        read_side = Text("read side: off (no PostgreSQL DSN configured)")
+    auth = report.get("auth", {})
+    sessions = Text(
+        f"sessions: {auth.get('sessions_active', 0)} active, {auth.get('sessions_locked', 0)} locked; "
+        f"break-the-glass reviews open: {auth.get('break_glass_reviews_open', 0)}"
+    )
+    cluster = report.get("cluster", "off")
+    if isinstance(cluster, dict):
+        membership = Text(
+            f"cluster: nats {cluster['nats']}; serving {len(cluster['serving'])} of {cluster['partitions']} "
+            f"partitions ({', '.join(str(p) for p in cluster['serving']) or 'none'}); members "
+            f"{', '.join(cluster['members'])}; replication lag {cluster['replication_lag_records']:,} records; "
+            f"{cluster['takeovers']} takeovers, {cluster['forwarded_messages']:,} forwarded, {cluster['fenced']} fenced"
+        )
+    else:
+        membership = Text("cluster: off (a single node)")
+    audit = report.get("audit", {})
+    if audit.get("keyed"):
+        keyed = Text("audit: keyed checkpoints on")
+    else:
+        keyed = styled(
+            f"audit: NOT KEYED (${audit.get('key_env', 'VIGIL_AUDIT_KEY')} was unset at start): the hash chain "
+            "can be rebuilt by whoever can rewrite the log",
+            "bold red",
+        )
+    return Group(summary, table, tail, read_side, sessions, membership, keyed)
+
+
+@click.command("top")
+@DATA_OPTION
+@click.option("--interval-s", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.pass_obj
+def top(obj: Context, data: Path | None, interval_s: float) -> None:
+    """`status`, live, refreshing in the terminal until Ctrl-C."""
+    directory = obj.data_dir(data)
+    try:
+        with Live(_status_view(call(obj, directory, "status")), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval_s)
+                # A refresh is not the person at the screen: it does not hold off the idle lock.
+                live.update(_status_view(call(obj, directory, "status", passive=True)))
+    except KeyboardInterrupt:
+        return
+
+
+def _moment(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--as-of`/`--as-known-at` read strictly (ISO 8601, UTC without an offset); anything else refused."""
+    if value is None:
+        return None
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+@click.command("patient")
+@click.argument("key")
+@click.option(
+    "--as-of", "as_of", callback=_moment, help=f"The record as of a clinical time, as now known ({MOMENT_RULE})."
+)
+@click.option("--as-known-at", "known_at", callback=_moment, help="The record as the system knew it at a time.")
+@DATA_OPTION
+@JSON_OPTION
+@click.pass_obj
+def patient(
+    obj: Context, key: str, as_of: str | None, known_at: str | None, data: Path | None, *, as_json: bool
+) -> None:
+    """One patient's record (KEY is authority|identifier, as `vigil inspect` shows it)."""
+    directory = obj.data_dir(data)
+
+    def here() -> Any:
+        authorized(obj, directory, Permission.RECORD_READ, patient=key, action="record")
+        return _from_log(directory, key, as_of=as_of, known_at=known_at)
+
+    view = node_or(obj, directory, "patient", here, key=key, as_of=as_of, known_at=known_at)
+    if as_json:
+        emit_json(view)
+        return
+    _print_record(view, as_of=as_of, known_at=known_at)
+
+
+def _from_log(directory: Path, key: str, *, as_of: str | None, known_at: str | None) -> Any:
+    wal_dir = directory / "wal"
+    if not wal_dir.is_dir():
+        raise click.ClickException(f"no log at {wal_dir}")
+    record = PatientRecord.empty(key)
+    for r in iter_records(wal_dir, OSFiles(), patient=key):
+        record = record.apply(r.lsn, r.recorded_at, r.message_id, r.envelope.events)
+    if not record.facts:
+        raise click.ClickException(f"no record of {key} in {wal_dir}")
+    return msgspec.to_builtins(record.view(as_of=as_of, known_at=known_at))
+
+
+def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None:
+    console = DataConsole(soft_wrap=True)
+    when = f" as of {as_of}" if as_of else ""
+    when += f" as known at {known_at}" if known_at else ""
+    head = f"{when}: {view['facts']} facts up to LSN {view['last_lsn']}"
+    console.print(Text.assemble(styled(view["patient"], "bold"), styled(head)))
+    demographics = view.get("demographics")
+    if demographics:
+        console.print(
+            f"  {demographics.get('family', '')}, {' '.join(demographics.get('given', []))}; "
+            f"born {demographics.get('birth_date') or '?'}; sex {demographics.get('sex') or '?'}"
+        )
+    for enc in view["encounters"]:
+        console.print(f"  encounter {enc['encounter_id']}: {enc['status']} ({enc.get('location') or '-'})")
+    for order in view["orders"]:
+        console.print(f"  order {order['order_id']}: {order['status']}")
+    for result in view["results"]:
+        current = result["current"]
+        history = " -> ".join(f"{v[-1].get('value', '')} (LSN {v[0]})" for v in result["versions"])
+        flags = ",".join(current.get("abnormal_flags", []))
+        line = (
+            f"  result {current['code'].get('text') or current['code']['code']}: {current.get('value', '')} "
+            f"{current.get('units', '')} {flags} "
+        )
+        console.print(Text.assemble(styled(line), styled(history, "dim")))
+    for med in view["medications"]:
+        console.print(f"  medication {med['order_id']}: {med['status']}")
+    for allergy in view["allergies"]:
+        console.print(f"  allergy {allergy['allergen'].get('text') or allergy['allergen']['code']}")
+
+
+@click.command("log")
+@click.option("--patient", help="Only records touching this patient key.")
+@click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
+@click.option("--lane", type=click.Choice([lane.value for lane in Lane]), help="Only this lane.")
+@click.option("--content", is_flag=True, help="Events and original bytes in --json (needs log.content).")
+@DATA_OPTION
+@JSON_OPTION
+@click.pass_obj
+def log(
+    obj: Context,
+    patient: str | None,
+    from_lsn: int,
+    lane: str | None,
+    data: Path | None,
+    *,
+    content: bool,
+    as_json: bool,
+) -> None:
+    """The event history: what arrived, in which lane, and what it did.
+
+    Without --patient or --content it shows metadata only (LSN, lane, type,
+    event kinds: no identifiers). One patient's history, or content, is PHI:
+    it needs `log.content` (a role's, or break-the-glass for that patient)
+    and each patient shown is audited.
+    """
+    directory = obj.data_dir(data)
+    wal_dir = directory / "wal"
+    phi = bool(patient) or content
+    permission = Permission.LOG_CONTENT if phi else Permission.LOG_METADATA
+    authorized(obj, directory, permission, patient=patient or "", action="log")
+    if not wal_dir.is_dir():
+        raise click.ClickException(f"no log at {wal_dir}")
+    records = [
+        r
+        for r in iter_records(wal_dir, OSFiles(), from_lsn=from_lsn, patient=patient)
+        if lane is None or r.envelope.lane.value == lane
+    ]
+    if content and not patient:
+        audited(obj, directory, permission, "log", [p for r in records for p in r.patients])
+    if as_json:
+        for record in records:
+            emit_json(record_json(record) if phi else metadata_json(record))
+        return
+    table = Table()
+    for name in ("LSN", "recorded at", "lane", "type", "why", "events"):
+        table.add_column(name, overflow="fold")
+    for record in records:
+        env = record.envelope
+        kinds = ", ".join(sorted({str(e.__struct_config__.tag) for e in env.events}))
+        table.add_row(str(record.lsn), record.recorded_at, env.lane.value, env.message_type, env.lane_reason, kinds)
+    DataConsole().print(table)

@@ -1,0 +1,361 @@
+"""`vigil wal verify|dump`, `vigil audit verify`, `vigil quarantine list|show|retry`.
+
+The verify, dump, list and show commands read the files directly and take no
+lock, so they run beside a live node; they never repair anything (the next
+open does that). `quarantine retry` appends to the log and so takes its lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import msgspec
+from rich.table import Table
+from rich.text import Text
+
+from engine.auth import Permission
+from engine.cli.console import DataConsole, styled
+from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
+from engine.cli.progress import scan_progress
+from engine.cli.session import audited, authorized
+from engine.core.decode import decode_input
+from engine.core.errors import ConfigError, InputError
+from engine.core.hl7 import parse, patient_key
+from engine.wal.audit import AuditTrail, audit_key_from_env
+from engine.wal.checkpoint import CheckpointStore
+from engine.wal.errors import WALCorruptError, WALLockedError
+from engine.wal.files import OSFiles
+from engine.wal.log import open_wal, utc_now
+from engine.wal.quarantine import Quarantine
+from engine.wal.reader import iter_records
+from engine.wal.record import LogRecord
+from engine.wal.scan import ScanResult, scan_log
+
+__all__ = ["audit", "quarantine", "wal"]
+
+
+def _wal_dir(obj: Context, data: Path | None) -> Path:
+    directory = obj.data_dir(data) / "wal"
+    if not directory.is_dir():
+        raise click.ClickException(f"no log at {directory}")
+    return directory
+
+
+@click.group()
+def wal() -> None:
+    """The write-ahead log: verify it, dump it."""
+
+
+@wal.command("verify")
+@DATA_OPTION
+@JSON_OPTION
+@click.pass_obj
+def wal_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
+    """Check every CRC and the whole hash chain; print what was checked and the first problem.
+
+    Exit 1 on corruption (a bad record before the tail, a broken chain, a
+    gap, a checkpoint that does not match). An incomplete tail (a write in
+    progress, or torn by a crash) is reported but is not corruption: the
+    next open truncates it.
+    """
+    directory = _wal_dir(obj, data)
+    files = OSFiles()
+    checkpoint = CheckpointStore(directory, files).load()
+    watch = frozenset({checkpoint.lsn}) if checkpoint else frozenset()
+    report: dict[str, Any] = {"directory": str(directory), "ok": True, "problem": None}
+    try:
+        with scan_progress("verifying") as progress:
+            result = scan_log(directory, files, watch=watch, progress=progress)
+    except WALCorruptError as exc:
+        report.update(ok=False, problem=str(exc), segment=exc.segment, offset=exc.offset)
+        _emit(report, as_json)
+        sys.exit(1)
+    report.update(_summary(result))
+    if checkpoint is not None:
+        matches = result.hashes.get(checkpoint.lsn) == checkpoint.hash
+        report["checkpoint"] = {"lsn": checkpoint.lsn, "at": checkpoint.at, "matches": matches}
+        if not matches:
+            report.update(ok=False, problem=f"checkpoint at LSN {checkpoint.lsn} does not match the log")
+    _emit(report, as_json)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+def _summary(result: ScanResult) -> dict[str, Any]:
+    tail = result.tail
+    return {
+        "segments": len(result.segments),
+        "records": result.records,
+        "bytes": sum(s.size for s in result.segments),
+        "first_lsn": result.first_lsn,
+        "last_lsn": result.last_lsn,
+        "crc_checked": result.records,
+        "chain_checked": result.hashed_records,
+        "tail": None if tail is None else msgspec.to_builtins(tail),
+    }
+
+
+def _emit(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    console = DataConsole(soft_wrap=True)
+    if report.get("problem"):
+        console.print(Text.assemble(styled("problem", "bold red"), styled(f": {report['problem']}")))
+    if "records" in report:
+        console.print(
+            f"checked {report['records']:,} records in {report['segments']} segment(s), "
+            f"{report['bytes']:,} bytes: every CRC, and the hash chain from "
+            f"{'genesis' if report['first_lsn'] == 1 else 'LSN ' + format(report['first_lsn'], ',')} "
+            f"to LSN {report['last_lsn']:,}"
+        )
+    checkpoint = report.get("checkpoint")
+    if checkpoint:
+        state = styled("matches") if checkpoint["matches"] else styled("does NOT match", "red")
+        console.print(Text.assemble(styled(f"checkpoint at LSN {checkpoint['lsn']:,} ({checkpoint['at']}) "), state))
+    tail = report.get("tail")
+    if tail:
+        console.print(
+            Text.assemble(
+                styled("incomplete tail", "yellow"),
+                styled(
+                    f": {tail['size']} bytes at byte {tail['offset']} of {tail['segment']} "
+                    f"({tail['reason']}): a write in progress or torn by a crash; the next open truncates it"
+                ),
+            )
+        )
+    if report["ok"]:
+        console.print(styled("ok", "green"))
+
+
+@wal.command("dump")
+@DATA_OPTION
+@click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
+@click.option("--patient", help="Only records touching this patient key (authority|identifier).")
+@JSON_OPTION
+@click.pass_obj
+def wal_dump(obj: Context, data: Path | None, from_lsn: int, patient: str | None, *, as_json: bool) -> None:
+    """Show records: a table, or NDJSON with the original bytes in base64 (needs log.content; audited)."""
+    directory = _wal_dir(obj, data)
+    authorized(obj, directory.parent, Permission.LOG_CONTENT, patient=patient or "", action="wal_dump")
+    records = list(iter_records(directory, OSFiles(), from_lsn=from_lsn, patient=patient))
+    if not patient:
+        audited(obj, directory.parent, Permission.LOG_CONTENT, "wal_dump", [p for r in records for p in r.patients])
+    if as_json:
+        out = sys.stdout.buffer
+        for record in records:
+            out.write(msgspec.json.encode(record_json(record)) + b"\n")
+        out.flush()
+        return
+    table = Table()
+    for name in ("lsn", "recorded at", "lane", "type", "message id", "events"):
+        table.add_column(name)
+    for record in records:
+        env = record.envelope
+        table.add_row(
+            str(record.lsn),
+            record.recorded_at,
+            env.lane.value,
+            env.message_type,
+            record.message_id,
+            str(len(env.events)),
+        )
+    DataConsole().print(table)
+
+
+def metadata_json(record: LogRecord) -> dict[str, Any]:
+    """What an operator may see of a record: where and what kind, no identifier, no content."""
+    env = record.envelope
+    return {
+        "lsn": record.lsn,
+        "recorded_at": record.recorded_at,
+        "partition": record.partition,
+        "epoch": record.epoch,
+        "kind": env.kind.value,
+        "type": env.message_type,
+        "lane": env.lane.value,
+        "reason": env.lane_reason,
+        "received_at": env.received_at,
+        "source": env.source,
+        "event_kinds": sorted({str(e.__struct_config__.tag) for e in env.events}),
+    }
+
+
+def record_json(record: LogRecord) -> dict[str, Any]:
+    """The whole record: identifiers, events and the original bytes (PHI)."""
+    env = record.envelope
+    return {
+        **metadata_json(record),
+        "message_id": record.message_id,
+        "patients": list(record.patients),
+        "events": msgspec.to_builtins(env.events),
+        "raw_base64": base64.b64encode(env.raw).decode(),
+    }
+
+
+@click.group()
+def audit() -> None:
+    """The audit trail of the log."""
+
+
+@audit.command("verify")
+@DATA_OPTION
+@JSON_OPTION
+@click.pass_obj
+def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
+    """Verify the hash chain and every keyed checkpoint (key from the environment).
+
+    Catches records edited or removed, and a chain rewritten end to end
+    (its hashes no longer match the keyed checkpoints). Exit 1 on any problem.
+    """
+    directory = _wal_dir(obj, data)
+    variable = obj.config.audit.key_env
+    try:
+        key = audit_key_from_env(variable)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if key is None:
+        raise click.ClickException(f"no audit key: set {variable} to the key the node was given")
+    files = OSFiles()
+    trail = AuditTrail(directory, files, key)
+    watch = frozenset(e.lsn for e in trail.entries())
+    report: dict[str, Any] = {"directory": str(directory), "ok": True, "problem": None}
+    try:
+        with scan_progress("verifying") as progress:
+            result = scan_log(directory, files, watch=watch, progress=progress)
+    except WALCorruptError as exc:
+        report.update(ok=False, problem=str(exc))
+        _emit(report, as_json)
+        sys.exit(1)
+    report.update(_summary(result))
+    count, problem = trail.verify(result.hashes, result.last_lsn, result.first_lsn)
+    report["keyed_checkpoints"] = count
+    if problem is not None:
+        report.update(ok=False, problem=f"keyed checkpoint {problem.entry} (LSN {problem.lsn}): {problem.reason}")
+    elif count == 0:
+        report.update(ok=False, problem="no keyed checkpoint yet: nothing vouches for the chain")
+    _emit(report, as_json)
+    if not as_json:
+        DataConsole(soft_wrap=True).print(f"{count} keyed checkpoint(s) checked")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@click.group()
+def quarantine() -> None:
+    """Input that could not be accepted, kept with its reason: list, show, retry."""
+
+
+def _quarantine(obj: Context, data: Path | None) -> Quarantine:
+    return Quarantine(obj.data_dir(data) / "quarantine", OSFiles())
+
+
+@quarantine.command("list")
+@DATA_OPTION
+@click.option("--all", "show_all", is_flag=True, help="Resolved items too.")
+@JSON_OPTION
+@click.pass_obj
+def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json: bool) -> None:
+    """Quarantined items (metadata only: no message content)."""
+    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_METADATA, action="quarantine_list")
+    items = [i for i in _quarantine(obj, data).items() if show_all or i.open]
+    if as_json:
+        for item in items:
+            doc = {k: v for k, v in msgspec.to_builtins(item).items() if k != "raw"}
+            emit_json({**doc, "bytes": len(item.raw)})
+        return
+    table = Table(title=f"{len(items)} quarantined item(s)")
+    for name in ("id", "at", "source", "reason", "bytes", "status"):
+        table.add_column(name)
+    for item in items:
+        status = "open" if item.open else f"resolved: {item.resolved}"
+        table.add_row(str(item.qid), item.at, item.source, item.reason, str(len(item.raw)), status)
+    DataConsole().print(table)
+
+
+@quarantine.command("show")
+@click.argument("qid", type=int)
+@DATA_OPTION
+@JSON_OPTION
+@click.pass_obj
+def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool) -> None:
+    """One item, with its original bytes (base64 in JSON): message content, so it needs quarantine.content.
+
+    An operator gets it by breaking the glass for the message's patient; a
+    message whose patient cannot be read needs the permission by role.
+    """
+    item = _quarantine(obj, data).get(qid)
+    if item is None:
+        raise click.ClickException(f"no quarantined item {qid}")
+    patient = quarantined_patient(item.raw)
+    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_CONTENT, patient=patient, action="quarantine_show")
+    if as_json:
+        doc = msgspec.to_builtins(item)
+        doc["raw_base64"] = base64.b64encode(item.raw).decode()
+        del doc["raw"]
+        emit_json(doc)
+        return
+    console = DataConsole(soft_wrap=True)
+    console.print(f"item {item.qid}, quarantined {item.at} from {item.source}: {item.reason}")
+    console.print(f"error: {item.error}")
+    if not item.open:
+        console.print(f"resolved {item.resolved_at}: {item.resolved}")
+    console.print(item.raw.decode("utf-8", errors="replace").replace("\r", "\n"), markup=False, highlight=False)
+
+
+@quarantine.command("retry")
+@click.argument("qid", type=int)
+@DATA_OPTION
+@click.pass_obj
+def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
+    """Decode an item again with the current configuration; if it is accepted now, log it.
+
+    Takes the log's lock: with a node running on this data directory, retry
+    through the node instead.
+    """
+    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_RETRY, action="quarantine_retry")
+    store = _quarantine(obj, data)
+    item = store.get(qid)
+    if item is None:
+        raise click.ClickException(f"no quarantined item {qid}")
+    if not item.open:
+        raise click.ClickException(f"item {qid} is already resolved: {item.resolved}")
+    now = utc_now()
+    decoded = decode_input(item.raw, obj.decoder(), received_at=now, source=item.source)
+    errors = [d.error for d in decoded if d.error is not None]
+    if errors or not decoded:
+        reason = errors[0] if errors else "no message found"
+        raise click.ClickException(f"item {qid} is still refused: {reason}")
+    envelopes = [d.envelope for d in decoded if d.envelope is not None]
+
+    async def append() -> list[int]:
+        async with open_wal(obj.data_dir(data) / "wal", obj.config.wal, audit_key=_audit_key(obj)) as log:
+            return [p.lsn for p in await log.append(envelopes)]
+
+    try:
+        lsns = anyio.run(append)
+    except WALLockedError as exc:
+        raise click.ClickException(f"{exc}: retry through the running node") from None
+    store.resolve(qid, outcome=f"accepted at LSN {', '.join(map(str, lsns))}", at=utc_now())
+    DataConsole(soft_wrap=True).print(f"item {qid} accepted: LSN {', '.join(map(str, lsns))}")
+
+
+def quarantined_patient(raw: bytes) -> str:
+    """The patient key of a refused HL7 v2 message, where its PID can still be read; else ""."""
+    try:
+        pid = parse(raw).segment("PID")
+        return (patient_key(pid) or "") if pid is not None else ""
+    except (InputError, ValueError, IndexError):
+        return ""
+
+
+def _audit_key(obj: Context) -> bytes | None:
+    try:
+        return audit_key_from_env(obj.config.audit.key_env)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
