@@ -17,7 +17,7 @@ from actors.record import (
     parse_moment,
     time_key,
 )
-from actors.supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorGaveUp
+from actors.supervisor import ChildSpec, ChildStatus, Restart, Strategy, Supervisor, SupervisorGaveUp
 from actors.turns import TurnGate
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Applied",
     "Behavior",
     "ChildSpec",
+    "ChildStatus",
     "EncounterView",
     "Fact",
     "MailboxFull",

@@ -27,6 +27,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from actors.turns import TurnGate
+from engine.core.errors import VigilError
 
 __all__ = ["Actor", "ActorClosed", "Behavior", "MailboxFull", "Reply", "ask"]
 
@@ -34,11 +35,11 @@ M = TypeVar("M")
 T = TypeVar("T")
 
 
-class MailboxFull(Exception):  # noqa: N818 -- named for the condition, as queue.Full is
+class MailboxFull(VigilError):  # noqa: N818 -- named for the condition, as queue.Full is
     """`tell_nowait` found the mailbox at capacity."""
 
 
-class ActorClosed(Exception):  # noqa: N818 -- named for the condition
+class ActorClosed(VigilError):  # noqa: N818 -- named for the condition
     """The actor no longer takes messages."""
 
 

@@ -11,13 +11,22 @@ watches them, and restarts them by their child spec:
   child and those started after it);
 - restart intensity: more than `intensity` restarts within `period_s` and the
   supervisor gives up: it stops its children and raises `SupervisorGaveUp`
-  from an ExceptionGroup of every cause, which escalates to its parent;
+  (naming the child and its last error) from an ExceptionGroup of every
+  cause, which escalates to its parent. A child spec may carry its own
+  intensity and period, counted apart from its siblings' (a source that
+  flaps must not use up the log's allowance, and the log may allow none);
+- failures of the kinds given as `escalate` are never restarted: the
+  supervisor stops and raises the failure itself (a configuration mistake
+  would fail the same way again);
 - backoff between restarts: exponential from `backoff_base_s`, capped at
   `backoff_max_s`, with equal jitter (between half and all of it) from an
   injected random source, so tests are deterministic.
 
 Cancellation is never a failure: a cancelled child or supervisor just stops.
-`stop()` stops the children in reverse order, then the supervisor returns.
+`stop()` stops the children in reverse order, then the supervisor returns;
+`stop_child(name)` stops one for good (a node stops its sources first, then
+drains, then stops the rest). `status()` says each child's state, restarts and
+last error, for an operator.
 """
 
 from __future__ import annotations
@@ -28,14 +37,17 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, Literal, final
 
 import anyio
+import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-__all__ = ["ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorGaveUp"]
+from engine.core.errors import VigilError, error_summary
+
+__all__ = ["ChildSpec", "ChildStatus", "Restart", "Strategy", "Supervisor", "SupervisorGaveUp"]
 
 _log = structlog.get_logger("vigil.supervisor")
 
@@ -58,14 +70,33 @@ class Strategy(enum.Enum):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """A child: its name, how to run it (`start(task_status=...)`), when to restart it."""
+    """A child: its name, how to run it (`start(task_status=...)`), when to restart it.
+
+    `intensity` and `period_s`, when given, bound this child's restarts on
+    their own; otherwise it shares the supervisor's.
+    """
 
     name: str
     start: Callable[..., Awaitable[Any]]
     restart: Restart = Restart.PERMANENT
+    intensity: int | None = None
+    period_s: float | None = None
 
 
-class SupervisorGaveUp(Exception):  # noqa: N818 -- it is what happened, like OTP's "shutdown"
+ChildState = Literal["starting", "running", "restarting", "stopped"]
+
+
+@final
+class ChildStatus(msgspec.Struct, frozen=True):
+    """One child as an operator sees it: `vigil status` prints a row of these per supervisor."""
+
+    name: str
+    state: ChildState
+    restarts: int
+    last_error: str | None  # the exception's type and where it was raised: never its text, which may hold PHI
+
+
+class SupervisorGaveUp(VigilError):  # noqa: N818 -- it is what happened, like OTP's "shutdown"
     """Too many restarts too fast: the supervisor stopped; its `__cause__` groups every failure."""
 
 
@@ -113,19 +144,25 @@ class Supervisor:
         backoff_max_s: float = 10.0,
         rng: random.Random | None = None,
         name: str = "supervisor",
+        escalate: tuple[type[Exception], ...] = (),
     ) -> None:
         if intensity < 0 or period_s <= 0 or backoff_base_s < 0 or backoff_max_s < backoff_base_s:
             raise ValueError("intensity >= 0, period_s > 0 and 0 <= backoff_base_s <= backoff_max_s")
         self.children = list(children)
         self.strategy = strategy
         self.name = name
+        self._escalate = escalate  # failures no restart can mend (a configuration mistake): raised at once
         self._intensity = intensity
         self._period = period_s
         self._base = backoff_base_s
         self._max = backoff_max_s
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 -- jitter, not security
         self._running: list[_Incarnation | None] = [None] * len(self.children)
-        self._restarts: deque[float] = deque()
+        # Restart times per allowance: -1 is the shared one, an index a child's own.
+        self._restarts: dict[int, deque[float]] = {}
+        self._counts = [0] * len(self.children)
+        self._last_errors: list[str | None] = [None] * len(self.children)
+        self._stopped: set[int] = set()
         self._failures: list[Exception] = []
         # The exit channel lives for one run (see `run`).
         self._send: MemoryObjectSendStream[_Exit] | None = None
@@ -143,6 +180,7 @@ class Supervisor:
         self._send = send
         self._running = [None] * len(self.children)
         self._restarts.clear()
+        self._stopped.clear()
         self._failures = []
         with send, receive:
             async with anyio.create_task_group() as tg:
@@ -159,9 +197,36 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop every child in reverse start order; then `run` returns."""
         for index in reversed(range(len(self.children))):
-            await self._stop(index)
+            await self.stop_child(self.children[index].name)
         if self._send is not None:
             self._send.close()
+
+    async def stop_child(self, name: str) -> None:
+        """Stop one child for good: it is not restarted (a node stops its sources before it drains)."""
+        index = self._index(name)
+        self._stopped.add(index)
+        await self._stop(index)
+
+    def status(self) -> list[ChildStatus]:
+        """Each child's state, restart count and last error, in start order."""
+        return [self._status_of(i) for i in range(len(self.children))]
+
+    def _status_of(self, index: int) -> ChildStatus:
+        incarnation = self._running[index]
+        state: ChildState
+        if index in self._stopped:
+            state = "stopped"
+        elif incarnation is None:
+            state = "restarting" if self._counts[index] else "starting"
+        else:
+            state = "running" if incarnation.started else "starting"
+        return ChildStatus(self.children[index].name, state, self._counts[index], self._last_errors[index])
+
+    def _index(self, name: str) -> int:
+        for index, spec in enumerate(self.children):
+            if spec.name == name:
+                return index
+        raise KeyError(name)
 
     # -- children -----------------------------------------------------------------
 
@@ -200,13 +265,20 @@ class Supervisor:
 
     async def _after_exit(self, index: int, error: Exception | None) -> None:
         spec = self.children[index]
+        if isinstance(error, ExceptionGroup):
+            error = _leaf(error)  # a child's own task group wraps what failed in it
         if error is not None:
             self._failures.append(error)
-            _log.error("supervisor.child_failed", supervisor=self.name, child=spec.name, error=type(error).__name__)
+            self._last_errors[index] = error_summary(error)
+            _log.error("supervisor.child_failed", supervisor=self.name, child=spec.name, error=self._last_errors[index])
+            if isinstance(error, self._escalate):
+                self._stopped.add(index)
+                raise error
         wanted = spec.restart is Restart.PERMANENT or (spec.restart is Restart.TRANSIENT and error is not None)
         if not wanted:
+            self._stopped.add(index)
             return
-        delay = self._count_restart(spec.name)
+        delay = self._count_restart(index)
         await anyio.sleep(delay)
         indexes = self._affected(index)
         for other in reversed(indexes):
@@ -229,23 +301,46 @@ class Supervisor:
                 await self._start(index)
             except Exception as exc:  # noqa: BLE001 -- any start failure is counted, then escalated
                 self._failures.append(exc)
-                _log.error("supervisor.restart_failed", supervisor=self.name, child=self.children[index].name)
-                await anyio.sleep(self._count_restart(self.children[index].name))
+                self._last_errors[index] = error_summary(exc)
+                _log.error(
+                    "supervisor.restart_failed",
+                    supervisor=self.name,
+                    child=self.children[index].name,
+                    error=self._last_errors[index],
+                )
+                await anyio.sleep(self._count_restart(index))
             else:
                 return
 
-    def _count_restart(self, child: str) -> float:
+    def _count_restart(self, index: int) -> float:
         """Record a restart; give up past the intensity; return the backoff before it."""
+        spec = self.children[index]
+        own = spec.intensity is not None
+        intensity = spec.intensity if spec.intensity is not None else self._intensity
+        period = spec.period_s if spec.period_s is not None else self._period
+        times = self._restarts.setdefault(index if own else -1, deque())
         now = anyio.current_time()
-        while self._restarts and now - self._restarts[0] > self._period:
-            self._restarts.popleft()
-        self._restarts.append(now)
+        while times and now - times[0] > period:
+            times.popleft()
+        times.append(now)
         self.restart_count += 1
-        if len(self._restarts) > self._intensity:
-            causes = self._failures or [RuntimeError(f"{child} kept exiting")]
-            _log.error("supervisor.gave_up", supervisor=self.name, restarts=len(self._restarts), period_s=self._period)
+        self._counts[index] += 1
+        if len(times) > intensity:
+            causes = self._failures or [RuntimeError(f"{spec.name} kept exiting")]
+            last = self._last_errors[index] or "it exited"
+            _log.error(
+                "supervisor.gave_up", supervisor=self.name, child=spec.name, restarts=len(times), period_s=period
+            )
             raise SupervisorGaveUp(
-                f"{self.name}: more than {self._intensity} restarts in {self._period} s (last: {child})"
+                f"{self.name}: {spec.name} failed more than {intensity} times in {period:g} s; last: {last}"
             ) from ExceptionGroup(f"{self.name}: the failures", causes)
-        delay: float = min(self._max, self._base * 2.0 ** (len(self._restarts) - 1))
+        delay: float = min(self._max, self._base * 2.0 ** (len(times) - 1))
         return delay / 2 + self._rng.random() * delay / 2
+
+
+def _leaf(group: ExceptionGroup[Exception]) -> Exception:
+    """The first failure in a (nested) exception group: the one an operator is told of."""
+    first: Exception = group
+    while isinstance(first, ExceptionGroup):
+        first = first.exceptions[0]
+    return first

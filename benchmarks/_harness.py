@@ -34,7 +34,7 @@ class Contender(msgspec.Struct):
     failures: int = 0
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, more: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
     from engine.infra.logging_setup import configure_logging
 
     configure_logging("warning")  # the engine's info lines would clutter the tables
@@ -43,6 +43,8 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--rounds", type=int, help="rounds per contender (best is kept)")
     parser.add_argument("--plot", type=Path, help="write a PNG of the distributions here (where a benchmark has one)")
+    if more is not None:
+        more(parser)  # a benchmark's own options
     return parser.parse_args()
 
 

@@ -11,6 +11,11 @@ parse_workers`; an input of 2,048 messages or more), and reports the ratio.
 The NATS row drains a JetStream stream filled beforehand (a real
 nats-server, fsyncing every write), each message acked only once durable
 in the node's log.
+
+`--against CHECKOUT` compares this code with another checkout of Vigil
+(an earlier commit: `git worktree add /tmp/old REV`, then its `bin/vigil`
+bootstraps its own `.venv`): stdin and MLLP at 32 connections, the two
+alternated round by round in this one run, medians, and new/old.
 """
 
 from __future__ import annotations
@@ -47,11 +52,13 @@ ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
 
 
-def _stdin(feed: list[bytes], scratch: Path, parse_workers: int) -> tuple[float, float]:
+def _stdin(feed: list[bytes], scratch: Path, parse_workers: int, vigil: str = VIGIL) -> tuple[float, float]:
     """(messages/s excluding start-up, start-up seconds), with `parse_workers` parse processes."""
     config = scratch / f"parse-{parse_workers}.toml"
     config.write_text(f"[ingest]\nparse_workers = {parse_workers}\n")
-    command = [VIGIL, "--config", str(config), "run", "--stdin", "--data"]
+    shutil.rmtree(scratch / f"empty-{parse_workers}", ignore_errors=True)
+    shutil.rmtree(scratch / f"stdin-{parse_workers}", ignore_errors=True)  # a fresh log each round
+    command = [vigil, "--config", str(config), "run", "--stdin", "--data"]
     t0 = time.perf_counter()
     subprocess.run([*command, str(scratch / f"empty-{parse_workers}")], input=b"", capture_output=True, check=True)
     startup = time.perf_counter() - t0
@@ -81,11 +88,14 @@ def _sender(port: int, feed: list[bytes], deadline: float, rtts: list[float], co
             counter[0] += 1
 
 
-def _mllp(feeds: list[list[bytes]], scratch: Path, connections: int, duration_s: float) -> tuple[float, float, float]:
+def _mllp(
+    feeds: list[list[bytes]], scratch: Path, connections: int, duration_s: float, vigil: str = VIGIL
+) -> tuple[float, float, float]:
     """(messages/s, ACK p50 ms, ACK p99 ms) with `connections` senders."""
     data = scratch / f"mllp-{connections}"
+    shutil.rmtree(data, ignore_errors=True)  # a fresh log each run: the ids repeat
     with subprocess.Popen(
-        [VIGIL, "run", "--mllp", "127.0.0.1:0", "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [vigil, "run", "--mllp", "127.0.0.1:0", "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     ) as proc:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
@@ -175,8 +185,31 @@ def _fsync_p99_ms(directory: Path) -> float:
     return _pct(latencies, 99)
 
 
+def _against(checkout: Path, scratch: Path, quick: bool) -> dict[str, Any]:
+    """This code and another checkout's, alternated round by round: medians and new/old."""
+    other = str(checkout.resolve() / "bin" / "vigil")
+    rounds = 1 if quick else 3
+    feed = generate_feed(4_000 if quick else 40_000, seed=21)
+    feeds = [generate_feed(20_000, seed=100 + k, id_prefix=f"C{k}") for k in range(8)]
+    duration = 0.6 if quick else 5.0
+    rates: dict[str, dict[str, list[float]]] = {"stdin": {"new": [], "old": []}, "mllp32": {"new": [], "old": []}}
+    for _ in range(rounds):
+        for name, vigil in (("new", VIGIL), ("old", other)):
+            (scratch / name).mkdir(parents=True, exist_ok=True)
+            rates["stdin"][name].append(_stdin(feed, scratch / name, 1, vigil)[0])
+            rates["mllp32"][name].append(_mllp(feeds, scratch / name, 32, duration, vigil)[0])
+    result: dict[str, Any] = {"against": str(checkout), "rounds": rounds}
+    for row, by in rates.items():
+        new, old = statistics.median(by["new"]), statistics.median(by["old"])
+        result[row] = {"new_per_s": round(new), "old_per_s": round(old), "new_over_old": round(new / old, 3)}
+    return result
+
+
 def main() -> None:
-    args = arguments(__doc__ or "")
+    args = arguments(
+        __doc__ or "",
+        lambda parser: parser.add_argument("--against", type=Path, help="another checkout of Vigil to compare with"),
+    )
     quick = args.quick
     count = 4_000 if quick else 40_000  # quick: still past parse_pool_messages_min (2,048)
     duration = 0.6 if quick else 5.0
@@ -211,6 +244,7 @@ def main() -> None:
         rows.append(_row("nats jetstream, mix", 1, _nats(nats_feed, scratch), float("nan"), float("nan")))
         rows[-1].update(p50_ms=None, p99_ms=None, connections="-")
         fsync_p99 = _fsync_p99_ms(scratch)
+        against = _against(args.against, scratch / "against", quick) if args.against else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     table = Table(title="Durable messages per second through a vigil run process")
@@ -223,13 +257,15 @@ def main() -> None:
     console = Console(width=120)
     console.print(table)
     single = rows[2]  # one connection of clinical traffic: the unsaturated ACK
-    extra = {
+    extra: dict[str, Any] = {
         "node_startup_s": round(startup, 2),
         "stdin_parse_worker_vs_loop": round(stdin_rate / in_loop, 2),
         "machine_fdatasync_p99_ms": round(fsync_p99, 3),
         "mllp_single_p99_minus_fsync_p99_ms": round(single["p99_ms"] - fsync_p99, 3),
         "goals": ">= 25,000/s via stdin, >= 10,000/s via MLLP; MLLP p99 <= fsync p99 + 2 ms unsaturated",
     }
+    if against is not None:
+        extra["against"] = against
     for key, value in extra.items():
         console.print(f"{key}: [bold]{value}[/]")
     if args.json is not None:

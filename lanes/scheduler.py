@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from hdrh.histogram import HdrHistogram
 
 from actors.clock import loop_clock
+from engine.core.errors import VigilError
 from engine.core.model import Lane
 from lanes.settings import LaneLimits, SchedulerSettings
 
@@ -41,7 +42,7 @@ _US = 1_000_000
 _HISTOGRAM_MAX_US = 3_600 * _US  # an hour: anything longer is recorded as an hour
 
 
-class LaneFull(Exception):  # noqa: N818 -- named for the condition, as queue.Full is
+class LaneFull(VigilError):  # noqa: N818 -- named for the condition, as queue.Full is
     """`admit_nowait` found the lane at capacity."""
 
 

@@ -42,6 +42,7 @@ from engine.auth.policy import (
 )
 from engine.auth.settings import AuthConfig, Permission, Role, Setting
 from engine.auth.store import AuthStore
+from engine.core.errors import VigilError
 from engine.core.model import RecordAccessed
 
 __all__ = ["PHI_PERMISSIONS", "Access", "AccessRefusedError", "AuditItem", "AuthService", "Credentials", "Login"]
@@ -89,7 +90,7 @@ class Access(msgspec.Struct, frozen=True):
     audit: list[AuditItem]
 
 
-class AccessRefusedError(Exception):
+class AccessRefusedError(VigilError):
     """Refused: `reason` is one line for the client; `audit` must be appended before answering."""
 
     def __init__(self, reason: str, audit: list[AuditItem]) -> None:

@@ -16,6 +16,7 @@ import click
 import msgspec
 from rich.table import Table
 
+from actors import SupervisorGaveUp
 from engine.cli.console import DataConsole, styled
 from engine.cli.context import Context
 from engine.cli.progress import scan_progress
@@ -98,7 +99,7 @@ def run(
             shutdown_export()
 
 
-_REFUSALS = (WALLockedError, WALCorruptError, ConfigError, OSError)
+_REFUSALS = (WALLockedError, WALCorruptError, ConfigError, SupervisorGaveUp, OSError)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -71,10 +71,14 @@ def _status_view(report: dict[str, Any]) -> Group:
             f"{lane['total_p99_us'] / 1000:.2f}",
         )
     actors = report["actors"]
-    tail = Text(
-        f"patient actors: {actors['active']} active, {actors['activations']} activations, "
-        f"{actors['passivations']} passivations, {actors['restarts']} restarts, {actors['quarantined']} poison records"
-    )
+    if isinstance(actors, dict):
+        tail = Text(
+            f"patient actors: {actors['active']} active, {actors['activations']} activations, "
+            f"{actors['passivations']} passivations, {actors['restarts']} restarts, "
+            f"{actors['quarantined']} poison records"
+        )
+    else:
+        tail = Text(f"patient actors: {actors}")
     projections = report.get("projections", "off")
     if isinstance(projections, dict):
         read_side = Text(
@@ -109,7 +113,25 @@ def _status_view(report: dict[str, Any]) -> Group:
             "can be rebuilt by whoever can rewrite the log",
             "bold red",
         )
-    return Group(summary, table, tail, read_side, sessions, membership, keyed)
+    return Group(
+        summary, table, _supervision_table(report.get("supervision", [])), tail, read_side, sessions, membership, keyed
+    )
+
+
+def _supervision_table(children: list[dict[str, Any]]) -> Table:
+    """The node's supervision tree: each part in start order, its state, restarts and last error."""
+    table = Table(title="Supervision (node)")
+    for name in ("part", "state", "restarts", "last error"):
+        table.add_column(name, justify="right" if name == "restarts" else "left")
+    for child in children:
+        state = child["state"]
+        table.add_row(
+            styled(child["name"]),
+            styled(state, "bold red" if state == "restarting" else ""),
+            str(child["restarts"]),
+            styled(child["last_error"] or "-"),
+        )
+    return table
 
 
 @click.command("top")

@@ -30,6 +30,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from engine.core.errors import VigilError
 from engine.core.model import Envelope
 from engine.wal import Durable, LogRecord
 
@@ -50,7 +51,7 @@ _RETRY_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _READ_TIMEOUT_S = 60.0  # a takeover's read of one subject; past it the takeover fails and is tried again
 
 
-class FencedError(Exception):
+class FencedError(VigilError):
     """This node no longer owns the partition (another took it, or its lease ran out): nothing more is written."""
 
 

@@ -1,31 +1,47 @@
-"""The exceptions of Vigil's pure floor: every way input can be refused.
+"""Vigil's exceptions: the root of the tree, and every way input can be refused.
 
-Every codec, the classifier and the mappers raise only these; a property test
-feeds them arbitrary bytes to prove it. Each error knows where it happened as
-precisely as the codec could tell, so an operator (or an HL7 ERR segment) can
-point at the exact segment and field.
+Every error Vigil raises on purpose is a `VigilError`, so the CLI turns any of
+them into one line and an exit code, never a traceback. Every codec, the
+classifier and the mappers raise only `InputError`s; a property test feeds
+them arbitrary bytes to prove it. Each `MessageError` knows where it happened
+as precisely as the codec could tell, so an operator (or an HL7 ERR segment)
+can point at the exact segment and field. The whole tree (each module lists
+its own part):
 
     VigilError
      ├── ConfigError                 a configuration value is not allowed
-     └── InputError                  a message that cannot be accepted as sent
-          ├── FramingError           MLLP framing broken, frame too large
-          ├── FormatError            the bytes are not any format Vigil reads
-          ├── HL7Error               HL7 v2 structure or content
-          │    ├── HeaderError       no MSH, wrong encoding characters, truncated
-          │    ├── EscapeError       a malformed escape sequence
-          │    ├── CharsetError      MSH-18 unknown, or bytes not in that charset
-          │    └── MissingFieldError a field the message type needs is absent
-          └── FHIRError              FHIR R4 JSON
-               ├── JSONError         not JSON at all
-               └── ShapeError        JSON, but not a resource shape Vigil knows
+     ├── MessageError                what an answer to one message can report (ERR)
+     │    ├── InputError             the message's fault: it cannot be accepted as sent (AR)
+     │    │    ├── FramingError      MLLP framing broken, frame too large
+     │    │    ├── FormatError       the bytes are not any format Vigil reads
+     │    │    ├── HL7Error          HL7 v2 structure or content
+     │    │    │    ├── HeaderError       no MSH, wrong encoding characters, truncated
+     │    │    │    ├── EscapeError       a malformed escape sequence
+     │    │    │    ├── CharsetError      MSH-18 unknown, or bytes not in that charset
+     │    │    │    └── MissingFieldError a field the message type needs is absent
+     │    │    └── FHIRError         FHIR R4 JSON
+     │    │         ├── JSONError    not JSON at all
+     │    │         └── ShapeError   JSON, but not a resource shape Vigil knows
+     │    └── TemporaryError         not the message's fault: the node cannot take it now (AE)
+     ├── WALError                    the log (engine.wal.errors: corrupt, failed, disk full, locked)
+     ├── DamagedFileError            a small state file failed its checksum (engine.wal.small_file)
+     ├── AdminError                  an operator request refused (engine.infra.admin_socket)
+     │    └── NodeNotRunningError    no node answers on the admin socket
+     ├── AccessRefusedError          no session, or not allowed (engine.auth.service)
+     ├── FencedError                 a partition's epoch moved on (engine.cluster.replication)
+     ├── PositionMovedError          a projection's position changed under it (engine.projections.writer)
+     ├── SupervisorGaveUp            restarts past their intensity (actors.supervisor)
+     ├── MailboxFull, ActorClosed    an actor cannot take a message (actors.actor)
+     └── LaneFull                    a lane is at its capacity (lanes.scheduler)
 
-Each `InputError` also carries the HL7 error code (table 0357) that an ACK
+Each `MessageError` also carries the HL7 error code (table 0357) that an ACK
 should report, so the ACK builder never has to guess.
 """
 
 from __future__ import annotations
 
 import copy
+import traceback
 from typing import Any, Self, final
 
 import msgspec
@@ -44,9 +60,12 @@ __all__ = [
     "HeaderError",
     "InputError",
     "JSONError",
+    "MessageError",
     "MissingFieldError",
     "ShapeError",
+    "TemporaryError",
     "VigilError",
+    "error_summary",
 ]
 
 # HL7 table 0357 (message error condition codes) that Vigil reports.
@@ -83,8 +102,8 @@ class ConfigError(VigilError):
     """A configuration value is not allowed; the message names key and choices."""
 
 
-class InputError(VigilError):
-    """A message that cannot be accepted as it was sent.
+class MessageError(VigilError):
+    """What an answer to one message reports: a refusal, a temporary failure, or a warning.
 
     Attributes:
         reason: one line for a person, naming what is wrong.
@@ -141,6 +160,16 @@ class InputError(VigilError):
         return out
 
 
+class InputError(MessageError):
+    """A message that cannot be accepted as it was sent: the sender must change it (AR/CR)."""
+
+
+class TemporaryError(MessageError):
+    """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout); retry (AE/CE)."""
+
+    hl7_code = APPLICATION_INTERNAL_ERROR
+
+
 class FramingError(InputError):
     """A message cannot be cut from its input: MLLP framing is broken (bytes outside any frame, a frame
     cut short), or it is larger than `ingest.message_bytes_max`.
@@ -194,3 +223,17 @@ class JSONError(FHIRError):
 
 class ShapeError(FHIRError):
     """Valid JSON, but not the shape of a resource Vigil understands."""
+
+
+def error_summary(error: BaseException) -> str:
+    """An error for a status line: its type and the innermost frame of ours it came from, never its text.
+
+    The text of an exception may quote a message (a patient key in a KeyError);
+    the type and the place are what an operator needs to file it.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if "/site-packages/" not in f.filename and "/lib/python" not in f.filename]
+    where = ours[-1] if ours else (frames[-1] if frames else None)
+    if where is None:
+        return type(error).__name__
+    return f"{type(error).__name__} at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}"

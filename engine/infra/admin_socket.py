@@ -22,6 +22,8 @@ import anyio
 import msgspec
 import structlog
 
+from engine.core.errors import VigilError
+
 __all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "NodeNotRunningError", "request", "request_remote"]
 
 SOCKET_NAME: Final = "admin.sock"
@@ -33,7 +35,7 @@ _log = structlog.get_logger("vigil.admin")
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class AdminError(Exception):
+class AdminError(VigilError):
     """The node could not be reached, or refused the request."""
 
 

@@ -22,6 +22,7 @@ from lanes.settings import SchedulerSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "SUPERVISED_CHILDREN",
     "AdminConfig",
     "AuditConfig",
     "ClusterAckConfig",
@@ -34,6 +35,8 @@ __all__ = [
     "NatsSubjectConfig",
     "NodeConfig",
     "ProjectionsConfig",
+    "RestartLimits",
+    "SupervisionConfig",
     "WalConfig",
     "decode_config",
     "load_config",
@@ -393,6 +396,54 @@ class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     active_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
 
 
+# The node's supervised children (`vigil status` lists them). The log is not among those that may be
+# restarted: a failed fsync is final for the process (`engine.wal.errors`), so it allows no restart.
+SUPERVISED_CHILDREN = (
+    "patients",
+    "lanes",
+    "projections",
+    "cluster",
+    "admin",
+    "summaries",
+    "mllp",
+    "drop_folder",
+    "nats",
+)
+
+
+@final
+class RestartLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One child's own restart allowance: more than `intensity` restarts within `period_s` and the node stops."""
+
+    intensity: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    period_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+
+
+@final
+class SupervisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The node's root supervisor: how often a crashing part is restarted before the node gives up.
+
+    Attributes:
+        intensity, period_s: the allowance of a child with none of its own.
+        backoff_base_s, backoff_max_s: the wait before a restart, doubling
+            from the base up to the maximum (with jitter).
+        children: a child's own allowance, by name (`SUPERVISED_CHILDREN`).
+    """
+
+    intensity: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    period_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    children: dict[str, RestartLimits] = {}
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.children) - set(SUPERVISED_CHILDREN))
+        if unknown:
+            raise ValueError(f"unknown child {unknown[0]!r}; one of {', '.join(SUPERVISED_CHILDREN)}")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must be at least backoff_base_s")
+
+
 @final
 class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Lane settings: `rules` decide which message goes to which lane, `scheduler` how lanes share the node."""
@@ -416,6 +467,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     projections: ProjectionsConfig = ProjectionsConfig()
     lanes: LanesConfig = LanesConfig()
     actors: ActorsConfig = ActorsConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
     auth: AuthConfig = AuthConfig()
     workstation: WorkstationConfig = WorkstationConfig()
 

@@ -24,7 +24,7 @@ from typing import final
 
 import structlog
 
-from engine.core.errors import FramingError, InputError
+from engine.core.errors import FramingError, MessageError
 from engine.core.hl7 import AckContext, build_ack
 from engine.core.model import Kind
 from engine.core.outcome import IngestResult, Outcome
@@ -35,7 +35,7 @@ _log = structlog.get_logger("vigil.node")
 _BLANK = b" \t\r\n"
 
 # One message (bytes, source, kind) -> its result, and the refusal to report (None when accepted).
-IngestOne = Callable[[bytes, str, Kind], Awaitable[tuple[IngestResult, InputError | None]]]
+IngestOne = Callable[[bytes, str, Kind], Awaitable[tuple[IngestResult, MessageError | None]]]
 
 
 @final

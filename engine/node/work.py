@@ -6,12 +6,12 @@ from typing import final
 
 import anyio
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, MessageError, TemporaryError
 from engine.core.model import Envelope, Kind
 from engine.core.outcome import IngestResult, Outcome
 from lanes.classify import Classification
 
-__all__ = ["Group", "TemporaryError", "Work", "timed_out"]
+__all__ = ["Group", "Work", "timed_out"]
 
 
 @final
@@ -50,11 +50,11 @@ class Work:
         self.in_batch = in_batch
         self.answered = False
         self.outcome = Outcome.RETRY
-        self.reason: InputError | None = None
+        self.reason: MessageError | None = None
         self.result = IngestResult(Outcome.RETRY)
         self.message_type = ""
 
-    def finish(self, outcome: Outcome, result: IngestResult, reason: InputError | None = None) -> None:
+    def finish(self, outcome: Outcome, result: IngestResult, reason: MessageError | None = None) -> None:
         self.outcome, self.result, self.reason = outcome, result, reason
         self.answered = True
 
@@ -68,10 +68,6 @@ class Group:
     def __init__(self, works: list[Work], done: anyio.Event | None = None) -> None:
         self.works = works
         self.done = done if done is not None else anyio.Event()
-
-
-class TemporaryError(InputError):
-    """Not the message's fault: the node cannot take it now (disk full, log stopped, timeout)."""
 
 
 def timed_out() -> tuple[IngestResult, TemporaryError]:

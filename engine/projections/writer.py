@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, final
 
 import msgspec
 
+from engine.core.errors import VigilError
 from engine.projections.tables import Changes, Issue, Key, TableChanges, TableSpec
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["PositionMovedError", "Step", "plan", "write_changes", "write_unordered"]
 
 
-class PositionMovedError(Exception):
+class PositionMovedError(VigilError):
     """A projection's stored position is not the one the batch was built from (a rebuild, another runner)."""
 
 

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar, final
 
 import msgspec
 
+from engine.core.errors import VigilError
 from engine.wal.files import FileLayer, write_atomic
 from engine.wal.record import frame_body, read_frame
 
@@ -20,7 +21,7 @@ __all__ = ["DamagedFileError", "SmallFile"]
 T = TypeVar("T")
 
 
-class DamagedFileError(Exception):
+class DamagedFileError(VigilError):
     """The file exists but its frame or content is damaged."""
 
 

@@ -19,7 +19,7 @@ from typing import final
 
 import msgspec
 
-from engine.core.errors import HeaderError, InputError
+from engine.core.errors import HeaderError, InputError, MessageError
 from engine.core.hl7.encoding import DEFAULT_DELIMITERS, Delimiters, escape
 from engine.core.hl7.message import Message
 from engine.core.hl7.scan import read_header
@@ -132,7 +132,7 @@ def build_ack(
     *,
     control_id: str,
     timestamp: str,
-    error: InputError | None = None,
+    error: MessageError | None = None,
     text: str = "",
 ) -> Message:
     """Build the ACK for a message.
@@ -177,7 +177,7 @@ def build_ack(
     return Message(lines, d, "utf-8", "\r")
 
 
-def _err_segment(ctx: AckContext, error: InputError, severity: str) -> str:
+def _err_segment(ctx: AckContext, error: MessageError, severity: str) -> str:
     d = ctx.delimiters
     c, s = d.component, d.subcomponent
     loc = error.location

@@ -1,0 +1,46 @@
+"""After durable: records out to their patients' actors and news of them to the read side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import final
+
+from actors import Applied, PatientActors
+from engine.core.model import Envelope
+from engine.projections import ProjectionRunner, Record
+from engine.wal import Position
+
+__all__ = ["Fanout"]
+
+
+@final
+class Fanout:
+    """Hands each durable record on.
+
+    The patient registry is set by the child that runs it (anew on its
+    restart); the read side, once the log it reads is open.
+    """
+
+    def __init__(self) -> None:
+        self.actors: PatientActors | None = None
+        self.projections: ProjectionRunner | None = None
+
+    async def apply(
+        self, envelopes: Sequence[Envelope], positions: Sequence[Position], *, to_actors: bool = True
+    ) -> None:
+        """Durable records to their patients' actors (unless not `to_actors`), and to the read side.
+
+        A duplicate is skipped: its first copy was applied when it became durable.
+        """
+        actors = self.actors
+        assert actors is not None, "the patient registry is not running"
+        for env, position in zip(envelopes, positions, strict=True):
+            if position.duplicate:
+                continue
+            recorded_at = position.recorded_at or ""
+            applied = Applied(position.lsn, recorded_at, env.message_id, env.events, env.lane)
+            patients = tuple(p for p in (env.patient, *env.other_patients) if p)
+            if self.projections is not None:
+                self.projections.notify(Record(position.lsn, recorded_at, patients, env.events), env.lane)
+            for patient in patients if to_actors else ():
+                await actors.deliver(patient, applied)

@@ -1,0 +1,170 @@
+"""What an operator or a clinician asks a running node, over the admin socket: health, status, a record, an ack.
+
+Every request but `health` needs a session with the permission it names, and
+every look at PHI is audited before it is answered (`engine.auth.endpoint`).
+In a cluster, a record is answered only by its partition's owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import final
+
+import anyio
+import msgspec
+
+from actors import PatientActors, RecordView, parse_moment
+from engine.auth import Permission
+from engine.auth.endpoint import AuthEndpoint
+from engine.cluster import Cluster, FencedError, partition_of
+from engine.core.model import Envelope
+from engine.infra.admin_socket import AdminError, Handler
+from engine.infra.config import Config
+from engine.node.acknowledgements import acknowledgement, was_critical
+from engine.node.fanout import Fanout
+from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
+from engine.wal.log import utc_now
+
+__all__ = ["NodeRequests", "Report"]
+
+# The node's own account of itself (`vigil status`'s sections): filled in by the wiring, which sees every part.
+Report = Callable[[], Awaitable[dict[str, object]]]
+
+
+@final
+class NodeRequests:
+    """The admin socket's handlers for the node's own requests (sessions have theirs in `AuthEndpoint`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        wal: WriteAheadLog,
+        auth: AuthEndpoint,
+        fanout: Fanout,
+        *,
+        cluster: Cluster | None,
+        report: Report,
+    ) -> None:
+        self._config = config
+        self._wal = wal
+        self._auth = auth
+        self._fanout = fanout
+        self._cluster = cluster
+        self._report = report
+
+    def handlers(self) -> dict[str, Handler]:
+        """Each request by name, with the session requests beside them."""
+        return {
+            "health": self._health,
+            "status": self._status,
+            "patient": self._patient_request,
+            "acknowledge": self._acknowledge,
+            **self._auth.handlers(),
+        }
+
+    async def patient(self, key: str, *, known_at: str | None = None, as_of: str | None = None) -> RecordView:
+        """A patient's record from its actor (now, as known at, as of)."""
+        return await self._actors().query(key, known_at=known_at, as_of=as_of)
+
+    def _actors(self) -> PatientActors:
+        actors = self._fanout.actors
+        if actors is None:
+            raise AdminError("the patient records are restarting: retry in a moment")
+        return actors
+
+    async def _health(self, _request: dict[str, object]) -> dict[str, object]:
+        """No session needed: no PHI, only whether the node runs, its LSN and its read side (scripts, `vigil db`)."""
+        report = await self._report()
+        return {
+            "node": self._config.node.id,
+            "wal": {"last_lsn": self._wal.last_lsn},
+            **{k: report[k] for k in ("sources", "projections", "cluster")},
+        }
+
+    async def _status(self, request: dict[str, object]) -> dict[str, object]:
+        """What `vigil status` shows."""
+        await self._auth.authorize(request, Permission.STATUS_READ)
+        auth = await anyio.to_thread.run_sync(self._auth.service.statistics)
+        return {
+            "node": self._config.node.id,
+            "wal": msgspec.to_builtins(self._wal.statistics()),
+            "first_lsn": self._wal.first_lsn,
+            **await self._report(),
+            "auth": auth,
+        }
+
+    async def _patient_request(self, request: dict[str, object]) -> object:
+        key = request.get("key")
+        if not isinstance(key, str) or not key:
+            raise AdminError("a patient key (authority|identifier) is needed")
+        await self._auth.authorize(request, Permission.RECORD_READ, patient=key, action="record")
+        self._check_served(key)
+        known_at, as_of = _moment(request, "known_at"), _moment(request, "as_of")
+        return msgspec.to_builtins(await self.patient(key, known_at=known_at, as_of=as_of))
+
+    async def _acknowledge(self, request: dict[str, object]) -> object:
+        """A clinician acknowledges a critical result: recorded in the log, then applied."""
+        fields = {k: request.get(k) for k in ("patient", "result_key", "request_id")}
+        missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
+        if missing:
+            raise AdminError(f"an acknowledgement needs {', '.join(missing)}")
+        patient, result_key, request_id = (str(fields[k]) for k in ("patient", "result_key", "request_id"))
+        # Who acknowledges is the session's user, never a name the client types.
+        access = await self._auth.authorize(
+            request, Permission.RESULT_ACKNOWLEDGE, patient=patient, action="acknowledge"
+        )
+        self._check_served(patient)
+        view = await self.patient(patient)
+        result = next((r for r in view.results if r.result_key == result_key), None)
+        rules = self._config.lanes.rules
+        if result is None or not was_critical(result, (*rules.critical_abnormal_flags, *rules.local_critical_flags)):
+            raise AdminError("that patient has no critical result with that key")
+        now = utc_now()
+        note = request.get("note")
+        note_text = note if isinstance(note, str) else ""
+        env = acknowledgement(patient, result_key, access.user.id, note_text, request_id=request_id, now=now)
+        positions = await self._append_command(env)
+        await self._fanout.apply([env], positions)
+        return {"lsn": positions[0].lsn, "duplicate": positions[0].duplicate, "acknowledged_at": now}
+
+    async def _append_command(self, env: Envelope) -> list[Position]:
+        """A command about a patient into the log; in a cluster, in its partition's epoch and into the stream first."""
+        cluster = self._cluster
+        try:
+            if cluster is None:
+                return await self._wal.append([env])
+            partition = cluster.partition_of(env)
+            epoch = cluster.enter(partition)
+            if epoch is None:
+                raise AdminError(f"this patient's partition ({partition}) is not served here now: retry")
+            try:
+                positions = await self._wal.append([env], partition=partition, epoch=epoch)
+                with anyio.fail_after(self._config.mllp.ack_timeout_s):
+                    await cluster.wait_replicated(partition, epoch, positions[0].lsn)
+            finally:
+                cluster.leave(partition)
+        except (DiskFullError, WALFailedError, FencedError, TimeoutError) as exc:
+            raise AdminError(f"not recorded, retry: {exc or 'the stream did not acknowledge in time'}") from None
+        return positions
+
+    def _check_served(self, patient: str) -> None:
+        """In a cluster, a record is answered by its partition's owner only: another node's copy may be behind."""
+        cluster = self._cluster
+        if cluster is None:
+            return
+        partition = partition_of(patient, self._config.cluster.partitions)
+        if not cluster.serves(partition):
+            owner = cluster.owner(partition)
+            where = f"node {owner}" if owner else "no node at this moment (a takeover is in progress)"
+            raise AdminError(f"this patient's partition ({partition}) is served by {where}: ask there")
+
+
+def _moment(request: dict[str, object], name: str) -> str | None:
+    """A time in a request, read strictly (`actors.parse_moment`); refused in one line otherwise."""
+    value = request.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_moment(str(value))
+    except ValueError as exc:
+        raise AdminError(f"{name}: {exc}") from None
