@@ -4,6 +4,7 @@ Imports only the pure floor of `engine` (a test checks it).
 """
 
 from actors.actor import Actor, ActorClosed, Behavior, MailboxFull, Reply, ask
+from actors.clock import loop_clock
 from actors.patients import Applied, PatientActors, PatientStatistics, Quarantine, RecordSource, apply_record
 from actors.record import (
     MOMENT_RULE,
@@ -48,6 +49,7 @@ __all__ = [
     "TurnGate",
     "apply_record",
     "ask",
+    "loop_clock",
     "parse_moment",
     "time_key",
 ]

@@ -31,7 +31,7 @@ from _harness import arguments, fail_if
 from rich.console import Console
 from rich.table import Table
 
-from engine.cluster.view import read_members, read_stream
+from engine.cluster import read_members, read_stream
 from engine.infra.config import ClusterConfig
 from tests.cluster_harness import Sender, VigilNode, vigil_cluster  # bin/bench puts the repository on the path
 from tests.nats_server import NatsProcess, nats_cluster

@@ -49,16 +49,16 @@ from tests.nats_server import (  # the tests' starter (bin/bench puts the reposi
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-VIGIL = str(ROOT / "bin" / "vigil")
+VIGIL = [str(ROOT / "bin" / "vigil")]
 
 
-def _stdin(feed: list[bytes], scratch: Path, parse_workers: int, vigil: str = VIGIL) -> tuple[float, float]:
+def _stdin(feed: list[bytes], scratch: Path, parse_workers: int, vigil: list[str] = VIGIL) -> tuple[float, float]:
     """(messages/s excluding start-up, start-up seconds), with `parse_workers` parse processes."""
     config = scratch / f"parse-{parse_workers}.toml"
     config.write_text(f"[ingest]\nparse_workers = {parse_workers}\n")
     shutil.rmtree(scratch / f"empty-{parse_workers}", ignore_errors=True)
     shutil.rmtree(scratch / f"stdin-{parse_workers}", ignore_errors=True)  # a fresh log each round
-    command = [vigil, "--config", str(config), "run", "--stdin", "--data"]
+    command = [*vigil, "--config", str(config), "run", "--stdin", "--data"]
     t0 = time.perf_counter()
     subprocess.run([*command, str(scratch / f"empty-{parse_workers}")], input=b"", capture_output=True, check=True)
     startup = time.perf_counter() - t0
@@ -89,13 +89,13 @@ def _sender(port: int, feed: list[bytes], deadline: float, rtts: list[float], co
 
 
 def _mllp(
-    feeds: list[list[bytes]], scratch: Path, connections: int, duration_s: float, vigil: str = VIGIL
+    feeds: list[list[bytes]], scratch: Path, connections: int, duration_s: float, vigil: list[str] = VIGIL
 ) -> tuple[float, float, float]:
     """(messages/s, ACK p50 ms, ACK p99 ms) with `connections` senders."""
     data = scratch / f"mllp-{connections}"
     shutil.rmtree(data, ignore_errors=True)  # a fresh log each run: the ids repeat
     with subprocess.Popen(
-        [vigil, "run", "--mllp", "127.0.0.1:0", "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [*vigil, "run", "--mllp", "127.0.0.1:0", "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     ) as proc:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
@@ -127,7 +127,7 @@ def _nats(feed: list[bytes], scratch: Path) -> float:
         config.write_text(f'[nats]\nservers = ["{url}"]\n[[nats.subjects]]\nsubject = "hl7.in"\nstream = "HL7_IN"\n')
         anyio.run(_fill_stream, url, feed, backend="asyncio")
         with subprocess.Popen(
-            [VIGIL, "--config", str(config), "run", "--data", str(scratch / "nats-data")],
+            [*VIGIL, "--config", str(config), "run", "--data", str(scratch / "nats-data")],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         ) as proc:
@@ -187,7 +187,9 @@ def _fsync_p99_ms(directory: Path) -> float:
 
 def _against(checkout: Path, scratch: Path, quick: bool) -> dict[str, Any]:
     """This code and another checkout's, alternated round by round: medians and new/old."""
-    other = str(checkout.resolve() / "bin" / "vigil")
+    # Its own code only: run from its directory, without this run's PYTHONPATH (which names this checkout).
+    root = checkout.resolve()
+    other = ["env", "-u", "PYTHONPATH", f"--chdir={root}", str(root / "bin" / "vigil")]
     rounds = 1 if quick else 3
     feed = generate_feed(4_000 if quick else 40_000, seed=21)
     feeds = [generate_feed(20_000, seed=100 + k, id_prefix=f"C{k}") for k in range(8)]

@@ -42,9 +42,7 @@ from engine.core.decode import Decoder
 from engine.core.feedgen import FeedMix, generate_feed
 from engine.core.model import Coded, Envelope, Kind, Lane, ResultReported
 from engine.infra.config import ProjectionsConfig, WalConfig
-from engine.projections import ProjectionRunner, Record
-from engine.projections.database import connect
-from engine.projections.schema import migrate
+from engine.projections import ProjectionRunner, Record, connect, migrate
 from engine.wal import WriteAheadLog, open_wal
 from tests.pg_server import admin_dsn  # the tests' PostgreSQL finder (bin/bench puts the repository on the path)
 

@@ -40,11 +40,18 @@ from engine.core.decode import Decoder
 from engine.core.feedgen import generate_feed
 from engine.core.model import Envelope, Lane
 from engine.infra.config import WalConfig
-from engine.wal import open_wal, scan_log
-from engine.wal.checkpoint import Checkpoint, CheckpointStore
-from engine.wal.files import OSFiles
-from engine.wal.record import GENESIS_HASH, SEGMENT_MAGIC, LogRecord, encode_frame
-from engine.wal.scan import segment_name
+from engine.wal import (
+    GENESIS_HASH,
+    SEGMENT_MAGIC,
+    Checkpoint,
+    CheckpointStore,
+    LogRecord,
+    OSFiles,
+    encode_frame,
+    open_wal,
+    scan_log,
+    segment_name,
+)
 
 _ENCODER = msgspec.msgpack.Encoder()
 

@@ -23,7 +23,7 @@ from typing import final
 
 import msgspec
 
-from engine.core.fhir.resources import (
+from engine.core.fhir import (
     DiagnosticReport,
     Encounter,
     MedicationRequest,

@@ -30,7 +30,7 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from hdrh.histogram import HdrHistogram
 
-from actors.clock import loop_clock
+from actors import loop_clock
 from engine.core.errors import VigilError
 from engine.core.model import Lane
 from lanes.settings import LaneLimits, SchedulerSettings

@@ -7,17 +7,41 @@ door every request goes through; `audit_events` writes accesses to the log and
 reads them back as FHIR AuditEvent.
 """
 
-from engine.auth.audit_events import audit_envelope, fhir_audit_event
+from typing import TYPE_CHECKING, Any
+
+from engine.auth.audit_events import AUDIT_MESSAGE_TYPE, audit_envelope, fhir_audit_event
 from engine.auth.policy import Decision, Grant, Review, SessionRecord, SessionState, User
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials, Login
 from engine.auth.settings import AuthConfig, Permission, Role, Setting, WorkstationConfig
-from engine.auth.store import AuthStore
+from engine.auth.store import STORE_FILE, AuthStore
+
+if TYPE_CHECKING:
+    from engine.auth.endpoint import OPERATIONS, AuthEndpoint
+
+
+def __getattr__(name: str) -> Any:
+    """The admin socket's session requests, loaded on first use.
+
+    `endpoint` stands on the log and the admin socket, and the configuration
+    (which the log reads) imports this package's settings: loading it eagerly
+    would make that a cycle.
+    """
+    if name in {"OPERATIONS", "AuthEndpoint"}:
+        from engine.auth import endpoint  # noqa: PLC0415 -- lazy on purpose (above)
+
+        return getattr(endpoint, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "AUDIT_MESSAGE_TYPE",
+    "OPERATIONS",
+    "STORE_FILE",
     "Access",
     "AccessRefusedError",
     "AuditItem",
     "AuthConfig",
+    "AuthEndpoint",
     "AuthService",
     "AuthStore",
     "Credentials",

@@ -18,17 +18,9 @@ import anyio
 import msgspec
 import structlog
 
-from engine.auth import (
-    Access,
-    AccessRefusedError,
-    AuditItem,
-    AuthService,
-    Credentials,
-    Permission,
-    Role,
-    Setting,
-    audit_envelope,
-)
+from engine.auth.audit_events import audit_envelope
+from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials
+from engine.auth.settings import Permission, Role, Setting
 from engine.core.model import Envelope
 from engine.infra.admin_socket import AdminError, Handler
 from engine.wal import DiskFullError, WALFailedError

@@ -17,14 +17,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from engine.auth import Permission, Role, Setting, fhir_audit_event
-from engine.auth.audit_events import AUDIT_MESSAGE_TYPE
+from engine.auth import AUDIT_MESSAGE_TYPE, Permission, Role, Setting, fhir_audit_event
 from engine.cli.console import DataConsole, inert, styled
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import authorized, call, device_of, forget_session, keep_session, session_file
 from engine.core.model import Kind, RecordAccessed
-from engine.wal.files import OSFiles
-from engine.wal.reader import iter_records
+from engine.wal import OSFiles, iter_records
 
 __all__ = ["AUDIT_COMMANDS", "break_glass", "lock", "login", "logout", "passwd", "unlock", "user", "whoami"]
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from engine.cli.console import DataConsole
 from engine.cli.context import JSON_OPTION, Context, emit_json
-from engine.cluster.view import read_leases, read_log, read_members, read_stream
+from engine.cluster import read_leases, read_log, read_members, read_stream
 from engine.infra.tls import nats_security
 
 __all__ = ["cluster"]

@@ -12,7 +12,7 @@ import msgspec
 from engine.core.decode import Decoder
 from engine.core.errors import ConfigError
 from engine.infra.config import DEFAULT_CONFIG_PATH, Config, load_config
-from lanes.classify import Classifier
+from lanes import Classifier
 
 __all__ = ["DATA_OPTION", "JSON_OPTION", "Context", "emit_json"]
 

@@ -26,10 +26,16 @@ from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import audited, authorized, call
 from engine.infra.admin_socket import AdminError, request
 from engine.infra.config import DEFAULT_CONFIG_PATH
-from engine.projections import PROJECTIONS, ProjectionRunner, dsn_of
-from engine.projections.database import CONNECTION_ERRORS, connect
-from engine.projections.maintenance import read_state, reset_projection
-from engine.projections.schema import migrate as apply_migrations
+from engine.projections import (
+    CONNECTION_ERRORS,
+    PROJECTIONS,
+    ProjectionRunner,
+    connect,
+    dsn_of,
+    read_state,
+    reset_projection,
+)
+from engine.projections import migrate as apply_migrations
 from engine.wal import WALLockedError, open_wal
 
 __all__ = ["db", "worklist"]

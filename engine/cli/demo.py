@@ -31,7 +31,7 @@ from engine.core.mllp import Frame, MLLPDecoder, frame
 from engine.core.model import Lane
 from engine.infra.config import Config, ProjectionsConfig
 from engine.node import Node
-from engine.wal.record import LogRecord
+from engine.wal import LogRecord
 from lanes import Classifier, LaneStatistics
 
 __all__ = ["STORY_MESSAGES", "STORY_PATIENT", "DemoReport", "LaneReport", "run_demo"]

@@ -32,7 +32,7 @@ from engine.cli.wal import audit, quarantine, wal
 from engine.core.decode import Decoded, decode_input
 from engine.core.model import Event, Lane, ResultReported
 from engine.infra.logging_setup import configure_logging
-from engine.wal.record import LogRecord
+from engine.wal import LogRecord
 
 __all__ = ["main"]
 

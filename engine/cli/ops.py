@@ -26,8 +26,7 @@ from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import audited, authorized, call, node_or
 from engine.cli.wal import metadata_json, record_json
 from engine.core.model import Lane
-from engine.wal.files import OSFiles
-from engine.wal.reader import iter_records
+from engine.wal import OSFiles, iter_records
 
 __all__ = ["log", "patient", "status", "top"]
 

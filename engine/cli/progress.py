@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from engine.cli.console import DataConsole
-from engine.wal.scan import Progress as ScanProgress
+from engine.wal import Progress as ScanProgress
 
 __all__ = ["scan_progress"]
 

@@ -25,17 +25,14 @@ import anyio
 import click
 import msgspec
 
-from engine.auth import AuthService, AuthStore, Permission
-from engine.auth.endpoint import OPERATIONS, AuthEndpoint
-from engine.auth.store import STORE_FILE
+from engine.auth import OPERATIONS, STORE_FILE, AuthEndpoint, AuthService, AuthStore, Permission
 from engine.cli.context import Context
 from engine.core.errors import ConfigError
 from engine.core.model import Envelope
 from engine.infra.admin_socket import AdminError, NodeNotRunningError, request, request_remote
 from engine.infra.config import split_address
 from engine.infra.tls import client_context
-from engine.wal import WALLockedError, open_wal
-from engine.wal.audit import audit_key_from_env
+from engine.wal import WALLockedError, audit_key_from_env, open_wal
 
 __all__ = [
     "audited",

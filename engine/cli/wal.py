@@ -26,15 +26,21 @@ from engine.cli.session import audited, authorized
 from engine.core.decode import decode_input
 from engine.core.errors import ConfigError, InputError
 from engine.core.hl7 import parse, patient_key
-from engine.wal.audit import AuditTrail, audit_key_from_env
-from engine.wal.checkpoint import CheckpointStore
-from engine.wal.errors import WALCorruptError, WALLockedError
-from engine.wal.files import OSFiles
-from engine.wal.log import open_wal, utc_now
-from engine.wal.quarantine import Quarantine
-from engine.wal.reader import iter_records
-from engine.wal.record import LogRecord
-from engine.wal.scan import ScanResult, scan_log
+from engine.wal import (
+    AuditTrail,
+    CheckpointStore,
+    LogRecord,
+    OSFiles,
+    Quarantine,
+    ScanResult,
+    WALCorruptError,
+    WALLockedError,
+    audit_key_from_env,
+    iter_records,
+    open_wal,
+    scan_log,
+    utc_now,
+)
 
 __all__ = ["audit", "quarantine", "wal"]
 

@@ -9,6 +9,7 @@ from engine.cluster.coordinator import Cluster, ClusterStatistics, ingest_subjec
 from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo
 from engine.cluster.partitions import fair_shares, partition_of, plan
 from engine.cluster.replication import FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
+from engine.cluster.view import read_leases, read_log, read_members, read_stream
 
 __all__ = [
     "Cluster",
@@ -26,4 +27,8 @@ __all__ = [
     "ingest_subject",
     "partition_of",
     "plan",
+    "read_leases",
+    "read_log",
+    "read_members",
+    "read_stream",
 ]

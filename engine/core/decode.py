@@ -18,16 +18,23 @@ from typing import final
 import msgspec
 
 from engine.core.errors import InputError
-from engine.core.fhir.codec import BundleEntry, DecodedBundle, decode_document
-from engine.core.fhir.mapping import map_resource, patient_key, resource_type
-from engine.core.fhir.resources import MessageHeader, Meta, Patient, Resource
-from engine.core.hl7.encoding import CharsetDefaults
-from engine.core.hl7.mapping import map_message
-from engine.core.hl7.message import parse
+from engine.core.fhir import (
+    BundleEntry,
+    DecodedBundle,
+    MessageHeader,
+    Meta,
+    Patient,
+    Resource,
+    decode_document,
+    map_resource,
+    patient_key,
+    resource_type,
+)
+from engine.core.hl7 import CharsetDefaults, map_message, parse
 from engine.core.identity import fhir_digest, hl7_digest
 from engine.core.model import Envelope, Event, Kind
 from engine.core.split import split_input
-from lanes.classify import Classification, Classifier
+from lanes import Classification, Classifier
 
 __all__ = ["Decoded", "Decoder", "decode_input"]
 

@@ -14,8 +14,8 @@ from typing import final
 import msgspec
 
 from engine.core.errors import ErrorLocation, FormatError, FramingError, InputError
-from engine.core.fhir.codec import split_ndjson
-from engine.core.hl7.batch import split_stream
+from engine.core.fhir import split_ndjson
+from engine.core.hl7 import split_stream
 from engine.core.mllp import MLLPDecoder
 from engine.core.model import Kind
 

@@ -14,11 +14,10 @@ from typing import Annotated, Any, Literal, final
 
 import msgspec
 
-from engine.auth.settings import AuthConfig, WorkstationConfig
+from engine.auth import AuthConfig, WorkstationConfig
 from engine.core.errors import CharsetError, ConfigError
-from engine.core.hl7.encoding import CharsetDefaults, resolve_charset
-from lanes.rules import ClassificationRules
-from lanes.settings import SchedulerSettings
+from engine.core.hl7 import CharsetDefaults, resolve_charset
+from lanes import ClassificationRules, SchedulerSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

@@ -39,8 +39,7 @@ from engine.core.hl7 import CharsetDefaults
 from engine.core.model import Envelope
 from engine.core.windows import patient_hint
 from engine.infra.memory import release_free_memory
-from lanes.classify import Classification, Classifier
-from lanes.rules import ClassificationRules
+from lanes import Classification, ClassificationRules, Classifier
 
 __all__ = ["ParsePool", "Parsed"]
 

@@ -40,8 +40,7 @@ from engine.infra.telemetry import Telemetry
 from engine.ingress.parse_pool import Parsed, ParsePool
 from engine.node.refusals import Refusals
 from engine.node.work import Group, Work, timed_out
-from lanes import Classifier, LaneScheduler
-from lanes.classify import Classification
+from lanes import Classification, Classifier, LaneScheduler
 
 __all__ = ["Intake"]
 

@@ -16,9 +16,7 @@ import anyio
 import msgspec
 
 from actors import Applied, PatientRecord
-from engine.wal.log import WriteAheadLog, utc_now
-from engine.wal.quarantine import Quarantine
-from engine.wal.snapshots import Snapshot, SnapshotStore
+from engine.wal import Quarantine, Snapshot, SnapshotStore, WriteAheadLog, utc_now
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 

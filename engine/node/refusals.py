@@ -9,8 +9,7 @@ import structlog
 
 from engine.core.errors import InputError
 from engine.core.outcome import IngestResult, Outcome
-from engine.wal.log import utc_now
-from engine.wal.quarantine import Quarantine
+from engine.wal import Quarantine, utc_now
 
 __all__ = ["Refusals"]
 

@@ -14,16 +14,14 @@ import anyio
 import msgspec
 
 from actors import PatientActors, RecordView, parse_moment
-from engine.auth import Permission
-from engine.auth.endpoint import AuthEndpoint
+from engine.auth import AuthEndpoint, Permission
 from engine.cluster import Cluster, FencedError, partition_of
 from engine.core.model import Envelope
 from engine.infra.admin_socket import AdminError, Handler
 from engine.infra.config import Config
 from engine.node.acknowledgements import acknowledgement, was_critical
 from engine.node.fanout import Fanout
-from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
-from engine.wal.log import utc_now
+from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog, utc_now
 
 __all__ = ["NodeRequests", "Report"]
 

@@ -41,8 +41,7 @@ from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.tls import TLSListener
 
 from actors import ChildSpec, ChildStatus, PatientActors, RecordView, Restart, Supervisor
-from engine.auth import AuthService, AuthStore
-from engine.auth.endpoint import AuthEndpoint
+from engine.auth import AuthEndpoint, AuthService, AuthStore
 from engine.cluster import Cluster, ReplicaBatch
 from engine.core.decode import Decoder
 from engine.core.errors import ConfigError, MessageError, VigilError
@@ -67,12 +66,7 @@ from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
 from engine.node.work import Group
 from engine.projections import ProjectionRunner, dsn_of
-from engine.wal import WriteAheadLog, open_wal
-from engine.wal.audit import audit_key_from_env
-from engine.wal.files import OSFiles
-from engine.wal.quarantine import Quarantine
-from engine.wal.scan import Progress
-from engine.wal.snapshots import SnapshotStore
+from engine.wal import OSFiles, Progress, Quarantine, SnapshotStore, WriteAheadLog, audit_key_from_env, open_wal
 from lanes import Classifier, LaneScheduler, LaneStatistics
 
 __all__ = ["IngestResult", "Node"]

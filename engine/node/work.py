@@ -9,7 +9,7 @@ import anyio
 from engine.core.errors import InputError, MessageError, TemporaryError
 from engine.core.model import Envelope, Kind
 from engine.core.outcome import IngestResult, Outcome
-from lanes.classify import Classification
+from lanes import Classification
 
 __all__ = ["Group", "Work", "timed_out"]
 

@@ -44,7 +44,7 @@ from engine.projections.definitions import TABLES, Record, build_changes, projec
 from engine.projections.schema import migrate
 from engine.projections.tables import Changes, Issue, Key
 from engine.projections.writer import PositionMovedError, Step, plan, write_changes
-from engine.wal.record import EventsRecord, LogRecord, decode_events
+from engine.wal import EventsRecord, LogRecord, decode_events
 
 if TYPE_CHECKING:
     from engine.projections.database import Connection

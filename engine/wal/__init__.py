@@ -1,26 +1,47 @@
 """The write-ahead log (node floor): durable records, checkpoints, verification."""
 
+from engine.wal.audit import AuditTrail, audit_key_from_env
+from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Position
-from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
-from engine.wal.record import LogRecord
-from engine.wal.scan import ScanResult, scan_log
+from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal, utc_now
+from engine.wal.quarantine import Quarantine
+from engine.wal.reader import iter_records
+from engine.wal.record import GENESIS_HASH, SEGMENT_MAGIC, EventsRecord, LogRecord, decode_events, encode_frame
+from engine.wal.scan import Progress, ScanResult, scan_log, segment_name
+from engine.wal.snapshots import Snapshot, SnapshotStore
 
 __all__ = [
+    "GENESIS_HASH",
+    "SEGMENT_MAGIC",
+    "AuditTrail",
+    "Checkpoint",
+    "CheckpointStore",
     "DiskFullError",
     "Durable",
+    "EventsRecord",
     "FileLayer",
     "LogRecord",
     "OSFiles",
     "Position",
+    "Progress",
+    "Quarantine",
     "ScanResult",
+    "Snapshot",
+    "SnapshotStore",
     "WALCorruptError",
     "WALError",
     "WALFailedError",
     "WALLockedError",
     "WALStatistics",
     "WriteAheadLog",
+    "audit_key_from_env",
+    "decode_events",
+    "encode_frame",
+    "iter_records",
     "open_wal",
     "scan_log",
+    "segment_name",
+    "utc_now",
 ]

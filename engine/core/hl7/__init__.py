@@ -8,6 +8,7 @@ from engine.core.hl7.encoding import (
     Delimiters,
     codec_for_charset,
     escape,
+    resolve_charset,
     unescape,
 )
 from engine.core.hl7.mapping import Mapped, map_message, message_id, patient_key
@@ -37,6 +38,7 @@ __all__ = [
     "parse_path",
     "patient_key",
     "read_header",
+    "resolve_charset",
     "segment_fields",
     "split_stream",
     "to_iso",
