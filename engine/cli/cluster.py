@@ -20,6 +20,7 @@ from rich.table import Table
 from engine.cli.console import DataConsole
 from engine.cli.context import JSON_OPTION, Context, emit_json
 from engine.cluster import read_leases, read_log, read_members, read_stream
+from engine.infra.nats_client import NatsUnavailableError, connect_once
 from engine.infra.tls import nats_security
 
 __all__ = ["cluster"]
@@ -45,23 +46,10 @@ def _with_js(obj: Context, nats_urls: str | None, work: Callable[[Any], Awaitabl
     security = nats_security(config.nats, obj.base_dir())
 
     async def go() -> _T:
-        unreachable = f"cannot reach NATS at {', '.join(servers)}"
         try:
-            # nats-py retries an unreachable server ~60 times, 2 s apart, even without reconnecting:
-            # one attempt per server, and a deadline over all of them.
-            with anyio.fail_after(_CONNECT_DEADLINE_S):
-                client = await nats.connect(
-                    servers=servers,
-                    connect_timeout=2,
-                    allow_reconnect=False,
-                    max_reconnect_attempts=1,
-                    error_cb=_quiet,
-                    **security,
-                )
-        except TimeoutError:
-            raise click.ClickException(f"{unreachable}: no answer within {_CONNECT_DEADLINE_S:.0f} s") from None
-        except (OSError, nats.errors.Error) as exc:
-            raise click.ClickException(f"{unreachable}: {type(exc).__name__}") from None
+            client = await connect_once(servers, security=security, deadline_s=_CONNECT_DEADLINE_S)
+        except NatsUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
         try:
             return await work(client.jetstream(timeout=5))
         except nats.errors.Error as exc:
@@ -70,10 +58,6 @@ def _with_js(obj: Context, nats_urls: str | None, work: Callable[[Any], Awaitabl
             await client.close()
 
     return anyio.run(go)
-
-
-async def _quiet(_exc: Exception) -> None:
-    """nats-py prints every connection error with a traceback unless given a callback: the one line below says it."""
 
 
 @cluster.command("status")

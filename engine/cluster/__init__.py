@@ -5,16 +5,18 @@ lease is stale); `replication` moves records between a node's log and the
 stream, with fencing; `coordinator` is one node's part, run by the node.
 """
 
-from engine.cluster.coordinator import Cluster, ClusterStatistics, ingest_subject
+from engine.cluster.coordinator import Adopt, Cluster, ClusterStatistics, Forwarded, ingest_subject
 from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo
 from engine.cluster.partitions import fair_shares, partition_of, plan
 from engine.cluster.replication import FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
 from engine.cluster.view import read_leases, read_log, read_members, read_stream
 
 __all__ = [
+    "Adopt",
     "Cluster",
     "ClusterStatistics",
     "FencedError",
+    "Forwarded",
     "Freshness",
     "Held",
     "LeaseValue",

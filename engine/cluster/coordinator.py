@@ -52,6 +52,7 @@ from engine.cluster.replication import (
 from engine.cluster.view import bucket_keys
 from engine.core.model import Envelope
 from engine.infra.config import ClusterConfig
+from engine.infra.nats_client import CONNECT_RETRY_S, DRIVER_ERRORS, connect_serving
 from engine.infra.repeated_warning import RepeatedWarning
 from engine.wal import LogRecord, WriteAheadLog
 
@@ -59,7 +60,6 @@ __all__ = ["Adopt", "Cluster", "ClusterStatistics", "Forwarded", "ingest_subject
 
 _log = structlog.get_logger("vigil.cluster")
 _ENCODE = msgspec.json.Encoder()
-_CONNECT_RETRY_S = (0.2, 0.5, 1.0, 2.0)
 _FORWARDED_IN_FLIGHT_MAX = 256  # forwarded messages being answered at once (the lanes bound the work itself)
 _FORWARDED_PENDING_MAX = 4096  # waiting in the subscription beyond those; more are dropped by nats-py, and retried
 
@@ -205,7 +205,7 @@ class Cluster:
                 timeout=self.config.forward_timeout_s,
                 headers={"Vigil-Source": source, "Vigil-From": self.node},
             )
-        except (nats.errors.Error, OSError) as exc:
+        except DRIVER_ERRORS as exc:
             self._forward_failed.warn(owner=owner, error=type(exc).__name__)
             return None
         self.forwarded_messages += 1
@@ -247,7 +247,7 @@ class Cluster:
             # its sources and its actors must outlive the cluster part. Cancellation is not caught.
             except Exception as exc:  # noqa: BLE001
                 failures += 1
-                delay = _CONNECT_RETRY_S[min(failures, len(_CONNECT_RETRY_S) - 1)]
+                delay = CONNECT_RETRY_S[min(failures, len(CONNECT_RETRY_S) - 1)]
                 leaf = _leaf(exc)
                 _log.error(
                     "cluster.session_failed",
@@ -262,7 +262,15 @@ class Cluster:
 
     async def _session(self) -> None:
         """One connection's life: the stream and buckets, the replicator, the forwarding inbox, the ticks."""
-        self._client = await self._connect()
+        self._client = await connect_serving(
+            self._servers,
+            name=f"vigil-cluster-{self.node}",
+            security=self._security,
+            log=_log,
+            events="cluster",
+            on_state=self._set_state,
+            reconnect_time_wait_s=0.2,
+        )
         try:
             # Leases, heartbeats and takeovers ask short questions with short timeouts, so a round or a
             # takeover stuck behind a leader election tries again soon after it ends; replication waits longer.
@@ -299,38 +307,8 @@ class Cluster:
             self._lose(p, why)
         self._taking.clear()
 
-    async def _connect(self) -> Any:
-        attempt = 0
-        while True:
-            try:
-                client = await nats.connect(
-                    servers=self._servers,
-                    name=f"vigil-cluster-{self.node}",
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.2,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=_on_error,
-                    **self._security,
-                )
-            except (OSError, nats.errors.Error) as exc:
-                self.state = "unreachable"
-                delay = _CONNECT_RETRY_S[min(attempt, len(_CONNECT_RETRY_S) - 1)]
-                _log.warning("cluster.connect_failed", error=type(exc).__name__, retry_in_s=delay)
-                attempt += 1
-                await anyio.sleep(delay)
-                continue
-            self.state = "connected"
-            return client
-
-    async def _on_disconnected(self) -> None:
-        self.state = "disconnected"
-        _log.warning("cluster.disconnected")
-
-    async def _on_reconnected(self) -> None:
-        self.state = "connected"
-        _log.info("cluster.reconnected")
+    def _set_state(self, state: str) -> None:
+        self.state = state
 
     async def _prepare(self, js: Any) -> tuple[Any, Any]:
         """The stream and the buckets (made if absent); a loud warning when the stream is weaker than configured."""
@@ -340,7 +318,7 @@ class Cluster:
                 await self._ensure_stream(js)
                 leases = await self._bucket(js, f"{config.bucket_prefix}_leases")
                 members = await self._bucket(js, f"{config.bucket_prefix}_members")
-            except (nats.errors.Error, OSError) as exc:
+            except DRIVER_ERRORS as exc:
                 # A cluster electing its meta leader answers "unavailable" for a few seconds.
                 _log.warning("cluster.prepare_failed", error=type(exc).__name__, reason=str(exc)[:200])
                 await anyio.sleep(0.5)
@@ -461,7 +439,7 @@ class Cluster:
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._lose(p, "another node holds its lease now")
                 return
-            except (nats.errors.Error, OSError) as exc:
+            except DRIVER_ERRORS as exc:
                 _log.warning("cluster.renew_failed", partition=p, error=type(exc).__name__)
                 return
             if self._leases.get(p) is lease:
@@ -502,7 +480,7 @@ class Cluster:
                 self._lease_values.pop(p, None)
                 self._lease_seen.forget(key)
                 return
-            except (nats.errors.Error, OSError):
+            except DRIVER_ERRORS:
                 return  # unread this tick: what was seen stands, and its age keeps growing
             value = decode_lease(entry.value)
             if value is None:
@@ -548,7 +526,7 @@ class Cluster:
         try:
             value = _ENCODE.encode(LeaseValue("", lease.held.epoch))
             await leases.update(_lease_key(p), value, last=lease.held.revision)
-        except (nats.errors.Error, OSError) as exc:
+        except DRIVER_ERRORS as exc:
             _log.warning("cluster.release_failed", partition=p, error=type(exc).__name__)
             return False
         return True
@@ -587,7 +565,7 @@ class Cluster:
         except FencedError as exc:
             _log.warning("cluster.take_fenced", partition=p, reason=str(exc))
             self._lose(p, "fenced while taking it over")
-        except (nats.errors.Error, OSError) as exc:
+        except DRIVER_ERRORS as exc:
             _log.warning("cluster.take_failed", partition=p, error=type(exc).__name__, reason=str(exc)[:200])
             self._lose(p, "taking it over failed")
         finally:
@@ -660,7 +638,7 @@ class Cluster:
                 await self._release(leases, p, lease)
         try:
             await members.delete(self.node)
-        except (nats.errors.Error, OSError):
+        except DRIVER_ERRORS:
             return
         _log.info("cluster.left", node=self.node)
 
@@ -678,7 +656,7 @@ class Cluster:
             reply = await self._forwarded(msg.data, source)
             if msg.reply:
                 await msg.respond(reply)
-        except (nats.errors.Error, OSError) as exc:
+        except DRIVER_ERRORS as exc:
             # The sender's request times out and it answers its source "retry": nothing is lost.
             _log.warning("cluster.forward_answer_failed", error=type(exc).__name__)
         finally:
@@ -689,7 +667,7 @@ async def _attempt(step: str, work: Awaitable[None]) -> bool:
     """One step of a round; a broker error is logged and the step skipped (False)."""
     try:
         await work
-    except (nats.errors.Error, OSError) as exc:
+    except DRIVER_ERRORS as exc:
         _log.warning("cluster.tick_failed", step=step, error=type(exc).__name__)
         return False
     return True
@@ -710,10 +688,3 @@ def _where(exc: BaseException) -> str:
 
 def _lease_key(p: int) -> str:
     return f"p{p}"
-
-
-_NATS_ERRORS = RepeatedWarning(_log, "cluster.nats_error")  # nats-py calls back on every reconnect attempt
-
-
-async def _on_error(exc: Exception) -> None:
-    _NATS_ERRORS.warn(error=type(exc).__name__)

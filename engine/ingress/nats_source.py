@@ -37,7 +37,7 @@ from opentelemetry import propagate, trace
 from engine.core.errors import ConfigError
 from engine.core.outcome import Outcome
 from engine.infra.config import NatsConfig, NatsSubjectConfig
-from engine.infra.repeated_warning import RepeatedWarning
+from engine.infra.nats_client import DRIVER_ERRORS, connect_serving
 
 __all__ = ["IngestMessages", "NatsSource"]
 
@@ -47,7 +47,6 @@ IngestMessages = Callable[[Sequence[bytes], str], Awaitable[list[tuple[Outcome, 
 _log = structlog.get_logger("vigil.nats")
 _tracer = trace.get_tracer("vigil.nats")
 _FETCH_WAIT_S = 1.0
-_CONNECT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class NatsSource:
@@ -66,7 +65,14 @@ class NatsSource:
         """Connect (retrying while the broker is away), then serve every subject."""
         if sniffio.current_async_library() != "asyncio":
             raise ConfigError("nats: NATS sources need the asyncio backend (nats-py is asyncio only)")
-        client = await self._connect()
+        client = await connect_serving(
+            self._config.servers,
+            name=self._name,
+            security=self._security,
+            log=_log,
+            events="nats",
+            on_state=self._set_state,
+        )
         try:
             async with anyio.create_task_group() as tg:
                 for subject in self._config.subjects:
@@ -77,34 +83,8 @@ class NatsSource:
             with anyio.move_on_after(2, shield=True):
                 await client.close()
 
-    async def _connect(self) -> Client:
-        attempt = 0
-        while True:
-            try:
-                return await nats.connect(
-                    servers=list(self._config.servers),
-                    name=self._name,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    error_cb=_on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    **self._security,  # nats-py options: credentials and TLS (engine.infra.tls.nats_security)
-                )
-            except (OSError, nats.errors.Error) as exc:
-                self.state = "unreachable"
-                delay = _CONNECT_RETRY_S[min(attempt, len(_CONNECT_RETRY_S) - 1)]
-                _log.warning("nats.connect_failed", error=type(exc).__name__, retry_in_s=delay)
-                attempt += 1
-                await anyio.sleep(delay)
-
-    async def _on_disconnected(self) -> None:
-        self.state = "disconnected"
-        _log.warning("nats.disconnected")
-
-    async def _on_reconnected(self) -> None:
-        self.state = "connected"
-        _log.info("nats.reconnected")
+    def _set_state(self, state: str) -> None:
+        self.state = state
 
     async def _serve_subject(self, client: Client, subject: NatsSubjectConfig) -> None:
         if subject.mode == "jetstream":
@@ -176,13 +156,6 @@ async def _settle(message: Msg, verdict: Outcome, redeliver_delay_s: float) -> N
             await message.term()
         else:
             await message.nak(delay=redeliver_delay_s)
-    except nats.errors.Error as exc:
+    except DRIVER_ERRORS as exc:
         # Not acked: JetStream redelivers it, and the log answers the redelivery as a duplicate.
         _log.warning("nats.ack_failed", error=type(exc).__name__)
-
-
-_NATS_ERRORS = RepeatedWarning(_log, "nats.error")  # nats-py calls back on every reconnect attempt
-
-
-async def _on_error(exc: Exception) -> None:
-    _NATS_ERRORS.warn(error=type(exc).__name__)

@@ -38,7 +38,6 @@ import anyio
 import msgspec
 import structlog
 from anyio.abc import ByteStream, TaskStatus
-from anyio.streams.tls import TLSListener
 
 from actors import ChildSpec, ChildStatus, PatientActors, RecordView, Restart, Supervisor
 from engine.auth import AuthEndpoint, AuthService, AuthStore
@@ -48,16 +47,17 @@ from engine.core.errors import ConfigError, MessageError, VigilError
 from engine.core.model import Envelope, Kind
 from engine.core.outcome import IngestResult
 from engine.infra.admin_socket import AdminError, AdminServer, Handler
-from engine.infra.config import Config, split_address
+from engine.infra.config import Config
 from engine.infra.memory import release_free_memory
 from engine.infra.telemetry import Telemetry
-from engine.infra.tls import nats_security, server_context
+from engine.infra.tls import nats_security
 from engine.ingress.drop_folder import DropFolder
 from engine.ingress.mllp_answers import MLLPAnswers
 from engine.ingress.mllp_listener import MLLPServer
 from engine.ingress.nats_source import NatsSource
 from engine.ingress.parse_pool import ParsePool
 from engine.node.fanout import Fanout
+from engine.node.from_config import admin_listener, join_cluster, mllp_server, read_side, warn_if_unkeyed
 from engine.node.intake import Intake
 from engine.node.lane_worker import LaneWorker
 from engine.node.partition_router import PartitionRouter
@@ -179,7 +179,7 @@ class Node:
         nats: bool,
         task_status: TaskStatus[int | None],
     ) -> list[IngestResult]:
-        self._warn_if_unkeyed()
+        self._audit_keyed = warn_if_unkeyed(self.config)
         service = await anyio.to_thread.run_sync(AuthService, store, self.config.auth)  # it reads the live sessions
         self._auth = AuthEndpoint(service, self._record_audit, node=self.config.node.id)
         children = self._children(mllp, watch, mllp_tls, nats=nats)
@@ -222,7 +222,8 @@ class Node:
             children.append(self._child("cluster", self._run_cluster))
         children += [self._child("admin", self._run_admin), self._child("summaries", self._summarise)]
         if mllp is not None:
-            server = self._mllp_server(mllp_tls)
+            answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
+            server = mllp_server(self.config, answers, mllp_tls)
             children.append(self._child("mllp", lambda **kw: self._run_mllp(server, mllp, **kw)))
         if watch is not None:
             children.append(self._child("drop_folder", lambda **kw: self._run_drop_folder(watch, **kw)))
@@ -245,9 +246,12 @@ class Node:
             self.data_dir / "wal", self.config.wal, audit_key=key, progress=self._recovery_progress
         ) as wal:
             wal.on_control_id_reused = lambda: self._telemetry.reused_control_ids.add(1)
-            self._projections = self._fanout.projections = self._read_side(wal)
+            busy = lambda: self._parts is not None and self._parts.intake.in_flight > 0  # noqa: E731 -- one line
+            self._projections = self._fanout.projections = read_side(self.config, wal, self._config_dir, busy)
             if self.config.cluster.enabled:
-                self._cluster = self._join_cluster(wal)
+                self._cluster = join_cluster(
+                    self.config, wal, self._config_dir, adopt=self._adopt_partition, forwarded=self._answer_forwarded
+                )
             router = PartitionRouter(self._cluster, wal, self.config) if self._cluster is not None else None
             worker = LaneWorker(
                 wal, self._decoder, self._refusals, self._fanout, self._telemetry, clock=self._clock, router=router
@@ -433,73 +437,13 @@ class Node:
 
     # -- made from the configuration ----------------------------------------------------
 
-    def _warn_if_unkeyed(self) -> None:
-        self._audit_keyed = audit_key_from_env(self.config.audit.key_env) is not None
-        if not self._audit_keyed:
-            _log.warning(
-                "node.audit_unkeyed",
-                variable=self.config.audit.key_env,
-                consequence="no keyed checkpoints: whoever can rewrite the whole log can rebuild its hash chain "
-                "unseen, and `vigil audit verify` has no key to check it against",
-                fix=f"set {self.config.audit.key_env} to a secret of at least 16 bytes before starting the node",
-            )
-
-    def _mllp_server(self, tls: ssl.SSLContext | None) -> MLLPServer:
-        answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
-        return MLLPServer(
-            self.config.mllp,
-            self.config.ingest.message_bytes_max,
-            answers.answer_frame,
-            answers.refuse_framing,
-            tls=tls,
-        )
-
     async def _ingest_one(self, raw: bytes, source: str, kind: Kind) -> tuple[IngestResult, MessageError | None]:
         """Intake's, looked up per message: the MLLP server is made before the log (and intake) exist."""
         return await self.parts.intake.ingest_one(raw, source, kind)
 
     async def _admin_listener(self) -> anyio.abc.Listener[ByteStream]:
-        """The admin endpoint on the network: TLS only (it carries passwords and PHI)."""
-        config = self.config.admin
-        context = server_context(config, self._config_dir, where="admin")
-        if context is None:
-            raise ConfigError("admin.listen needs admin.tls_cert_file and admin.tls_key_file: never plain TCP")
-        host, port = split_address(config.listen, "admin.listen")
-        tcp = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        self.admin_port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 -- anyio, not Django
-        timeout = self.config.mllp.tls_handshake_timeout_s
-        return TLSListener(tcp, context, standard_compatible=False, handshake_timeout=timeout)
-
-    def _join_cluster(self, wal: WriteAheadLog) -> Cluster:
-        """This node's part in the cluster (`[cluster]`); its NATS credentials and TLS are `[nats]`'s."""
-        servers = self.config.cluster.servers or self.config.nats.servers
-        if not servers:
-            raise ConfigError("cluster.enabled needs NATS servers: cluster.servers, nats.servers or --nats URL")
-        return Cluster(
-            self.config.cluster,
-            self.config.node.id,
-            wal,
-            servers=servers,
-            security=nats_security(self.config.nats, self._config_dir),
-            adopt=self._adopt_partition,
-            forwarded=self._answer_forwarded,
-        )
-
-    def _read_side(self, wal: WriteAheadLog) -> ProjectionRunner | None:
-        """The projection runner when a DSN is configured; without one the node runs without a read side."""
-        dsn = dsn_of(self.config.projections)
-        if dsn is None:
-            return None
-        rules = self.config.lanes.rules
-        flags = (*rules.critical_abnormal_flags, *rules.local_critical_flags)
-        return ProjectionRunner(
-            wal,
-            self.config.projections,
-            dsn,
-            base=self._config_dir,
-            critical_flags=flags,
-            busy=lambda: self._parts is not None and self._parts.intake.in_flight > 0,
-        )
+        listener, self.admin_port = await admin_listener(self.config, self._config_dir)
+        return listener
 
     # -- reading a running node ---------------------------------------------------------
 
