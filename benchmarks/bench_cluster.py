@@ -33,8 +33,8 @@ from rich.table import Table
 
 from engine.cluster import read_members, read_stream
 from engine.infra.config import ClusterConfig
-from tests.cluster_harness import Sender, VigilNode, vigil_cluster  # bin/bench puts the repository on the path
-from tests.nats_server import NatsProcess, nats_cluster
+from tests.harness.cluster_harness import Sender, VigilNode, vigil_cluster  # bin/bench puts the repository on the path
+from tests.harness.nats_server import NatsProcess, nats_cluster
 
 PARTITIONS = 16
 CONFIG = ClusterConfig(enabled=True)

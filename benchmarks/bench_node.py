@@ -43,12 +43,12 @@ from rich.table import Table
 
 from engine.core.feedgen import FeedMix, generate_feed
 from engine.core.mllp import Frame, MLLPDecoder, frame
-from tests.nats_server import (  # the tests' starter (bin/bench puts the repository on the path)
+from tests.harness.nats_server import (  # the tests' starter (bin/bench puts the repository on the path)
     nats_server,
     until_consumed,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VIGIL = [str(ROOT / "bin" / "vigil")]
 
 

@@ -44,10 +44,12 @@ from engine.core.model import Coded, Envelope, Kind, Lane, ResultReported
 from engine.infra.config import ProjectionsConfig, WalConfig
 from engine.projections import ProjectionRunner, Record, connect, migrate
 from engine.wal import WriteAheadLog, open_wal
-from tests.pg_server import admin_dsn  # the tests' PostgreSQL finder (bin/bench puts the repository on the path)
+from tests.harness.pg_server import (
+    admin_dsn,  # the tests' PostgreSQL finder (bin/bench puts the repository on the path)
+)
 
 _CRITICAL = ("HH", "LL", "AA")
-VIGIL = str(Path(__file__).resolve().parents[1] / "bin" / "vigil")
+VIGIL = str(Path(__file__).resolve().parents[2] / "bin" / "vigil")
 
 
 def _envelopes(count: int, seed: int, mix: FeedMix | None = None) -> list[Envelope]:

@@ -15,7 +15,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
-from tests.pg_server import admin_dsn
+from tests.harness.pg_server import admin_dsn
 
 # ../shared/corpus beside the repository: real public HL7 v2 and FHIR samples
 # (MIT, microsoft/FHIR-Converter). Read in place, never copied here.

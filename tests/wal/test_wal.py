@@ -1,0 +1,519 @@
+"""The write-ahead log: appends, group commit, idempotency, reads, recovery, faults.
+
+Faults are injected below the log through `tests.harness.faultfs.FaultyFiles`; each
+test names the fault and the outcome DESIGN.md and the issue require.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+from engine.core.model import Envelope, Kind, Lane, Unrecognized
+from engine.infra.config import WalConfig
+from engine.wal import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError, open_wal, scan_log
+from engine.wal.files import FileLayer, OSFiles
+from engine.wal.record import FRAME, SEGMENT_MAGIC, checksum
+from tests.harness.faultfs import FaultyFiles
+
+pytestmark = pytest.mark.anyio
+
+SMALL = WalConfig(segment_bytes_max=64 * 1024, checkpoint_records_interval=50, sparse_index_records_interval=4)
+
+
+def envelope(i: int, lane: Lane = Lane.STANDARD, patient: str | None = None, size: int = 200) -> Envelope:
+    """A small envelope with a unique id (message i) and `size` bytes of payload."""
+    return Envelope(
+        message_id=f"hl7:APP|FAC|{i}",
+        kind=Kind.HL7V2,
+        message_type="ORU^R01",
+        patient=patient if patient is not None else f"H|P{i % 7}",
+        lane=lane,
+        lane_reason="test",
+        received_at="2026-11-24T10:00:00Z",
+        source="test",
+        raw=(f"MSH|^~\\&|APP|FAC|||2026||ORU^R01|{i}|P|2.5.1\r".encode() + b"x" * size),
+        events=(Unrecognized("ORU^R01", f"n{i}"),),
+    )
+
+
+async def append_all(
+    directory: Path, envs: Sequence[Envelope], files: FileLayer | None = None, config: WalConfig = SMALL
+) -> list[int]:
+    async with open_wal(directory, config, files=files) as wal:
+        return [p.lsn for e in envs for p in await wal.append([e])]
+
+
+async def read_ids(directory: Path, files: FileLayer | None = None, config: WalConfig = SMALL) -> list[str]:
+    async with open_wal(directory, config, files=files) as wal:
+        return [r.message_id for r in wal.read_from(1)]
+
+
+async def test_append_read_and_reopen(tmp_path: Path) -> None:
+    """Appends get LSNs 1..n, survive a reopen byte-exact, and span several segments."""
+    envs = [envelope(i, size=2000) for i in range(120)]
+    assert list(range(1, 121)) == await append_all(tmp_path, envs)
+    async with open_wal(tmp_path, SMALL) as wal:
+        records = list(wal.read_from(1))
+        assert [r.envelope for r in records] == envs
+        assert [r.lsn for r in wal.read_from(57)] == list(range(57, 121))
+        assert wal.statistics().segments > 2
+        assert wal.lookup(envs[5].message_id) == 6
+        assert wal.lookup("hl7:nope") is None
+
+
+async def test_redelivery_is_acknowledged_with_the_same_lsn(tmp_path: Path) -> None:
+    """Invariant 4: a message id already in the log is not appended again, across reopens too."""
+    async with open_wal(tmp_path, SMALL) as wal:
+        first = await wal.append([envelope(1), envelope(2)])
+        again = await wal.append([envelope(2), envelope(3), envelope(3)])
+        assert [(p.lsn, p.duplicate) for p in first] == [(1, False), (2, False)]
+        assert [(p.lsn, p.duplicate) for p in again] == [(2, True), (3, False), (3, True)]
+    async with open_wal(tmp_path, SMALL) as wal:
+        assert [(p.lsn, p.duplicate) for p in await wal.append([envelope(1)])] == [(1, True)]
+        assert wal.last_lsn == 3
+
+
+async def test_patient_index_reads_without_a_scan(tmp_path: Path) -> None:
+    """One patient's records, in order, including messages that touch them as a second patient."""
+    envs = [envelope(i, patient="H|A" if i % 3 == 0 else "H|B") for i in range(30)]
+    merge = envelope(99, patient="H|B")
+    merge = Envelope(**{**{f: getattr(merge, f) for f in merge.__struct_fields__}, "other_patients": ("H|A",)})
+    await append_all(tmp_path, [*envs, merge])
+    async with open_wal(tmp_path, SMALL) as wal:
+        a = [r.message_id for r in wal.read_patient("H|A")]
+        assert a == [e.message_id for e in envs if e.patient == "H|A"] + [merge.message_id]
+        assert list(wal.read_patient("H|nobody")) == []
+
+
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_concurrent_appends_share_fsyncs(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
+    """Group commit: 64 concurrent writers need far fewer fsyncs than records (the fsync on either thread)."""
+    files = FaultyFiles()
+    async with open_wal(tmp_path, WalConfig(commit_delay_ms=0, sync=sync), files=files) as wal:
+        start = files.syncs
+
+        async def writer(k: int) -> None:
+            for i in range(10):
+                await wal.append([envelope(k * 100 + i)])
+
+        async with anyio.create_task_group() as tg:
+            for k in range(64):
+                tg.start_soon(writer, k)
+        assert wal.last_lsn == 640
+        assert files.syncs - start < 640 // 2
+        assert wal.statistics().groups == files.syncs - start
+
+
+async def test_second_process_is_locked_out(tmp_path: Path) -> None:
+    """One process per log directory."""
+    async with open_wal(tmp_path, SMALL):
+        with pytest.raises(WALLockedError):
+            async with open_wal(tmp_path, SMALL):
+                pass
+
+
+# -- crashes and recovery ------------------------------------------------------
+
+
+async def _crash_mid_group(tmp_path: Path, files: FaultyFiles, acked: list[str], torn_bytes: int) -> None:
+    """Append until the next sync 'loses power'; keep the acknowledged ids."""
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        for i in range(40):
+            await wal.append([envelope(i)])
+            acked.append(envelope(i).message_id)
+        files.die_at_sync = True
+        with pytest.raises(WALFailedError):
+            await wal.append([envelope(1000), envelope(1001), envelope(1002)])
+    files.power_loss(torn_bytes=torn_bytes)
+
+
+@pytest.mark.parametrize("torn_bytes", [0, 1, 7, 9, 150, 700])
+async def test_crash_mid_write_keeps_every_acknowledged_record(tmp_path: Path, torn_bytes: int) -> None:
+    """Torn writes and dropped unsynced writes: the tail is truncated, with one warning; nothing acked is lost."""
+    files = FaultyFiles()
+    acked: list[str] = []
+    await _crash_mid_group(tmp_path, files, acked, torn_bytes)
+    with capture_logs() as logs:
+        ids = await read_ids(tmp_path, files)
+    # Every acknowledged record, in order; at most the unacknowledged ones of
+    # the torn group after them (durable but never acknowledged is allowed).
+    assert acked == ids[: len(acked)]
+    assert set(ids[len(acked) :]) <= {envelope(i).message_id for i in (1000, 1001, 1002)}
+    warnings = [entry for entry in logs if entry["event"] == "wal.torn_tail_truncated"]
+    if torn_bytes:
+        [warning] = warnings
+        assert warning["segment"].endswith(".seg")
+        assert warning["offset"] > 0
+    else:
+        assert warnings == []
+    # The repaired log accepts appends and verifies end to end.
+    await append_all(tmp_path, [envelope(5000)], files)
+    assert scan_log(tmp_path, files).last_lsn == len(ids) + 1
+
+
+def _last_segment(directory: Path) -> Path:
+    return max(directory.glob("*.seg"))
+
+
+async def test_garbage_in_the_tail_is_truncated(tmp_path: Path) -> None:
+    """Garbage after the last record (a crash mid-write on some file systems) is cut off."""
+    envs = [envelope(i) for i in range(20)]
+    await append_all(tmp_path, envs)
+    with _last_segment(tmp_path).open("ab") as f:
+        f.write(b"\x00\x01garbage\xff" * 10)
+    with capture_logs() as logs:
+        assert [e.message_id for e in envs] == await read_ids(tmp_path)
+    assert any(e["event"] == "wal.torn_tail_truncated" for e in logs)
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+async def test_bit_flip_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
+    """Corruption before the tail: refuse, naming segment, offset and `vigil wal verify`."""
+    await append_all(tmp_path, [envelope(i) for i in range(60)])
+    first = min(tmp_path.glob("*.seg"))
+    _flip(first, len(SEGMENT_MAGIC) + 300)
+    with pytest.raises(WALCorruptError) as info:
+        await read_ids(tmp_path)
+    assert info.value.segment == first.name
+    assert info.value.offset >= len(SEGMENT_MAGIC)
+    assert "vigil wal verify" in str(info.value)
+
+
+async def test_bit_flip_in_the_last_segment_with_records_after_refuses(tmp_path: Path) -> None:
+    """Damage in the last segment is corruption, not a torn tail, when valid records follow."""
+    await append_all(tmp_path, [envelope(i) for i in range(10)], config=WalConfig())
+    (tmp_path / "index").unlink()  # as after a crash: the tail logic, not the index, decides
+    _flip(_last_segment(tmp_path), len(SEGMENT_MAGIC) + 100)
+    with pytest.raises(WALCorruptError, match="valid records follow"):
+        await read_ids(tmp_path, config=WalConfig())
+
+
+async def test_edited_record_breaks_the_hash_chain(tmp_path: Path) -> None:
+    """A record edited with a recomputed CRC is caught by the chain."""
+    await append_all(tmp_path, [envelope(i) for i in range(10)], config=WalConfig(checkpoint_records_interval=10**9))
+    (tmp_path / "checkpoint").unlink()
+    seg = _last_segment(tmp_path)
+    data = bytearray(seg.read_bytes())
+    pos = len(SEGMENT_MAGIC)
+    length, _ = FRAME.unpack_from(data, pos)
+    pos += FRAME.size + length  # the second record
+    length, _ = FRAME.unpack_from(data, pos)
+    body = bytearray(data[pos + FRAME.size : pos + FRAME.size + length])
+    i = body.index(b"test")
+    body[i : i + 4] = b"TEST"
+    data[pos + FRAME.size : pos + FRAME.size + length] = body
+    FRAME.pack_into(data, pos, length, checksum(bytes(data[pos : pos + 4]), bytes(body)))
+    seg.write_bytes(bytes(data))
+    with pytest.raises(WALCorruptError, match="hash chain broken at LSN 3"):
+        await read_ids(tmp_path, config=WalConfig())
+
+
+async def test_missing_segment_is_a_gap(tmp_path: Path) -> None:
+    """A deleted segment leaves a gap in LSNs: refuse."""
+    await append_all(tmp_path, [envelope(i, size=3000) for i in range(80)])
+    segments = sorted(tmp_path.glob("*.seg"))
+    segments[1].unlink()
+    with pytest.raises(WALCorruptError, match="missing"):
+        await read_ids(tmp_path)
+
+
+async def test_damaged_checkpoint_is_ignored_and_everything_verified(tmp_path: Path) -> None:
+    """A checkpoint that fails its CRC is ignored with a warning; the full chain is checked instead."""
+    envs = [envelope(i) for i in range(30)]
+    await append_all(tmp_path, envs)
+    _flip(tmp_path / "checkpoint", 12)
+    with capture_logs() as logs:
+        assert [e.message_id for e in envs] == await read_ids(tmp_path)
+    assert any(e["event"] == "wal.checkpoint_ignored" for e in logs)
+
+
+async def test_checkpoint_beyond_the_log_refuses(tmp_path: Path) -> None:
+    """A checkpoint for records the log no longer has means acknowledged data was lost."""
+    await append_all(tmp_path, [envelope(i) for i in range(30)])
+    (tmp_path / "index").unlink()  # the checkpoint alone must catch it
+    seg = _last_segment(tmp_path)
+    seg.write_bytes(seg.read_bytes()[:-1])  # the last (checkpointed) record loses a byte
+    with pytest.raises(WALCorruptError, match="checkpoint at LSN 30"):
+        await read_ids(tmp_path)
+
+
+# -- I/O errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_fsync_error_stops_the_log_for_good(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
+    """fsync raising EIO: the append fails, later appends are refused, no retry on the file."""
+    files = FaultyFiles()
+    async with open_wal(tmp_path, msgspec.structs.replace(SMALL, sync=sync), files=files) as wal:
+        await wal.append([envelope(1)])
+        files.sync_errno = errno.EIO
+        with pytest.raises(WALFailedError, match="appends are refused"):
+            await wal.append([envelope(2)])
+        files.sync_errno = None  # the disk "recovers": the log must still refuse
+        with pytest.raises(WALFailedError):
+            await wal.append([envelope(3)])
+        assert wal.statistics().failed is not None
+        assert [r.lsn for r in wal.read_from(1)] == [1]  # reads still work
+    files.power_loss()
+    assert await read_ids(tmp_path, files) == [envelope(1).message_id]
+
+
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_disk_full_refuses_then_resumes(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
+    """ENOSPC mid-write: that group is refused and its partial bytes removed; reads work; appends resume."""
+    files = FaultyFiles()
+    async with open_wal(tmp_path, msgspec.structs.replace(SMALL, sync=sync), files=files) as wal:
+        await wal.append([envelope(1)])
+        files.write_errno, files.write_partial_bytes = errno.ENOSPC, 37
+        with pytest.raises(DiskFullError, match="retry later"):
+            await wal.append([envelope(2), envelope(3)])
+        assert [r.lsn for r in wal.read_from(1)] == [1]
+        positions = await wal.append([envelope(2)])
+        assert [p.lsn for p in positions] == [2]
+        assert wal.statistics().disk_full_refusals == 1
+    assert [envelope(1).message_id, envelope(2).message_id] == await read_ids(tmp_path, files)
+    assert scan_log(tmp_path, files).last_lsn == 2
+
+
+async def test_disk_full_at_segment_roll_leaves_no_segment(tmp_path: Path) -> None:
+    """ENOSPC while beginning a segment: refused, no half-made segment left behind."""
+    files = FaultyFiles()
+    config = WalConfig(segment_bytes_max=64 * 1024)
+    async with open_wal(tmp_path, config, files=files) as wal:
+        while wal.statistics().segments == 1:
+            before = len(list(tmp_path.glob("*.seg")))
+            files.write_errno, files.write_partial_bytes = errno.ENOSPC, 3
+            big = envelope(wal.last_lsn + 1, size=30_000)
+            try:
+                await wal.append([big])
+            except DiskFullError:
+                assert len(list(tmp_path.glob("*.seg"))) == before
+                files.write_errno = None
+                await wal.append([big])
+        assert scan_log(tmp_path, files).last_lsn == wal.last_lsn
+
+
+# -- lanes and the commit delay -------------------------------------------------
+
+
+def test_critical_never_waits_for_the_batch_window(tmp_path: Path) -> None:
+    """With a 30 s commit delay: a lone batch sender never waits; once groups have company a batch-only
+    group waits for more; a critical record ends the wait at once.
+
+    Deterministic time: trio's MockClock jumps ahead whenever every task waits.
+    """
+    import trio
+    import trio.testing
+
+    config = WalConfig(commit_delay_ms=30_000)
+
+    async def scenario() -> tuple[float, float, float, float]:
+        async with open_wal(tmp_path, config) as wal:
+
+            async def flood(first: int) -> None:  # appends arriving together: a group with company
+                async with trio.open_nursery() as nursery:
+                    for i in range(first, first + 4):
+                        nursery.start_soon(wal.append, [envelope(i, Lane.BATCH)])
+
+            start = trio.current_time()
+            for i in range(3):  # one at a time, each waiting for its answer: no company to wait for
+                await wal.append([envelope(i, Lane.BATCH)])
+            lone = trio.current_time() - start
+            await flood(10)
+            start = trio.current_time()
+            batch_waited = 0.0
+
+            async def batch() -> None:
+                nonlocal batch_waited
+                await wal.append([envelope(30, Lane.BATCH)])
+                batch_waited = trio.current_time() - start
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(batch)
+                await trio.sleep(1)
+                await wal.append([envelope(31, Lane.CRITICAL)])
+            with_critical = trio.current_time() - start
+            await flood(40)
+            start = trio.current_time()
+            await wal.append([envelope(50, Lane.BATCH)])
+            return lone, batch_waited, with_critical, trio.current_time() - start
+
+    lone, batch_waited, with_critical, in_flood = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert lone < 1
+    assert 1 <= batch_waited < 2  # it waited for company, until the critical record came
+    assert with_critical < 2
+    assert in_flood >= 30
+
+
+async def test_recovery_makes_the_page_cache_tail_durable(tmp_path: Path) -> None:
+    """After a process crash, records read back from the page cache are synced before being served.
+
+    Otherwise a redelivery answered "duplicate" from such a record could be
+    acknowledged and then lost to a later power cut.
+    """
+    files = FaultyFiles()
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        await wal.append([envelope(1)])
+        files.die_at_sync = True
+        with pytest.raises(WALFailedError):
+            await wal.append([envelope(2)])
+    # A process crash, not a power cut: the unsynced record is still in the file.
+    files.dead = False
+    files.die_at_sync = False
+    async with open_wal(tmp_path, SMALL, files=files) as wal:
+        assert [(p.lsn, p.duplicate) for p in await wal.append([envelope(2)])] == [(2, True)]
+        segment = _last_segment(tmp_path)
+        assert files.durable[segment] == files.size(segment)
+
+
+@pytest.mark.parametrize("sync", ["inline", "thread"])
+async def test_disk_full_under_concurrency_refuses_one_group_and_leaves_no_gap(
+    tmp_path: Path, sync: Literal["inline", "thread"]
+) -> None:
+    """Many writers, the disk full once: that group is refused, the next is chained on the durable end, no gap."""
+    files = FaultyFiles()
+    acked: list[str] = []
+    refused: list[str] = []
+    config = WalConfig(commit_delay_ms=0, group_records_max=4, sync=sync)
+    async with open_wal(tmp_path, config, files=files) as wal:
+        await wal.append([envelope(0)])
+        acked.append(envelope(0).message_id)
+        files.write_errno, files.write_partial_bytes = errno.ENOSPC, 100
+
+        async def writer(k: int) -> None:
+            for i in range(5):
+                env = envelope(1000 * k + i + 1)
+                try:
+                    await wal.append([env])
+                except DiskFullError:
+                    refused.append(env.message_id)
+                else:
+                    acked.append(env.message_id)
+
+        async with anyio.create_task_group() as tg:
+            for k in range(1, 17):
+                tg.start_soon(writer, k)
+        assert refused
+        assert wal.statistics().disk_full_refusals == 1
+    ids = await read_ids(tmp_path, files)
+    assert sorted(acked) == sorted(ids)
+    result = scan_log(tmp_path, files)
+    assert result.records == result.hashed_records == len(ids)
+
+
+async def _state(directory: Path) -> tuple[list[str], list[int | None], list[list[int]]]:
+    async with open_wal(directory, SMALL) as wal:
+        ids = [r.message_id for r in wal.read_from(1)]
+        lookups = [wal.lookup(m) for m in ids]
+        patients = [[r.lsn for r in wal.read_patient(f"H|P{k}")] for k in range(7)]
+        return ids, lookups, patients
+
+
+async def test_saved_index_gives_the_same_state_as_a_full_scan(tmp_path: Path) -> None:
+    """A clean stop saves the indexes; the next start resumes from them, to the same state."""
+    await append_all(tmp_path, [envelope(i, size=1500) for i in range(300)])
+    stale = (tmp_path / "index").read_bytes()
+    with capture_logs() as logs:
+        fast = await _state(tmp_path)
+    [opened] = [e for e in logs if e["event"] == "wal.opened"]
+    assert opened["hashed"] == 0  # nothing after the index: no record decoded
+    (tmp_path / "index").unlink()
+    assert fast == await _state(tmp_path)  # a full scan agrees
+    # Appends go on after an index-resumed start; an index older than the
+    # checkpoint (saved at an earlier stop) still resumes correctly.
+    await append_all(tmp_path, [envelope(90_000)])
+    (tmp_path / "index").write_bytes(stale)
+    assert [*fast[0], envelope(90_000).message_id] == await read_ids(tmp_path)
+
+
+async def test_damaged_index_is_ignored(tmp_path: Path) -> None:
+    """An index that fails its CRC is ignored with a warning; the full scan takes over."""
+    envs = [envelope(i) for i in range(40)]
+    await append_all(tmp_path, envs)
+    _flip(tmp_path / "index", 20)
+    with capture_logs() as logs:
+        assert [e.message_id for e in envs] == await read_ids(tmp_path)
+    assert any(e["event"] == "wal.index_ignored" for e in logs)
+
+
+async def test_index_naming_missing_segments_refuses(tmp_path: Path) -> None:
+    """If segments the index names are gone, records are gone: refuse."""
+    await append_all(tmp_path, [envelope(i, size=3000) for i in range(80)])
+    min(tmp_path.glob("*.seg")).unlink()
+    with pytest.raises(WALCorruptError, match="missing"):
+        await read_ids(tmp_path)
+
+
+RELEASING = WalConfig(
+    segment_bytes_max=64 * 1024,
+    checkpoint_records_interval=50,
+    sparse_index_records_interval=4,
+    retention="release-before-snapshot",
+)
+
+
+async def test_release_is_refused_by_default(tmp_path: Path) -> None:
+    """Keep-all is the default: a medical record is not trimmed unless configured."""
+    async with open_wal(tmp_path, SMALL) as wal:
+        await wal.append([envelope(1)])
+        with pytest.raises(WALError, match="keep-all"):
+            await wal.release_segments_before(10**9)
+
+
+async def test_released_segments_leave_a_verifiable_log(tmp_path: Path) -> None:
+    """Old segments go; reads, the patient index, reopen and the chain (from the base) still work."""
+    envs = [envelope(i, size=3000) for i in range(100)]
+    async with open_wal(tmp_path, RELEASING) as wal:
+        for e in envs:
+            await wal.append([e])
+        segments_before = wal.statistics().segments
+        released = await wal.release_segments_before(60)
+        assert released > 0
+        assert wal.statistics().segments == segments_before - released
+        first = wal.first_lsn
+        assert 1 < first <= 60
+        assert [r.lsn for r in wal.read_from(1)] == list(range(first, 101))
+        assert all(r.lsn >= first for r in wal.read_patient("H|P0"))
+        await wal.append([envelope(500)])
+    async with open_wal(tmp_path, RELEASING) as wal:
+        assert wal.first_lsn == first
+        assert [r.lsn for r in wal.read_from(1)] == list(range(first, 102))
+    result = scan_log(tmp_path, OSFiles())
+    assert (result.first_lsn, result.last_lsn, result.hashed_records) == (first, 101, 102 - first)
+
+
+async def test_release_interrupted_by_a_crash(tmp_path: Path) -> None:
+    """The base is written first: a crash before the deletions leaves extra segments, removed at open."""
+    async with open_wal(tmp_path, RELEASING) as wal:
+        for i in range(100):
+            await wal.append([envelope(i, size=3000)])
+    keep = {p.name: p.read_bytes() for p in tmp_path.glob("*.seg")}
+    async with open_wal(tmp_path, RELEASING) as wal:
+        await wal.release_segments_before(60)
+        first = wal.first_lsn
+    for name, data in keep.items():  # the deletions "never happened"
+        (tmp_path / name).write_bytes(data)
+    async with open_wal(tmp_path, RELEASING) as wal:
+        assert wal.first_lsn == first
+        assert next(r.lsn for r in wal.read_from(1)) == first
+    assert min(p.name for p in tmp_path.glob("*.seg")) == f"{first:020d}.seg"
+
+
+def test_the_events_only_record_has_the_log_records_layout() -> None:
+    """The read side decodes bodies as `EventsRecord`: its fields must stay those of `LogRecord`, in order."""
+    from engine.wal.record import EventsRecord, LogRecord
+
+    assert [f.name for f in msgspec.structs.fields(EventsRecord)] == [f.name for f in msgspec.structs.fields(LogRecord)]
