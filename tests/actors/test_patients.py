@@ -17,44 +17,9 @@ import trio.testing
 from actors.patients import Applied, PatientActors, apply_record
 from actors.record import PatientRecord
 from engine.core.model import Coded, DemographicsUpdated, Lane, OrderPlaced, PatientMerged
+from tests.harness.memory_actors import MemoryLog, MemoryQuarantine
 
 pytestmark = pytest.mark.anyio
-
-
-class MemoryLog:
-    """A `RecordSource`: per-patient records and snapshots in memory."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[Applied]] = {}
-        self.snapshots: dict[str, PatientRecord] = {}
-        self.loads = 0
-        self.gate: anyio.Event | None = None
-        self.fail_next_load: Exception | None = None
-
-    def append(self, patient: str, item: Applied) -> None:
-        self.records.setdefault(patient, []).append(item)
-
-    async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
-        self.loads += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail_next_load is not None:
-            error, self.fail_next_load = self.fail_next_load, None
-            raise error
-        snapshot = self.snapshots.get(patient)
-        after = snapshot.last_lsn if snapshot else 0
-        return snapshot, [r for r in self.records.get(patient, []) if r.lsn > after]
-
-    async def save(self, record: PatientRecord) -> None:
-        self.snapshots[record.patient] = record
-
-
-class MemoryQuarantine:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, int, str]] = []
-
-    async def quarantine(self, patient: str, item: Applied, reason: str) -> None:
-        self.items.append((patient, item.lsn, reason))
 
 
 def item(lsn: int, order: str = "") -> Applied:

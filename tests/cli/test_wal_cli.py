@@ -18,8 +18,8 @@ from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records
 from engine.wal.record import GENESIS_HASH, SEGMENT_MAGIC, encode_frame
+from tests.harness.helpers import envelope
 from tests.harness.sessions import sign_in
-from tests.wal.test_wal import envelope
 
 KEY = "a-test-key-of-sufficient-length"
 CONFIG = WalConfig(checkpoint_records_interval=10, segment_bytes_max=64 * 1024)

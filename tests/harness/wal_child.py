@@ -20,7 +20,7 @@ from engine.core.model import Lane
 from engine.infra.config import WalConfig
 from engine.infra.logging_setup import configure_logging
 from engine.wal import open_wal
-from tests.wal.test_wal import envelope
+from tests.harness.helpers import envelope
 
 LANES = (Lane.CRITICAL, Lane.STANDARD, Lane.BATCH)
 

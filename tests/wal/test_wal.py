@@ -16,32 +16,15 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from engine.core.model import Envelope, Kind, Lane, Unrecognized
+from engine.core.model import Envelope, Lane
 from engine.infra.config import WalConfig
 from engine.wal import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError, open_wal, scan_log
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.record import FRAME, SEGMENT_MAGIC, checksum
 from tests.harness.faultfs import FaultyFiles
+from tests.harness.helpers import SMALL, envelope
 
 pytestmark = pytest.mark.anyio
-
-SMALL = WalConfig(segment_bytes_max=64 * 1024, checkpoint_records_interval=50, sparse_index_records_interval=4)
-
-
-def envelope(i: int, lane: Lane = Lane.STANDARD, patient: str | None = None, size: int = 200) -> Envelope:
-    """A small envelope with a unique id (message i) and `size` bytes of payload."""
-    return Envelope(
-        message_id=f"hl7:APP|FAC|{i}",
-        kind=Kind.HL7V2,
-        message_type="ORU^R01",
-        patient=patient if patient is not None else f"H|P{i % 7}",
-        lane=lane,
-        lane_reason="test",
-        received_at="2026-11-24T10:00:00Z",
-        source="test",
-        raw=(f"MSH|^~\\&|APP|FAC|||2026||ORU^R01|{i}|P|2.5.1\r".encode() + b"x" * size),
-        events=(Unrecognized("ORU^R01", f"n{i}"),),
-    )
 
 
 async def append_all(

@@ -22,7 +22,7 @@ import pytest
 
 from engine.wal import open_wal, scan_log
 from engine.wal.files import OSFiles
-from tests.wal.test_wal import envelope
+from tests.harness.helpers import envelope
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = int(os.environ.get("VIGIL_CRASH_RUNS", "24"))

@@ -12,8 +12,8 @@ import pytest
 
 from engine.wal import open_wal, scan_log
 from engine.wal.files import OSFiles
+from tests.harness.helpers import SMALL, envelope
 from tests.harness.node_process import ROOT, VIGIL
-from tests.wal.test_wal import SMALL, envelope
 
 
 async def _log_of_many_segments(directory: Path) -> None:

@@ -15,7 +15,7 @@ from engine.core.model import Lane
 from engine.infra.config import WalConfig
 from engine.wal import WALFailedError, open_wal, scan_log
 from tests.harness.faultfs import FaultyFiles
-from tests.wal.test_wal import envelope
+from tests.harness.helpers import envelope
 
 CONFIG = WalConfig(segment_bytes_max=64 * 1024, checkpoint_records_interval=7, commit_delay_ms=0)
 

@@ -1,0 +1,54 @@
+"""What patient actors stand on, in memory: a `RecordSource` and a `Quarantine` for the actor tests.
+
+They keep the contract the log-backed ones keep (tests/node/test_record_source_contract.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+
+from actors import Applied, PatientRecord
+
+__all__ = ["MemoryLog", "MemoryQuarantine"]
+
+
+class MemoryLog:
+    """A `RecordSource`: per-patient records and snapshots in memory."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Applied]] = {}
+        self.snapshots: dict[str, PatientRecord] = {}
+        self.loads = 0
+        self.gate: anyio.Event | None = None
+        self.fail_next_load: Exception | None = None
+
+    def append(self, patient: str, item: Applied) -> None:
+        self.records.setdefault(patient, []).append(item)
+
+    async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
+        self.loads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next_load is not None:
+            error, self.fail_next_load = self.fail_next_load, None
+            raise error
+        snapshot = self.snapshots.get(patient)
+        after = snapshot.last_lsn if snapshot else 0
+        return snapshot, [r for r in self.records.get(patient, []) if r.lsn > after]
+
+    async def save(self, record: PatientRecord) -> None:
+        self.snapshots[record.patient] = record
+
+
+class MemoryQuarantine:
+    """A `Quarantine`: poison records in a list, once per LSN."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, int, str]] = []
+
+    async def quarantine(self, patient: str, item: Applied, reason: str) -> None:
+        if any(lsn == item.lsn for _patient, lsn, _reason in self.items):
+            return  # once per LSN, as on the log: a poison record in the tail fails every activation
+        self.items.append((patient, item.lsn, reason))
