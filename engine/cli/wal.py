@@ -26,6 +26,7 @@ from engine.cli.session import audited, authorized
 from engine.core.decode import decode_input
 from engine.core.errors import ConfigError, InputError
 from engine.core.hl7 import parse, patient_key
+from engine.infra.clock import utc_now
 from engine.wal import (
     AuditTrail,
     CheckpointStore,
@@ -39,7 +40,6 @@ from engine.wal import (
     iter_records,
     open_wal,
     scan_log,
-    utc_now,
 )
 
 __all__ = ["audit", "quarantine", "wal"]

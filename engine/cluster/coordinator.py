@@ -22,11 +22,9 @@ record durable.
 
 from __future__ import annotations
 
-import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, final
 
 import anyio
@@ -51,6 +49,7 @@ from engine.cluster.replication import (
 )
 from engine.cluster.view import bucket_keys
 from engine.core.model import Envelope
+from engine.infra.clock import monotonic, wall_now
 from engine.infra.config import ClusterConfig
 from engine.infra.nats_client import CONNECT_RETRY_S, DRIVER_ERRORS, connect_serving
 from engine.infra.repeated_warning import RepeatedWarning
@@ -113,7 +112,7 @@ class Cluster:
         security: dict[str, object],
         adopt: Adopt,
         forwarded: Forwarded,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         self.config = config
         self.node = node
@@ -128,7 +127,7 @@ class Cluster:
         self._member_seen = Freshness(config.lease_ttl_s)
         self._lease_values: dict[int, LeaseValue] = {}  # each partition's lease as last read (absent: none)
         self._members: dict[str, MemberInfo] = {}
-        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self._started_at = wall_now().isoformat(timespec="seconds")
         self._client: Any = None
         self._js: Any = None
         self._replicator: Replicator | None = None

@@ -8,7 +8,6 @@ no decision is made on them (the nodes judge leases on their own clocks).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any, final
 
 import anyio
@@ -19,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.cluster.leases import decode_lease, decode_member
 from engine.cluster.replication import ReplicaBatch, decode_batch
+from engine.infra.clock import wall_now
 from engine.infra.config import ClusterConfig
 
 __all__ = [
@@ -103,7 +103,7 @@ async def bucket_keys(js: Any, bucket: str) -> list[str]:
 
 def _age_s(msg: Any) -> float | None:
     stamp = getattr(msg, "time", None)
-    return None if stamp is None else round((datetime.now(UTC) - stamp).total_seconds(), 1)
+    return None if stamp is None else round((wall_now() - stamp).total_seconds(), 1)
 
 
 def _deleted(msg: Any) -> bool:

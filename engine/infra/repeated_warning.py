@@ -9,9 +9,10 @@ fails the same way: one line each buried the one line that mattered. A
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, final
+
+from engine.infra.clock import monotonic
 
 __all__ = ["RepeatedWarning"]
 
@@ -21,7 +22,7 @@ class RepeatedWarning:
     """One event name, said at most once per `interval_s` with its count (`times`)."""
 
     def __init__(
-        self, logger: Any, event: str, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self, logger: Any, event: str, interval_s: float = 10.0, clock: Callable[[], float] = monotonic
     ) -> None:
         self._logger = logger
         self._event = event

@@ -14,7 +14,6 @@ that ingests one whole input and answers each message.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import final
@@ -24,6 +23,7 @@ import msgspec
 import structlog
 
 from engine.core.outcome import IngestResult, Outcome
+from engine.infra.clock import epoch_s
 from engine.infra.config import IngestConfig
 
 __all__ = ["DropFolder", "IngestStream"]
@@ -89,7 +89,7 @@ def _free_name(folder: Path, name: str) -> str:
 
 def _ready_files(folder: Path, settle_s: float) -> list[Path]:
     """Regular files in the folder, untouched for `settle_s`, oldest first."""
-    now = time.time()
+    now = epoch_s()
     found = [
         p
         for p in folder.iterdir()

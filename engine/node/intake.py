@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -34,6 +33,7 @@ from engine.core.model import Envelope, Kind, Lane
 from engine.core.outcome import IngestResult, Outcome, worst
 from engine.core.split import Piece, split_input
 from engine.core.windows import patient_hint, windows
+from engine.infra.clock import monotonic
 from engine.infra.config import Config
 from engine.infra.memory import release_free_memory
 from engine.infra.telemetry import Telemetry
@@ -249,7 +249,7 @@ class Intake:
                 return await self._refusals.reject(raw, source, exc), exc
         lane = classified.lane if classified is not None else Lane.STANDARD
         work = Work(raw, source, kind, in_batch=in_batch, classified=classified, parsed=parsed)
-        started = time.perf_counter()
+        started = monotonic()
         attributes = {"vigil.lane": lane.value, "vigil.kind": kind.value}
         span_scope: contextlib.AbstractContextManager[Span | None] = (
             self._telemetry.tracer.start_as_current_span("vigil.message", attributes=attributes)
@@ -259,7 +259,7 @@ class Intake:
         with span_scope as span:
             late = await self._through_lane(lane, Group([work], self._new_event()))
             result, reason = timed_out() if late else (work.result, work.reason)
-            self._answered(span, lane, work, result, (time.perf_counter() - started) * 1000)
+            self._answered(span, lane, work, result, (monotonic() - started) * 1000)
         return result, reason
 
     async def _through_lane(self, lane: Lane, group: Group) -> bool:
@@ -275,13 +275,13 @@ class Intake:
     ) -> None:
         """Messages of one lane from one input: one scheduler turn, one append; each answered on its own."""
         group = Group(works, self._new_event())
-        started = time.perf_counter()
+        started = monotonic()
         # One span per message, as on the one-by-one path: receive to durable.
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
         tracer = self._telemetry.tracer if self._telemetry.tracing else None
         spans = [tracer.start_span("vigil.message", attributes=attributes) if tracer else None for _ in works]
         await self._through_lane(lane, group)
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        elapsed_ms = (monotonic() - started) * 1000
         for index, work, span in zip(indexes, group.works, spans, strict=True):
             results[index] = work.result if work.answered else timed_out()[0]
             self._answered(span, lane, work, results[index], elapsed_ms)

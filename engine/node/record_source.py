@@ -16,7 +16,8 @@ import anyio
 import msgspec
 
 from actors import Applied, PatientRecord
-from engine.wal import Quarantine, Snapshot, SnapshotStore, WriteAheadLog, utc_now
+from engine.infra.clock import utc_now
+from engine.wal import Quarantine, Snapshot, SnapshotStore, WriteAheadLog
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 

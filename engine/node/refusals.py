@@ -9,7 +9,8 @@ import structlog
 
 from engine.core.errors import InputError
 from engine.core.outcome import IngestResult, Outcome
-from engine.wal import Quarantine, utc_now
+from engine.infra.clock import utc_now
+from engine.wal import Quarantine
 
 __all__ = ["Refusals"]
 

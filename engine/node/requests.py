@@ -18,10 +18,11 @@ from engine.auth import AuthEndpoint, Permission
 from engine.cluster import Cluster, FencedError, partition_of
 from engine.core.model import Envelope
 from engine.infra.admin_socket import AdminError, Handler
+from engine.infra.clock import utc_now
 from engine.infra.config import Config
 from engine.node.acknowledgements import acknowledgement, was_critical
 from engine.node.fanout import Fanout
-from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog, utc_now
+from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
 
 __all__ = ["NodeRequests", "Report"]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, final
 
@@ -47,6 +47,7 @@ from engine.core.errors import ConfigError, MessageError, VigilError
 from engine.core.model import Envelope, Kind
 from engine.core.outcome import IngestResult
 from engine.infra.admin_socket import AdminError, AdminServer, Handler
+from engine.infra.clock import wall_now
 from engine.infra.config import Config
 from engine.infra.memory import release_free_memory
 from engine.infra.telemetry import Telemetry
@@ -104,7 +105,7 @@ class Node:
         self.data_dir = data_dir
         self._config_dir = config_dir or Path()
         self._recovery_progress = recovery_progress
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or wall_now
         self._decoder = Decoder(Classifier(config.lanes.rules), config.ingest.charsets())
         self._parse_pool = ParsePool(config.lanes.rules, config.ingest.parse_workers, self._decoder.charsets)
         self._refusals = Refusals(Quarantine(data_dir / "quarantine", OSFiles()))

@@ -13,13 +13,13 @@ the database away) is still applied by the ordered cursor.
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 
 import anyio
 import asyncpg
 from hdrh.histogram import HdrHistogram
 
+from engine.infra.clock import monotonic
 from engine.projections.database import REFUSED_DATA_ERRORS
 from engine.projections.definitions import Projection, Record, build_changes
 from engine.projections.writer import write_unordered
@@ -32,7 +32,7 @@ _QUEUE_MAX = 10_000  # critical records waiting; beyond, they are left to the or
 class CriticalPath:
     """Critical records waiting for the worklist, and the task that writes them."""
 
-    def __init__(self, worklist: Projection, schema: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, worklist: Projection, schema: str, clock: Callable[[], float] = monotonic) -> None:
         self._worklist = worklist
         self._schema = schema
         self._clock = clock

@@ -21,9 +21,8 @@ refuses is applied record by record, the refused record noted as an issue.
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, final
 
@@ -37,6 +36,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from hdrh.histogram import HdrHistogram
 
 from engine.core.model import Lane
+from engine.infra.clock import monotonic, wall_now
 from engine.infra.config import ProjectionsConfig
 from engine.projections.critical_path import CriticalPath
 from engine.projections.database import CONNECTION_ERRORS, REFUSED_DATA_ERRORS, open_pool
@@ -115,8 +115,8 @@ class ProjectionRunner:
         base: Path,
         critical_flags: Sequence[str],
         only: Sequence[str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = monotonic,
+        wall: Callable[[], datetime] = wall_now,
         busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._on_worklist: set[Key] = set()  # (patient, result key) pairs the worklist holds: see definitions
@@ -323,13 +323,13 @@ class ProjectionRunner:
         changes = Changes(TABLES)
         limit = self._config.batch_records_max
         while len(records) < limit:
-            began = time.perf_counter()
+            began = monotonic()
             chunk = self._read(start + len(records), min(_SLICE_RECORDS, limit - len(records)))
             if not chunk:
                 break
             build_changes(chunk, positions, self._chosen, into=changes)
             records += chunk
-            await self._yield(time.perf_counter() - began)
+            await self._yield(monotonic() - began)
         if not records:
             return None
         steps: list[Step] = []

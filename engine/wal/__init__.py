@@ -5,7 +5,7 @@ from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Position
-from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal, utc_now
+from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
 from engine.wal.quarantine import Quarantine
 from engine.wal.reader import iter_records
 from engine.wal.record import GENESIS_HASH, SEGMENT_MAGIC, EventsRecord, LogRecord, decode_events, encode_frame
@@ -43,5 +43,4 @@ __all__ = [
     "open_wal",
     "scan_log",
     "segment_name",
-    "utc_now",
 ]

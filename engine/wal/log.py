@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, final, overload
 
@@ -36,6 +35,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from engine.core.model import Envelope
+from engine.infra.clock import utc_now
 from engine.infra.config import WalConfig
 from engine.wal.audit import AuditTrail
 from engine.wal.base import Base, BaseStore
@@ -77,11 +77,6 @@ def _durable(group: list[Append]) -> list[Durable]:
         for env, position in zip(request.envelopes, request.positions, strict=True)
         if not position.duplicate
     ]
-
-
-def utc_now() -> str:
-    """The log's clock: ISO 8601 UTC with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 @final
