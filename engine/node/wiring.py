@@ -27,7 +27,6 @@ are passivated (snapshots), and the rest stop; the log closes last
 
 from __future__ import annotations
 
-import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -49,7 +48,6 @@ from engine.core.outcome import IngestResult
 from engine.infra.admin_socket import AdminError, AdminServer, Handler
 from engine.infra.clock import wall_now
 from engine.infra.config import Config
-from engine.infra.memory import release_free_memory
 from engine.infra.telemetry import Telemetry
 from engine.infra.tls import nats_security
 from engine.ingress.drop_folder import DropFolder
@@ -59,33 +57,20 @@ from engine.ingress.nats_source import NatsSource
 from engine.ingress.parse_pool import ParsePool
 from engine.node.fanout import Fanout
 from engine.node.from_config import admin_listener, join_cluster, mllp_server, read_side, warn_if_unkeyed
-from engine.node.intake import Intake
-from engine.node.lane_worker import LaneWorker
-from engine.node.partition_router import PartitionRouter
+from engine.node.housekeeping import summarise, until_stopped
+from engine.node.parts import Parts
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
-from engine.node.work import Group
 from engine.projections import ProjectionRunner, dsn_of
 from engine.wal import OSFiles, Progress, Quarantine, SnapshotStore, WriteAheadLog, audit_key_from_env, open_wal
-from lanes import Classifier, LaneScheduler, LaneStatistics
+from lanes import Classifier, LaneStatistics
 
 __all__ = ["IngestResult", "Node"]
 
 _log = structlog.get_logger("vigil.node")
 
 _SOURCES = ("mllp", "drop_folder", "nats")
-
-
-@final
-class _Parts:
-    """The parts made once the log is open: each is handed what it needs from here, and nothing imports this."""
-
-    def __init__(self, wal: WriteAheadLog, intake: Intake, worker: LaneWorker, scheduler: LaneScheduler[Group]) -> None:
-        self.wal = wal
-        self.intake = intake
-        self.worker = worker
-        self.scheduler = scheduler
 
 
 @final
@@ -115,7 +100,7 @@ class Node:
         self._cluster: Cluster | None = None
         self._nats: NatsSource | None = None
         self._mllp_port: int | None = None
-        self._parts: _Parts | None = None
+        self._parts: Parts | None = None
         self._supervisor: Supervisor | None = None
         self._handlers: dict[str, Handler] = {}
         self._requests: NodeRequests | None = None
@@ -203,7 +188,7 @@ class Node:
             if stdin is not None:
                 results = await self.parts.intake.ingest_stream(stdin, "stdin")
             else:
-                await self._wait_for_stop()
+                await until_stopped(self._stop_requested)
             await self._stop(supervisor)
         return results
 
@@ -221,7 +206,7 @@ class Node:
             children.append(self._child("projections", self._run_projections))
         if self.config.cluster.enabled:
             children.append(self._child("cluster", self._run_cluster))
-        children += [self._child("admin", self._run_admin), self._child("summaries", self._summarise)]
+        children += [self._child("admin", self._run_admin), self._child("summaries", self._summaries)]
         if mllp is not None:
             answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
             server = mllp_server(self.config, answers, mllp_tls)
@@ -253,21 +238,17 @@ class Node:
                 self._cluster = join_cluster(
                     self.config, wal, self._config_dir, adopt=self._adopt_partition, forwarded=self._answer_forwarded
                 )
-            router = PartitionRouter(self._cluster, wal, self.config) if self._cluster is not None else None
-            worker = LaneWorker(
-                wal, self._decoder, self._refusals, self._fanout, self._telemetry, clock=self._clock, router=router
-            )
-            scheduler = LaneScheduler[Group](self.config.lanes.scheduler, worker.handle)
-            intake = Intake(
+            self._parts = Parts.over(
+                wal,
                 self.config,
-                self._decoder.classifier,
+                self._decoder,
                 self._parse_pool,
-                scheduler,
-                self._refusals,
+                refusals=self._refusals,
+                fanout=self._fanout,
                 telemetry=self._telemetry,
                 clock=self._clock,
+                cluster=self._cluster,
             )
-            self._parts = _Parts(wal, intake, worker, scheduler)
             assert self._auth is not None
             self._requests = NodeRequests(
                 self.config, wal, self._auth, self._fanout, cluster=self._cluster, report=self._report
@@ -342,46 +323,14 @@ class Node:
         finally:
             self._nats = None
 
-    async def _summarise(self, *, task_status: TaskStatus[None]) -> None:
-        """Per-lane summaries at info, every `node.summary_interval_s`; then free memory back to the system.
-
-        Passivated records and finished bursts leave pages the allocator keeps
-        for later (`engine.infra.memory`): a trim once an interval returns them.
-        """
-        task_status.started()
-        while True:
-            await anyio.sleep(self.config.node.summary_interval_s)
-            await anyio.to_thread.run_sync(release_free_memory)
-            for lane in self.parts.scheduler.statistics():
-                _log.info(
-                    "lane.summary",
-                    lane=lane.lane,
-                    depth=lane.depth,
-                    done=lane.done,
-                    failed=lane.failed,
-                    p50_ms=lane.total_p50_us / 1000,
-                    p99_ms=lane.total_p99_us / 1000,
-                )
+    async def _summaries(self, *, task_status: TaskStatus[None]) -> None:
+        await summarise(self.config.node.summary_interval_s, self.lane_statistics, task_status=task_status)
 
     # -- stopping -----------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask a serving node to stop (as SIGTERM does)."""
         self._stop_requested.set()
-
-    async def _wait_for_stop(self) -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def on_signal() -> None:
-                await _until_signalled()
-                tg.cancel_scope.cancel()
-
-            async def on_request() -> None:
-                await self._stop_requested.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(on_signal)
-            tg.start_soon(on_request)
 
     async def _stop(self, supervisor: Supervisor) -> None:
         """Sources first; then in-flight messages finish (within the deadline) and the patients are snapshot."""
@@ -449,7 +398,7 @@ class Node:
     # -- reading a running node ---------------------------------------------------------
 
     @property
-    def parts(self) -> _Parts:
+    def parts(self) -> Parts:
         assert self._parts is not None, "the node is not running"
         return self._parts
 
@@ -499,10 +448,3 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
-
-
-async def _until_signalled() -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            _log.info("node.stopping", signal=signal.Signals(signum).name)
-            return

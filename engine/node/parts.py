@@ -1,0 +1,55 @@
+"""What a node makes over its open log: the lane worker, the lane scheduler that runs it, and intake that feeds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import final
+
+from engine.cluster import Cluster
+from engine.core.decode import Decoder
+from engine.infra.config import Config
+from engine.infra.telemetry import Telemetry
+from engine.ingress.parse_pool import ParsePool
+from engine.node.fanout import Fanout
+from engine.node.intake import Intake
+from engine.node.lane_worker import LaneWorker
+from engine.node.partition_router import PartitionRouter
+from engine.node.refusals import Refusals
+from engine.node.work import Group
+from engine.wal import WriteAheadLog
+from lanes import LaneScheduler
+
+__all__ = ["Parts"]
+
+
+@final
+class Parts:
+    """The message path of a running node, from a source's call to the durable append; made by `over`."""
+
+    def __init__(self, wal: WriteAheadLog, intake: Intake, worker: LaneWorker, scheduler: LaneScheduler[Group]) -> None:
+        self.wal = wal
+        self.intake = intake
+        self.worker = worker
+        self.scheduler = scheduler
+
+    @classmethod
+    def over(
+        cls,
+        wal: WriteAheadLog,
+        config: Config,
+        decoder: Decoder,
+        parse_pool: ParsePool,
+        *,
+        refusals: Refusals,
+        fanout: Fanout,
+        telemetry: Telemetry,
+        clock: Callable[[], datetime],
+        cluster: Cluster | None,
+    ) -> Parts:
+        """Each part handed what it needs: in a cluster the lane worker appends through the partition router."""
+        router = PartitionRouter(cluster, wal, config) if cluster is not None else None
+        worker = LaneWorker(wal, decoder, refusals, fanout, telemetry, clock=clock, router=router)
+        scheduler = LaneScheduler[Group](config.lanes.scheduler, worker.handle)
+        intake = Intake(config, decoder.classifier, parse_pool, scheduler, refusals, telemetry=telemetry, clock=clock)
+        return cls(wal, intake, worker, scheduler)
