@@ -414,13 +414,19 @@ SUPERVISED_CHILDREN = (
 class RestartLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One child's own restart allowance: more than `intensity` restarts within `period_s` and the node stops."""
 
-    intensity: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    intensity: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     period_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
 
 
 @final
 class SupervisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The node's root supervisor: how often a crashing part is restarted before the node gives up.
+
+    The defaults favour staying up: with the back-off doubling to 30 s, a
+    part that keeps failing (a share that is gone) is retried every 15-30 s
+    and never uses up 10 restarts a minute, so the node keeps serving its
+    other sources; a part that fails faster than its back-off allows, or one
+    given a smaller allowance, stops the node.
 
     Attributes:
         intensity, period_s: the allowance of a child with none of its own.
@@ -429,10 +435,10 @@ class SupervisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
         children: a child's own allowance, by name (`SUPERVISED_CHILDREN`).
     """
 
-    intensity: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    intensity: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     period_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
-    backoff_base_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1
-    backoff_max_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     children: dict[str, RestartLimits] = {}
 
     def __post_init__(self) -> None:
