@@ -24,9 +24,11 @@ import pytest
 from actors import ChildStatus, PatientActors, SupervisorGaveUp
 from engine.core.hl7 import parse
 from engine.core.mllp import MLLPDecoder
+from engine.infra.admin_socket import AdminServer
 from engine.infra.config import Config, RestartLimits, SupervisionConfig
-from engine.node import Node
+from engine.node import Node, wiring
 from engine.node.lane_worker import LaneWorker
+from lanes import LaneScheduler
 from tests.harness.helpers import oru
 from tests.harness.node_process import ROOT, VIGIL, exchange, message
 
@@ -198,3 +200,40 @@ def _line_of(text: str) -> int:
     """The line of this file that raises with `text` (the place `describe` names)."""
     lines = Path(__file__).read_text().splitlines()
     return next(i for i, line in enumerate(lines, 1) if f'raise RuntimeError("{text}")' in line)
+
+
+def _started_then_failing_once(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A child's run that reports ready, then fails at once, the first time only; the original after."""
+    calls: list[int] = []
+
+    async def run(*args: Any, task_status: Any = anyio.TASK_STATUS_IGNORED, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            task_status.started()
+            raise RuntimeError("injected")
+        await original(*args, task_status=task_status, **kwargs)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("child", "owner", "name"),
+    [("lanes", LaneScheduler, "run"), ("admin", AdminServer, "serve"), ("summaries", wiring, "summarise")],
+)
+def test_each_kind_of_part_that_fails_is_restarted_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: str, owner: Any, name: str
+) -> None:
+    """The lanes, the admin endpoint, the summaries: each fails once after starting; it alone is restarted, the
+    node acknowledges throughout, and the count shows on that part only (sources and patients: above)."""
+    monkeypatch.setattr(owner, name, _started_then_failing_once(getattr(owner, name)))
+    node = Node(_config(), tmp_path / "data")
+
+    async def scenario(port: int) -> None:
+        await _until(lambda: _child(node, child).restarts == 1 and _child(node, child).state == "running")
+        assert await _ack(port, CRITICAL) == "AA"
+        assert await _ack(port, message(5)) == "AA"
+
+    _serve(node, scenario)
+    restarted = {c.name: c.restarts for c in node.supervision() if c.restarts}
+    assert restarted == {child: 1}
+    assert (_child(node, child).last_error or "").startswith("RuntimeError at test_node_supervision.py:")
