@@ -38,8 +38,8 @@ from engine.infra.config import Config
 from engine.infra.memory import release_free_memory
 from engine.infra.telemetry import Telemetry
 from engine.ingress.parse_pool import Parsed, ParsePool
+from engine.node.lane_items import Group, Work, timed_out
 from engine.node.refusals import Refusals
-from engine.node.work import Group, Work, timed_out
 from lanes import Classification, Classifier, LaneScheduler
 
 __all__ = ["Intake"]

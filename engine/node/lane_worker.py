@@ -21,8 +21,8 @@ from engine.core.model import Envelope, InvalidText, Kind, Lane
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.telemetry import Telemetry
 from engine.node.fanout import Fanout
+from engine.node.lane_items import Group, Work
 from engine.node.refusals import Refusals
-from engine.node.work import Group, Work
 from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
 
 __all__ = ["Decoded", "LaneWorker", "Router", "accept", "retry_all"]

@@ -21,8 +21,8 @@ from engine.core.errors import InputError, TemporaryError
 from engine.core.model import Envelope
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.config import Config
+from engine.node.lane_items import Work
 from engine.node.lane_worker import Decoded, accept, retry_all
-from engine.node.work import Work
 from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
 
 __all__ = ["PartitionRouter"]

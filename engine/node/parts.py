@@ -13,10 +13,10 @@ from engine.infra.telemetry import Telemetry
 from engine.ingress.parse_pool import ParsePool
 from engine.node.fanout import Fanout
 from engine.node.intake import Intake
+from engine.node.lane_items import Group
 from engine.node.lane_worker import LaneWorker
 from engine.node.partition_router import PartitionRouter
 from engine.node.refusals import Refusals
-from engine.node.work import Group
 from engine.wal import WriteAheadLog
 from lanes import LaneScheduler
 

@@ -1,4 +1,4 @@
-"""Messages on their way through a lane: what a lane carries, and the answer a source waits for."""
+"""What a lane carries: messages on their way through it (`Work`, a `Group`), and the answer a source waits for."""
 
 from __future__ import annotations
 
