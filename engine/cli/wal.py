@@ -28,8 +28,8 @@ from engine.core.errors import ConfigError, InputError
 from engine.core.hl7 import parse, patient_key
 from engine.infra.clock import utc_now
 from engine.wal import (
-    AuditTrail,
     CheckpointStore,
+    KeyedCheckpoints,
     LogRecord,
     OSFiles,
     Quarantine,
@@ -228,7 +228,7 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
     if key is None:
         raise click.ClickException(f"no audit key: set {variable} to the key the node was given")
     files = OSFiles()
-    trail = AuditTrail(directory, files, key)
+    trail = KeyedCheckpoints(directory, files, key)
     watch = frozenset(e.lsn for e in trail.entries())
     report: dict[str, Any] = {"directory": str(directory), "ok": True, "problem": None}
     try:

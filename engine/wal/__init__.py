@@ -1,10 +1,10 @@
 """The write-ahead log (node floor): durable records, checkpoints, verification."""
 
-from engine.wal.audit import AuditTrail, audit_key_from_env
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Position
+from engine.wal.keyed_checkpoints import KeyedCheckpoints, audit_key_from_env
 from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
 from engine.wal.quarantine import Quarantine
 from engine.wal.reader import iter_records
@@ -15,13 +15,13 @@ from engine.wal.snapshots import Snapshot, SnapshotStore
 __all__ = [
     "GENESIS_HASH",
     "SEGMENT_MAGIC",
-    "AuditTrail",
     "Checkpoint",
     "CheckpointStore",
     "DiskFullError",
     "Durable",
     "EventsRecord",
     "FileLayer",
+    "KeyedCheckpoints",
     "LogRecord",
     "OSFiles",
     "Position",

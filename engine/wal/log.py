@@ -37,13 +37,13 @@ from anyio.abc import TaskStatus
 from engine.core.model import Envelope
 from engine.infra.clock import utc_now
 from engine.infra.config import WalConfig
-from engine.wal.audit import AuditTrail
 from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Append, Framed, Pending, Position, answer, critical_first
 from engine.wal.index import IndexStore, LogIndex, sparse_offset
+from engine.wal.keyed_checkpoints import KeyedCheckpoints
 from engine.wal.lock import DirectoryLock
 from engine.wal.record import LogRecord, body_hash, decode_record, encode_frame, read_frame
 from engine.wal.scan import Progress, ScanResult, SegmentInfo, released_segments, scan_log
@@ -117,7 +117,7 @@ class WriteAheadLog:
         self._active = ActiveSegment(directory, files)
         self._checkpoints = CheckpointStore(directory, files)
         self._saved_index = IndexStore(directory, files)
-        self._audit = AuditTrail(directory, files, audit_key) if audit_key else None
+        self._audit = KeyedCheckpoints(directory, files, audit_key) if audit_key else None
         self._failure: WALFailedError | None = None
         self._first_lsn = 1
         # The durable end (what a reader may see) and the tip (the last record

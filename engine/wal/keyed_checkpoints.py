@@ -29,7 +29,7 @@ from engine.core.errors import ConfigError
 from engine.wal.files import FileLayer
 from engine.wal.record import FRAME, checksum, frame_body
 
-__all__ = ["AUDIT_FILE", "AuditEntry", "AuditProblem", "AuditTrail", "audit_key_from_env"]
+__all__ = ["AUDIT_FILE", "AuditEntry", "AuditProblem", "KeyedCheckpoints", "audit_key_from_env"]
 
 AUDIT_FILE: Final = "audit.chk"
 _DOMAIN: Final = b"vigil-audit-checkpoint-v1"
@@ -76,7 +76,7 @@ def _mac(key: bytes, lsn: int, digest: bytes, at: str, previous: bytes) -> bytes
 
 
 @final
-class AuditTrail:
+class KeyedCheckpoints:
     """The append-only file of keyed checkpoints in a log directory."""
 
     def __init__(self, directory: Path, files: FileLayer, key: bytes) -> None:
