@@ -30,7 +30,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
 sys.path.insert(0, str(ROOT))
 

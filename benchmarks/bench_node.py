@@ -48,7 +48,7 @@ from tests.harness.nats_server import (  # the tests' starter (bin/bench puts th
     until_consumed,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 VIGIL = [str(ROOT / "bin" / "vigil")]
 
 

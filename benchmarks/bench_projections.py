@@ -49,7 +49,7 @@ from tests.harness.pg_server import (
 )
 
 _CRITICAL = ("HH", "LL", "AA")
-VIGIL = str(Path(__file__).resolve().parents[2] / "bin" / "vigil")
+VIGIL = str(Path(__file__).resolve().parents[1] / "bin" / "vigil")
 
 
 def _envelopes(count: int, seed: int, mix: FeedMix | None = None) -> list[Envelope]:

@@ -1,0 +1,273 @@
+"""Does a STAT result wait behind billing? ACK latency of critical and standard traffic under billing floods.
+
+Measured from outside a real `vigil run` process (MLLP and a watched
+folder), as a hospital would see it. The probes run in this process: one
+connection sending critical results (ORU^R01, OBX-8 = HH) and one sending
+routine results, each at a steady rate, timing send to ACK. The floods run
+in another process at a lower CPU priority (nice 10), as senders on other
+hosts would: 16 MLLP connections sending DFT^P03 back to back, a file of
+DFT^P03 dropped into the watched folder, or both at once.
+
+Each scenario reports critical and standard p50/p99 and their ratio to the
+idle run, and the billing throughput beside what the same flood achieves
+with no clinical traffic (lanes must not buy isolation by starving batch).
+The same scenarios run with the lanes off (`lanes.scheduler.mode = "fifo"`,
+one queue in arrival order) as the baseline, in the same run.
+
+Issue 16's goal, per flood: critical p99 <= max(1.5 x idle p99, idle p99 +
+2 ms), p50 <= idle p50 + 0.5 ms; standard p99 <= 2 x idle p99; batch >= 50%
+of solo.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from _harness import arguments, fail_if
+from rich.console import Console
+from rich.table import Table
+
+from engine.core.feedgen import FeedMix, generate_feed
+from engine.core.mllp import Frame, MLLPDecoder, frame
+from tests.harness.node_process import log_ids  # bin/bench puts the repository on the path
+
+ROOT = Path(__file__).resolve().parents[1]
+VIGIL = str(ROOT / "bin" / "vigil")
+_FLOOD = "--flood"  # this script, run as the flood process
+_PROBE_RATE = 50.0  # messages per second on each probe connection
+_BILLING = FeedMix(0, 0, 0, 0, 0, 0, 1)
+_CRITICAL = FeedMix(0, 0, 1, 0, 0, 0, 0)
+_ROUTINE = FeedMix(0, 1, 0, 0, 0, 0, 0)
+
+
+# -- the flood process --------------------------------------------------------------
+
+
+def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int) -> None:
+    """Billing as other hosts would send it, at a lower CPU priority; prints its answers per second (JSON)."""
+    os.nice(10)
+    counted = [0]
+    if kind in {"file", "both"}:
+        feed = generate_feed(file_messages, seed=7, mix=_BILLING, id_prefix="F")
+        temp = drop / "billing.hl7.tmp"
+        temp.write_bytes(b"".join(feed))
+        temp.rename(drop / "billing.hl7")  # the folder takes only whole files
+    threads = []
+    if kind in {"mllp", "both"}:
+        deadline = time.perf_counter() + seconds
+        threads = [threading.Thread(target=_send_back_to_back, args=(port, k, deadline, counted)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        time.sleep(seconds)
+    sys.stdout.write(msgspec.json.encode({"mllp_per_s": counted[0] / seconds}).decode() + "\n")
+
+
+def _send_back_to_back(port: int, k: int, deadline: float, counted: list[int]) -> None:
+    feed = generate_feed(5_000, seed=100 + k, mix=_BILLING, id_prefix=f"B{k}-")
+    decoder = MLLPDecoder()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        for raw in feed:
+            if time.perf_counter() >= deadline:
+                return
+            conn.sendall(frame(raw))
+            while not any(isinstance(i, Frame) for i in decoder.feed(conn.recv(65536))):
+                pass
+            counted[0] += 1
+
+
+# -- the probes (this process) --------------------------------------------------------
+
+
+def _probe(port: int, feed: list[bytes], seconds: float, out: dict[str, Any]) -> None:
+    """Send at a steady rate on one connection; the send-to-ACK latency of each, and how many were AA/CA."""
+    decoder = MLLPDecoder()
+    latencies: list[float] = []
+    accepted = 0
+    interval = 1.0 / _PROBE_RATE
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        for n, raw in enumerate(feed):
+            due = start + n * interval
+            if due - start >= seconds:
+                break
+            time.sleep(max(0.0, due - time.perf_counter()))
+            t0 = time.perf_counter()
+            conn.sendall(frame(raw))
+            answer = b""
+            while not answer:
+                for item in decoder.feed(conn.recv(65536)):
+                    if isinstance(item, Frame):
+                        answer = item.payload
+            latencies.append((time.perf_counter() - t0) * 1000)
+            accepted += b"|AA|" in answer or b"|CA|" in answer
+    out.update(latencies=latencies, accepted=accepted)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+# -- one node, one scenario ----------------------------------------------------------------
+
+
+def _scenario(
+    mode: str, flood: str, scratch: Path, seconds: float, file_messages: int, *, probes: bool
+) -> dict[str, Any]:
+    """One fresh node (lanes on, or `fifo`), one flood, the probes if asked; the figures."""
+    run = scratch / f"{mode}-{flood}-{'probes' if probes else 'solo'}"
+    drop = run / "drop"
+    drop.mkdir(parents=True)
+    config = run / "vigil.toml"
+    config.write_text(f'[lanes.scheduler]\nmode = "{mode}"\n[ingest]\nwatch_poll_interval_s = 0.1\n')
+    command = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--watch", str(drop)]
+    with subprocess.Popen(
+        [*command, "--data", str(run / "data")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as node:
+        assert node.stdout is not None
+        port = int(node.stdout.readline().decode().rsplit(":", 1)[1])
+        flooder = None
+        if flood != "idle":
+            args = [sys.executable, __file__, _FLOOD, flood, str(port), str(drop), str(seconds), str(file_messages)]
+            flooder = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=ROOT)
+            time.sleep(0.3)  # the flood under way before the probes start
+        critical: dict[str, Any] = {}
+        standard: dict[str, Any] = {}
+        started = time.perf_counter()
+        threads = []
+        if probes:
+            count = int(seconds * _PROBE_RATE) + 1
+            for feed, out in (
+                (generate_feed(count, seed=1, mix=_CRITICAL, id_prefix="K"), critical),
+                (generate_feed(count, seed=2, mix=_ROUTINE, id_prefix="R"), standard),
+            ):
+                threads.append(threading.Thread(target=_probe, args=(port, feed, seconds, out)))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        flooded: dict[str, Any] = {"mllp_per_s": 0.0}
+        if flooder is not None:
+            out, _ = flooder.communicate(timeout=seconds + 120)
+            flooded = msgspec.json.decode(out.splitlines()[-1])
+        elapsed = time.perf_counter() - started
+        file_done = (drop / "done" / "billing.hl7").exists()
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=120)
+        node.stdout.close()
+    from_file = sum(1 for i in log_ids(run / "data") if i.rsplit("|", 1)[-1].startswith("F"))
+    return {
+        "mode": mode,
+        "flood": flood,
+        "critical": critical,
+        "standard": standard,
+        "batch_mllp_per_s": flooded["mllp_per_s"],
+        "batch_file_per_s": from_file / seconds,
+        "file_done_in_window": file_done,
+        "elapsed_s": elapsed,
+    }
+
+
+def _row(result: dict[str, Any], idle: dict[str, Any], solo: dict[str, Any] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"mode": result["mode"], "flood": result["flood"]}
+    for name in ("critical", "standard"):
+        lat, base = result[name].get("latencies", []), idle[name].get("latencies", [])
+        row[f"{name}_p50_ms"] = round(_pct(lat, 50), 2)
+        row[f"{name}_p99_ms"] = round(_pct(lat, 99), 2)
+        row[f"{name}_p99_vs_idle"] = round(_pct(lat, 99) / _pct(base, 99), 2) if base else None
+        row[f"{name}_sent"] = len(lat)
+        row[f"{name}_accepted"] = result[name].get("accepted", 0)
+    row["batch_per_s"] = round(result["batch_mllp_per_s"] + result["batch_file_per_s"])
+    solo_rate = solo["batch_mllp_per_s"] + solo["batch_file_per_s"] if solo else 0.0
+    row["batch_vs_solo"] = round(row["batch_per_s"] / solo_rate, 2) if solo_rate else None
+    row["file_done_in_window"] = result["file_done_in_window"]
+    return row
+
+
+def main() -> None:
+    args = arguments(__doc__ or "")
+    seconds = 2.0 if args.quick else 10.0
+    file_messages = 4_000 if args.quick else 100_000
+    scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-isolation-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        for mode in ("priority", "fifo"):
+            idle = _scenario(mode, "idle", scratch, seconds, file_messages, probes=True)
+            rows.append(_row(idle, idle, None))
+            for flood in ("mllp", "file", "both"):
+                solo = _scenario(mode, flood, scratch, seconds, file_messages, probes=False)
+                result = _scenario(mode, flood, scratch, seconds, file_messages, probes=True)
+                rows.append(_row(result, idle, solo))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _print(rows)
+    ratios = {
+        f"{r['flood']}": round(
+            next(x for x in rows if x["mode"] == "fifo" and x["flood"] == r["flood"])["critical_p99_ms"]
+            / r["critical_p99_ms"],
+            2,
+        )
+        for r in rows
+        if r["mode"] == "priority"
+    }
+    Console(width=140).print(f"critical p99, lanes off / lanes on, per flood: [bold]{ratios}[/]")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        document = {"title": "isolation", "seconds": seconds, "file_messages": file_messages, "results": rows}
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode({**document, "fifo_over_lanes": ratios})))
+    fail_if(any(r["critical_sent"] == 0 for r in rows), "a critical probe sent nothing")
+    fail_if(any(r["critical_accepted"] != r["critical_sent"] for r in rows), "a critical message was not accepted")
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Critical and standard ACK latency under billing floods (ms; ratio to idle)")
+    for name in (
+        "lanes",
+        "flood",
+        "critical p50",
+        "critical p99",
+        "x idle",
+        "standard p50",
+        "standard p99",
+        "x idle",
+        "billing/s",
+        "x solo",
+        "file done",
+    ):
+        table.add_column(name, justify="left" if name in {"lanes", "flood"} else "right")
+    for r in rows:
+        table.add_row(
+            "on" if r["mode"] == "priority" else "off (fifo)",
+            r["flood"],
+            f"{r['critical_p50_ms']:.2f}",
+            f"{r['critical_p99_ms']:.2f}",
+            "-" if r["critical_p99_vs_idle"] is None else f"{r['critical_p99_vs_idle']:.1f}",
+            f"{r['standard_p50_ms']:.2f}",
+            f"{r['standard_p99_ms']:.2f}",
+            "-" if r["standard_p99_vs_idle"] is None else f"{r['standard_p99_vs_idle']:.1f}",
+            f"{r['batch_per_s']:,}",
+            "-" if r["batch_vs_solo"] is None else f"{r['batch_vs_solo']:.2f}",
+            "yes" if r["file_done_in_window"] else "no",
+        )
+    Console(width=140).print(table)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == _FLOOD:
+        _flood(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
+    else:
+        main()
