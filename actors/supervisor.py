@@ -45,7 +45,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from engine.core.errors import VigilError, error_summary
+from engine.core.errors import VigilError, error_summary, first_leaf
 
 __all__ = ["ChildSpec", "ChildStatus", "Restart", "Strategy", "Supervisor", "SupervisorGaveUp"]
 
@@ -266,7 +266,8 @@ class Supervisor:
     async def _after_exit(self, index: int, error: Exception | None) -> None:
         spec = self.children[index]
         if isinstance(error, ExceptionGroup):
-            error = _leaf(error)  # a child's own task group wraps what failed in it
+            leaf = first_leaf(error)  # a child's own task group wraps what failed in it
+            error = leaf if isinstance(leaf, Exception) else error
         if error is not None:
             self._failures.append(error)
             self._last_errors[index] = error_summary(error)
@@ -336,11 +337,3 @@ class Supervisor:
             ) from ExceptionGroup(f"{self.name}: the failures", causes)
         delay: float = min(self._max, self._base * 2.0 ** (len(times) - 1))
         return delay / 2 + self._rng.random() * delay / 2
-
-
-def _leaf(group: ExceptionGroup[Exception]) -> Exception:
-    """The first failure in a (nested) exception group: the one an operator is told of."""
-    first: Exception = group
-    while isinstance(first, ExceptionGroup):
-        first = first.exceptions[0]
-    return first

@@ -20,7 +20,7 @@ from actors import SupervisorGaveUp
 from engine.cli.console import DataConsole, styled
 from engine.cli.context import Context
 from engine.cli.progress import scan_progress
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, first_leaf
 from engine.core.hl7 import parse
 from engine.core.mllp import Frame, MLLPDecoder, frame
 from engine.core.model import Kind
@@ -93,7 +93,7 @@ def run(
         refusals, _others = group.split(_REFUSALS)
         if refusals is None:
             raise
-        raise click.ClickException(str(_first(refusals))) from None
+        raise click.ClickException(str(first_leaf(refusals))) from None
     finally:
         if shutdown_export is not None:
             shutdown_export()
@@ -101,10 +101,6 @@ def run(
 
 _REFUSALS = (WALLockedError, WALCorruptError, ConfigError, SupervisorGaveUp, OSError)
 
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaf = group.exceptions[0]
-    return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
 
 
 def _run_stdin(node: Node) -> None:

@@ -48,6 +48,7 @@ from engine.cluster.replication import (
     subject_of,
 )
 from engine.cluster.view import bucket_keys
+from engine.core.errors import first_leaf
 from engine.core.model import Envelope
 from engine.infra.clock import monotonic, wall_now
 from engine.infra.config import ClusterConfig
@@ -247,7 +248,7 @@ class Cluster:
             except Exception as exc:  # noqa: BLE001
                 failures += 1
                 delay = CONNECT_RETRY_S[min(failures, len(CONNECT_RETRY_S) - 1)]
-                leaf = _leaf(exc)
+                leaf = first_leaf(exc)
                 _log.error(
                     "cluster.session_failed",
                     error=type(leaf).__name__,
@@ -671,12 +672,6 @@ async def _attempt(step: str, work: Awaitable[None]) -> bool:
         return False
     return True
 
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first exception inside (nested) exception groups: what to name in a log line."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _where(exc: BaseException) -> str:

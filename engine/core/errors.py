@@ -66,6 +66,7 @@ __all__ = [
     "TemporaryError",
     "VigilError",
     "error_summary",
+    "first_leaf",
 ]
 
 # HL7 table 0357 (message error condition codes) that Vigil reports.
@@ -237,3 +238,10 @@ def error_summary(error: BaseException) -> str:
     if where is None:
         return type(error).__name__
     return f"{type(error).__name__} at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: the one to name; itself when not a group."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

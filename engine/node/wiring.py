@@ -42,7 +42,7 @@ from actors import ChildSpec, ChildStatus, PatientActors, RecordView, Restart, S
 from engine.auth import AuthEndpoint, AuthService, AuthStore
 from engine.cluster import Cluster, ReplicaBatch
 from engine.core.decode import Decoder
-from engine.core.errors import ConfigError, MessageError, VigilError
+from engine.core.errors import ConfigError, MessageError, VigilError, first_leaf
 from engine.core.model import Envelope, Kind
 from engine.core.outcome import IngestResult
 from engine.infra.admin_socket import AdminError, AdminServer, Handler
@@ -144,7 +144,7 @@ class Node:
                 return await self._supervised(store, mllp, stdin, watch, mllp_tls, nats=nats, task_status=task_status)
             except BaseExceptionGroup as group:
                 # One error a caller can catch (SupervisorGaveUp, ConfigError), not the task groups' nesting.
-                error = _first(group)
+                error = first_leaf(group)
                 if not isinstance(error, VigilError):
                     raise
                 raise error from error.__cause__
@@ -440,11 +440,3 @@ class Node:
         if self._parts is None:
             return []
         return [(s.lane, s.depth) for s in self._parts.scheduler.statistics()]
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of an exception group (task groups nest them)."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
