@@ -102,7 +102,6 @@ def run(
 _REFUSALS = (WALLockedError, WALCorruptError, ConfigError, SupervisorGaveUp, OSError)
 
 
-
 def _run_stdin(node: Node) -> None:
     limit = node.config.ingest.input_bytes_max
     raw = sys.stdin.buffer.read(limit + 1)

@@ -673,7 +673,6 @@ async def _attempt(step: str, work: Awaitable[None]) -> bool:
     return True
 
 
-
 def _where(exc: BaseException) -> str:
     """The innermost line of Vigil's own code an exception passed through (file:line), for the log."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/engine/" in f.filename]
