@@ -8,7 +8,10 @@ from decimal import Decimal
 import asyncpg
 
 from actors.record import PatientRecord
+from engine.core.decode import Decoder
+from engine.core.feedgen import generate_feed
 from engine.core.model import ChargePosted, MedicationAdministered, RecordAccessed, ResultAcknowledged, ResultReported
+from engine.wal import WriteAheadLog
 from engine.wal.record import LogRecord
 
 Tables = dict[str, set[tuple[object, ...]]]
@@ -136,3 +139,13 @@ def differences(expected: Tables, actual: Tables) -> dict[str, tuple[set[tuple[o
 
 def as_decimal(text: str) -> Decimal:
     return Decimal(text)
+
+
+async def fill_log(wal: WriteAheadLog, count: int, seed: int = 7, patients: int = 25) -> None:
+    """`count` messages of a generated feed into the log, 64 to an append."""
+    decoder = Decoder()
+    envelopes = [
+        decoder.hl7(raw, received_at="t", source="s") for raw in generate_feed(count, seed=seed, patients=patients)
+    ]
+    for start in range(0, len(envelopes), 64):
+        await wal.append(envelopes[start : start + 64])

@@ -160,12 +160,11 @@ def test_connections_cut_mid_batch_leave_no_partial_batch(
 ) -> None:
     from engine.infra.config import ProjectionsConfig
     from engine.projections import ProjectionRunner
-    from tests.harness.read_side import CRITICAL
-    from tests.projections.test_projections import _fill
+    from tests.harness.read_side import CRITICAL, fill_log
 
     async def scenario() -> None:
         async with open_wal(tmp_path / "wal") as wal:
-            await _fill(wal, 30_000, patients=400)
+            await fill_log(wal, 30_000, patients=400)
             config = ProjectionsConfig(schema=pg_schema, batch_records_max=2000, retry_delay_max_s=0.2)
             runner = ProjectionRunner(wal, config, pg_dsn, base=Path(), critical_flags=sorted(CRITICAL))
             killed = 0

@@ -16,8 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.core.decode import Decoder
-from engine.core.feedgen import generate_feed
 from engine.core.model import (
     Admitted,
     AllergyRecorded,
@@ -43,7 +41,7 @@ from engine.projections import ProjectionRunner, projection_names
 from engine.projections.maintenance import rebuild
 from engine.wal import WriteAheadLog, open_wal
 from engine.wal.record import LogRecord
-from tests.harness.read_side import CRITICAL, actual_tables, differences, expected_tables
+from tests.harness.read_side import CRITICAL, actual_tables, differences, expected_tables, fill_log
 
 T = TypeVar("T")
 
@@ -58,19 +56,10 @@ def _runner(wal: WriteAheadLog, dsn: str, schema: str, **settings: object) -> Pr
     return ProjectionRunner(wal, config, dsn, base=Path("."), critical_flags=sorted(CRITICAL))
 
 
-async def _fill(wal: WriteAheadLog, count: int, seed: int = 7, patients: int = 25) -> None:
-    decoder = Decoder()
-    envelopes = [
-        decoder.hl7(raw, received_at="t", source="s") for raw in generate_feed(count, seed=seed, patients=patients)
-    ]
-    for start in range(0, len(envelopes), 64):
-        await wal.append(envelopes[start : start + 64])
-
-
 @pytest.mark.anyio
 async def test_a_generated_feed_projects_to_what_the_actors_report(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
     async with open_wal(tmp_path / "wal") as wal:
-        await _fill(wal, 1500)
+        await fill_log(wal, 1500)
         await _runner(wal, pg_dsn, pg_schema, batch_records_max=97).catch_up()
         expected = expected_tables(wal.read_from(1))
     actual = await actual_tables(pg_dsn, pg_schema)
