@@ -27,6 +27,7 @@ are passivated (snapshots), and the rest stop; the log closes last
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -108,7 +109,7 @@ class Node:
         self._audit_keyed = False
         self._stop_requested = anyio.Event()
         self._started = 0.0
-        self._sources: dict[str, str] = {"mllp": "off", "nats": "off"}
+        self._mllp_state = "off"  # what `vigil status` says of the MLLP listener
         self.admin_port: int | None = None  # the admin endpoint's TCP port, when `[admin] listen` is set
 
     # -- running --------------------------------------------------------------------
@@ -210,9 +211,9 @@ class Node:
         if mllp is not None:
             answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
             server = mllp_server(self.config, answers, mllp_tls)
-            children.append(self._child("mllp", lambda **kw: self._run_mllp(server, mllp, **kw)))
+            children.append(self._child("mllp", functools.partial(self._run_mllp, server, mllp)))
         if watch is not None:
-            children.append(self._child("drop_folder", lambda **kw: self._run_drop_folder(watch, **kw)))
+            children.append(self._child("drop_folder", functools.partial(self._run_drop_folder, watch)))
         if nats:
             children.append(self._child("nats", self._run_nats))
         return children
@@ -232,8 +233,7 @@ class Node:
             self.data_dir / "wal", self.config.wal, audit_key=key, progress=self._recovery_progress
         ) as wal:
             wal.on_control_id_reused = lambda: self._telemetry.reused_control_ids.add(1)
-            busy = lambda: self._parts is not None and self._parts.intake.in_flight > 0  # noqa: E731 -- one line
-            self._projections = self._fanout.projections = read_side(self.config, wal, self._config_dir, busy)
+            self._projections = self._fanout.projections = read_side(self.config, wal, self._config_dir, self._busy)
             if self.config.cluster.enabled:
                 self._cluster = join_cluster(
                     self.config, wal, self._config_dir, adopt=self._adopt_partition, forwarded=self._answer_forwarded
@@ -303,9 +303,9 @@ class Node:
             port = await tg.start(server.serve, address[0], address[1])
             self._mllp_port = port
             tls = " (TLS)" if server.tls else ""
-            self._sources["mllp"] = f"listening on port {port}{tls}"
+            self._mllp_state = f"listening on port {port}{tls}"
             task_status.started()
-        self._sources["mllp"] = "off"
+        self._mllp_state = "off"
 
     async def _run_drop_folder(self, folder: Path, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
@@ -381,7 +381,7 @@ class Node:
             "in_flight": self.parts.intake.in_flight,
             "invalid_text_messages": self.parts.worker.invalid_text,
             "audit": {"keyed": self._audit_keyed, "key_env": self.config.audit.key_env},
-            "sources": {**self._sources, "nats": self._nats.state if self._nats is not None else "off"},
+            "sources": {"mllp": self._mllp_state, "nats": self._nats.state if self._nats is not None else "off"},
             "supervision": msgspec.to_builtins(self.supervision()),
         }
 
@@ -432,6 +432,10 @@ class Node:
         if handler is None:
             raise AdminError(f"unknown request {operation!r}")
         return await handler(request)
+
+    def _busy(self) -> bool:
+        """Messages in flight: the read side yields to them."""
+        return self._parts is not None and self._parts.intake.in_flight > 0
 
     def _read_side_lag(self) -> tuple[int, float] | None:
         return self._projections.lag() if self._projections is not None else None
