@@ -58,15 +58,22 @@ def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int)
     """Billing as other hosts would send it, at a lower CPU priority; prints its answers per second (JSON)."""
     os.nice(10)
     counted = [0]
+    # Made before the clock starts: sixteen feeds take seconds to generate.
+    feeds = [
+        generate_feed(5_000, seed=100 + k, mix=_BILLING, id_prefix=f"B{k}-")
+        for k in range(16 if kind in {"mllp", "both"} else 0)
+    ]
     if kind in {"file", "both"}:
         feed = generate_feed(file_messages, seed=7, mix=_BILLING, id_prefix="F")
         temp = drop / "billing.hl7.tmp"
         temp.write_bytes(b"".join(feed))
         temp.rename(drop / "billing.hl7")  # the folder takes only whole files
+    sys.stdout.write("flooding\n")  # the probes start now
+    sys.stdout.flush()
     threads = []
-    if kind in {"mllp", "both"}:
+    if feeds:
         deadline = time.perf_counter() + seconds
-        threads = [threading.Thread(target=_send_back_to_back, args=(port, k, deadline, counted)) for k in range(16)]
+        threads = [threading.Thread(target=_send_back_to_back, args=(port, f, deadline, counted)) for f in feeds]
         for t in threads:
             t.start()
         for t in threads:
@@ -76,8 +83,7 @@ def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int)
     sys.stdout.write(msgspec.json.encode({"mllp_per_s": counted[0] / seconds}).decode() + "\n")
 
 
-def _send_back_to_back(port: int, k: int, deadline: float, counted: list[int]) -> None:
-    feed = generate_feed(5_000, seed=100 + k, mix=_BILLING, id_prefix=f"B{k}-")
+def _send_back_to_back(port: int, feed: list[bytes], deadline: float, counted: list[int]) -> None:
     decoder = MLLPDecoder()
     with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
         for raw in feed:
@@ -140,11 +146,15 @@ def _scenario(
     ) as node:
         assert node.stdout is not None
         port = int(node.stdout.readline().decode().rsplit(":", 1)[1])
+        for seed, mix in ((3, _CRITICAL), (4, _ROUTINE)):  # warmed up: first actors, first parses, not measured
+            _probe(port, generate_feed(20, seed=seed, mix=mix, id_prefix=f"W{seed}"), 20 / _PROBE_RATE, {})
         flooder = None
         if flood != "idle":
             args = [sys.executable, __file__, _FLOOD, flood, str(port), str(drop), str(seconds), str(file_messages)]
             flooder = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=ROOT)
-            time.sleep(0.3)  # the flood under way before the probes start
+            assert flooder.stdout is not None
+            flooder.stdout.readline()  # its feeds made and its file dropped: the flood begins
+            time.sleep(0.3)  # under way before the probes start
         critical: dict[str, Any] = {}
         standard: dict[str, Any] = {}
         started = time.perf_counter()
