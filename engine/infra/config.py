@@ -305,6 +305,9 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             lone sender never waits); groups holding any critical or standard
             record never wait.
         group_records_max: the most records one write + fsync covers.
+        batch_group_records_max: the most records a group of batch-lane
+            records only covers: an urgent append arriving meanwhile waits for
+            that group's framing, write and fsync, so it is kept small.
         group_bytes_max: the most bytes one write covers (a single larger
             record is written alone).
         queue_appends_max: appends waiting for the writer before callers wait
@@ -326,6 +329,7 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     segment_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB)] = 64 * _MIB
     commit_delay_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
     group_records_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    batch_group_records_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 64
     group_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB, le=1024 * _MIB)] = 8 * _MIB
     queue_appends_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     checkpoint_records_interval: Annotated[int, msgspec.Meta(ge=1)] = 10_000

@@ -135,6 +135,7 @@ class WriteAheadLog:
         # stream: a stream's checkpoints cost the writer two more task switches
         # per group, measured as a tenth of an unloaded append's time.
         self._queue: deque[Append] = deque()
+        self._urgent_queued = 0  # critical or standard appends in the queue (taken ahead of batch ones)
         self._wake = anyio.Event()  # set by an append (or the close) while the writer is idle
         self._idle = False
         self._room: anyio.Event | None = None  # made when an append waits for room in the queue
@@ -228,6 +229,7 @@ class WriteAheadLog:
                 self._room = self._new_event()
             await self._room.wait()  # the queue is full: wait (backpressure)
         self._queue.append(request)
+        self._urgent_queued += request.urgent
         self._wake_writer()
         await request.done.wait()
         if request.error is not None:
@@ -297,23 +299,61 @@ class WriteAheadLog:
             self._idle = False
 
     def _take(self, group: list[Append] | None = None) -> list[Append]:
-        """Move waiting appends into a group, up to `group_records_max` records."""
+        """Move waiting appends into a group: urgent ones first, else in order, within the group bounds.
+
+        A group holds at most `batch_group_records_max` batch-lane records: its
+        framing, write and fsync are what an urgent append arriving meanwhile waits for.
+        """
         group = [] if group is None else group
-        limit = self.config.group_records_max
-        count = sum(len(a.envelopes) for a in group)
+        if not group and self._urgent_queued and not self._queue[0].urgent:
+            group = self._urgent_ahead()
+            if group:  # on their own: no batch record's framing in front of them
+                self._make_room()
+                return group
         queue = self._queue
-        while queue and count < limit:
+        count = sum(len(a.envelopes) for a in group)
+        batch = sum(len(a.envelopes) for a in group if not a.urgent)
+        limit, batch_limit = self.config.group_records_max, self.config.batch_group_records_max
+        while queue and count < limit and (queue[0].urgent or batch < batch_limit):
             more = queue.popleft()
             group.append(more)
             count += len(more.envelopes)
-        if self._room is not None and len(queue) < self.config.queue_appends_max:
+            if more.urgent:
+                self._urgent_queued -= 1
+            else:
+                batch += len(more.envelopes)
+        self._make_room()
+        return group
+
+    def _make_room(self) -> None:
+        """Wake the appends waiting for room, if there is room now."""
+        if self._room is not None and len(self._queue) < self.config.queue_appends_max:
             self._room.set()
             self._room = None
-        return group
+
+    def _urgent_ahead(self) -> list[Append]:
+        """The urgent appends queued behind batch ones that may be written before them.
+
+        One may go ahead unless an append queued before it touches one of its
+        patients: the lanes choose what is durable first, never the order of
+        one patient's history.
+        """
+        ahead: list[Append] = []
+        behind: deque[Append] = deque()
+        held: set[str] = set()
+        for request in self._queue:
+            if request.urgent and not (request.patients & held):
+                ahead.append(request)
+            else:
+                behind.append(request)
+                held |= request.patients
+        self._queue = behind
+        self._urgent_queued -= len(ahead)
+        return ahead
 
     async def _wait_for_company(self, group: list[Append], delay: float) -> None:
         """A batch-only group waits up to `delay` for more, ending early for urgent work."""
-        limit = self.config.group_records_max
+        limit = self.config.batch_group_records_max
         with anyio.move_on_after(delay):
             while sum(len(a.envelopes) for a in group) < limit:
                 before = len(group)

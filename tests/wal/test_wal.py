@@ -7,6 +7,7 @@ test names the fault and the outcome DESIGN.md and the issue require.
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,7 @@ from typing import Literal
 import anyio
 import msgspec
 import pytest
+from anyio.abc import TaskStatus
 from structlog.testing import capture_logs
 
 from engine.core.model import Envelope, Lane
@@ -500,3 +502,52 @@ def test_the_events_only_record_has_the_log_records_layout() -> None:
     from engine.wal.record import EventsRecord, LogRecord
 
     assert [f.name for f in msgspec.structs.fields(EventsRecord)] == [f.name for f in msgspec.structs.fields(LogRecord)]
+
+
+class _HeldSync(OSFiles):
+    """The real files, but an fsync, once armed, waits for the test: the writer is busy while appends queue."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def sync(self, handle: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.holding.set()
+            self.release.wait(30)
+        super().sync(handle)
+
+
+async def test_urgent_appends_go_ahead_of_queued_batch_ones_but_never_past_their_patient(tmp_path: Path) -> None:
+    """200 batch appends queued behind a busy writer, a critical and a standard one among them: those two
+    are written first, unless an earlier queued append holds one of their patients; batch groups stay small."""
+    config = WalConfig(batch_group_records_max=64, sync="thread")
+    files = _HeldSync()
+    lsns: dict[str, int] = {}
+    queued = [envelope(i, Lane.BATCH, patient=f"H|B{i}") for i in range(200)]
+    queued[150] = envelope(150, Lane.CRITICAL, patient="H|alone")
+    queued[160] = envelope(160, Lane.STANDARD, patient="H|alone-too")
+    queued[170] = envelope(170, Lane.CRITICAL, patient="H|B100")  # behind that patient's batch record
+
+    async def one(env: Envelope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        lsns[env.message_id] = (await wal.append([env]))[0].lsn  # queued before this task first waits
+
+    async with open_wal(tmp_path, config, files=files) as wal:
+        files.armed = True
+        async with anyio.create_task_group() as tg:
+            await tg.start(one, queued[0])
+            await anyio.to_thread.run_sync(files.holding.wait)  # the writer is in its first fsync
+            for env in queued[1:]:  # queued in this order
+                await tg.start(one, env)
+            files.release.set()
+        groups = wal.statistics().groups
+
+    first_batch = min(lsns[e.message_id] for e in queued[1:] if e.lane is Lane.BATCH)
+    assert lsns["hl7:APP|FAC|150"] < first_batch
+    assert lsns["hl7:APP|FAC|160"] < first_batch
+    assert lsns["hl7:APP|FAC|170"] > lsns["hl7:APP|FAC|100"]
+    assert groups >= 1 + 200 // 64  # no group holds more than 64 batch records
+    assert sorted(lsns.values()) == list(range(1, 201))
