@@ -308,8 +308,8 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         batch_group_records_max: the most records a group of batch-lane
             records only covers: an urgent append arriving meanwhile waits for
             that group's framing, write and fsync, so it is kept small.
-        group_bytes_max: the most bytes one write covers (a single larger
-            record is written alone).
+        group_bytes_max: the most message bytes one write covers (a single
+            larger append is written alone).
         queue_appends_max: appends waiting for the writer before callers wait
             too (backpressure).
         checkpoint_records_interval: a checkpoint every this many records;

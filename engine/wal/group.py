@@ -32,7 +32,18 @@ class Position(msgspec.Struct, frozen=True):
 class Append:
     """One caller's append, waiting for its group's fsync."""
 
-    __slots__ = ("critical", "done", "envelopes", "epoch", "error", "partition", "patients", "positions", "urgent")
+    __slots__ = (
+        "critical",
+        "done",
+        "envelopes",
+        "epoch",
+        "error",
+        "partition",
+        "patients",
+        "positions",
+        "size",
+        "urgent",
+    )
 
     patients: set[str]
 
@@ -46,11 +57,13 @@ class Append:
         # Only an all-batch append may wait for company before its fsync.
         if len(envelopes) == 1:  # the common case, without the loop
             e = envelopes[0]
+            self.size = len(e.raw)  # its original bytes: what bounds a group's write
             self.critical = e.lane is Lane.CRITICAL
             self.urgent = e.lane is not Lane.BATCH
             self.patients = {e.patient, *e.other_patients} if e.patient else set(e.other_patients)
             return
         self.urgent = self.critical = False
+        self.size = sum(len(e.raw) for e in envelopes)
         self.patients = set()
         for e in envelopes:
             if e.lane is not Lane.BATCH:

@@ -301,8 +301,10 @@ class WriteAheadLog:
     def _take(self, group: list[Append] | None = None) -> list[Append]:
         """Move waiting appends into a group: urgent ones first, else in order, within the group bounds.
 
-        A group holds at most `batch_group_records_max` batch-lane records: its
-        framing, write and fsync are what an urgent append arriving meanwhile waits for.
+        A group holds at most `group_records_max` records and `group_bytes_max`
+        bytes of messages (one larger append is written alone), and at most
+        `batch_group_records_max` batch-lane records: its framing, write and
+        fsync are what an urgent append arriving meanwhile waits for.
         """
         group = [] if group is None else group
         if not group and self._urgent_queued and not self._queue[0].urgent:
@@ -313,11 +315,15 @@ class WriteAheadLog:
         queue = self._queue
         count = sum(len(a.envelopes) for a in group)
         batch = sum(len(a.envelopes) for a in group if not a.urgent)
+        size = sum(a.size for a in group)
         limit, batch_limit = self.config.group_records_max, self.config.batch_group_records_max
         while queue and count < limit and (queue[0].urgent or batch < batch_limit):
+            if group and size + queue[0].size > self.config.group_bytes_max:
+                break  # a larger one is written alone
             more = queue.popleft()
             group.append(more)
             count += len(more.envelopes)
+            size += more.size
             if more.urgent:
                 self._urgent_queued -= 1
             else:

@@ -551,3 +551,24 @@ async def test_urgent_appends_go_ahead_of_queued_batch_ones_but_never_past_their
     assert lsns["hl7:APP|FAC|170"] > lsns["hl7:APP|FAC|100"]
     assert groups >= 1 + 200 // 64  # no group holds more than 64 batch records
     assert sorted(lsns.values()) == list(range(1, 201))
+
+
+async def test_a_group_covers_at_most_group_bytes_max(tmp_path: Path) -> None:
+    """Appends of 40 KiB queued behind a busy writer, with groups of 64 KiB at most: each is written alone."""
+    config = WalConfig(group_bytes_max=64 * 1024, sync="thread")
+    files = _HeldSync()
+    queued = [envelope(i, Lane.STANDARD, size=40 * 1024) for i in range(5)]
+
+    async def one(env: Envelope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await wal.append([env])
+
+    async with open_wal(tmp_path, config, files=files) as wal:
+        files.armed = True
+        async with anyio.create_task_group() as tg:
+            await tg.start(one, queued[0])
+            await anyio.to_thread.run_sync(files.holding.wait)
+            for env in queued[1:]:
+                await tg.start(one, env)
+            files.release.set()
+        assert wal.statistics().groups == 5
