@@ -4,6 +4,7 @@ Imports only the pure floor of `engine` (model, codecs), never the node.
 """
 
 from lanes.classify import Classification, Classifier
+from lanes.pacing import Pacer, PacingSettings, PacingStatistics
 from lanes.rules import ClassificationRules
 from lanes.scheduler import LaneFull, LaneScheduler, LaneStatistics
 from lanes.settings import LaneLimits, SchedulerSettings
@@ -16,5 +17,8 @@ __all__ = [
     "LaneLimits",
     "LaneScheduler",
     "LaneStatistics",
+    "Pacer",
+    "PacingSettings",
+    "PacingStatistics",
     "SchedulerSettings",
 ]

@@ -17,7 +17,8 @@ import msgspec
 from engine.auth import AuthConfig, WorkstationConfig
 from engine.core.errors import CharsetError, ConfigError
 from engine.core.hl7 import CharsetDefaults, resolve_charset
-from lanes import ClassificationRules, SchedulerSettings
+from engine.infra.collector import CollectorConfig
+from lanes import ClassificationRules, PacingSettings, SchedulerSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -408,6 +409,7 @@ SUPERVISED_CHILDREN = (
     "cluster",
     "admin",
     "summaries",
+    "collector",
     "mllp",
     "drop_folder",
     "nats",
@@ -455,10 +457,12 @@ class SupervisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 @final
 class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Lane settings: `rules` decide which message goes to which lane, `scheduler` how lanes share the node."""
+    """Lane settings: `rules` decide which message goes to which lane, `scheduler` how lanes share the node,
+    `pacing` how batch work steps aside on the event loop for urgent messages in flight."""
 
     rules: ClassificationRules = ClassificationRules()
     scheduler: SchedulerSettings = SchedulerSettings()
+    pacing: PacingSettings = PacingSettings()
 
 
 @final
@@ -478,6 +482,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     actors: ActorsConfig = ActorsConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     auth: AuthConfig = AuthConfig()
+    collector: CollectorConfig = CollectorConfig()
     workstation: WorkstationConfig = WorkstationConfig()
 
 

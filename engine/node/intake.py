@@ -40,7 +40,7 @@ from engine.infra.telemetry import Telemetry
 from engine.ingress.parse_pool import Parsed, ParsePool
 from engine.node.lane_items import Group, Work, timed_out
 from engine.node.refusals import Refusals
-from lanes import Classification, Classifier, LaneScheduler
+from lanes import Classification, Classifier, LaneScheduler, Pacer
 
 __all__ = ["Intake"]
 
@@ -62,9 +62,11 @@ class Intake:
         scheduler: LaneScheduler[Group],
         refusals: Refusals,
         *,
+        pacer: Pacer,
         telemetry: Telemetry,
         clock: Callable[[], datetime],
     ) -> None:
+        self._pacer = pacer
         self._config = config
         self._classifier = classifier
         self._parse_pool = parse_pool
@@ -270,9 +272,17 @@ class Intake:
         return result, reason
 
     async def _through_lane(self, lane: Lane, group: Group) -> bool:
-        """A group admitted to its lane and waited for; True if `ack_timeout_s` passed first."""
+        """A group admitted to its lane and waited for; True if `ack_timeout_s` passed first.
+
+        A critical or standard group is urgent while it is in flight: batch
+        work steps aside for it (`lanes.pacing`); a batch group steps aside
+        before it is admitted.
+        """
         timeout = self._config.mllp.ack_timeout_s
-        with self._counted_in_flight(len(group.works)), anyio.move_on_after(timeout) as waited:
+        urgent = self._pacer.urgent() if lane is not Lane.BATCH else contextlib.nullcontext()
+        with urgent, self._counted_in_flight(len(group.works)), anyio.move_on_after(timeout) as waited:
+            if lane is Lane.BATCH:
+                await self._pacer.pace()
             await self._scheduler.admit(lane, group)
             await group.done.wait()
         return waited.cancelled_caught
@@ -354,5 +364,5 @@ def _unpack(pieces: list[Piece], span: range, answer: tuple[list[Parsed], dict[i
 _SPLIT_IN_LOOP_BYTES_MAX = 256 * 1024  # a larger input is cut into messages in a worker thread
 _STREAM_WINDOW = 512  # messages of one input in flight at once, one by one
 _GROUP_MESSAGES_MAX = 64  # messages of one input per window of lane groups
-_PARSE_CHUNK_MESSAGES = 1024  # messages per hand-off to a parse worker
-_PARSE_CHUNKS_AHEAD = 4  # chunks handed off before the loop has taken their turn
+_PARSE_CHUNK_MESSAGES = 256  # messages per hand-off to a parse worker
+_PARSE_CHUNKS_AHEAD = 8  # chunks handed off before the loop has taken their turn

@@ -24,6 +24,7 @@ from engine.node.fanout import Fanout
 from engine.node.lane_items import Group, Work
 from engine.node.refusals import Refusals
 from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
+from lanes import Pacer
 
 __all__ = ["Decoded", "LaneWorker", "Router", "accept", "retry_all"]
 
@@ -53,9 +54,11 @@ class LaneWorker:
         fanout: Fanout,
         telemetry: Telemetry,
         *,
+        pacer: Pacer,
         clock: Callable[[], datetime],
         router: Router | None = None,
     ) -> None:
+        self._pacer = pacer
         self._wal = wal
         self._decoder = decoder
         self._refusals = refusals
@@ -71,8 +74,13 @@ class LaneWorker:
         An unexpected error (a bug, not a message's fault) is logged, and every
         message of the group not yet answered is answered "retry" at once, so
         no sender waits out its ACK timeout; the scheduler counts the failure.
+        A batch group steps aside (`lanes.pacing`) before its parse and before
+        its records go to their actors, while urgent messages are in flight.
         """
+        batch = lane is Lane.BATCH
         try:
+            if batch:
+                await self._pacer.pace()
             applied = await self._durable(group)
         except Exception as exc:
             _log.error("lane.worker_failed", lane=lane.value, error=error_summary(exc))
@@ -81,6 +89,8 @@ class LaneWorker:
         finally:
             group.done.set()
         for envelopes, positions in applied:
+            if batch:
+                await self._pacer.pace()
             await self._fanout.apply(envelopes, positions)
 
     async def _durable(self, group: Group) -> list[tuple[list[Envelope], list[Position]]]:

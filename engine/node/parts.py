@@ -1,4 +1,4 @@
-"""What a node makes over its open log: the lane worker, the lane scheduler that runs it, and intake that feeds it."""
+"""What a node makes over its open log: the lane worker, its scheduler, intake that feeds it, the pacer they share."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from engine.node.lane_worker import LaneWorker
 from engine.node.partition_router import PartitionRouter
 from engine.node.refusals import Refusals
 from engine.wal import WriteAheadLog
-from lanes import LaneScheduler
+from lanes import LaneScheduler, Pacer
 
 __all__ = ["Parts"]
 
@@ -27,11 +27,14 @@ __all__ = ["Parts"]
 class Parts:
     """The message path of a running node, from a source's call to the durable append; made by `over`."""
 
-    def __init__(self, wal: WriteAheadLog, intake: Intake, worker: LaneWorker, scheduler: LaneScheduler[Group]) -> None:
+    def __init__(
+        self, wal: WriteAheadLog, intake: Intake, worker: LaneWorker, scheduler: LaneScheduler[Group], pacer: Pacer
+    ) -> None:
         self.wal = wal
         self.intake = intake
         self.worker = worker
         self.scheduler = scheduler
+        self.pacer = pacer
 
     @classmethod
     def over(
@@ -49,7 +52,10 @@ class Parts:
     ) -> Parts:
         """Each part handed what it needs: in a cluster the lane worker appends through the partition router."""
         router = PartitionRouter(cluster, wal, config) if cluster is not None else None
-        worker = LaneWorker(wal, decoder, refusals, fanout, telemetry, clock=clock, router=router)
+        pacer = Pacer(config.lanes.pacing)
+        worker = LaneWorker(wal, decoder, refusals, fanout, telemetry, pacer=pacer, clock=clock, router=router)
         scheduler = LaneScheduler[Group](config.lanes.scheduler, worker.handle)
-        intake = Intake(config, decoder.classifier, parse_pool, scheduler, refusals, telemetry=telemetry, clock=clock)
-        return cls(wal, intake, worker, scheduler)
+        intake = Intake(
+            config, decoder.classifier, parse_pool, scheduler, refusals, pacer=pacer, telemetry=telemetry, clock=clock
+        )
+        return cls(wal, intake, worker, scheduler, pacer)

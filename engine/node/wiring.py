@@ -48,6 +48,7 @@ from engine.core.model import Envelope, Kind
 from engine.core.outcome import IngestResult
 from engine.infra.admin_socket import AdminError, AdminServer, Handler
 from engine.infra.clock import wall_now
+from engine.infra.collector import Collector
 from engine.infra.config import Config
 from engine.infra.telemetry import Telemetry
 from engine.infra.tls import nats_security
@@ -207,7 +208,11 @@ class Node:
             children.append(self._child("projections", self._run_projections))
         if self.config.cluster.enabled:
             children.append(self._child("cluster", self._run_cluster))
-        children += [self._child("admin", self._run_admin), self._child("summaries", self._summaries)]
+        children += [
+            self._child("admin", self._run_admin),
+            self._child("summaries", self._summaries),
+            self._child("collector", Collector(self.config.collector, self._busy).run),
+        ]
         if mllp is not None:
             answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
             server = mllp_server(self.config, answers, mllp_tls)
@@ -374,6 +379,7 @@ class Node:
         return {
             "uptime_s": round(anyio.current_time() - self._started, 1),
             "lanes": msgspec.to_builtins(self.parts.scheduler.statistics()),
+            "pacing": msgspec.to_builtins(self.parts.pacer.statistics()),
             "actors": msgspec.to_builtins(actors.statistics()) if actors is not None else "restarting",
             "quarantine_open": await self._refusals.open_items(),
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",

@@ -28,10 +28,10 @@ def test_every_key_is_optional() -> None:
             "unknown key ingest.message_bytes_maxx (allowed: message_bytes_max, input_bytes_max, watch_poll_interval_s,"
             " parse_workers, parse_pool_messages_min, large_message_bytes, hl7_charset, hl7_sender_charsets)",
         ),
-        ("[lanes]\nrule = 1", "unknown key lanes.rule (allowed: rules, scheduler)"),
+        ("[lanes]\nrule = 1", "unknown key lanes.rule (allowed: rules, scheduler, pacing)"),
         (
             "colour = 1",
-            "unknown key colour (allowed: node, ingest, mllp, admin, nats, cluster, wal, audit, projections, lanes, actors, supervision, auth, workstation)",
+            "unknown key colour (allowed: node, ingest, mllp, admin, nats, cluster, wal, audit, projections, lanes, actors, supervision, auth, collector, workstation)",
         ),
         ("[ingest]\nmessage_bytes_max = 5", "ingest.message_bytes_max: expected int >= 1024"),
         ('[ingest]\nmessage_bytes_max = "big"', "ingest.message_bytes_max: expected int, got str"),
