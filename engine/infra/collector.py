@@ -47,7 +47,7 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     enabled: bool = True
-    freeze_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    freeze_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 0.25
     sweep_interval_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 600.0
 
 

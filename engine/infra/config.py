@@ -61,6 +61,9 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # An input of at least this many messages (stdin, a file, a NATS batch) is parsed in
     # `parse_workers` worker processes beside the event loop (0: always in the loop).
     parse_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
+    # Their CPU priority below the node's (added to its nice value): bulk parsing must not
+    # take the CPU from the event loop that answers critical traffic.
+    parse_workers_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
     parse_pool_messages_min: Annotated[int, msgspec.Meta(ge=1)] = 2048
     # A single HL7 v2 message at least this large is classified and parsed in a parse
     # worker too, away from the loop that answers critical traffic.
@@ -97,12 +100,19 @@ _KIB = 1024
 
 @final
 class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The node: its id, where it keeps its data (relative to the config file), how long a stop may take."""
+    """The node: its id, where it keeps its data (relative to the config file), how long a stop may take.
+
+    `switch_interval_ms` is how long another thread of the node (splitting a
+    large input, the log's sync thread) may hold the interpreter before the
+    event loop gets it back (`sys.setswitchinterval`): at Python's 5 ms, each
+    wake-up of the loop could wait that long while a dropped file was split.
+    """
 
     data_dir: str = ".vigil"
     id: str = "vigil-1"
     stop_deadline_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     summary_interval_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    switch_interval_ms: Annotated[float, msgspec.Meta(ge=0.05, le=100)] = 0.5
 
 
 @final

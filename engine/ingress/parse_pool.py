@@ -66,8 +66,9 @@ _WATCHDOG_INTERVAL_S = 0.5  # how soon a worker notices that the node is gone
 _TRIM_AFTER_BYTES = 4 * 1024 * 1024  # a chunk this large leaves the worker's free memory to the system
 
 
-def _start_worker(rules: ClassificationRules, charsets: CharsetDefaults, node_pid: int) -> None:
+def _start_worker(rules: ClassificationRules, charsets: CharsetDefaults, node_pid: int, nice: int) -> None:
     global _decoder  # noqa: PLW0603 -- the worker process's one decoder, made once
+    os.nice(nice)  # below the node: the CPU goes to the loop that answers critical traffic first
     _decoder = Decoder(Classifier(rules), charsets)
     threading.Thread(target=_exit_with, args=(node_pid,), name="parse-worker-watchdog", daemon=True).start()
 
@@ -115,8 +116,11 @@ def _parse_chunk(
 class ParsePool:
     """Worker processes for large inputs; `parse` returns None when they cannot serve (parse in the loop)."""
 
-    def __init__(self, rules: ClassificationRules, workers: int, charsets: CharsetDefaults | None = None) -> None:
+    def __init__(
+        self, rules: ClassificationRules, workers: int, charsets: CharsetDefaults | None = None, *, nice: int = 10
+    ) -> None:
         self._rules = rules
+        self._nice = nice
         self._charsets = charsets if charsets is not None else CharsetDefaults()
         self._workers = workers
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
@@ -131,7 +135,7 @@ class ParsePool:
                 self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self._rules, self._charsets, os.getpid()),
+                initargs=(self._rules, self._charsets, os.getpid(), self._nice),
             )
             self._executor.submit(int)  # makes the processes start now, not at the first chunk
         except (OSError, concurrent.futures.BrokenExecutor) as exc:  # no /dev/shm, no processes left...

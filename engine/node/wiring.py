@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -94,7 +95,10 @@ class Node:
         self._recovery_progress = recovery_progress
         self._clock = clock or wall_now
         self._decoder = Decoder(Classifier(config.lanes.rules), config.ingest.charsets())
-        self._parse_pool = ParsePool(config.lanes.rules, config.ingest.parse_workers, self._decoder.charsets)
+        ingest = config.ingest
+        self._parse_pool = ParsePool(
+            config.lanes.rules, ingest.parse_workers, self._decoder.charsets, nice=ingest.parse_workers_nice
+        )
         self._refusals = Refusals(Quarantine(data_dir / "quarantine", OSFiles()))
         self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
         self._projections: ProjectionRunner | None = None
@@ -134,6 +138,7 @@ class Node:
             SupervisorGaveUp: a part kept failing past its restart allowance.
             ConfigError: a part met a configuration mistake (never restarted: it would fail again).
         """
+        sys.setswitchinterval(self.config.node.switch_interval_ms / 1000)
         # Its processes import while the log is recovered. Not for a small stdin input: a worker
         # still importing holds the process's exit back by most of a second.
         large_stdin = stdin is not None and stdin.count(b"MSH") >= self.config.ingest.parse_pool_messages_min

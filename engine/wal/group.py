@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import final
 
 import anyio
@@ -73,6 +73,10 @@ class Append:
                 self.patients.add(e.patient)
             self.patients.update(e.other_patients)
 
+    def sent_by_source(self) -> set[tuple[str, str]]:
+        """Its (source, patient) pairs: what fixes its place among the appends queued with it."""
+        return {key for e in self.envelopes for key in _keys(e)}
+
 
 @final
 class Framed:
@@ -94,6 +98,12 @@ class Framed:
         self.offsets = offsets
         self.hashes = hashes
         self.pending = pending
+
+
+def _keys(envelope: Envelope) -> Iterator[tuple[str, str]]:
+    for patient in (envelope.patient, *envelope.other_patients):
+        if patient:
+            yield envelope.source, patient
 
 
 def critical_first(group: list[Append]) -> list[list[Append]]:

@@ -341,18 +341,23 @@ class WriteAheadLog:
         """The urgent appends queued behind batch ones that may be written before them.
 
         One may go ahead unless an append queued before it touches one of its
-        patients: the lanes choose what is durable first, never the order of
-        one patient's history.
+        patients *from the same source* (a connection, a file, a subject):
+        the lanes choose what is durable first, never the order in which one
+        source sent one patient's messages. Between independent sources no
+        order exists to keep (the network's timing made it), so a critical
+        result from the lab's connection does not wait for the billing file's
+        queued records of its patient.
         """
         ahead: list[Append] = []
         behind: deque[Append] = deque()
-        held: set[str] = set()
+        held: set[tuple[str, str]] = set()
         for request in self._queue:
-            if request.urgent and not (request.patients & held):
+            keys = request.sent_by_source()
+            if request.urgent and not (keys & held):
                 ahead.append(request)
             else:
                 behind.append(request)
-                held |= request.patients
+                held |= keys
         self._queue = behind
         self._urgent_queued -= len(ahead)
         return ahead

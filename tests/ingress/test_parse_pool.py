@@ -84,6 +84,22 @@ async def test_a_worker_parses_as_the_loop_does() -> None:
 
 
 @pytest.mark.anyio
+async def test_workers_run_at_a_lower_cpu_priority_than_the_node() -> None:
+    """Bulk parsing must not take the CPU from the loop that answers critical traffic."""
+    pool = ParsePool(RULES, workers=1, nice=7)
+    try:
+        warm = pool.submit(_messages()[:5], "t0", "test")
+        assert warm is not None
+        assert await pool.result(warm) is not None
+        workers = [c.pid for c in multiprocessing.active_children() if c.pid is not None]
+        assert workers
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in workers} == {min(19, mine + 7)}
+    finally:
+        pool.close()
+
+
+@pytest.mark.anyio
 async def test_a_killed_worker_leaves_the_parsing_to_the_loop() -> None:
     """SIGKILL the worker: the chunk's answer is None (the node parses it itself), the failure is logged once."""
     pool = ParsePool(RULES, workers=1)

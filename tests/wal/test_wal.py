@@ -553,6 +553,36 @@ async def test_urgent_appends_go_ahead_of_queued_batch_ones_but_never_past_their
     assert sorted(lsns.values()) == list(range(1, 201))
 
 
+async def test_an_urgent_append_goes_ahead_of_another_sources_batch_records_of_its_patient(tmp_path: Path) -> None:
+    """A billing file queued for patient P; a critical result for P from an MLLP connection goes first (the
+    order of independent sources is the network's, not a history), while one from the file itself stays after."""
+    config = WalConfig(batch_group_records_max=64, sync="thread")
+    files = _HeldSync()
+    lsns: dict[str, int] = {}
+    queued = [
+        msgspec.structs.replace(envelope(i, Lane.BATCH, patient="H|P"), source="file:billing.hl7") for i in range(100)
+    ]
+    queued[80] = msgspec.structs.replace(envelope(80, Lane.CRITICAL, patient="H|P"), source="mllp:10.0.0.5:41122")
+    queued[90] = msgspec.structs.replace(envelope(90, Lane.CRITICAL, patient="H|P"), source="file:billing.hl7")
+
+    async def one(env: Envelope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        lsns[env.message_id] = (await wal.append([env]))[0].lsn
+
+    async with open_wal(tmp_path, config, files=files) as wal:
+        files.armed = True
+        async with anyio.create_task_group() as tg:
+            await tg.start(one, queued[0])
+            await anyio.to_thread.run_sync(files.holding.wait)  # the writer is in its first fsync
+            for env in queued[1:]:
+                await tg.start(one, env)
+            files.release.set()
+
+    first_batch = min(lsns[e.message_id] for e in queued[1:] if e.lane is Lane.BATCH)
+    assert lsns["hl7:APP|FAC|80"] < first_batch
+    assert lsns["hl7:APP|FAC|90"] > lsns["hl7:APP|FAC|89"]
+
+
 async def test_a_group_covers_at_most_group_bytes_max(tmp_path: Path) -> None:
     """Appends of 40 KiB queued behind a busy writer, with groups of 64 KiB at most: each is written alone."""
     config = WalConfig(group_bytes_max=64 * 1024, sync="thread")
