@@ -147,6 +147,7 @@ class Intake:
                 ahead.append(self._parse_pool.submit(messages, received, source))
             future = ahead.popleft()  # this span's
             answer = await self._parse_pool.result(future) if future is not None else None
+            await self._pacer.pace()  # bulk work: its chunk is unpacked once urgent messages are answered
             parsed = self._parse_here(pieces, span) if answer is None else _unpack(pieces, span, answer)
             await self._ingest_chunk(pieces, span, parsed, source, results)
         return results
@@ -173,6 +174,7 @@ class Intake:
         classified, hints, envelopes = parsed
         lanes = [c.lane if c is not None else None for c in classified]
         for window in windows(lanes, hints, _GROUP_MESSAGES_MAX):
+            await self._pacer.pace()  # each window, once urgent messages in flight are answered
             if window.one_by_one:
                 alone = [pieces[span.start + i] for i in window.one_by_one]
                 answered = await self._ingest_one_by_one(alone, source)

@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from engine.auth import Role
+from engine.core.feedgen import FeedMix, generate_feed
 from engine.core.hl7 import parse
 from engine.core.mllp import MLLPDecoder
 from engine.wal import OSFiles, open_wal
@@ -122,6 +123,36 @@ def test_a_critical_result_is_answered_while_a_large_message_is_parsed(tmp_path:
             slow.close()
             fast.close()
     assert order == ["CTL000077", "BIG1"]
+
+
+def test_a_critical_result_is_durable_and_answered_while_a_20000_message_billing_file_is_ingested(
+    tmp_path: Path,
+) -> None:
+    """Issue 16's ordering: a critical result sent once a file of 20,000 DFT^P03 is under way is answered AA
+    before the file is done, and lands in the log among the file's records, not after them."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    config = tmp_path / "vigil.toml"
+    config.write_text("[ingest]\nwatch_poll_interval_s = 0.1\n")
+    billing = generate_feed(20_000, seed=7, mix=FeedMix(0, 0, 0, 0, 0, 0, 1), id_prefix="F")
+    critical = message(77).replace(b"|N|||F", b"|HH|||F").replace(b"4.1", b"6.9")
+    with node(tmp_path / "data", "--watch", str(drop), config=config) as (_, port):
+        (drop / "billing.hl7.tmp").write_bytes(b"".join(billing))
+        (drop / "billing.hl7.tmp").rename(drop / "billing.hl7")
+        time.sleep(1.0)  # taken and under way (an ordering test: no time is asserted)
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
+            ack = parse(exchange(conn, critical, MLLPDecoder()))
+        file_done_at_ack = (drop / "done" / "billing.hl7").exists()
+        for _ in range(600):
+            if (drop / "done" / "billing.hl7").exists():
+                break
+            time.sleep(0.1)
+    assert (ack.get("MSA-1"), ack.get("MSA-2")) == ("AA", "CTL000077")
+    assert not file_done_at_ack
+    ids = log_ids(tmp_path / "data")
+    from_file = [i for i, m in enumerate(ids) if m.rsplit("|", 1)[-1].startswith("F")]
+    assert len(from_file) == 20_000
+    assert from_file[0] < ids.index("hl7:LAB|GENHOSP|CTL000077") < from_file[-1]
 
 
 def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> None:
