@@ -11,8 +11,12 @@ The pacer is the cooperative half of the answer. The node marks each urgent
 (critical or standard) message from its classification to its answer
 (`urgent`), and every unit of batch work awaits `pace` before it runs:
 
-- nothing urgent in flight: `pace` returns at once (no turn of the loop is
-  taken: batch alone runs at full speed);
+- nothing urgent in flight: `pace` returns at once, except once batch work
+  has run for `slice_ms` since the loop last looked at its sockets: then the
+  unit waits on a timer, which the loop runs only after the socket events it
+  polls next. (A plain yield would not do: what is already ready runs before
+  any new event, so a critical message arriving during a long batch turn
+  would wait for the whole of it and the next one too.)
 - an urgent message in flight: `pace` waits until none is, so after one turn
   the loop holds only that message's work; but never longer than
   `wait_max_ms` at a time, so steady standard traffic slows batch and cannot
@@ -26,12 +30,15 @@ front of the next critical message.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from typing import Annotated, final
 
 import anyio
 import anyio.lowlevel
 import msgspec
+
+from actors import loop_clock
 
 __all__ = ["Pacer", "PacingSettings", "PacingStatistics"]
 
@@ -46,11 +53,14 @@ class PacingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             messages to be answered; then it runs anyway.
         release_per_turn: parked batch units let go per turn of the loop once
             nothing urgent is in flight.
+        slice_ms: batch work that runs between two looks of the loop at its
+            sockets (a new critical message is seen at the next look).
     """
 
     enabled: bool = True
     wait_max_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 20.0
     release_per_turn: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4
+    slice_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
 
 
 @final
@@ -61,6 +71,7 @@ class PacingStatistics(msgspec.Struct, frozen=True):
     batch_waits: int
     batch_waits_maxed: int
     parked: int
+    slices: int
 
 
 @final
@@ -76,6 +87,10 @@ class Pacer:
         self._parked = 0
         self._waits = 0
         self._maxed = 0
+        self._slice_s = settings.slice_ms / 1000
+        self._slice_began = -math.inf  # when batch work last resumed after the loop looked at its sockets
+        self._slices = 0
+        self._now: Callable[[], float] | None = None  # the loop's clock, resolved at the first `pace`
 
     @contextlib.contextmanager
     def urgent(self) -> Iterator[None]:
@@ -93,7 +108,10 @@ class Pacer:
 
     async def pace(self) -> None:
         """Before a unit of batch work: at once if nothing urgent is in flight, else once none is (or `wait_max_ms`)."""
-        if self._clear is None or not self.settings.enabled:
+        if not self.settings.enabled:
+            return
+        if self._clear is None:
+            await self._slice()
             return
         self._waits += 1
         self._parked += 1
@@ -107,6 +125,16 @@ class Pacer:
         finally:
             self._parked -= 1
 
+    async def _slice(self) -> None:
+        """Past `slice_ms` of batch work: wait for a timer, so the loop looks at its sockets first."""
+        if self._now is None:
+            self._now = loop_clock()
+        if self._now() - self._slice_began < self._slice_s:
+            return
+        self._slices += 1
+        await anyio.sleep(_AFTER_THE_NEXT_LOOK_S)
+        self._slice_began = self._now()
+
     async def _turn(self) -> None:
         """A woken unit's place: the k-th since the urgent messages were answered waits k // release_per_turn turns."""
         rank = self._woken
@@ -116,4 +144,8 @@ class Pacer:
 
     def statistics(self) -> PacingStatistics:
         """Counters for `vigil status`."""
-        return PacingStatistics(self._urgent, self._waits, self._maxed, self._parked)
+        return PacingStatistics(self._urgent, self._waits, self._maxed, self._parked, self._slices)
+
+
+# A timer this short is due at the loop's next turn, where it runs after the socket events of that turn.
+_AFTER_THE_NEXT_LOOK_S = 1e-6

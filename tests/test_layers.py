@@ -18,7 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # The pure floor of `engine` is one package: what `lanes/` and `actors/` may import.
 PURE_ENGINE = "engine.core"
 # The runtime floor: on anyio, but no I/O of its own (the node passes it in).
-RUNTIME = {"actors.actor", "actors.clock", "actors.supervisor", "actors.patients", "actors.turns", "lanes.scheduler"}
+RUNTIME = {
+    "actors.actor",
+    "actors.clock",
+    "actors.supervisor",
+    "actors.patients",
+    "actors.turns",
+    "lanes.scheduler",
+    "lanes.pacing",
+}
 # I/O of any kind: never below the node floor.
 IO = {
     "os",

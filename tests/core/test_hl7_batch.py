@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.core.errors import HL7Error
 from engine.core.hl7 import parse, split_stream
+from engine.core.hl7.batch import boundaries
 from tests.harness.helpers import MSH_ADT, MSH_ORU, PID, hl7
 
 
@@ -75,3 +80,27 @@ def test_junk_before_the_first_message_stays_with_it() -> None:
 def test_empty_input_has_no_messages() -> None:
     """Whitespace only: nothing to cut."""
     assert split_stream(b"\r\n  ").messages == []
+
+
+# The single pattern the boundaries were found with before (a look-behind, tried at every byte): the oracle.
+_ONE_PATTERN = re.compile(rb"(?:\A(?:\xef\xbb\xbf)?|(?<=[\r\n]))(MSH|FHS|BHS|BTS|FTS)(?=[^A-Za-z0-9\r\n])")
+_PARTS = st.sampled_from(
+    [
+        b"MSH|^~\\&|A",
+        b"FHS|^~\\&",
+        b"BHS|^~\\&",
+        b"BTS|1",
+        b"FTS|1",
+        b"\r",
+        b"\n",
+        b"\xef\xbb\xbf",
+        b"PID|1",
+        b"MSHX",
+        b"x",
+    ]
+)
+
+
+@given(st.lists(_PARTS, max_size=30).map(b"".join))
+def test_boundaries_are_those_of_the_one_pattern_they_replaced(raw: bytes) -> None:
+    assert boundaries(raw) == [(m.start(1), m.group(1)) for m in _ONE_PATTERN.finditer(raw)]

@@ -127,3 +127,18 @@ def test_a_unit_waits_at_most_wait_max_ms_so_steady_urgent_traffic_never_stops_b
     waited, maxed, parked = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
     assert waited == pytest.approx(0.020)
     assert (maxed, parked) == (1, 0)
+
+
+def test_batch_work_past_its_slice_waits_for_the_loop_to_look_at_its_sockets() -> None:
+    """Units of 0.4 ms of batch work, slices of 1 ms: every third unit waits a turn (on a timer)."""
+
+    async def scenario() -> int:
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        pacer = Pacer(PacingSettings(slice_ms=1.0))
+        for _ in range(10):
+            await pacer.pace()
+            clock.jump(0.0004)  # the unit's work
+        return pacer.statistics().slices
+
+    assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == 4
