@@ -26,7 +26,8 @@ def test_every_key_is_optional() -> None:
         (
             "[ingest]\nmessage_bytes_maxx = 5",
             "unknown key ingest.message_bytes_maxx (allowed: message_bytes_max, input_bytes_max, watch_poll_interval_s,"
-            " parse_workers, parse_pool_messages_min, large_message_bytes, hl7_charset, hl7_sender_charsets)",
+            " parse_workers, parse_workers_nice, parse_pool_messages_min, large_message_bytes, hl7_charset,"
+            " hl7_sender_charsets)",
         ),
         ("[lanes]\nrule = 1", "unknown key lanes.rule (allowed: rules, scheduler, pacing)"),
         (
