@@ -273,17 +273,17 @@ class Intake:
             self._answered(span, lane, work, result, (monotonic() - started) * 1000)
         return result, reason
 
-    async def _through_lane(self, lane: Lane, group: Group) -> bool:
+    async def _through_lane(self, lane: Lane, group: Group, *, paced: bool = True) -> bool:
         """A group admitted to its lane and waited for; True if `ack_timeout_s` passed first.
 
         A critical or standard group is urgent while it is in flight: batch
         work steps aside for it (`lanes.pacing`); a batch group steps aside
-        before it is admitted.
+        before it is admitted, unless its input's windows are `paced` already.
         """
         timeout = self._config.mllp.ack_timeout_s
         urgent = self._pacer.urgent() if lane is not Lane.BATCH else contextlib.nullcontext()
         with urgent, self._counted_in_flight(len(group.works)), anyio.move_on_after(timeout) as waited:
-            if lane is Lane.BATCH:
+            if lane is Lane.BATCH and paced:
                 await self._pacer.pace()
             await self._scheduler.admit(lane, group)
             await group.done.wait()
@@ -299,7 +299,7 @@ class Intake:
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
         tracer = self._telemetry.tracer if self._telemetry.tracing else None
         spans = [tracer.start_span("vigil.message", attributes=attributes) if tracer else None for _ in works]
-        await self._through_lane(lane, group)
+        await self._through_lane(lane, group, paced=False)  # its window was
         elapsed_ms = (monotonic() - started) * 1000
         for index, work, span in zip(indexes, group.works, spans, strict=True):
             results[index] = work.result if work.answered else timed_out()[0]

@@ -9,6 +9,7 @@ the group go on. In a cluster the append goes through the partition router
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, final
@@ -75,13 +76,15 @@ class LaneWorker:
         message of the group not yet answered is answered "retry" at once, so
         no sender waits out its ACK timeout; the scheduler counts the failure.
         A batch group steps aside (`lanes.pacing`) before its parse and before
-        its records go to their actors, while urgent messages are in flight.
+        its records go to their actors, while urgent messages are in flight; an
+        urgent group is not counted in flight while it waits for the log.
         """
         batch = lane is Lane.BATCH
         try:
-            if batch:
+            if batch and any(work.parsed is None for work in group.works):  # a parse to do here
                 await self._pacer.pace()
-            applied = await self._durable(group)
+            with contextlib.nullcontext() if batch else self._pacer.aside():
+                applied = await self._durable(group)
         except Exception as exc:
             _log.error("lane.worker_failed", lane=lane.value, error=error_summary(exc))
             retry_all([w for w in group.works if not w.answered], "the node failed to handle this message; retry")

@@ -31,7 +31,7 @@ async def _batch(pacer: Pacer, finished: list[object], name: object) -> None:
 
 
 async def test_batch_work_runs_at_once_while_nothing_urgent_is_in_flight() -> None:
-    pacer = Pacer(PacingSettings())
+    pacer = Pacer(PacingSettings(enabled=True))
     with anyio.fail_after(1):
         for _ in range(1000):
             await pacer.pace()
@@ -39,7 +39,7 @@ async def test_batch_work_runs_at_once_while_nothing_urgent_is_in_flight() -> No
 
 
 async def test_a_batch_unit_waits_until_the_urgent_message_is_answered() -> None:
-    pacer = Pacer(PacingSettings(wait_max_ms=10_000))
+    pacer = Pacer(PacingSettings(enabled=True, wait_max_ms=10_000))
     order: list[object] = []
     answered = anyio.Event()
 
@@ -58,7 +58,7 @@ async def test_a_batch_unit_waits_until_the_urgent_message_is_answered() -> None
 
 
 async def test_parked_units_are_let_go_a_few_per_turn_not_all_at_once() -> None:
-    pacer = Pacer(PacingSettings(release_per_turn=4, wait_max_ms=10_000))
+    pacer = Pacer(PacingSettings(enabled=True, release_per_turn=4, wait_max_ms=10_000))
     finished: list[object] = []
     answered = anyio.Event()
 
@@ -84,7 +84,7 @@ async def test_parked_units_are_let_go_a_few_per_turn_not_all_at_once() -> None:
 # unit takes the first turn is not fixed there; the other tests hold on both.
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_unit_let_go_after_another_urgent_message_arrived_waits_again() -> None:
-    pacer = Pacer(PacingSettings(release_per_turn=1, wait_max_ms=10_000))
+    pacer = Pacer(PacingSettings(enabled=True, release_per_turn=1, wait_max_ms=10_000))
     finished: list[object] = []
     first, second = anyio.Event(), anyio.Event()
 
@@ -116,7 +116,7 @@ async def test_pacing_off_never_waits() -> None:
 
 def test_a_unit_waits_at_most_wait_max_ms_so_steady_urgent_traffic_never_stops_batch() -> None:
     async def scenario() -> tuple[float, int, int]:
-        pacer = Pacer(PacingSettings(wait_max_ms=20))
+        pacer = Pacer(PacingSettings(enabled=True, wait_max_ms=20))
         with pacer.urgent():  # urgent traffic that never lets up
             began = trio.current_time()
             await pacer.pace()
@@ -130,15 +130,42 @@ def test_a_unit_waits_at_most_wait_max_ms_so_steady_urgent_traffic_never_stops_b
 
 
 def test_batch_work_past_its_slice_waits_for_the_loop_to_look_at_its_sockets() -> None:
-    """Units of 0.4 ms of batch work, slices of 1 ms: every third unit waits a turn (on a timer)."""
+    """Units of 0.4 ms of batch work, slices of 1 ms: each third unit waits a turn (on a timer), the first never."""
 
     async def scenario() -> int:
         clock = trio.lowlevel.current_clock()
         assert isinstance(clock, trio.testing.MockClock)
-        pacer = Pacer(PacingSettings(slice_ms=1.0))
+        pacer = Pacer(PacingSettings(enabled=True, slice_ms=1.0))
         for _ in range(10):
             await pacer.pace()
             clock.jump(0.0004)  # the unit's work
         return pacer.statistics().slices
 
-    assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == 4
+    assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == 3
+
+
+async def test_batch_work_runs_while_the_urgent_message_waits_for_the_disk() -> None:
+    pacer = Pacer(PacingSettings(enabled=True, wait_max_ms=10_000))
+    finished: list[object] = []
+    synced, answered = anyio.Event(), anyio.Event()
+
+    async def urgent() -> None:
+        with pacer.urgent():
+            with pacer.aside():  # its fsync
+                await synced.wait()
+            await answered.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(urgent)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(_batch, pacer, finished, "during the fsync")
+        await anyio.wait_all_tasks_blocked()
+        assert finished == ["during the fsync"]
+        synced.set()
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(_batch, pacer, finished, "after the answer")
+        await anyio.wait_all_tasks_blocked()
+        assert finished == ["during the fsync"]  # back in flight on the loop: batch waits again
+        answered.set()
+    assert finished == ["during the fsync", "after the answer"]
+    assert pacer.statistics().urgent_in_flight == 0
