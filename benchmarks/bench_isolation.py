@@ -6,7 +6,9 @@ connection sending critical results (ORU^R01, OBX-8 = HH) and one sending
 routine results, each at a steady rate, timing send to ACK. The floods run
 in another process at a lower CPU priority (nice 10), as senders on other
 hosts would: 16 MLLP connections sending DFT^P03 back to back, a file of
-DFT^P03 dropped into the watched folder, or both at once.
+DFT^P03 dropped into the watched folder, a JetStream stream holding a
+backlog of DFT^P03 when the node starts (a real nats-server), or all three
+at once.
 
 Each scenario reports critical and standard p50/p99 and their ratio to the
 idle run, and the billing throughput beside what the same flood achieves
@@ -21,6 +23,7 @@ of solo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 from _harness import arguments, fail_if
 from rich.console import Console
@@ -40,7 +44,8 @@ from rich.table import Table
 
 from engine.core.feedgen import FeedMix, generate_feed
 from engine.core.mllp import Frame, MLLPDecoder, frame
-from tests.harness.node_process import log_ids  # bin/bench puts the repository on the path
+from tests.harness.nats_server import fill_stream, nats_server  # bin/bench puts the repository on the path
+from tests.harness.node_process import log_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -61,9 +66,9 @@ def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int)
     # Made before the clock starts: sixteen feeds take seconds to generate.
     feeds = [
         generate_feed(5_000, seed=100 + k, mix=_BILLING, id_prefix=f"B{k}-")
-        for k in range(16 if kind in {"mllp", "both"} else 0)
+        for k in range(16 if kind in {"mllp", "all"} else 0)
     ]
-    if kind in {"file", "both"}:
+    if kind in {"file", "all"}:
         feed = generate_feed(file_messages, seed=7, mix=_BILLING, id_prefix="F")
         temp = drop / "billing.hl7.tmp"
         temp.write_bytes(b"".join(feed))
@@ -132,12 +137,28 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _scenario(
-    mode: str, flood: str, scratch: Path, seconds: float, file_messages: int, *, probes: bool, extra: str = ""
+    mode: str, flood: str, scratch: Path, seconds: float, sizes: tuple[int, int], *, probes: bool, extra: str = ""
 ) -> dict[str, Any]:
-    """One fresh node (lanes on, or `fifo`), one flood, the probes if asked; the figures."""
+    """One fresh node (lanes on, or `fifo`), one flood, the probes if asked; the figures.
+
+    `sizes`: the dropped file's messages, and the NATS backlog's.
+    """
     run = scratch / f"{mode}-{flood}-{'probes' if probes else 'solo'}"
     drop = run / "drop"
     drop.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        if flood in {"nats", "all"}:  # the backlog waits in the stream before the node starts
+            url = stack.enter_context(nats_server(run / "nats"))
+            backlog = generate_feed(sizes[1], seed=9, mix=_BILLING, id_prefix="N")
+            anyio.run(fill_stream, url, backlog, backend="asyncio")
+            extra += f'\n[nats]\nservers = ["{url}"]\n[[nats.subjects]]\nsubject = "hl7.in"\nstream = "HL7_IN"\n'
+        return _node_run(mode, flood, run, seconds, sizes[0], probes=probes, extra=extra)
+
+
+def _node_run(
+    mode: str, flood: str, run: Path, seconds: float, file_messages: int, *, probes: bool, extra: str
+) -> dict[str, Any]:
+    drop = run / "drop"
     config = run / "vigil.toml"
     config.write_text(f'[lanes.scheduler]\nmode = "{mode}"\n[ingest]\nwatch_poll_interval_s = 0.1\n{extra}')
     command = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--watch", str(drop)]
@@ -146,6 +167,7 @@ def _scenario(
     ) as node:
         assert node.stdout is not None
         port = int(node.stdout.readline().decode().rsplit(":", 1)[1])
+        serving = time.perf_counter()
         for seed, mix in ((3, _CRITICAL), (4, _ROUTINE)):  # warmed up: first actors, first parses, not measured
             _probe(port, generate_feed(20, seed=seed, mix=mix, id_prefix=f"W{seed}"), 20 / _PROBE_RATE, {})
         flooder = None
@@ -176,10 +198,13 @@ def _scenario(
             flooded = msgspec.json.decode(out.splitlines()[-1])
         elapsed = time.perf_counter() - started
         file_done = (drop / "done" / "billing.hl7").exists()
+        served_s = time.perf_counter() - serving
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=120)
         node.stdout.close()
-    from_file = sum(1 for i in log_ids(run / "data") if i.rsplit("|", 1)[-1].startswith("F"))
+    ids = log_ids(run / "data")
+    from_file = sum(1 for i in ids if i.rsplit("|", 1)[-1].startswith("F"))
+    from_nats = sum(1 for i in ids if i.rsplit("|", 1)[-1].startswith("N"))
     return {
         "mode": mode,
         "flood": flood,
@@ -187,6 +212,7 @@ def _scenario(
         "standard": standard,
         "batch_mllp_per_s": flooded["mllp_per_s"],
         "batch_file_per_s": from_file / seconds,
+        "batch_nats_per_s": from_nats / served_s,  # the backlog drains from the node's start
         "file_done_in_window": file_done,
         "elapsed_s": elapsed,
     }
@@ -202,8 +228,8 @@ def _row(result: dict[str, Any], idle: dict[str, Any], solo: dict[str, Any] | No
         row[f"{name}_p99_vs_idle"] = round(_pct(lat, 99) / _pct(base, 99), 2) if base else None
         row[f"{name}_sent"] = len(lat)
         row[f"{name}_accepted"] = result[name].get("accepted", 0)
-    row["batch_per_s"] = round(result["batch_mllp_per_s"] + result["batch_file_per_s"])
-    solo_rate = solo["batch_mllp_per_s"] + solo["batch_file_per_s"] if solo else 0.0
+    row["batch_per_s"] = round(sum(result[f"batch_{k}_per_s"] for k in ("mllp", "file", "nats")))
+    solo_rate = sum(solo[f"batch_{k}_per_s"] for k in ("mllp", "file", "nats")) if solo else 0.0
     row["batch_vs_solo"] = round(row["batch_per_s"] / solo_rate, 2) if solo_rate else None
     row["file_done_in_window"] = result["file_done_in_window"]
     return row
@@ -212,16 +238,16 @@ def _row(result: dict[str, Any], idle: dict[str, Any], solo: dict[str, Any] | No
 def main() -> None:
     args = arguments(__doc__ or "")
     seconds = 2.0 if args.quick else 10.0
-    file_messages = 4_000 if args.quick else 100_000
+    sizes = (4_000, 20_000) if args.quick else (100_000, 100_000)  # the file's messages, the NATS backlog's
     scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-isolation-"))
     rows: list[dict[str, Any]] = []
     try:
         for mode in ("priority", "fifo"):
-            idle = _scenario(mode, "idle", scratch, seconds, file_messages, probes=True)
+            idle = _scenario(mode, "idle", scratch, seconds, sizes, probes=True)
             rows.append(_row(idle, idle, None))
-            for flood in ("mllp", "file", "both"):
-                solo = _scenario(mode, flood, scratch, seconds, file_messages, probes=False)
-                result = _scenario(mode, flood, scratch, seconds, file_messages, probes=True)
+            for flood in ("mllp", "file", "nats", "all"):
+                solo = _scenario(mode, flood, scratch, seconds, sizes, probes=False)
+                result = _scenario(mode, flood, scratch, seconds, sizes, probes=True)
                 rows.append(_row(result, idle, solo))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -238,7 +264,7 @@ def main() -> None:
     Console(width=140).print(f"critical p99, lanes off / lanes on, per flood: [bold]{ratios}[/]")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        document = {"title": "isolation", "seconds": seconds, "file_messages": file_messages, "results": rows}
+        document = {"title": "isolation", "seconds": seconds, "file_and_backlog_messages": sizes, "results": rows}
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode({**document, "fifo_over_lanes": ratios})))
     fail_if(any(r["critical_sent"] == 0 for r in rows), "a critical probe sent nothing")
     fail_if(any(r["critical_accepted"] != r["critical_sent"] for r in rows), "a critical message was not accepted")

@@ -35,15 +35,14 @@ from typing import Any
 
 import anyio
 import msgspec
-import nats
 from _harness import arguments, fail_if
-from nats.js.api import StreamConfig
 from rich.console import Console
 from rich.table import Table
 
 from engine.core.feedgen import FeedMix, generate_feed
 from engine.core.mllp import Frame, MLLPDecoder, frame
 from tests.harness.nats_server import (  # the tests' starter (bin/bench puts the repository on the path)
+    fill_stream,
     nats_server,
     until_consumed,
 )
@@ -125,7 +124,7 @@ def _nats(feed: list[bytes], scratch: Path) -> float:
     with nats_server(scratch / "nats") as url:
         config = scratch / "nats.toml"
         config.write_text(f'[nats]\nservers = ["{url}"]\n[[nats.subjects]]\nsubject = "hl7.in"\nstream = "HL7_IN"\n')
-        anyio.run(_fill_stream, url, feed, backend="asyncio")
+        anyio.run(fill_stream, url, feed, backend="asyncio")
         with subprocess.Popen(
             [*VIGIL, "--config", str(config), "run", "--data", str(scratch / "nats-data")],
             stdout=subprocess.PIPE,
@@ -142,23 +141,6 @@ def _nats(feed: list[bytes], scratch: Path) -> float:
             proc.wait(timeout=60)
             proc.stdout.close()
     return len(feed) / elapsed
-
-
-async def _fill_stream(url: str, feed: list[bytes]) -> None:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        await js.add_stream(StreamConfig(name="HL7_IN", subjects=["hl7.in"]))
-        for payload in feed:
-            await client.publish("hl7.in", payload)  # a plain publish: the stream captures it
-        await client.flush()
-        with anyio.fail_after(120):
-            while True:
-                if (await js.stream_info("HL7_IN")).state.messages >= len(feed):
-                    return
-                await anyio.sleep(0.02)
-    finally:
-        await client.close()
 
 
 def _row(source: str, connections: int, rate: float, p50: float, p99: float) -> dict[str, Any]:

@@ -11,10 +11,11 @@ The pacer is the cooperative half of the answer. The node marks each urgent
 (critical or standard) message from its classification to its answer
 (`urgent`), and every unit of batch work awaits `pace` before it runs:
 
-- nothing urgent in flight: `pace` returns at once, except once batch work
-  has run for `slice_ms` since the loop last looked at its sockets: then the
-  unit waits on a timer, which the loop runs only after the socket events it
-  polls next. (A plain yield would not do: what is already ready runs before
+- nothing urgent in flight (or pacing off): `pace` returns at once, except
+  once batch work has run for `slice_ms` since the loop last looked at its
+  sockets (`slice`, also called between the messages a lane worker parses):
+  then the unit waits on a timer, which the loop runs only after the socket
+  events it polls next. (A plain yield would not do: what is already ready runs before
   any new event, so a critical message arriving during a long batch turn
   would wait for the whole of it and the next one too.)
 - an urgent message in flight: `pace` waits until none is, so after one turn
@@ -129,10 +130,8 @@ class Pacer:
 
     async def pace(self) -> None:
         """Before a unit of batch work: at once if nothing urgent is in flight, else once none is (or `wait_max_ms`)."""
-        if not self.settings.enabled:
-            return
-        if self._clear is None:
-            await self._slice()
+        if self._clear is None or not self.settings.enabled:
+            await self.slice()
             return
         self._waits += 1
         self._parked += 1
@@ -146,8 +145,9 @@ class Pacer:
         finally:
             self._parked -= 1
 
-    async def _slice(self) -> None:
-        """Past `slice_ms` of batch work: wait for a timer, so the loop looks at its sockets first."""
+    async def slice(self) -> None:
+        """Between units of bulk work, enabled or not: at once, unless `slice_ms` have passed since the loop
+        last looked at its sockets; then wait for a timer, so that it looks first."""
         if self._now is None:
             self._now = loop_clock()
             self._slice_began = self._now()

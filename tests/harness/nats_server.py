@@ -22,6 +22,7 @@ import anyio
 import nats
 import nats.js.errors
 import pytest
+from nats.js.api import StreamConfig
 
 
 def _binary() -> str:
@@ -160,5 +161,23 @@ async def until_consumed(url: str, stream: str, durable: str, total: int, *, lim
                 if info and info.delivered.stream_seq >= total and info.num_pending == 0 and info.num_ack_pending == 0:
                     return
                 await anyio.sleep(0.01)
+    finally:
+        await client.close()
+
+
+async def fill_stream(url: str, payloads: list[bytes], *, stream: str = "HL7_IN", subject: str = "hl7.in") -> None:
+    """A backlog: the stream made, every payload published to it, and waited for until the stream holds them all."""
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        await js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+        for payload in payloads:
+            await client.publish(subject, payload)  # a plain publish: the stream captures it
+        await client.flush()
+        with anyio.fail_after(300):
+            while True:  # the server's count, polled: it has no event for it
+                if (await js.stream_info(stream)).state.messages >= len(payloads):
+                    return
+                await anyio.sleep(0.02)
     finally:
         await client.close()
