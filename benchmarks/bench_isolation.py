@@ -144,8 +144,7 @@ def _scenario(
     `sizes`: the dropped file's messages, and the NATS backlog's.
     """
     run = scratch / f"{mode}-{flood}-{'probes' if probes else 'solo'}"
-    drop = run / "drop"
-    drop.mkdir(parents=True)
+    (run / "drop").mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         if flood in {"nats", "all"}:  # the backlog waits in the stream before the node starts
             url = stack.enter_context(nats_server(run / "nats"))

@@ -7,7 +7,9 @@ message's hops (read, admit, the lane worker, the log, the answer) waits its
 turn behind every batch task ready on that loop. Under sixteen billing
 connections that was a critical ACK p50 of 4 → 9 ms, whichever lane mode.
 
-The pacer is the cooperative half of the answer. The node marks each urgent
+The pacer is the cooperative half of the answer; its waiting is off by
+default (`PacingSettings.enabled` says what it measured), its slices are
+always on. The node marks each urgent
 (critical or standard) message from its classification to its answer
 (`urgent`), and every unit of batch work awaits `pace` before it runs:
 
@@ -130,7 +132,7 @@ class Pacer:
 
     async def pace(self) -> None:
         """Before a unit of batch work: at once if nothing urgent is in flight, else once none is (or `wait_max_ms`)."""
-        if self._clear is None or not self.settings.enabled:
+        if self._clear is None:  # nothing urgent in flight, or pacing off (`_enter` makes no event then)
             await self.slice()
             return
         self._waits += 1
