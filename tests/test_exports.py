@@ -25,6 +25,7 @@ FACES = [
     "engine.wal",
     "engine.cluster",
     "engine.projections",
+    "engine.routes",
     "engine.auth",
     "engine.core.hl7",
     "engine.core.fhir",

@@ -58,6 +58,7 @@ class Permission(enum.Enum):
     AUDIT_REVIEW = "audit.review"  # close break-the-glass reviews
     USER_MANAGE = "user.manage"
     READ_SIDE_MANAGE = "read_side.manage"  # migrate, rebuild projections
+    ROUTES_MANAGE = "routes.manage"  # pause, resume; retry or skip a refused delivery
 
 
 # Permissions that a break-the-glass grant gives, for its one patient only.
@@ -90,6 +91,7 @@ DEFAULT_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
             _P.QUARANTINE_METADATA,
             _P.QUARANTINE_RETRY,
             _P.READ_SIDE_MANAGE,
+            _P.ROUTES_MANAGE,
             _P.BREAK_GLASS,
         }
     ),

@@ -28,6 +28,7 @@ from engine.cli.db import db, worklist
 from engine.cli.demo import STORY_MESSAGES, DemoReport, run_demo
 from engine.cli.node import run, send
 from engine.cli.ops import log, patient, status, top
+from engine.cli.routes import routes
 from engine.cli.wal import audit, quarantine, wal
 from engine.core.decode import Decoded, decode_input
 from engine.core.model import Event, Lane, ResultReported
@@ -280,6 +281,7 @@ cli.add_command(log)
 cli.add_command(db)
 cli.add_command(worklist)
 cli.add_command(cluster)
+cli.add_command(routes)
 for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, final
+from typing import Annotated, Any, Literal, final, get_args
 
 import msgspec
 
@@ -18,6 +18,7 @@ from engine.auth import AuthConfig, WorkstationConfig
 from engine.core.errors import CharsetError, ConfigError
 from engine.core.hl7 import CharsetDefaults, resolve_charset
 from engine.infra.collector import CollectorConfig
+from engine.infra.route_config import RouteConfig
 from lanes import ClassificationRules, PacingSettings, SchedulerSettings
 
 __all__ = [
@@ -494,10 +495,18 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: AuthConfig = AuthConfig()
     collector: CollectorConfig = CollectorConfig()
     workstation: WorkstationConfig = WorkstationConfig()
+    routes: tuple[RouteConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [route.name for route in self.routes]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"routes: the name {twice[0]!r} is used twice")
 
 
 _AT = re.compile(r"\s*- at `\$\.?([^`]*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
+_INDEX = re.compile(r"\[\d+\]$")
 
 
 def split_address(value: str, key: str) -> tuple[str, int]:
@@ -558,8 +567,11 @@ def _allowed_keys(where: str) -> list[str]:
     """The keys a table may hold, found by walking the Struct types."""
     cls: Any = Config
     for part in [p for p in where.split(".") if p]:
-        field = next((f for f in msgspec.structs.fields(cls) if f.encode_name == part), None)
+        name = _INDEX.sub("", part)  # `routes[0]`: an entry of an array of tables
+        field = next((f for f in msgspec.structs.fields(cls) if f.encode_name == name), None)
         if field is None:
             return []
         cls = field.type
+        if name != part:
+            cls = next(iter(get_args(cls)), None)
     return [f.encode_name for f in msgspec.structs.fields(cls)] if isinstance(cls, type) else []

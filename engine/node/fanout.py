@@ -8,6 +8,7 @@ from typing import final
 from actors import Applied, PatientActors
 from engine.core.model import Envelope
 from engine.projections import ProjectionRunner, Record
+from engine.routes import Routes
 from engine.wal import Position
 
 __all__ = ["Fanout"]
@@ -24,6 +25,7 @@ class Fanout:
     def __init__(self) -> None:
         self.actors: PatientActors | None = None
         self.projections: ProjectionRunner | None = None
+        self.routes: Routes | None = None
 
     async def apply(
         self, envelopes: Sequence[Envelope], positions: Sequence[Position], *, to_actors: bool = True
@@ -44,3 +46,5 @@ class Fanout:
                 self.projections.notify(Record(position.lsn, recorded_at, patients, env.events), env.lane)
             for patient in patients if to_actors else ():
                 await actors.deliver(patient, applied)
+        if self.routes is not None:
+            self.routes.notify()

@@ -14,8 +14,8 @@ actor and the read side (`engine.node.fanout`).
 
 The parts run as children of one supervisor (`actors.Supervisor`), started
 in this order and stopped in reverse: the log, the patient records, the
-lanes, the read side, the cluster, the admin endpoint, the summaries, then
-the sources. A part that crashes is restarted alone, within its restart
+lanes, the read side, each route (`engine.routes`), the cluster, the admin
+endpoint, the summaries, then the sources. A part that crashes is restarted alone, within its restart
 allowance (`[supervision]`); past it, the node stops with one line naming
 the part and its error. The log is never restarted: a failed write is final.
 
@@ -52,7 +52,7 @@ from engine.infra.clock import wall_now
 from engine.infra.collector import Collector
 from engine.infra.config import Config
 from engine.infra.telemetry import Telemetry
-from engine.infra.tls import nats_security
+from engine.infra.tls import client_context, nats_security
 from engine.ingress.drop_folder import DropFolder
 from engine.ingress.mllp_answers import MLLPAnswers
 from engine.ingress.mllp_listener import MLLPServer
@@ -65,7 +65,9 @@ from engine.node.parts import Parts
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
+from engine.node.route_requests import RouteRequests
 from engine.projections import ProjectionRunner, dsn_of
+from engine.routes import Routes
 from engine.wal import OSFiles, Progress, Quarantine, SnapshotStore, WriteAheadLog, audit_key_from_env, open_wal
 from lanes import Classifier, LaneStatistics
 
@@ -103,6 +105,10 @@ class Node:
         self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
         self._projections: ProjectionRunner | None = None
         self._fanout = Fanout()
+        self._routes = Routes(
+            config.routes, data_dir / "routes", config_dir=self._config_dir, tls_context=client_context
+        )
+        self._fanout.routes = self._routes
         self._cluster: Cluster | None = None
         self._nats: NatsSource | None = None
         self._mllp_port: int | None = None
@@ -211,6 +217,10 @@ class Node:
         ]
         if dsn_of(self.config.projections) is not None:
             children.append(self._child("projections", self._run_projections))
+        children += [
+            self._child(f"route:{name}", functools.partial(self._routes.run, name, lambda: self.wal))
+            for name in self._routes.configs
+        ]
         if self.config.cluster.enabled:
             children.append(self._child("cluster", self._run_cluster))
         children += [
@@ -263,7 +273,7 @@ class Node:
             self._requests = NodeRequests(
                 self.config, wal, self._auth, self._fanout, cluster=self._cluster, report=self._report
             )
-            self._handlers = self._requests.handlers()
+            self._handlers = {**self._requests.handlers(), **RouteRequests(self._auth, self._routes).handlers()}
             task_status.started()
             await anyio.sleep_forever()
 
@@ -389,6 +399,7 @@ class Node:
             "quarantine_open": await self._refusals.open_items(),
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
+            "routes": msgspec.to_builtins(self._routes.statistics()),
             "in_flight": self.parts.intake.in_flight,
             "invalid_text_messages": self.parts.worker.invalid_text,
             "audit": {"keyed": self._audit_keyed, "key_env": self.config.audit.key_env},

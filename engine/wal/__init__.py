@@ -2,14 +2,24 @@
 
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
-from engine.wal.files import FileLayer, OSFiles
+from engine.wal.files import FileLayer, OSFiles, write_atomic
 from engine.wal.group import Position
 from engine.wal.keyed_checkpoints import KeyedCheckpoints, audit_key_from_env
 from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
 from engine.wal.quarantine import Quarantine
 from engine.wal.reader import iter_records
-from engine.wal.record import GENESIS_HASH, SEGMENT_MAGIC, EventsRecord, LogRecord, decode_events, encode_frame
+from engine.wal.record import (
+    GENESIS_HASH,
+    SEGMENT_MAGIC,
+    EventsRecord,
+    LogRecord,
+    MessageRecord,
+    decode_events,
+    decode_message,
+    encode_frame,
+)
 from engine.wal.scan import Progress, ScanResult, scan_log, segment_name
+from engine.wal.small_file import DamagedFileError, SmallFile
 from engine.wal.snapshots import Snapshot, SnapshotStore
 
 __all__ = [
@@ -17,17 +27,20 @@ __all__ = [
     "SEGMENT_MAGIC",
     "Checkpoint",
     "CheckpointStore",
+    "DamagedFileError",
     "DiskFullError",
     "Durable",
     "EventsRecord",
     "FileLayer",
     "KeyedCheckpoints",
     "LogRecord",
+    "MessageRecord",
     "OSFiles",
     "Position",
     "Progress",
     "Quarantine",
     "ScanResult",
+    "SmallFile",
     "Snapshot",
     "SnapshotStore",
     "WALCorruptError",
@@ -38,9 +51,11 @@ __all__ = [
     "WriteAheadLog",
     "audit_key_from_env",
     "decode_events",
+    "decode_message",
     "encode_frame",
     "iter_records",
     "open_wal",
     "scan_log",
     "segment_name",
+    "write_atomic",
 ]

@@ -20,7 +20,7 @@ from typing import Final, final
 import google_crc32c
 import msgspec
 
-from engine.core.model import Envelope, Event
+from engine.core.model import Envelope, Event, Kind, Lane
 
 __all__ = [
     "FRAME",
@@ -29,11 +29,13 @@ __all__ = [
     "EventsRecord",
     "Frame",
     "LogRecord",
+    "MessageRecord",
     "RecordHead",
     "body_hash",
     "checksum",
     "decode_events",
     "decode_head",
+    "decode_message",
     "decode_record",
     "encode_frame",
     "frame_body",
@@ -108,6 +110,31 @@ class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     digest: int = 0
 
 
+class _MessageOnly(msgspec.Struct, frozen=True, gc=False):
+    """Of an envelope, what delivering it needs: decoding skips the events."""
+
+    message_id: str
+    kind: Kind
+    message_type: str
+    lane: Lane
+    raw: bytes
+
+
+@final
+class MessageRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A `LogRecord` decoded for its message but not its events: what a route needs."""
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: msgspec.Raw
+    envelope: _MessageOnly
+    digest: int = 0
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _RECORD = msgspec.msgpack.Decoder(LogRecord)
 _HEAD = msgspec.msgpack.Decoder(RecordHead)
@@ -163,6 +190,9 @@ def read_frame(buf: bytes, offset: int) -> Frame | None:
 
 decode_events = msgspec.msgpack.Decoder(EventsRecord).decode
 """Decode a record's body for its events only (raises msgspec errors on a malformed body)."""
+
+decode_message = msgspec.msgpack.Decoder(MessageRecord).decode
+"""Decode a record's body for its message without its events (raises msgspec errors on a malformed body)."""
 
 decode_head = _HEAD.decode
 """Decode a record's head (raises msgspec errors on a malformed body)."""

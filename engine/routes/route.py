@@ -1,0 +1,468 @@
+"""A running route: follows the log, delivers what its filter takes, remembers durably what is settled.
+
+Three kinds of task, one route:
+
+- the reader follows the log from the first unsettled LSN (woken by
+  `notify` as records become durable), decodes only what a route needs (in
+  a worker thread), and hands what the filter takes to the plan; what the
+  filter leaves is settled at once. It reads no further ahead while the
+  messages waiting in memory exceed `pending_bytes_max`.
+- `connections` senders each take the plan's next message (critical
+  patients first, one patient's messages in log order) and deliver it on
+  their own connection. A connection that cannot be made is tried again
+  after a capped, jittered back-off, and the message goes back to the plan
+  at once for another sender: an outage does not age each message's retry
+  clock, so a destination that returns is caught up at full speed.
+- the keeper saves the ledger when it changed (every
+  `state_save_interval_s`), and raises or clears the backlog-age alert.
+
+A destination that is down or slow costs the node nothing but this route's
+memory (bounded) and a task waiting: intake, ACKs and other routes do not
+wait for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Protocol, final
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+from hdrh.histogram import HdrHistogram
+
+from engine.core.errors import ConfigError
+from engine.core.model import Lane
+from engine.infra.clock import utc_now
+from engine.infra.route_config import RouteConfig, parse_destination
+from engine.routes.folder_destination import FolderDestination
+from engine.routes.ledger import Ledger, LedgerState, Refusal
+from engine.routes.mllp_destination import MLLPConnection
+from engine.routes.outcome import Attempt, Verdict
+from engine.routes.plan import DeliveryPlan, Pending
+from engine.routes.reading import LogReader, read_candidates
+from engine.routes.selection import RouteFilter, rewrite_receiver
+from engine.wal import OSFiles, SmallFile
+
+__all__ = ["LaneDelivery", "Route", "RouteStatistics"]
+
+_log = structlog.get_logger("vigil.routes")
+
+_READ_RECORDS: Final = 512  # records decoded per trip to the worker thread
+_READ_BYTES: Final = 4 * 1024 * 1024
+_HISTOGRAM_MAX_US: Final = 3_600_000_000
+_RATE_WINDOW_S: Final = 10
+_LANES: Final = (Lane.CRITICAL, Lane.STANDARD, Lane.BATCH)
+
+
+@final
+class LaneDelivery(msgspec.Struct, frozen=True):
+    """One lane of one route, as `vigil routes` shows it."""
+
+    lane: str
+    backlog: int
+    oldest_age_s: float | None
+    delivered: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@final
+class RouteStatistics(msgspec.Struct, frozen=True):
+    """A route's state and counters (no message content)."""
+
+    name: str
+    destination: str
+    state: str  # delivering, idle, paused, unreachable: <reason>, backlog too old
+    lanes: list[LaneDelivery]
+    in_flight: int
+    delivered: int
+    delivered_per_s: float
+    retries: int
+    resent: int  # sent again after an attempt the destination may have received: possible duplicates
+    refused_open: int
+    held_patients: int
+    settled_through: int  # every LSN up to here is delivered, refused, or not for this route
+    read_through: int
+    alert: bool
+
+
+class _Sender(Protocol):
+    """How one connection delivers (MLLP), or the folder for every sender."""
+
+    async def send(self, pending: Pending, payload: bytes, /) -> Attempt: ...
+
+    async def close(self) -> None: ...
+
+
+@final
+class _MLLPSender:
+    def __init__(self, connection: MLLPConnection) -> None:
+        self._connection = connection
+
+    async def send(self, _pending: Pending, payload: bytes, /) -> Attempt:
+        return await self._connection.send(payload)
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+
+@final
+class _FolderSender:
+    def __init__(self, folder: FolderDestination) -> None:
+        self._folder = folder
+
+    async def send(self, pending: Pending, payload: bytes, /) -> Attempt:
+        return await self._folder.send(pending.candidate, payload)
+
+    async def close(self) -> None:
+        return None
+
+
+@final
+class Route:
+    """One `[[routes]]` entry at work over the node's log; `run` is its supervised child."""
+
+    def __init__(
+        self,
+        config: RouteConfig,
+        log: LogReader,
+        state_dir: Path,
+        *,
+        config_dir: Path,
+        tls_context: Callable[[Path | None], ssl.SSLContext],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._tls_context = tls_context
+        self._log = log
+        self._address = parse_destination(config.destination)
+        self._config_dir = config_dir
+        self._store = SmallFile(state_dir, "state", OSFiles(), LedgerState)
+        self._state_dir = state_dir
+        self._filter = RouteFilter(config)
+        self._plan = DeliveryPlan(fifo=config.order == "fifo")
+        self._ledger = Ledger(LedgerState())
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._news = anyio.Event()  # the log grew
+        self._work = anyio.Event()  # the plan has something, or an operator changed something
+        self._read_through = 0
+        self._in_flight = 0
+        self._delivered = self._retries = self._resent = 0
+        self._per_lane = dict.fromkeys(_LANES, 0)
+        self._latency = {lane: HdrHistogram(1, _HISTOGRAM_MAX_US, 2) for lane in _LANES}
+        self._recent: collections.deque[tuple[int, int]] = collections.deque()  # (second, deliveries in it)
+        self._unreachable: str | None = None
+        self._alerted: set[Lane] = set()
+        self._running = False
+        self._reader_full = False
+
+    # -- what the node calls ----------------------------------------------------------
+
+    def notify(self) -> None:
+        """New durable records in the log (called by the node after each append)."""
+        self._news.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Read, deliver and keep until cancelled; the ledger is saved on the way out."""
+        self._ledger = await anyio.to_thread.run_sync(self._load)
+        self._plan = DeliveryPlan(fifo=self.config.order == "fifo")
+        if self.config.on_refused == "hold":
+            for refusal in self._ledger.refused.values():
+                self._plan.hold(refusal.patient)
+        self._read_through = self._ledger.mark
+        senders = self._senders()
+        self._running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read)
+                for sender in senders:
+                    tg.start_soon(self._deliver, sender)
+                tg.start_soon(self._keep)
+                _log.info("route.started", route=self.config.name, settled_through=self._ledger.mark)
+                task_status.started()
+        finally:
+            self._running = False
+            with anyio.CancelScope(shield=True):
+                for sender in senders:
+                    await sender.close()
+                if self._ledger.dirty:
+                    await anyio.to_thread.run_sync(self._save)
+
+    # -- operators --------------------------------------------------------------------
+
+    def statistics(self) -> RouteStatistics:
+        now = anyio.current_time() if self._running else 0.0
+        backlog = self._plan.backlog()
+        lanes = []
+        for lane in _LANES:
+            count, oldest = backlog[lane]
+            hist = self._latency[lane]
+            seen = hist.get_total_count() > 0
+            lanes.append(
+                LaneDelivery(
+                    lane.value,
+                    count,
+                    round(now - oldest, 3) if oldest is not None and self._running else None,
+                    self._per_lane[lane],
+                    hist.get_value_at_percentile(50) / 1000 if seen else None,
+                    hist.get_value_at_percentile(99) / 1000 if seen else None,
+                )
+            )
+        return RouteStatistics(
+            name=self.config.name,
+            destination=self.config.destination,
+            state=self._state(),
+            lanes=lanes,
+            in_flight=self._in_flight,
+            delivered=self._delivered,
+            delivered_per_s=self._rate(now),
+            retries=self._retries,
+            resent=self._resent,
+            refused_open=len(self._ledger.refused),
+            held_patients=len(self._plan.held),
+            settled_through=self._ledger.mark,
+            read_through=self._read_through,
+            alert=bool(self._alerted),
+        )
+
+    def refusals(self) -> list[Refusal]:
+        return sorted(self._ledger.refused.values(), key=lambda r: r.lsn)
+
+    def pause(self) -> None:
+        self._ledger.set_paused(True)
+
+    def resume(self) -> None:
+        self._ledger.set_paused(False)
+        self._work.set()
+
+    async def retry(self, lsn: int) -> Refusal:
+        """A refused message goes again, first for its patient (whose hold ends).
+
+        Raises:
+            LookupError: no refusal with that LSN on this route.
+        """
+        refusal = self._ledger.take_refusal(lsn)
+        if refusal is None:
+            raise LookupError(f"no refused message at LSN {lsn} on route {self.config.name}")
+        found = await anyio.to_thread.run_sync(read_candidates, self._log, lsn, 1, _READ_BYTES)
+        if not found or found[0].lsn != lsn:
+            self._ledger.refuse(refusal)
+            raise LookupError(f"LSN {lsn} is no longer in the log")
+        self._ledger.unsettle(lsn)
+        self._plan.put_first(found[0], anyio.current_time())
+        self._work.set()
+        return refusal
+
+    def skip(self, lsn: int) -> Refusal:
+        """A refused message is given up (it stays settled); its patient's hold ends.
+
+        Raises:
+            LookupError: no refusal with that LSN on this route.
+        """
+        refusal = self._ledger.take_refusal(lsn)
+        if refusal is None:
+            raise LookupError(f"no refused message at LSN {lsn} on route {self.config.name}")
+        if not any(r.patient == refusal.patient for r in self._ledger.refused.values()):
+            self._plan.release(refusal.patient)
+        self._work.set()
+        return refusal
+
+    # -- the reader ---------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        next_lsn = self._ledger.mark + 1
+        while True:
+            self._reader_full = self._plan.bytes >= self.config.pending_bytes_max
+            if self._log.last_lsn < next_lsn or self._reader_full:
+                await self._news.wait()
+                self._news = anyio.Event()
+                continue
+            found = await anyio.to_thread.run_sync(read_candidates, self._log, next_lsn, _READ_RECORDS, _READ_BYTES)
+            if not found:
+                await self._news.wait()
+                self._news = anyio.Event()
+                continue
+            now = anyio.current_time()
+            ledger, plan = self._ledger, self._plan
+            for candidate in found:
+                lsn = candidate.lsn
+                if ledger.is_settled(lsn):
+                    continue
+                if self._filter.matches(candidate):
+                    plan.add(candidate, now)
+                else:
+                    ledger.settle(lsn)
+            self._read_through = found[-1].lsn
+            next_lsn = found[-1].lsn + 1
+            self._work.set()
+
+    # -- the senders --------------------------------------------------------------------
+
+    def _senders(self) -> list[_Sender]:
+        address, config = self._address, self.config
+        if address.scheme == "folder":
+            folder = FolderDestination(self._config_dir / address.path)
+            return [_FolderSender(folder) for _ in range(config.connections)]
+        tls = None
+        if address.scheme == "mllps":
+            tls = self._tls_context(self._config_dir / config.tls_ca_file if config.tls_ca_file else None)
+        elif config.tls_ca_file:
+            raise ConfigError(f"routes.{config.name}: tls_ca_file is set but the destination is not mllps://")
+        return [
+            _MLLPSender(
+                MLLPConnection(
+                    address.host,
+                    address.port,
+                    tls=tls,
+                    connect_timeout_s=config.connect_timeout_s,
+                    ack_timeout_s=config.ack_timeout_s,
+                )
+            )
+            for _ in range(config.connections)
+        ]
+
+    async def _deliver(self, sender: _Sender) -> None:
+        config = self.config
+        down_for = 0  # attempts in a row that found no connection
+        while True:
+            pending = await self._next()
+            candidate = pending.candidate
+            payload = rewrite_receiver(candidate.raw, config.receiving_application, config.receiving_facility)
+            self._in_flight += 1
+            try:
+                attempt = await sender.send(pending, payload)
+            finally:
+                self._in_flight -= 1
+            self._settle(pending, attempt)
+            if attempt.verdict is Verdict.UNREACHABLE:
+                down_for += 1
+                self._unreachable = f"{attempt.code}: {attempt.answer}"
+                await anyio.sleep(self._backoff(down_for))
+            else:
+                down_for = 0
+                self._unreachable = None
+
+    async def _next(self) -> Pending:
+        """The plan's next message; waits for one (or for a retry's time) while there is none or the route is paused."""
+        while True:
+            now = anyio.current_time()
+            if not self._ledger.paused:
+                pending = self._plan.take(now)
+                if pending is not None:
+                    return pending
+            work = self._work
+            due = self._plan.next_due()
+            with anyio.move_on_after(max(0.0, due - now) if due is not None and not self._ledger.paused else 3600):
+                await work.wait()
+            if self._work is work and work.is_set():
+                self._work = anyio.Event()
+
+    def _settle(self, pending: Pending, attempt: Attempt) -> None:
+        candidate = pending.candidate
+        now = anyio.current_time()
+        if attempt.verdict is Verdict.DELIVERED:
+            self._plan.done(pending)
+            if self._reader_full and self._plan.bytes < self.config.pending_bytes_max:
+                self._news.set()  # the reader waits for room to read further ahead
+            self._ledger.settle(candidate.lsn)
+            self._count_delivery(candidate.lane, now - pending.seen_at, now)
+            if pending.resend:
+                self._resent += 1
+        elif attempt.verdict is Verdict.REFUSED:
+            hold = self.config.on_refused == "hold"
+            self._plan.refuse(pending, hold=hold)
+            self._ledger.refuse(
+                Refusal(
+                    candidate.lsn,
+                    candidate.patient,
+                    candidate.message_id,
+                    candidate.message_type,
+                    candidate.lane,
+                    attempt.code,
+                    attempt.answer,
+                    utc_now(),
+                    pending.attempts + 1,
+                )
+            )
+            # No answer text in the log line: a downstream's error may quote the message.
+            _log.warning("route.refused", route=self.config.name, lsn=candidate.lsn, code=attempt.code, hold=hold)
+        else:
+            self._retries += 1
+            pending.resend = pending.resend or attempt.maybe_received
+            if attempt.verdict is Verdict.UNREACHABLE:
+                self._plan.retry(pending, now, count=False)  # another sender (or this one, reconnected) takes it
+            else:
+                self._plan.retry(pending, now + self._backoff(pending.attempts + 1))
+        self._work.set()
+
+    def _backoff(self, attempts: int) -> float:
+        """Capped exponential back-off with full jitter (AWS's "full jitter": spreads a herd of retries)."""
+        cap = min(self.config.retry_max_s, self.config.retry_base_s * 2 ** min(attempts - 1, 30))
+        return self._rng.uniform(cap / 2, cap)
+
+    # -- the keeper ---------------------------------------------------------------------
+
+    async def _keep(self) -> None:
+        while True:
+            await anyio.sleep(self.config.state_save_interval_s)
+            if self._ledger.dirty:
+                await anyio.to_thread.run_sync(self._save)
+            self._check_age(anyio.current_time())
+
+    def _check_age(self, now: float) -> None:
+        limit = self.config.backlog_age_alert_s
+        for lane, (count, oldest) in self._plan.backlog().items():
+            old = oldest is not None and now - oldest > limit
+            if old and lane not in self._alerted:
+                self._alerted.add(lane)
+                _log.warning("route.backlog_old", route=self.config.name, lane=lane.value, backlog=count, limit_s=limit)
+            elif not old and lane in self._alerted:
+                self._alerted.discard(lane)
+                _log.info("route.backlog_recovered", route=self.config.name, lane=lane.value, backlog=count)
+
+    def _load(self) -> Ledger:
+        """The saved ledger; a new route starts at the log's end (history goes by replay)."""
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        state = self._store.read()
+        if state is None:
+            ledger = Ledger.starting_at(self._log.last_lsn)
+            self._store.write(ledger.state())
+            return ledger
+        return Ledger(state)
+
+    def _save(self) -> None:
+        self._store.write(self._ledger.state())
+
+    # -- counting -----------------------------------------------------------------------
+
+    def _count_delivery(self, lane: Lane, waited_s: float, now: float) -> None:
+        self._delivered += 1
+        self._per_lane[lane] += 1
+        self._latency[lane].record_value(max(1, min(int(waited_s * 1_000_000), _HISTOGRAM_MAX_US)))
+        second = int(now)
+        if self._recent and self._recent[-1][0] == second:
+            self._recent[-1] = (second, self._recent[-1][1] + 1)
+        else:
+            self._recent.append((second, 1))
+            while self._recent and self._recent[0][0] < second - _RATE_WINDOW_S:
+                self._recent.popleft()
+
+    def _rate(self, now: float) -> float:
+        """Deliveries per second over the last full seconds of the window."""
+        whole = [n for s, n in self._recent if int(now) - _RATE_WINDOW_S <= s < int(now)]
+        return round(sum(whole) / _RATE_WINDOW_S, 1) if whole else 0.0
+
+    def _state(self) -> str:
+        if self._ledger.paused:
+            return "paused"
+        if self._unreachable is not None:
+            return f"unreachable: {self._unreachable}"
+        if self._alerted:
+            return "backlog too old"
+        return "delivering" if self._plan.size else "idle"

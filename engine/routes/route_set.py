@@ -1,0 +1,75 @@
+"""The node's routes: one supervised child each, told of every durable record, found by name for operators."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from engine.infra.route_config import RouteConfig
+from engine.routes.reading import LogReader
+from engine.routes.route import Route, RouteStatistics
+
+__all__ = ["Routes"]
+
+
+@final
+class Routes:
+    """The configured routes; each runs as `run(name)` under the node's supervisor (anew after a crash)."""
+
+    def __init__(
+        self,
+        configs: Sequence[RouteConfig],
+        state_root: Path,
+        *,
+        config_dir: Path,
+        tls_context: Callable[[Path | None], ssl.SSLContext],
+    ) -> None:
+        self.configs = {c.name: c for c in configs}
+        self._tls_context = tls_context
+        self._state_root = state_root
+        self._config_dir = config_dir
+        self._running: dict[str, Route] = {}
+
+    def notify(self) -> None:
+        """New durable records: every running route reads on."""
+        for route in self._running.values():
+            route.notify()
+
+    async def run(
+        self, name: str, log: Callable[[], LogReader], *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        route = Route(
+            self.configs[name],
+            log(),
+            self._state_root / name,
+            config_dir=self._config_dir,
+            tls_context=self._tls_context,
+        )
+        self._running[name] = route
+        try:
+            await route.run(task_status=task_status)
+        finally:
+            if self._running.get(name) is route:
+                del self._running[name]
+
+    def get(self, name: str) -> Route:
+        """A running route by name.
+
+        Raises:
+            LookupError: no such route, or it is restarting.
+        """
+        if name not in self.configs:
+            known = ", ".join(sorted(self.configs)) or "none configured"
+            raise LookupError(f"no route named {name!r} (routes: {known})")
+        route = self._running.get(name)
+        if route is None:
+            raise LookupError(f"route {name!r} is restarting: retry in a moment")
+        return route
+
+    def statistics(self) -> list[RouteStatistics]:
+        return [self._running[name].statistics() for name in self.configs if name in self._running]
