@@ -58,6 +58,8 @@ class Receiver:
         self.control = directory / "control.json"
         self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+        self._seen: list[Received] = []
         self.set_mode("AA")
 
     def start(self) -> int:
@@ -87,13 +89,18 @@ class Receiver:
         os.replace(temp, self.control)
 
     def received(self) -> list[Received]:
+        """Every message recorded so far, in arrival order (read on from where the last call stopped)."""
         if not self.record.exists():
-            return []
-        out = []
-        for line in self.record.read_text().splitlines():
+            return list(self._seen)
+        with self.record.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
             doc = json.loads(line)
-            out.append(Received(doc["at"], doc["control_id"], doc["msh5"], base64.b64decode(doc["raw"])))
-        return out
+            self._seen.append(Received(doc["at"], doc["control_id"], doc["msh5"], base64.b64decode(doc["raw"])))
+        return list(self._seen)
 
     def wait_for(self, count: int, timeout_s: float = 60.0) -> list[Received]:
         """The record once it holds `count` distinct control ids (a test's wait, polled)."""
