@@ -9,6 +9,12 @@ potassium, a critical result of 6.9, its correction to 4.2, a medication
 order, a discharge. The demo measures each message from send to ACK (which
 means durable) per lane, and ends with that patient's record as the node's
 patient actor holds it.
+
+The node delivers what it accepts onward, over a route, to a stand-in EHR
+(`demo_downstream`) that takes half a millisecond per message, over four
+MLLP connections: slower than the feed while it lasts, so a backlog of
+billing forms on the route, and the demo shows each lane's wait from ACK to
+arrival at the EHR and what the story's critical potassium overtook.
 """
 
 from __future__ import annotations
@@ -25,21 +31,25 @@ import anyio
 import msgspec
 
 from actors import RecordView
+from engine.cli.demo_downstream import Downstream
 from engine.core.feedgen import FeedMix, generate_feed
-from engine.core.hl7 import Message, parse
+from engine.core.hl7 import Message, parse, read_header
 from engine.core.mllp import Frame, MLLPDecoder, frame
 from engine.core.model import Lane
 from engine.infra.config import Config, ProjectionsConfig
+from engine.infra.route_config import RouteConfig
 from engine.node import Node
 from engine.wal import LogRecord
 from lanes import Classifier, LaneStatistics
 
-__all__ = ["STORY_MESSAGES", "STORY_PATIENT", "DemoReport", "LaneReport", "run_demo"]
+__all__ = ["STORY_MESSAGES", "STORY_PATIENT", "DeliveryReport", "DemoReport", "LaneReport", "StoryDelivery", "run_demo"]
 
 STORY_PATIENT = "GENHOSP|MRN900001"
 # A hospital's interfaces: a few busy billing feeds, clinical feeds, a lab feed.
 STORY_MESSAGES = 6
 _CONNECTIONS = {Lane.BATCH: 6, Lane.STANDARD: 3, Lane.CRITICAL: 1}
+_DOWNSTREAM_DELAY_S = 0.0005  # the stand-in EHR's work per message
+_DRAIN_MAX_S = 10.0  # after the feed, how long the demo waits for the route to deliver the rest
 _DEMO_MIX = FeedMix(
     admissions=6, routine_results=18, stat_results=2, corrections=0.5, orders=8, pharmacy=5, billing=180
 )
@@ -57,6 +67,27 @@ class LaneReport(msgspec.Struct, frozen=True):
 
 
 @final
+class DeliveryReport(msgspec.Struct, frozen=True):
+    """One lane's deliveries to the EHR: how many, and the wait from ACK (durable) to arrival downstream."""
+
+    lane: str
+    delivered: int
+    p50_ms: float
+    p99_ms: float
+
+
+@final
+class StoryDelivery(msgspec.Struct, frozen=True):
+    """One story message at the EHR: its wait after its ACK, and the billing accepted before it that it overtook."""
+
+    control_id: str
+    message_type: str
+    lane: str
+    delivered_after_ms: float | None
+    billing_overtaken: int
+
+
+@final
 class DemoReport(msgspec.Struct, frozen=True):
     """The demo's figures, the node's own lane statistics, and the story patient."""
 
@@ -68,6 +99,9 @@ class DemoReport(msgspec.Struct, frozen=True):
     timeline: list[LogRecord]
     record: RecordView
     data_dir: str | None
+    delivery: list[DeliveryReport] = []
+    story_delivery: list[StoryDelivery] = []
+    still_to_deliver: int = 0
 
     @property
     def messages_per_s(self) -> float:
@@ -139,11 +173,23 @@ def _story(base: str = "20261124") -> list[bytes]:
 
 
 def _feed(count: int, seed: int) -> list[bytes]:
-    feed = generate_feed(count, seed, _DEMO_MIX)
+    feed = [_earlier_stay(raw) for raw in generate_feed(count, seed, _DEMO_MIX)]
     story = _story()
     for n, message in enumerate(story):
         feed.insert(min(len(feed), (n + 1) * len(feed) // (len(story) + 1)), message)
     return feed
+
+
+def _earlier_stay(raw: bytes) -> bytes:
+    """Billing runs days behind care: its messages are for patients of earlier stays, not today's wards.
+
+    (A route keeps each patient's messages in log order, so a billing backlog
+    for today's patients would stand, rightly, in front of their results.)
+    """
+    head = raw[: raw.find(b"\r")]
+    if b"|DFT^" in head or b"|BAR^" in head:
+        return raw.replace(b"\rPID|1||MRN", b"\rPID|1||ACC", 1)
+    return raw
 
 
 async def run_demo(
@@ -162,12 +208,13 @@ async def run_demo(
         queues[classifier.classify_hl7(raw).lane].append(raw)
     latencies: dict[Lane, list[float]] = {lane: [] for lane in Lane}
     accepted = dict.fromkeys(Lane, 0)
+    acked: dict[str, float] = {}
+    downstream = Downstream(_DOWNSTREAM_DELAY_S)
     with tempfile.TemporaryDirectory(prefix="vigil-demo-") as scratch:
         data_dir = keep if keep is not None else Path(scratch)
-        # The embedded default: no external service, even where $VIGIL_PG_DSN is set for real nodes.
-        embedded = msgspec.structs.replace(config, projections=ProjectionsConfig(dsn_env="", dsn=""))
-        node = Node(embedded, data_dir)
         async with anyio.create_task_group() as tg:
+            ehr = await tg.start(downstream.run)
+            node = Node(_embedded(config, ehr), data_dir)
             port = await tg.start(functools.partial(node.run, mllp=("127.0.0.1", 0)))
             started = time.perf_counter()
             async with anyio.create_task_group() as senders:
@@ -180,22 +227,75 @@ async def run_demo(
                             share,
                             latencies=latencies[lane],
                             accepted=accepted,
+                            acked=acked,
                             lane=lane,
                             progress=progress,
                         )
                         senders.start_soon(send)
             elapsed = time.perf_counter() - started
+            with anyio.move_on_after(_DRAIN_MAX_S):
+                while len(downstream.arrived) < len(acked):  # noqa: ASYNC110 -- another task's counter, polled
+                    await anyio.sleep(0.05)
             record = await node.patient(STORY_PATIENT)
             timeline = list(node.wal.read_patient(STORY_PATIENT))
             node_lanes = node.lane_statistics()
             node.stop()
+            tg.cancel_scope.cancel()
     lanes = [
         LaneReport(lane.value, len(queues[lane]), accepted[lane], _pct(latencies[lane], 50), _pct(latencies[lane], 99))
         for lane in Lane
     ]
     return DemoReport(
-        len(feed), elapsed, lanes, node_lanes, STORY_PATIENT, timeline, record, str(keep) if keep else None
+        len(feed),
+        elapsed,
+        lanes,
+        node_lanes,
+        STORY_PATIENT,
+        timeline,
+        record,
+        str(keep) if keep else None,
+        delivery=_deliveries(queues, acked, downstream.arrived),
+        story_delivery=_story_deliveries(queues[Lane.BATCH], acked, downstream.arrived, classifier),
+        still_to_deliver=len(acked.keys() - downstream.arrived.keys()),
     )
+
+
+def _embedded(config: Config, ehr_port: int) -> Config:
+    """The embedded default (no external service, even where $VIGIL_PG_DSN is set), with a route to the EHR."""
+    ehr = RouteConfig(name="ehr", destination=f"mllp://127.0.0.1:{ehr_port}", connections=4)
+    return msgspec.structs.replace(config, projections=ProjectionsConfig(dsn_env="", dsn=""), routes=(ehr,))
+
+
+def _control_id(raw: bytes) -> str:
+    return read_header(raw).get(10).decode("latin-1")
+
+
+def _deliveries(
+    queues: dict[Lane, list[bytes]], acked: dict[str, float], arrived: dict[str, float]
+) -> list[DeliveryReport]:
+    out = []
+    for lane in Lane:
+        waits = [(arrived[c] - acked[c]) * 1000 for c in map(_control_id, queues[lane]) if c in arrived and c in acked]
+        out.append(DeliveryReport(lane.value, len(waits), _pct(waits, 50), _pct(waits, 99)))
+    return out
+
+
+def _story_deliveries(
+    billing: list[bytes], acked: dict[str, float], arrived: dict[str, float], classifier: Classifier
+) -> list[StoryDelivery]:
+    """Each story message: when it reached the EHR, and how many billing messages ACK'd before it it overtook."""
+    billing_ids = [c for c in map(_control_id, billing) if c in acked]
+    out = []
+    for raw in _story():
+        ctl = _control_id(raw)
+        mtype = read_header(raw).get(9).decode() + "^" + read_header(raw).get(9, 2).decode()
+        lane = classifier.classify_hl7(raw).lane.value
+        if ctl not in acked or ctl not in arrived:
+            out.append(StoryDelivery(ctl, mtype, lane, None, 0))
+            continue
+        overtaken = sum(1 for c in billing_ids if acked[c] < acked[ctl] and arrived.get(c, float("inf")) > arrived[ctl])
+        out.append(StoryDelivery(ctl, mtype, lane, round((arrived[ctl] - acked[ctl]) * 1000, 2), overtaken))
+    return out
 
 
 async def _send_all(
@@ -204,6 +304,7 @@ async def _send_all(
     *,
     latencies: list[float],
     accepted: dict[Lane, int],
+    acked: dict[str, float],
     lane: Lane,
     progress: Callable[[int], None] | None,
 ) -> None:
@@ -217,6 +318,7 @@ async def _send_all(
             latencies.append((time.perf_counter() - t0) * 1000)
             if ack.get("MSA-1") in ("AA", "CA"):
                 accepted[lane] += 1
+                acked[str(ack.get("MSA-2"))] = time.time()  # the downstream's clock is the wall clock too
             if progress is not None:
                 progress(1)
 

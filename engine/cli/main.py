@@ -213,6 +213,26 @@ def _describe(event: Event) -> str:
     return f"{tag} {detail}".rstrip()
 
 
+def _print_delivery(console: DataConsole, report: DemoReport) -> None:
+    """The route to the stand-in EHR: each lane's wait after its ACK, and what the critical potassium overtook."""
+    table = Table(title="Delivered onward to the EHR (four MLLP connections, 0.5 ms per message): ACK to arrival")
+    for name in ("lane", "delivered", "p50 (ms)", "p99 (ms)"):
+        table.add_column(name, justify="left" if name == "lane" else "right")
+    for lane in report.delivery:
+        cells = (f"{lane.delivered:,}", f"{lane.p50_ms:.1f}", f"{lane.p99_ms:.1f}")
+        table.add_row(styled(lane.lane, _LANE_STYLE[Lane(lane.lane)]), *cells)
+    console.print(table)
+    potassium = next((s for s in report.story_delivery if s.lane == "critical" and s.message_type == "ORU^R01"), None)
+    if potassium is not None and potassium.delivered_after_ms is not None:
+        console.print(
+            f"Her critical potassium reached the EHR {potassium.delivered_after_ms:.1f} ms after its ACK, ahead of "
+            f"{potassium.billing_overtaken:,} billing messages accepted before it (a first-in first-out route "
+            "would have sent those first)."
+        )
+    if report.still_to_deliver:
+        console.print(f"{report.still_to_deliver:,} messages were still on their way when the demo stopped.")
+
+
 def _print_demo(report: DemoReport) -> None:
     console = DataConsole()
     console.print(
@@ -246,6 +266,7 @@ def _print_demo(report: DemoReport) -> None:
         f"it (wait p99 {waits.get('critical', 0):.2f} ms). Send-to-ACK times include the senders, which share this "
         "one process and its CPU with the node."
     )
+    _print_delivery(console, report)
     timeline = Table(title=f"Patient {report.patient}: the log's record of her stay")
     for name in ("LSN", "type", "lane", "why", "events"):
         timeline.add_column(name, overflow="fold")

@@ -51,7 +51,7 @@ from engine.infra.admin_socket import AdminError, AdminServer, Handler
 from engine.infra.clock import wall_now
 from engine.infra.collector import Collector
 from engine.infra.config import Config
-from engine.infra.telemetry import Telemetry
+from engine.infra.telemetry import RouteLane, Telemetry
 from engine.infra.tls import client_context, nats_security
 from engine.ingress.drop_folder import DropFolder
 from engine.ingress.mllp_answers import MLLPAnswers
@@ -102,7 +102,7 @@ class Node:
             config.lanes.rules, ingest.parse_workers, self._decoder.charsets, nice=ingest.parse_workers_nice
         )
         self._refusals = Refusals(Quarantine(data_dir / "quarantine", OSFiles()))
-        self._telemetry = Telemetry(self._lane_depths, self._read_side_lag)
+        self._telemetry = Telemetry(self._lane_depths, self._read_side_lag, self._route_lanes)
         self._projections: ProjectionRunner | None = None
         self._fanout = Fanout()
         self._routes = Routes(
@@ -461,6 +461,13 @@ class Node:
 
     def _read_side_lag(self) -> tuple[int, float] | None:
         return self._projections.lag() if self._projections is not None else None
+
+    def _route_lanes(self) -> list[RouteLane]:
+        return [
+            (route.name, lane.lane, lane.backlog, lane.oldest_age_s, lane.delivered)
+            for route in self._routes.statistics()
+            for lane in route.lanes
+        ]
 
     def _lane_depths(self) -> list[tuple[str, int]]:
         if self._parts is None:

@@ -161,6 +161,7 @@ class Route:
         self._alerted: set[Lane] = set()
         self._running = False
         self._reader_full = False
+        self._idle = 0  # senders waiting for work: a delivery wakes them only when there are some
 
     # -- what the node calls ----------------------------------------------------------
 
@@ -358,8 +359,12 @@ class Route:
                     return pending
             work = self._work
             due = self._plan.next_due()
-            with anyio.move_on_after(max(0.0, due - now) if due is not None and not self._ledger.paused else 3600):
-                await work.wait()
+            self._idle += 1
+            try:
+                with anyio.move_on_after(max(0.0, due - now) if due is not None and not self._ledger.paused else 3600):
+                    await work.wait()
+            finally:
+                self._idle -= 1
             if self._work is work and work.is_set():
                 self._work = anyio.Event()
 
@@ -399,7 +404,8 @@ class Route:
                 self._plan.retry(pending, now, count=False)  # another sender (or this one, reconnected) takes it
             else:
                 self._plan.retry(pending, now + self._backoff(pending.attempts + 1))
-        self._work.set()
+        if self._idle:  # the patient's next message may be ready for another sender (this one takes its own next)
+            self._work.set()
 
     def _backoff(self, attempts: int) -> float:
         """Capped exponential back-off with full jitter (AWS's "full jitter": spreads a herd of retries)."""

@@ -107,6 +107,11 @@ def test_demo_json() -> None:
     # Facts encode as arrays (lsn, recorded_at, effective_at, message_id, source_patient, event).
     assert [v[-1]["value"] for v in potassium["versions"]] == ["6.9", "4.2"]
     assert potassium["current"]["value"] == "4.2"
+    # Delivered onward to the stand-in EHR: every message, the critical potassium among them.
+    assert sum(lane["delivered"] for lane in report["delivery"]) == 406 - report["still_to_deliver"]
+    story = {s["control_id"]: s for s in report["story_delivery"]}
+    assert story["STORY3"]["lane"] == "critical"
+    assert story["STORY3"]["delivered_after_ms"] is not None
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bin/vigil is a bash script")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 import structlog
 from opentelemetry import metrics, trace
@@ -16,8 +17,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from engine.core.mllp import frame
 from engine.infra.config import Config
 from engine.infra.logging_setup import configure_logging
+from engine.infra.route_config import RouteConfig
 from engine.infra.telemetry import ATTRIBUTES_ALLOWED
 from engine.node import Node
 from tests.harness.helpers import hl7
@@ -120,3 +123,46 @@ def _total(name: str) -> int:
         if metric.name == name
         for point in metric.data.data_points  # type: ignore[union-attr]
     )
+
+
+def test_a_routes_deliveries_and_backlog_are_metrics(tmp_path: Path) -> None:
+    """`vigil.route.delivered` and `vigil.route.backlog`, by route and lane, while the node runs."""
+    out = tmp_path / "out"
+    route = RouteConfig(name="archive", destination=f"folder:{out}")
+    node = Node(msgspec.structs.replace(Config(), routes=(route,)), tmp_path / "data")
+    msh = "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01|M{n}|P|2.5.1"
+    messages = [hl7(msh.format(n=n), f"PID|1||MRN{n}^^^GENHOSP^MR", "OBX|1|NM|K||4.1") for n in range(3)]
+
+    async def run() -> dict[str, float]:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(functools.partial(node.run, mllp=("127.0.0.1", 0)))
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                for raw in messages:
+                    await stream.send(frame(raw))
+                    await stream.receive()
+            with anyio.fail_after(30):
+                while len(list(out.glob("*.hl7"))) < 3:  # noqa: ASYNC110 -- files another task writes
+                    await anyio.sleep(0.02)
+                while _route_points("vigil.route.delivered").get(("archive", "standard"), 0) < 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            seen = {"delivered": _route_points("vigil.route.delivered")[("archive", "standard")]}
+            seen |= {f"backlog.{lane}": n for (_, lane), n in _route_points("vigil.route.backlog").items()}
+            node.stop()
+        return seen
+
+    seen = anyio.run(run)
+    assert seen == {"delivered": 3, "backlog.critical": 0, "backlog.standard": 0, "backlog.batch": 0}
+
+
+def _route_points(name: str) -> dict[tuple[str, str], float]:
+    data = READER.get_metrics_data()
+    points: dict[tuple[str, str], float] = {}
+    for rm in data.resource_metrics if data is not None else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:  # type: ignore[union-attr]
+                        attributes = point.attributes or {}
+                        key = (str(attributes["vigil.route"]), str(attributes["vigil.lane"]))
+                        points[key] = point.value  # type: ignore[union-attr]
+    return points
