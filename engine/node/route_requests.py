@@ -12,6 +12,7 @@ from typing import final
 
 import msgspec
 
+from actors import parse_moment
 from engine.auth import AuthEndpoint, Permission
 from engine.infra.admin_socket import AdminError, Handler
 from engine.routes import Refusal, Route, Routes
@@ -36,6 +37,7 @@ class RouteRequests:
             "route_skip": self._skip,
             "route_pause": self._pause,
             "route_resume": self._resume,
+            "route_replay": self._replay,
         }
 
     async def _list(self, request: dict[str, object]) -> object:
@@ -86,6 +88,21 @@ class RouteRequests:
         route.resume()
         return msgspec.to_builtins(route.statistics())
 
+    async def _replay(self, request: dict[str, object]) -> object:
+        """History again: from an LSN, or from a time (the log's own recording time), optionally one patient or type."""
+        route = self._route(request)
+        since = _moment(request, "since")
+        first = request.get("from_lsn", 1)
+        if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+            raise AdminError("from_lsn must be a positive whole number")
+        patient, message_type = _text(request, "patient"), _text(request, "type")
+        access = await self._auth.authorize(request, Permission.ROUTES_MANAGE, patient=patient, action="route_replay")
+        try:
+            replay = route.replay(first, since=since, patient=patient, message_type=message_type, by=access.user.id)
+        except LookupError as exc:
+            raise AdminError(str(exc)) from None
+        return {"route": route.config.name, "first_lsn": first, "last_lsn": replay.last_lsn, "since": since}
+
     def _route(self, request: dict[str, object]) -> Route:
         name = request.get("route")
         if not isinstance(name, str) or not name:
@@ -94,6 +111,24 @@ class RouteRequests:
             return self._routes.get(name)
         except LookupError as exc:
             raise AdminError(str(exc)) from None
+
+
+def _text(request: dict[str, object], name: str) -> str:
+    value = request.get(name) or ""
+    if not isinstance(value, str):
+        raise AdminError(f"{name} must be text")
+    return value
+
+
+def _moment(request: dict[str, object], name: str) -> str:
+    """A time, read strictly as the record's own are compared (ISO 8601, UTC); "" when not given."""
+    value = _text(request, name)
+    if not value:
+        return ""
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise AdminError(f"{name}: {exc}") from None
 
 
 def _lsn(request: dict[str, object]) -> int:

@@ -18,7 +18,7 @@ import msgspec
 
 from engine.core.model import Lane
 
-__all__ = ["Ledger", "LedgerState", "Refusal"]
+__all__ = ["Ledger", "LedgerState", "Refusal", "Replay"]
 
 
 @final
@@ -41,12 +41,39 @@ class Refusal(msgspec.Struct, frozen=True):
 
 
 @final
+class Replay(msgspec.Struct):
+    """History an operator asked to deliver again (`vigil routes replay`), and how far it has come.
+
+    The log from `next_lsn` to `last_lsn` (the log's end when asked), the
+    records recorded at or after `since`, of `patient` and of `message_type`
+    when given, that the route's filter takes. `next_lsn` moves on only once
+    what was read before it is delivered (or refused): a restart goes on
+    from there, at least once.
+    """
+
+    next_lsn: int
+    last_lsn: int
+    since: str = ""
+    patient: str = ""
+    message_type: str = ""
+    asked_by: str = ""  # the user, for the log line when it ends
+
+    def takes(self, recorded_at: str, patient: str, message_type: str) -> bool:
+        return (
+            recorded_at >= self.since
+            and (not self.patient or patient == self.patient)
+            and (not self.message_type or message_type == self.message_type)
+        )
+
+
+@final
 class LedgerState(msgspec.Struct, frozen=True):
-    """What is saved: settled ranges (inclusive, sorted, apart), refusals, paused."""
+    """What is saved: settled ranges (inclusive, sorted, apart), refusals, paused, replays under way."""
 
     settled: list[tuple[int, int]] = []
     refused: list[Refusal] = []
     paused: bool = False
+    replays: list[Replay] = []
 
 
 @final
@@ -58,6 +85,7 @@ class Ledger:
         self._ends = [end for _, end in state.settled]
         self.refused: dict[int, Refusal] = {r.lsn: r for r in state.refused}
         self.paused = state.paused
+        self.replays = list(state.replays)
         self.dirty = False
 
     @classmethod
@@ -71,7 +99,10 @@ class Ledger:
         """The state to save (and the flag is cleared)."""
         self.dirty = False
         return LedgerState(
-            list(zip(self._starts, self._ends, strict=True)), sorted(self.refused.values(), key=_lsn), self.paused
+            list(zip(self._starts, self._ends, strict=True)),
+            sorted(self.refused.values(), key=_lsn),
+            self.paused,
+            [msgspec.structs.replace(r) for r in self.replays],
         )
 
     @property

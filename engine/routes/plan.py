@@ -65,14 +65,15 @@ class DeliveryPlan:
 
     # -- adding and taking ----------------------------------------------------------
 
-    def add(self, candidate: Candidate, seen_at: float) -> None:
+    def add(self, candidate: Candidate, seen_at: float) -> Pending:
         """A message the route must deliver, in log order for its patient."""
         patient = candidate.patient
         queue = self._queues.get(patient)
         if queue is None:
             queue = self._queues[patient] = collections.deque()
             self._lane_counts[patient] = [0, 0, 0]
-        queue.append(Pending(candidate, seen_at))
+        pending = Pending(candidate, seen_at)
+        queue.append(pending)
         rank = candidate.lane.rank
         self._lane_counts[patient][rank] += 1
         self._backlog[rank][candidate.lsn] = seen_at
@@ -80,6 +81,7 @@ class DeliveryPlan:
         self.bytes += len(candidate.raw)
         if patient not in self._busy and patient not in self._held:
             self._make_ready(patient)
+        return pending
 
     def take(self, now: float) -> Pending | None:
         """The next message to send (its patient is then busy until `done`, `retry` or `refuse`), or None."""

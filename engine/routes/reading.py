@@ -30,7 +30,11 @@ def read_candidates(log: LogReader, first_lsn: int, count_max: int, bytes_max: i
     for record in log.read_from(first_lsn, decode_message):
         env = record.envelope
         patient = record.patients[0] if record.patients else ""
-        out.append(Candidate(record.lsn, patient, env.lane, env.kind, env.message_type, env.message_id, env.raw))
+        out.append(
+            Candidate(
+                record.lsn, patient, env.lane, env.kind, env.message_type, env.message_id, env.raw, record.recorded_at
+            )
+        )
         size += len(env.raw)
         if len(out) >= count_max or size >= bytes_max:
             break

@@ -41,7 +41,7 @@ from engine.core.model import Lane
 from engine.infra.clock import utc_now
 from engine.infra.route_config import RouteConfig, parse_destination
 from engine.routes.folder_destination import FolderDestination
-from engine.routes.ledger import Ledger, LedgerState, Refusal
+from engine.routes.ledger import Ledger, LedgerState, Refusal, Replay
 from engine.routes.mllp_destination import MLLPConnection
 from engine.routes.outcome import Attempt, Verdict
 from engine.routes.plan import DeliveryPlan, Pending
@@ -90,6 +90,8 @@ class RouteStatistics(msgspec.Struct, frozen=True):
     settled_through: int  # every LSN up to here is delivered, refused, or not for this route
     read_through: int
     alert: bool
+    replays: int  # operators' replays under way (`vigil routes replay`)
+    replay_at: int | None  # the LSN the first of them has reached
 
 
 class _Sender(Protocol):
@@ -162,6 +164,9 @@ class Route:
         self._running = False
         self._reader_full = False
         self._idle = 0  # senders waiting for work: a delivery wakes them only when there are some
+        self._asked = anyio.Event()  # an operator asked for a replay
+        self._replaying: set[Pending] = set()  # the replay's messages in the plan, not yet settled
+        self._replayed = anyio.Event()
 
     # -- what the node calls ----------------------------------------------------------
 
@@ -182,6 +187,7 @@ class Route:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read)
+                tg.start_soon(self._replay)
                 for sender in senders:
                     tg.start_soon(self._deliver, sender)
                 tg.start_soon(self._keep)
@@ -230,6 +236,8 @@ class Route:
             settled_through=self._ledger.mark,
             read_through=self._read_through,
             alert=bool(self._alerted),
+            replays=len(self._ledger.replays),
+            replay_at=self._ledger.replays[0].next_lsn if self._ledger.replays else None,
         )
 
     def refusals(self) -> list[Refusal]:
@@ -274,6 +282,27 @@ class Route:
         self._work.set()
         return refusal
 
+    def replay(
+        self, first_lsn: int, *, since: str = "", patient: str = "", message_type: str = "", by: str = ""
+    ) -> Replay:
+        """Deliver history again: from `first_lsn` (or the first record at or after `since`) to the log's end now.
+
+        Only what the route's filter takes, narrowed to one patient or one
+        message type when given; in log order per patient, beside new traffic.
+
+        Raises:
+            LookupError: nothing in the log from there.
+        """
+        last = self._log.last_lsn
+        if first_lsn > last:
+            raise LookupError(f"nothing to replay: the log ends at LSN {last}")
+        replay = Replay(first_lsn, last, since, patient, message_type, by)
+        self._ledger.replays.append(replay)
+        self._ledger.dirty = True
+        self._asked.set()
+        _log.info("route.replay_asked", route=self.config.name, first_lsn=first_lsn, last_lsn=last, by=by)
+        return replay
+
     # -- the reader ---------------------------------------------------------------------
 
     async def _read(self) -> None:
@@ -302,6 +331,36 @@ class Route:
             self._read_through = found[-1].lsn
             next_lsn = found[-1].lsn + 1
             self._work.set()
+
+    async def _replay(self) -> None:
+        """Operators' replays, one after the other, a bounded slice of the log at a time."""
+        while True:
+            if not self._ledger.replays:
+                await self._asked.wait()
+                self._asked = anyio.Event()
+                continue
+            replay = self._ledger.replays[0]
+            found = await anyio.to_thread.run_sync(
+                read_candidates, self._log, replay.next_lsn, _READ_RECORDS, _READ_BYTES
+            )
+            found = [c for c in found if c.lsn <= replay.last_lsn]
+            if not found:
+                self._ledger.replays.pop(0)
+                self._ledger.dirty = True
+                _log.info("route.replay_done", route=self.config.name, last_lsn=replay.last_lsn, by=replay.asked_by)
+                continue
+            now = anyio.current_time()
+            self._replaying = {
+                self._plan.add(c, now)
+                for c in found
+                if self._filter.matches(c) and replay.takes(c.recorded_at, c.patient, c.message_type)
+            }
+            if self._replaying:
+                self._replayed = anyio.Event()
+                self._work.set()
+                await self._replayed.wait()  # delivered (or refused) before the position moves: at least once
+            replay.next_lsn = found[-1].lsn + 1
+            self._ledger.dirty = True
 
     # -- the senders --------------------------------------------------------------------
 
@@ -371,6 +430,10 @@ class Route:
     def _settle(self, pending: Pending, attempt: Attempt) -> None:
         candidate = pending.candidate
         now = anyio.current_time()
+        if attempt.verdict in (Verdict.DELIVERED, Verdict.REFUSED) and pending in self._replaying:
+            self._replaying.discard(pending)
+            if not self._replaying:
+                self._replayed.set()
         if attempt.verdict is Verdict.DELIVERED:
             self._plan.done(pending)
             if self._reader_full and self._plan.bytes < self.config.pending_bytes_max:

@@ -25,6 +25,7 @@ class Candidate(msgspec.Struct, frozen=True, gc=False):
     message_type: str
     message_id: str
     raw: bytes
+    recorded_at: str = ""  # when the log recorded it (ISO 8601, UTC): a replay from a time compares it
 
 
 def _matcher(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
