@@ -223,7 +223,7 @@ def _pct(ordered: list[float], q: float) -> float:
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0])
-    drain_n, backlog_n, probes = (1_000, 3_000, 30) if args.quick else (20_000, 100_000, 200)
+    drain_n, backlog_n, probes = (500, 1_500, 20) if args.quick else (20_000, 100_000, 200)
     console = Console(width=max(110, Console().width))
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-routes-"))
     try:

@@ -85,10 +85,17 @@ def test_a_node_delivers_and_an_operator_sees_and_resolves_a_refusal(tmp_path: P
             code, out = _vigil(config, "routes", "--data", str(data))
             assert code == 0
             assert "ehr -> mllp://" in out
+            code, out = _vigil(config, "routes", "replay", "ehr", "--patient", "GENHOSP|MRN3", "--data", str(data))
+            assert code == 0, out
+            deadline = time.monotonic() + 30
+            while len(receiver.received()) < len(received) + 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            replayed = [r.control_id for r in receiver.received()[len(received) :]]
     finally:
         receiver.kill()
     assert len({r.control_id for r in received}) == 42
     assert _order_per_patient(received)[b"MRN3"] == [f"R{n:07d}" for n in range(3, 43, 7)]
+    assert replayed == [f"R{n:07d}" for n in range(3, 43, 7)]  # her history again, in log order
 
 
 def _send(port: int, first: int, acked: list[int], stop: threading.Event) -> None:
