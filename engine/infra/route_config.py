@@ -24,8 +24,10 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         name: names the route in `vigil routes`, its metrics and its state
             directory (`routes/NAME` under the data directory).
         destination: `mllp://HOST:PORT` (`mllps://` for TLS, verified against
-            `tls_ca_file` or the system's CAs), or `folder:PATH` (one file per
-            message, written atomically; PATH relative to the configuration file).
+            `tls_ca_file` or the system's CAs), `folder:PATH` (one file per
+            message, written atomically; PATH relative to the configuration
+            file), or `nats:SUBJECT` (published through JetStream with the
+            node's `[nats]` servers; a stream must take the subject).
         lanes, message_types, senders: the filter; empty means all. Types are
             MSH-9 as `CODE^EVENT` (`ORU^R01`) or a FHIR resource type, and may
             end in `*` (`ADT^*`); senders are `MSH-3^MSH-4` (`LAB^GENHOSP`),
@@ -84,28 +86,36 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 @final
 class Address(msgspec.Struct, frozen=True):
-    """A destination, parsed: `scheme` is mllp, mllps or folder; `host`/`port` or `path`."""
+    """A destination, parsed: `scheme` is mllp, mllps, folder or nats; `host`/`port`, or `path` (or the subject)."""
 
-    scheme: Literal["mllp", "mllps", "folder"]
+    scheme: Literal["mllp", "mllps", "folder", "nats"]
     host: str = ""
     port: int = 0
     path: str = ""
 
 
+_SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")  # a subject to publish to: no wildcards
 _MLLP = re.compile(r"^(mllps?)://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
 
 
 def parse_destination(value: str) -> Address:
-    """`mllp://HOST:PORT`, `mllps://HOST:PORT` or `folder:PATH`.
+    """`mllp://HOST:PORT`, `mllps://HOST:PORT`, `folder:PATH` or `nats:SUBJECT`.
 
     Raises:
-        ConfigError: any other form, or a port out of range.
+        ConfigError: any other form, a port out of range, a subject with wildcards.
     """
     if value.startswith("folder:") and len(value) > len("folder:"):
         return Address("folder", path=value[len("folder:") :])
+    if value.startswith("nats:"):
+        subject = value[len("nats:") :]
+        if _SUBJECT.match(subject) is None:
+            raise ConfigError(f"destination {value!r}: nats:SUBJECT needs a subject without wildcards (ehr.results)")
+        return Address("nats", path=subject)
     found = _MLLP.match(value)
     if found is None:
-        raise ConfigError(f"destination {value!r}: expected mllp://HOST:PORT, mllps://HOST:PORT or folder:PATH")
+        raise ConfigError(
+            f"destination {value!r}: expected mllp://HOST:PORT, mllps://HOST:PORT, folder:PATH or nats:SUBJECT"
+        )
     port = int(found.group(3))
     if not 0 < port <= 65535:
         raise ConfigError(f"destination {value!r}: the port must be 1 to 65535")

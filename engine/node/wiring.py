@@ -106,7 +106,12 @@ class Node:
         self._projections: ProjectionRunner | None = None
         self._fanout = Fanout()
         self._routes = Routes(
-            config.routes, data_dir / "routes", config_dir=self._config_dir, tls_context=client_context
+            config.routes,
+            data_dir / "routes",
+            config_dir=self._config_dir,
+            tls_context=client_context,
+            nats_servers=config.nats.servers,
+            nats_security=lambda: nats_security(config.nats, self._config_dir),
         )
         self._fanout.routes = self._routes
         self._cluster: Cluster | None = None

@@ -40,6 +40,9 @@ class FolderDestination:
             return Attempt(Verdict.RETRY, "write", exc.strerror or type(exc).__name__)
         return Attempt(Verdict.DELIVERED, "written")
 
+    async def close(self) -> None:
+        return None  # each write opens and closes its own file
+
     @staticmethod
     def file_name(candidate: Candidate) -> str:
         """`000000000042-ORU_R01.hl7`: sorted by name is log order."""

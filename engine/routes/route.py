@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Protocol, final
 
@@ -43,10 +43,11 @@ from engine.infra.route_config import RouteConfig, parse_destination
 from engine.routes.folder_destination import FolderDestination
 from engine.routes.ledger import Ledger, LedgerState, Refusal, Replay
 from engine.routes.mllp_destination import MLLPConnection
+from engine.routes.nats_destination import NatsDestination
 from engine.routes.outcome import Attempt, Verdict
 from engine.routes.plan import DeliveryPlan, Pending
 from engine.routes.reading import LogReader, read_candidates
-from engine.routes.selection import RouteFilter, rewrite_receiver
+from engine.routes.selection import Candidate, RouteFilter, rewrite_receiver
 from engine.wal import OSFiles, SmallFile
 
 __all__ = ["LaneDelivery", "Route", "RouteStatistics"]
@@ -114,16 +115,24 @@ class _MLLPSender:
         await self._connection.close()
 
 
+class _Destination(Protocol):
+    """A destination that is told the record (its name in a folder, its id on NATS), shared by the senders."""
+
+    async def send(self, candidate: Candidate, payload: bytes) -> Attempt: ...
+
+    async def close(self) -> None: ...
+
+
 @final
-class _FolderSender:
-    def __init__(self, folder: FolderDestination) -> None:
-        self._folder = folder
+class _SharedSender:
+    def __init__(self, destination: _Destination) -> None:
+        self._destination = destination
 
     async def send(self, pending: Pending, payload: bytes, /) -> Attempt:
-        return await self._folder.send(pending.candidate, payload)
+        return await self._destination.send(pending.candidate, payload)
 
     async def close(self) -> None:
-        return None
+        await self._destination.close()
 
 
 @final
@@ -138,10 +147,14 @@ class Route:
         *,
         config_dir: Path,
         tls_context: Callable[[Path | None], ssl.SSLContext],
+        nats_servers: Sequence[str] = (),
+        nats_security: Callable[[], dict[str, object]] = dict,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self._tls_context = tls_context
+        self._nats_servers = nats_servers
+        self._nats_security = nats_security
         self._log = log
         self._address = parse_destination(config.destination)
         self._config_dir = config_dir
@@ -368,7 +381,18 @@ class Route:
         address, config = self._address, self.config
         if address.scheme == "folder":
             folder = FolderDestination(self._config_dir / address.path)
-            return [_FolderSender(folder) for _ in range(config.connections)]
+            return [_SharedSender(folder) for _ in range(config.connections)]
+        if address.scheme == "nats":
+            if not self._nats_servers:
+                raise ConfigError(f"routes.{config.name}: a nats: destination needs [nats] servers")
+            nats = NatsDestination(
+                self._nats_servers,
+                address.path,
+                security=self._nats_security,
+                connect_timeout_s=config.connect_timeout_s,
+                ack_timeout_s=config.ack_timeout_s,
+            )
+            return [_SharedSender(nats) for _ in range(config.connections)]  # one connection, publishes in parallel
         tls = None
         if address.scheme == "mllps":
             tls = self._tls_context(self._config_dir / config.tls_ca_file if config.tls_ca_file else None)

@@ -28,9 +28,12 @@ class Routes:
         *,
         config_dir: Path,
         tls_context: Callable[[Path | None], ssl.SSLContext],
+        nats_servers: Sequence[str] = (),
+        nats_security: Callable[[], dict[str, object]] = dict,
     ) -> None:
         self.configs = {c.name: c for c in configs}
         self._tls_context = tls_context
+        self._nats = (nats_servers, nats_security)
         self._state_root = state_root
         self._config_dir = config_dir
         self._running: dict[str, Route] = {}
@@ -49,6 +52,8 @@ class Routes:
             self._state_root / name,
             config_dir=self._config_dir,
             tls_context=self._tls_context,
+            nats_servers=self._nats[0],
+            nats_security=self._nats[1],
         )
         self._running[name] = route
         try:

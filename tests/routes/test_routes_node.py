@@ -112,7 +112,7 @@ def _send(port: int, first: int, acked: list[int], stop: threading.Event) -> Non
 
 
 def test_sigkill_mid_delivery_delivers_every_acknowledged_message_in_order(tmp_path: Path) -> None:
-    """Kill -9 the node at random moments while it receives and delivers: nothing lost, order kept per patient."""
+    """Kill -9 the node three times while it receives and delivers: nothing lost, order kept per patient."""
     seed = int(os.environ.get("VIGIL_CRASH_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
     (tmp_path / "downstream").mkdir()
@@ -122,7 +122,7 @@ def test_sigkill_mid_delivery_delivers_every_acknowledged_message_in_order(tmp_p
     data = tmp_path / "data"
     acked: list[int] = []
     try:
-        for run in range(4):
+        for run in range(3):
             with node(data, config=config) as (proc, port):
                 stop = threading.Event()
                 senders = [
@@ -155,4 +155,4 @@ def test_sigkill_mid_delivery_delivers_every_acknowledged_message_in_order(tmp_p
         assert lsns == sorted(lsns), f"delivered out of log order for {patient!r} (seed {seed})"
     # At least once: what was delivered after the last save (every 50 ms) before a kill goes again.
     duplicates = len(delivered) - len(set(delivered))
-    assert duplicates <= 4 * 150, f"{duplicates} duplicates: more than the kills' windows (seed {seed})"
+    assert duplicates <= 3 * 150, f"{duplicates} duplicates: more than the kills' windows (seed {seed})"
