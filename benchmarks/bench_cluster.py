@@ -153,7 +153,7 @@ def main() -> None:
     args = arguments(__doc__.splitlines()[0] if __doc__ else "bench_cluster")
     # At --quick (CI's smoke run, under its 10 minutes): enough to show each part runs.
     seconds = 2.0 if args.quick else 10.0
-    kills, leader_kills = (2, 1) if args.quick else (10, 3)
+    kills, leader_kills = (1, 1) if args.quick else (10, 3)
     seed = 20261127
     base = Path(tempfile.mkdtemp(prefix="vigil-bench-cluster-"))
     try:
