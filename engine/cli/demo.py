@@ -287,8 +287,9 @@ def _story_deliveries(
     billing_ids = [c for c in map(_control_id, billing) if c in acked]
     out = []
     for raw in _story():
-        ctl = _control_id(raw)
-        mtype = read_header(raw).get(9).decode() + "^" + read_header(raw).get(9, 2).decode()
+        header = read_header(raw)
+        ctl = header.get(10).decode("latin-1")
+        mtype = f"{header.get(9).decode()}^{header.get(9, 2).decode()}"
         lane = classifier.classify_hl7(raw).lane.value
         if ctl not in acked or ctl not in arrived:
             out.append(StoryDelivery(ctl, mtype, lane, None, 0))

@@ -16,15 +16,17 @@ import time
 from typing import final
 
 import anyio
-from anyio.abc import ByteStream, Process, SocketAttribute, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from engine.core.errors import HeaderError
-from engine.core.hl7 import read_header
+from engine.core.hl7 import AckContext, build_ack, read_header
 from engine.core.mllp import Frame, MLLPDecoder, frame
+from engine.core.outcome import Outcome
 
 __all__ = ["Downstream"]
 
-_ACK = "MSH|^~\\&|EHR|GENHOSP|VIGIL|GENHOSP|{ts}||ACK|A{ctl}|P|2.5.1\rMSA|AA|{ctl}\r"
+_LINE_BYTES_MAX = 4096  # one line of the downstream process: a control id and a time
 
 
 @final
@@ -41,29 +43,15 @@ class Downstream:
         process = await anyio.open_process(command)
         try:
             assert process.stdout is not None
-            lines = _Lines(process)
-            task_status.started(int(await lines.next()))
+            lines = BufferedByteReceiveStream(process.stdout)
+            task_status.started(int(await lines.receive_until(b"\n", _LINE_BYTES_MAX)))
             while True:
-                control_id, _, at = (await lines.next()).partition("\t")
+                control_id, _, at = (await lines.receive_until(b"\n", _LINE_BYTES_MAX)).decode().partition("\t")
                 self.arrived.setdefault(control_id, float(at))
         finally:
             with anyio.CancelScope(shield=True):
                 process.kill()
                 await process.aclose()
-
-
-@final
-class _Lines:
-    def __init__(self, process: Process) -> None:
-        assert process.stdout is not None
-        self._stdout = process.stdout
-        self._buffer = b""
-
-    async def next(self) -> str:
-        while b"\n" not in self._buffer:
-            self._buffer += await self._stdout.receive()
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
 
 
 async def _serve(delay_s: float) -> None:
@@ -84,8 +72,13 @@ async def _serve(delay_s: float) -> None:
                         out.write(f"{control_id}\t{time.time()}\n")
                         out.flush()
                         await anyio.sleep(delay_s)
-                        ack = _ACK.format(ts=time.strftime("%Y%m%d%H%M%S"), ctl=control_id)
-                        await stream.send(frame(ack.encode()))
+                        ack = build_ack(
+                            AckContext.from_raw(item.payload),
+                            Outcome.ACCEPTED,
+                            control_id=f"A{control_id}",
+                            timestamp=time.strftime("%Y%m%d%H%M%S"),
+                        )
+                        await stream.send(frame(ack.to_bytes()))
 
     async with listener, anyio.create_task_group() as tg:
         out.write(f"{listener.extra(SocketAttribute.local_port)}\n")  # noqa: S610 -- anyio, not Django

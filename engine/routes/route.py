@@ -190,7 +190,6 @@ class Route:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Read, deliver and keep until cancelled; the ledger is saved on the way out."""
         self._ledger = await anyio.to_thread.run_sync(self._load)
-        self._plan = DeliveryPlan(fifo=self.config.order == "fifo")
         if self.config.on_refused == "hold":
             for refusal in self._ledger.refused.values():
                 self._plan.hold(refusal.patient)
