@@ -1,6 +1,7 @@
-"""FHIR R4: decoding JSON, Bundles and NDJSON, and mapping to the model (pure)."""
+"""FHIR R4: decoding JSON, Bundles and NDJSON, mapping to the model, and HL7 v2 as FHIR (pure)."""
 
 from engine.core.fhir.codec import BundleEntry, DecodedBundle, decode_document, decode_resource, split_ndjson
+from engine.core.fhir.from_hl7v2 import bundle_from_hl7v2, resource_id
 from engine.core.fhir.mapping import map_resource, patient_key, resolve_patient, resource_type
 from engine.core.fhir.resources import (
     RESOURCE_TYPES,
@@ -30,11 +31,13 @@ __all__ = [
     "RawResource",
     "Resource",
     "ServiceRequest",
+    "bundle_from_hl7v2",
     "decode_document",
     "decode_resource",
     "map_resource",
     "patient_key",
     "resolve_patient",
+    "resource_id",
     "resource_type",
     "split_ndjson",
 ]

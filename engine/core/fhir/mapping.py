@@ -258,6 +258,8 @@ def _observation(r: Observation) -> ResultReported:
         )
     )
     value, units = _quantity(r.value_quantity)
+    if r.value_quantity is not None and r.value_quantity.comparator:
+        value = f"{r.value_quantity.comparator}{value}"
     if r.value_string is not None:
         value = r.value_string
     elif r.value_codeable_concept is not None:
@@ -267,6 +269,13 @@ def _observation(r: Observation) -> ResultReported:
         value = "true" if r.value_boolean else "false"
     elif r.value_integer is not None:
         value = str(r.value_integer)
+    elif r.value_date_time is not None or r.value_time is not None:
+        value = r.value_date_time or r.value_time or ""
+    elif r.value_ratio is not None:
+        value = f"{_quantity(r.value_ratio.numerator)[0]}:{_quantity(r.value_ratio.denominator)[0]}"
+    elif r.value_range is not None:
+        (value, units), high = _quantity(r.value_range.low), _quantity(r.value_range.high)[0]
+        value = f"{value}-{high}"
     ranges = []
     for rr in r.reference_range:
         low, high = _quantity(rr.low)[0], _quantity(rr.high)[0]

@@ -81,9 +81,22 @@ class Reference(_Element, frozen=True):
 @final
 class Quantity(_Element, frozen=True):
     value: Decimal | None = None
+    comparator: str | None = None
     unit: str | None = None
     system: str | None = None
     code: str | None = None
+
+
+@final
+class Ratio(_Element, frozen=True):
+    numerator: Quantity | None = None
+    denominator: Quantity | None = None
+
+
+@final
+class Range(_Element, frozen=True):
+    low: Quantity | None = None
+    high: Quantity | None = None
 
 
 @final
@@ -185,6 +198,10 @@ class Observation(_Resource, frozen=True):
     value_codeable_concept: CodeableConcept | None = None
     value_boolean: bool | None = None
     value_integer: int | None = None
+    value_date_time: str | None = None
+    value_time: str | None = None
+    value_ratio: Ratio | None = None
+    value_range: Range | None = None
     interpretation: tuple[CodeableConcept, ...] = ()
     reference_range: tuple[ReferenceRange, ...] = ()
 
