@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zoneinfo
 from typing import Annotated, Literal, final
 
 import msgspec
@@ -27,7 +28,18 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             `tls_ca_file` or the system's CAs), `folder:PATH` (one file per
             message, written atomically; PATH relative to the configuration
             file), or `nats:SUBJECT` (published through JetStream with the
-            node's `[nats]` servers; a stream must take the subject).
+            node's `[nats]` servers; a stream must take the subject), or
+            `http://…` / `https://…` (a FHIR R4 server's base URL: each
+            message goes as a transaction Bundle, or a FHIR message as it
+            came; with `transform = "original"`, HL7 v2 over HTTP is POSTed
+            to the URL).
+        transform: `original` (the message as logged) or `fhir` (HL7 v2 as a
+            FHIR R4 transaction Bundle, ids derived from what each resource
+            is, so a message delivered twice changes nothing downstream).
+        timezone: where times sent without an offset were written (IANA
+            name): FHIR needs the offset, so the transform adds this zone's.
+        http_token_file: a bearer token for an HTTP destination, read from
+            this file (relative to the configuration file), never written here.
         lanes, message_types, senders: the filter; empty means all. Types are
             MSH-9 as `CODE^EVENT` (`ORU^R01`) or a FHIR resource type, and may
             end in `*` (`ADT^*`); senders are `MSH-3^MSH-4` (`LAB^GENHOSP`),
@@ -72,6 +84,9 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pending_bytes_max: Annotated[int, msgspec.Meta(ge=_MIB, le=16 * 1024 * _MIB)] = 256 * _MIB
     state_save_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.05
     tls_ca_file: str = ""
+    transform: Literal["original", "fhir"] = "original"
+    timezone: str = "UTC"
+    http_token_file: str = ""
 
     def __post_init__(self) -> None:
         if self.retry_max_s < self.retry_base_s:
@@ -79,27 +94,41 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.receiving_facility and not self.receiving_application:
             raise ValueError("receiving_facility needs receiving_application too")
         try:  # a mistake is found when the file is read, not at the first message
-            parse_destination(self.destination)
+            address = parse_destination(self.destination)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone (Europe/London, UTC)") from None
+        if self.transform == "fhir" and address.scheme in ("mllp", "mllps"):
+            raise ValueError('transform = "fhir" needs an http(s), folder or nats destination: MLLP carries HL7 v2')
+        if self.http_token_file and address.scheme not in ("http", "https"):
+            raise ValueError("http_token_file is set but the destination is not http(s)://")
+        if self.tls_ca_file and address.scheme not in ("mllps", "https"):
+            raise ValueError("tls_ca_file is set but the destination is neither mllps:// nor https://")
 
 
 @final
 class Address(msgspec.Struct, frozen=True):
-    """A destination, parsed: `scheme` is mllp, mllps, folder or nats; `host`/`port`, or `path` (or the subject)."""
+    """A destination, parsed: `scheme` is mllp, mllps, folder, nats, http or https.
 
-    scheme: Literal["mllp", "mllps", "folder", "nats"]
+    `host`/`port` for MLLP; `path` is the folder, the subject, or the whole URL.
+    """
+
+    scheme: Literal["mllp", "mllps", "folder", "nats", "http", "https"]
     host: str = ""
     port: int = 0
     path: str = ""
 
 
 _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")  # a subject to publish to: no wildcards
+_HTTP = re.compile(r"^(https?)://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?(/[^\s?#]*)?$")
 _MLLP = re.compile(r"^(mllps?)://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
 
 
 def parse_destination(value: str) -> Address:
-    """`mllp://HOST:PORT`, `mllps://HOST:PORT`, `folder:PATH` or `nats:SUBJECT`.
+    """`mllp://HOST:PORT`, `mllps://HOST:PORT`, `folder:PATH`, `nats:SUBJECT` or `http(s)://HOST[:PORT]/PATH`.
 
     Raises:
         ConfigError: any other form, a port out of range, a subject with wildcards.
@@ -111,10 +140,16 @@ def parse_destination(value: str) -> Address:
         if _SUBJECT.match(subject) is None:
             raise ConfigError(f"destination {value!r}: nats:SUBJECT needs a subject without wildcards (ehr.results)")
         return Address("nats", path=subject)
+    web = _HTTP.match(value)
+    if web is not None:
+        if web.group(3) and not 0 < int(web.group(3)[1:]) <= 65535:
+            raise ConfigError(f"destination {value!r}: the port must be 1 to 65535")
+        return Address("https" if web.group(1) == "https" else "http", path=value.rstrip("/"))
     found = _MLLP.match(value)
     if found is None:
         raise ConfigError(
-            f"destination {value!r}: expected mllp://HOST:PORT, mllps://HOST:PORT, folder:PATH or nats:SUBJECT"
+            f"destination {value!r}: expected mllp://HOST:PORT, mllps://HOST:PORT, folder:PATH, nats:SUBJECT"
+            " or http(s)://HOST[:PORT]/PATH (no query or credentials in the URL)"
         )
     port = int(found.group(3))
     if not 0 < port <= 65535:

@@ -112,6 +112,7 @@ class Node:
             tls_context=client_context,
             nats_servers=config.nats.servers,
             nats_security=lambda: nats_security(config.nats, self._config_dir),
+            charsets=self._decoder.charsets,
         )
         self._fanout.routes = self._routes
         self._cluster: Cluster | None = None

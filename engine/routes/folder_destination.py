@@ -9,8 +9,8 @@ from typing import final
 
 import anyio
 
-from engine.core.model import Kind
 from engine.routes.outcome import Attempt, Verdict
+from engine.routes.payload import Payload
 from engine.routes.selection import Candidate
 from engine.wal import OSFiles, write_atomic
 
@@ -32,10 +32,10 @@ class FolderDestination:
         self._folder = folder
         self._files = OSFiles()
 
-    async def send(self, candidate: Candidate, payload: bytes) -> Attempt:
+    async def send(self, candidate: Candidate, payload: Payload) -> Attempt:
         """Write the file. A full or failing disk is retried; nothing here refuses a message for good."""
         try:
-            await anyio.to_thread.run_sync(self._write, self.file_name(candidate), payload)
+            await anyio.to_thread.run_sync(self._write, self.file_name(candidate, fhir=payload.fhir), payload.body)
         except OSError as exc:
             return Attempt(Verdict.RETRY, "write", exc.strerror or type(exc).__name__)
         return Attempt(Verdict.DELIVERED, "written")
@@ -44,10 +44,10 @@ class FolderDestination:
         return None  # each write opens and closes its own file
 
     @staticmethod
-    def file_name(candidate: Candidate) -> str:
-        """`000000000042-ORU_R01.hl7`: sorted by name is log order."""
+    def file_name(candidate: Candidate, *, fhir: bool) -> str:
+        """`000000000042-ORU_R01.hl7` (`.json` for FHIR): sorted by name is log order."""
         kind = _UNSAFE.sub("_", candidate.message_type)[:40] or "message"
-        suffix = "json" if candidate.kind is Kind.FHIR else "hl7"
+        suffix = "json" if fhir else "hl7"
         return f"{candidate.lsn:012d}-{kind}.{suffix}"
 
     def _write(self, name: str, payload: bytes) -> None:

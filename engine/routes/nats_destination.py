@@ -19,9 +19,11 @@ import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from opentelemetry import propagate
 
 from engine.infra.nats_client import DRIVER_ERRORS, NatsUnavailableError, connect_once
 from engine.routes.outcome import Attempt, Verdict
+from engine.routes.payload import Payload
 from engine.routes.selection import Candidate
 
 __all__ = ["NatsDestination"]
@@ -48,7 +50,7 @@ class NatsDestination:
         self._client: Client | None = None
         self._connecting = anyio.Lock()  # the route's senders share one connection
 
-    async def send(self, candidate: Candidate, payload: bytes) -> Attempt:
+    async def send(self, candidate: Candidate, payload: Payload) -> Attempt:
         client = await self._connected()
         if client is None:
             return Attempt(Verdict.UNREACHABLE, "connect", f"no NATS server answered at {', '.join(self._servers)}")
@@ -56,11 +58,13 @@ class NatsDestination:
             "Nats-Msg-Id": candidate.message_id,
             "Vigil-Lane": candidate.lane.value,
             "Vigil-Lsn": str(candidate.lsn),
+            "Content-Type": "application/fhir+json" if payload.fhir else "x-application/hl7-v2+er7",
         }
+        propagate.inject(headers)  # the delivery span's traceparent, when tracing is on
         try:
             with anyio.fail_after(self._ack_timeout_s + 1):  # nats-py's own timeout first; this one if it hangs
                 ack = await client.jetstream().publish(
-                    self._subject, payload, timeout=self._ack_timeout_s, headers=headers
+                    self._subject, payload.body, timeout=self._ack_timeout_s, headers=headers
                 )
         except nats.js.errors.NoStreamResponseError:
             return Attempt(Verdict.RETRY, "no-stream", f"no JetStream stream takes subject {self._subject}")

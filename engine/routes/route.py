@@ -24,6 +24,7 @@ wait for it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import ssl
 from collections.abc import Callable, Sequence
@@ -35,30 +36,36 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 from hdrh.histogram import HdrHistogram
+from opentelemetry import trace
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, HL7Error
+from engine.core.hl7 import CharsetDefaults
 from engine.core.model import Lane
 from engine.infra.clock import utc_now
 from engine.infra.route_config import RouteConfig, parse_destination
 from engine.routes.folder_destination import FolderDestination
+from engine.routes.http_destination import HttpDestination
 from engine.routes.ledger import Ledger, LedgerState, Refusal, Replay
 from engine.routes.mllp_destination import MLLPConnection
 from engine.routes.nats_destination import NatsDestination
 from engine.routes.outcome import Attempt, Verdict
+from engine.routes.payload import Payload, PayloadMaker
 from engine.routes.plan import DeliveryPlan, Pending
 from engine.routes.reading import LogReader, read_candidates
-from engine.routes.selection import Candidate, RouteFilter, rewrite_receiver
+from engine.routes.selection import Candidate, RouteFilter
 from engine.wal import OSFiles, SmallFile
 
 __all__ = ["LaneDelivery", "Route", "RouteStatistics"]
 
 _log = structlog.get_logger("vigil.routes")
+_tracer = trace.get_tracer("vigil.routes")
 
 _READ_RECORDS: Final = 512  # records decoded per trip to the worker thread
 _READ_BYTES: Final = 4 * 1024 * 1024
 _HISTOGRAM_MAX_US: Final = 3_600_000_000
 _RATE_WINDOW_S: Final = 10
 _LANES: Final = (Lane.CRITICAL, Lane.STANDARD, Lane.BATCH)
+_NOTHING_TO_SEND: Final = "nothing-to-send"  # settled, not sent: not counted as a delivery
 
 
 @final
@@ -86,6 +93,7 @@ class RouteStatistics(msgspec.Struct, frozen=True):
     delivered_per_s: float
     retries: int
     resent: int  # sent again after an attempt the destination may have received: possible duplicates
+    nothing_to_send: int  # messages the transform made nothing of (no patient, nothing clinical): settled
     refused_open: int
     held_patients: int
     settled_through: int  # every LSN up to here is delivered, refused, or not for this route
@@ -98,7 +106,7 @@ class RouteStatistics(msgspec.Struct, frozen=True):
 class _Sender(Protocol):
     """How one connection delivers (MLLP), or the folder for every sender."""
 
-    async def send(self, pending: Pending, payload: bytes, /) -> Attempt: ...
+    async def send(self, pending: Pending, payload: Payload, /) -> Attempt: ...
 
     async def close(self) -> None: ...
 
@@ -108,8 +116,8 @@ class _MLLPSender:
     def __init__(self, connection: MLLPConnection) -> None:
         self._connection = connection
 
-    async def send(self, _pending: Pending, payload: bytes, /) -> Attempt:
-        return await self._connection.send(payload)
+    async def send(self, _pending: Pending, payload: Payload, /) -> Attempt:
+        return await self._connection.send(payload.body)
 
     async def close(self) -> None:
         await self._connection.close()
@@ -118,7 +126,7 @@ class _MLLPSender:
 class _Destination(Protocol):
     """A destination that is told the record (its name in a folder, its id on NATS), shared by the senders."""
 
-    async def send(self, candidate: Candidate, payload: bytes) -> Attempt: ...
+    async def send(self, candidate: Candidate, payload: Payload) -> Attempt: ...
 
     async def close(self) -> None: ...
 
@@ -128,7 +136,7 @@ class _SharedSender:
     def __init__(self, destination: _Destination) -> None:
         self._destination = destination
 
-    async def send(self, pending: Pending, payload: bytes, /) -> Attempt:
+    async def send(self, pending: Pending, payload: Payload, /) -> Attempt:
         return await self._destination.send(pending.candidate, payload)
 
     async def close(self) -> None:
@@ -149,9 +157,13 @@ class Route:
         tls_context: Callable[[Path | None], ssl.SSLContext],
         nats_servers: Sequence[str] = (),
         nats_security: Callable[[], dict[str, object]] = dict,
+        charsets: CharsetDefaults | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._payloads = PayloadMaker(config, charsets or CharsetDefaults())
+        # Without an SDK installed, a span costs CPU and goes nowhere: none then (as for intake's).
+        self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         self._tls_context = tls_context
         self._nats_servers = nats_servers
         self._nats_security = nats_security
@@ -168,7 +180,7 @@ class Route:
         self._work = anyio.Event()  # the plan has something, or an operator changed something
         self._read_through = 0
         self._in_flight = 0
-        self._delivered = self._retries = self._resent = 0
+        self._delivered = self._retries = self._resent = self._nothing_to_send = 0
         self._per_lane = dict.fromkeys(_LANES, 0)
         self._latency = {lane: HdrHistogram(1, _HISTOGRAM_MAX_US, 2) for lane in _LANES}
         self._recent: collections.deque[tuple[int, int]] = collections.deque()  # (second, deliveries in it)
@@ -243,6 +255,7 @@ class Route:
             delivered_per_s=self._rate(now),
             retries=self._retries,
             resent=self._resent,
+            nothing_to_send=self._nothing_to_send,
             refused_open=len(self._ledger.refused),
             held_patients=len(self._plan.held),
             settled_through=self._ledger.mark,
@@ -393,10 +406,21 @@ class Route:
             )
             return [_SharedSender(nats) for _ in range(config.connections)]  # one connection, publishes in parallel
         tls = None
-        if address.scheme == "mllps":
+        if address.scheme in ("mllps", "https"):
             tls = self._tls_context(self._config_dir / config.tls_ca_file if config.tls_ca_file else None)
-        elif config.tls_ca_file:
-            raise ConfigError(f"routes.{config.name}: tls_ca_file is set but the destination is not mllps://")
+        if address.scheme in ("http", "https"):
+            token = ""
+            if config.http_token_file:
+                token = (self._config_dir / config.http_token_file).read_text(encoding="utf-8").strip()
+            web = HttpDestination(
+                address.path,
+                connections=config.connections,
+                tls=tls,
+                token=token,
+                connect_timeout_s=config.connect_timeout_s,
+                ack_timeout_s=config.ack_timeout_s,
+            )
+            return [_SharedSender(web) for _ in range(config.connections)]  # one pool of connections
         return [
             _MLLPSender(
                 MLLPConnection(
@@ -411,17 +435,10 @@ class Route:
         ]
 
     async def _deliver(self, sender: _Sender) -> None:
-        config = self.config
         down_for = 0  # attempts in a row that found no connection
         while True:
             pending = await self._next()
-            candidate = pending.candidate
-            payload = rewrite_receiver(candidate.raw, config.receiving_application, config.receiving_facility)
-            self._in_flight += 1
-            try:
-                attempt = await sender.send(pending, payload)
-            finally:
-                self._in_flight -= 1
+            attempt = await self._attempt(sender, pending)
             self._settle(pending, attempt)
             if attempt.verdict is Verdict.UNREACHABLE:
                 down_for += 1
@@ -430,6 +447,39 @@ class Route:
             else:
                 down_for = 0
                 self._unreachable = None
+
+    async def _attempt(self, sender: _Sender, pending: Pending) -> Attempt:
+        """One delivery: the payload made, sent, and the answer read (a span of its own when tracing)."""
+        candidate = pending.candidate
+        try:
+            payload = self._payloads.make(candidate)
+        except HL7Error as exc:  # the log has it; the transform cannot read it: an operator decides
+            return Attempt(Verdict.REFUSED, "transform", f"not transformed: {exc.reason}")
+        if payload is None:
+            self._nothing_to_send += 1
+            return Attempt(Verdict.DELIVERED, _NOTHING_TO_SEND)
+        scope: contextlib.AbstractContextManager[trace.Span | None] = (
+            _tracer.start_as_current_span(
+                "vigil.route.deliver",
+                attributes={
+                    "vigil.route": self.config.name,
+                    "vigil.lane": candidate.lane.value,
+                    "vigil.message_type": candidate.message_type,
+                    "vigil.lsn": candidate.lsn,
+                },
+            )
+            if self._tracing
+            else contextlib.nullcontext()
+        )
+        self._in_flight += 1
+        try:
+            with scope as span:
+                attempt = await sender.send(pending, payload)
+                if span is not None:
+                    span.set_attribute("vigil.outcome", attempt.verdict.value)
+        finally:
+            self._in_flight -= 1
+        return attempt
 
     async def _next(self) -> Pending:
         """The plan's next message; waits for one (or for a retry's time) while there is none or the route is paused."""
@@ -462,7 +512,8 @@ class Route:
             if self._reader_full and self._plan.bytes < self.config.pending_bytes_max:
                 self._news.set()  # the reader waits for room to read further ahead
             self._ledger.settle(candidate.lsn)
-            self._count_delivery(candidate.lane, now - pending.seen_at, now)
+            if attempt.code != _NOTHING_TO_SEND:
+                self._count_delivery(candidate.lane, now - pending.seen_at, now)
             if pending.resend:
                 self._resent += 1
         elif attempt.verdict is Verdict.REFUSED:

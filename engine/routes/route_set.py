@@ -10,6 +10,7 @@ from typing import final
 import anyio
 from anyio.abc import TaskStatus
 
+from engine.core.hl7 import CharsetDefaults
 from engine.infra.route_config import RouteConfig
 from engine.routes.reading import LogReader
 from engine.routes.route import Route, RouteStatistics
@@ -30,8 +31,10 @@ class Routes:
         tls_context: Callable[[Path | None], ssl.SSLContext],
         nats_servers: Sequence[str] = (),
         nats_security: Callable[[], dict[str, object]] = dict,
+        charsets: CharsetDefaults | None = None,
     ) -> None:
         self.configs = {c.name: c for c in configs}
+        self._charsets = charsets
         self._tls_context = tls_context
         self._nats = (nats_servers, nats_security)
         self._state_root = state_root
@@ -54,6 +57,7 @@ class Routes:
             tls_context=self._tls_context,
             nats_servers=self._nats[0],
             nats_security=self._nats[1],
+            charsets=self._charsets,
         )
         self._running[name] = route
         try:

@@ -26,6 +26,7 @@ from engine.core.hl7 import escape, map_message, message_id, parse
 from engine.core.hl7.encoding import DEFAULT_DELIMITERS
 from engine.core.model import AllergyRecorded, MedicationOrdered, ResultReported
 from tests.conftest import CORPUS, corpus_files
+from tests.harness.fhir_checks import references
 from tests.harness.helpers import hl7
 
 HL7_FILES = corpus_files("hl7v2")
@@ -71,20 +72,11 @@ def test_every_corpus_message_is_a_valid_idempotent_transaction(path: Path) -> N
         assert entry["request"] == {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
         assert entry["fullUrl"] == f"urn:uuid:{resource['id']}"
         targets.add(entry["request"]["url"])
-    for reference in _references(doc):
+    for reference in references(doc):
         assert reference in targets, reference
     # One Observation per OBX (not in MDM, where OBX is the document's text).
     if msg.message_type.startswith("ORU") or msg.message_type.startswith("OUL"):
         assert len(_resources(doc, "Observation")) == len(msg.all("OBX"))
-
-
-def _references(node: object) -> list[str]:
-    if isinstance(node, dict):
-        found = [node["reference"]] if isinstance(node.get("reference"), str) else []
-        return found + [r for v in node.values() for r in _references(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _references(v)]
-    return []
 
 
 @pytest.mark.corpus
@@ -246,6 +238,14 @@ def test_an_admission_an_allergy_and_a_pharmacy_order() -> None:
     assert request["priority"] == "stat"
     assert request["dosageInstruction"] == [{"doseAndRate": [{"doseQuantity": {"value": 5000, "unit": "units"}}]}]
     assert request["id"] == resource_id("MedicationRequest", "GH|MRN1", "ORD1")
+
+
+def test_a_message_sent_at_a_day_not_a_second_is_still_a_valid_bundle() -> None:
+    msg = parse(_oru("OBX|1|NM|2823-3^K^LN||4.1||||||F").replace(b"20260115083000", b"20260115"))
+    out = bundle_from_hl7v2(msg, message_id(msg), UTC)
+    assert out is not None
+    Bundle.model_validate_json(out)  # Bundle.timestamp is an instant: left out rather than made up
+    assert "timestamp" not in json.loads(out)
 
 
 def test_a_message_about_no_patient_has_nothing_to_send() -> None:

@@ -23,7 +23,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any, final
 
 import hl7
 from hl7.mllp import start_hl7_server
+
+from tests.harness.downstream_process import DownstreamProcess
 
 __all__ = ["Received", "Receiver"]
 
@@ -56,32 +57,23 @@ class Receiver:
         self.directory = directory
         self.record = directory / "received.ndjson"
         self.control = directory / "control.json"
-        self.port = port
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process = DownstreamProcess("tests.harness.mllp_receiver", self.record, self.control)
+        self._process.port = port
         self._offset = 0
         self._seen: list[Received] = []
         self.set_mode("AA")
 
+    @property
+    def port(self) -> int:
+        return self._process.port
+
     def start(self) -> int:
         """Start (or start again on the same port); returns the port."""
-        args = [sys.executable, "-m", "tests.harness.mllp_receiver", "--port", str(self.port)]
-        args += ["--record", str(self.record), "--control", str(self.control)]
-        root = Path(__file__).resolve().parents[2]
-        self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=root)
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline().decode()
-        assert line.startswith("listening on"), f"the receiver did not start: {line!r}"
-        self.port = int(line.split()[-1])
-        return self.port
+        return self._process.start()
 
     def kill(self) -> None:
         """SIGKILL: the downstream system is gone, its connections with it."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=10)
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
-        self._proc = None
+        self._process.kill()
 
     def set_mode(self, mode: str, refuse: tuple[str, ...] = ()) -> None:
         temp = self.control.with_suffix(".tmp")

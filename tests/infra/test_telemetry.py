@@ -10,12 +10,7 @@ import anyio
 import msgspec
 import pytest
 import structlog
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
 
 from engine.core.mllp import frame
 from engine.infra.config import Config
@@ -24,13 +19,7 @@ from engine.infra.route_config import RouteConfig
 from engine.infra.telemetry import ATTRIBUTES_ALLOWED
 from engine.node import Node
 from tests.harness.helpers import hl7
-
-SPANS = InMemorySpanExporter()
-READER = InMemoryMetricReader()
-_provider = TracerProvider()
-_provider.add_span_processor(SimpleSpanProcessor(SPANS))
-trace.set_tracer_provider(_provider)
-metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+from tests.harness.otel import READER, SPANS
 
 
 def test_one_span_per_message_with_lane_and_outcome_and_no_phi(tmp_path: Path) -> None:

@@ -107,7 +107,18 @@ def test_an_ack_for_another_message_or_no_ack_is_retried() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["http://x:1", "mllp://host", "mllp://host:0", "mllp://host:70000", "folder:", "ehr.example.org:2575"]
+    "bad",
+    [
+        "ftp://x:1",
+        "http://x:0",
+        "http://user:secret@x/fhir",
+        "https://x/fhir?token=1",
+        "mllp://host",
+        "mllp://host:0",
+        "mllp://host:70000",
+        "folder:",
+        "ehr.example.org:2575",
+    ],
 )
 def test_a_wrong_destination_is_refused_in_one_line(bad: str) -> None:
     with pytest.raises(ConfigError, match="destination"):
@@ -118,6 +129,8 @@ def test_destinations() -> None:
     assert parse_destination("mllps://ehr.example.org:2575").port == 2575
     assert parse_destination("mllp://[::1]:2575").host == "::1"
     assert parse_destination("folder:out/ehr").path == "out/ehr"
+    assert parse_destination("https://fhir.example.org/r4/").path == "https://fhir.example.org/r4"
+    assert parse_destination("http://127.0.0.1:8080/hl7").scheme == "http"
 
 
 def test_routes_in_config_toml() -> None:
@@ -143,6 +156,11 @@ def test_routes_in_config_toml() -> None:
             '[[routes]]\nname = "a"\ndestination = "folder:a"\nfilter = 1\n',
             "unknown key routes[0].filter (allowed: name,",
         ),
+        ('[[routes]]\nname = "a"\ndestination = "mllp://h:1"\ntransform = "fhir"\n', "MLLP carries HL7 v2"),
+        ('[[routes]]\nname = "a"\ndestination = "folder:a"\ntransform = "xml"\n', "transform"),
+        ('[[routes]]\nname = "a"\ndestination = "folder:a"\ntimezone = "Mars/Base"\n', "IANA time zone"),
+        ('[[routes]]\nname = "a"\ndestination = "folder:a"\nhttp_token_file = "t"\n', "not http(s)"),
+        ('[[routes]]\nname = "a"\ndestination = "http://h/fhir"\ntls_ca_file = "ca.pem"\n', "https://"),
     ],
 )
 def test_a_wrong_route_is_refused_in_one_line(text: str, says: str) -> None:

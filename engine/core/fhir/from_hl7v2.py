@@ -94,7 +94,7 @@ def bundle_from_hl7v2(msg: Message, message_id: str, zone: tzinfo) -> bytes | No
             "resourceType": "Bundle",
             "id": resource_id("Bundle", message_id),
             "type": "transaction",
-            "timestamp": date_time(msg.segments[0].value(7), zone),
+            "timestamp": _instant(date_time(msg.segments[0].value(7), zone)),  # an instant: to the second
             "entry": builder.entries,
         }
     )
