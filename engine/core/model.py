@@ -14,13 +14,14 @@ holds the original bytes, and a message with no mapped events carries an
 from __future__ import annotations
 
 import enum
-from typing import final
+from typing import Final, final, get_args
 
 import msgspec
 
 from engine.core.errors import ErrorLocation
 
 __all__ = [
+    "EVENT_KINDS",
     "Admitted",
     "AllergyRecorded",
     "ChargePosted",
@@ -336,6 +337,9 @@ Event = (
     | RecordAccessed
     | Unrecognized
 )
+
+# Every event kind by its tag (`result`, `admitted`, ...): what a route's `event_kinds` filter names.
+EVENT_KINDS: Final = frozenset(str(cls.__struct_config__.tag) for cls in get_args(Event))
 
 
 @final

@@ -9,7 +9,7 @@ from typing import Annotated, Literal, final
 import msgspec
 
 from engine.core.errors import ConfigError
-from engine.core.model import Lane
+from engine.core.model import EVENT_KINDS, Lane
 
 __all__ = ["Address", "RouteConfig", "parse_destination"]
 
@@ -40,10 +40,12 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             name): FHIR needs the offset, so the transform adds this zone's.
         http_token_file: a bearer token for an HTTP destination, read from
             this file (relative to the configuration file), never written here.
-        lanes, message_types, senders: the filter; empty means all. Types are
-            MSH-9 as `CODE^EVENT` (`ORU^R01`) or a FHIR resource type, and may
-            end in `*` (`ADT^*`); senders are `MSH-3^MSH-4` (`LAB^GENHOSP`),
-            `*` allowed at the end too.
+        lanes, message_types, senders, event_kinds: the filter; empty means
+            all. Types are MSH-9 as `CODE^EVENT` (`ORU^R01`) or a FHIR
+            resource type, and may end in `*` (`ADT^*`); senders are
+            `MSH-3^MSH-4` (`LAB^GENHOSP`), `*` allowed at the end too; event
+            kinds are the clinical events Vigil read from a message (`result`,
+            `admitted`, `medication_ordered`, ...): a message with any of them matches.
         receiving_application, receiving_facility: when set, MSH-5 / MSH-6 of
             the delivered copy are rewritten to them (the log keeps the original).
         order: `lanes` (a critical message goes ahead of every other patient's
@@ -71,6 +73,7 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lanes: tuple[Lane, ...] = ()
     message_types: tuple[str, ...] = ()
     senders: tuple[str, ...] = ()
+    event_kinds: tuple[str, ...] = ()
     receiving_application: str = ""
     receiving_facility: str = ""
     order: Literal["lanes", "fifo"] = "lanes"
@@ -89,6 +92,9 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http_token_file: str = ""
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.event_kinds) - EVENT_KINDS)
+        if unknown:
+            raise ValueError(f"event_kinds {unknown} unknown (known: {', '.join(sorted(EVENT_KINDS))})")
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("retry_max_s must be at least retry_base_s")
         if self.receiving_facility and not self.receiving_application:

@@ -1,4 +1,4 @@
-"""Reading the log for a route: each record decoded only as far as a route needs (no events)."""
+"""Reading the log for a route: each record decoded only as far as a route needs (its events' kinds, not the events)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,15 @@ def read_candidates(log: LogReader, first_lsn: int, count_max: int, bytes_max: i
         patient = record.patients[0] if record.patients else ""
         out.append(
             Candidate(
-                record.lsn, patient, env.lane, env.kind, env.message_type, env.message_id, env.raw, record.recorded_at
+                record.lsn,
+                patient,
+                env.lane,
+                env.kind,
+                env.message_type,
+                env.message_id,
+                env.raw,
+                record.recorded_at,
+                frozenset(e.event for e in env.events),
             )
         )
         size += len(env.raw)

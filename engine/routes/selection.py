@@ -26,6 +26,7 @@ class Candidate(msgspec.Struct, frozen=True, gc=False):
     message_id: str
     raw: bytes
     recorded_at: str = ""  # when the log recorded it (ISO 8601, UTC): a replay from a time compares it
+    event_kinds: frozenset[str] = frozenset()  # the kinds of its clinical events (`result`, `admitted`)
 
 
 def _matcher(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -37,20 +38,26 @@ def _matcher(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]
 
 @final
 class RouteFilter:
-    """A route's filter: lanes, message types and senders (each empty: all)."""
+    """A route's filter: lanes, message types, senders and event kinds (each empty: all)."""
 
     def __init__(self, config: RouteConfig) -> None:
         self._lanes = frozenset(config.lanes)
         self._types = _matcher(config.message_types) if config.message_types else None
         self._senders = _matcher(config.senders) if config.senders else None
+        self._events = frozenset(config.event_kinds)
 
     def matches(self, candidate: Candidate) -> bool:
-        """Whether the route delivers this record (commands the node recorded itself never)."""
+        """Whether the route delivers this record (commands the node recorded itself never).
+
+        Event kinds match when the message carries any of them.
+        """
         if candidate.kind is Kind.COMMAND:
             return False
         if self._lanes and candidate.lane not in self._lanes:
             return False
         if self._types is not None and not _any(self._types, candidate.message_type):
+            return False
+        if self._events and not self._events & candidate.event_kinds:
             return False
         return self._senders is None or _any(self._senders, _sender(candidate))
 

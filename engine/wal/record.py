@@ -110,14 +110,21 @@ class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     digest: int = 0
 
 
+class EventKind(msgspec.Struct, frozen=True, gc=False):
+    """Of an event, only its kind (its tag): the rest of it is skipped when decoding."""
+
+    event: str = ""
+
+
 class _MessageOnly(msgspec.Struct, frozen=True, gc=False):
-    """Of an envelope, what delivering it needs: decoding skips the events."""
+    """Of an envelope, what delivering it needs: its events' kinds, not the events."""
 
     message_id: str
     kind: Kind
     message_type: str
     lane: Lane
     raw: bytes
+    events: tuple[EventKind, ...] = ()
 
 
 @final

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,14 +15,17 @@ from engine.core.model import Kind, Lane
 from engine.infra.config import decode_config
 from engine.infra.route_config import RouteConfig, parse_destination
 from engine.routes.outcome import Verdict, read_answer
+from engine.routes.reading import read_candidates
 from engine.routes.selection import Candidate, RouteFilter, rewrite_receiver
+from engine.wal import open_wal
 from tests.harness.helpers import hl7
+from tests.harness.route_helpers import route_envelope
 
 _ORU = hl7("MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|2026||ORU^R01^ORU_R01|C1|P|2.5.1", "PID|1||42^^^H^MR", "OBX|1|NM|K")
 
 
 def _candidate(lane: Lane = Lane.STANDARD, kind: Kind = Kind.HL7V2, mtype: str = "ORU^R01") -> Candidate:
-    return Candidate(1, "H|42", lane, kind, mtype, "hl7:LAB|GENHOSP|C1", _ORU)
+    return Candidate(1, "H|42", lane, kind, mtype, "hl7:LAB|GENHOSP|C1", _ORU, event_kinds=frozenset({"result"}))
 
 
 def _route(**fields: object) -> RouteConfig:
@@ -44,6 +49,8 @@ def test_an_empty_filter_takes_every_message_but_the_nodes_own_commands() -> Non
         ({"senders": ("LAB^GENHOSP",)}, True),
         ({"senders": ("LAB^OTHER",)}, False),
         ({"senders": ("LAB^*",)}, True),
+        ({"event_kinds": ("admitted", "discharged")}, False),
+        ({"event_kinds": ("result", "admitted")}, True),
     ],
 )
 def test_the_filter(fields: dict[str, object], expected: bool) -> None:
@@ -158,6 +165,7 @@ def test_routes_in_config_toml() -> None:
         ),
         ('[[routes]]\nname = "a"\ndestination = "mllp://h:1"\ntransform = "fhir"\n', "MLLP carries HL7 v2"),
         ('[[routes]]\nname = "a"\ndestination = "folder:a"\ntransform = "xml"\n', "transform"),
+        ('[[routes]]\nname = "a"\ndestination = "folder:a"\nevent_kinds = ["results"]\n', "known: admitted,"),
         ('[[routes]]\nname = "a"\ndestination = "folder:a"\ntimezone = "Mars/Base"\n', "IANA time zone"),
         ('[[routes]]\nname = "a"\ndestination = "folder:a"\nhttp_token_file = "t"\n', "not http(s)"),
         ('[[routes]]\nname = "a"\ndestination = "http://h/fhir"\ntls_ca_file = "ca.pem"\n', "https://"),
@@ -166,3 +174,13 @@ def test_routes_in_config_toml() -> None:
 def test_a_wrong_route_is_refused_in_one_line(text: str, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):
         decode_config(text)
+
+
+@pytest.mark.anyio
+async def test_a_route_reads_each_records_event_kinds_from_the_log(tmp_path: Path) -> None:
+    async with open_wal(tmp_path / "wal") as wal:
+        await wal.append([route_envelope(1, "H|P1"), route_envelope(2, "H|P2", mtype="ADT^A01")])
+        candidates = await anyio.to_thread.run_sync(read_candidates, wal, 1, 10, 1 << 20)
+    assert [c.event_kinds for c in candidates] == [frozenset({"unrecognized"})] * 2
+    only_results = RouteFilter(_route(event_kinds=("result",)))
+    assert not any(only_results.matches(c) for c in candidates)
