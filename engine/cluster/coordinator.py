@@ -23,7 +23,7 @@ record durable.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -44,9 +44,10 @@ from engine.cluster.replication import (
     Replicator,
     last_on_subject,
     publish_marker,
-    read_partition,
+    read_sequenced,
     subject_of,
 )
+from engine.cluster.route_progress import RouteProgress
 from engine.cluster.view import bucket_keys
 from engine.core.errors import first_leaf
 from engine.core.model import Envelope
@@ -64,7 +65,8 @@ _FORWARDED_IN_FLIGHT_MAX = 256  # forwarded messages being answered at once (the
 _FORWARDED_PENDING_MAX = 4096  # waiting in the subscription beyond those; more are dropped by nats-py, and retried
 
 # Records of a partition taken over: append them to the local log and apply them.
-Adopt = Callable[[int, Sequence[ReplicaBatch]], Awaitable[None]]
+# (partition, its batches, per route the ids of the messages it had settled before this node took over)
+Adopt = Callable[[int, Sequence[ReplicaBatch], Mapping[str, frozenset[str]]], Awaitable[None]]
 # A forwarded message: ingest it here, answer with the results (JSON).
 Forwarded = Callable[[bytes, str], Awaitable[bytes]]
 
@@ -113,6 +115,7 @@ class Cluster:
         security: dict[str, object],
         adopt: Adopt,
         forwarded: Forwarded,
+        route_marks: Callable[[], Mapping[str, int]] = dict,
         clock: Callable[[], float] = monotonic,
     ) -> None:
         self.config = config
@@ -122,6 +125,8 @@ class Cluster:
         self._security = security
         self._adopt = adopt
         self._forwarded = forwarded
+        self._route_marks = route_marks  # each route's settled mark here: its position, for takeovers
+        self._route_progress: RouteProgress | None = None
         self._clock = clock
         self._leases: dict[int, _Lease] = {}
         self._lease_seen = Freshness(config.lease_ttl_s)
@@ -276,7 +281,7 @@ class Cluster:
             # takeover stuck behind a leader election tries again soon after it ends; replication waits longer.
             control_timeout_s = min(self.config.publish_timeout_s, self.config.lease_ttl_s / 2)
             self._js = self._client.jetstream(timeout=control_timeout_s)
-            leases, members = await self._prepare(self._js)
+            leases, members, routes = await self._prepare(self._js)
             self._replicator = Replicator(
                 self._client.jetstream(timeout=self.config.publish_timeout_s),  # each publish waits this long
                 node=self.node,
@@ -285,6 +290,12 @@ class Cluster:
                 records_max=self.config.publish_records_max,
                 valid=self._may_write,
             )
+            self._route_progress = RouteProgress(
+                routes,
+                marks=self._route_marks,
+                positions=self._positions,
+                interval_s=self.config.route_progress_interval_s,
+            )
             sub = await self._client.subscribe(ingest_subject(self.node), pending_msgs_limit=_FORWARDED_PENDING_MAX)
             try:
                 async with anyio.create_task_group() as tg:
@@ -292,6 +303,7 @@ class Cluster:
                     self._wal.on_durable = self._replicator.on_durable
                     tg.start_soon(self._coordinate, leases, members, tg)
                     tg.start_soon(self._serve_forwarded, sub)
+                    tg.start_soon(self._route_progress.run)
             finally:
                 self._wal.on_durable = None
                 with anyio.move_on_after(2, shield=True):
@@ -310,7 +322,15 @@ class Cluster:
     def _set_state(self, state: str) -> None:
         self.state = state
 
-    async def _prepare(self, js: Any) -> tuple[Any, Any]:
+    def _positions(self) -> dict[int, tuple[int, int]]:
+        """Each served partition's (stream sequence, local LSN) pair (see `Replicator.position`)."""
+        replicator = self._replicator
+        if replicator is None:
+            return {}
+        served = (p for p, lease in self._leases.items() if lease.serving)
+        return {p: pair for p in served if (pair := replicator.position(p)) is not None}
+
+    async def _prepare(self, js: Any) -> tuple[Any, Any, Any]:
         """The stream and the buckets (made if absent); a loud warning when the stream is weaker than configured."""
         config = self.config
         while True:
@@ -318,12 +338,13 @@ class Cluster:
                 await self._ensure_stream(js)
                 leases = await self._bucket(js, f"{config.bucket_prefix}_leases")
                 members = await self._bucket(js, f"{config.bucket_prefix}_members")
+                routes = await self._bucket(js, f"{config.bucket_prefix}_routes")
             except DRIVER_ERRORS as exc:
                 # A cluster electing its meta leader answers "unavailable" for a few seconds.
                 _log.warning("cluster.prepare_failed", error=type(exc).__name__, reason=str(exc)[:200])
                 await anyio.sleep(0.5)
                 continue
-            return leases, members
+            return leases, members, routes
 
     async def _ensure_stream(self, js: Any) -> None:
         config = self.config
@@ -547,13 +568,17 @@ class Cluster:
             seq, _last = await last_on_subject(self._js, self.config.stream, subject)
             marker = ReplicaBatch(self.node, p, held.epoch, self._wal.last_lsn)
             marker_seq = await publish_marker(self._js, self.config.stream, subject, marker, seq)
-            batches = await read_partition(self._js, self.config.stream, subject, until_seq=marker_seq)
+            sequenced = await read_sequenced(self._js, self.config.stream, subject, until_seq=marker_seq)
+            batches = [b for _, b in sequenced]
             orphans = await anyio.to_thread.run_sync(self._orphans, p, held.epoch, batches)
-            await self._adopt(p, [b for b in batches if b.records])
+            assert self._route_progress is not None
+            settled = await self._route_progress.settled_elsewhere(p, sequenced)
+            await self._adopt(p, [b for b in batches if b.records], settled)
             if self._leases.get(p) is not lease or not held.valid(self._clock()):
                 return
             assert self._replicator is not None
             self._replicator.adopt(p, held.epoch, last_seq=marker_seq, cursor=self._wal.last_lsn)
+            self._route_progress.taken(p)
             if orphans and not await self._replicator.publish_backlog(p, orphans):
                 self._lose(p, "its unreplicated records could not be published")
                 return

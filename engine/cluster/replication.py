@@ -42,6 +42,7 @@ __all__ = [
     "decode_batch",
     "last_on_subject",
     "read_partition",
+    "read_sequenced",
 ]
 
 _log = structlog.get_logger("vigil.cluster")
@@ -128,6 +129,13 @@ async def read_partition(
     js: Any, stream: str, subject: str, *, until_seq: int, batch_max: int = 256
 ) -> list[ReplicaBatch]:
     """Every batch on a partition's subject up to stream sequence `until_seq`, in order, markers included."""
+    return [batch for _, batch in await read_sequenced(js, stream, subject, until_seq=until_seq, batch_max=batch_max)]
+
+
+async def read_sequenced(
+    js: Any, stream: str, subject: str, *, until_seq: int, batch_max: int = 256
+) -> list[tuple[int, ReplicaBatch]]:
+    """As `read_partition`, each batch with its stream sequence."""
     if until_seq <= 0:
         return []
     config = ConsumerConfig(
@@ -140,7 +148,7 @@ async def read_partition(
         num_replicas=1,
     )
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
-    batches: list[ReplicaBatch] = []
+    batches: list[tuple[int, ReplicaBatch]] = []
     try:
         seq = 0
         with anyio.fail_after(_READ_TIMEOUT_S):
@@ -159,7 +167,7 @@ async def read_partition(
                         break
                     batch = decode_batch(msg.data)
                     if batch is not None:
-                        batches.append(batch)
+                        batches.append((seq, batch))
     finally:
         with anyio.move_on_after(2, shield=True):
             await sub.unsubscribe()
@@ -242,6 +250,15 @@ class Replicator:
             if state is not None and state.epoch == epoch:
                 state.pending.append(ReplicaRecord(lsn, recorded_at, envelope.message_id, envelope))
                 state.wake.set()
+
+    def position(self, partition: int) -> tuple[int, int] | None:
+        """(stream sequence, local LSN): everything on the partition's subject up to that sequence is in the
+        local log at or below that LSN; None when the partition is not held.
+
+        The two move together (no await between them), so any reading of them is a true pair.
+        """
+        state = self._held.get(partition)
+        return None if state is None else (state.last_seq, state.cursor)
 
     def cursor(self, partition: int) -> int | None:
         state = self._held.get(partition)

@@ -271,7 +271,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             three-server cluster); the node warns when the stream has fewer.
         stream, subject_prefix: the replicated log: partition N's records go
             to `<subject_prefix>.N` in `stream`.
-        bucket_prefix: the key-value buckets `<prefix>_leases` and `<prefix>_members`.
+        bucket_prefix: the key-value buckets `<prefix>_leases`, `<prefix>_members` and `<prefix>_routes`.
         placement: the NATS cluster (region) that holds the stream and the
             buckets when several are joined by gateways; empty: the server chooses.
         publish_timeout_s: one replication publish waits this long for the
@@ -282,6 +282,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         pending_records_max: records of one partition durable here but not yet
             in the stream; past it, new messages for that partition wait
             (backpressure on the sources, even for lanes acknowledged `local`).
+        route_progress_interval_s: how often each route's position on each
+            served partition is written to the `<prefix>_routes` bucket, so a
+            node taking the partition over does not deliver again what was
+            delivered (what the last write did not cover is sent again).
         ack: per lane, "local" or "cluster".
     """
 
@@ -299,6 +303,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     forward_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     publish_records_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
     pending_records_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 65_536
+    route_progress_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     ack: ClusterAckConfig = ClusterAckConfig()
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -59,14 +59,29 @@ async def admin_listener(config: Config, base: Path) -> tuple[anyio.abc.Listener
     return TLSListener(tcp, context, standard_compatible=False, handshake_timeout=timeout), bound
 
 
-def join_cluster(config: Config, wal: WriteAheadLog, base: Path, *, adopt: Adopt, forwarded: Forwarded) -> Cluster:
+def join_cluster(
+    config: Config,
+    wal: WriteAheadLog,
+    base: Path,
+    *,
+    adopt: Adopt,
+    forwarded: Forwarded,
+    route_marks: Callable[[], Mapping[str, int]],
+) -> Cluster:
     """This node's part in the cluster (`[cluster]`); its NATS credentials and TLS are `[nats]`'s."""
     servers = config.cluster.servers or config.nats.servers
     if not servers:
         raise ConfigError("cluster.enabled needs NATS servers: cluster.servers, nats.servers or --nats URL")
     security = nats_security(config.nats, base)
     return Cluster(
-        config.cluster, config.node.id, wal, servers=servers, security=security, adopt=adopt, forwarded=forwarded
+        config.cluster,
+        config.node.id,
+        wal,
+        servers=servers,
+        security=security,
+        adopt=adopt,
+        forwarded=forwarded,
+        route_marks=route_marks,
     )
 
 

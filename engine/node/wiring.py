@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, final
@@ -262,7 +262,12 @@ class Node:
             self._projections = self._fanout.projections = read_side(self.config, wal, self._config_dir, self._busy)
             if self.config.cluster.enabled:
                 self._cluster = join_cluster(
-                    self.config, wal, self._config_dir, adopt=self._adopt_partition, forwarded=self._answer_forwarded
+                    self.config,
+                    wal,
+                    self._config_dir,
+                    adopt=self._adopt_partition,
+                    forwarded=self._answer_forwarded,
+                    route_marks=self._routes.marks,
                 )
             self._parts = Parts.over(
                 wal,
@@ -387,11 +392,20 @@ class Node:
         """A message another node forwarded here (this node owns its partition): ingested, answered in JSON."""
         return msgspec.json.encode(await self.parts.intake.ingest_stream(raw, source))
 
-    async def _adopt_partition(self, partition: int, batches: Sequence[ReplicaBatch]) -> None:
-        """A partition taken over: its earlier owners' records into the local log (duplicates skipped), applied."""
+    async def _adopt_partition(
+        self, partition: int, batches: Sequence[ReplicaBatch], settled: Mapping[str, frozenset[str]]
+    ) -> None:
+        """A partition taken over: its earlier owners' records into the local log (duplicates skipped), applied.
+
+        Each route is told first which of them it had settled on the earlier
+        owner (`settled`), so it does not deliver them again.
+        """
+        self._routes.settled_elsewhere(settled)
         for batch in batches:
             envelopes = [r.envelope for r in batch.records]
             positions = await self.wal.append(envelopes, partition=partition, epoch=batch.epoch)
+            # A record this log had already is not read as new: the routes stop looking for it.
+            self._routes.not_coming({e.message_id for e, at in zip(envelopes, positions, strict=True) if at.duplicate})
             await self._fanout.apply(envelopes, positions)
 
     async def _report(self) -> dict[str, object]:

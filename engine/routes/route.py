@@ -94,6 +94,7 @@ class RouteStatistics(msgspec.Struct, frozen=True):
     retries: int
     resent: int  # sent again after an attempt the destination may have received: possible duplicates
     nothing_to_send: int  # messages the transform made nothing of (no patient, nothing clinical): settled
+    handed_over: int  # adopted in a takeover, settled by the route on the partition's earlier owner: not sent
     refused_open: int
     held_patients: int
     settled_through: int  # every LSN up to here is delivered, refused, or not for this route
@@ -158,9 +159,12 @@ class Route:
         nats_servers: Sequence[str] = (),
         nats_security: Callable[[], dict[str, object]] = dict,
         charsets: CharsetDefaults | None = None,
+        settled_elsewhere: set[str] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        # Message ids this route's namesake on another node had settled (a partition taken over): not sent again.
+        self._elsewhere = settled_elsewhere if settled_elsewhere is not None else set()
         self._payloads = PayloadMaker(config, charsets or CharsetDefaults())
         # Without an SDK installed, a span costs CPU and goes nowhere: none then (as for intake's).
         self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
@@ -180,7 +184,7 @@ class Route:
         self._work = anyio.Event()  # the plan has something, or an operator changed something
         self._read_through = 0
         self._in_flight = 0
-        self._delivered = self._retries = self._resent = self._nothing_to_send = 0
+        self._delivered = self._retries = self._resent = self._nothing_to_send = self._handed_over = 0
         self._per_lane = dict.fromkeys(_LANES, 0)
         self._latency = {lane: HdrHistogram(1, _HISTOGRAM_MAX_US, 2) for lane in _LANES}
         self._recent: collections.deque[tuple[int, int]] = collections.deque()  # (second, deliveries in it)
@@ -225,6 +229,11 @@ class Route:
                 if self._ledger.dirty:
                     await anyio.to_thread.run_sync(self._save)
 
+    @property
+    def settled_mark(self) -> int:
+        """Every LSN up to here is settled (delivered, refused, or not for this route)."""
+        return self._ledger.mark
+
     # -- operators --------------------------------------------------------------------
 
     def statistics(self) -> RouteStatistics:
@@ -256,6 +265,7 @@ class Route:
             retries=self._retries,
             resent=self._resent,
             nothing_to_send=self._nothing_to_send,
+            handed_over=self._handed_over,
             refused_open=len(self._ledger.refused),
             held_patients=len(self._plan.held),
             settled_through=self._ledger.mark,
@@ -349,7 +359,11 @@ class Route:
                 lsn = candidate.lsn
                 if ledger.is_settled(lsn):
                     continue
-                if self._filter.matches(candidate):
+                if self._elsewhere and candidate.message_id in self._elsewhere:
+                    self._elsewhere.discard(candidate.message_id)
+                    self._handed_over += 1
+                    ledger.settle(lsn)
+                elif self._filter.matches(candidate):
                     plan.add(candidate, now)
                 else:
                     ledger.settle(lsn)

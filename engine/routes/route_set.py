@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import final
 
@@ -40,6 +40,9 @@ class Routes:
         self._state_root = state_root
         self._config_dir = config_dir
         self._running: dict[str, Route] = {}
+        # Per route, messages its namesake on another node had settled before this node took their partition
+        # over: kept here so they outlive a route's restart; each goes when the route reads it.
+        self._elsewhere: dict[str, set[str]] = {name: set() for name in self.configs}
 
     def notify(self) -> None:
         """New durable records: every running route reads on."""
@@ -58,6 +61,7 @@ class Routes:
             nats_servers=self._nats[0],
             nats_security=self._nats[1],
             charsets=self._charsets,
+            settled_elsewhere=self._elsewhere[name],
         )
         self._running[name] = route
         try:
@@ -65,6 +69,21 @@ class Routes:
         finally:
             if self._running.get(name) is route:
                 del self._running[name]
+
+    def marks(self) -> dict[str, int]:
+        """Each route's settled mark on this log (0 while it restarts): its position, for the cluster."""
+        return {name: route.settled_mark if (route := self._running.get(name)) else 0 for name in self.configs}
+
+    def settled_elsewhere(self, settled: Mapping[str, frozenset[str]]) -> None:
+        """Messages about to be adopted that a route had settled on another node: it will not send them."""
+        for name, ids in settled.items():
+            if name in self._elsewhere:
+                self._elsewhere[name] |= ids
+
+    def not_coming(self, ids: set[str]) -> None:
+        """Adopted messages this log had already: no route will read them as new, so none looks for them."""
+        for waiting in self._elsewhere.values():
+            waiting.difference_update(ids)
 
     def get(self, name: str) -> Route:
         """A running route by name.

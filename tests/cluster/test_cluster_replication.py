@@ -6,7 +6,7 @@ one broker. nats-py is asyncio only, so these run on asyncio.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ def _config(**changes: Any) -> ClusterConfig:
 
 
 async def _adopter(wal: WriteAheadLog, seen: list[str]) -> Any:
-    async def adopt(partition: int, batches: Sequence[ReplicaBatch]) -> None:
+    async def adopt(partition: int, batches: Sequence[ReplicaBatch], _settled: Mapping[str, frozenset[str]]) -> None:
         for batch in batches:
             envelopes = [r.envelope for r in batch.records]
             seen.extend(e.message_id for e in envelopes)
