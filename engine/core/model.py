@@ -381,6 +381,8 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
             `message_id` with the same digest; 0 when unknown.
         invalid_text: bytes that were not valid text and were replaced (the
             original bytes are in `raw`); None when all were valid.
+        trace_parent: the W3C `traceparent` of the span that received it
+            ("" when tracing is off): a route's delivery continues that trace.
     """
 
     message_id: str
@@ -397,3 +399,4 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     non_production: bool = False
     digest: int = 0
     invalid_text: InvalidText | None = None
+    trace_parent: str = ""

@@ -26,6 +26,7 @@ from typing import final
 import anyio
 import msgspec
 import structlog
+from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
 from engine.core.errors import InputError, MessageError
@@ -268,6 +269,7 @@ class Intake:
             else contextlib.nullcontext()
         )
         with span_scope as span:
+            work.trace = _traceparent(span)
             late = await self._through_lane(lane, Group([work], self._new_event()))
             result, reason = timed_out() if late else (work.result, work.reason)
             self._answered(span, lane, work, result, (monotonic() - started) * 1000)
@@ -299,6 +301,8 @@ class Intake:
         attributes = {"vigil.lane": lane.value, "vigil.kind": Kind.HL7V2.value}
         tracer = self._telemetry.tracer if self._telemetry.tracing else None
         spans = [tracer.start_span("vigil.message", attributes=attributes) if tracer else None for _ in works]
+        for work, span in zip(works, spans, strict=True):
+            work.trace = _traceparent(span)
         await self._through_lane(lane, group, paced=False)  # its window was
         elapsed_ms = (monotonic() - started) * 1000
         for index, work, span in zip(indexes, group.works, spans, strict=True):
@@ -339,6 +343,15 @@ class Intake:
             lsn=lsn,
             ms=round(elapsed_ms, 3),
         )
+
+
+def _traceparent(span: Span | None) -> str:
+    """The span's W3C traceparent ("" without a span): kept with the message for its deliveries."""
+    if span is None:
+        return ""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
 
 
 def _groupable(piece: Piece) -> bool:

@@ -30,6 +30,7 @@ class Work:
         "reason",
         "result",
         "source",
+        "trace",
     )
 
     def __init__(
@@ -45,6 +46,7 @@ class Work:
         self.raw = raw
         self.classified = classified  # the lane decided at the source: not decided twice
         self.parsed = parsed  # parsed already (in a worker process), or refused there
+        self.trace = ""  # the traceparent of the span that received it, when tracing is on
         self.source = source
         self.kind = kind
         self.in_batch = in_batch

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, final
 
+import msgspec
 import structlog
 
 from engine.core.decode import Decoder
@@ -132,6 +133,12 @@ class LaneWorker:
         return owned
 
     def _decode(self, work: Work, received: str) -> list[Envelope]:
+        made = self._envelopes(work, received)
+        if work.trace:  # the receiving span's trace goes into the log, for the routes' deliveries
+            return [msgspec.structs.replace(env, trace_parent=work.trace) for env in made]
+        return made
+
+    def _envelopes(self, work: Work, received: str) -> list[Envelope]:
         if isinstance(work.parsed, InputError):
             raise work.parsed
         if work.parsed is not None:

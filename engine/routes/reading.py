@@ -41,6 +41,7 @@ def read_candidates(log: LogReader, first_lsn: int, count_max: int, bytes_max: i
                 env.raw,
                 record.recorded_at,
                 frozenset(e.event for e in env.events),
+                env.trace_parent,
             )
         )
         size += len(env.raw)

@@ -36,7 +36,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 from hdrh.histogram import HdrHistogram
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from engine.core.errors import ConfigError, HL7Error
 from engine.core.hl7 import CharsetDefaults
@@ -475,6 +475,8 @@ class Route:
         scope: contextlib.AbstractContextManager[trace.Span | None] = (
             _tracer.start_as_current_span(
                 "vigil.route.deliver",
+                # A child of the span that received the message: the delivery is part of its trace.
+                context=propagate.extract({"traceparent": candidate.trace_parent}) if candidate.trace_parent else None,
                 attributes={
                     "vigil.route": self.config.name,
                     "vigil.lane": candidate.lane.value,

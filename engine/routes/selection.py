@@ -27,6 +27,7 @@ class Candidate(msgspec.Struct, frozen=True, gc=False):
     raw: bytes
     recorded_at: str = ""  # when the log recorded it (ISO 8601, UTC): a replay from a time compares it
     event_kinds: frozenset[str] = frozenset()  # the kinds of its clinical events (`result`, `admitted`)
+    trace_parent: str = ""  # the span that received it (W3C traceparent), when tracing was on
 
 
 def _matcher(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:

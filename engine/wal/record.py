@@ -125,6 +125,7 @@ class _MessageOnly(msgspec.Struct, frozen=True, gc=False):
     lane: Lane
     raw: bytes
     events: tuple[EventKind, ...] = ()
+    trace_parent: str = ""
 
 
 @final

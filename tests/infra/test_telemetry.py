@@ -139,8 +139,20 @@ def test_a_routes_deliveries_and_backlog_are_metrics(tmp_path: Path) -> None:
             node.stop()
         return seen
 
+    SPANS.clear()
     seen = anyio.run(run)
     assert seen == {"delivered": 3, "backlog.critical": 0, "backlog.standard": 0, "backlog.batch": 0}
+    # Each delivery is a span in the trace of the message it delivers: a child of the span that received it.
+    spans = SPANS.get_finished_spans()
+    received = {s.context.span_id: s for s in spans if s.name == "vigil.message"}
+    delivered = [s for s in spans if s.name == "vigil.route.deliver" and (s.attributes or {}).get("vigil.route")]
+    assert len(delivered) == 3
+    for span in delivered:
+        assert span.parent is not None
+        parent = received[span.parent.span_id]
+        assert parent.context.trace_id == span.context.trace_id
+        assert (span.attributes or {})["vigil.lsn"] == (parent.attributes or {})["vigil.lsn"]
+        assert set(span.attributes or {}) <= ATTRIBUTES_ALLOWED
 
 
 def _route_points(name: str) -> dict[tuple[str, str], float]:
