@@ -364,8 +364,9 @@ class PatientActors:
         """
         folded = self.fold(record, item)
         for event in item.events:
-            # `absorb` ignores a patient already absorbed (a replayed merge).
             if isinstance(event, PatientMerged) and event.surviving == record.patient:
+                if folded.has_absorbed(event.merged):
+                    continue  # a merge sent again or replayed: its history is in already, and reading it is not free
                 folded = folded.absorb(await self._history(event.merged, up_to=item.lsn))
         return folded
 

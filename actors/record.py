@@ -195,13 +195,17 @@ class PatientRecord(msgspec.Struct, frozen=True):
                     return fact.effective_at
         return found
 
+    def has_absorbed(self, patient: str) -> bool:
+        """Whether `patient`'s history is in this record already (merged into it, or it is this patient)."""
+        return patient == self.patient or patient in self.merged_from
+
     def absorb(self, merged: PatientRecord) -> PatientRecord:
         """Fold a merged patient's history into this (surviving) record, keeping provenance.
 
         The merged facts keep their LSNs and times; the combined history is in
         LSN order, so views and bitemporal queries treat them as one chart.
         """
-        if merged.patient in self.merged_from or merged.patient == self.patient:
+        if self.has_absorbed(merged.patient):
             return self
         facts = tuple(sorted((*self.facts, *merged.facts), key=lambda f: (f.lsn, f.source_patient != self.patient)))
         return msgspec.structs.replace(

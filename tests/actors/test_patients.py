@@ -253,6 +253,29 @@ def test_activation_under_load_is_bounded() -> None:
     assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (8, 1000, 1000)
 
 
+async def test_a_merge_of_a_patient_already_absorbed_reads_no_history() -> None:
+    """A repeated A40 (a resend, a replay) costs nothing: the merged patient's history is not read again."""
+    log = MemoryLog()
+    first = Applied(3, "2026-11-24T09:00:00Z", "m3", (PatientMerged("H|NEW", "H|OLD"),))
+    again = Applied(5, "2026-11-24T10:00:00Z", "m5", (PatientMerged("H|NEW", "H|OLD"),))
+    log.append("H|OLD", item(1, "OLD-ORDER"))
+    for merge in (first, again):
+        log.append("H|NEW", merge)
+        log.append("H|OLD", merge)
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|NEW", first)
+        await registry.query("H|NEW")
+        loads = log.loads
+        await registry.deliver("H|NEW", again)
+        view = await registry.query("H|NEW")
+        assert log.loads == loads  # the second merge read nothing from the log
+        assert view.merged_from == ("H|OLD",)
+        assert [o.order_id for o in view.orders] == ["OLD-ORDER"]
+        tg.cancel_scope.cancel()
+
+
 async def test_a_merge_brings_the_merged_patients_history_with_provenance() -> None:
     """A40: the survivor's record absorbs the merged patient's history from the log."""
     log = MemoryLog()
