@@ -48,6 +48,7 @@ from engine.wal.lock import DirectoryLock
 from engine.wal.record import LogRecord, body_hash, decode_record, encode_frame, read_frame
 from engine.wal.scan import Progress, ScanResult, SegmentInfo, released_segments, scan_log
 from engine.wal.segment_file import ActiveSegment
+from engine.wal.segment_reads import SegmentReads
 
 __all__ = ["Durable", "Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
 
@@ -55,6 +56,7 @@ _log = structlog.get_logger("vigil.wal")
 
 
 _READ_WINDOW_BYTES = 1024 * 1024  # what read_from reads at a time (a record longer than this is read whole)
+_RECORD_READ_BYTES = 4096  # a patient read asks this much first: most records are smaller
 
 
 class _HasLsn(Protocol):
@@ -111,6 +113,7 @@ class WriteAheadLog:
         self.directory = directory
         self.config = config
         self._files = files
+        self._reads = SegmentReads(files)  # record reads open no file
         self._clock = clock
         self._tail_window = tail_window_bytes
         self._index = LogIndex(config.sparse_index_records_interval)
@@ -563,6 +566,7 @@ class WriteAheadLog:
 
         def delete() -> None:
             for seg in doomed:
+                self._reads.forget(seg.path)
                 self._files.remove(seg.path)
             self._files.sync_dir(self.directory)
 
@@ -572,7 +576,7 @@ class WriteAheadLog:
 
     def _last_hash_of(self, seg: SegmentInfo) -> bytes:
         """The chain hash of a sealed segment's last record."""
-        data = self._files.read(seg.path, 0, seg.size)
+        data = self._reads.read(seg.path, 0, seg.size)
         pos, body = sparse_offset(seg, seg.last_lsn), b""
         while (frame := read_frame(data, pos)) is not None:
             pos, body = frame.end, frame.body
@@ -622,7 +626,7 @@ class WriteAheadLog:
                     end = base + len(data)
                     if end >= seg.size:
                         break
-                    chunk = self._files.read(seg.path, end, min(_READ_WINDOW_BYTES, seg.size - end))
+                    chunk = self._reads.read(seg.path, end, min(_READ_WINDOW_BYTES, seg.size - end))
                     data, base, pos = data[pos:] + chunk, base + pos, 0
                     continue
                 pos = record[1]
@@ -639,10 +643,12 @@ class WriteAheadLog:
         for seg, offset in self._index.patient_positions(patient):
             if seg.last_lsn <= after_lsn:
                 continue
-            head = self._files.read(seg.path, offset, 8)
-            length = int.from_bytes(head[:4], "little")
-            data = head + self._files.read(seg.path, offset + 8, length)
-            found = self._decode_at(data, 0, seg, offset)
+            # One read takes a usual record whole; a larger one needs a second for the rest.
+            data = self._reads.read(seg.path, offset, _RECORD_READ_BYTES)
+            need = 8 + int.from_bytes(data[:4], "little")
+            if len(data) < need:
+                data += self._reads.read(seg.path, offset + len(data), need - len(data))
+            found = self._decode_at(data[:need], 0, seg, offset)
             if found is not None and found[0].lsn > after_lsn:
                 yield found[0]
 
@@ -676,11 +682,13 @@ class WriteAheadLog:
             self.checkpoint()
             self.save_index()
         self._active.close()
+        self._reads.close()
 
     def abandon(self) -> None:
         """Give up before the writer ever ran (recovery failed): release what was made."""
         self._closing = True
         self._active.close()
+        self._reads.close()
 
 
 @asynccontextmanager
