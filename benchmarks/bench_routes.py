@@ -7,7 +7,7 @@ stamps, for Vigil and for the peer alike.
 
 - **drain**: the receiver is down while the node accepts N messages (a file
   in its watched folder); then it comes up, and the route delivers the
-  backlog: messages/s from the first arrival to the last, at 1 and 8
+  backlog: messages/s from the first arrival to the last, at 1, 2 and 8
   connections. The peer, python-hl7's own `mllp_send`, feeds the same
   messages from a file to a fresh receiver in the same run. This is also
   the catch-up after an outage: the backlog is what piled up while the
@@ -229,7 +229,7 @@ def main() -> None:
     try:
         messages = generate_feed(drain_n, seed=11, id_prefix="D")
         peer = _peer(work, messages)
-        drains = {k: _drain(work, messages, k) for k in (1, 8)}
+        drains = {k: _drain(work, messages, k) for k in (1, 2, 8)}
         backlog = generate_feed(backlog_n, seed=12, mix=_BILLING, id_prefix="B")
         idle = _critical(work, "lanes", [], probes)
         lanes = _critical(work, "lanes", backlog, probes)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import glob
 import socket
 import ssl
 import sys
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 import msgspec
+from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from actors import SupervisorGaveUp
@@ -145,7 +149,7 @@ async def _serve(
 
 
 @click.command("send")
-@click.argument("source", metavar="FILE|-")
+@click.argument("sources", metavar="FILE|FOLDER|GLOB|-...", nargs=-1, required=True)
 @click.option("--to", "to", required=True, help="HOST:PORT of an MLLP listener.")
 @click.option("--timeout-s", default=30.0, show_default=True, help="How long to wait for each ACK.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
@@ -154,7 +158,7 @@ async def _serve(
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="A client certificate (mutual TLS).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="The client certificate's key.")
 def send(
-    source: str,
+    sources: tuple[str, ...],
     to: str,
     *,
     timeout_s: float,
@@ -164,31 +168,77 @@ def send(
     as_json: bool,
     use_tls: bool,
 ) -> None:
-    """Send each HL7 v2 message over MLLP, wait for its ACK, print it. Exit 1 unless all AA/CA."""
-    try:
-        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    except OSError as exc:
-        raise click.ClickException(f"{source}: cannot read: {exc.strerror}") from None
+    """Send each HL7 v2 message of the files over one MLLP connection, each after the last one's ACK.
+
+    A FOLDER sends the files in it, by name; a GLOB (`feeds/*.hl7`) the files
+    it matches; `-` standard input. Prints each ACK (or, past 40 messages,
+    those that are not AA/CA) and a summary. Exit 1 unless all are AA/CA.
+    """
+    inputs = [(name, _read_source(name, path)) for name, path in _expand(sources)]
     host, port = _address(to)
     try:
         tls = client_context(tls_ca, tls_cert, tls_key) if use_tls or tls_ca or tls_cert else None
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    rows = []
+    pieces = [(name, piece) for name, raw in inputs for piece in split_input(raw)]
+    rows: list[dict[str, Any]] = []
     try:
-        with _connect(host, port, timeout_s, tls) as conn:
+        with _connect(host, port, timeout_s, tls) as conn, _progress(len(pieces), quiet=as_json) as advance:
             decoder = MLLPDecoder()
-            for index, piece in enumerate(split_input(raw)):
+            for index, (name, piece) in enumerate(pieces):
                 if piece.error is not None or piece.kind is not Kind.HL7V2:
-                    rows.append({"index": index, "ack": None, "error": "not an HL7 v2 message; not sent"})
-                    continue
-                conn.sendall(frame(piece.data))
-                rows.append({"index": index, **_read_ack(conn, decoder)})
+                    rows.append({"index": index, "file": name, "ack": None, "error": "not an HL7 v2 message; not sent"})
+                else:
+                    conn.sendall(frame(piece.data))
+                    rows.append({"index": index, "file": name, **_read_ack(conn, decoder)})
+                advance()
     except OSError as exc:
         raise click.ClickException(f"{to}: {exc.strerror or exc}") from None
     _print_acks(rows, as_json=as_json)
     if any(r.get("code") not in ("AA", "CA") for r in rows):
         sys.exit(1)
+
+
+_ROWS_SHOWN = 40  # past this many messages, the table shows only those not accepted
+
+
+def _expand(sources: tuple[str, ...]) -> list[tuple[str, Path | None]]:
+    """Each source as (name shown, path): a folder's files by name, a glob's matches, `-` (None) for stdin."""
+    out: list[tuple[str, Path | None]] = []
+    for source in sources:
+        if source == "-":
+            out.append(("-", None))
+            continue
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            out.extend((str(p), p) for p in files)
+        elif not path.exists() and any(c in source for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
+            if not matches:
+                raise click.ClickException(f"{source}: no file matches")
+            out.extend((str(p), p) for p in matches)
+        else:
+            out.append((source, path))
+    return out
+
+
+def _read_source(name: str, path: Path | None) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if path is None else path.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"{name}: cannot read: {exc.strerror}") from None
+
+
+@contextmanager
+def _progress(total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar on the terminal (none when output is JSON or not a terminal)."""
+    if quiet or total < 2 or not sys.stderr.isatty():
+        yield lambda: None
+        return
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("sending", total=total)
+        yield lambda: bar.advance(task)
 
 
 def _connect(host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None) -> socket.socket:
@@ -230,16 +280,22 @@ def _print_acks(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         for row in rows:
             sys.stdout.write(msgspec.json.encode(row).decode() + "\n")
         return
-    table = Table(title=f"{len(rows)} message(s) sent")
-    for name in ("#", "ACK", "control id", "text"):
+    shown = rows if len(rows) <= _ROWS_SHOWN else [r for r in rows if r.get("code") not in ("AA", "CA")]
+    table = Table(title=f"{len(rows)} message(s) sent" + ("" if shown is rows else ": those not accepted"))
+    for name in ("#", "file", "ACK", "control id", "text"):
         table.add_column(name)
-    for row in rows:
+    for row in shown:
         code = row.get("code") or "-"
         style = "green" if code in ("AA", "CA") else "red"
         table.add_row(
             str(row["index"]),
+            Path(row["file"]).name,  # the name only: a path would wrap the table (the JSON has it whole)
             styled(code, style),
             row.get("control_id") or "",
             row.get("text") or row.get("error") or "",
         )
-    DataConsole().print(table)
+    console = DataConsole()
+    if shown:
+        console.print(table)
+    counts = collections.Counter(r.get("code") or "not sent" for r in rows)
+    console.print(f"{len(rows)} sent: " + ", ".join(f"{code} {n}" for code, n in sorted(counts.items())))

@@ -174,6 +174,31 @@ def test_vigil_send_and_the_hl7_package_client_interoperate(tmp_path: Path) -> N
         with hl7.client.MLLPClient("127.0.0.1", port) as client:
             ack = client.send_message(message(3).decode().rstrip("\r"))
         assert b"MSA|AA|CTL000003" in ack  # the hl7 client returns the raw MLLP response
+        # Several sources in one call, over one connection: files, a folder (by name), a glob.
+        folder = tmp_path / "feeds"
+        folder.mkdir()
+        (folder / "b.hl7").write_bytes(message(5))
+        (folder / "a.hl7").write_bytes(message(4))
+        (folder / "c.txt").write_bytes(b"not hl7 at all")
+        (tmp_path / "late-6.hl7").write_bytes(message(6))
+        many = subprocess.run(
+            [VIGIL, "send", str(folder), str(tmp_path / "late-*.hl7"), "--to", f"127.0.0.1:{port}"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        out = many.stdout.decode()
+        assert many.returncode == 1  # one piece was no HL7 v2 message: not sent, and said
+        assert out.index("a.hl7") < out.index("b.hl7") < out.index("c.txt") < out.index("late-6.hl7")
+        assert "4 sent: AA 3, not sent 1" in out
+        missing = subprocess.run(
+            [VIGIL, "send", str(tmp_path / "none-*.hl7"), "--to", f"127.0.0.1:{port}"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert missing.returncode == 1
+        assert "no file matches" in missing.stderr.decode()
 
 
 def test_a_hostile_connection_never_blocks_the_others(tmp_path: Path) -> None:
