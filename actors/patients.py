@@ -125,6 +125,7 @@ class _Patient:
         self.patient = patient
         self.record = record
         self.snapshot_lsn = record.last_lsn
+        self.unsnapshotted = 0  # records folded since the snapshot (the tail's, then each applied)
         self.attempts = 0
         self.unapplied: list[_Message] = []
         self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
@@ -140,7 +141,9 @@ class _Patient:
                 )
                 continue
             try:
+                before = self.record.last_lsn
                 self.record = await self.registry.apply(self.record, message)
+                self.unsnapshotted += self.record.last_lsn > before  # a record the tail had already is no news
             except Exception as exc:
                 self.attempts += 1
                 if self.attempts < self.registry.max_attempts:
@@ -166,13 +169,17 @@ class PatientActors:
         mailbox_max: int = 256,
         max_attempts: int = 3,
         turns_max: int = 64,
+        snapshot_min_records: int = 1,
         fold: Callable[[PatientRecord, Applied], PatientRecord] | None = None,
     ) -> None:
-        if min(active_max, activations_max, stash_max, mailbox_max, max_attempts) < 1 or idle_timeout_s <= 0:
+        bounds = (active_max, activations_max, stash_max, mailbox_max, max_attempts, snapshot_min_records)
+        if min(bounds) < 1 or idle_timeout_s <= 0:
             raise ValueError("every bound must be positive")
         self._source = source
         self._quarantine = quarantine
         self.active_max = active_max
+        # A passivated record is snapshotted only when reading its tail back would cost more than writing it.
+        self.snapshot_min_records = snapshot_min_records
         self.idle_timeout_s = idle_timeout_s
         self.stash_max = stash_max
         self.mailbox_max = mailbox_max
@@ -181,6 +188,7 @@ class PatientActors:
         # Patient turns share a gate: a patient holding a critical record goes first.
         self.gate = TurnGate(turns_max)
         self._active: OrderedDict[str, _Patient] = OrderedDict()  # least recently used first
+        self._passivating = 0  # of those, being passivated (counted, so making room is not a scan of them all)
         self._stashes: dict[str, list[_Message]] = {}
         self._activated: dict[str, anyio.Event] = {}
         self._room: dict[str, anyio.Event] = {}
@@ -275,6 +283,7 @@ class PatientActors:
             return
         record = snapshot if snapshot is not None else PatientRecord.empty(patient)
         entry = _Patient(self, patient, record)
+        entry.unsnapshotted = len(tail)
         for item in tail:
             try:
                 entry.record = await self.apply(entry.record, item)
@@ -313,7 +322,7 @@ class PatientActors:
 
     async def _make_room(self) -> None:
         """Passivate least recently used actors until there is room for one more."""
-        while sum(1 for e in self._active.values() if e.closing is None) >= self.active_max:
+        while len(self._active) - self._passivating >= self.active_max:
             patient, entry = next((p, e) for p, e in self._active.items() if e.closing is None)
             await self._passivate(patient, entry)
 
@@ -340,14 +349,16 @@ class PatientActors:
     async def _passivate(self, patient: str, entry: _Patient) -> None:
         """Drain and stop the actor, snapshot its record if it moved, then let it go."""
         entry.closing = anyio.Event()
+        self._passivating += 1
         entry.actor.close()
         await entry.stopped.wait()
-        if entry.record.last_lsn > entry.snapshot_lsn:
+        if entry.record.last_lsn > entry.snapshot_lsn and entry.unsnapshotted >= self.snapshot_min_records:
             try:
                 await self._source.save(entry.record)
             except Exception as exc:  # noqa: BLE001 -- a snapshot is only a cache: the log has everything
                 _log.error("patients.snapshot_failed", error=type(exc).__name__)
         del self._active[patient]
+        self._passivating -= 1
         # The entry and its actor form a cycle (the actor calls the entry's `behave`), freed only
         # by a cyclic collection, which an idle node may not run for long: the record (hundreds
         # of MB for a patient with hundreds of thousands of results) is let go now.

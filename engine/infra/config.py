@@ -410,10 +410,15 @@ class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         idle_timeout_s: an actor with no traffic this long is passivated (a
             snapshot kept, its record let go from memory).
         active_max: more active actors than this: the least recently used go first.
+        snapshot_min_records: a passivated actor's record is snapshotted only
+            when this many records were folded since its last snapshot: a
+            patient seen once or twice is read back from the log (microseconds
+            a record) rather than cost a snapshot's write and fsync.
     """
 
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
     active_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    snapshot_min_records: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 16
 
 
 # The node's supervised children (`vigil status` lists them). The log is not among those that may be

@@ -296,6 +296,7 @@ class Node:
             PoisonQuarantine(wal, self._refusals.quarantine),
             idle_timeout_s=self.config.actors.idle_timeout_s,
             active_max=self.config.actors.active_max,
+            snapshot_min_records=self.config.actors.snapshot_min_records,
         )
         self._fanout.actors = actors
         try:

@@ -182,6 +182,10 @@ class LogIndex:
         index = max(bisect.bisect_right(self._firsts, lsn) - 1, 0)
         return self.segments[index:]
 
+    def patient_record_count(self, patient: str) -> int:
+        """How many records touch a patient (released ones included: an upper bound of what is read)."""
+        return len(self._patients.get(patient, ()))
+
     def patient_positions(self, patient: str) -> Iterator[tuple[SegmentInfo, int]]:
         """(segment, frame offset) of every retained record touching a patient, in order."""
         for entry in list(self._patients.get(patient, ())):

@@ -635,6 +635,10 @@ class WriteAheadLog:
                 if record[0].lsn >= lsn:
                     yield record[0]
 
+    def patient_record_count(self, patient: str) -> int:
+        """How many records touch a patient (from the index in memory: no read)."""
+        return self._index.patient_record_count(patient)
+
     def read_patient(self, patient: str, *, after_lsn: int = 0) -> Iterator[LogRecord]:
         """Every durable record touching one patient (after `after_lsn`), in order, without a scan.
 

@@ -59,9 +59,15 @@ class SnapshotStore:
         for old in sorted({*names, name})[: -self._keep]:
             self._files.remove(folder / old)
 
+    def exists(self, key: str) -> bool:
+        """Whether `key` may have a snapshot (its folder exists): one stat, nothing read."""
+        return self._folder(key).is_dir()
+
     def load(self, key: str, *, at_most_lsn: int | None = None) -> Snapshot | None:
         """The newest valid snapshot of `key` (no newer than `at_most_lsn`), or None."""
         folder = self._folder(key)
+        if not folder.is_dir():
+            return None  # a patient never snapshotted (most first-seen ones): no folder made to find that out
         for name in reversed(self._names(folder)):
             lsn = int(name.removesuffix(_SUFFIX))
             if at_most_lsn is not None and lsn > at_most_lsn:

@@ -253,6 +253,24 @@ def test_activation_under_load_is_bounded() -> None:
     assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == (8, 1000, 1000)
 
 
+async def test_a_record_with_few_new_records_is_not_snapshotted_but_comes_back_whole() -> None:
+    """Below snapshot_min_records a passivation writes nothing: the log gives the record back."""
+    log = MemoryLog()
+    registry = PatientActors(log, MemoryQuarantine(), active_max=1, snapshot_min_records=3)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn, patient in ((1, "H|A"), (2, "H|B"), (3, "H|A"), (4, "H|B"), (5, "H|A"), (6, "H|B")):
+            log.append(patient, item(lsn))
+            await registry.deliver(patient, item(lsn))
+            await registry.query(patient)
+            if lsn <= 4:
+                assert log.snapshots == {}  # each passivated with one or two records since none
+        assert log.snapshots["H|A"].last_lsn == 5  # three records folded since no snapshot: now one
+        view = await registry.query("H|A")
+        assert [o.order_id for o in view.orders] == ["O1", "O3", "O5"]
+        tg.cancel_scope.cancel()
+
+
 async def test_a_merge_of_a_patient_already_absorbed_reads_no_history() -> None:
     """A repeated A40 (a resend, a replay) costs nothing: the merged patient's history is not read again."""
     log = MemoryLog()
