@@ -51,14 +51,13 @@ def _oru(n: int, patient: str) -> bytes:
 def _merge(n: int, surviving: str, merged: str) -> bytes:
     msh = f"MSH|^~\\&|ADT|GENHOSP|VIGIL|GENHOSP|20261124101500||ADT^A40^ADT_A39|H{n:09d}|P|2.5.1"
     return (
-        f"{msh}\rEVN|A40|20261124101500\rPID|1||{surviving}^^^GENHOSP^MR||Doe^Jan\r"
-        f"MRG|{merged}^^^GENHOSP^MR\r"
+        f"{msh}\rEVN|A40|20261124101500\rPID|1||{surviving}^^^GENHOSP^MR||Doe^Jan\rMRG|{merged}^^^GENHOSP^MR\r"
     ).encode()
 
 
 def skewed_feed(count: int, pool: int, seed: int = 21) -> list[bytes]:
     """The feed described above, deterministic for `seed`."""
-    rng = random.Random(seed)  # noqa: S311 -- synthetic data
+    rng = random.Random(seed)  # synthetic data, not security
     heavy = [f"HV{i:04d}" for i in range(_HEAVY)]
     out = []
     for n in range(count):
