@@ -53,6 +53,13 @@ def _own_session_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_vigil_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's VIGIL_DATA or VIGIL_CONFIG must not steer a test (or the processes it starts)."""
+    monkeypatch.delenv("VIGIL_DATA", raising=False)
+    monkeypatch.delenv("VIGIL_CONFIG", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_logging() -> object:
     """The CLI configures structlog for its process; a test must not inherit another's setup."""
     yield

@@ -20,7 +20,8 @@ DATA_OPTION = click.option(
     "--data",
     "data",
     type=click.Path(file_okay=False, path_type=Path),
-    help="The node's data directory (default: node.data_dir from the configuration).",
+    envvar="VIGIL_DATA",
+    help="The node's data directory (default: $VIGIL_DATA, else node.data_dir from the configuration).",
 )
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

@@ -42,11 +42,13 @@ _INPUT_BYTES_MAX = 1024 * 1024 * 1024  # inspect reads whole inputs: refuse beyo
 
 
 @click.group(cls=InertGroup)
+@click.version_option(package_name="vigil", message="vigil %(version)s")
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Configuration file (default: the embedded default, config.toml).",
+    envvar="VIGIL_CONFIG",
+    help="Configuration file (default: $VIGIL_CONFIG, else the embedded default, config.toml).",
 )
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:

@@ -47,7 +47,12 @@ def _address(value: str) -> tuple[str, int]:
 
 
 @click.command("run")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="The data directory.")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="VIGIL_DATA",
+    help="The data directory (default: $VIGIL_DATA, else node.data_dir from the configuration).",
+)
 @click.option("--mllp", "mllp", help="Listen for MLLP on HOST:PORT (port 0: any free port).")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Ingest standard input, answer it, and stop.")
 @click.option("--watch", type=click.Path(file_okay=False, path_type=Path), help="A drop folder to ingest from.")

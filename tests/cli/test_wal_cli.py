@@ -124,6 +124,23 @@ def test_audit_verify_needs_the_key(tmp_path: Path) -> None:
     assert "set VIGIL_AUDIT_KEY" in err
 
 
+def test_the_data_directory_and_configuration_come_from_the_environment(tmp_path: Path) -> None:
+    """VIGIL_DATA (and VIGIL_CONFIG) stand for --data (and --config) on every command; --version says which."""
+    _make_log(tmp_path)
+    code, out, _ = _run("wal", "verify", "--json", env={"VIGIL_DATA": str(tmp_path)})
+    assert code == 0
+    assert json.loads(out)["records"] == 40
+    config = tmp_path / "vigil.toml"
+    config.write_text("[node]\nid = 'x'\nunknown_key = 1\n")
+    message = tmp_path / "m.hl7"
+    message.write_bytes(b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5.1\rPID|1||1^^^H^MR\r")
+    code, _, err = _run("inspect", str(message), env={"VIGIL_CONFIG": str(config)})
+    assert code != 0
+    assert "unknown_key" in err
+    code, out, _ = _run("--version")
+    assert (code, out.split()[0]) == (0, "vigil")
+
+
 def test_audit_verify_good_and_wrong_key(tmp_path: Path) -> None:
     """The right key verifies every keyed checkpoint; a wrong one does not."""
     _make_log(tmp_path)
