@@ -180,6 +180,8 @@ def patient(
         return _from_log(directory, key, as_of=as_of, known_at=known_at)
 
     view = node_or(obj, directory, "patient", here, key=key, as_of=as_of, known_at=known_at)
+    if not view.get("facts"):  # an empty record is no patient: say so, not an empty chart
+        raise click.ClickException(f"no record of {key}: no message about this patient has arrived")
     if as_json:
         emit_json(view)
         return

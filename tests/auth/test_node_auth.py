@@ -129,6 +129,7 @@ def test_a_day_of_sessions_break_the_glass_and_the_audit_trail(tmp_path: Path) -
 
         record = clinician.ok("patient", PATIENT, "--json")
         assert record["results"][0]["current"]["value"] == "6.9"
+        assert "no record of GENHOSP|NOBODY" in clinician.refused("patient", "GENHOSP|NOBODY")
         assert "may not record.read: break the glass" in operator.refused("patient", PATIENT)
         assert "Potassium" not in operator.ok("log")  # metadata: kinds and lanes, no content
         assert "may not log.content" in operator.refused("log", "--patient", PATIENT)
