@@ -332,8 +332,11 @@ class AuthService:
     def _session(self, credentials: Credentials, action: str, now: float) -> SessionRecord:
         """The session these credentials name, whatever its state; refusals are audited."""
         if not credentials.token:
+            first = (
+                " (there is no account yet: add the first administrator with `vigil user add ID --role administrator`)"
+            )
             raise AccessRefusedError(
-                "no session: log in with `vigil login`",
+                f"no session: log in with `vigil login`{first if self.needs_bootstrap() else ''}",
                 [("", self._event(None, action, allowed=False, detail="no session", now=now))],
             )
         digest = token_digest(credentials.token)

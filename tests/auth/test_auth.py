@@ -200,6 +200,12 @@ def test_sessions_survive_a_restart(tmp_path: Path, service: AuthService, clock:
     assert "session ended (logged out)" in reason
 
 
+def test_with_no_account_yet_a_refusal_says_how_to_add_the_first_administrator(tmp_path: Path) -> None:
+    empty = AuthService(AuthStore(tmp_path / "empty"), AuthConfig())
+    reason, _ = _refused(empty.authorize, Credentials(), Permission.STATUS_READ)
+    assert "add the first administrator with `vigil user add ID --role administrator`" in reason
+
+
 def test_refusal_matrix(service: AuthService, clock: Clock, tmp_path: Path) -> None:
     """Every refusal the issue names: refused, with its reason, and audited."""
     rows: list[tuple[str, str]] = []
