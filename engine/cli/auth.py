@@ -27,7 +27,10 @@ from engine.wal import OSFiles, iter_records
 __all__ = ["AUDIT_COMMANDS", "break_glass", "lock", "login", "logout", "passwd", "unlock", "user", "whoami"]
 
 SECRETS_STDIN = click.option(
-    "--secrets-stdin", "secrets_stdin", is_flag=True, help="Read the secrets from standard input, one per line."
+    "--secrets-stdin",
+    "secrets_stdin",
+    is_flag=True,
+    help="Read the secrets from standard input, one per line, in the order the command's help gives.",
 )
 
 
@@ -161,7 +164,11 @@ def break_glass(
 @DATA_OPTION
 @click.pass_obj
 def passwd(obj: Context, data: Path | None, *, new_password: bool, new_pin: bool, secrets_stdin: bool) -> None:
-    """Change your own password and/or PIN (your current password first); your other sessions end."""
+    """Change your own password and/or PIN (your current password first); your other sessions end.
+
+    With --secrets-stdin: the current password, then the new password (unless
+    --no-password), then the new PIN (with --pin), one per line.
+    """
     secrets = _Secrets(from_stdin=secrets_stdin)
     current = secrets.ask("Current password")
     password = secrets.ask("New password") if new_password else ""
@@ -197,7 +204,10 @@ def user() -> None:
 def user_add(
     obj: Context, user_id: str, roles: tuple[str, ...], name: str, data: Path | None, *, secrets_stdin: bool
 ) -> None:
-    """Add an account with its first password and PIN (one person, one id: no shared accounts)."""
+    """Add an account with its first password and PIN (one person, one id: no shared accounts).
+
+    With --secrets-stdin: the password, then the PIN, one per line.
+    """
     secrets = _Secrets(from_stdin=secrets_stdin)
     password, pin = secrets.ask("Password"), secrets.ask("PIN")
     reply = call(
@@ -223,7 +233,10 @@ def user_disable(obj: Context, user_id: str, data: Path | None) -> None:
 @DATA_OPTION
 @click.pass_obj
 def user_reset(obj: Context, user_id: str, data: Path | None, *, secrets_stdin: bool) -> None:
-    """Set a forgotten password and PIN; the account's sessions end and a lockout lifts."""
+    """Set a forgotten password and PIN; the account's sessions end and a lockout lifts.
+
+    With --secrets-stdin: the new password, then the new PIN, one per line.
+    """
     secrets = _Secrets(from_stdin=secrets_stdin)
     password, pin = secrets.ask("New password"), secrets.ask("New PIN")
     call(obj, obj.data_dir(data), "user_reset", user=user_id, password=password, pin=pin)
