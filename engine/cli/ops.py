@@ -24,7 +24,7 @@ from engine.auth import Permission
 from engine.cli.console import DataConsole, styled
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import audited, authorized, call, node_or
-from engine.cli.wal import metadata_json, record_json
+from engine.cli.wal import control_id_of, metadata_json, record_json, sender_of
 from engine.core.model import Lane
 from engine.wal import OSFiles, iter_records
 
@@ -274,11 +274,21 @@ def log(
         for record in records:
             emit_json(record_json(record) if phi else metadata_json(record))
         return
-    table = Table()
-    for name in ("LSN", "recorded at", "lane", "type", "why", "events"):
+    table = Table(caption="why each went to its lane: --json (reason)")
+    for name in ("LSN", "recorded (UTC)", "lane", "type"):
+        table.add_column(name, no_wrap=True)
+    for name in ("sender", "control id", "events"):
         table.add_column(name, overflow="fold")
     for record in records:
         env = record.envelope
         kinds = ", ".join(sorted({str(e.__struct_config__.tag) for e in env.events}))
-        table.add_row(str(record.lsn), record.recorded_at, env.lane.value, env.message_type, env.lane_reason, kinds)
+        table.add_row(
+            str(record.lsn),
+            record.recorded_at[:19].replace("T", " "),  # to the second: one line, even at 80 columns
+            env.lane.value,
+            env.message_type,
+            sender_of(env.message_id),
+            control_id_of(env.message_id),
+            kinds,
+        )
     DataConsole().print(table)

@@ -184,12 +184,29 @@ def metadata_json(record: LogRecord) -> dict[str, Any]:
         "epoch": record.epoch,
         "kind": env.kind.value,
         "type": env.message_type,
+        "sender": sender_of(env.message_id),
+        "control_id": control_id_of(env.message_id),
         "lane": env.lane.value,
         "reason": env.lane_reason,
         "received_at": env.received_at,
         "source": env.source,
         "event_kinds": sorted({str(e.__struct_config__.tag) for e in env.events}),
     }
+
+
+def sender_of(message_id: str) -> str:
+    """`MSH-3^MSH-4` of an HL7 v2 message's id (`hl7:APP|FAC|CTRL`); "" for others. Not PHI."""
+    if not message_id.startswith("hl7:"):
+        return ""
+    app, _, rest = message_id[4:].partition("|")
+    return f"{app}^{rest.partition('|')[0]}"
+
+
+def control_id_of(message_id: str) -> str:
+    """MSH-10 of an HL7 v2 message's id; a FHIR message's id after its scheme. Not PHI."""
+    if message_id.startswith("hl7:"):
+        return message_id[4:].split("|", 2)[-1]
+    return message_id.partition(":")[2]
 
 
 def record_json(record: LogRecord) -> dict[str, Any]:

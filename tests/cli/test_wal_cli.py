@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from engine.auth import Role
 from engine.cli.main import cli
+from engine.cli.wal import control_id_of, sender_of
 from engine.infra.config import WalConfig
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
@@ -205,3 +206,12 @@ def test_verify_and_audit_after_segments_were_released(tmp_path: Path) -> None:
     assert (report["first_lsn"], report["last_lsn"]) == (first, 120)
     code, out, _ = _run("audit", "verify", "--data", str(tmp_path), "--json", env={"VIGIL_AUDIT_KEY": KEY})
     assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("message_id", "sender", "control_id"),
+    [("hl7:LAB|GENHOSP|C42", "LAB^GENHOSP", "C42"), ("hl7:||X|Y", "^", "X|Y"), ("fhir:Bundle/b1", "", "Bundle/b1")],
+)
+def test_a_records_sender_and_control_id_are_metadata(message_id: str, sender: str, control_id: str) -> None:
+    """`vigil log` shows them to operators without log.content: they say who sent it, not about whom."""
+    assert (sender_of(message_id), control_id_of(message_id)) == (sender, control_id)
