@@ -24,8 +24,8 @@ from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.progress import scan_progress
 from engine.cli.session import audited, authorized
 from engine.core.decode import decode_input
-from engine.core.errors import ConfigError, InputError
-from engine.core.hl7 import parse, patient_key
+from engine.core.errors import ConfigError, HeaderError, InputError
+from engine.core.hl7 import parse, patient_key, read_header
 from engine.infra.clock import utc_now
 from engine.wal import (
     CheckpointStore,
@@ -293,12 +293,35 @@ def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json:
             emit_json({**doc, "bytes": len(item.raw)})
         return
     table = Table(title=f"{len(items)} quarantined item(s)")
-    for name in ("id", "at", "source", "reason", "bytes", "status"):
-        table.add_column(name)
+    for name in ("id", "at (UTC)"):
+        table.add_column(name, no_wrap=True)
+    for name in ("sender", "type", "control id", "source", "reason", "bytes", "status"):
+        table.add_column(name, overflow="fold")
     for item in items:
         status = "open" if item.open else f"resolved: {item.resolved}"
-        table.add_row(str(item.qid), item.at, item.source, item.reason, str(len(item.raw)), status)
+        sender, mtype, control_id = header_metadata(item.raw)
+        at = item.at[:19].replace("T", " ")
+        table.add_row(
+            str(item.qid), at, sender, mtype, control_id, item.source, item.reason, str(len(item.raw)), status
+        )
     DataConsole().print(table)
+
+
+def header_metadata(raw: bytes) -> tuple[str, str, str]:
+    """Sender (MSH-3^MSH-4), type (MSH-9) and control id (MSH-10) of input that may not be HL7 at all ("" then).
+
+    Who sent it and what kind it is, not whom it is about: shown without quarantine.content.
+    """
+    try:
+        header = read_header(raw)
+    except HeaderError:
+        return "", "", ""
+
+    def text(n: int, comp: int = 1) -> str:
+        return header.get(n, comp).decode("utf-8", errors="replace")
+
+    event = text(9, 2)
+    return f"{text(3)}^{text(4)}", f"{text(9)}^{event}" if event else text(9), text(10)
 
 
 @quarantine.command("show")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from engine.auth import Role
 from engine.cli.main import cli
-from engine.cli.wal import control_id_of, sender_of
+from engine.cli.wal import control_id_of, header_metadata, sender_of
 from engine.infra.config import WalConfig
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
@@ -215,3 +215,15 @@ def test_verify_and_audit_after_segments_were_released(tmp_path: Path) -> None:
 def test_a_records_sender_and_control_id_are_metadata(message_id: str, sender: str, control_id: str) -> None:
     """`vigil log` shows them to operators without log.content: they say who sent it, not about whom."""
     assert (sender_of(message_id), control_id_of(message_id)) == (sender, control_id)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"MSH|^~\\&|LAB|GENHOSP|V|H|2026||ORU^R01^ORU_R01|C9|P|2.5.1\rPID|1||X", ("LAB^GENHOSP", "ORU^R01", "C9")),
+        (b"MSH#$~\\&#LAB#H#V#H#2026##ADT$A01#C1#P#2.5", ("LAB^H", "ADT^A01", "C1")),
+        (b"not hl7 at all", ("", "", "")),
+    ],
+)
+def test_a_quarantined_items_header_is_read_as_well_as_it_can_be(raw: bytes, expected: tuple[str, str, str]) -> None:
+    assert header_metadata(raw) == expected
