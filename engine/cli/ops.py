@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import msgspec
+from rich import box
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
@@ -29,6 +30,8 @@ from engine.core.model import Lane
 from engine.wal import OSFiles, iter_records
 
 __all__ = ["log", "patient", "status", "top"]
+
+_WIDE = 110  # columns from which `vigil log` shows each record's event kinds too
 
 
 @click.command("status")
@@ -274,21 +277,27 @@ def log(
         for record in records:
             emit_json(record_json(record) if phi else metadata_json(record))
         return
-    table = Table(caption="why each went to its lane: --json (reason)")
+    console = DataConsole()
+    wide = console.width >= _WIDE  # at 80 columns the event kinds would squeeze the rest: --json has them
+    # No vertical rules: at 80 columns every character goes to the data.
+    table = Table(caption="why each went to its lane: --json (reason)", box=box.SIMPLE_HEAD)
     for name in ("LSN", "recorded (UTC)", "lane", "type"):
         table.add_column(name, no_wrap=True)
-    for name in ("sender", "control id", "events"):
-        table.add_column(name, overflow="fold")
+    table.add_column("sender", overflow="fold", min_width=11)
+    table.add_column("control id", overflow="fold", min_width=10)
+    if wide:
+        table.add_column("events", overflow="fold")
     for record in records:
         env = record.envelope
-        kinds = ", ".join(sorted({str(e.__struct_config__.tag) for e in env.events}))
-        table.add_row(
+        row = [
             str(record.lsn),
-            record.recorded_at[:19].replace("T", " "),  # to the second: one line, even at 80 columns
+            record.recorded_at[:19].replace("T", " "),  # to the second: one line
             env.lane.value,
             env.message_type,
             sender_of(env.message_id),
             control_id_of(env.message_id),
-            kinds,
-        )
-    DataConsole().print(table)
+        ]
+        if wide:
+            row.append(", ".join(sorted({str(e.__struct_config__.tag) for e in env.events})))
+        table.add_row(*row)
+    console.print(table)

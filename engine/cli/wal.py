@@ -199,7 +199,8 @@ def sender_of(message_id: str) -> str:
     if not message_id.startswith("hl7:"):
         return ""
     app, _, rest = message_id[4:].partition("|")
-    return f"{app}^{rest.partition('|')[0]}"
+    # Each an HD: its namespace id is what people call the system (the universal id follows it).
+    return f"{app.split('^')[0]}^{rest.partition('|')[0].split('^')[0]}"
 
 
 def control_id_of(message_id: str) -> str:
