@@ -735,4 +735,7 @@ async def open_wal(
                     # Let the writer finish what is queued, then stop it.
                     wal.stop_writer()
         finally:
-            await anyio.to_thread.run_sync(wal.close)
+            # Shielded: a node stops by cancellation, and the close (checkpoint, keyed checkpoint, saved
+            # index) must still run, or the next start scans the whole log and the stop is not sealed.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(wal.close)

@@ -602,3 +602,13 @@ async def test_a_group_covers_at_most_group_bytes_max(tmp_path: Path) -> None:
                 await tg.start(one, env)
             files.release.set()
         assert wal.statistics().groups == 5
+
+
+async def test_a_log_closed_by_cancellation_still_checkpoints_and_saves_its_index(tmp_path: Path) -> None:
+    """A node stops by cancelling its task group: the log's close (checkpoint, keyed checkpoint, index) still runs."""
+    with anyio.CancelScope() as scope:
+        async with open_wal(tmp_path, SMALL, audit_key=b"k" * 32) as wal:
+            await wal.append([envelope(i) for i in range(5)])
+            scope.cancel()
+            await anyio.sleep(1)  # the cancellation lands here, as a node's stop does
+    assert {"checkpoint", "index", "audit.chk"} <= {p.name for p in tmp_path.iterdir()}
