@@ -183,7 +183,7 @@ def patient(
         return _from_log(directory, key, as_of=as_of, known_at=known_at)
 
     view = node_or(obj, directory, "patient", here, key=key, as_of=as_of, known_at=known_at)
-    if not view.get("facts"):  # an empty record is no patient: say so, not an empty chart
+    if not view.get("facts") and as_of is None and known_at is None:  # no patient: say so, not an empty chart
         raise click.ClickException(f"no record of {key}: no message about this patient has arrived")
     if as_json:
         emit_json(view)
