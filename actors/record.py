@@ -27,7 +27,7 @@ records (a property test checks it).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import final
 
@@ -172,28 +172,47 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """
         if lsn <= self.last_lsn:
             return self
+        new = self._facts_of(lsn, recorded_at, message_id, events, self.facts)
+        merged_into = self._merged_into(events, self.merged_into)
+        return msgspec.structs.replace(self, facts=self.facts + tuple(new), last_lsn=lsn, merged_into=merged_into)
+
+    def extend(self, records: Iterable[tuple[int, str, str, Iterable[Event]]]) -> PatientRecord:
+        """The record with many log records' events added, in one pass: `apply` for each, in linear time.
+
+        Folding a long history one `apply` at a time copies the facts each
+        time (quadratic: a merged patient with 100,000 facts took minutes);
+        this builds them once. Records at or below the last LSN are ignored.
+        """
+        facts = list(self.facts)
+        last, merged_into = self.last_lsn, self.merged_into
+        for lsn, recorded_at, message_id, some_events in records:
+            if lsn <= last:
+                continue
+            events = tuple(some_events)  # read twice below
+            facts.extend(self._facts_of(lsn, recorded_at, message_id, events, facts))
+            merged_into = self._merged_into(events, merged_into)
+            last = lsn
+        if last == self.last_lsn:
+            return self
+        return msgspec.structs.replace(self, facts=tuple(facts), last_lsn=last, merged_into=merged_into)
+
+    def _facts_of(
+        self, lsn: int, recorded_at: str, message_id: str, events: Iterable[Event], before: Sequence[Fact]
+    ) -> list[Fact]:
         # An access to the record is not a fact of it: the audit trail (the log, the
         # read side's phi_access_audit) keeps those, and a record read a thousand
         # times must not grow a thousand facts.
-        new = tuple(
-            Fact(lsn, recorded_at, self._effective_of(e) or recorded_at, message_id, self.patient, e)
+        return [
+            Fact(lsn, recorded_at, _effective_of(e, before) or recorded_at, message_id, self.patient, e)
             for e in events
             if not isinstance(e, RecordAccessed) and (not isinstance(e, PatientMerged) or e.surviving == self.patient)
-        )
-        merged_into = self.merged_into
+        ]
+
+    def _merged_into(self, events: Iterable[Event], merged_into: str | None) -> str | None:
         for e in events:
             if isinstance(e, PatientMerged) and e.merged == self.patient:
                 merged_into = e.surviving
-        return msgspec.structs.replace(self, facts=self.facts + new, last_lsn=lsn, merged_into=merged_into)
-
-    def _effective_of(self, event: Event) -> str | None:
-        """An event's clinical time; a correction without one corrects its original's moment."""
-        found = _effective(event)
-        if found is None and isinstance(event, ResultReported) and event.corrects:
-            for fact in reversed(self.facts):
-                if isinstance(fact.event, ResultReported) and fact.event.result_key == event.corrects:
-                    return fact.effective_at
-        return found
+        return merged_into
 
     def has_absorbed(self, patient: str) -> bool:
         """Whether `patient`'s history is in this record already (merged into it, or it is this patient)."""
@@ -233,6 +252,16 @@ class PatientRecord(msgspec.Struct, frozen=True):
             and (as_of_key is None or time_key(f.effective_at) <= as_of_key)
         ]
         return _fold(self.patient, facts, self.merged_from)
+
+
+def _effective_of(event: Event, before: Sequence[Fact]) -> str | None:
+    """An event's clinical time; a correction without one corrects its original's moment."""
+    found = _effective(event)
+    if found is None and isinstance(event, ResultReported) and event.corrects:
+        for fact in reversed(before):
+            if isinstance(fact.event, ResultReported) and fact.event.result_key == event.corrects:
+                return fact.effective_at
+    return found
 
 
 def _effective(event: Event) -> str | None:

@@ -168,6 +168,18 @@ def test_snapshot_plus_tail_equals_full_replay(
     assert _fold(history, resumed) == full
 
 
+@settings(max_examples=150, deadline=None)
+@given(_histories(), st.data())
+def test_extend_folds_a_history_exactly_as_apply_does_one_record_at_a_time(
+    history: list[tuple[int, str, str, tuple[Event, ...]]], data: st.DataObject
+) -> None:
+    """The linear fold used for activations and merges gives the very record the step-by-step fold gives."""
+    cut = data.draw(st.integers(0, len(history)))
+    start = _fold(history[:cut])
+    assert start.extend(history[cut:]) == _fold(history[cut:], start)
+    assert start.extend(history) == _fold(history, start)  # what is folded already is ignored, as by apply
+
+
 @settings(max_examples=100, deadline=None)
 @given(_histories(), st.data())
 def test_known_at_equals_the_record_built_from_that_prefix(
