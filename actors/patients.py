@@ -125,7 +125,9 @@ class _Patient:
         self.patient = patient
         self.record = record
         self.snapshot_lsn = record.last_lsn
-        self.unsnapshotted = 0  # records folded since the snapshot (the tail's, then each applied)
+        # Facts the snapshot holds: what the record gained since (its tail, new records, a merged-in history) is
+        # what a reactivation would rebuild without a new snapshot.
+        self.snapshot_facts = len(record.facts)
         self.attempts = 0
         self.unapplied: list[_Message] = []
         self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
@@ -141,9 +143,7 @@ class _Patient:
                 )
                 continue
             try:
-                before = self.record.last_lsn
                 self.record = await self.registry.apply(self.record, message)
-                self.unsnapshotted += self.record.last_lsn > before  # a record the tail had already is no news
             except Exception as exc:
                 self.attempts += 1
                 if self.attempts < self.registry.max_attempts:
@@ -178,7 +178,7 @@ class PatientActors:
         self._source = source
         self._quarantine = quarantine
         self.active_max = active_max
-        # A passivated record is snapshotted only when reading its tail back would cost more than writing it.
+        # A passivated record is snapshotted only when rebuilding what it gained would cost more than writing it.
         self.snapshot_min_records = snapshot_min_records
         self.idle_timeout_s = idle_timeout_s
         self.stash_max = stash_max
@@ -283,7 +283,6 @@ class PatientActors:
             return
         record = snapshot if snapshot is not None else PatientRecord.empty(patient)
         entry = _Patient(self, patient, record)
-        entry.unsnapshotted = len(tail)
         entry.record = await self._fold_tail(patient, entry.record, tail)
         self._activations += 1
         await self._make_room()
@@ -378,7 +377,8 @@ class PatientActors:
         self._passivating += 1
         entry.actor.close()
         await entry.stopped.wait()
-        if entry.record.last_lsn > entry.snapshot_lsn and entry.unsnapshotted >= self.snapshot_min_records:
+        gained = len(entry.record.facts) - entry.snapshot_facts
+        if entry.record.last_lsn > entry.snapshot_lsn and gained >= self.snapshot_min_records:
             try:
                 await self._source.save(entry.record)
             except Exception as exc:  # noqa: BLE001 -- a snapshot is only a cache: the log has everything

@@ -271,6 +271,25 @@ async def test_a_record_with_few_new_records_is_not_snapshotted_but_comes_back_w
         tg.cancel_scope.cancel()
 
 
+async def test_a_record_that_absorbed_a_merged_history_is_snapshotted_though_one_record_came() -> None:
+    """What a reactivation would rebuild counts, not records: else each one reads the merged history again."""
+    log = MemoryLog()
+    for lsn in (1, 2, 3):
+        log.append("H|OLD", item(lsn))
+    merge = Applied(4, "2026-11-24T09:00:00Z", "m4", (PatientMerged("H|NEW", "H|OLD"),))
+    log.append("H|NEW", merge)
+    registry = PatientActors(log, MemoryQuarantine(), active_max=1, snapshot_min_records=3)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|NEW", merge)
+        await registry.query("H|NEW")
+        log.append("H|X", item(5))
+        await registry.deliver("H|X", item(5))  # H|NEW is passivated to make room
+        await registry.query("H|X")
+        assert log.snapshots["H|NEW"].merged_from == ("H|OLD",)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_merge_of_a_patient_already_absorbed_reads_no_history() -> None:
     """A repeated A40 (a resend, a replay) costs nothing: the merged patient's history is not read again."""
     log = MemoryLog()
