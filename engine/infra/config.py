@@ -411,9 +411,9 @@ class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             snapshot kept, its record let go from memory).
         active_max: more active actors than this: the least recently used go first.
         snapshot_min_records: a passivated actor's record is snapshotted only
-            when this many records were folded since its last snapshot: a
-            patient seen once or twice is read back from the log (microseconds
-            a record) rather than cost a snapshot's write and fsync.
+            when it gained this many facts since its last snapshot (a merged-in
+            history counts): a patient seen once or twice is read back from the
+            log (microseconds a record) rather than cost a write and an fsync.
     """
 
     idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
