@@ -470,7 +470,6 @@ class Route:
         except HL7Error as exc:  # the log has it; the transform cannot read it: an operator decides
             return Attempt(Verdict.REFUSED, "transform", f"not transformed: {exc.reason}")
         if payload is None:
-            self._nothing_to_send += 1
             return Attempt(Verdict.DELIVERED, _NOTHING_TO_SEND)
         scope: contextlib.AbstractContextManager[trace.Span | None] = (
             _tracer.start_as_current_span(
@@ -528,7 +527,9 @@ class Route:
             if self._reader_full and self._plan.bytes < self.config.pending_bytes_max:
                 self._news.set()  # the reader waits for room to read further ahead
             self._ledger.settle(candidate.lsn)
-            if attempt.code != _NOTHING_TO_SEND:
+            if attempt.code == _NOTHING_TO_SEND:
+                self._nothing_to_send += 1
+            else:
                 self._count_delivery(candidate.lane, now - pending.seen_at, now)
             if pending.resend:
                 self._resent += 1

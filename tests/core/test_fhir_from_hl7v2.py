@@ -268,3 +268,23 @@ def test_text_is_data_and_a_number_keeps_its_value(text: str, number: Decimal) -
     # FHIR strings carry no leading or trailing white space (and none that is only that).
     assert first.get("valueString") == (text.strip() or None)
     assert second["valueQuantity"]["value"] == number
+
+
+def test_a_second_obr_with_the_same_filler_number_keeps_its_results_on_the_report() -> None:
+    """One report, named once in the transaction; the results under either OBR point to it."""
+    raw = hl7(
+        "MSH|^~\\&|LAB|GH|EHR|GH|20260115083000||ORU^R01|C7|P|2.5.1",
+        "PID|1||MRN1^^^GH^MR||DOE^JANE",
+        "OBR|1|PL1|FL1|2823-3^Potassium^LN",
+        "OBX|1|NM|2823-3^Potassium^LN||4.1||||||F",
+        "OBR|2|PL1|FL1|2823-3^Potassium^LN",
+        "OBX|1|NM|2951-2^Sodium^LN||140||||||F",
+    )
+    out = bundle_from_hl7v2(parse(raw), "id", UTC)
+    assert out is not None
+    Bundle.model_validate_json(out)
+    doc = json.loads(out)
+    [report] = _resources(doc, "DiagnosticReport")
+    observations = _resources(doc, "Observation")
+    assert all("result" not in o for o in observations)
+    assert report["result"] == [{"reference": f"Observation/{o['id']}"} for o in observations]

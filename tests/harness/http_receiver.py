@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import signal
 import sys
 import threading
@@ -59,29 +58,13 @@ class Posted:
 
 
 @final
-class HttpReceiver:
+class HttpReceiver(DownstreamProcess):
     """The receiver process, from the test's side."""
 
     def __init__(self, directory: Path) -> None:
-        self.record = directory / "posted.ndjson"
-        self.control = directory / "http-control.json"
-        self._process = DownstreamProcess("tests.harness.http_receiver", self.record, self.control)
-        self.set_mode("ok")
-
-    @property
-    def port(self) -> int:
-        return self._process.port
-
-    def start(self) -> int:
-        return self._process.start()
-
-    def kill(self) -> None:
-        self._process.kill()
-
-    def set_mode(self, mode: str, refuse: tuple[str, ...] = ()) -> None:
-        temp = self.control.with_suffix(".tmp")
-        temp.write_text(json.dumps({"mode": mode, "refuse": list(refuse)}))
-        os.replace(temp, self.control)
+        super().__init__(
+            "tests.harness.http_receiver", directory / "posted.ndjson", directory / "http-control.json", "ok"
+        )
 
     def posted(self) -> list[Posted]:
         if not self.record.exists():

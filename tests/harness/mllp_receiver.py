@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import signal
 import sys
 import time
@@ -50,35 +49,16 @@ class Received:
 
 
 @final
-class Receiver:
+class Receiver(DownstreamProcess):
     """The receiver process, from the test's side."""
 
     def __init__(self, directory: Path, port: int = 0) -> None:
         self.directory = directory
-        self.record = directory / "received.ndjson"
-        self.control = directory / "control.json"
-        self._process = DownstreamProcess("tests.harness.mllp_receiver", self.record, self.control)
-        self._process.port = port
+        super().__init__(
+            "tests.harness.mllp_receiver", directory / "received.ndjson", directory / "control.json", "AA", port
+        )
         self._offset = 0
         self._seen: list[Received] = []
-        self.set_mode("AA")
-
-    @property
-    def port(self) -> int:
-        return self._process.port
-
-    def start(self) -> int:
-        """Start (or start again on the same port); returns the port."""
-        return self._process.start()
-
-    def kill(self) -> None:
-        """SIGKILL: the downstream system is gone, its connections with it."""
-        self._process.kill()
-
-    def set_mode(self, mode: str, refuse: tuple[str, ...] = ()) -> None:
-        temp = self.control.with_suffix(".tmp")
-        temp.write_text(json.dumps({"mode": mode, "refuse": list(refuse)}))
-        os.replace(temp, self.control)
 
     def received(self) -> list[Received]:
         """Every message recorded so far, in arrival order (read on from where the last call stopped)."""

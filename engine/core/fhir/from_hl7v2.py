@@ -169,6 +169,12 @@ class _Bundle:
             self.entries.append(entry)
         return {"reference": f"{rtype}/{rid}"}
 
+    def _body(self, rid: str) -> Json:
+        """The resource of the entry with this id, as it stands in the Bundle (to be filled in further)."""
+        body = self.entries[self._index[rid]]["resource"]
+        assert isinstance(body, dict)
+        return body
+
     def _sent_at(self) -> str | None:
         """MSH-7: when the message was sent (the time of last resort for a required one)."""
         return date_time(self.msg.segments[0].value(7), self.zone)
@@ -199,8 +205,9 @@ class _Bundle:
             "deceasedBoolean": None if deceased_at else {"Y": True, "N": False}.get(deceased or ""),
             "address": [a for i in range(len(pid.repetitions(11))) if (a := address(pid, 11, i + 1)) is not None],
         }
-        self.subject = self._add("Patient", resource_id("Patient", key), resource)
-        self.patient = self.entries[self._index[resource_id("Patient", key)]]["resource"]  # type: ignore[assignment]
+        rid = resource_id("Patient", key)
+        self.subject = self._add("Patient", rid, resource)
+        self.patient = self._body(rid)
         self.encounter, self.orc, self.report, self.report_time = None, None, None, None
 
     def _merge(self, mrg: Segment) -> None:
@@ -274,8 +281,11 @@ class _Bundle:
             "effectiveDateTime": date_time(obr.value(7), self.zone),
             "issued": _instant(date_time(obr.value(22), self.zone)),
         }
+        earlier = self._body(rid).get("result") if rid in self._index else None  # an OBR again: one report
         self._add("DiagnosticReport", rid, resource)
-        self.report = self.entries[-1]["resource"]  # type: ignore[assignment]  # its results join as OBXs are read
+        self.report = self._body(rid)  # its results join as the OBXs that follow are read
+        if isinstance(earlier, list):
+            self.report["result"] = earlier
         self.report_time = resource["effectiveDateTime"]
 
     def _observation(self, obx: Segment, position: int) -> None:
