@@ -23,6 +23,7 @@ of solo.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -54,6 +55,7 @@ _PROBE_RATE = 50.0  # messages per second on each probe connection
 _BILLING = FeedMix(0, 0, 0, 0, 0, 0, 1)
 _CRITICAL = FeedMix(0, 0, 1, 0, 0, 0, 0)
 _ROUTINE = FeedMix(0, 1, 0, 0, 0, 0, 0)
+_FLOODS = ("mllp", "file", "nats", "all")
 
 
 # -- the flood process --------------------------------------------------------------
@@ -235,22 +237,30 @@ def _row(result: dict[str, Any], idle: dict[str, Any], solo: dict[str, Any] | No
 
 
 def main() -> None:
-    args = arguments(__doc__ or "")
-    seconds = 2.0 if args.quick else 10.0
+    args = arguments(__doc__ or "", _options)
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
     # The file's messages, the NATS backlog's (filling a stream that fsyncs every write takes 3.5 s per 20,000).
-    sizes = (4_000, 10_000) if args.quick else (100_000, 100_000)
+    sizes = (
+        (args.file_messages, args.backlog_messages)
+        if args.file_messages
+        else ((4_000, 10_000) if args.quick else (100_000, 100_000))
+    )
     scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-isolation-"))
     rows: list[dict[str, Any]] = []
     try:
-        for mode in ("priority", "fifo"):
-            idle = _scenario(mode, "idle", scratch, seconds, sizes, probes=True)
+        for mode in args.modes.split(","):
+            idle = _scenario(mode, "idle", scratch, seconds, sizes, probes=True, extra=args.extra)
             rows.append(_row(idle, idle, None))
             # At --quick (CI's smoke run, under its 10 minutes) only the floods all at once, which run every
             # source's path, and the baseline's billing is not run alone.
-            for flood in ("all",) if args.quick else ("mllp", "file", "nats", "all"):
-                skip_solo = args.quick and mode == "fifo"
-                solo = None if skip_solo else _scenario(mode, flood, scratch, seconds, sizes, probes=False)
-                result = _scenario(mode, flood, scratch, seconds, sizes, probes=True)
+            for flood in args.floods.split(",") if args.floods else ("all",) if args.quick else _FLOODS:
+                skip_solo = args.no_solo or (args.quick and mode == "fifo")
+                solo = (
+                    None
+                    if skip_solo
+                    else _scenario(mode, flood, scratch, seconds, sizes, probes=False, extra=args.extra)
+                )
+                result = _scenario(mode, flood, scratch, seconds, sizes, probes=True, extra=args.extra)
                 rows.append(_row(result, idle, solo))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -268,6 +278,16 @@ def main() -> None:
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode({**document, "fifo_over_lanes": ratios})))
     fail_if(any(r["critical_sent"] == 0 for r in rows), "a critical probe sent nothing")
     fail_if(any(r["critical_accepted"] != r["critical_sent"] for r in rows), "a critical message was not accepted")
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modes", default="priority,fifo", help="lane modes to run, in order (priority,fifo)")
+    parser.add_argument("--floods", help=f"floods to run besides idle (default: {','.join(_FLOODS)}; all at --quick)")
+    parser.add_argument("--seconds", type=float, help="the measuring window of each scenario")
+    parser.add_argument("--file-messages", type=int, help="the dropped file's messages (with --backlog-messages)")
+    parser.add_argument("--extra", default="", help="TOML added to each node's configuration (experiments)")
+    parser.add_argument("--no-solo", action="store_true", help="do not run each flood alone (no batch ratio)")
+    parser.add_argument("--backlog-messages", type=int, default=10_000, help="the NATS backlog's messages")
 
 
 def _print(rows: list[dict[str, Any]]) -> None:

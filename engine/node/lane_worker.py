@@ -76,9 +76,9 @@ class LaneWorker:
         An unexpected error (a bug, not a message's fault) is logged, and every
         message of the group not yet answered is answered "retry" at once, so
         no sender waits out its ACK timeout; the scheduler counts the failure.
-        A batch group steps aside (`lanes.pacing`) before its parse and before
-        its records go to their actors, while urgent messages are in flight; an
-        urgent group is not counted in flight while it waits for the log.
+        A batch group steps aside (`lanes.pacing`) before its parse while
+        urgent messages are in flight (never between durable and handed on);
+        an urgent group is not counted in flight while it waits for the log.
         """
         batch = lane is Lane.BATCH
         try:
@@ -92,9 +92,11 @@ class LaneWorker:
             raise
         finally:
             group.done.set()
+        # At once, with no step aside between durable and handed on: the records of one patient reach its
+        # actor in log order only if each caller hands its records on as it resumes from the log (an
+        # actor ignores a record older than one it has applied: a batch record handed on after a later
+        # critical one was missing from the live record, and from its snapshot).
         for envelopes, positions in applied:
-            if batch:
-                await self._pacer.pace()
             await self._fanout.apply(envelopes, positions)
 
     async def _durable(self, group: Group) -> list[tuple[list[Envelope], list[Position]]]:
