@@ -138,7 +138,7 @@ class LaneScheduler(Generic[T]):
         """Queue an item, waiting while its lane is full (backpressure).
 
         With `here`, an item that would start at once is served in the
-        caller's task (`_serve_here`) instead of being handed to a worker.
+        caller's task (`_serve_here_now`) instead of being handed to a worker.
         """
         if here and self._serve_here_now(lane):
             with anyio.CancelScope(shield=True):  # started is seen through, as on a worker
@@ -172,9 +172,7 @@ class LaneScheduler(Generic[T]):
         if state.running >= state.limits.workers:
             return False
         if lane is Lane.STANDARD:
-            shared = self.settings.workers_total - self.settings.critical.workers
-            running = self._running_total - self._lanes[Lane.CRITICAL].running
-            if running >= shared or self._lanes[Lane.CRITICAL].queue:
+            if not self._shared_slot_free() or self._lanes[Lane.CRITICAL].queue:
                 return False
             self._credits[lane] = max(0, self._credits[lane] - 1)
         state.admitted += 1
@@ -265,8 +263,7 @@ class LaneScheduler(Generic[T]):
         critical = self._lanes[Lane.CRITICAL]
         if critical.queue and critical.running < critical.limits.workers:
             return (Lane.CRITICAL, *critical.queue.popleft())
-        shared = self.settings.workers_total - self.settings.critical.workers
-        if self._running_total - critical.running >= shared:
+        if not self._shared_slot_free():
             return None
         ready = [
             lane
@@ -282,6 +279,11 @@ class LaneScheduler(Generic[T]):
         )
         self._credits[lane] = max(0, self._credits[lane] - 1)
         return (lane, *self._lanes[lane].queue.popleft())
+
+    def _shared_slot_free(self) -> bool:
+        """Whether standard or batch may start one more: the slots beyond critical's reserved ones."""
+        shared = self.settings.workers_total - self.settings.critical.workers
+        return self._running_total - self._lanes[Lane.CRITICAL].running < shared
 
     def _pick_fifo(self) -> _Job | None:
         if not self._fifo or self._running_total >= self.settings.workers_total:
