@@ -149,8 +149,7 @@ def _scenario(
     (run / "drop").mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         if flood in {"nats", "all"}:  # the backlog waits in the stream before the node starts
-            # The broker stands for another host, as the flood's senders do: at their lower CPU priority.
-            url = stack.enter_context(nats_server(run / "nats", nice=10))
+            url = stack.enter_context(nats_server(run / "nats"))
             backlog = generate_feed(sizes[1], seed=9, mix=_BILLING, id_prefix="N")
             anyio.run(fill_stream, url, backlog, backend="asyncio")
             extra += f'\n[nats]\nservers = ["{url}"]\n[[nats.subjects]]\nsubject = "hl7.in"\nstream = "HL7_IN"\n'
