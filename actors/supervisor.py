@@ -162,7 +162,8 @@ class Supervisor:
         self._restarts: dict[int, deque[float]] = {}
         self._counts = [0] * len(self.children)
         self._last_errors: list[str | None] = [None] * len(self.children)
-        self._stopped: set[int] = set()
+        self._stopped: set[int] = set()  # children stopped for good: never started again
+        self._stopping = False  # `stop` has begun: no child comes back, whatever exits meanwhile
         self._failures: list[Exception] = []
         # The exit channel lives for one run (see `run`).
         self._send: MemoryObjectSendStream[_Exit] | None = None
@@ -181,6 +182,7 @@ class Supervisor:
         self._running = [None] * len(self.children)
         self._restarts.clear()
         self._stopped.clear()
+        self._stopping = False
         self._failures = []
         with send, receive:
             async with anyio.create_task_group() as tg:
@@ -196,6 +198,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Stop every child in reverse start order; then `run` returns."""
+        self._stopping = True
         for index in reversed(range(len(self.children))):
             await self.stop_child(self.children[index].name)
         if self._send is not None:
@@ -234,6 +237,8 @@ class Supervisor:
         assert self._tg is not None
         incarnation: _Incarnation = await self._tg.start(self._child, index)
         self._running[index] = incarnation
+        if self._stopping or index in self._stopped:
+            await self._stop(index)  # stopped while it was starting: `stop` found nothing to stop then
 
     async def _child(self, index: int, *, task_status: TaskStatus[_Incarnation]) -> None:
         incarnation = _Incarnation(index)
@@ -276,12 +281,16 @@ class Supervisor:
                 self._stopped.add(index)
                 raise error
         wanted = spec.restart is Restart.PERMANENT or (spec.restart is Restart.TRANSIENT and error is not None)
-        if not wanted:
+        if not wanted or self._stopping or index in self._stopped:
             self._stopped.add(index)
             return
         delay = self._count_restart(index)
         await anyio.sleep(delay)
-        indexes = self._affected(index)
+        # Stopped meanwhile (the whole tree, or some of it for good): what is stopped stays stopped,
+        # else the tree's task group would wait for a child nobody stops again.
+        if self._stopping or index in self._stopped:
+            return
+        indexes = [i for i in self._affected(index) if i not in self._stopped]
         for other in reversed(indexes):
             if other != index:
                 await self._stop(other)
@@ -296,8 +305,8 @@ class Supervisor:
         return [index]
 
     async def _restart(self, index: int) -> None:
-        """Start a child again; a failed start counts as another failure and is retried."""
-        while True:
+        """Start a child again; a failed start counts as another failure and is retried (until stopped)."""
+        while not self._stopping and index not in self._stopped:
             try:
                 await self._start(index)
             except Exception as exc:  # noqa: BLE001 -- any start failure is counted, then escalated

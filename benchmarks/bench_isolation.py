@@ -156,6 +156,18 @@ def _scenario(
         return _node_run(mode, flood, run, seconds, sizes[0], probes=probes, extra=extra)
 
 
+def _stopped(node: subprocess.Popen[bytes], node_log: Path, mode: str, flood: str) -> None:
+    """Wait for the node to exit after SIGTERM; one that does not is killed and its last words shown."""
+    try:
+        node.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        node.wait()
+        tail = node_log.read_text(errors="replace").splitlines()[-60:]
+        sys.stderr.write("\n".join(["node log, last lines:", *tail, ""]))
+        raise RuntimeError(f"the node ({mode}, {flood}) did not stop within 120 s of SIGTERM") from None
+
+
 def _node_run(
     mode: str, flood: str, run: Path, seconds: float, file_messages: int, *, probes: bool, extra: str
 ) -> dict[str, Any]:
@@ -163,9 +175,11 @@ def _node_run(
     config = run / "vigil.toml"
     config.write_text(f'[lanes.scheduler]\nmode = "{mode}"\n[ingest]\nwatch_poll_interval_s = 0.1\n{extra}')
     command = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--watch", str(drop)]
-    with subprocess.Popen(
-        [*command, "--data", str(run / "data")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    ) as node:
+    node_log = run / "node.log"  # what the node said: shown if it does not stop
+    with (
+        node_log.open("wb") as said,
+        subprocess.Popen([*command, "--data", str(run / "data")], stdout=subprocess.PIPE, stderr=said) as node,
+    ):
         assert node.stdout is not None
         port = int(node.stdout.readline().decode().rsplit(":", 1)[1])
         serving = time.perf_counter()
@@ -201,7 +215,7 @@ def _node_run(
         file_done = (drop / "done" / "billing.hl7").exists()
         served_s = time.perf_counter() - serving
         node.send_signal(signal.SIGTERM)
-        node.wait(timeout=120)
+        _stopped(node, node_log, mode, flood)
         node.stdout.close()
     ids = log_ids(run / "data")
     from_file = sum(1 for i in ids if i.rsplit("|", 1)[-1].startswith("F"))

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from anyio.abc import TaskStatus
 
@@ -344,3 +345,82 @@ def test_intensity_counts_only_restarts_within_the_period() -> None:
         return sup.restart_count
 
     assert trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)) == 6
+
+
+def _stopped_in_time(scenario: Callable[[trio.Nursery, Supervisor], Any], sup: Supervisor) -> None:
+    """Run `scenario` beside the supervisor, then stop it: `run` must return (a hang fails in virtual time)."""
+
+    async def main() -> None:
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sup.run)
+                await scenario(nursery, sup)
+                await sup.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_child_waiting_out_its_backoff_is_not_restarted_after_stop() -> None:
+    """stop() during a restart's backoff: the child stays stopped and `run` returns.
+
+    Found as a node that never exited after SIGTERM: its log had closed, yet
+    a child that had failed during the flood came back after the tree was
+    stopped, and the supervisor's task group waited for it for ever.
+    """
+    log: list[str] = []
+    probe = Probe("a", log)
+    sup = Supervisor([ChildSpec("a", probe.run)], intensity=10, backoff_base_s=4.0, backoff_max_s=4.0)
+
+    async def fail_then_stop(_: trio.Nursery, __: Supervisor) -> None:
+        probe.fail()
+        await trio.sleep(0.5)  # within the backoff (at least 2 s)
+
+    _stopped_in_time(fail_then_stop, sup)
+    assert probe.starts == 1
+    assert sup.status()[0].state == "stopped"
+
+
+def test_a_child_restarting_when_stopped_is_stopped_once_started() -> None:
+    """stop() while a restarted child is still starting: it is stopped as soon as it reports ready."""
+    log: list[str] = []
+    probe = Probe("a", log)
+
+    async def slow_start(*, task_status: TaskStatus[None]) -> None:
+        if probe.starts:
+            await trio.sleep(5)  # a restart that takes a while to be ready (a listener, a connection)
+        await probe.run(task_status=task_status)
+
+    sup = Supervisor([ChildSpec("a", slow_start)], intensity=10, backoff_base_s=0, backoff_max_s=0)
+
+    async def fail_then_stop(_: trio.Nursery, __: Supervisor) -> None:
+        probe.fail()
+        await trio.sleep(1)  # the restart has begun, not yet ready
+
+    _stopped_in_time(fail_then_stop, sup)
+    assert log[-1] == "stop a"
+    assert sup.status()[0].state == "stopped"
+
+
+def test_a_child_failing_while_the_tree_stops_is_not_restarted() -> None:
+    """A child that fails while stop() waits for a later one: not restarted, and `run` returns."""
+    log: list[str] = []
+    first, second = Probe("a", log), Probe("b", log)
+
+    async def slow_stop(*, task_status: TaskStatus[None]) -> None:
+        try:
+            await second.run(task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                first.fail()  # its neighbour fails as this one winds down
+                await trio.sleep(1)
+
+    sup = Supervisor(
+        [ChildSpec("a", first.run), ChildSpec("b", slow_stop)], intensity=10, backoff_base_s=0, backoff_max_s=0
+    )
+
+    async def nothing(_: trio.Nursery, __: Supervisor) -> None:
+        await trio.lowlevel.checkpoint()
+
+    _stopped_in_time(nothing, sup)
+    assert first.starts == 1
+    assert [s.state for s in sup.status()] == ["stopped", "stopped"]
