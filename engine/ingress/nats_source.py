@@ -124,7 +124,9 @@ class NatsSource:
             while True:
                 try:
                     batch = await consumer.fetch(self._config.fetch_messages_max, timeout=_FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # Nothing to fetch in time. Builtin: nats-py raises its own subclass, or a bare
+                    # asyncio.TimeoutError when the deadline runs out between its two pull requests.
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                     await anyio.sleep(_FETCH_WAIT_S)
