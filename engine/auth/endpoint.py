@@ -38,6 +38,7 @@ OPERATIONS: Final = frozenset(
         "break_glass",
         "authorize",
         "accessed",
+        "acted",
         "users",
         "user_add",
         "user_disable",
@@ -99,6 +100,7 @@ class AuthEndpoint:
             "break_glass": self._break_glass,
             "authorize": self._authorize_request,
             "accessed": self._accessed,
+            "acted": self._acted,
             "users": self._users,
             "user_add": self._user_add,
             "user_disable": self._user_disable,
@@ -205,6 +207,21 @@ class AuthEndpoint:
         # The patients shown stand for the request's own event: one record each, not one more for the listing.
         await self.audit(self.service.accessed(access, action, patients))
         return {"audited": len(set(patients) - {""})}
+
+    async def acted(self, access: Access, action: str, detail: str, *, patient: str = "") -> None:
+        """An action an authorised user carried out, with what became of it, into the audit trail."""
+        await self.audit([(patient, self.service.done_by(access, action, detail))])
+
+    async def _acted(self, request: dict[str, Any]) -> object:
+        """An action a CLI carried out itself (no node ran): its permission checked again, then audited."""
+        permission = _enum(Permission, _text(request, "permission"), "permission")
+        action, detail = _text(request, "action"), _text(request, "detail", required=False)
+        try:
+            access = self._decide(request, permission, "", action)
+        except AccessRefusedError as refused:
+            raise await self._refused(refused) from None
+        await self.acted(access, action, detail)
+        return {"audited": 1}
 
     async def _login(self, request: dict[str, Any]) -> object:
         user, password = _text(request, "user"), _text(request, "password")

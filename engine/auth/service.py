@@ -201,7 +201,7 @@ class AuthService:
         user = self._require_user(user_id)
         self._put_user(msgspec.structs.replace(user, disabled=True))
         self._end_sessions(user_id, "user disabled", now)
-        return [("", self._done_by(by, "user_disable", f"disabled {user_id}", now))]
+        return [("", self.done_by(by, "user_disable", f"disabled {user_id}", now))]
 
     def reset_secrets(self, by: Access, user_id: str, *, password: str, pin: str) -> list[AuditItem]:
         """An administrator sets a forgotten password and PIN; the user's sessions end and a lockout lifts."""
@@ -215,7 +215,7 @@ class AuthService:
         )
         self._put_user(reset)
         self._end_sessions(user_id, "secrets reset", now)
-        return [("", self._done_by(by, "secrets_reset", f"reset the password and PIN of {user_id}", now))]
+        return [("", self.done_by(by, "secrets_reset", f"reset the password and PIN of {user_id}", now))]
 
     def set_roles(self, by: Access, user_id: str, roles: tuple[Role, ...]) -> list[AuditItem]:
         now = self._clock()
@@ -224,7 +224,7 @@ class AuthService:
         user = self._require_user(user_id)
         self._put_user(msgspec.structs.replace(user, roles=roles))
         detail = f"{user_id}: {','.join(r.value for r in user.roles)} -> {','.join(r.value for r in roles)}"
-        return [("", self._done_by(by, "user_roles", detail, now))]
+        return [("", self.done_by(by, "user_roles", detail, now))]
 
     def _end_sessions(self, user_id: str, reason: str, now: float, *, keep: str = "") -> None:
         """End every open session of a user (but `keep`), durably: their tokens are refused from now on."""
@@ -232,8 +232,9 @@ class AuthService:
             if session.id != keep and not session.ended_at:
                 self._save(msgspec.structs.replace(session, ended_at=now, end_reason=reason))
 
-    def _done_by(self, by: Access, action: str, detail: str, now: float) -> RecordAccessed:
-        """The audit event of an action an authorised user took (an account change, a review)."""
+    def done_by(self, by: Access, action: str, detail: str, now: float | None = None) -> RecordAccessed:
+        """The audit event of an action an authorised user took (an account change, a review, a quarantine action)."""
+        now = self._clock() if now is None else now
         return self._event(
             by.session, action, allowed=True, user=by.user.id, role=by.decision.role, detail=detail, now=now
         )
@@ -603,7 +604,7 @@ class AuthService:
             review, reviewed_by=by.user.id, reviewed_at=now, outcome=outcome, review_note=note
         )
         self._store.put_review(closed)
-        return closed, [(review.patient, self._done_by(by, "audit_review", f"review {review_id}: {outcome}", now))]
+        return closed, [(review.patient, self.done_by(by, "audit_review", f"review {review_id}: {outcome}", now))]
 
 
 def _user_id_problem(user_id: str) -> str | None:

@@ -52,7 +52,8 @@ class Permission(enum.Enum):
     LOG_CONTENT = "log.content"  # events and original bytes
     QUARANTINE_METADATA = "quarantine.metadata"  # id, time, source, reason
     QUARANTINE_CONTENT = "quarantine.content"  # the refused bytes
-    QUARANTINE_RETRY = "quarantine.retry"
+    QUARANTINE_RETRY = "quarantine.retry"  # retry an item, or resend it edited
+    QUARANTINE_RESOLVE = "quarantine.resolve"  # discard an item, or mark it resolved, with a reason
     BREAK_GLASS = "break_glass"
     AUDIT_READ = "audit.read"  # who looked at which record; exports
     AUDIT_REVIEW = "audit.review"  # close break-the-glass reviews
@@ -90,6 +91,7 @@ DEFAULT_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
             _P.LOG_METADATA,
             _P.QUARANTINE_METADATA,
             _P.QUARANTINE_RETRY,
+            _P.QUARANTINE_RESOLVE,
             _P.READ_SIDE_MANAGE,
             _P.ROUTES_MANAGE,
             _P.BREAK_GLASS,

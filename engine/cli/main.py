@@ -28,8 +28,9 @@ from engine.cli.db import db, worklist
 from engine.cli.demo import STORY_MESSAGES, DemoReport, run_demo
 from engine.cli.node import run, send
 from engine.cli.ops import log, patient, status, top
+from engine.cli.quarantine import quarantine
 from engine.cli.routes import routes
-from engine.cli.wal import audit, quarantine, wal
+from engine.cli.wal import audit, wal
 from engine.core.decode import Decoded, decode_input
 from engine.core.model import Event, Lane, ResultReported
 from engine.infra.logging_setup import configure_logging

@@ -47,6 +47,16 @@ def status(obj: Context, data: Path | None, *, as_json: bool) -> None:
     DataConsole(soft_wrap=True).print(_status_view(report))
 
 
+def _by_age(counts: dict[str, int]) -> str:
+    """Open quarantine items by age, the older first: " (2 over a day old, 1 over an hour)"; "" when none is."""
+    parts = [
+        f"{counts[k]} {label}"
+        for k, label in (("over_1d", "over a day old"), ("1h_to_1d", "over an hour"))
+        if counts.get(k)
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _status_view(report: dict[str, Any]) -> Group:
     """The status as one renderable: a summary line, the lanes table, the actors line."""
     wal = report["wal"]
@@ -55,7 +65,7 @@ def _status_view(report: dict[str, Any]) -> Group:
         f" up {report['uptime_s']:.0f} s; log at LSN {wal['last_lsn']:,} "
         f"({wal['segments']} segments); {wal['duplicate_records']:,} duplicates answered again, "
         f"{wal['reused_control_ids']:,} control ids reused (stored as new messages); {report['in_flight']} in flight; "
-        f"{report['quarantine_open']} open in quarantine; "
+        f"{report['quarantine_open']} open in quarantine{_by_age(report.get('quarantine_open_by_age', {}))}; "
         f"{report.get('invalid_text_messages', 0):,} with invalid text replaced; mllp: {report['sources']['mllp']}",
     )
     table = Table(title="Lanes")

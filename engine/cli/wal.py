@@ -1,8 +1,7 @@
-"""`vigil wal verify|dump`, `vigil audit verify`, `vigil quarantine list|show|retry`.
+"""`vigil wal verify|dump`, `vigil audit verify`.
 
-The verify, dump, list and show commands read the files directly and take no
-lock, so they run beside a live node; they never repair anything (the next
-open does that). `quarantine retry` appends to the log and so takes its lock.
+They read the files directly and take no lock, so they run beside a live
+node; they never repair anything (the next open does that).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import click
 import msgspec
 from rich.table import Table
@@ -23,26 +21,20 @@ from engine.cli.console import DataConsole, styled
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.progress import scan_progress
 from engine.cli.session import audited, authorized
-from engine.core.decode import decode_input
-from engine.core.errors import ConfigError, HeaderError, InputError
-from engine.core.hl7 import parse, patient_key, read_header
-from engine.infra.clock import utc_now
+from engine.core.errors import ConfigError
 from engine.wal import (
     CheckpointStore,
     KeyedCheckpoints,
     LogRecord,
     OSFiles,
-    Quarantine,
     ScanResult,
     WALCorruptError,
-    WALLockedError,
     audit_key_from_env,
     iter_records,
-    open_wal,
     scan_log,
 )
 
-__all__ = ["audit", "quarantine", "wal"]
+__all__ = ["audit", "wal"]
 
 
 def _wal_dir(obj: Context, data: Path | None) -> Path:
@@ -268,141 +260,3 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
         DataConsole(soft_wrap=True).print(f"{count} keyed checkpoint(s) checked")
     if not report["ok"]:
         sys.exit(1)
-
-
-@click.group()
-def quarantine() -> None:
-    """Input that could not be accepted, kept with its reason: list, show, retry."""
-
-
-def _quarantine(obj: Context, data: Path | None) -> Quarantine:
-    return Quarantine(obj.data_dir(data) / "quarantine", OSFiles())
-
-
-@quarantine.command("list")
-@DATA_OPTION
-@click.option("--all", "show_all", is_flag=True, help="Resolved items too.")
-@JSON_OPTION
-@click.pass_obj
-def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json: bool) -> None:
-    """Quarantined items (metadata only: no message content)."""
-    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_METADATA, action="quarantine_list")
-    items = [i for i in _quarantine(obj, data).items() if show_all or i.open]
-    if as_json:
-        for item in items:
-            doc = {k: v for k, v in msgspec.to_builtins(item).items() if k != "raw"}
-            emit_json({**doc, "bytes": len(item.raw)})
-        return
-    table = Table(title=f"{len(items)} quarantined item(s)")
-    for name in ("id", "at (UTC)"):
-        table.add_column(name, no_wrap=True)
-    for name in ("sender", "type", "control id", "source", "reason", "bytes", "status"):
-        table.add_column(name, overflow="fold")
-    for item in items:
-        status = "open" if item.open else f"resolved: {item.resolved}"
-        sender, mtype, control_id = header_metadata(item.raw)
-        at = item.at[:19].replace("T", " ")
-        table.add_row(
-            str(item.qid), at, sender, mtype, control_id, item.source, item.reason, str(len(item.raw)), status
-        )
-    DataConsole().print(table)
-
-
-def header_metadata(raw: bytes) -> tuple[str, str, str]:
-    """Sender (MSH-3^MSH-4), type (MSH-9) and control id (MSH-10) of input that may not be HL7 at all ("" then).
-
-    Who sent it and what kind it is, not whom it is about: shown without quarantine.content.
-    """
-    try:
-        header = read_header(raw)
-    except HeaderError:
-        return "", "", ""
-
-    def text(n: int, comp: int = 1) -> str:
-        return header.get(n, comp).decode("utf-8", errors="replace")
-
-    event = text(9, 2)
-    return f"{text(3)}^{text(4)}", f"{text(9)}^{event}" if event else text(9), text(10)
-
-
-@quarantine.command("show")
-@click.argument("qid", type=int)
-@DATA_OPTION
-@JSON_OPTION
-@click.pass_obj
-def quarantine_show(obj: Context, qid: int, data: Path | None, *, as_json: bool) -> None:
-    """One item, with its original bytes (base64 in JSON): message content, so it needs quarantine.content.
-
-    An operator gets it by breaking the glass for the message's patient; a
-    message whose patient cannot be read needs the permission by role.
-    """
-    item = _quarantine(obj, data).get(qid)
-    if item is None:
-        raise click.ClickException(f"no quarantined item {qid}")
-    patient = quarantined_patient(item.raw)
-    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_CONTENT, patient=patient, action="quarantine_show")
-    if as_json:
-        doc = msgspec.to_builtins(item)
-        doc["raw_base64"] = base64.b64encode(item.raw).decode()
-        del doc["raw"]
-        emit_json(doc)
-        return
-    console = DataConsole(soft_wrap=True)
-    console.print(f"item {item.qid}, quarantined {item.at} from {item.source}: {item.reason}")
-    console.print(f"error: {item.error}")
-    if not item.open:
-        console.print(f"resolved {item.resolved_at}: {item.resolved}")
-    console.print(item.raw.decode("utf-8", errors="replace").replace("\r", "\n"), markup=False, highlight=False)
-
-
-@quarantine.command("retry")
-@click.argument("qid", type=int)
-@DATA_OPTION
-@click.pass_obj
-def quarantine_retry(obj: Context, qid: int, data: Path | None) -> None:
-    """Decode an item again with the current configuration; if it is accepted now, log it.
-
-    Takes the log's lock: with a node running on this data directory, retry
-    through the node instead.
-    """
-    authorized(obj, obj.data_dir(data), Permission.QUARANTINE_RETRY, action="quarantine_retry")
-    store = _quarantine(obj, data)
-    item = store.get(qid)
-    if item is None:
-        raise click.ClickException(f"no quarantined item {qid}")
-    if not item.open:
-        raise click.ClickException(f"item {qid} is already resolved: {item.resolved}")
-    now = utc_now()
-    decoded = decode_input(item.raw, obj.decoder(), received_at=now, source=item.source)
-    errors = [d.error for d in decoded if d.error is not None]
-    if errors or not decoded:
-        reason = errors[0] if errors else "no message found"
-        raise click.ClickException(f"item {qid} is still refused: {reason}")
-    envelopes = [d.envelope for d in decoded if d.envelope is not None]
-
-    async def append() -> list[int]:
-        async with open_wal(obj.data_dir(data) / "wal", obj.config.wal, audit_key=_audit_key(obj)) as log:
-            return [p.lsn for p in await log.append(envelopes)]
-
-    try:
-        lsns = anyio.run(append)
-    except WALLockedError as exc:
-        raise click.ClickException(f"{exc}: retry through the running node") from None
-    store.resolve(qid, outcome=f"accepted at LSN {', '.join(map(str, lsns))}", at=utc_now())
-    DataConsole(soft_wrap=True).print(f"item {qid} accepted: LSN {', '.join(map(str, lsns))}")
-
-
-def quarantined_patient(raw: bytes) -> str:
-    """The patient key of a refused HL7 v2 message, where its PID can still be read; else ""."""
-    try:
-        pid = parse(raw).segment("PID")
-        return (patient_key(pid) or "") if pid is not None else ""
-    except (InputError, ValueError, IndexError):
-        return ""
-
-
-def _audit_key(obj: Context) -> bytes | None:
-    try:
-        return audit_key_from_env(obj.config.audit.key_env)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None

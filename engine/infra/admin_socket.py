@@ -28,7 +28,7 @@ __all__ = ["SOCKET_NAME", "AdminError", "AdminServer", "Handler", "NodeNotRunnin
 
 SOCKET_NAME: Final = "admin.sock"
 _LENGTH = struct.Struct("<I")
-_REQUEST_BYTES_MAX = 64 * 1024
+_REQUEST_BYTES_MAX = 24 * 1024 * 1024  # a message resent from quarantine (16 MB at most), in base64
 _RESPONSE_BYTES_MAX = 256 * 1024 * 1024
 _log = structlog.get_logger("vigil.admin")
 

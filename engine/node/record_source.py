@@ -18,6 +18,7 @@ import msgspec
 from actors import Applied, PatientRecord
 from engine.infra.clock import utc_now
 from engine.wal import Quarantine, Snapshot, SnapshotStore, WriteAheadLog
+from engine.wal.quarantine import POISON_RECORD
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 
@@ -73,7 +74,7 @@ class PoisonQuarantine:
         await anyio.to_thread.run_sync(self._add, item, reason)
 
     def _add(self, item: Applied, reason: str) -> None:
-        if any(q.error.get("lsn") == item.lsn for q in self._quarantine.items()):
+        if any(q.error.get("lsn") == item.lsn for q in self._quarantine.summaries()):
             return  # already there (a poison record in the tail fails every activation)
         record = next(iter(self._wal.read_from(item.lsn)), None)
         raw = record.envelope.raw if record is not None and record.lsn == item.lsn else b""
@@ -81,6 +82,6 @@ class PoisonQuarantine:
             raw,
             source=f"patient actor (LSN {item.lsn})",
             reason=f"failed its patient's actor repeatedly: {reason}",
-            error={"type": "PoisonRecord", "reason": reason, "lsn": item.lsn, "message_id": item.message_id},
+            error={"type": POISON_RECORD, "reason": reason, "lsn": item.lsn, "message_id": item.message_id},
             at=utc_now(),
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import final
+from datetime import UTC, datetime
+from typing import Final, final
 
 import anyio
 import structlog
@@ -15,6 +16,8 @@ from engine.wal import Quarantine
 __all__ = ["Refusals"]
 
 _log = structlog.get_logger("vigil.node")
+# How old the open items are, for `vigil status`: (label, up to this many seconds old), youngest first.
+AGES: Final = (("under_1h", 3600.0), ("1h_to_1d", 86400.0), ("over_1d", float("inf")))
 
 
 @final
@@ -34,4 +37,27 @@ class Refusals:
 
     async def open_items(self) -> int:
         """How many quarantined inputs wait for an operator."""
-        return await anyio.to_thread.run_sync(lambda: sum(1 for q in self.quarantine.items() if q.open))
+        summaries = await anyio.to_thread.run_sync(self.quarantine.summaries)
+        return sum(1 for q in summaries if q.open)
+
+    async def open_by_age(self, now: datetime | None = None) -> dict[str, int]:
+        """The open items counted by age (`AGES`): what waits for an operator, and since when."""
+        now = now or datetime.now(UTC)
+        counts = dict.fromkeys((label for label, _ in AGES), 0)
+        for item in await anyio.to_thread.run_sync(self.quarantine.summaries):
+            if item.open:
+                counts[_age_label((now - _moment(item.at)).total_seconds())] += 1
+        return counts
+
+
+def _moment(at: str) -> datetime:
+    """When an item was quarantined; one whose time cannot be read counts as old (it is looked at first)."""
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _age_label(seconds: float) -> str:
+    return next(label for label, most in AGES if seconds <= most)

@@ -62,6 +62,8 @@ from engine.node.fanout import Fanout
 from engine.node.from_config import admin_listener, join_cluster, mllp_server, read_side, warn_if_unkeyed
 from engine.node.housekeeping import summarise, until_stopped
 from engine.node.parts import Parts
+from engine.node.quarantine_desk import QuarantineDesk, refusal_of
+from engine.node.quarantine_requests import QuarantineRequests
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
@@ -284,7 +286,14 @@ class Node:
             self._requests = NodeRequests(
                 self.config, wal, self._auth, self._fanout, cluster=self._cluster, report=self._report
             )
-            self._handlers = {**self._requests.handlers(), **RouteRequests(self._auth, self._routes).handlers()}
+            desk = QuarantineDesk(
+                self._refusals.quarantine, self._parts.intake.ingest_stream, refusal_of(self._decoder)
+            )
+            self._handlers = {
+                **self._requests.handlers(),
+                **RouteRequests(self._auth, self._routes).handlers(),
+                **QuarantineRequests(self._auth, desk).handlers(),
+            }
             task_status.started()
             await anyio.sleep_forever()
 
@@ -418,6 +427,7 @@ class Node:
             "pacing": msgspec.to_builtins(self.parts.pacer.statistics()),
             "actors": msgspec.to_builtins(actors.statistics()) if actors is not None else "restarting",
             "quarantine_open": await self._refusals.open_items(),
+            "quarantine_open_by_age": await self._refusals.open_by_age(),
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "routes": msgspec.to_builtins(self._routes.statistics()),

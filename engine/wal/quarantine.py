@@ -2,13 +2,19 @@
 
 Nothing is lost silently: a message that is refused keeps its original bytes
 here with its source, the reason and the time. Entries are never rewritten;
-resolving one (it was retried and accepted, or dismissed by an operator)
-appends a resolution that names it. The file uses the log's framing and is
-fsync'd on every append; a torn last entry from a crash is cut off on open.
+resolving one (retried and accepted, resent as edited, discarded or marked
+resolved by an operator) appends a resolution that names it, who resolved it
+and why. The file uses the log's framing and is fsync'd on every append; a
+torn last entry from a crash is cut off by the next append.
+
+Its entries are read once and then followed: each look reads only what was
+appended since (by this process or another), so a noisy feed's thousands of
+refusals do not make each new one read them all again.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -17,9 +23,11 @@ import msgspec
 from engine.wal.files import FileLayer
 from engine.wal.record import frame_body, read_frame
 
-__all__ = ["QUARANTINE_FILE", "Quarantine", "QuarantineItem"]
+__all__ = ["POISON_RECORD", "QUARANTINE_FILE", "Quarantine", "QuarantineItem"]
 
 QUARANTINE_FILE: Final = "quarantine.log"
+# The error type of an item that is a logged record its patient's actor kept failing on (not refused input).
+POISON_RECORD: Final = "PoisonRecord"
 
 
 class _Entry(msgspec.Struct, frozen=True, tag_field="entry"):
@@ -41,6 +49,8 @@ class _Resolved(_Entry, frozen=True, tag="resolved"):
     qid: int
     at: str
     outcome: str
+    by: str = ""  # the user who resolved it ("" for the node itself, and for entries older than the field)
+    note: str = ""  # their reason, in their words
 
 
 @final
@@ -52,9 +62,12 @@ class QuarantineItem(msgspec.Struct, frozen=True):
     source: str
     reason: str
     error: dict[str, Any]
-    raw: bytes
+    raw: bytes  # empty in a summary
     resolved: str | None = None
     resolved_at: str | None = None
+    resolved_by: str = ""
+    note: str = ""
+    size: int = 0  # the bytes' length (kept when `raw` is not: `Quarantine.summaries`)
 
     @property
     def open(self) -> bool:
@@ -74,51 +87,92 @@ class Quarantine:
         self._dir = directory
         self._path = directory / QUARANTINE_FILE
         self._files = files
+        # What was read so far, without the bytes (a node keeps this for its life; the bytes stay on disk):
+        # each item by id (ids grow, so oldest first) and where its entry is in the file.
+        self._items: dict[int, QuarantineItem] = {}
+        self._where: dict[int, tuple[int, int]] = {}
+        self._last_qid = 0
+        self._valid = 0  # the length of the file's whole entries read so far
+        self._lock = threading.RLock()  # a node adds from worker threads while a status reads
 
-    def _read(self) -> tuple[list[_Quarantined | _Resolved], int]:
-        """Every whole entry, and the length of the valid prefix of the file."""
-        if QUARANTINE_FILE not in self._files.list(self._dir):
-            return [], 0
-        data = self._files.read(self._path)
-        entries: list[_Quarantined | _Resolved] = []
+    def _follow(self) -> int:
+        """Read the entries appended since the last look; the length of the file's valid prefix."""
+        size = self._size()
+        if size < self._valid:  # cut back (a torn tail removed by another writer): read it all again
+            self._items, self._where, self._valid = {}, {}, 0
+        if size == self._valid:
+            return size
+        base = self._valid
+        data = self._files.read(self._path, base)
         pos = 0
         while (frame := read_frame(data, pos)) is not None and frame.crc_ok:
-            entries.append(_DECODER.decode(frame.body))
+            self._take(_DECODER.decode(frame.body), base + pos, base + frame.end)
             pos = frame.end
-        return entries, pos
+        self._valid += pos
+        return self._valid
+
+    def _take(self, entry: _Quarantined | _Resolved, start: int, end: int) -> None:
+        if isinstance(entry, _Quarantined):
+            self._items[entry.qid] = QuarantineItem(
+                entry.qid, entry.at, entry.source, entry.reason, entry.error, b"", size=len(entry.raw)
+            )
+            self._where[entry.qid] = (start, end)
+            self._last_qid = max(self._last_qid, entry.qid)
+        elif entry.qid in self._items:
+            self._items[entry.qid] = msgspec.structs.replace(
+                self._items[entry.qid],
+                resolved=entry.outcome,
+                resolved_at=entry.at,
+                resolved_by=entry.by,
+                note=entry.note,
+            )
 
     def items(self) -> list[QuarantineItem]:
-        """Every quarantined input, oldest first, with its resolution if any."""
-        entries, _ = self._read()
-        items: dict[int, QuarantineItem] = {}
-        for entry in entries:
-            if isinstance(entry, _Quarantined):
-                items[entry.qid] = QuarantineItem(
-                    entry.qid, entry.at, entry.source, entry.reason, entry.error, entry.raw
-                )
-            elif entry.qid in items:
-                items[entry.qid] = msgspec.structs.replace(
-                    items[entry.qid], resolved=entry.outcome, resolved_at=entry.at
-                )
-        return list(items.values())
+        """Every quarantined input with its bytes, oldest first, with its resolution if any."""
+        with self._lock:
+            self._follow()
+            data = self._files.read(self._path, 0, self._valid) if self._items else b""
+            return [self._whole(item, data, self._where[item.qid][0]) for item in self._items.values()]
+
+    def summaries(self) -> list[QuarantineItem]:
+        """Every item without its bytes (`raw` is empty, `size` says how long): what a node keeps in memory."""
+        with self._lock:
+            self._follow()
+            return list(self._items.values())
 
     def get(self, qid: int) -> QuarantineItem | None:
-        """One item by id."""
-        return next((item for item in self.items() if item.qid == qid), None)
+        """One item by id, with its bytes."""
+        with self._lock:
+            self._follow()
+            item = self._items.get(qid)
+            if item is None:
+                return None
+            start, end = self._where[qid]
+            return self._whole(item, self._files.read(self._path, start, end - start), 0)
+
+    @staticmethod
+    def _whole(item: QuarantineItem, data: bytes, offset: int) -> QuarantineItem:
+        frame = read_frame(data, offset)
+        assert frame is not None, "an entry read before is in the file"
+        entry = _DECODER.decode(frame.body)
+        assert isinstance(entry, _Quarantined)
+        return msgspec.structs.replace(item, raw=entry.raw)
 
     def add(self, raw: bytes, *, source: str, reason: str, error: dict[str, Any], at: str) -> int:
         """Keep a refused input durably; returns its quarantine id."""
-        entries, _ = self._read()
-        qid = 1 + max((e.qid for e in entries if isinstance(e, _Quarantined)), default=0)
-        self._append(_Quarantined(qid, at, source, reason, error, raw))
-        return qid
+        with self._lock:
+            self._follow()
+            qid = self._last_qid + 1
+            self._append(_Quarantined(qid, at, source, reason, error, raw))
+            return qid
 
-    def resolve(self, qid: int, *, outcome: str, at: str) -> None:
-        """Record how an item was resolved (it stays in the file)."""
-        self._append(_Resolved(qid, at, outcome))
+    def resolve(self, qid: int, *, outcome: str, at: str, by: str = "", note: str = "") -> None:
+        """Record how an item was resolved, by whom and why (it stays in the file)."""
+        with self._lock:
+            self._append(_Resolved(qid, at, outcome, by, note))
 
     def _append(self, entry: _Quarantined | _Resolved) -> None:
-        _, valid = self._read()
+        valid = self._follow()
         handle = self._files.open_append(self._path)
         try:
             if valid != self._size():
@@ -129,6 +183,7 @@ class Quarantine:
         finally:
             self._files.close(handle)
         self._files.sync_dir(self._dir)
+        self._follow()
 
     def _size(self) -> int:
         return self._files.size(self._path) if QUARANTINE_FILE in self._files.list(self._dir) else 0

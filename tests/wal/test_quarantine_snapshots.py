@@ -8,6 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.auth import Role
 from engine.cli.main import cli
@@ -45,6 +47,45 @@ def test_quarantine_survives_a_torn_entry(tmp_path: Path) -> None:
     assert [i.raw for i in q.items()] == [b"one"]
     q.add(b"two", source="s", reason="r", error={}, at="t")
     assert [i.raw for i in Quarantine(tmp_path, files).items()] == [b"one", b"two"]
+
+
+def test_a_reader_follows_what_another_appends_and_keeps_no_bytes(tmp_path: Path) -> None:
+    """A node's quarantine reads each entry once; another process's appends (a CLI's) are seen at the next look."""
+    node, cli_side = Quarantine(tmp_path, OSFiles()), Quarantine(tmp_path, OSFiles())
+    first = node.add(b"one", source="s", reason="r", error={}, at="t1")
+    assert [(i.qid, i.raw, i.size) for i in node.summaries()] == [(first, b"", 3)]
+    cli_side.resolve(first, outcome="discarded", at="t2", by="op.kim", note="a test message")
+    second = node.add(b"two!", source="s", reason="r", error={}, at="t3")
+    assert second == first + 1
+    summaries = node.summaries()
+    assert [(i.resolved, i.resolved_by, i.note, i.open) for i in summaries] == [
+        ("discarded", "op.kim", "a test message", False),
+        (None, "", "", True),
+    ]
+    assert [i.raw for i in cli_side.items()] == [b"one", b"two!"]
+    found = cli_side.get(second)
+    assert found is not None
+    assert found.raw == b"two!"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "resolve", "look"]), st.booleans(), st.binary(max_size=40))))
+def test_any_interleaving_of_two_handles_reads_as_a_fresh_one(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, bool, bytes]]
+) -> None:
+    """Two handles on one file (a node's and a CLI's) appending and reading in any order see what a fresh one sees."""
+    directory = tmp_path_factory.mktemp("q")
+    handles = (Quarantine(directory, OSFiles()), Quarantine(directory, OSFiles()))
+    for op, which, raw in steps:
+        handle = handles[which]
+        if op == "add":
+            handle.add(raw, source="s", reason="r", error={}, at="t")
+        elif op == "resolve" and handle.summaries():
+            handle.resolve(handle.summaries()[-1].qid, outcome="resolved", at="t", by="u", note="n")
+        for h in handles:
+            assert h.items() == Quarantine(directory, OSFiles()).items()
+    qids = [i.qid for i in handles[0].items()]
+    assert qids == list(range(1, len(qids) + 1))  # ids are never given twice
 
 
 def test_snapshots_newest_valid_wins(tmp_path: Path) -> None:
@@ -110,7 +151,8 @@ def test_quarantine_cli_list_show_retry(tmp_path: Path) -> None:
     assert "still refused" in err
     code, out, _ = _run("quarantine", "retry", str(fixed), "--data", str(tmp_path))
     assert code == 0, out
-    assert "accepted: LSN 6" in out  # after the audit trail of the login, the refusals and the break-the-glass
+    # After the audit trail: the login, the refused show, the break-the-glass, two shows, the refused retry.
+    assert "accepted at LSN 7" in out
 
     async def logged() -> list[tuple[str, bytes]]:
         async with open_wal(tmp_path / "wal") as wal:
@@ -118,7 +160,7 @@ def test_quarantine_cli_list_show_retry(tmp_path: Path) -> None:
 
     records = anyio.run(logged)
     assert [raw for kind, raw in records if kind != "AUDIT^ACCESS"] == [oru("OBX|1|NM|K||4.1|||N")]
-    assert len(records) == 6
+    assert len(records) == 8  # and the retry's own audit event after it
     code, out, _ = _run("quarantine", "list", "--data", str(tmp_path), "--json")
     assert [json.loads(line)["qid"] for line in out.splitlines()] == [still_bad]
     code, _, err = _run("quarantine", "retry", str(fixed), "--data", str(tmp_path))
