@@ -149,7 +149,8 @@ def _scenario(
     (run / "drop").mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         if flood in {"nats", "all"}:  # the backlog waits in the stream before the node starts
-            url = stack.enter_context(nats_server(run / "nats"))
+            # The broker stands for another host, as the flood's senders do: at their lower CPU priority.
+            url = stack.enter_context(nats_server(run / "nats", nice=10))
             backlog = generate_feed(sizes[1], seed=9, mix=_BILLING, id_prefix="N")
             anyio.run(fill_stream, url, backlog, backend="asyncio")
             extra += f'\n[nats]\nservers = ["{url}"]\n[[nats.subjects]]\nsubject = "hl7.in"\nstream = "HL7_IN"\n'
@@ -160,6 +161,9 @@ def _stopped(node: subprocess.Popen[bytes], node_log: Path, mode: str, flood: st
     """Wait for the node to exit after SIGTERM; one that does not is killed and its last words shown."""
     try:
         node.wait(timeout=120)
+        errors = [line for line in node_log.read_text(errors="replace").splitlines() if "error" in line.lower()]
+        if errors:  # a part that failed and was restarted: the figures are still the node's, said beside them
+            sys.stderr.write("\n".join([f"the node ({mode}, {flood}) logged errors:", *errors[:10], ""]))
     except subprocess.TimeoutExpired:
         node.kill()
         node.wait()

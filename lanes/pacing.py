@@ -7,7 +7,7 @@ message's hops (read, admit, the lane worker, the log, the answer) waits its
 turn behind every batch task ready on that loop. Under sixteen billing
 connections that was a critical ACK p50 of 4 → 9 ms, whichever lane mode.
 
-The pacer is the cooperative half of the answer; its waiting is off by
+The pacer is the cooperative half of the answer; its waiting is on by
 default (`PacingSettings.enabled` says what it measured), its slices are
 always on. The node marks each urgent
 (critical or standard) message from its classification to its answer
@@ -50,9 +50,10 @@ class PacingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`[lanes.pacing]`: how batch work yields to urgent messages.
 
     Attributes:
-        enabled: off by default: measured, it bought 1 ms of critical p99 under
-            a flood of billing connections and cost 18% of the node's throughput
-            on 32 connections of mixed traffic (see `config.toml`).
+        enabled: on by default: measured, it took 1 ms off the critical p99
+            under billing connections and 1.3 ms off the p50 under every flood
+            at once, at no cost to the throughput of 32 connections of mixed
+            traffic (see `config.toml`).
         wait_max_ms: the longest one unit of batch work waits for urgent
             messages to be answered; then it runs anyway.
         release_per_turn: parked batch units let go per turn of the loop once
@@ -61,7 +62,7 @@ class PacingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             sockets (a new critical message is seen at the next look).
     """
 
-    enabled: bool = False
+    enabled: bool = True
     wait_max_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 20.0
     release_per_turn: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4
     slice_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0

@@ -62,11 +62,12 @@ class LaneStatistics(msgspec.Struct, frozen=True):
     total_p50_us: int
     total_p99_us: int
     total_p999_us: int
+    served_in_caller: int = 0
 
 
 @final
 class _LaneState:
-    __slots__ = ("admitted", "done", "failed", "limits", "not_full", "queue", "running", "total", "wait")
+    __slots__ = ("admitted", "done", "failed", "here", "limits", "not_full", "queue", "running", "total", "wait")
 
     def __init__(self, limits: LaneLimits) -> None:
         self.limits = limits
@@ -74,6 +75,7 @@ class _LaneState:
         self.not_full = anyio.Event()
         self.running = 0
         self.admitted = self.done = self.failed = 0
+        self.here = 0  # items served in their caller's task (`admit(here=True)`)
         self.wait = HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
         self.total = HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
 
@@ -132,8 +134,17 @@ class LaneScheduler(Generic[T]):
         state.admitted += 1
         self._dispatch()
 
-    async def admit(self, lane: Lane, item: T) -> None:
-        """Queue an item, waiting while its lane is full (backpressure)."""
+    async def admit(self, lane: Lane, item: T, *, here: bool = False) -> None:
+        """Queue an item, waiting while its lane is full (backpressure).
+
+        With `here`, an item that would start at once is served in the
+        caller's task (`_serve_here_now`) instead of being handed to a worker.
+        """
+        if here and self._serve_here_now(lane):
+            with anyio.CancelScope(shield=True):  # started is seen through, as on a worker
+                await self._serve(lane, item, self._now())
+            self._dispatch()  # its slot is free again
+            return
         while True:
             try:
                 self.admit_nowait(lane, item)
@@ -144,6 +155,32 @@ class LaneScheduler(Generic[T]):
                 await state.not_full.wait()
             else:
                 return
+
+    def _serve_here_now(self, lane: Lane) -> bool:
+        """Whether a critical or standard item starts at once; if so it is counted as running.
+
+        A hand-off to a worker task is a turn of the event loop, and under a
+        flood one turn is every ready task's work: a critical message paid it
+        on the way in and again on the way back. Served in the caller's task,
+        it pays neither. Only when nothing of its lane waits, a slot is free
+        for it (`_pick` would start it next), and the lanes are on: the order
+        and the budgets are the scheduler's, only the task differs.
+        """
+        state = self._lanes[lane]
+        if lane is Lane.BATCH or self.settings.mode == "fifo" or self._tg is None or state.queue:
+            return False
+        if state.running >= state.limits.workers:
+            return False
+        if lane is Lane.STANDARD:
+            if not self._shared_slot_free() or self._lanes[Lane.CRITICAL].queue:
+                return False
+            self._credits[lane] = max(0, self._credits[lane] - 1)
+        state.admitted += 1
+        state.running += 1
+        self._running_total += 1
+        state.wait.record_value(1)
+        state.here += 1
+        return True
 
     # -- dispatching ----------------------------------------------------------------
 
@@ -226,8 +263,7 @@ class LaneScheduler(Generic[T]):
         critical = self._lanes[Lane.CRITICAL]
         if critical.queue and critical.running < critical.limits.workers:
             return (Lane.CRITICAL, *critical.queue.popleft())
-        shared = self.settings.workers_total - self.settings.critical.workers
-        if self._running_total - critical.running >= shared:
+        if not self._shared_slot_free():
             return None
         ready = [
             lane
@@ -243,6 +279,11 @@ class LaneScheduler(Generic[T]):
         )
         self._credits[lane] = max(0, self._credits[lane] - 1)
         return (lane, *self._lanes[lane].queue.popleft())
+
+    def _shared_slot_free(self) -> bool:
+        """Whether standard or batch may start one more: the slots beyond critical's reserved ones."""
+        shared = self.settings.workers_total - self.settings.critical.workers
+        return self._running_total - self._lanes[Lane.CRITICAL].running < shared
 
     def _pick_fifo(self) -> _Job | None:
         if not self._fifo or self._running_total >= self.settings.workers_total:
@@ -269,6 +310,7 @@ class LaneScheduler(Generic[T]):
                 total_p50_us=state.total.get_value_at_percentile(50),
                 total_p99_us=state.total.get_value_at_percentile(99),
                 total_p999_us=state.total.get_value_at_percentile(99.9),
+                served_in_caller=state.here,
             )
             for lane, state in self._lanes.items()
         ]

@@ -23,6 +23,7 @@ Failure semantics, after what storage engines learned the hard way:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -56,6 +57,10 @@ _log = structlog.get_logger("vigil.wal")
 
 
 _READ_WINDOW_BYTES = 1024 * 1024  # what read_from reads at a time (a record longer than this is read whole)
+# An urgent append this long after the last one its caller wrote may be written by its own caller too:
+# slower than that, they come one at a time (a fsync here is about 0.1 ms); faster, grouping pays.
+_ALONE_S = 0.001
+_AFTER_THE_NEXT_LOOK_S = 1e-6  # a timer this short is due at the loop's next turn, after its socket events
 _RECORD_READ_BYTES = 4096  # a patient read asks this much first: most records are smaller
 
 
@@ -94,6 +99,7 @@ class WALStatistics(msgspec.Struct, frozen=True):
     queued_appends: int
     disk_full_refusals: int
     failed: str | None
+    direct_commits: int = 0  # urgent appends written and fsync'd by their own caller
 
 
 @final
@@ -141,6 +147,10 @@ class WriteAheadLog:
         self._urgent_queued = 0  # critical or standard appends in the queue (taken ahead of batch ones)
         self._wake = anyio.Event()  # set by an append (or the close) while the writer is idle
         self._idle = False
+        self._with_writer = 0  # appends queued, held or answered by the writer whose callers have not resumed
+        self._urgent_company = False  # the last urgent group held more than one append
+        self._direct = 0  # urgent appends committed by their caller (`_commit_now`)
+        self._last_direct = 0.0  # when the last of them was (monotonic seconds)
         self._room: anyio.Event | None = None  # made when an append waits for room in the queue
         self._closing = False
         self._company = False  # the last group held more than one append (so a batch group may wait for more)
@@ -221,6 +231,56 @@ class WriteAheadLog:
             WALFailedError: the log stopped after an I/O error, or is closing.
         """
         request = Append(envelopes, partition, epoch, self._new_event())
+        if self._may_commit_now(request):
+            self._commit_now(request)
+        else:
+            await self._queued(request)
+        if request.error is not None:
+            raise request.error
+        return request.positions
+
+    def _may_commit_now(self, request: Append) -> bool:
+        """An urgent message the caller may write and fsync itself, with no hand-off to the writer and back.
+
+        Each hand-off is a turn of the event loop, and under a flood a turn
+        is every ready task's work: a critical ACK waited two turns for the
+        writer. Only when the writer is idle with nothing queued or held
+        (nothing to keep in order, nothing to group with, and every append it
+        answered has been taken back by its caller: a caller hands its records
+        to their patients' actors as it resumes, in log order, and a direct
+        commit's caller must not hand on a later record first), the write runs on
+        the loop's thread anyway (`sync = "inline"`), and urgent appends are
+        coming one at a time: one message (an input's group goes to the
+        writer, to share its fsync with the input's other lanes), the last
+        one came over `_ALONE_S` ago and the writer's last urgent group had
+        no company (several at once still go to the writer together: one
+        fsync for all of them).
+        """
+        return (
+            request.urgent
+            and len(request.envelopes) == 1
+            and time.monotonic() - self._last_direct > _ALONE_S
+            and self._idle
+            and not self._with_writer
+            and not self._urgent_company
+            and self.config.sync == "inline"
+            and self._failure is None
+            and not self._closing
+        )
+
+    def _commit_now(self, request: Append) -> None:
+        """Frame, write and fsync one urgent append in the caller's task (the writer is idle)."""
+        self._direct += 1
+        self._last_direct = time.monotonic()
+        self._company = False
+        framed = self._frame([request])
+        if framed is not None:
+            self._commit_framed(framed)
+        if self._checkpoint_due():
+            self._wake_writer()  # it starts the checkpoint beside
+
+    async def _queued(self, request: Append) -> None:
+        """The writer's way: queued (waiting for room, backpressure), grouped, answered."""
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -234,10 +294,11 @@ class WriteAheadLog:
         self._queue.append(request)
         self._urgent_queued += request.urgent
         self._wake_writer()
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.positions
+        self._with_writer += 1
+        try:
+            await request.done.wait()
+        finally:
+            self._with_writer -= 1
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer: gather waiting appends into a group, frame it, write and fsync it, answer it.
@@ -254,6 +315,9 @@ class WriteAheadLog:
         delay = self.config.commit_delay_ms / 1000
         async with anyio.create_task_group() as tasks:
             while True:
+                if self._checkpoint_due():
+                    self._checkpointing = True
+                    tasks.start_soon(self._checkpoint_beside)
                 group = self._take()
                 if not group:
                     if self._closing:
@@ -266,11 +330,19 @@ class WriteAheadLog:
                 if delay and self._company and not any(a.urgent for a in group):
                     await self._wait_for_company(group, delay)
                 self._company = len(group) > 1
+                urgent = sum(a.urgent for a in group)
+                if urgent:
+                    self._urgent_company = urgent > 1
                 await self._commit_group(group)
-                due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
-                if due and not self._checkpointing:
-                    self._checkpointing = True
-                    tasks.start_soon(self._checkpoint_beside)
+                if not urgent and self._queue:
+                    # Group after group, the writer held the loop for 3-5 ms under a billing flood;
+                    # after a batch group it lets the loop look at its sockets (a critical
+                    # message that arrived meanwhile is taken next, ahead of batch).
+                    await anyio.sleep(_AFTER_THE_NEXT_LOOK_S)
+
+    def _checkpoint_due(self) -> bool:
+        due = self._last_lsn - self._checkpoint_lsn >= self.config.checkpoint_records_interval
+        return due and not self._checkpointing
 
     async def _commit_group(self, group: list[Append]) -> None:
         # A method of its own: its frames (a large message's is megabytes) go with it, not
@@ -446,6 +518,19 @@ class WriteAheadLog:
 
     async def _commit(self, framed: Framed) -> None:
         """Write and fsync one framed group (`config.sync` says on which thread), then answer it."""
+        if self.config.sync != "thread" or self._failure is not None or not framed.data:
+            self._commit_framed(framed)
+            return
+        try:
+            with anyio.CancelScope(shield=True):  # a write, once begun, is seen through
+                written = await anyio.to_thread.run_sync(self._write, framed.data, framed.pending[0][0])
+        except (DiskFullError, OSError) as exc:
+            self._refused(framed, exc)
+            return
+        self._durable_now(framed, *written)
+
+    def _commit_framed(self, framed: Framed) -> None:
+        """Write and fsync one framed group on this thread, then answer it."""
         group = framed.group
         if self._failure is not None:
             answer(group, self._failure)
@@ -454,20 +539,27 @@ class WriteAheadLog:
             answer(group, None)
             return
         try:
-            if self.config.sync == "thread":
-                with anyio.CancelScope(shield=True):  # a write, once begun, is seen through
-                    seg, start = await anyio.to_thread.run_sync(self._write, framed.data, framed.pending[0][0])
-            else:
-                seg, start = self._write(framed.data, framed.pending[0][0])
-        except DiskFullError as exc:
+            seg, start = self._write(framed.data, framed.pending[0][0])
+        except (DiskFullError, OSError) as exc:
+            self._refused(framed, exc)
+            return
+        self._durable_now(framed, seg, start)
+
+    def _refused(self, framed: Framed, exc: BaseException) -> None:
+        """A group the disk did not take: full (retry later, nothing written), or the log stops."""
+        group = framed.group
+        if isinstance(exc, DiskFullError):
             self._disk_full += 1
             self._rewind()
             answer(group, exc)
             return
-        except OSError as exc:
-            self._fail(f"{exc.strerror or exc} while writing the log", exc)
-            answer(group, self._failure)
-            return
+        assert isinstance(exc, OSError)
+        self._fail(f"{exc.strerror or exc} while writing the log", exc)
+        answer(group, self._failure)
+
+    def _durable_now(self, framed: Framed, seg: SegmentInfo, start: int) -> None:
+        """A group written and fsync'd: indexed, the tip made the durable end, its appends answered."""
+        group = framed.group
         for (lsn, message_id, digest, patients), offset in zip(framed.pending, framed.offsets, strict=True):
             self._index.add(start + offset, lsn, message_id, digest, patients)
             self._inflight.pop((message_id, digest), None)
@@ -678,6 +770,7 @@ class WriteAheadLog:
             queued_appends=len(self._queue),
             disk_full_refusals=self._disk_full,
             failed=str(self._failure) if self._failure else None,
+            direct_commits=self._direct,
         )
 
     def close(self) -> None:

@@ -40,14 +40,20 @@ def _free_port() -> int:
 
 
 @contextmanager
-def nats_server(store: Path, extra: str = "") -> Iterator[str]:
-    """Start one JetStream server (`extra`: more of its configuration, e.g. tls or authorization); yield its URL."""
+def nats_server(store: Path, extra: str = "", *, nice: int = 0) -> Iterator[str]:
+    """Start one JetStream server (`extra`: more of its configuration, e.g. tls or authorization); yield its URL.
+
+    `nice`: its CPU priority below this process's (a benchmark's broker stands for another host's).
+    """
     port = _free_port()
     conf = store / "nats.conf"
     store.mkdir(parents=True, exist_ok=True)
     jetstream = f'jetstream {{ store_dir: "{store / "js"}", sync_interval: always }}'
     conf.write_text(f'listen: "127.0.0.1:{port}"\n{jetstream}\n{extra}\n')
-    proc = subprocess.Popen([_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [_binary(), "-c", str(conf)]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -207,3 +207,64 @@ async def test_workers_are_reused_and_a_busy_lane_never_starves_the_loop() -> No
     assert len(tasks) <= SETTINGS.workers_total
     assert ticks > 100
     assert sum(s.done for s in scheduler.statistics()) == 3000
+
+
+@pytest.mark.anyio
+async def test_an_urgent_item_that_starts_at_once_is_served_in_the_callers_task() -> None:
+    """`admit(here=True)`: a critical or standard item with a free slot runs in its caller's task (no hand-off
+    to a worker, which is a turn of the loop each way); with its slots busy, or in the batch lane, it goes to
+    a worker as before, and the lane's counters count it either way."""
+    ran_in: dict[int, int] = {}
+    release = anyio.Event()
+
+    async def handler(lane: Lane, item: int) -> None:
+        ran_in[item] = anyio.get_current_task().id
+        if item == 0:
+            await release.wait()  # holds the one critical slot
+
+    settings = SchedulerSettings(
+        critical=LaneLimits(10, 1), standard=LaneLimits(10, 1), batch=LaneLimits(10, 1), workers_total=3
+    )
+    scheduler: LaneScheduler[int] = LaneScheduler(settings, handler)
+    me = anyio.get_current_task().id
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        await scheduler.admit(Lane.STANDARD, 1, here=True)
+        await scheduler.admit(Lane.BATCH, 2, here=True)
+        tg.start_soon(scheduler.admit, Lane.CRITICAL, 0)  # on a worker: it holds the critical slot
+        while 0 not in ran_in:
+            await anyio.lowlevel.checkpoint()
+        await scheduler.admit(Lane.CRITICAL, 3, here=True)  # the slot is busy: queued for a worker
+        assert 3 not in ran_in
+        release.set()
+        while 3 not in ran_in or 2 not in ran_in:
+            await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    assert ran_in[1] == me
+    assert ran_in[2] != me
+    assert ran_in[3] != me
+    stats = {s.lane: s for s in scheduler.statistics()}
+    assert (stats["standard"].served_in_caller, stats["standard"].done) == (1, 1)
+    assert (stats["critical"].served_in_caller, stats["critical"].done) == (0, 2)
+    assert stats["batch"].served_in_caller == 0
+
+
+@pytest.mark.anyio
+async def test_fifo_mode_never_serves_in_the_callers_task() -> None:
+    """The baseline keeps one queue in arrival order: nothing goes around it."""
+    ran_in: list[int] = []
+
+    async def handler(lane: Lane, item: int) -> None:
+        ran_in.append(anyio.get_current_task().id)
+
+    settings = SchedulerSettings(
+        critical=SETTINGS.critical, standard=SETTINGS.standard, batch=SETTINGS.batch, workers_total=6, mode="fifo"
+    )
+    scheduler: LaneScheduler[int] = LaneScheduler(settings, handler)
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        await scheduler.admit(Lane.CRITICAL, 1, here=True)
+        while not ran_in:
+            await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    assert ran_in != [anyio.get_current_task().id]

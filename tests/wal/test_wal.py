@@ -612,3 +612,26 @@ async def test_a_log_closed_by_cancellation_still_checkpoints_and_saves_its_inde
             scope.cancel()
             await anyio.sleep(1)  # the cancellation lands here, as a node's stop does
     assert {"checkpoint", "index", "audit.chk"} <= {p.name for p in tmp_path.iterdir()}
+
+
+async def test_an_urgent_append_to_an_idle_writer_is_written_by_its_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hand-off to the writer and back (two turns of the loop under a flood): durable, checkpointed as
+    due, and a batch append still goes through the writer."""
+    monkeypatch.setattr("engine.wal.log._ALONE_S", 0.0)  # every urgent append comes "alone"
+    config = WalConfig(commit_delay_ms=0, checkpoint_records_interval=5)
+    async with open_wal(tmp_path, config) as wal:
+        await anyio.sleep(0.01)  # the writer is idle
+        for i in range(12):
+            await wal.append([envelope(i, Lane.CRITICAL if i % 2 else Lane.STANDARD)])
+        direct = wal.statistics().direct_commits
+        assert direct >= 11  # the one after a due checkpoint's wake-up call goes by the writer
+        await wal.append([envelope(99, Lane.BATCH)])
+        assert wal.statistics().direct_commits == direct
+        assert wal.last_lsn == 13
+        # Due after 5 records: begun beside the direct commits (in a thread; it may still be writing).
+        assert wal._checkpointing or (tmp_path / "checkpoint").exists()
+    async with open_wal(tmp_path, config) as wal:
+        assert wal.last_lsn == 13
+        assert [r.lsn for r in wal.read_from(1)] == list(range(1, 14))
