@@ -28,8 +28,15 @@ from engine.core.errors import ConfigError, HeaderError, InputError
 from engine.core.hl7 import parse, patient_key, read_header
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.clock import utc_now
-from engine.node.quarantine_desk import Ingest, QuarantineAction, QuarantineActionError, QuarantineDesk, refusal_of
-from engine.node.quarantine_requests import audit_detail, permission_for
+from engine.node import (
+    Ingest,
+    QuarantineAction,
+    QuarantineActionError,
+    QuarantineDesk,
+    audit_detail,
+    permission_for,
+    refusal_of,
+)
 from engine.wal import OSFiles, Quarantine, WALLockedError, WriteAheadLog, audit_key_from_env, open_wal
 
 __all__ = ["header_metadata", "quarantine"]

@@ -22,7 +22,7 @@ from engine.core.decode import Decoder, decode_input
 from engine.core.errors import VigilError
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.clock import utc_now
-from engine.wal.quarantine import POISON_RECORD, Quarantine, QuarantineItem
+from engine.wal import POISON_RECORD, Quarantine, QuarantineItem
 
 __all__ = ["Check", "Ingest", "QuarantineAction", "QuarantineActionError", "QuarantineDesk", "refusal_of"]
 

@@ -17,8 +17,7 @@ import msgspec
 
 from actors import Applied, PatientRecord
 from engine.infra.clock import utc_now
-from engine.wal import Quarantine, Snapshot, SnapshotStore, WriteAheadLog
-from engine.wal.quarantine import POISON_RECORD
+from engine.wal import POISON_RECORD, Quarantine, Snapshot, SnapshotStore, WriteAheadLog
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 

@@ -6,7 +6,7 @@ from engine.wal.files import FileLayer, OSFiles, write_atomic
 from engine.wal.group import Position
 from engine.wal.keyed_checkpoints import KeyedCheckpoints, audit_key_from_env
 from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
-from engine.wal.quarantine import Quarantine
+from engine.wal.quarantine import POISON_RECORD, Quarantine, QuarantineItem
 from engine.wal.reader import iter_records
 from engine.wal.record import (
     GENESIS_HASH,
@@ -24,6 +24,7 @@ from engine.wal.snapshots import Snapshot, SnapshotStore
 
 __all__ = [
     "GENESIS_HASH",
+    "POISON_RECORD",
     "SEGMENT_MAGIC",
     "Checkpoint",
     "CheckpointStore",
@@ -39,6 +40,7 @@ __all__ = [
     "Position",
     "Progress",
     "Quarantine",
+    "QuarantineItem",
     "ScanResult",
     "SmallFile",
     "Snapshot",

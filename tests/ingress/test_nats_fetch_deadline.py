@@ -32,14 +32,14 @@ def test_a_fetch_deadline_spent_inside_the_driver_is_not_a_failure(
 ) -> None:
     spent = 0
     real = JetStreamContext._time_until
-    all_spent, arrived = anyio.Event(), anyio.Event()  # made on the scenario's loop (below)
+    events: dict[str, anyio.Event] = {}  # made on the scenario's loop
 
     def time_until(timeout: float | None, start_time: float) -> float | None:
         nonlocal spent
         if spent < 3:  # the first fetches: their deadline has run out before the lingering pull request
             spent += 1
             if spent == 3:
-                all_spent.set()
+                events["spent"].set()
             return 0.0
         return real(timeout, start_time)
 
@@ -48,10 +48,11 @@ def test_a_fetch_deadline_spent_inside_the_driver_is_not_a_failure(
 
     async def ingest(messages: list[bytes], _source: str) -> list[tuple[Outcome, bytes]]:
         taken.extend(messages)
-        arrived.set()
+        events["arrived"].set()
         return [(Outcome.ACCEPTED, b"")] * len(messages)
 
     async def scenario(url: str) -> None:
+        events.update(spent=anyio.Event(), arrived=anyio.Event())
         client = await nats.connect(url)
         js = client.jetstream()
         await js.add_stream(StreamConfig(name="HL7_IN", subjects=["hl7.in"]))
@@ -60,9 +61,9 @@ def test_a_fetch_deadline_spent_inside_the_driver_is_not_a_failure(
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(source.run)
-                await all_spent.wait()
+                await events["spent"].wait()
                 await js.publish("hl7.in", b"after the spent deadlines")
-                await arrived.wait()
+                await events["arrived"].wait()
                 tg.cancel_scope.cancel()
         await client.close()
         assert taken == [b"after the spent deadlines"]
