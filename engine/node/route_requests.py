@@ -3,7 +3,8 @@
 A route's state and its refusals' metadata (LSN, lane, type, control id,
 the destination's code) carry no PHI; a refusal's answer text may quote the
 message, so it needs log content (by role, or by breaking the glass for that
-patient). Every action is audited with the patient it concerns.
+patient). Every action is audited once carried out, with the patient it
+concerns and what it did.
 """
 
 from __future__ import annotations
@@ -59,33 +60,43 @@ class RouteRequests:
     async def _retry(self, request: dict[str, object]) -> object:
         route = self._route(request)
         refusal = _find(route, _lsn(request))
-        await self._auth.authorize(request, Permission.ROUTES_MANAGE, patient=refusal.patient, action="route_retry")
+        access = await self._auth.authorize(
+            request, Permission.ROUTES_MANAGE, patient=refusal.patient, action="route_retry"
+        )
         try:
             await route.retry(refusal.lsn)
         except LookupError as exc:
             raise AdminError(str(exc)) from None
+        await self._auth.acted(
+            access, "route_retry", f"{route.config.name}: LSN {refusal.lsn}", patient=refusal.patient
+        )
         return _metadata(refusal)
 
     async def _skip(self, request: dict[str, object]) -> object:
         route = self._route(request)
         refusal = _find(route, _lsn(request))
-        await self._auth.authorize(request, Permission.ROUTES_MANAGE, patient=refusal.patient, action="route_skip")
+        access = await self._auth.authorize(
+            request, Permission.ROUTES_MANAGE, patient=refusal.patient, action="route_skip"
+        )
         try:
             route.skip(refusal.lsn)
         except LookupError as exc:
             raise AdminError(str(exc)) from None
+        await self._auth.acted(access, "route_skip", f"{route.config.name}: LSN {refusal.lsn}", patient=refusal.patient)
         return _metadata(refusal)
 
     async def _pause(self, request: dict[str, object]) -> object:
         route = self._route(request)
-        await self._auth.authorize(request, Permission.ROUTES_MANAGE, action="route_pause")
+        access = await self._auth.authorize(request, Permission.ROUTES_MANAGE, action="route_pause")
         route.pause()
+        await self._auth.acted(access, "route_pause", route.config.name)
         return msgspec.to_builtins(route.statistics())
 
     async def _resume(self, request: dict[str, object]) -> object:
         route = self._route(request)
-        await self._auth.authorize(request, Permission.ROUTES_MANAGE, action="route_resume")
+        access = await self._auth.authorize(request, Permission.ROUTES_MANAGE, action="route_resume")
         route.resume()
+        await self._auth.acted(access, "route_resume", route.config.name)
         return msgspec.to_builtins(route.statistics())
 
     async def _replay(self, request: dict[str, object]) -> object:
@@ -101,6 +112,9 @@ class RouteRequests:
             replay = route.replay(first, since=since, patient=patient, message_type=message_type, by=access.user.id)
         except LookupError as exc:
             raise AdminError(str(exc)) from None
+        detail = f"{route.config.name}: from LSN {first}" + (f", since {since}" if since else "")
+        detail += f", type {message_type}" if message_type else ""
+        await self._auth.acted(access, "route_replay", detail, patient=patient)
         return {"route": route.config.name, "first_lsn": first, "last_lsn": replay.last_lsn, "since": since}
 
     def _route(self, request: dict[str, object]) -> Route:

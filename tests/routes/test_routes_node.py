@@ -12,8 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
+
 from engine.auth import Role
 from engine.core.mllp import MLLPDecoder
+from engine.wal import open_wal
 from tests.harness.helpers import hl7
 from tests.harness.mllp_receiver import Received, Receiver
 from tests.harness.node_process import ROOT, VIGIL, exchange, log_ids, node
@@ -96,6 +99,22 @@ def test_a_node_delivers_and_an_operator_sees_and_resolves_a_refusal(tmp_path: P
     assert len({r.control_id for r in received}) == 42
     assert _order_per_patient(received)[b"MRN3"] == [f"R{n:07d}" for n in range(3, 43, 7)]
     assert replayed == [f"R{n:07d}" for n in range(3, 43, 7)]  # her history again, in log order
+    acted = [(e["action"], e.get("user", ""), e.get("detail", ""), patient) for patient, e in _audit_events(data)]
+    assert [a for a in acted if a[0] in {"route_retry", "route_replay"} and a[2]] == [
+        ("route_retry", "ops", f"ehr: LSN {refusal['lsn']}", "GENHOSP|MRN3"),
+        ("route_replay", "ops", "ehr: from LSN 1", "GENHOSP|MRN3"),
+    ]
+
+
+def _audit_events(data: Path) -> list[tuple[str, dict[str, str]]]:
+    """The audit trail in the log: (patient, event), in order."""
+
+    async def read() -> list[tuple[str, dict[str, str]]]:
+        async with open_wal(data / "wal") as wal:
+            docs = [json.loads(r.envelope.raw) for r in wal.read_from(1) if r.envelope.message_type == "AUDIT^ACCESS"]
+        return [(doc["patient"], doc["event"]) for doc in docs]
+
+    return anyio.run(read)
 
 
 def _send(port: int, first: int, acked: list[int], stop: threading.Event) -> None:
