@@ -22,9 +22,9 @@ from rich.table import Table
 from engine.auth import Permission
 from engine.cli.console import DataConsole
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
-from engine.cli.session import authorized, call, node_or
+from engine.cli.session import audit_key, authorized, call, node_or
 from engine.core.decode import Decoder, decode_input
-from engine.core.errors import ConfigError, HeaderError, InputError
+from engine.core.errors import HeaderError, InputError
 from engine.core.hl7 import parse, patient_key, read_header
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.clock import utc_now
@@ -37,7 +37,7 @@ from engine.node import (
     permission_for,
     refusal_of,
 )
-from engine.wal import OSFiles, Quarantine, WALLockedError, WriteAheadLog, audit_key_from_env, open_wal
+from engine.wal import OSFiles, Quarantine, WALLockedError, WriteAheadLog, open_wal
 
 __all__ = ["header_metadata", "quarantine"]
 
@@ -224,7 +224,7 @@ def _act_here(
     decoder = obj.decoder()
 
     async def carried_out() -> dict[str, object] | QuarantineActionError:
-        async with open_wal(data_dir / "wal", obj.config.wal, audit_key=_audit_key(obj)) as log:
+        async with open_wal(data_dir / "wal", obj.config.wal, audit_key=audit_key(obj)) as log:
             desk = QuarantineDesk(
                 Quarantine(data_dir / "quarantine", OSFiles()), _into(log, decoder), refusal_of(decoder)
             )
@@ -238,11 +238,17 @@ def _act_here(
     except WALLockedError:
         raise click.ClickException(f"the log on {data_dir} is busy (a node is starting): retry") from None
     if isinstance(answer, QuarantineActionError):
-        call(obj, data_dir, "acted", permission=permission.value, action=name, detail=f"item {qid}: not done: {answer}")
+        call(
+            obj,
+            data_dir,
+            "acted",
+            permission=permission.value,
+            action=name,
+            detail=audit_detail(qid, f"not done: {answer}"),
+        )
         raise click.ClickException(str(answer))
-    call(
-        obj, data_dir, "acted", permission=permission.value, action=name, detail=audit_detail(qid, answer, note.strip())
-    )
+    detail = audit_detail(qid, str(answer["outcome"]), note)
+    call(obj, data_dir, "acted", permission=permission.value, action=name, detail=detail)
     return answer
 
 
@@ -256,10 +262,3 @@ def _into(log: WriteAheadLog, decoder: Decoder) -> Ingest:
         return [IngestResult(Outcome.ACCEPTED, (p.lsn,), duplicate=p.duplicate) for p in positions]
 
     return ingest
-
-
-def _audit_key(obj: Context) -> bytes | None:
-    try:
-        return audit_key_from_env(obj.config.audit.key_env)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None

@@ -35,6 +35,7 @@ from engine.infra.tls import client_context
 from engine.wal import WALLockedError, audit_key_from_env, open_wal
 
 __all__ = [
+    "audit_key",
     "audited",
     "authorized",
     "call",
@@ -153,6 +154,14 @@ def audited(obj: Context, data_dir: Path, permission: Permission, action: str, p
         call(obj, data_dir, "accessed", permission=permission.value, action=action, patients=patients)
 
 
+def audit_key(obj: Context) -> bytes | None:
+    """The audit key from the variable the configuration names (None when unset); a bad one is one line."""
+    try:
+        return audit_key_from_env(obj.config.audit.key_env)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) -> Any:
     """No node runs: this process decides, over the data directory's store, and audits into its log."""
     if operation not in OPERATIONS:
@@ -160,10 +169,7 @@ def _here(obj: Context, data_dir: Path, operation: str, body: dict[str, Any]) ->
     if operation != "user_add" and not (data_dir / STORE_FILE).exists():
         # Only the first account may create a store (and a log): anything else here is a wrong --data.
         raise click.ClickException(f"no accounts on {data_dir}: add the first administrator with `vigil user add`")
-    try:
-        key = audit_key_from_env(obj.config.audit.key_env)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    key = audit_key(obj)
 
     async def answer() -> Any:
         # A refusal is carried out of the log's task group as a value, not raised through it

@@ -26,9 +26,10 @@ def permission_for(action: QuarantineAction) -> Permission:
     return Permission.QUARANTINE_RETRY if sends else Permission.QUARANTINE_RESOLVE
 
 
-def audit_detail(qid: int, answer: dict[str, object], note: str) -> str:
-    """What the audit trail says of one action: the item, what became of it, and the reason given."""
-    return f"item {qid}: {answer['outcome']}" + (f"; {note}" if note else "")
+def audit_detail(qid: int, outcome: str, note: str = "") -> str:
+    """What the audit trail says of one action: the item, what became of it (or why not), and the reason given."""
+    note = note.strip()
+    return f"item {qid}: {outcome}" + (f"; {note}" if note else "")
 
 
 @final
@@ -56,9 +57,9 @@ class QuarantineRequests:
         try:
             answer = await self._desk.act(action, qid, by=access.user.id, note=note, raw=raw)
         except QuarantineActionError as refused:
-            await self._auth.acted(access, name, f"item {qid}: not done: {refused}")
+            await self._auth.acted(access, name, audit_detail(qid, f"not done: {refused}"))
             raise AdminError(str(refused)) from None
-        await self._auth.acted(access, name, audit_detail(qid, answer, note.strip()))
+        await self._auth.acted(access, name, audit_detail(qid, str(answer["outcome"]), note))
         return answer
 
 

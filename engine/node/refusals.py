@@ -35,11 +35,6 @@ class Refusals:
         _log.info("node.rejected", source=source, quarantine_id=qid, reason=error.reason)
         return IngestResult(Outcome.REJECTED, error={**error.to_dict(), "quarantine_id": qid})
 
-    async def open_items(self) -> int:
-        """How many quarantined inputs wait for an operator."""
-        summaries = await anyio.to_thread.run_sync(self.quarantine.summaries)
-        return sum(1 for q in summaries if q.open)
-
     async def open_by_age(self, now: datetime | None = None) -> dict[str, int]:
         """The open items counted by age (`AGES`): what waits for an operator, and since when."""
         now = now or datetime.now(UTC)

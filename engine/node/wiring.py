@@ -421,13 +421,14 @@ class Node:
     async def _report(self) -> dict[str, object]:
         """The node's account of its parts, for `status` and `health`."""
         actors = self._fanout.actors
+        waiting = await self._refusals.open_by_age()
         return {
             "uptime_s": round(anyio.current_time() - self._started, 1),
             "lanes": msgspec.to_builtins(self.parts.scheduler.statistics()),
             "pacing": msgspec.to_builtins(self.parts.pacer.statistics()),
             "actors": msgspec.to_builtins(actors.statistics()) if actors is not None else "restarting",
-            "quarantine_open": await self._refusals.open_items(),
-            "quarantine_open_by_age": await self._refusals.open_by_age(),
+            "quarantine_open": sum(waiting.values()),
+            "quarantine_open_by_age": waiting,
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "routes": msgspec.to_builtins(self._routes.statistics()),
