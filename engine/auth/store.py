@@ -10,17 +10,13 @@ The file is created owner-only (0600). Thread-safe: one connection, one lock
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, TypeVar, final
 
 import msgspec
 
 from engine.auth.policy import Grant, Review, SessionRecord, User
+from engine.infra.sqlite_file import SqliteFile
 
 __all__ = ["STORE_FILE", "AuthStore"]
 
@@ -46,16 +42,9 @@ class AuthStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / STORE_FILE
         data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            # Created owner-only before SQLite writes a byte: hashes are secrets too.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+        # Owner-only before SQLite writes a byte: hashes are secrets too.
+        self._file = SqliteFile(self.path, _SCHEMA, synchronous="FULL", busy_ms=5000)
+        self._db, self._lock, self._transaction = self._file.db, self._file.lock, self._file.transaction
 
     @classmethod
     def open_private(cls, data_dir: Path) -> AuthStore:
@@ -65,19 +54,7 @@ class AuthStore:
         return cls(data_dir)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._file.close()
 
     def _rows(self, sql: str, params: tuple[object, ...], kind: type[_T]) -> list[_T]:
         with self._lock:
