@@ -26,6 +26,7 @@ FACES = [
     "engine.cluster",
     "engine.projections",
     "engine.routes",
+    "engine.search",
     "engine.auth",
     "engine.core.hl7",
     "engine.core.fhir",

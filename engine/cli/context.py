@@ -9,12 +9,13 @@ from typing import Any
 import click
 import msgspec
 
+from actors import parse_moment
 from engine.core.decode import Decoder
 from engine.core.errors import ConfigError
 from engine.infra.config import DEFAULT_CONFIG_PATH, Config, load_config
 from lanes import Classifier
 
-__all__ = ["DATA_OPTION", "JSON_OPTION", "Context", "emit_json"]
+__all__ = ["DATA_OPTION", "JSON_OPTION", "Context", "emit_json", "strict_moment"]
 
 DATA_OPTION = click.option(
     "--data",
@@ -68,3 +69,13 @@ class Context:
         if option is not None:
             return option
         return self.base_dir() / self.config.node.data_dir
+
+
+def strict_moment(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A time option (`--as-of`, `--since`) read strictly (ISO 8601, UTC without an offset); anything else refused."""
+    if value is None:
+        return None
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None

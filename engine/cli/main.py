@@ -26,8 +26,9 @@ from engine.cli.console import DataConsole, InertGroup, styled
 from engine.cli.context import Context
 from engine.cli.db import db, worklist
 from engine.cli.demo import STORY_MESSAGES, DemoReport, run_demo
+from engine.cli.message_log import log
 from engine.cli.node import run, send
-from engine.cli.ops import log, patient, status, top
+from engine.cli.ops import patient, status, top
 from engine.cli.quarantine import quarantine
 from engine.cli.routes import routes
 from engine.cli.wal import audit, wal

@@ -1,9 +1,9 @@
-"""`vigil status`, `vigil patient`, `vigil log`: what an operator looks at.
+"""`vigil status`, `vigil top`, `vigil patient`: what an operator looks at.
 
 `status` asks the running node (admin socket). `patient` asks the node's
 patient actor when a node runs, else folds the record from the log itself
-(read-only): the record is a function of the log either way. `log` reads
-the log directly.
+(read-only): the record is a function of the log either way. (`log` is
+`engine.cli.message_log`.)
 """
 
 from __future__ import annotations
@@ -14,22 +14,19 @@ from typing import Any
 
 import click
 import msgspec
-from rich import box
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from actors import MOMENT_RULE, PatientRecord, parse_moment
+from actors import MOMENT_RULE, PatientRecord
 from engine.auth import Permission
 from engine.cli.console import DataConsole, styled
-from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
-from engine.cli.session import audited, authorized, call, node_or
-from engine.cli.wal import control_id_of, metadata_json, record_json, sender_of
-from engine.core.model import Lane
+from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json, strict_moment
+from engine.cli.session import authorized, call, node_or
 from engine.wal import OSFiles, iter_records
 
-__all__ = ["log", "patient", "status", "top"]
+__all__ = ["patient", "status", "top"]
 
 _WIDE = 110  # columns from which `vigil log` shows each record's event kinds too
 
@@ -163,22 +160,12 @@ def top(obj: Context, data: Path | None, interval_s: float) -> None:
         return
 
 
-def _moment(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """`--as-of`/`--as-known-at` read strictly (ISO 8601, UTC without an offset); anything else refused."""
-    if value is None:
-        return None
-    try:
-        return parse_moment(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
-
-
 @click.command("patient")
 @click.argument("key")
 @click.option(
-    "--as-of", "as_of", callback=_moment, help=f"The record as of a clinical time, as now known ({MOMENT_RULE})."
+    "--as-of", "as_of", callback=strict_moment, help=f"The record as of a clinical time, as now known ({MOMENT_RULE})."
 )
-@click.option("--as-known-at", "known_at", callback=_moment, help="The record as the system knew it at a time.")
+@click.option("--as-known-at", "known_at", callback=strict_moment, help="The record as the system knew it at a time.")
 @DATA_OPTION
 @JSON_OPTION
 @click.pass_obj
@@ -242,72 +229,3 @@ def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None
         console.print(f"  medication {med['order_id']}: {med['status']}")
     for allergy in view["allergies"]:
         console.print(f"  allergy {allergy['allergen'].get('text') or allergy['allergen']['code']}")
-
-
-@click.command("log")
-@click.option("--patient", help="Only records touching this patient key.")
-@click.option("--from", "from_lsn", type=click.IntRange(min=1), default=1, help="First LSN.")
-@click.option("--lane", type=click.Choice([lane.value for lane in Lane]), help="Only this lane.")
-@click.option("--content", is_flag=True, help="Events and original bytes in --json (needs log.content).")
-@DATA_OPTION
-@JSON_OPTION
-@click.pass_obj
-def log(
-    obj: Context,
-    patient: str | None,
-    from_lsn: int,
-    lane: str | None,
-    data: Path | None,
-    *,
-    content: bool,
-    as_json: bool,
-) -> None:
-    """The event history: what arrived, in which lane, and what it did.
-
-    Without --patient or --content it shows metadata only (LSN, lane, type,
-    event kinds: no identifiers). One patient's history, or content, is PHI:
-    it needs `log.content` (a role's, or break-the-glass for that patient)
-    and each patient shown is audited.
-    """
-    directory = obj.data_dir(data)
-    wal_dir = directory / "wal"
-    phi = bool(patient) or content
-    permission = Permission.LOG_CONTENT if phi else Permission.LOG_METADATA
-    authorized(obj, directory, permission, patient=patient or "", action="log")
-    if not wal_dir.is_dir():
-        raise click.ClickException(f"no log at {wal_dir}")
-    records = [
-        r
-        for r in iter_records(wal_dir, OSFiles(), from_lsn=from_lsn, patient=patient)
-        if lane is None or r.envelope.lane.value == lane
-    ]
-    if content and not patient:
-        audited(obj, directory, permission, "log", [p for r in records for p in r.patients])
-    if as_json:
-        for record in records:
-            emit_json(record_json(record) if phi else metadata_json(record))
-        return
-    console = DataConsole()
-    wide = console.width >= _WIDE  # at 80 columns the event kinds would squeeze the rest: --json has them
-    # No vertical rules: at 80 columns every character goes to the data.
-    table = Table(caption="why each went to its lane: --json (reason)", box=box.SIMPLE_HEAD)
-    for name in ("LSN", "recorded (UTC)", "lane", "type"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("sender", overflow="fold", min_width=11)
-    table.add_column("control id", overflow="fold", min_width=10)
-    if wide:
-        table.add_column("events", overflow="fold")
-    for record in records:
-        env = record.envelope
-        row = [
-            str(record.lsn),
-            record.recorded_at[:19].replace("T", " "),  # to the second: one line
-            env.lane.value,
-            env.message_type,
-            sender_of(env.message_id),
-            control_id_of(env.message_id),
-        ]
-        if wide:
-            row.append(", ".join(sorted({str(e.__struct_config__.tag) for e in env.events})))
-        table.add_row(*row)
-    console.print(table)

@@ -24,8 +24,8 @@ from engine.cli.console import DataConsole
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import audit_key, authorized, call, node_or
 from engine.core.decode import Decoder, decode_input
-from engine.core.errors import HeaderError, InputError
-from engine.core.hl7 import parse, patient_key, read_header
+from engine.core.errors import InputError
+from engine.core.hl7 import parse, patient_key
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.clock import utc_now
 from engine.node import (
@@ -37,9 +37,10 @@ from engine.node import (
     permission_for,
     refusal_of,
 )
+from engine.search import header_metadata
 from engine.wal import OSFiles, Quarantine, WALLockedError, WriteAheadLog, open_wal
 
-__all__ = ["header_metadata", "quarantine"]
+__all__ = ["quarantine"]
 
 
 @click.group()
@@ -78,23 +79,6 @@ def quarantine_list(obj: Context, data: Path | None, *, show_all: bool, as_json:
             str(item.qid), at, sender, mtype, control_id, item.source, item.reason, str(len(item.raw)), status
         )
     DataConsole().print(table)
-
-
-def header_metadata(raw: bytes) -> tuple[str, str, str]:
-    """Sender (MSH-3^MSH-4), type (MSH-9) and control id (MSH-10) of input that may not be HL7 at all ("" then).
-
-    Who sent it and what kind it is, not whom it is about: shown without quarantine.content.
-    """
-    try:
-        header = read_header(raw)
-    except HeaderError:
-        return "", "", ""
-
-    def text(n: int, comp: int = 1) -> str:
-        return header.get(n, comp).decode("utf-8", errors="replace")
-
-    event = text(9, 2)
-    return f"{text(3)}^{text(4)}", f"{text(9)}^{event}" if event else text(9), text(10)
 
 
 @quarantine.command("show")

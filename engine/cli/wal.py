@@ -22,6 +22,7 @@ from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.progress import scan_progress
 from engine.cli.session import audited, authorized
 from engine.core.errors import ConfigError
+from engine.search import control_id_of, sender_of
 from engine.wal import (
     CheckpointStore,
     KeyedCheckpoints,
@@ -184,22 +185,6 @@ def metadata_json(record: LogRecord) -> dict[str, Any]:
         "source": env.source,
         "event_kinds": sorted({str(e.__struct_config__.tag) for e in env.events}),
     }
-
-
-def sender_of(message_id: str) -> str:
-    """`MSH-3^MSH-4` of an HL7 v2 message's id (`hl7:APP|FAC|CTRL`); "" for others. Not PHI."""
-    if not message_id.startswith("hl7:"):
-        return ""
-    app, _, rest = message_id[4:].partition("|")
-    # Each an HD: its namespace id is what people call the system (the universal id follows it).
-    return f"{app.split('^')[0]}^{rest.partition('|')[0].split('^')[0]}"
-
-
-def control_id_of(message_id: str) -> str:
-    """MSH-10 of an HL7 v2 message's id; a FHIR message's id after its scheme. Not PHI."""
-    if message_id.startswith("hl7:"):
-        return message_id[4:].split("|", 2)[-1]
-    return message_id.partition(":")[2]
 
 
 def record_json(record: LogRecord) -> dict[str, Any]:

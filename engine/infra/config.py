@@ -37,6 +37,7 @@ __all__ = [
     "NodeConfig",
     "ProjectionsConfig",
     "RestartLimits",
+    "SearchConfig",
     "SupervisionConfig",
     "WalConfig",
     "decode_config",
@@ -487,6 +488,23 @@ class LanesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 @final
+class SearchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Message search (`vigil log --control-id ...`): an index of every logged message's metadata.
+
+    Attributes:
+        enabled: the node keeps the index up with its log (off: a search
+            catches it up itself, only when no node serves the log).
+        interval_s: how often the node indexes what became durable since.
+        slice_records: records read and indexed per slice (between slices a
+            busy node's messages come first).
+    """
+
+    enabled: bool = True
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    slice_records: Annotated[int, msgspec.Meta(ge=1)] = 2000
+
+
+@final
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole node configuration."""
 
@@ -505,6 +523,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: AuthConfig = AuthConfig()
     collector: CollectorConfig = CollectorConfig()
     workstation: WorkstationConfig = WorkstationConfig()
+    search: SearchConfig = SearchConfig()
     routes: tuple[RouteConfig, ...] = ()
 
     def __post_init__(self) -> None:

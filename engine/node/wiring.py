@@ -14,8 +14,9 @@ actor and the read side (`engine.node.fanout`).
 
 The parts run as children of one supervisor (`actors.Supervisor`), started
 in this order and stopped in reverse: the log, the patient records, the
-lanes, the read side, each route (`engine.routes`), the cluster, the admin
-endpoint, the summaries, then the sources. A part that crashes is restarted alone, within its restart
+lanes, the read side, each route (`engine.routes`), the message search
+index (`engine.search`), the cluster, the admin endpoint, the summaries,
+then the sources. A part that crashes is restarted alone, within its restart
 allowance (`[supervision]`); past it, the node stops with one line naming
 the part and its error. The log is never restarted: a failed write is final.
 
@@ -70,6 +71,7 @@ from engine.node.requests import NodeRequests
 from engine.node.route_requests import RouteRequests
 from engine.projections import ProjectionRunner, dsn_of
 from engine.routes import Routes
+from engine.search import INDEX_FILE, SearchFollower
 from engine.wal import OSFiles, Progress, Quarantine, SnapshotStore, WriteAheadLog, audit_key_from_env, open_wal
 from lanes import Classifier, LaneStatistics
 
@@ -229,6 +231,9 @@ class Node:
             self._child(f"route:{name}", functools.partial(self._routes.run, name, lambda: self.wal))
             for name in self._routes.configs
         ]
+        if self.config.search.enabled:
+            search = SearchFollower(self.data_dir / INDEX_FILE, lambda: self.wal, self.config.search, self._busy)
+            children.append(self._child("search", search.run))
         if self.config.cluster.enabled:
             children.append(self._child("cluster", self._run_cluster))
         children += [

@@ -6,8 +6,9 @@ that is not whole and valid (a record being written, or a torn tail).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 from engine.wal.files import FileLayer
 from engine.wal.record import SEGMENT_MAGIC, LogRecord, decode_head, decode_record, read_frame
@@ -15,11 +16,35 @@ from engine.wal.scan import SEGMENT_SUFFIX
 
 __all__ = ["iter_records"]
 
+_Decoded = TypeVar("_Decoded")
 
+
+@overload
 def iter_records(
     directory: Path, files: FileLayer, *, from_lsn: int = 1, patient: str | None = None
-) -> Iterator[LogRecord]:
-    """Records from `from_lsn` on (touching `patient`, if given), in log order."""
+) -> Iterator[LogRecord]: ...
+
+
+@overload
+def iter_records(
+    directory: Path,
+    files: FileLayer,
+    *,
+    from_lsn: int = 1,
+    patient: str | None = None,
+    decode: Callable[[bytes], _Decoded],
+) -> Iterator[_Decoded]: ...
+
+
+def iter_records(
+    directory: Path,
+    files: FileLayer,
+    *,
+    from_lsn: int = 1,
+    patient: str | None = None,
+    decode: Callable[[bytes], Any] = decode_record,
+) -> Iterator[Any]:
+    """Records from `from_lsn` on (touching `patient`, if given), in log order, each `decode`d from its body."""
     names = [n for n in files.list(directory) if n.endswith(SEGMENT_SUFFIX)]
     firsts = [int(n.removesuffix(SEGMENT_SUFFIX)) for n in names]
     for i, name in enumerate(names):
@@ -34,6 +59,6 @@ def iter_records(
             head = decode_head(frame.body)
             if head.lsn < from_lsn or (patient is not None and patient not in head.patients):
                 continue
-            yield decode_record(frame.body)
+            yield decode(frame.body)
         if pos < len(data):
             return

@@ -13,9 +13,8 @@ from click.testing import CliRunner
 
 from engine.auth import Role
 from engine.cli.main import cli
-from engine.cli.quarantine import header_metadata
-from engine.cli.wal import control_id_of, sender_of
 from engine.infra.config import WalConfig
+from engine.search import control_id_of, header_metadata, sender_of
 from engine.wal import open_wal
 from engine.wal.files import OSFiles
 from engine.wal.reader import iter_records

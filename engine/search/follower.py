@@ -1,0 +1,124 @@
+"""Keeping the search index up with the log: the node's part that follows it, and a catch-up for the CLI.
+
+The node indexes what became durable since its last look, every
+`[search] interval_s`, in slices read and written in a worker thread (the
+routes read the log the same way); between slices, while messages are in
+flight, it pauses as long as the slice took, so indexing takes at most half
+of a busy node and the ACK path comes first. At a clean stop it indexes
+what is left. A node killed mid-way leaves the index behind its log: the next
+node (or a CLI search, when no node serves the log) catches it up.
+
+Each catch-up first checks the index's tip against the log (same LSN, same
+time, same message id); a log that no longer holds it (rewound after a power
+loss, replaced by a restore) has its index made again from the start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol, final
+
+import anyio
+import anyio.lowlevel
+import structlog
+from anyio.abc import TaskStatus
+
+from engine.infra.config import SearchConfig
+from engine.search.index import SearchIndex
+from engine.search.rows import MessageRow, MetadataRecord, decode_row, row_of
+from engine.wal import OSFiles, iter_records
+
+__all__ = ["LogReader", "SearchFollower", "catch_up", "catch_up_files"]
+
+_log = structlog.get_logger("vigil.search")
+_STOP_CATCH_UP_S = 5.0  # at a clean stop, the index is brought up to the log within this (the rest: next start)
+
+
+class LogReader(Protocol):
+    """What the follower needs of the log (a `WriteAheadLog`)."""
+
+    def read_from(self, lsn: int, decode: Callable[[bytes], MetadataRecord]) -> Iterator[MetadataRecord]: ...
+
+
+def catch_up(index: SearchIndex, records: Callable[[int], Iterator[MetadataRecord]], count_max: int) -> int:
+    """Index up to `count_max` records after the tip (`records(lsn)` reads from `lsn` on); how many were added.
+
+    Blocking: called in a worker thread.
+    """
+    tip = index.tip()
+    rows: list[MessageRow] = []
+    seen_tip = tip is None
+    for record in records(1 if tip is None else tip.lsn):
+        if not seen_tip:
+            assert tip is not None
+            if (record.lsn, record.recorded_at, record.message_id) != (tip.lsn, tip.at, tip.message_id):
+                break
+            seen_tip = True
+            continue
+        rows.append(row_of(record))
+        if len(rows) >= count_max:
+            break
+    if not seen_tip:
+        assert tip is not None
+        _log.warning("search.index_reset", reason="the log no longer holds the index's last record", tip_lsn=tip.lsn)
+        index.reset()
+        return catch_up(index, records, count_max)
+    index.add(rows)
+    return len(rows)
+
+
+def catch_up_files(index: SearchIndex, wal_dir: Path, *, count_max: int = 5000) -> int:
+    """Bring the index up to a log's files (read beside a live node, as `iter_records` is); how many were added."""
+    files = OSFiles()
+    added = 0
+    while True:
+        count = catch_up(index, lambda lsn: iter_records(wal_dir, files, from_lsn=lsn, decode=decode_row), count_max)
+        added += count
+        if count < count_max:
+            return added
+
+
+@final
+class SearchFollower:
+    """The node's part that keeps its search index up with its log."""
+
+    def __init__(
+        self, path: Path, log: Callable[[], LogReader], config: SearchConfig, busy: Callable[[], bool]
+    ) -> None:
+        self._path = path
+        self._log = log
+        self._config = config
+        self._busy = busy
+        self.indexed = 0  # rows added since the node started
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        index = await anyio.to_thread.run_sync(SearchIndex, self._path)
+        try:
+            task_status.started()
+            while True:
+                await self._catch_up(index)
+                await anyio.sleep(self._config.interval_s)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_STOP_CATCH_UP_S):
+                await self._catch_up(index)
+            index.close()
+
+    async def _catch_up(self, index: SearchIndex) -> None:
+        """Slices until the index holds the whole log, yielding to messages in flight between them."""
+        log, count_max = self._log(), self._config.slice_records
+
+        def one_slice() -> int:
+            return catch_up(index, lambda lsn: log.read_from(lsn, decode_row), count_max)
+
+        while True:
+            started = time.perf_counter()
+            added = await anyio.to_thread.run_sync(one_slice)
+            self.indexed += added
+            if added < count_max:
+                return
+            if self._busy():
+                await anyio.sleep(time.perf_counter() - started)
+            else:
+                await anyio.lowlevel.checkpoint()
