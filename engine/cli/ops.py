@@ -98,6 +98,12 @@ def _status_view(report: dict[str, Any]) -> Group:
         )
     else:
         read_side = Text("read side: off (no PostgreSQL DSN configured)")
+    search = report.get("search", "off")
+    if isinstance(search, dict):
+        behind = max(wal["last_lsn"] - search["indexed_to"], 0)
+        read_side += Text(f"; message search: indexed to LSN {search['indexed_to']:,} ({behind:,} records behind)")
+    else:
+        read_side += Text("; message search: off (`vigil log` indexes the log itself)")
     auth = report.get("auth", {})
     sessions = Text(
         f"sessions: {auth.get('sessions_active', 0)} active, {auth.get('sessions_locked', 0)} locked; "

@@ -121,6 +121,7 @@ class Node:
         self._fanout.routes = self._routes
         self._cluster: Cluster | None = None
         self._nats: NatsSource | None = None
+        self._search: SearchFollower | None = None
         self._mllp_port: int | None = None
         self._parts: Parts | None = None
         self._supervisor: Supervisor | None = None
@@ -232,8 +233,8 @@ class Node:
             for name in self._routes.configs
         ]
         if self.config.search.enabled:
-            search = SearchFollower(self.data_dir / INDEX_FILE, lambda: self.wal, self.config.search, self._busy)
-            children.append(self._child("search", search.run))
+            self._search = SearchFollower(self.data_dir / INDEX_FILE, lambda: self.wal, self.config.search, self._busy)
+            children.append(self._child("search", self._search.run))
         if self.config.cluster.enabled:
             children.append(self._child("cluster", self._run_cluster))
         children += [
@@ -435,6 +436,7 @@ class Node:
             "quarantine_open": sum(waiting.values()),
             "quarantine_open_by_age": waiting,
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
+            "search": {"indexed_to": self._search.indexed_to} if self._search is not None else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "routes": msgspec.to_builtins(self._routes.statistics()),
             "in_flight": self.parts.intake.in_flight,

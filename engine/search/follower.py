@@ -92,6 +92,7 @@ class SearchFollower:
         self._config = config
         self._busy = busy
         self.indexed = 0  # rows added since the node started
+        self.indexed_to = 0  # the last LSN the index holds, as of the last look
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         index = await anyio.to_thread.run_sync(SearchIndex, self._path)
@@ -116,6 +117,8 @@ class SearchFollower:
             started = time.perf_counter()
             added = await anyio.to_thread.run_sync(one_slice)
             self.indexed += added
+            tip = await anyio.to_thread.run_sync(index.tip)
+            self.indexed_to = tip.lsn if tip is not None else 0
             if added < count_max:
                 return
             if self._busy():

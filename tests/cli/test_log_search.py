@@ -68,6 +68,12 @@ def test_search_on_a_running_node_then_on_one_killed_and_with_its_index_lost(tmp
         assert _found(data, "--outcome", "rejected") == [("q1", "LAB^GENHOSP", "ORU^R01", "BAD1", "rejected")]
         assert _found(data, "--since", "2099-01-01") == []
         assert len(_found(data, "--until", "2099-01-01", "--type", "ORU^R01")) == 2
+        code, out = _vigil(data, "status", "--json")
+        assert code == 0, out
+        status = json.loads(out)
+        assert 0 <= status["search"]["indexed_to"] <= status["wal"]["last_lsn"]
+        code, out = _vigil(data, "status")
+        assert "message search: indexed to LSN" in out
         code, out = _vigil(data, "log", "--control-id", "C1")
         assert code == 0, out
         assert "reused" in out, out
