@@ -2,10 +2,11 @@
 
 The node indexes what became durable since its last look, every
 `[search] interval_s`, in slices read and written in a worker thread (the
-routes read the log the same way); between slices, while messages are in
-flight, it pauses as long as the slice took, so indexing takes at most half
-of a busy node and the ACK path comes first. At a clean stop it indexes
-what is left. A node killed mid-way leaves the index behind its log: the next
+routes read the log the same way). While messages are in flight it indexes
+one slice per look and no more (the ACK path comes first: a billing flood
+is indexed at `slice_records` per interval and the rest once it has passed);
+idle, it goes on until the index holds the whole log. At a clean stop it
+indexes what is left. A node killed mid-way leaves the index behind its log: the next
 node (or a CLI search, when no node serves the log) catches it up.
 
 Each catch-up first checks the index's tip against the log (same LSN, same
@@ -15,7 +16,6 @@ loss, replaced by a restore) has its index made again from the start.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, final
@@ -103,25 +103,24 @@ class SearchFollower:
                 await anyio.sleep(self._config.interval_s)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_STOP_CATCH_UP_S):
-                await self._catch_up(index)
+                await self._catch_up(index, stopping=True)
             index.close()
 
-    async def _catch_up(self, index: SearchIndex) -> None:
-        """Slices until the index holds the whole log, yielding to messages in flight between them."""
+    async def _catch_up(self, index: SearchIndex, *, stopping: bool = False) -> None:
+        """Slices until the index holds the whole log; while messages are in flight, one slice per look.
+
+        At the stop, everything (the sources have stopped: nothing waits for an ACK).
+        """
         log, count_max = self._log(), self._config.slice_records
 
         def one_slice() -> int:
             return catch_up(index, lambda lsn: log.read_from(lsn, decode_row), count_max)
 
         while True:
-            started = time.perf_counter()
             added = await anyio.to_thread.run_sync(one_slice)
             self.indexed += added
             tip = await anyio.to_thread.run_sync(index.tip)
             self.indexed_to = tip.lsn if tip is not None else 0
-            if added < count_max:
+            if added < count_max or (self._busy() and not stopping):
                 return
-            if self._busy():
-                await anyio.sleep(time.perf_counter() - started)
-            else:
-                await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
