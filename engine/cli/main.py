@@ -37,7 +37,7 @@ from engine.core.model import Event, Lane, ResultReported
 from engine.infra.logging_setup import configure_logging
 from engine.wal import LogRecord
 
-__all__ = ["main"]
+__all__ = ["global_options_first", "main"]
 
 _LANE_STYLE = {Lane.CRITICAL: "bold red", Lane.STANDARD: "cyan", Lane.BATCH: "dim"}
 _INPUT_BYTES_MAX = 1024 * 1024 * 1024  # inspect reads whole inputs: refuse beyond 1 GiB
@@ -313,10 +313,25 @@ for command in AUDIT_COMMANDS:
     audit.add_command(command)
 
 
+def global_options_first(args: list[str]) -> list[str]:
+    """`--config FILE` given after the subcommand (`vigil status --config F`) moved before it, where click reads it.
+
+    Only up to a `--` (after it every word is an argument); the first
+    `--config` wins, as it would before the subcommand.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    for i, word in enumerate(args[:end]):
+        if i and word == "--config" and i + 1 < end:
+            return [*args[i : i + 2], *args[:i], *args[i + 2 :]]
+        if i and word.startswith("--config="):
+            return [word, *args[:i], *args[i + 1 :]]
+    return args
+
+
 def main() -> None:
     """Entry point of `bin/vigil` and the `vigil` console script."""
     configure_logging("warning")
-    cli(prog_name="vigil")
+    cli(args=global_options_first(sys.argv[1:]), prog_name="vigil")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.auth import Role
+from engine.cli.main import global_options_first
 from tests.harness.helpers import PID, hl7
 from tests.harness.sessions import sign_in
 
@@ -82,3 +83,15 @@ def test_cluster_status_against_an_unreachable_nats_answers_at_once() -> None:
     err = _fails_in_one_line("cluster", "status", "--nats", f"nats://127.0.0.1:{port}")
     assert "cannot reach NATS" in err
     assert time.monotonic() - started < 20
+
+
+def test_config_after_the_subcommand_is_read_as_before_it(tmp_path: Path) -> None:
+    """`vigil wal verify --config F` and `vigil --config F wal verify` read the same file (issue 20)."""
+    config = tmp_path / "site.toml"
+    config.write_text('[node]\ndata_dir = "site-data"\n')
+    before = _fails_in_one_line("--config", str(config), "wal", "verify")
+    after = _fails_in_one_line("wal", "verify", "--config", str(config))
+    joined = _fails_in_one_line("wal", "verify", f"--config={config}")
+    assert before == after == joined
+    assert "site-data" in after
+    assert global_options_first(["log", "--", "--config", "x"]) == ["log", "--", "--config", "x"]
