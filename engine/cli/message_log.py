@@ -166,11 +166,11 @@ def _records(wal_dir: Path, lsns: Iterable[int]) -> list[LogRecord]:
     wanted = set(lsns)
     if not wanted:
         return []
-    out = []
+    out, last = [], max(wanted)
     for record in iter_records(wal_dir, OSFiles(), from_lsn=min(wanted)):
         if record.lsn in wanted:
             out.append(record)
-        if record.lsn >= max(wanted):
+        if record.lsn >= last:
             break
     return out
 

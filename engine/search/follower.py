@@ -42,8 +42,10 @@ class LogReader(Protocol):
     def read_from(self, lsn: int, decode: Callable[[bytes], MetadataRecord]) -> Iterator[MetadataRecord]: ...
 
 
-def catch_up(index: SearchIndex, records: Callable[[int], Iterator[MetadataRecord]], count_max: int) -> int:
-    """Index up to `count_max` records after the tip (`records(lsn)` reads from `lsn` on); how many were added.
+def catch_up(index: SearchIndex, records: Callable[[int], Iterator[MetadataRecord]], count_max: int) -> tuple[int, int]:
+    """Index up to `count_max` records after the tip (`records(lsn)` reads from `lsn` on).
+
+    Returns how many were added and the LSN the index now holds up to (0: none).
 
     Blocking: called in a worker thread.
     """
@@ -66,7 +68,7 @@ def catch_up(index: SearchIndex, records: Callable[[int], Iterator[MetadataRecor
         index.reset()
         return catch_up(index, records, count_max)
     index.add(rows)
-    return len(rows)
+    return len(rows), rows[-1].lsn if rows else (tip.lsn if tip is not None else 0)
 
 
 def catch_up_files(index: SearchIndex, wal_dir: Path, *, count_max: int = 5000) -> int:
@@ -74,7 +76,7 @@ def catch_up_files(index: SearchIndex, wal_dir: Path, *, count_max: int = 5000) 
     files = OSFiles()
     added = 0
     while True:
-        count = catch_up(index, lambda lsn: iter_records(wal_dir, files, from_lsn=lsn, decode=decode_row), count_max)
+        count, _ = catch_up(index, lambda lsn: iter_records(wal_dir, files, from_lsn=lsn, decode=decode_row), count_max)
         added += count
         if count < count_max:
             return added
@@ -91,7 +93,6 @@ class SearchFollower:
         self._log = log
         self._config = config
         self._busy = busy
-        self.indexed = 0  # rows added since the node started
         self.indexed_to = 0  # the last LSN the index holds, as of the last look
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -113,14 +114,11 @@ class SearchFollower:
         """
         log, count_max = self._log(), self._config.slice_records
 
-        def one_slice() -> int:
+        def one_slice() -> tuple[int, int]:
             return catch_up(index, lambda lsn: log.read_from(lsn, decode_row), count_max)
 
         while True:
-            added = await anyio.to_thread.run_sync(one_slice)
-            self.indexed += added
-            tip = await anyio.to_thread.run_sync(index.tip)
-            self.indexed_to = tip.lsn if tip is not None else 0
+            added, self.indexed_to = await anyio.to_thread.run_sync(one_slice)
             if added < count_max or (self._busy() and not stopping):
                 return
             await anyio.lowlevel.checkpoint()
