@@ -495,9 +495,9 @@ class SearchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         enabled: the node keeps the index up with its log (off: a search
             catches it up itself, only when no node serves the log).
         interval_s: how often the node indexes what became durable since.
-        slice_records: records read and indexed per slice; while messages
-            are in flight, one slice per interval (a flood is indexed once it
-            has passed; `vigil log` indexes what is missing itself).
+        slice_records: records read and indexed per slice; none while a
+            message is in flight (a flood is indexed once it has passed;
+            `vigil log` indexes what is missing itself).
     """
 
     enabled: bool = True

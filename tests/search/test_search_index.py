@@ -129,16 +129,28 @@ def test_files_catch_up_in_slices_and_a_replaced_log_makes_the_index_again(tmp_p
 
 
 @pytest.mark.anyio
-async def test_the_follower_indexes_the_log_in_slices_and_what_is_left_at_its_stop(tmp_path: Path) -> None:
-    """The node's part: slices that give way to a busy node, and at its stop what was appended since its look."""
+async def test_the_follower_gives_way_to_a_busy_node_and_a_search_catches_up_the_rest(tmp_path: Path) -> None:
+    """Idle, slices until the index holds the log; busy, none; the stop does not wait; a search indexes the rest."""
     path = tmp_path / "search.sqlite"
+    looked = anyio.Event()
+    answers = iter([False, True])  # idle for the first slice, then messages in flight
+
+    def busy() -> bool:
+        now = next(answers, True)
+        if now:
+            looked.set()  # the look gives way here: it is over
+        return now
+
     async with open_wal(tmp_path / "wal", SMALL) as wal:
         await wal.append([envelope(i) for i in range(12)])
-        follower = SearchFollower(path, lambda: wal, SearchConfig(interval_s=3600, slice_records=5), lambda: True)
+        follower = SearchFollower(path, lambda: wal, SearchConfig(interval_s=3600, slice_records=5), busy)
         async with anyio.create_task_group() as tg:
             await tg.start(follower.run)
-            await wal.append([envelope(12)])
+            await looked.wait()
+            assert follower.indexed_to == 5
             tg.cancel_scope.cancel()
     index = SearchIndex(path)
-    assert [r.lsn for r in index.search(SearchQuery(), limit=100)] == list(range(1, 14))
+    assert [r.lsn for r in index.search(SearchQuery(), limit=100)] == list(range(1, 6))
+    assert catch_up_files(index, tmp_path / "wal") == 7
+    assert [r.lsn for r in index.search(SearchQuery(), limit=100)] == list(range(1, 13))
     index.close()
