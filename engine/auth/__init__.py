@@ -9,7 +9,9 @@ reads them back as FHIR AuditEvent.
 
 from typing import TYPE_CHECKING, Any
 
+from engine.auth.api_clients import CLIENT_ROLE, ApiClients, ScopeRefusedError
 from engine.auth.audit_events import AUDIT_MESSAGE_TYPE, audit_envelope, fhir_audit_event
+from engine.auth.clients import SCOPE_RULE, ApiClient, Mode, allows, parse_scopes
 from engine.auth.policy import Decision, Grant, Review, SessionRecord, SessionState, User
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials, Login
 from engine.auth.settings import AuthConfig, Permission, Role, Setting, WorkstationConfig
@@ -35,10 +37,14 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AUDIT_MESSAGE_TYPE",
+    "CLIENT_ROLE",
     "OPERATIONS",
+    "SCOPE_RULE",
     "STORE_FILE",
     "Access",
     "AccessRefusedError",
+    "ApiClient",
+    "ApiClients",
     "AuditItem",
     "AuthConfig",
     "AuthEndpoint",
@@ -48,14 +54,18 @@ __all__ = [
     "Decision",
     "Grant",
     "Login",
+    "Mode",
     "Permission",
     "Review",
     "Role",
+    "ScopeRefusedError",
     "SessionRecord",
     "SessionState",
     "Setting",
     "User",
     "WorkstationConfig",
+    "allows",
     "audit_envelope",
     "fhir_audit_event",
+    "parse_scopes",
 ]

@@ -18,7 +18,9 @@ import anyio
 import msgspec
 import structlog
 
+from engine.auth.api_clients import ApiClients
 from engine.auth.audit_events import audit_envelope
+from engine.auth.clients import ApiClient, Mode
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials
 from engine.auth.settings import Permission, Role, Setting
 from engine.core.model import Envelope
@@ -47,6 +49,9 @@ OPERATIONS: Final = frozenset(
         "review_close",
         "secrets_change",
         "user_reset",
+        "clients",
+        "client_add",
+        "client_revoke",
     }
 )
 
@@ -86,6 +91,7 @@ class AuthEndpoint:
 
     def __init__(self, service: AuthService, sink: AuditSink, *, node: str, log_denials: bool = True) -> None:
         self.service = service
+        self.clients = ApiClients(service.store, service.clock, service.done_by)
         self._sink = sink
         self._node = node
         self._log_denials = log_denials  # the node's log; a CLI answering for itself says it in its one line
@@ -109,6 +115,9 @@ class AuthEndpoint:
             "review_close": self._review_close,
             "secrets_change": self._secrets_change,
             "user_reset": self._user_reset,
+            "clients": self._clients,
+            "client_add": self._client_add,
+            "client_revoke": self._client_revoke,
         }
         assert handlers.keys() == OPERATIONS
         return handlers
@@ -166,6 +175,22 @@ class AuthEndpoint:
             raise await self._refused(refused) from None
         await self.audit(access.audit)
         return access
+
+    async def authorize_client(
+        self, token: str, resource_type: str, mode: Mode, *, patients: Sequence[str] = (), action: str
+    ) -> ApiClient:
+        """Allow an API client's request (audited before it is answered) or raise `AccessRefusedError`.
+
+        On the event loop: a known token is a lookup in memory; an unknown one reads the store once.
+        The refusal's audit events are in the log when it is raised.
+        """
+        try:
+            client, audit = self.clients.authorize(token, resource_type, mode, patients=patients, action=action)
+        except AccessRefusedError as refused:
+            await self.audit(refused.audit)
+            raise
+        await self.audit(audit)
+        return client
 
     async def persist_sessions(self) -> None:
         """Write sessions' activity to the store every `activity_persist_interval_s` (run for the node's life)."""
@@ -306,6 +331,25 @@ class AuthEndpoint:
         await self._act(lambda: self.service.reset_secrets(by, user_id, password=password, pin=pin))
         return {"user": user_id, "reset": True}
 
+    async def _clients(self, request: dict[str, Any]) -> object:
+        await self.authorize(request, Permission.USER_MANAGE)
+        return [_client_json(c) for c in await anyio.to_thread.run_sync(self.clients.listed)]
+
+    async def _client_add(self, request: dict[str, Any]) -> object:
+        client_id, scopes = _text(request, "client"), request.get("scopes")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise AdminError("the request needs scopes (a list)")
+        by = await self.authorize(request, Permission.USER_MANAGE)
+        token, audit = await self._run(lambda: self.clients.add(by, client_id, scopes))
+        await self.audit(audit)
+        return {"client": client_id, "scopes": scopes, "token": token}
+
+    async def _client_revoke(self, request: dict[str, Any]) -> object:
+        client_id = _text(request, "client")
+        by = await self.authorize(request, Permission.USER_MANAGE)
+        await self._act(lambda: self.clients.revoke(by, client_id))
+        return {"client": client_id, "revoked": True}
+
     @staticmethod
     def _roles(request: dict[str, Any]) -> tuple[Role, ...]:
         roles = request.get("roles")
@@ -327,6 +371,17 @@ class AuthEndpoint:
         review, audit = await self._run(lambda: self.service.close_review(by, review_id, outcome, note))
         await self.audit(audit)
         return msgspec.to_builtins(review)
+
+
+def _client_json(client: ApiClient) -> dict[str, Any]:
+    return {
+        "client": client.id,
+        "scopes": list(client.scopes),
+        "created_at": client.created_at,
+        "created_by": client.created_by,
+        "revoked_at": client.revoked_at or None,
+        "revoked_by": client.revoked_by or None,
+    }
 
 
 def _session_json(session: Any) -> dict[str, Any]:

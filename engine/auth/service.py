@@ -122,6 +122,14 @@ class AuthService:
             self._sessions[session.token_hash] = session
 
     @property
+    def store(self) -> AuthStore:
+        return self._store
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
     def config(self) -> AuthConfig:
         return self._config
 

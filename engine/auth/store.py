@@ -15,13 +15,14 @@ from typing import Final, TypeVar, final
 
 import msgspec
 
+from engine.auth.clients import ApiClient
 from engine.auth.policy import Grant, Review, SessionRecord, User
 from engine.infra.sqlite_file import SqliteFile
 
 __all__ = ["STORE_FILE", "AuthStore"]
 
 STORE_FILE: Final = "auth.db"
-_T = TypeVar("_T", User, SessionRecord, Grant, Review)
+_T = TypeVar("_T", User, SessionRecord, Grant, Review, ApiClient)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc BLOB NOT NULL);
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, session TEXT NOT NULL, d
 CREATE INDEX IF NOT EXISTS grants_session ON grants (session);
 CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, open INTEGER NOT NULL, doc BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS reviews_open ON reviews (open);
+CREATE TABLE IF NOT EXISTS api_clients (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, doc BLOB NOT NULL);
 """
 
 
@@ -131,3 +133,29 @@ class AuthStore:
                 "UPDATE reviews SET open = ?, doc = ? WHERE id = ?",
                 (0 if review.reviewed_at else 1, msgspec.json.encode(review), review.id),
             )
+
+    # -- API clients -----------------------------------------------------------------
+
+    def client(self, client_id: str) -> ApiClient | None:
+        found = self._rows("SELECT doc FROM api_clients WHERE id = ?", (client_id,), ApiClient)
+        return found[0] if found else None
+
+    def client_by_token(self, token_hash: str) -> ApiClient | None:
+        found = self._rows("SELECT doc FROM api_clients WHERE token_hash = ?", (token_hash,), ApiClient)
+        return found[0] if found else None
+
+    def clients(self) -> list[ApiClient]:
+        return self._rows("SELECT doc FROM api_clients ORDER BY id", (), ApiClient)
+
+    def add_client(self, client: ApiClient) -> bool:
+        """Insert a new client; False if the id is taken (ids are never reused: audit trails name them)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO api_clients VALUES (?, ?, ?)",
+                (client.id, client.token_hash, msgspec.json.encode(client)),
+            )
+            return cursor.rowcount == 1
+
+    def put_client(self, client: ApiClient) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE api_clients SET doc = ? WHERE id = ?", (msgspec.json.encode(client), client.id))

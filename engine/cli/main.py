@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.cli.auth import AUDIT_COMMANDS, break_glass, lock, login, logout, passwd, unlock, user, whoami
+from engine.cli.clients import client
 from engine.cli.cluster import cluster
 from engine.cli.console import DataConsole, InertGroup, styled
 from engine.cli.context import Context
@@ -307,6 +308,7 @@ cli.add_command(db)
 cli.add_command(worklist)
 cli.add_command(cluster)
 cli.add_command(routes)
+cli.add_command(client)
 for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:

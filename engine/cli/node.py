@@ -79,8 +79,15 @@ def run(
     if use_stdin and obj.config.cluster.enabled:
         raise click.UsageError("--stdin runs a single node: a cluster node takes --mllp, --watch or NATS subjects")
     nats = bool(obj.config.nats.servers and obj.config.nats.subjects)
-    if use_stdin == bool(mllp or watch or nats):
-        raise click.UsageError("give --stdin alone, or --mllp HOST:PORT and/or --watch DIR and/or [nats] in the config")
+    http = bool(obj.config.http.listen)
+    if use_stdin and http:
+        raise click.UsageError(
+            "--stdin runs until its input ends: [http] listen serves a node run with --mllp or alone"
+        )
+    if use_stdin == bool(mllp or watch or nats or http):
+        raise click.UsageError(
+            "give --stdin alone, or --mllp HOST:PORT and/or --watch DIR and/or [nats] or [http] in the config"
+        )
     configure_logging("info", json=True)
     shutdown_export = install_otlp_export(obj.config.node.id)
     try:
@@ -144,6 +151,10 @@ async def _serve(
             sys.stdout.write(f"vigil: watching {watch}\n")
         if node.config.cluster.enabled:
             sys.stdout.write(f"vigil: node {node.config.node.id} joining the cluster\n")
+        if node.http_port is not None:
+            host = node.config.http.listen.rpartition(":")[0]
+            scheme = "https" if node.config.http.tls_cert_file else "http"
+            sys.stdout.write(f"vigil: HTTP on {scheme}://{host}:{node.http_port}\n")
         if node.admin_port is not None:
             host = node.config.admin.listen.rpartition(":")[0]
             sys.stdout.write(f"vigil: admin endpoint on {host}:{node.admin_port} (TLS)\n")

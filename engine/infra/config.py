@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, final, get_args
+from typing import Annotated, Any, Final, Literal, final, get_args
 
 import msgspec
 
@@ -29,6 +29,7 @@ __all__ = [
     "ClusterAckConfig",
     "ClusterConfig",
     "Config",
+    "HttpConfig",
     "IngestConfig",
     "LanesConfig",
     "MLLPConfig",
@@ -174,6 +175,43 @@ class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     connections_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+
+
+@final
+class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[http]`: the node's HTTP face (FHIR REST, HL7 v2 and FHIR in, probes and metrics).
+
+    Attributes:
+        listen: HOST:PORT to serve on (port 0: any free port); empty: off.
+        tls_cert_file, tls_key_file: HTTPS. Required unless `listen` is a
+            loopback address (a proxy on the same host terminating TLS):
+            the API carries PHI and bearer tokens.
+        body_bytes_max: the largest request body taken (413 past it).
+        keep_alive_s: an idle connection is closed after this long.
+        grace_s: on stop, requests in progress get this long to finish.
+    """
+
+    listen: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    body_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MIB)] = 16 * _MIB
+    keep_alive_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            return
+        host, _port = split_address(self.listen, "http.listen")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        if not self.tls_cert_file and host not in _LOOPBACK:
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address: HTTPS is required there "
+                "(tls_cert_file, tls_key_file), as the API carries PHI and bearer tokens"
+            )
+
+
+_LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
 
 
 @final
@@ -513,6 +551,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ingest: IngestConfig = IngestConfig()
     mllp: MLLPConfig = MLLPConfig()
     admin: AdminConfig = AdminConfig()
+    http: HttpConfig = HttpConfig()
     nats: NatsConfig = NatsConfig()
     cluster: ClusterConfig = ClusterConfig()
     wal: WalConfig = WalConfig()

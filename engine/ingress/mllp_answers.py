@@ -55,11 +55,15 @@ class MLLPAnswers:
         if not raw.strip(_BLANK):
             _log.warning("mllp.empty_frame", source=source, reason="an MLLP frame with no message: not answered")
             return None
+        _outcome, ack = await self.acknowledge(raw, source)
+        return ack
+
+    async def acknowledge(self, raw: bytes, source: str) -> tuple[Outcome, bytes]:
+        """Ingest one HL7 v2 message: what became of it, and its ACK (HL7 v2 over HTTP answers with both)."""
         ctx = AckContext.from_raw(raw)
         result, refusal = await self._ingest(raw, source, Kind.HL7V2)
-        return build_ack(
-            ctx, result.outcome, control_id=self._ack_id(), timestamp=self._dtm(), error=refusal
-        ).to_bytes()
+        ack = build_ack(ctx, result.outcome, control_id=self._ack_id(), timestamp=self._dtm(), error=refusal)
+        return result.outcome, ack.to_bytes()
 
     def refuse_framing(self, error: FramingError, source: str) -> bytes | None:
         """An AR for a frame refused whole (too large), echoing its MSH-10; nothing for broken framing."""

@@ -65,6 +65,11 @@ class NodeRequests:
         """A patient's record from its actor (now, as known at, as of)."""
         return await self._actors().query(key, known_at=known_at, as_of=as_of)
 
+    async def served_patient(self, key: str, known_at: str | None, as_of: str | None) -> RecordView:
+        """A record this node serves (in a cluster, its partition's owner only); `AdminError` says why not."""
+        self._check_served(key)
+        return await self.patient(key, known_at=known_at, as_of=as_of)
+
     def _actors(self) -> PatientActors:
         actors = self._fanout.actors
         if actors is None:

@@ -69,6 +69,7 @@ from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
 from engine.node.route_requests import RouteRequests
+from engine.node.web_face import http_server
 from engine.projections import ProjectionRunner, dsn_of
 from engine.routes import Routes
 from engine.search import INDEX_FILE, SearchFollower
@@ -79,7 +80,8 @@ __all__ = ["IngestResult", "Node"]
 
 _log = structlog.get_logger("vigil.node")
 
-_SOURCES = ("mllp", "drop_folder", "nats")
+# Stopped first, in reverse order: nothing new comes in while in-flight messages finish.
+_SOURCES = ("mllp", "drop_folder", "nats", "http")
 
 
 @final
@@ -133,6 +135,7 @@ class Node:
         self._started = 0.0
         self._mllp_state = "off"  # what `vigil status` says of the MLLP listener
         self.admin_port: int | None = None  # the admin endpoint's TCP port, when `[admin] listen` is set
+        self.http_port: int | None = None  # the HTTP face's port, when `[http] listen` is set
 
     # -- running --------------------------------------------------------------------
 
@@ -160,7 +163,8 @@ class Node:
         # still importing holds the process's exit back by most of a second.
         large_stdin = stdin is not None and stdin.count(b"MSH") >= self.config.ingest.parse_pool_messages_min
         nats = stdin is None and bool(self.config.nats.servers and self.config.nats.subjects)
-        if large_stdin or mllp is not None or watch is not None or nats:  # a served source may send a large message
+        served = mllp is not None or watch is not None or nats or bool(self.config.http.listen)
+        if large_stdin or served:  # a served source may send a large message
             self._parse_pool.start()
         try:
             store = await anyio.to_thread.run_sync(AuthStore.open_private, self.data_dir)
@@ -208,7 +212,7 @@ class Node:
             await tg.start(supervisor.run)
             self._started = anyio.current_time()
             task_status.started(self._mllp_port)
-            _log.info("node.ready", mllp_port=self._mllp_port, last_lsn=self.wal.last_lsn)
+            _log.info("node.ready", mllp_port=self._mllp_port, http_port=self.http_port, last_lsn=self.wal.last_lsn)
             if stdin is not None:
                 results = await self.parts.intake.ingest_stream(stdin, "stdin")
             else:
@@ -242,6 +246,8 @@ class Node:
             self._child("summaries", self._summaries),
             self._child("collector", Collector(self.config.collector, self._busy).run),
         ]
+        if self.config.http.listen:
+            children.append(self._child("http", self._run_http))
         if mllp is not None:
             answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
             server = mllp_server(self.config, answers, mllp_tls)
@@ -353,6 +359,24 @@ class Node:
             self._mllp_state = f"listening on port {port}{tls}"
             task_status.started()
         self._mllp_state = "off"
+
+    async def _run_http(self, *, task_status: TaskStatus[None]) -> None:
+        """The HTTP face (`engine.web`): FHIR reads, HL7 v2 and FHIR in, probes and metrics."""
+        assert self._requests is not None
+        assert self._auth is not None
+        server = http_server(
+            self.config,
+            self._config_dir,
+            auth=self._auth,
+            requests=self._requests,
+            answers=MLLPAnswers(self._ingest_one, self.config.node.id, self._clock),
+            ingest=self._ingest_one,
+            ready=self._not_ready,
+            report=self._metrics_report,
+        )
+        async with anyio.create_task_group() as tg:
+            self.http_port = await tg.start(server.serve)
+            task_status.started()
 
     async def _run_drop_folder(self, folder: Path, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
@@ -493,6 +517,19 @@ class Node:
         if handler is None:
             raise AdminError(f"unknown request {operation!r}")
         return await handler(request)
+
+    def _not_ready(self) -> str | None:
+        """Why the node should not be sent traffic now (`/readyz`), or None when every part runs."""
+        if self._stop_requested.is_set():
+            return "stopping"
+        if self._parts is None:
+            return "the log is not open"
+        waiting = [f"{c.name} is {c.state}" for c in self.supervision() if c.state != "running"]
+        return ", ".join(waiting) or None
+
+    async def _metrics_report(self) -> dict[str, object]:
+        """The report `/metrics` reads: `vigil status`'s, with the log's counters."""
+        return {**await self._report(), "wal": msgspec.to_builtins(self.wal.statistics())}
 
     def _busy(self) -> bool:
         """Messages in flight: the read side yields to them."""

@@ -16,13 +16,26 @@ from engine.core.fhir.resources import (
     Resource,
     ServiceRequest,
 )
+from engine.core.fhir.v2_datatypes import Json, pruned
+from engine.core.fhir.v2_vocabulary import (
+    ENCOUNTER_CLASS,
+    GENDER,
+    INTERPRETATION_SYSTEM,
+    OBSERVATION_STATUS,
+    code_system,
+)
 
 __all__ = [
+    "ENCOUNTER_CLASS",
+    "GENDER",
+    "INTERPRETATION_SYSTEM",
+    "OBSERVATION_STATUS",
     "RESOURCE_TYPES",
     "BundleEntry",
     "DecodedBundle",
     "DiagnosticReport",
     "Encounter",
+    "Json",
     "MedicationRequest",
     "MessageHeader",
     "Meta",
@@ -32,10 +45,12 @@ __all__ = [
     "Resource",
     "ServiceRequest",
     "bundle_from_hl7v2",
+    "code_system",
     "decode_document",
     "decode_resource",
     "map_resource",
     "patient_key",
+    "pruned",
     "resolve_patient",
     "resource_id",
     "resource_type",

@@ -1,0 +1,63 @@
+"""The node's HTTP face as one ASGI app: probes and metrics, FHIR reads, HL7 v2 and FHIR in.
+
+Every answer says `Cache-Control: no-store` (a FHIR answer may hold PHI, and
+no proxy or browser cache may keep it) and `X-Content-Type-Options: nosniff`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.web.answers import operation_outcome
+from engine.web.fhir_api import READ_FAULTS, FhirReads
+from engine.web.gate import Refused, answer_refusal
+from engine.web.ingest_api import IngestApi
+from engine.web.probes import Probes
+
+__all__ = ["web_app"]
+
+_HEADERS: Final = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+
+def web_app(probes: Probes, reads: FhirReads, ingest: IngestApi) -> ASGIApp:
+    app = Starlette(
+        routes=[*probes.routes(), *ingest.routes(), *reads.routes()],
+        exception_handlers={**READ_FAULTS, Refused: answer_refusal, HTTPException: _http_fault, 500: _internal},
+    )
+    return _NoStore(app)
+
+
+async def _http_fault(_request: Request, exc: Exception) -> Response:
+    """No such path (404), or not that method (405): an OperationOutcome, as every other fault."""
+    assert isinstance(exc, HTTPException)
+    return operation_outcome(exc.status_code, exc.detail, headers=exc.headers)
+
+
+async def _internal(_request: Request, _exc: Exception) -> Response:
+    # The exception itself goes to the server's error log: its text may quote a message.
+    return operation_outcome(500, "internal error: the request was not completed (see the node's log)")
+
+
+class _NoStore:
+    """Adds the headers every answer carries (a pure ASGI wrapper: no per-request task, unlike Starlette's)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_HEADERS]
+            await send(message)
+
+        await self._app(scope, receive, sending)
