@@ -263,7 +263,8 @@ def resources_of(view: RecordView, resource_type: str) -> list[Json]:
 def _concept(coded: Coded) -> Json:
     system = coded.system if ":" in coded.system else code_system(coded.system) if coded.system else None
     coding = pruned({"system": system, "code": coded.code, "display": coded.text})
-    return pruned({"coding": [coding] if coded.code.strip() else None, "text": coded.text})
+    concept = pruned({"coding": [coding] if coded.code.strip() else None, "text": coded.text})
+    return concept or {"text": "not coded by the sender"}  # required where it is used: said, not left out
 
 
 def _value(value: str, value_type: str, units: str) -> Json:

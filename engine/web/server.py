@@ -47,22 +47,23 @@ class HttpServer:
         """Serve until cancelled; `task_status.started(port)` once the socket listens."""
         host, port = self._address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.create_server((host, port), family=family, backlog=256) as sock:
-            config = self._config(sock)
-            stop, done = anyio.Event(), anyio.Event()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._run, config, stop, done)
-                task_status.started(sock.getsockname()[1])
-                try:
-                    await anyio.sleep_forever()
-                finally:
-                    stop.set()  # hypercorn's own graceful stop: the requests in progress finish
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._grace_s + 1):
-                        await done.wait()
+        sock = socket.create_server((host, port), family=family, backlog=256)
+        bound = sock.getsockname()[1]
+        config = self._config(sock.detach())  # hypercorn owns the descriptor now, and closes it
+        stop, done = anyio.Event(), anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run, config, stop, done)
+            task_status.started(bound)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                stop.set()  # hypercorn's own graceful stop: the requests in progress finish
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._grace_s + 1):
+                    await done.wait()
 
-    def _config(self, sock: socket.socket) -> HypercornConfig:
+    def _config(self, descriptor: int) -> HypercornConfig:
         config = HypercornConfig()
-        config.bind = [f"fd://{sock.fileno()}"]
+        config.bind = [f"fd://{descriptor}"]
         config.accesslog = None
         config.errorlog = _LOG
         config.include_server_header = False

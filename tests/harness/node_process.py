@@ -16,10 +16,10 @@ from pathlib import Path
 import anyio
 
 from engine.core.mllp import Frame, MLLPDecoder, frame
-from engine.wal import open_wal
+from engine.wal import LogRecord, open_wal
 from tests.harness.helpers import hl7, oru
 
-__all__ = ["NO_PID", "ROOT", "VIGIL", "exchange", "log_ids", "message", "node", "run_stdin"]
+__all__ = ["NO_PID", "ROOT", "VIGIL", "exchange", "http_node", "log_ids", "log_records", "message", "node", "run_stdin"]
 
 ROOT = Path(__file__).resolve().parents[2]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -51,6 +51,16 @@ def node(data: Path, *extra: str, config: Path | None = None) -> Iterator[tuple[
             proc.stdout.close()
 
 
+@contextmanager
+def http_node(data: Path, config: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """`vigil run --mllp` with `[http] listen` in `config`: the process, its MLLP port and its HTTP port."""
+    with node(data, *extra, config=config) as (proc, mllp_port):
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "HTTP on http" in line, f"the node did not say where it serves HTTP: {line!r}"
+        yield proc, mllp_port, int(line.rsplit(":", 1)[1])
+
+
 def exchange(conn: socket.socket, payload: bytes, decoder: MLLPDecoder) -> bytes:
     """Send one framed message and return the payload of the answer."""
     conn.sendall(frame(payload))
@@ -77,9 +87,14 @@ def run_stdin(data: Path, feed: bytes, *options: str) -> tuple[list[dict[str, ob
 
 def log_ids(data: Path) -> list[str]:
     """The message id of every record in the data directory's log, in LSN order."""
+    return [r.message_id for r in log_records(data)]
 
-    async def read() -> list[str]:
+
+def log_records(data: Path) -> list[LogRecord]:
+    """Every record in the data directory's log, in LSN order."""
+
+    async def read() -> list[LogRecord]:
         async with open_wal(data / "wal") as wal:
-            return [r.message_id for r in wal.read_from(1)]
+            return list(wal.read_from(1))
 
     return anyio.run(read)
