@@ -36,9 +36,16 @@ class Refused(Exception):  # noqa: N818 -- it carries the answer, as Starlette's
         self.response = response
 
 
-async def answer_refusal(_request: Request, exc: Exception) -> Response:
-    """The app's exception handler for `Refused`: its own answer."""
+async def answer_refusal(request: Request, exc: Exception) -> Response:
+    """The app's exception handler for `Refused`: its own answer.
+
+    A refused upload's body may be unread (refused before it was read, or
+    cut at the size limit): the connection is closed after the answer, or the
+    client's next request on it would be read from the middle of this body.
+    """
     assert isinstance(exc, Refused)
+    if request.method != "GET":
+        exc.response.headers["Connection"] = "close"
     return exc.response
 
 

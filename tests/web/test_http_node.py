@@ -126,6 +126,7 @@ def test_hl7v2_over_http_is_answered_with_its_ack_once_durable(
     assert http.post("/hl7v2", content=_critical("H2")).status_code == 401
     viewer = http.post("/hl7v2", content=_critical("H2"), headers=_bearer(tokens["viewer"], **HL7))
     assert viewer.status_code == 403
+    assert viewer.headers["connection"] == "close"  # its body was never read: the connection cannot go on
     assert "system/*.write" in viewer.json()["issue"][0]["diagnostics"]
     wrong = http.post(
         "/hl7v2", content=_critical("H2"), headers=_bearer(tokens["lab"], **{"Content-Type": "image/png"})
