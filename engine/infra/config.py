@@ -189,6 +189,8 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         body_bytes_max: the largest request body taken (413 past it).
         keep_alive_s: an idle connection is closed after this long.
         grace_s: on stop, requests in progress get this long to finish.
+        console_logins_max: web console logins per minute from one address
+            (on top of the account lockout after failed passwords).
     """
 
     listen: str = ""
@@ -197,6 +199,7 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     body_bytes_max: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MIB)] = 16 * _MIB
     keep_alive_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 3.0
+    console_logins_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
 
     def __post_init__(self) -> None:
         if not self.listen:

@@ -22,6 +22,7 @@ from engine.core.decode import Decoder, decode_input
 from engine.core.errors import VigilError
 from engine.core.outcome import IngestResult, Outcome
 from engine.infra.clock import utc_now
+from engine.search import header_metadata
 from engine.wal import POISON_RECORD, Quarantine, QuarantineItem
 
 __all__ = ["Check", "Ingest", "QuarantineAction", "QuarantineActionError", "QuarantineDesk", "refusal_of"]
@@ -68,6 +69,28 @@ class QuarantineDesk:
         self._ingest = ingest
         self._check = check
         self._busy: set[int] = set()  # items being acted on: a second action on one waits its turn by refusal
+
+    async def listed(self, *, open_only: bool) -> list[dict[str, object]]:
+        """Every item's metadata (sender, type and control id read from its head; never its content)."""
+        items = await anyio.to_thread.run_sync(self._quarantine.items)
+        return [
+            {
+                "qid": item.qid,
+                "at": item.at,
+                "source": item.source,
+                "reason": item.reason,
+                "sender": sender,
+                "message_type": mtype,
+                "control_id": control_id,
+                "bytes": len(item.raw),
+                "open": item.open,
+                "resolved": item.resolved,
+                "resolved_by": item.resolved_by,
+            }
+            for item in items
+            if item.open or not open_only
+            for sender, mtype, control_id in [header_metadata(item.raw)]
+        ]
 
     async def act(
         self, action: QuarantineAction, qid: int, *, by: str, note: str = "", raw: bytes | None = None

@@ -1,4 +1,4 @@
-"""What an operator asks of the quarantine over the admin socket: retry, resend edited, discard, resolve.
+"""What an operator asks of the quarantine over the admin socket: list, retry, resend edited, discard, resolve.
 
 Each action needs its permission (`quarantine.retry` to send an item into
 the log again, as it was or edited; `quarantine.resolve` to close it
@@ -41,7 +41,12 @@ class QuarantineRequests:
         self._desk = desk
 
     def handlers(self) -> dict[str, Handler]:
-        return {"quarantine_act": self._act}
+        return {"quarantine_act": self._act, "quarantine_list": self._list}
+
+    async def _list(self, request: dict[str, object]) -> object:
+        """The items' metadata (`quarantine.metadata`: no content, so not a PHI view)."""
+        await self._auth.authorize(request, Permission.QUARANTINE_METADATA, action="quarantine_list")
+        return await self._desk.listed(open_only=request.get("all") is not True)
 
     async def _act(self, request: dict[str, object]) -> object:
         try:

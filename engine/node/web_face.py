@@ -6,6 +6,7 @@ nothing here reaches into the node beyond what it is given.
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -16,11 +17,14 @@ from engine.infra.config import Config, split_address
 from engine.ingress.mllp_answers import MLLPAnswers
 from engine.node.requests import NodeRequests
 from engine.web import (
+    ConsoleApi,
     FhirReads,
     Gate,
+    Handle,
     HttpServer,
     IngestApi,
     IngestOne,
+    LoginLimiter,
     Probes,
     Readiness,
     RecordUnavailableError,
@@ -41,6 +45,7 @@ def http_server(
     ingest: IngestOne,
     ready: Readiness,
     report: Report,
+    handle: Handle,
 ) -> HttpServer:
     """The HTTP server of `[http]`, its routes handed the node's parts."""
     settings = config.http
@@ -56,6 +61,12 @@ def http_server(
         Probes(ready, report),
         FhirReads(read, gate, software="Vigil", version=_version()),
         IngestApi(answers.acknowledge, ingest, gate, body_bytes_max=settings.body_bytes_max),
+        ConsoleApi(
+            handle,
+            LoginLimiter(settings.console_logins_max, 60.0, time.monotonic),
+            secure=bool(settings.tls_cert_file),
+            break_glass_reasons=config.auth.break_glass_reasons,
+        ),
     )
     tls = None
     if settings.tls_cert_file:

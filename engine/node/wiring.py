@@ -373,6 +373,7 @@ class Node:
             ingest=self._ingest_one,
             ready=self._not_ready,
             report=self._metrics_report,
+            handle=self.handle,
         )
         async with anyio.create_task_group() as tg:
             self.http_port = await tg.start(server.serve)

@@ -3,10 +3,12 @@
 `resources` and `fhir_query` are pure (a record as FHIR resources, a search's
 parameters); `gate` decides who may (registered clients' bearer tokens and
 scopes, audited); `app` puts the routes together; `server` serves them with
-hypercorn on the node's own event loop.
+hypercorn on the node's own event loop; `console_api` is the web console's
+door (browser sessions, the same requests as the CLI) and `console/` its page.
 """
 
 from engine.web.app import web_app
+from engine.web.console_api import CONSOLE_OPERATIONS, ConsoleApi, Handle, LoginLimiter
 from engine.web.fhir_api import FhirReads, RecordReader, RecordUnavailableError
 from engine.web.gate import AuthorizeClient, Gate
 from engine.web.ingest_api import HL7_MEDIA, Acknowledge, IngestApi, IngestOne
@@ -15,15 +17,19 @@ from engine.web.resources import READABLE_TYPES, key_of_patient_id, patient_id, 
 from engine.web.server import HttpServer
 
 __all__ = [
+    "CONSOLE_OPERATIONS",
     "HL7_MEDIA",
     "READABLE_TYPES",
     "Acknowledge",
     "AuthorizeClient",
+    "ConsoleApi",
     "FhirReads",
     "Gate",
+    "Handle",
     "HttpServer",
     "IngestApi",
     "IngestOne",
+    "LoginLimiter",
     "Probes",
     "Readiness",
     "RecordReader",

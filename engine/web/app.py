@@ -1,4 +1,4 @@
-"""The node's HTTP face as one ASGI app: probes and metrics, FHIR reads, HL7 v2 and FHIR in.
+"""The node's HTTP face as one ASGI app: probes and metrics, FHIR reads, HL7 v2 and FHIR in, the web console.
 
 Every answer says `Cache-Control: no-store` (a FHIR answer may hold PHI, and
 no proxy or browser cache may keep it) and `X-Content-Type-Options: nosniff`.
@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.web.answers import operation_outcome
+from engine.web.console_api import ConsoleApi
 from engine.web.fhir_api import READ_FAULTS, FhirReads
 from engine.web.gate import Refused, answer_refusal
 from engine.web.ingest_api import IngestApi
@@ -25,9 +26,9 @@ __all__ = ["web_app"]
 _HEADERS: Final = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
 
-def web_app(probes: Probes, reads: FhirReads, ingest: IngestApi) -> ASGIApp:
+def web_app(probes: Probes, reads: FhirReads, ingest: IngestApi, console: ConsoleApi) -> ASGIApp:
     app = Starlette(
-        routes=[*probes.routes(), *ingest.routes(), *reads.routes()],
+        routes=[*probes.routes(), *ingest.routes(), *reads.routes(), *console.routes()],
         exception_handlers={**READ_FAULTS, Refused: answer_refusal, HTTPException: _http_fault, 500: _internal},
     )
     return _NoStore(app)

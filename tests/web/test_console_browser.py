@@ -1,0 +1,165 @@
+"""The web console in a real Chromium (Debian's), driven by Playwright, against a real node.
+
+An operator watches the lanes, sees the quarantine, and breaks the glass to
+read one record; a clinician reads a critical result, locks the workstation
+and resumes with the PIN on the same patient. Text from messages that looks
+like markup stays text. The session cookie is out of the page's reach, and a
+call without the page's CSRF token is refused. Every look is in the log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.auth import Role
+from engine.core.mllp import MLLPDecoder
+from engine.core.model import RecordAccessed
+from engine.wal import OSFiles, iter_records
+from tests.harness.helpers import hl7
+from tests.harness.node_process import NO_PID, exchange, http_node
+from tests.harness.sessions import PASSWORD, PIN, add_user
+
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is installed by bin/test (dev extra)")
+
+CHROMIUM = os.environ.get("VIGIL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium found (bin/test installs Debian's chromium; or set VIGIL_CHROMIUM)"
+)
+KEY = "GENHOSP|MRN77"
+PID_XSS = 'PID|1||MRN77^^^GENHOSP^MR||<img src=x onerror="window.__xss=1">^Ann||19700101|F'
+MSH = "MSH|^~\\&|{app}|GENHOSP|VIGIL|GENHOSP|20261124101500||{type}|{cid}|P|2.5.1"
+FEED = [
+    hl7(MSH.format(app="ADT", type="ADT^A01", cid="B1"), PID_XSS, "PV1|1|I|W1^101^A"),
+    hl7(
+        MSH.format(app="LAB", type="ORU^R01", cid="B2"),
+        PID_XSS,
+        "OBR|1|P1|F1|2823-3^K^LN|||20261124095500",
+        "OBX|1|NM|2823-3^Potassium^LN||6.9|mmol/L|3.5-5.1|HH|||F|||20261124095500",
+        "OBX|2|ST|8251-1^Note^LN||<script>window.__xss=2</script>||||||F",
+    ),
+    NO_PID,
+]
+_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[tuple[str, Path, Any]]:
+    config = tmp_path / "http.toml"
+    config.write_text('[http]\nlisten = "127.0.0.1:0"\n')
+    data = tmp_path / "data"
+    with http_node(data, config) as (_proc, mllp_port, http_port):
+        add_user(data, "op.kim", Role.OPERATOR)
+        add_user(data, "dr.osei", Role.CLINICIAN)
+        with socket.create_connection(("127.0.0.1", mllp_port), timeout=30) as conn:
+            acks = [exchange(conn, m, MLLPDecoder()).split(b"\r")[1][:6] for m in FEED]
+        assert acks == [b"MSA|AA", b"MSA|AA", b"MSA|AR"]
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
+            try:
+                yield f"http://127.0.0.1:{http_port}/console", data, browser
+            finally:
+                browser.close()
+
+
+def _accesses(data: Path) -> list[RecordAccessed]:
+    """The audit events in the log so far (read beside the live node, as `vigil log` does)."""
+    return [
+        e for r in iter_records(data / "wal", OSFiles()) for e in r.envelope.events if isinstance(e, RecordAccessed)
+    ]
+
+
+def _sign_in(page: Any, url: str, user: str, setting: str) -> None:
+    page.goto(url)
+    page.fill("#login-user", user)
+    page.fill("#login-password", PASSWORD)
+    page.select_option("#login-setting", setting)
+    page.click("#login-go")
+
+
+def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(console: tuple[str, Path, Any]) -> None:
+    url, data, browser = console
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    _sign_in(page, url, "op.kim", "operator_console")
+    lanes = page.locator("#lanes")
+    lanes.wait_for()
+    assert [lanes.locator("tr").nth(i).locator("td").first.text_content() for i in (1, 2, 3)] == [
+        "critical",
+        "standard",
+        "batch",
+    ]
+    page.click("text=Quarantine")
+    page.wait_for_selector("text=BAD1")
+    assert "1 open" in page.locator("h1").text_content()
+
+    page.fill("#find-key", KEY)
+    page.click("text=Open record")
+    page.wait_for_selector("#glass-open")
+    assert "may not" in page.locator(".banner").text_content()
+    page.click("#glass-open")
+    page.select_option("#glass-reason", "message_investigation")
+    page.fill("#glass-note", "ticket 4411: results not reaching the ward")
+    page.fill("#glass-secret", PASSWORD)
+    page.click("#glass-go")
+    name = page.locator("#patient-name")
+    name.wait_for()
+    # The name came in a message: it is shown as the text it is, never run.
+    assert name.text_content() == '<img src=x onerror="window.__xss=1">, Ann'
+    assert page.locator("#results").text_content().count("<script>window.__xss=2</script>") == 1
+    assert page.evaluate("window.__xss") is None
+    assert dialogs == []
+
+    accesses = [(e.user, e.action, e.outcome, e.reason) for e in _accesses(data)]
+    assert ("op.kim", "break_glass", "allowed", "message_investigation") in accesses
+    assert ("op.kim", "record", "allowed", "message_investigation") in accesses
+
+
+def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console: tuple[str, Path, Any]) -> None:
+    url, data, browser = console
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_in(page, url, "dr.osei", "ward")
+    page.locator("#lanes").wait_for()
+    page.goto(f"{url}#/patient/{KEY.replace('|', '%7C')}")
+    results = page.locator("#results")
+    results.wait_for()
+    critical = results.locator(".critical")
+    assert critical.text_content() == "HH"
+    assert "6.9" in results.text_content()
+
+    cookies = {c["name"]: c for c in context.cookies()}
+    assert cookies["vigil_session"]["httpOnly"] is True
+    assert cookies["vigil_session"]["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""  # nothing the page's script (or an injected one) could read
+    refused = page.evaluate(
+        "fetch('/console/api/patient', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+        f" body: JSON.stringify({{key: '{KEY}'}})}}).then(r => r.status)"
+    )
+    assert refused == 403  # the session cookie alone is not enough: the page's CSRF token is needed too
+
+    page.click("#lock")
+    page.locator("#pin-dialog[open]").wait_for()
+    page.fill("#pin", "0000")
+    page.click("#pin-go")
+    page.wait_for_selector("text=wrong PIN")
+    page.fill("#pin", PIN)
+    page.click("#pin-go")
+    page.locator("#pin-dialog").wait_for(state="hidden")
+    page.locator("#results").wait_for()
+    assert page.url.endswith(f"#/patient/{KEY.replace('|', '%7C')}")
+    assert "6.9" in page.locator("#results").text_content()
+
+    actions = [(e.user, e.action, e.outcome) for e in _accesses(data)]
+    assert ("dr.osei", "lock", "allowed") in actions
+    assert ("dr.osei", "unlock", "denied") in actions
+    assert ("dr.osei", "unlock", "allowed") in actions
+    assert actions.count(("dr.osei", "record", "allowed")) >= 2
