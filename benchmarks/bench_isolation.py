@@ -55,15 +55,25 @@ _PROBE_RATE = 50.0  # messages per second on each probe connection
 _BILLING = FeedMix(0, 0, 0, 0, 0, 0, 1)
 _CRITICAL = FeedMix(0, 0, 1, 0, 0, 0, 0)
 _ROUTINE = FeedMix(0, 1, 0, 0, 0, 0, 0)
-_FLOODS = ("mllp", "file", "nats", "all")
+_FLOODS = ("mllp", "file", "nats", "all", "console")
+_CONSOLE_SESSIONS = 50  # browsers polling the web console's status view
+_CONSOLE_POLL_S = 1.0  # each polls this often (the console's page polls every 2 s: twice what it does)
+_CONSOLE_USER = ("bench.op", "correct horse battery staple", "4321")
 
 
 # -- the flood process --------------------------------------------------------------
 
 
 def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int) -> None:
-    """Billing as other hosts would send it, at a lower CPU priority; prints its answers per second (JSON)."""
+    """Billing as other hosts would send it, at a lower CPU priority; prints its answers per second (JSON).
+
+    `console`: no billing, but 50 browser sessions signed in to the web console (`port` is then the
+    node's HTTP port), each polling the status view, as operators' screens on other hosts would.
+    """
     os.nice(10)
+    if kind == "console":
+        _console_flood(port, seconds)
+        return
     counted = [0]
     # Made before the clock starts: sixteen feeds take seconds to generate.
     feeds = [
@@ -88,6 +98,44 @@ def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int)
     else:
         time.sleep(seconds)
     sys.stdout.write(msgspec.json.encode({"mllp_per_s": counted[0] / seconds}).decode() + "\n")
+
+
+def _console_flood(port: int, seconds: float) -> None:
+    import httpx
+
+    user, password, _pin = _CONSOLE_USER
+    base = f"http://127.0.0.1:{port}/console/api"
+    clients = [httpx.Client(timeout=30) for _ in range(_CONSOLE_SESSIONS)]
+    tokens = []
+    for client in clients:  # signed in before the clock starts: each login verifies an argon2 hash
+        login = client.post(f"{base}/login", json={"user": user, "password": password, "setting": "operator_console"})
+        login.raise_for_status()
+        tokens.append(login.json()["csrf"])
+    sys.stdout.write("flooding\n")
+    sys.stdout.flush()
+    polls = [0]
+    deadline = time.perf_counter() + seconds
+
+    def poll(client: httpx.Client, csrf: str, offset: float) -> None:
+        due = time.perf_counter() + offset
+        while due < deadline:
+            time.sleep(max(0.0, due - time.perf_counter()))
+            answer = client.post(f"{base}/status", json={"passive": True}, headers={"X-Vigil-CSRF": csrf})
+            answer.raise_for_status()
+            polls[0] += 1
+            due += _CONSOLE_POLL_S
+
+    threads = [
+        threading.Thread(target=poll, args=(c, t, k * _CONSOLE_POLL_S / _CONSOLE_SESSIONS))
+        for k, (c, t) in enumerate(zip(clients, tokens, strict=True))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sys.stdout.write(
+        msgspec.json.encode({"mllp_per_s": 0.0, "console_polls_per_s": polls[0] / seconds}).decode() + "\n"
+    )
 
 
 def _send_back_to_back(port: int, feed: list[bytes], deadline: float, counted: list[int]) -> None:
@@ -177,6 +225,9 @@ def _node_run(
 ) -> dict[str, Any]:
     drop = run / "drop"
     config = run / "vigil.toml"
+    if flood == "console":
+        extra += '\n[http]\nlisten = "127.0.0.1:0"\nconsole_logins_max = 1000\n'
+        _add_console_user(run / "data")
     config.write_text(f'[lanes.scheduler]\nmode = "{mode}"\n[ingest]\nwatch_poll_interval_s = 0.1\n{extra}')
     command = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--watch", str(drop)]
     node_log = run / "node.log"  # what the node said: shown if it does not stop
@@ -186,12 +237,14 @@ def _node_run(
     ):
         assert node.stdout is not None
         port = int(node.stdout.readline().decode().rsplit(":", 1)[1])
+        http_port = int(node.stdout.readline().decode().rsplit(":", 1)[1]) if flood == "console" else port
         serving = time.perf_counter()
         for seed, mix in ((3, _CRITICAL), (4, _ROUTINE)):  # warmed up: first actors, first parses, not measured
             _probe(port, generate_feed(20, seed=seed, mix=mix, id_prefix=f"W{seed}"), 20 / _PROBE_RATE, {})
         flooder = None
         if flood != "idle":
-            args = [sys.executable, __file__, _FLOOD, flood, str(port), str(drop), str(seconds), str(file_messages)]
+            target = http_port if flood == "console" else port
+            args = [sys.executable, __file__, _FLOOD, flood, str(target), str(drop), str(seconds), str(file_messages)]
             flooder = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=ROOT)
             assert flooder.stdout is not None
             flooder.stdout.readline()  # its feeds made and its file dropped: the flood begins
@@ -230,11 +283,25 @@ def _node_run(
         "critical": critical,
         "standard": standard,
         "batch_mllp_per_s": flooded["mllp_per_s"],
+        "console_polls_per_s": flooded.get("console_polls_per_s", 0.0),
         "batch_file_per_s": from_file / seconds,
         "batch_nats_per_s": from_nats / served_s,  # the backlog drains from the node's start
         "file_done_in_window": file_done,
         "elapsed_s": elapsed,
     }
+
+
+def _add_console_user(data: Path) -> None:
+    """The operator the console's sessions sign in as, put in the node's account store before it starts."""
+    from engine.auth import AuthStore, Role, User
+    from engine.auth.hashing import hash_secret
+
+    user, password, pin = _CONSOLE_USER
+    store = AuthStore.open_private(data)
+    try:
+        store.put_user(User(user, user, (Role.OPERATOR,), hash_secret(password), hash_secret(pin)))
+    finally:
+        store.close()
 
 
 def _row(result: dict[str, Any], idle: dict[str, Any], solo: dict[str, Any] | None) -> dict[str, Any]:
@@ -251,6 +318,7 @@ def _row(result: dict[str, Any], idle: dict[str, Any], solo: dict[str, Any] | No
     solo_rate = sum(solo[f"batch_{k}_per_s"] for k in ("mllp", "file", "nats")) if solo else 0.0
     row["batch_vs_solo"] = round(row["batch_per_s"] / solo_rate, 2) if solo_rate else None
     row["file_done_in_window"] = result["file_done_in_window"]
+    row["console_polls_per_s"] = round(result["console_polls_per_s"], 1)
     return row
 
 
@@ -336,7 +404,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
             f"{r['standard_p50_ms']:.2f}",
             f"{r['standard_p99_ms']:.2f}",
             "-" if r["standard_p99_vs_idle"] is None else f"{r['standard_p99_vs_idle']:.1f}",
-            f"{r['batch_per_s']:,}",
+            f"{r['console_polls_per_s']:.0f} polls" if r["flood"] == "console" else f"{r['batch_per_s']:,}",
             "-" if r["batch_vs_solo"] is None else f"{r['batch_vs_solo']:.2f}",
             "yes" if r["file_done_in_window"] else "no",
         )

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.auth import Role
@@ -266,3 +268,30 @@ def test_reads_as_of_any_moment_audited_before_they_are_answered(
     assert (KEY, "client:lab", "fhir_read:Encounter", "denied") in accesses
     assert (KEY, "client:viewer", "fhir_read:*", "allowed") in accesses
     assert any(user == "client:unknown" and outcome == "denied" for _p, user, _a, outcome in accesses)
+
+
+def test_https_on_a_network_address_and_plain_http_refused_there(tmp_path: Path) -> None:
+    """Off loopback HTTPS is required (the configuration says so in one line); with a certificate it serves."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "node.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "node.key"))
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[http]\nlisten = "0.0.0.0:0"\n')
+    refused = subprocess.run(
+        [VIGIL, "--config", str(plain), "run", "--mllp", "127.0.0.1:0", "--data", str(tmp_path / "d0")],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert b"HTTPS is required there" in refused.stderr
+    config = tmp_path / "https.toml"
+    config.write_text('[http]\nlisten = "127.0.0.1:0"\ntls_cert_file = "node.pem"\ntls_key_file = "node.key"\n')
+    with http_node(tmp_path / "data", config) as (_proc, _mllp, port):
+        with httpx.Client(verify=ssl.create_default_context(cafile=tmp_path / "ca.pem"), timeout=30) as https:
+            assert https.get(f"https://127.0.0.1:{port}/readyz").text == "ready\n"
+        with pytest.raises(httpx.HTTPError), httpx.Client(timeout=5) as http:
+            http.get(f"http://127.0.0.1:{port}/readyz")
