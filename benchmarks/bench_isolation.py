@@ -237,7 +237,13 @@ def _node_run(
     ):
         assert node.stdout is not None
         port = int(node.stdout.readline().decode().rsplit(":", 1)[1])
-        http_port = int(node.stdout.readline().decode().rsplit(":", 1)[1]) if flood == "console" else port
+        http_port = port
+        while flood == "console" and http_port == port:  # after its other lines ("watching ...")
+            line = node.stdout.readline().decode()
+            if not line:
+                raise RuntimeError("the node stopped before it served HTTP")
+            if line.startswith("vigil: HTTP on"):
+                http_port = int(line.rsplit(":", 1)[1])
         serving = time.perf_counter()
         for seed, mix in ((3, _CRITICAL), (4, _ROUTINE)):  # warmed up: first actors, first parses, not measured
             _probe(port, generate_feed(20, seed=seed, mix=mix, id_prefix=f"W{seed}"), 20 / _PROBE_RATE, {})

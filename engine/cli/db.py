@@ -31,6 +31,7 @@ from engine.projections import (
     PROJECTIONS,
     ProjectionRunner,
     connect,
+    critical_worklist,
     dsn_of,
     read_state,
     reset_projection,
@@ -210,13 +211,7 @@ def worklist(ctx: click.Context, data: Path | None, *, show_all: bool, as_json: 
     authorized(obj, directory, Permission.WORKLIST_READ, action="worklist", reads_files=False)
 
     async def fetch(conn: Any) -> list[dict[str, Any]]:
-        rows = await conn.fetch(
-            "SELECT patient, result_key, code, code_text, value, units, abnormal_flags, status, opened_lsn, "
-            "opened_at, effective_at, ack_lsn > last_critical_lsn AS acknowledged, acknowledged_by, acknowledged_at "
-            "FROM critical_worklist WHERE $1 OR ack_lsn < last_critical_lsn ORDER BY opened_lsn, patient, result_key",
-            show_all,
-        )
-        return [dict(r) for r in rows]
+        return await critical_worklist(conn, acknowledged_too=show_all)
 
     items = _with_db(obj, fetch)
     audited(obj, directory, Permission.WORKLIST_READ, "worklist", [item["patient"] for item in items])

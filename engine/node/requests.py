@@ -26,6 +26,8 @@ from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
 
 __all__ = ["NodeRequests", "Report"]
 
+_STATUS_SHARED_S = 0.5  # how old a status answer may be: screens polling it share one
+
 # The node's own account of itself (`vigil status`'s sections): filled in by the wiring, which sees every part.
 Report = Callable[[], Awaitable[dict[str, object]]]
 
@@ -50,6 +52,8 @@ class NodeRequests:
         self._fanout = fanout
         self._cluster = cluster
         self._report = report
+        self._status_lock = anyio.Lock()
+        self._shared_status: tuple[float, dict[str, object]] = (0.0, {})
 
     def handlers(self) -> dict[str, Handler]:
         """Each request by name, with the session requests beside them."""
@@ -86,16 +90,26 @@ class NodeRequests:
         }
 
     async def _status(self, request: dict[str, object]) -> dict[str, object]:
-        """What `vigil status` shows."""
-        await self._auth.authorize(request, Permission.STATUS_READ)
-        auth = await anyio.to_thread.run_sync(self._auth.service.statistics)
-        return {
-            "node": self._config.node.id,
-            "wal": msgspec.to_builtins(self._wal.statistics()),
-            "first_lsn": self._wal.first_lsn,
-            **await self._report(),
-            "auth": auth,
-        }
+        """What `vigil status` shows: one account shared by every asker for `_STATUS_SHARED_S`.
+
+        Fifty console screens polling status each made the node count its
+        parts fifty times a second, on the loop that answers critical results
+        (their p99 went 1.9 -> 9.0 ms); now they share one count.
+        """
+        await self._auth.authorize(request, Permission.STATUS_READ)  # "passive": a screen refreshing itself
+        async with self._status_lock:  # one count at a time; those who waited take it
+            made, shared = self._shared_status
+            if anyio.current_time() - made >= _STATUS_SHARED_S or not shared:
+                auth = await anyio.to_thread.run_sync(self._auth.service.statistics)
+                shared = {
+                    "node": self._config.node.id,
+                    "wal": msgspec.to_builtins(self._wal.statistics()),
+                    "first_lsn": self._wal.first_lsn,
+                    **await self._report(),
+                    "auth": auth,
+                }
+                self._shared_status = (anyio.current_time(), shared)
+        return shared
 
     async def _patient_request(self, request: dict[str, object]) -> object:
         key = request.get("key")

@@ -68,6 +68,7 @@ from engine.node.quarantine_requests import QuarantineRequests
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
+from engine.node.review_requests import ReviewRequests
 from engine.node.route_requests import RouteRequests
 from engine.node.web_face import http_server
 from engine.projections import ProjectionRunner, dsn_of
@@ -305,6 +306,7 @@ class Node:
                 **self._requests.handlers(),
                 **RouteRequests(self._auth, self._routes).handlers(),
                 **QuarantineRequests(self._auth, desk).handlers(),
+                **ReviewRequests(self.config, self._config_dir, wal, self._auth).handlers(),
             }
             task_status.started()
             await anyio.sleep_forever()

@@ -5,6 +5,7 @@ from engine.projections.definitions import PROJECTIONS, Record, projection_names
 from engine.projections.maintenance import read_state, reset_projection
 from engine.projections.runner import ProjectionRunner, ProjectionStatus
 from engine.projections.schema import migrate
+from engine.projections.worklist import critical_worklist
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -13,6 +14,7 @@ __all__ = [
     "ProjectionStatus",
     "Record",
     "connect",
+    "critical_worklist",
     "dsn_of",
     "migrate",
     "projection_names",

@@ -51,6 +51,10 @@ CONSOLE_OPERATIONS: Final = frozenset(
         "quarantine_list",
         "quarantine_act",
         "routes",
+        "worklist",
+        "reviews",
+        "review_close",
+        "record_accesses",
     }
 )
 STATIC: Final = Path(__file__).with_name("console")

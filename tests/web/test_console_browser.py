@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ FEED = [
         "OBX|1|NM|2823-3^Potassium^LN||6.9|mmol/L|3.5-5.1|HH|||F|||20261124095500",
         "OBX|2|ST|8251-1^Note^LN||<script>window.__xss=2</script>||||||F",
     ),
+    hl7(  # the potassium corrected: the record keeps both versions
+        MSH.format(app="LAB", type="ORU^R01", cid="B3"),
+        PID_XSS,
+        "OBR|1|P1|F1|2823-3^K^LN|||20261124095500",
+        "OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L|3.5-5.1|H|||C|||20261124095500",
+    ),
     NO_PID,
 ]
 _ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -51,16 +58,21 @@ _ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "-
 
 
 @pytest.fixture
-def console(tmp_path: Path) -> Iterator[tuple[str, Path, Any]]:
+def console(tmp_path: Path, pg_dsn: str, pg_schema: str) -> Iterator[tuple[str, Path, Any]]:
+    """A node with HTTP and a read side (the worklist), the feed sent, three people, and a Chromium."""
     config = tmp_path / "http.toml"
-    config.write_text('[http]\nlisten = "127.0.0.1:0"\n')
+    config.write_text(
+        '[http]\nlisten = "127.0.0.1:0"\n'
+        f'[projections]\ndsn_env = "VIGIL_TEST_NO_SUCH_VARIABLE"\ndsn = "{pg_dsn}"\nschema = "{pg_schema}"\n'
+    )
     data = tmp_path / "data"
     with http_node(data, config) as (_proc, mllp_port, http_port):
         add_user(data, "op.kim", Role.OPERATOR)
         add_user(data, "dr.osei", Role.CLINICIAN)
+        add_user(data, "po.diaz", Role.PRIVACY_OFFICER)
         with socket.create_connection(("127.0.0.1", mllp_port), timeout=30) as conn:
             acks = [exchange(conn, m, MLLPDecoder()).split(b"\r")[1][:6] for m in FEED]
-        assert acks == [b"MSA|AA", b"MSA|AA", b"MSA|AR"]
+        assert acks == [b"MSA|AA", b"MSA|AA", b"MSA|AA", b"MSA|AR"]
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
             try:
@@ -74,6 +86,15 @@ def _accesses(data: Path) -> list[RecordAccessed]:
     return [
         e for r in iter_records(data / "wal", OSFiles()) for e in r.envelope.events if isinstance(e, RecordAccessed)
     ]
+
+
+def _reload_until(page: Any, selector: str, timeout_s: float = 20.0) -> None:
+    """Reload the view until `selector` is there: the read side projects what the log holds a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while page.locator(selector).count() == 0:
+        assert time.monotonic() < deadline, f"{selector} did not appear"
+        page.reload()
+        page.wait_for_load_state("networkidle")
 
 
 def _sign_in(page: Any, url: str, user: str, setting: str) -> None:
@@ -114,13 +135,29 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
     name.wait_for()
     # The name came in a message: it is shown as the text it is, never run.
     assert name.text_content() == '<img src=x onerror="window.__xss=1">, Ann'
-    assert page.locator("#results").text_content().count("<script>window.__xss=2</script>") == 1
+    assert page.locator("#results").text_content().count("<script>window.__xss=2</script>") == 2  # value, version
     assert page.evaluate("window.__xss") is None
     assert dialogs == []
 
     accesses = [(e.user, e.action, e.outcome, e.reason) for e in _accesses(data)]
     assert ("op.kim", "break_glass", "allowed", "message_investigation") in accesses
     assert ("op.kim", "record", "allowed", "message_investigation") in accesses
+
+    # The privacy officer sees the review, closes it, and sees who looked at the record.
+    officer = browser.new_page()
+    _sign_in(officer, url, "po.diaz", "office")
+    officer.locator("#lanes").wait_for()
+    officer.click("text=Reviews")
+    reviews = officer.locator("#reviews")
+    reviews.wait_for()
+    assert "ticket 4411" in reviews.text_content()
+    officer.click("#reviews >> text=appropriate")
+    officer.wait_for_selector("text=0 open")
+    officer.goto(f"{url}#/accesses/{KEY.replace('|', '%7C')}")
+    who = officer.locator("#accesses")
+    who.wait_for()
+    assert "op.kim" in who.text_content()
+    assert "message_investigation" in who.text_content()
 
 
 def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console: tuple[str, Path, Any]) -> None:
@@ -129,12 +166,26 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     page = context.new_page()
     _sign_in(page, url, "dr.osei", "ward")
     page.locator("#lanes").wait_for()
+    page.goto(f"{url}#/worklist")
+    _reload_until(page, "#worklist >> text=Acknowledge")  # once the read side has it
+    page.click("#worklist >> text=Acknowledge")
+    _reload_until(page, "text=Critical results: 0 open")
+
     page.goto(f"{url}#/patient/{KEY.replace('|', '%7C')}")
     results = page.locator("#results")
     results.wait_for()
-    critical = results.locator(".critical")
-    assert critical.text_content() == "HH"
-    assert "6.9" in results.text_content()
+    row = results.locator("tr").nth(1)
+    assert row.locator("td").nth(1).text_content() == "5.9"  # the corrected value, and both versions beside it
+    versions = row.locator("td").nth(7).text_content()
+    assert versions.startswith("6.9 F")
+    assert "5.9 C" in versions
+    assert "acknowledged by dr.osei" in row.text_content()
+    page.fill("#known-at", "2020-01-01")  # before anything was known: an empty record
+    page.click("#moment >> text=Show")
+    page.wait_for_function("location.hash.includes('known_at=2020-01-01')")
+    assert page.locator("#results tr").count() == 1  # the headings only
+    page.goto(f"{url}#/patient/{KEY.replace('|', '%7C')}")
+    results.locator("tr").nth(1).wait_for()
 
     cookies = {c["name"]: c for c in context.cookies()}
     assert cookies["vigil_session"]["httpOnly"] is True
@@ -156,7 +207,7 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     page.locator("#pin-dialog").wait_for(state="hidden")
     page.locator("#results").wait_for()
     assert page.url.endswith(f"#/patient/{KEY.replace('|', '%7C')}")
-    assert "6.9" in page.locator("#results").text_content()
+    assert "5.9" in page.locator("#results").text_content()
 
     actions = [(e.user, e.action, e.outcome) for e in _accesses(data)]
     assert ("dr.osei", "lock", "allowed") in actions

@@ -16,7 +16,7 @@ from engine.core.fhir.resources import (
     Resource,
     ServiceRequest,
 )
-from engine.core.fhir.v2_datatypes import Json, pruned
+from engine.core.fhir.v2_datatypes import Json, fhir_string, pruned
 from engine.core.fhir.v2_vocabulary import (
     ENCOUNTER_CLASS,
     GENDER,
@@ -48,6 +48,7 @@ __all__ = [
     "code_system",
     "decode_document",
     "decode_resource",
+    "fhir_string",
     "map_resource",
     "patient_key",
     "pruned",

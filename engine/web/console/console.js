@@ -313,24 +313,42 @@ async function showPatient(key, params) {
     view(el("h1", "Record"), el("p", error.message, { class: "banner" }), offer);
     return;
   }
+  // The time control: the record as it stood at a clinical moment, and as Vigil knew it at a moment.
   const moment = el("form", null, { id: "moment" });
   const asOfInput = el("input", null, { id: "as-of", placeholder: "2026-12-01T08:00", value: asOf });
-  const label = el("label", "As of ");
-  label.append(asOfInput);
-  moment.append(label, el("button", "Show"));
+  const knownInput = el("input", null, { id: "known-at", placeholder: "2026-12-01T08:00", value: knownAt });
+  const asOfLabel = el("label", "As of ");
+  asOfLabel.append(asOfInput);
+  const knownLabel = el("label", "As known at ");
+  knownLabel.append(knownInput);
+  moment.append(asOfLabel, knownLabel, el("button", "Show"), el("a", "Who looked at this record", { href: `#/accesses/${encodeURIComponent(key)}` }));
   moment.addEventListener("submit", (event) => {
     event.preventDefault();
-    const query = asOfInput.value ? `?as_of=${encodeURIComponent(asOfInput.value)}` : "";
-    location.hash = `#/patient/${encodeURIComponent(key)}${query}`;
+    const query = new URLSearchParams();
+    if (asOfInput.value) query.set("as_of", asOfInput.value);
+    if (knownInput.value) query.set("known_at", knownInput.value);
+    const text = query.toString();
+    location.hash = `#/patient/${encodeURIComponent(key)}${text ? `?${text}` : ""}`;
   });
   const d = record.demographics || {};
   const name = [d.family, ...(d.given || [])].filter(Boolean).join(", ");
   const results = table(
-    ["test", "value", "units", "range", "flags", "status", "time", "versions"],
+    ["test", "value", "units", "range", "flags", "status", "time", "versions", ""],
     record.results.map((r) => {
       const flags = el("span", (r.current.abnormal_flags || []).join(" "));
       if ((r.current.abnormal_flags || []).some((f) => f === "HH" || f === "LL" || f === "AA")) flags.className = "critical";
-      return [r.current.code.text || r.current.code.code, r.current.value, r.current.units, r.current.reference_range, flags, r.current.status, when(r.effective_at), r.versions.length];
+      const critical = (r.current.abnormal_flags || []).some((f) => f === "HH" || f === "LL" || f === "AA");
+      const ack = el("span");
+      if (r.acknowledged) ack.textContent = `acknowledged by ${r.acknowledged.by}`;
+      else if (critical && !asOf && !knownAt) {
+        const button = el("button", "Acknowledge");
+        button.addEventListener("click", () => acknowledge(key, r.result_key).then(() => showPatient(key, params)));
+        ack.append(button);
+      }
+      // Every version, oldest first: a corrected result shows what it said before.
+      // A version is [lsn, recorded_at, effective_at, message_id, source_patient, event].
+      const versions = r.versions.map((v) => `${v[5].value} ${v[5].status} (known ${when(v[1])})`).join(" → ");
+      return [r.current.code.text || r.current.code.code, r.current.value, r.current.units, r.current.reference_range, flags, r.current.status, when(r.effective_at), versions, ack];
     }),
   );
   results.id = "results";
@@ -343,6 +361,71 @@ async function showPatient(key, params) {
     el("h2", "Medications"), table(["order", "status", "events"], record.medications.map((m) => [m.order_id, m.status, m.events.length])),
     el("h2", "Allergies"), table(["allergen", "severity", "reactions"], record.allergies.map((a) => [a.allergen.text || a.allergen.code, a.severity, (a.reactions || []).join(", ")])),
   );
+}
+
+async function showWorklist() {
+  stopPolling();
+  const items = await api("worklist");
+  const rows = items.map((item) => {
+    const open = el("a", item.patient, { href: `#/patient/${encodeURIComponent(item.patient)}` });
+    const ack = el("span");
+    if (!item.acknowledged) {
+      const button = el("button", "Acknowledge");
+      button.addEventListener("click", () => acknowledge(item.patient, item.result_key).then(showWorklist));
+      ack.append(button);
+    } else {
+      ack.textContent = `${item.acknowledged_by} ${when(item.acknowledged_at)}`;
+    }
+    const flags = el("span", (item.abnormal_flags || []).join(" "), { class: "critical" });
+    return [when(item.opened_at), open, item.code_text || item.code, `${item.value} ${item.units}`.trim(), flags, item.status, ack];
+  });
+  const list = table(["opened", "patient", "result", "value", "flags", "status", ""], rows);
+  list.id = "worklist";
+  view(el("h1", `Critical results: ${items.filter((i) => !i.acknowledged).length} open`), list);
+}
+
+async function acknowledge(patient, resultKey) {
+  try {
+    const id = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+    await api("acknowledge", { patient, result_key: resultKey, request_id: id, note: "acknowledged in the console" });
+    showError("");
+  } catch (error) {
+    if (error.refused) showError(error.message);
+  }
+}
+
+async function showReviews() {
+  stopPolling();
+  const reviews = await api("reviews");
+  const rows = reviews.map((r) => {
+    const close = el("span");
+    for (const outcome of ["appropriate", "inappropriate"]) {
+      const button = el("button", outcome);
+      button.addEventListener("click", async () => {
+        try {
+          await api("review_close", { review: r.id, outcome, note: "reviewed in the console" });
+        } catch (error) {
+          if (error.refused) showError(error.message);
+        }
+        showReviews();
+      });
+      close.append(button);
+    }
+    const who = el("a", r.patient, { href: `#/accesses/${encodeURIComponent(r.patient)}` });
+    return [when(new Date(r.opened_at * 1000).toISOString()), r.user, who, r.reason, r.note, close];
+  });
+  const list = table(["opened", "user", "patient", "reason", "note", "close as"], rows);
+  list.id = "reviews";
+  view(el("h1", `Break-the-glass reviews: ${reviews.length} open`), list);
+}
+
+async function showAccesses(patient) {
+  stopPolling();
+  const events = await api("record_accesses", { patient });
+  const rows = events.map((e) => [when(e.at), e.user, e.role, e.setting, e.device, e.action, e.outcome, [e.reason, e.detail].filter(Boolean).join(" ")]);
+  const list = table(["when", "user", "role", "setting", "device", "what", "outcome", "why"], rows);
+  list.id = "accesses";
+  view(el("h1", `Who looked at ${patient}`), list);
 }
 
 // -- routing: the hash is the page, so a resumed session comes back to it ----------------------
@@ -361,7 +444,10 @@ async function route() {
   const params = new URLSearchParams(query || "");
   try {
     if (path.startsWith("/patient/")) await showPatient(decodeURIComponent(path.slice("/patient/".length)), params);
+    else if (path.startsWith("/accesses/")) await showAccesses(decodeURIComponent(path.slice("/accesses/".length)));
     else if (path === "/quarantine") await showQuarantine();
+    else if (path === "/worklist") await showWorklist();
+    else if (path === "/reviews") await showReviews();
     else await showStatus();
   } catch (error) {
     if (error.refused) showError(error.message);
