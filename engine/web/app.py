@@ -1,7 +1,9 @@
 """The node's HTTP face as one ASGI app: probes and metrics, FHIR reads, HL7 v2 and FHIR in, the web console.
 
 Every answer says `Cache-Control: no-store` (a FHIR answer may hold PHI, and
-no proxy or browser cache may keep it) and `X-Content-Type-Options: nosniff`.
+no proxy or browser cache may keep it), except the console's content-hashed
+assets, which say they may be kept; and every one says
+`X-Content-Type-Options: nosniff`.
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ class _NoStore:
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_HEADERS]
+                headers = list(message.get("headers", []))
+                # An answer that says how it may be cached (the console's hashed assets) keeps that.
+                cached = any(name.lower() == b"cache-control" for name, _ in headers)
+                message["headers"] = [*headers, *(_HEADERS[1:] if cached else _HEADERS)]
             await send(message)
 
         await self._app(scope, receive, sending)

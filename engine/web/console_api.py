@@ -26,9 +26,8 @@ from typing import Any, Final, final
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from engine.infra.admin_socket import AdminError
 
@@ -114,19 +113,28 @@ class ConsoleApi:
         self._limiter = limiter
         self._secure = secure
         self._csrf_key = csrf_key or secrets.token_bytes(32)  # per process: a restart asks pages to read it again
+        self._assets = _Assets.read(STATIC)
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/console", self._page, methods=["GET"]),
             Route("/console/", self._page, methods=["GET"]),
-            Mount("/console/static", app=StaticFiles(directory=STATIC), name="console-static"),
+            Route("/console/static/{name}", self._asset, methods=["GET"]),
             Route(f"{_API}/session", self._session, methods=["GET"]),
             Route(f"{_API}/login", self._login, methods=["POST"]),
             Route(f"{_API}/{{operation}}", self._call, methods=["POST"]),
         ]
 
     async def _page(self, _request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+        return Response(self._assets.page, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    async def _asset(self, request: Request) -> Response:
+        """A script or style sheet by its content-hashed name: cached for a year (a new release has new names)."""
+        found = self._assets.by_name.get(request.path_params["name"])
+        if found is None:
+            return _json({"error": "no such file"}, 404)
+        body, media = found
+        return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     async def _session(self, request: Request) -> Response:
         """The session's state and its CSRF token (a cross-site page cannot read this answer)."""
@@ -197,6 +205,34 @@ class ConsoleApi:
         response.set_cookie(
             name, value, max_age=max_age, path=path, secure=self._secure, httponly=True, samesite="strict"
         )
+
+
+@final
+class _Assets:
+    """The page, its script and its style, read once; each asset named by its content's hash.
+
+    The page names `console.js` as `console.<hash>.js`: a browser or a CDN in
+    front may keep an asset for a year, and a new release is fetched anew.
+    """
+
+    _MEDIA: Final = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+    def __init__(self, page: bytes, by_name: dict[str, tuple[bytes, str]]) -> None:
+        self.page = page
+        self.by_name = by_name
+
+    @classmethod
+    def read(cls, folder: Path) -> _Assets:
+        page = (folder / "index.html").read_text()
+        by_name: dict[str, tuple[bytes, str]] = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix not in cls._MEDIA:
+                continue
+            body = path.read_bytes()
+            hashed = f"{path.stem}.{hashlib.sha256(body).hexdigest()[:16]}{path.suffix}"
+            by_name[hashed] = (body, cls._MEDIA[path.suffix])
+            page = page.replace(f"/console/static/{path.name}", f"/console/static/{hashed}")
+        return cls(page.encode(), by_name)
 
 
 async def _body(request: Request) -> dict[str, Any]:

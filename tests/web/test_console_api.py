@@ -1,0 +1,97 @@
+"""The web console's door over HTTP against a real node: the page and its assets, and the refusal matrix.
+
+No session, a wrong password, a missing CSRF token, another site's Origin, a
+role without the permission, a locked session, a token replayed after
+logout, too many sign-ins from one address, an operation the console does
+not offer: each refused, with its status and reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.auth import Role
+from tests.harness.node_process import http_node
+from tests.harness.sessions import PASSWORD, PIN, add_user
+
+API = "/console/api"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[httpx.Client]:
+    config = tmp_path / "http.toml"
+    config.write_text('[http]\nlisten = "127.0.0.1:0"\nconsole_logins_max = 3\n')
+    data = tmp_path / "data"
+    with http_node(data, config) as (_proc, _mllp, port):
+        add_user(data, "op.kim", Role.OPERATOR)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield http
+
+
+def _login(http: httpx.Client, password: str = PASSWORD) -> httpx.Response:
+    return http.post(f"{API}/login", json={"user": "op.kim", "password": password, "setting": "operator_console"})
+
+
+def test_the_page_runs_only_its_own_assets_which_may_be_cached_by_their_hashed_names(served: httpx.Client) -> None:
+    page = served.get("/console")
+    assert page.headers["cache-control"] == "no-store"
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    names = re.findall(r'/console/static/([\w.]+)"', page.text)
+    assert sorted(n.split(".")[0] for n in names) == ["console", "console"]  # the script and the style
+    for name in names:
+        assert re.fullmatch(r"console\.[0-9a-f]{16}\.(js|css)", name)
+        asset = served.get(f"/console/static/{name}")
+        assert asset.status_code == 200
+        assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert served.get("/console/static/console.js").status_code == 404  # only by its hashed name
+
+
+def test_the_refusal_matrix(served: httpx.Client) -> None:
+    http = served
+    assert http.post(f"{API}/status", json={}).status_code == 403  # no session
+    assert http.get(f"{API}/session").json()["state"] == "none"
+    wrong = _login(http, "not the password")
+    assert (wrong.status_code, "token" in wrong.json()) == (401, False)
+
+    signed = _login(http)
+    assert signed.status_code == 200
+    assert "token" not in signed.json()  # the page never holds the session token
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/console/api" in cookie
+    csrf = {"X-Vigil-CSRF": signed.json()["csrf"]}
+    assert http.post(f"{API}/status", json={}).status_code == 403  # no CSRF token
+    assert http.post(f"{API}/status", json={}, headers={"X-Vigil-CSRF": "0" * 40}).status_code == 403
+    foreign = http.post(f"{API}/status", json={}, headers={**csrf, "Origin": "https://evil.example"})
+    assert (foreign.status_code, foreign.json()["error"]) == (403, "refused: the request came from another site")
+    assert http.post(f"{API}/status", json={}, headers=csrf).status_code == 200
+
+    role = http.post(f"{API}/patient", json={"key": "GENHOSP|MRN42"}, headers=csrf)
+    assert role.status_code == 403
+    assert "may not record.read" in role.json()["error"]
+    assert http.post(f"{API}/user_add", json={}, headers=csrf).status_code == 404  # not the console's to offer
+
+    assert http.post(f"{API}/lock", json={}, headers=csrf).status_code == 200
+    locked = http.post(f"{API}/status", json={}, headers=csrf)
+    assert locked.status_code == 403
+    assert http.get(f"{API}/session").json()["state"] == "locked"
+    assert http.post(f"{API}/unlock", json={"pin": PIN}, headers=csrf).status_code == 200
+    assert http.post(f"{API}/status", json={}, headers=csrf).status_code == 200
+
+    kept = dict(http.cookies)
+    assert http.post(f"{API}/logout", json={}, headers=csrf).status_code == 200
+    http.cookies.update(kept)  # the old token, replayed
+    replayed = http.post(f"{API}/status", json={}, headers=csrf)
+    assert replayed.status_code == 403
+
+    assert _login(http).status_code == 200  # the third sign-in from this address this minute (a wrong one counts)
+    too_many = _login(http)
+    assert too_many.status_code == 429
+    assert int(too_many.headers["retry-after"]) >= 1
