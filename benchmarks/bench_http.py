@@ -38,8 +38,7 @@ from _harness import arguments, fail_if
 from rich.console import Console
 from rich.table import Table
 
-from engine.auth import ApiClient, AuthStore
-from engine.auth.hashing import token_digest
+from engine.auth import ApiClient, AuthStore, token_digest
 from engine.core.feedgen import generate_feed
 from engine.core.mllp import Frame, MLLPDecoder, frame
 from engine.web import patient_id

@@ -299,8 +299,7 @@ def _node_run(
 
 def _add_console_user(data: Path) -> None:
     """The operator the console's sessions sign in as, put in the node's account store before it starts."""
-    from engine.auth import AuthStore, Role, User
-    from engine.auth.hashing import hash_secret
+    from engine.auth import AuthStore, Role, User, hash_secret
 
     user, password, pin = _CONSOLE_USER
     store = AuthStore.open_private(data)

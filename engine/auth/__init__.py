@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from engine.auth.api_clients import CLIENT_ROLE, ApiClients, ScopeRefusedError
 from engine.auth.audit_events import AUDIT_MESSAGE_TYPE, audit_envelope, fhir_audit_event
 from engine.auth.clients import SCOPE_RULE, ApiClient, Mode, allows, parse_scopes
+from engine.auth.hashing import hash_secret, token_digest
 from engine.auth.policy import Decision, Grant, Review, SessionRecord, SessionState, User
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials, Login
 from engine.auth.settings import AuthConfig, Permission, Role, Setting, WorkstationConfig
@@ -67,5 +68,7 @@ __all__ = [
     "allows",
     "audit_envelope",
     "fhir_audit_event",
+    "hash_secret",
     "parse_scopes",
+    "token_digest",
 ]

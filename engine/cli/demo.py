@@ -20,10 +20,11 @@ arrival at the EHR and what the story's critical potassium overtook.
 from __future__ import annotations
 
 import functools
+import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import final
 
@@ -31,6 +32,7 @@ import anyio
 import msgspec
 
 from actors import RecordView
+from engine.auth import AuthStore, Role, User, hash_secret
 from engine.cli.demo_downstream import Downstream
 from engine.core.feedgen import FeedMix, generate_feed
 from engine.core.hl7 import Message, parse, read_header
@@ -199,8 +201,16 @@ async def run_demo(
     *,
     keep: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    console: Callable[[str], None] | None = None,
+    hold: Callable[[DemoReport], Awaitable[None]] | None = None,
 ) -> DemoReport:
-    """Run an embedded node, feed it over MLLP, and report."""
+    """Run an embedded node, feed it over MLLP, and report.
+
+    `console` is told, once the node serves, where its web console is and the
+    demo account to sign in with (a clinician and operator, made for this
+    data directory with a random password). `hold`, given the report, keeps the
+    node (and its console) up until it returns.
+    """
     feed = _feed(count, seed)
     classifier = Classifier(config.lanes.rules)
     queues: dict[Lane, list[bytes]] = {lane: [] for lane in Lane}
@@ -214,8 +224,11 @@ async def run_demo(
         data_dir = keep if keep is not None else Path(scratch)
         async with anyio.create_task_group() as tg:
             ehr = await tg.start(downstream.run)
+            account = await anyio.to_thread.run_sync(_demo_account, data_dir)
             node = Node(_embedded(config, ehr), data_dir)
             port = await tg.start(functools.partial(node.run, mllp=("127.0.0.1", 0)))
+            if console is not None:
+                console(f"http://127.0.0.1:{node.http_port}/console (user {account[0]}, password {account[1]})")
             started = time.perf_counter()
             async with anyio.create_task_group() as senders:
                 for lane, connections in _CONNECTIONS.items():
@@ -238,32 +251,48 @@ async def run_demo(
                     await anyio.sleep(0.05)
             record = await node.patient(STORY_PATIENT)
             timeline = list(node.wal.read_patient(STORY_PATIENT))
-            node_lanes = node.lane_statistics()
+            lanes = [
+                LaneReport(
+                    lane.value, len(queues[lane]), accepted[lane], _pct(latencies[lane], 50), _pct(latencies[lane], 99)
+                )
+                for lane in Lane
+            ]
+            report = DemoReport(
+                len(feed),
+                elapsed,
+                lanes,
+                node.lane_statistics(),
+                STORY_PATIENT,
+                timeline,
+                record,
+                str(keep) if keep else None,
+                delivery=_deliveries(queues, acked, downstream.arrived),
+                story_delivery=_story_deliveries(queues[Lane.BATCH], acked, downstream.arrived, classifier),
+                still_to_deliver=len(acked.keys() - downstream.arrived.keys()),
+            )
+            if hold is not None:
+                await hold(report)
             node.stop()
             tg.cancel_scope.cancel()
-    lanes = [
-        LaneReport(lane.value, len(queues[lane]), accepted[lane], _pct(latencies[lane], 50), _pct(latencies[lane], 99))
-        for lane in Lane
-    ]
-    return DemoReport(
-        len(feed),
-        elapsed,
-        lanes,
-        node_lanes,
-        STORY_PATIENT,
-        timeline,
-        record,
-        str(keep) if keep else None,
-        delivery=_deliveries(queues, acked, downstream.arrived),
-        story_delivery=_story_deliveries(queues[Lane.BATCH], acked, downstream.arrived, classifier),
-        still_to_deliver=len(acked.keys() - downstream.arrived.keys()),
-    )
+    return report
+
+
+def _demo_account(data_dir: Path) -> tuple[str, str]:
+    """A clinician and operator for the demo's console, with a random password (and PIN) for this run."""
+    password, pin = secrets.token_urlsafe(12), f"{secrets.randbelow(10**6):06d}"
+    store = AuthStore.open_private(data_dir)
+    try:
+        store.put_user(User("demo", "Demo", (Role.CLINICIAN, Role.OPERATOR), hash_secret(password), hash_secret(pin)))
+    finally:
+        store.close()
+    return "demo", password
 
 
 def _embedded(config: Config, ehr_port: int) -> Config:
-    """The embedded default (no external service, even where $VIGIL_PG_DSN is set), with a route to the EHR."""
+    """The embedded default (no external service, even where $VIGIL_PG_DSN is set), a route to the EHR, the console."""
     ehr = RouteConfig(name="ehr", destination=f"mllp://127.0.0.1:{ehr_port}", connections=4)
-    return msgspec.structs.replace(config, projections=ProjectionsConfig(dsn_env="", dsn=""), routes=(ehr,))
+    http = msgspec.structs.replace(config.http, listen="127.0.0.1:0", tls_cert_file="", tls_key_file="")
+    return msgspec.structs.replace(config, projections=ProjectionsConfig(dsn_env="", dsn=""), routes=(ehr,), http=http)
 
 
 def _control_id(raw: bytes) -> str:

@@ -8,6 +8,7 @@ are rich's.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,18 +160,44 @@ def _print_inspect(decoded: list[Decoded], source: str) -> None:
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated feed.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep the node's data here.")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
+@click.option("--stay", is_flag=True, help="After the report, keep the node and its web console up until Ctrl-C.")
 @click.pass_obj
-def demo(obj: Context, messages: int, seed: int, keep: Path | None, *, as_json: bool) -> None:
-    """Run an embedded node and feed it a hospital's traffic over MLLP (a billing flood and STAT results)."""
+def demo(obj: Context, messages: int, seed: int, keep: Path | None, *, as_json: bool, stay: bool) -> None:
+    """Run an embedded node and feed it a hospital's traffic over MLLP (a billing flood and STAT results).
+
+    The node's web console is up while the demo runs (its address and a demo
+    account are printed first); --stay keeps it up after the report.
+    """
     configure_logging("warning")
     console = DataConsole(stderr=True)
     columns = (TextColumn("[bold]feeding the node over MLLP"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("feed", total=messages + STORY_MESSAGES)
+
+        async def hold(report: DemoReport) -> None:
+            bar.stop()
+            _print_demo(report)
+            console.print(
+                f"the node and its web console stay up (data in {report.data_dir or 'a temporary folder'}): "
+                "Ctrl-C to stop"
+            )
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    return
+
         run = functools.partial(
-            run_demo, obj.config, messages, seed, keep=keep, progress=lambda n: bar.advance(task, n)
+            run_demo,
+            obj.config,
+            messages,
+            seed,
+            keep=keep,
+            progress=lambda n: bar.advance(task, n),
+            console=lambda where: console.print(f"web console: {where}"),
+            hold=hold if stay else None,
         )
         report = anyio.run(run)
+    if stay:
+        return
     if as_json:
         doc = msgspec.to_builtins(report)
         doc["messages_per_s"] = round(report.messages_per_s)

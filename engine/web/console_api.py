@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, final
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import Request
@@ -168,8 +169,10 @@ class ConsoleApi:
             return _json({"error": str(exc)}, 401)
         token = str(answer.pop("token"))  # the page never sees it: only the cookie carries it
         response = _json({**answer, "csrf": self._csrf(token)})
-        self._set_cookie(response, _SESSION, token, path=_API, max_age=None)
-        self._set_cookie(response, _DEVICE, device, path=_API, max_age=365 * 24 * 3600)
+        # Secure over HTTPS, the node's own or a proxy's (uvicorn reads X-Forwarded-Proto from a loopback proxy).
+        secure = self._secure or request.url.scheme == "https"
+        self._set_cookie(response, _SESSION, token, path=_API, max_age=None, secure=secure)
+        self._set_cookie(response, _DEVICE, device, path=_API, max_age=365 * 24 * 3600, secure=secure)
         return response
 
     async def _call(self, request: Request) -> Response:
@@ -201,10 +204,9 @@ class ConsoleApi:
     def _csrf(self, token: str) -> str:
         return hmac.new(self._csrf_key, token.encode(), hashlib.sha256).hexdigest()[:40]
 
-    def _set_cookie(self, response: Response, name: str, value: str, *, path: str, max_age: int | None) -> None:
-        response.set_cookie(
-            name, value, max_age=max_age, path=path, secure=self._secure, httponly=True, samesite="strict"
-        )
+    @staticmethod
+    def _set_cookie(response: Response, name: str, value: str, *, path: str, max_age: int | None, secure: bool) -> None:
+        response.set_cookie(name, value, max_age=max_age, path=path, secure=secure, httponly=True, samesite="strict")
 
 
 @final
@@ -250,8 +252,8 @@ async def _body(request: Request) -> dict[str, Any]:
 def _foreign(request: Request) -> Response | None:
     """A refusal for a request another site's page made (its Origin is not this server), else None."""
     origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if origin is not None and origin != own:
+    # The host, not the scheme: behind a proxy that ends TLS the browser says https and the node sees http.
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
         return _json({"error": "refused: the request came from another site"}, 403, _UNREAD)
     return None
 

@@ -95,3 +95,19 @@ def test_the_refusal_matrix(served: httpx.Client) -> None:
     too_many = _login(http)
     assert too_many.status_code == 429
     assert int(too_many.headers["retry-after"]) >= 1
+
+
+def test_behind_a_proxy_that_ends_tls_the_cookies_are_secure_and_its_origin_is_this_site(served: httpx.Client) -> None:
+    proxied = {"X-Forwarded-Proto": "https"}  # what nginx on the same host sends with TLS in front
+    signed = served.post(
+        f"{API}/login",
+        json={"user": "op.kim", "password": PASSWORD, "setting": "operator_console"},
+        headers=proxied,
+    )
+    assert signed.status_code == 200
+    assert all("Secure" in c for c in signed.headers.get_list("set-cookie"))
+    origin = {"Origin": f"https://{served.base_url.netloc.decode()}", "X-Vigil-CSRF": signed.json()["csrf"]}
+    for cookie in signed.headers.get_list("set-cookie"):  # httpx keeps a Secure cookie off plain http: set by hand
+        name, _, rest = cookie.partition("=")
+        served.cookies.set(name, rest.partition(";")[0], path="/console/api")
+    assert served.post(f"{API}/status", json={}, headers={**proxied, **origin}).status_code == 200
