@@ -107,7 +107,7 @@ def _sign_in(page: Any, url: str, user: str, setting: str) -> None:
 
 def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(console: tuple[str, Path, Any]) -> None:
     url, data, browser = console
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})  # a ward workstation's screen
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     _sign_in(page, url, "op.kim", "operator_console")
@@ -118,6 +118,7 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
         "standard",
         "batch",
     ]
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
     page.click("text=Quarantine")
     page.wait_for_selector("text=BAD1")
     assert "1 open" in page.locator("h1").text_content()
