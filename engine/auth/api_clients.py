@@ -75,6 +75,11 @@ class ApiClients:
             self._by_token.pop(client.token_hash, None)
         return [("", self._done_by(by, "client_revoke", f"revoked client {client_id}", now))]
 
+    def known(self, token: str) -> bool:
+        """Whether this token's client is in memory: its decision then reads no store."""
+        with self._lock:
+            return token_digest(token) in self._by_token
+
     def listed(self) -> list[ApiClient]:
         return self._store.clients()
 

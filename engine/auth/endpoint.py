@@ -181,11 +181,17 @@ class AuthEndpoint:
     ) -> ApiClient:
         """Allow an API client's request (audited before it is answered) or raise `AccessRefusedError`.
 
-        On the event loop: a known token is a lookup in memory; an unknown one reads the store once.
-        The refusal's audit events are in the log when it is raised.
+        A token already seen is decided on the event loop (a lookup in memory); any other reads
+        the store in a worker thread, never on the loop that answers critical results (a stream of
+        made-up tokens would otherwise stall it on SQLite). The refusal's audit events are in the
+        log when it is raised.
         """
+
+        def decide() -> tuple[ApiClient, list[AuditItem]]:
+            return self.clients.authorize(token, resource_type, mode, patients=patients, action=action)
+
         try:
-            client, audit = self.clients.authorize(token, resource_type, mode, patients=patients, action=action)
+            client, audit = decide() if self.clients.known(token) else await anyio.to_thread.run_sync(decide)
         except AccessRefusedError as refused:
             await self.audit(refused.audit)
             raise

@@ -114,3 +114,15 @@ def test_no_token_or_an_unknown_one_is_refused_and_audited(service: AuthService)
             clients.authorize(token, "Observation", "read", patients=["H|1"], action="fhir_read")
         assert refused.value.reason == said
         assert [(e.user, e.outcome) for _p, e in refused.value.audit] == [("client:unknown", "denied")]
+
+
+def test_a_token_is_known_in_memory_once_seen_and_forgotten_when_revoked(service: AuthService) -> None:
+    """Only a token already seen is decided without the store (the node decides the others off its loop)."""
+    clients, admin = _clients(service)
+    token, _ = clients.add(admin, "lab-app", ["system/*.read"])  # type: ignore[arg-type]
+    assert not clients.known(token)
+    clients.authorize(token, "Observation", "read", patients=["H|1"], action="fhir_read")
+    assert clients.known(token)
+    clients.revoke(admin, "lab-app")  # type: ignore[arg-type]
+    assert not clients.known(token)
+    assert not clients.known("vgc_guess")
