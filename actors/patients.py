@@ -134,15 +134,17 @@ class _Patient:
         self.last_used = registry.now()
         self.closing: anyio.Event | None = None  # set while passivating: senders wait, then reactivate
         self.stopped = anyio.Event()
+        # The record as it stands now, folded once and kept until the record changes: a record read
+        # again and again (an EHR polling one patient) costs a lookup, not a fold of all its facts.
+        self.now_view: RecordView | None = None
 
     async def behave(self, messages: list[_Message]) -> None:
         for i, message in enumerate(messages):
             if isinstance(message, _Query):
-                message.reply.set(
-                    self.record.view(known_at_lsn=message.known_at_lsn, known_at=message.known_at, as_of=message.as_of)
-                )
+                message.reply.set(self._view(message))
                 continue
             try:
+                self.now_view = None
                 self.record = await self.registry.apply(self.record, message)
             except Exception as exc:
                 self.attempts += 1
@@ -151,6 +153,13 @@ class _Patient:
                     raise
                 await self.registry.poisoned(self.patient, message, exc)
             self.attempts = 0
+
+    def _view(self, query: _Query) -> RecordView:
+        if query.known_at_lsn is not None or query.known_at is not None or query.as_of is not None:
+            return self.record.view(known_at_lsn=query.known_at_lsn, known_at=query.known_at, as_of=query.as_of)
+        if self.now_view is None:
+            self.now_view = self.record.view()
+        return self.now_view
 
 
 @final

@@ -331,3 +331,20 @@ async def test_a_merge_brings_the_merged_patients_history_with_provenance() -> N
         assert view.merged_from == ("H|OLD",)
         assert [o.order_id for o in view.orders] == ["OLD-ORDER", "NEW-ORDER"]  # in log order
         tg.cancel_scope.cancel()
+
+
+async def test_the_record_now_is_folded_once_until_it_changes() -> None:
+    """Reading the record now again returns the same fold; a new record, or a moment asked for, folds anew."""
+    log = MemoryLog()
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|A", item(1))
+        first = await registry.query("H|A")
+        assert await registry.query("H|A") is first  # kept, not folded again
+        assert (await registry.query("H|A", known_at_lsn=1)) is not first
+        await registry.deliver("H|A", item(2))
+        now = await registry.query("H|A")
+        assert [o.order_id for o in now.orders] == ["O1", "O2"]
+        assert now.last_lsn == 2
+        tg.cancel_scope.cancel()
