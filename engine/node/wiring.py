@@ -126,6 +126,7 @@ class Node:
         self._nats: NatsSource | None = None
         self._search: SearchFollower | None = None
         self._mllp_port: int | None = None
+        self._mllp_server: MLLPServer | None = None
         self._parts: Parts | None = None
         self._supervisor: Supervisor | None = None
         self._handlers: dict[str, Handler] = {}
@@ -251,7 +252,7 @@ class Node:
             children.append(self._child("http", self._run_http))
         if mllp is not None:
             answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
-            server = mllp_server(self.config, answers, mllp_tls)
+            server = self._mllp_server = mllp_server(self.config, answers, mllp_tls)
             children.append(self._child("mllp", functools.partial(self._run_mllp, server, mllp)))
         if watch is not None:
             children.append(self._child("drop_folder", functools.partial(self._run_drop_folder, watch)))
@@ -531,8 +532,14 @@ class Node:
         return ", ".join(waiting) or None
 
     async def _metrics_report(self) -> dict[str, object]:
-        """The report `/metrics` reads: `vigil status`'s, with the log's counters."""
-        return {**await self._report(), "wal": msgspec.to_builtins(self.wal.statistics())}
+        """The report `/metrics` reads: `vigil status`'s, with the log's counters, senders and connections."""
+        senders = await self._search.senders() if self._search is not None else []
+        return {
+            **await self._report(),
+            "wal": msgspec.to_builtins(self.wal.statistics()),
+            "senders": senders,
+            "mllp_connections": self._mllp_server.connections if self._mllp_server is not None else None,
+        }
 
     def _busy(self) -> bool:
         """Messages in flight: the read side yields to them."""

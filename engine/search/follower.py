@@ -94,16 +94,24 @@ class SearchFollower:
         self._config = config
         self._busy = busy
         self.indexed_to = 0  # the last LSN the index holds, as of the last look
+        self._index: SearchIndex | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         index = await anyio.to_thread.run_sync(SearchIndex, self._path)
+        self._index = index
         try:
             task_status.started()
             while True:
                 await self._catch_up(index)
                 await anyio.sleep(self._config.interval_s)
         finally:
+            self._index = None
             index.close()
+
+    async def senders(self) -> list[tuple[str, int, int]]:
+        """Each sender's last message time (microseconds) and count, as far as the index goes; [] while restarting."""
+        index = self._index
+        return [] if index is None else await anyio.to_thread.run_sync(index.senders)
 
     async def _catch_up(self, index: SearchIndex) -> None:
         """Slices until the index holds the whole log, or until a message is in flight (the ACKs come first)."""

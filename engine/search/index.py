@@ -41,6 +41,7 @@ CREATE INDEX IF NOT EXISTS messages_lane ON messages (lane, at_us);
 CREATE INDEX IF NOT EXISTS messages_reused ON messages (lsn) WHERE outcome = 'reused';
 CREATE TABLE IF NOT EXISTS tip (one INTEGER PRIMARY KEY CHECK (one = 1), lsn INTEGER NOT NULL,
     at TEXT NOT NULL, message_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS senders (sender TEXT PRIMARY KEY, last_us INTEGER NOT NULL, messages INTEGER NOT NULL);
 """
 # Pages kept in memory: a slice's inserts land all over its indexes (control ids are not in order).
 _CACHE_MIB: Final = 32
@@ -66,6 +67,7 @@ class SearchIndex:
         # Derived data: a crash may lose the last slice (the tip check and the log bring it back), never corrupt it.
         self._file = SqliteFile(path, _SCHEMA, synchronous="NORMAL", busy_ms=10_000, cache_mib=_CACHE_MIB)
         self._db, self._lock, self._transaction = self._file.db, self._file.lock, self._file.transaction
+        self._fill_senders()
 
     @classmethod
     def of(cls, data_dir: Path) -> SearchIndex:
@@ -86,6 +88,21 @@ class SearchIndex:
         with self._transaction() as db:
             db.execute("DELETE FROM messages")
             db.execute("DELETE FROM tip")
+            db.execute("DELETE FROM senders")
+
+    def senders(self) -> list[tuple[str, int, int]]:
+        """Each sender (MSH-3^MSH-4) with the time of its last message (microseconds) and its message count."""
+        with self._lock:
+            return list(self._db.execute("SELECT sender, last_us, messages FROM senders ORDER BY sender"))
+
+    def _fill_senders(self) -> None:
+        """An index made before the senders table had it: filled once from the rows (later rows keep it up)."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM senders LIMIT 1").fetchone() is None:
+                db.execute(
+                    "INSERT INTO senders SELECT sender, MAX(at_us), COUNT(*) FROM messages "
+                    "WHERE sender != '' GROUP BY sender"
+                )
 
     def add(self, rows: Sequence[MessageRow]) -> None:
         """Log rows (in LSN order, after the tip) in one transaction; a message id seen before is `reused`."""
@@ -114,6 +131,7 @@ class SearchIndex:
                     )
                 )
             db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            _count_senders(db, values)
             last = rows[-1]
             db.execute(
                 "INSERT INTO tip VALUES (1, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET "
@@ -153,6 +171,26 @@ class SearchIndex:
                 sql = f"SELECT lsn, outcome FROM messages WHERE lsn IN ({', '.join('?' * len(chunk))})"  # noqa: S608
                 out.update((lsn, Outcome(value)) for lsn, value in self._db.execute(sql, chunk))
         return out
+
+
+def _count_senders(db: sqlite3.Connection, values: Sequence[tuple[object, ...]]) -> None:
+    """Each sender's last time and count, from the rows after the tip (rows indexed before are not counted twice)."""
+    found = db.execute("SELECT lsn FROM tip").fetchone()
+    after = found[0] if found is not None else 0
+    seen: dict[str, tuple[int, int]] = {}
+    for value in values:
+        lsn, at_us, sender = value[0], value[1], value[6]
+        assert isinstance(lsn, int)
+        assert isinstance(at_us, int)
+        assert isinstance(sender, str)
+        if lsn > after and sender:
+            last, count = seen.get(sender, (0, 0))
+            seen[sender] = (max(last, at_us), count + 1)
+    db.executemany(
+        "INSERT INTO senders VALUES (?, ?, ?) ON CONFLICT (sender) DO UPDATE SET "
+        "last_us = max(last_us, excluded.last_us), messages = messages + excluded.messages",
+        [(sender, last, count) for sender, (last, count) in seen.items()],
+    )
 
 
 def _where(query: SearchQuery) -> tuple[str, list[object]]:

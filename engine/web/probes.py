@@ -73,7 +73,14 @@ class _Snapshot(Collector):
 
 def metric_families(report: Mapping[str, Any]) -> list[Family]:
     """The report's figures as Prometheus metric families (names `vigil_*`, units in the name)."""
-    families: list[Family] = [*_lanes(report), *_log(report), *_routes(report), *_supervision(report)]
+    families: list[Family] = [
+        *_lanes(report),
+        *_log(report),
+        *_routes(report),
+        *_supervision(report),
+        *_senders(report),
+    ]
+    families.append(_gauge("vigil_mllp_connections", "MLLP connections open now", report.get("mllp_connections")))
     families.append(_gauge("vigil_uptime_seconds", "seconds since the node started", report.get("uptime_s")))
     families.append(_gauge("vigil_in_flight_messages", "messages received, not yet answered", report.get("in_flight")))
     families.append(
@@ -175,6 +182,21 @@ def _routes(report: Mapping[str, Any]) -> list[Family]:
             if lane.get("oldest_age_s") is not None:
                 oldest.add_metric(labels, lane["oldest_age_s"])
     return [backlog, oldest, delivered]
+
+
+def _senders(report: Mapping[str, Any]) -> list[Family]:
+    """Each sending system (MSH-3^MSH-4): when its last message was logged, and how many (as far as indexed).
+
+    A feed gone quiet shows as a last-seen time that stops moving: `time() - vigil_sender_last_seen_...`.
+    """
+    seen = GaugeMetricFamily(
+        "vigil_sender_last_seen_timestamp_seconds", "when the sender's last message was logged", labels=["sender"]
+    )
+    counted = CounterMetricFamily("vigil_sender_messages", "messages logged from the sender", labels=["sender"])
+    for sender, last_us, messages in report.get("senders") or ():
+        seen.add_metric([str(sender)], last_us / 1e6)
+        counted.add_metric([str(sender)], messages)
+    return [seen, counted]
 
 
 def _supervision(report: Mapping[str, Any]) -> list[Family]:

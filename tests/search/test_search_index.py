@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from engine.core.model import Lane
 from engine.infra.config import SearchConfig
 from engine.search import MessageRow, Outcome, SearchFollower, SearchIndex, SearchQuery, catch_up_files
+from engine.search.rows import micros
 from engine.wal import open_wal
 from tests.harness.helpers import SMALL, envelope
 
@@ -80,8 +82,18 @@ def test_the_index_finds_what_the_query_means(tmp_path_factory: pytest.TempPathF
         expected = [r for r in _with_reuse(rows) if query.matches(r)]
         assert index.search(query, limit=1000) == expected
         assert index.search(query, limit=2) == expected[:2]
+        assert index.senders() == _senders(rows)
     finally:
         index.close()
+
+
+def _senders(rows: list[MessageRow]) -> list[tuple[str, int, int]]:
+    """Each sender's last time (microseconds) and count, as the index should keep them."""
+    out: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        last, count = out.get(row.sender, (0, 0))
+        out[row.sender] = (max(last, micros(row.at)), count + 1)
+    return [(sender, last, count) for sender, (last, count) in sorted(out.items())]
 
 
 def test_a_row_added_twice_is_kept_once_and_the_tip_never_goes_back(tmp_path: Path) -> None:
@@ -97,6 +109,24 @@ def test_a_row_added_twice_is_kept_once_and_the_tip_never_goes_back(tmp_path: Pa
     tip = index.tip()
     assert tip is not None
     assert tip.lsn == 2
+    assert index.senders() == [("PAS^H1", micros(_TIMES[0]), 2)]  # the row added twice is counted once
+    index.close()
+
+
+def test_an_index_made_before_it_kept_senders_counts_them_once_when_opened(tmp_path: Path) -> None:
+    index = SearchIndex(tmp_path / "search.sqlite")
+    rows = [
+        MessageRow(n, _TIMES[n], "batch", "hl7v2", "DFT^P03", "PAS^H1", str(n), "s", "r", Outcome.ACCEPTED, f"m{n}")
+        for n in (1, 2)
+    ]
+    index.add(rows)
+    index.close()
+    with sqlite3.connect(tmp_path / "search.sqlite") as db:  # as an older release left it
+        db.execute("DELETE FROM senders")
+    index = SearchIndex(tmp_path / "search.sqlite")
+    assert index.senders() == [("PAS^H1", micros(_TIMES[2]), 2)]
+    index.reset()
+    assert index.senders() == []
     index.close()
 
 

@@ -12,6 +12,7 @@ import json
 import signal
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def test_probes_and_metrics_need_no_token_and_say_no_phi(
     assert {s.labels["part"] for s in families["vigil_part_restarts"].samples} >= {"log", "lanes", "http", "mllp"}
     assert "MRN42" not in metrics.text
     assert "Doe" not in metrics.text
+    assert families["vigil_mllp_connections"].samples[0].value == 0
+
+    def senders() -> dict[str, float]:
+        found = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+        family = found.get("vigil_sender_last_seen_timestamp_seconds")
+        return {s.labels["sender"]: s.value for s in family.samples} if family else {}
+
+    deadline = time.monotonic() + 20
+    while "LAB^GENHOSP" not in senders():  # once the search index has taken it (every [search] interval_s)
+        assert time.monotonic() < deadline, "the sender's last-seen time never appeared"
+        time.sleep(0.2)
+    assert abs(senders()["LAB^GENHOSP"] - time.time()) < 600
 
 
 def test_hl7v2_over_http_is_answered_with_its_ack_once_durable(
