@@ -9,7 +9,7 @@ from engine.cluster.coordinator import Adopt, Cluster, ClusterStatistics, Forwar
 from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo
 from engine.cluster.partitions import fair_shares, partition_of, plan
 from engine.cluster.replication import FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
-from engine.cluster.view import read_leases, read_log, read_members, read_stream
+from engine.cluster.view import UnreadableStreamError, read_leases, read_log, read_members, read_stream
 
 __all__ = [
     "Adopt",
@@ -24,6 +24,7 @@ __all__ = [
     "ReplicaBatch",
     "ReplicaRecord",
     "Replicator",
+    "UnreadableStreamError",
     "decode_batch",
     "fair_shares",
     "ingest_subject",

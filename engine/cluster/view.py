@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.cluster.leases import decode_lease, decode_member
 from engine.cluster.replication import ReplicaBatch, decode_batch
+from engine.core.errors import VigilError
 from engine.infra.clock import wall_now
 from engine.infra.config import ClusterConfig
 
@@ -26,6 +27,7 @@ __all__ = [
     "LogRow",
     "MemberRow",
     "StreamRow",
+    "UnreadableStreamError",
     "bucket_keys",
     "read_leases",
     "read_log",
@@ -167,6 +169,10 @@ async def read_stream(js: Any, config: ClusterConfig) -> StreamRow | None:
     )
 
 
+class UnreadableStreamError(VigilError):
+    """A message on the log's subjects that is not one of Vigil's batches or markers."""
+
+
 async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = None) -> AsyncIterator[LogRow]:
     """Every replicated record, in stream order (one partition's with `partition`); markers are skipped.
 
@@ -175,6 +181,7 @@ async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = No
 
     Raises:
         TimeoutError: the stream stopped answering before the end was reached.
+        UnreadableStreamError: a message on the log's subjects is not a batch (never skipped unseen).
     """
     subject = f"{config.subject_prefix}.{partition if partition is not None else '>'}"
     try:
@@ -196,7 +203,14 @@ async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = No
             if msgs is None:
                 return  # nothing pending at all
             for msg in msgs:
-                for row in _rows(msg.metadata.sequence.stream, decode_batch(msg.data)):
+                seq = msg.metadata.sequence.stream
+                batch = decode_batch(msg.data)
+                if batch is None:
+                    raise UnreadableStreamError(
+                        f"stream message {seq} on {msg.subject} is not a replica batch ({len(msg.data)} bytes): "
+                        "the stream holds something Vigil did not write there"
+                    )
+                for row in _rows(seq, batch):
                     yield row
             if msgs[-1].metadata.num_pending == 0:
                 return
@@ -204,9 +218,7 @@ async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = No
         await sub.unsubscribe()
 
 
-def _rows(seq: int, batch: ReplicaBatch | None) -> list[LogRow]:
-    if batch is None:
-        return []
+def _rows(seq: int, batch: ReplicaBatch) -> list[LogRow]:
     lanes = [(r.envelope.lane.value, r.envelope.message_type) for r in batch.records]
     return [
         LogRow(seq, batch.partition, batch.epoch, batch.node, r.lsn, r.message_id, lane, message_type)

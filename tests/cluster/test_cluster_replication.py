@@ -14,9 +14,19 @@ import anyio
 import msgspec
 import nats
 import pytest
+import structlog.testing
 from nats.js.api import StorageType, StreamConfig
 
-from engine.cluster import Cluster, FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
+from engine.cluster import (
+    Cluster,
+    FencedError,
+    ReplicaBatch,
+    ReplicaRecord,
+    Replicator,
+    UnreadableStreamError,
+    decode_batch,
+    read_log,
+)
 from engine.cluster.replication import last_on_subject, publish_marker, read_partition
 from engine.core.decode import Decoder
 from engine.core.model import Envelope
@@ -91,6 +101,23 @@ async def test_records_reach_the_stream_in_order_and_waiters_are_told(tmp_path: 
         assert await _stream_ids(js, 1) == []
         assert replicator.lag_records() == 0 or replicator.cursor(0) == wal.last_lsn
         tg.cancel_scope.cancel()
+    await client.close()
+
+
+async def test_a_message_on_the_log_subjects_that_is_not_a_batch_is_never_skipped_unseen(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """`vigil cluster log` refuses to answer short; a takeover's read says which message it could not use."""
+    client, js = await _js(nats_url)
+    seq = await publish_marker(js, STREAM, f"{PREFIX}.0", ReplicaBatch("a", 0, 1, 0), 0)
+    await js.publish(f"{PREFIX}.0", b"not a batch")
+    config = ClusterConfig(stream=STREAM, subject_prefix=PREFIX)
+    with pytest.raises(UnreadableStreamError, match=rf"stream message {seq + 1} on {PREFIX}\.0 is not a replica batch"):
+        _ = [row async for row in read_log(js, config)]
+    with structlog.testing.capture_logs() as said:
+        batches = await read_partition(js, STREAM, f"{PREFIX}.0", until_seq=seq + 1)
+    assert [b.epoch for b in batches] == [1]
+    assert [(e["event"], e["stream_seq"]) for e in said] == [("cluster.stream_message_unreadable", seq + 1)]
     await client.close()
 
 
