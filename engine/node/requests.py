@@ -96,7 +96,7 @@ class NodeRequests:
         parts fifty times a second, on the loop that answers critical results
         (their p99 went 1.9 -> 9.0 ms); now they share one count.
         """
-        await self._auth.authorize(request, Permission.STATUS_READ)  # "passive": a screen refreshing itself
+        await self._auth.authorize(request, Permission.STATUS_READ)
         async with self._status_lock:  # one count at a time; those who waited take it
             made, shared = self._shared_status
             if anyio.current_time() - made >= _STATUS_SHARED_S or not shared:

@@ -127,6 +127,8 @@ class Node:
         self._search: SearchFollower | None = None
         self._mllp_port: int | None = None
         self._mllp_server: MLLPServer | None = None
+        # One ACK builder for MLLP and HTTP: each ACK's own MSH-10 (`NODE-n`) from one counter, never twice.
+        self._answers = MLLPAnswers(self._ingest_one, config.node.id, self._clock)
         self._parts: Parts | None = None
         self._supervisor: Supervisor | None = None
         self._handlers: dict[str, Handler] = {}
@@ -251,8 +253,7 @@ class Node:
         if self.config.http.listen:
             children.append(self._child("http", self._run_http))
         if mllp is not None:
-            answers = MLLPAnswers(self._ingest_one, self.config.node.id, self._clock)
-            server = self._mllp_server = mllp_server(self.config, answers, mllp_tls)
+            server = self._mllp_server = mllp_server(self.config, self._answers, mllp_tls)
             children.append(self._child("mllp", functools.partial(self._run_mllp, server, mllp)))
         if watch is not None:
             children.append(self._child("drop_folder", functools.partial(self._run_drop_folder, watch)))
@@ -372,7 +373,7 @@ class Node:
             self._config_dir,
             auth=self._auth,
             requests=self._requests,
-            answers=MLLPAnswers(self._ingest_one, self.config.node.id, self._clock),
+            answers=self._answers,
             ingest=self._ingest_one,
             ready=self._not_ready,
             report=self._metrics_report,

@@ -96,9 +96,14 @@ class SearchIndex:
             return list(self._db.execute("SELECT sender, last_us, messages FROM senders ORDER BY sender"))
 
     def _fill_senders(self) -> None:
-        """An index made before the senders table had it: filled once from the rows (later rows keep it up)."""
+        """An index made before the senders table had it: filled once from the rows (later rows keep it up).
+
+        Both looks go through an index (the table's key, `messages_sender`): an index whose
+        messages have no sender (FHIR alone) is not scanned again at every open.
+        """
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM senders LIMIT 1").fetchone() is None:
+            empty = db.execute("SELECT 1 FROM senders LIMIT 1").fetchone() is None
+            if empty and db.execute("SELECT 1 FROM messages WHERE sender > '' LIMIT 1").fetchone() is not None:
                 db.execute(
                     "INSERT INTO senders SELECT sender, MAX(at_us), COUNT(*) FROM messages "
                     "WHERE sender != '' GROUP BY sender"

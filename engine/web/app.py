@@ -25,7 +25,8 @@ from engine.web.probes import Probes
 
 __all__ = ["web_app"]
 
-_HEADERS: Final = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+_NO_STORE: Final = (b"cache-control", b"no-store")
+_NOSNIFF: Final = (b"x-content-type-options", b"nosniff")
 
 
 def web_app(probes: Probes, reads: FhirReads, ingest: IngestApi, console: ConsoleApi) -> ASGIApp:
@@ -63,7 +64,7 @@ class _NoStore:
                 headers = list(message.get("headers", []))
                 # An answer that says how it may be cached (the console's hashed assets) keeps that.
                 cached = any(name.lower() == b"cache-control" for name, _ in headers)
-                message["headers"] = [*headers, *(_HEADERS[1:] if cached else _HEADERS)]
+                message["headers"] = [*headers, _NOSNIFF] if cached else [*headers, _NO_STORE, _NOSNIFF]
             await send(message)
 
         await self._app(scope, receive, sending)

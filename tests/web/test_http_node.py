@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -21,11 +22,12 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.auth import Role
+from engine.auth import ApiClient, AuthStore, Role, token_digest
+from engine.core.mllp import MLLPDecoder
 from engine.core.model import RecordAccessed
 from engine.web import patient_id
 from tests.harness.helpers import MSH_ADT, PID, hl7, oru
-from tests.harness.node_process import NO_PID, ROOT, VIGIL, http_node, log_ids, log_records
+from tests.harness.node_process import NO_PID, ROOT, VIGIL, exchange, http_node, log_ids, log_records
 from tests.harness.sessions import sign_in
 
 KEY = "GENHOSP|MRN42"  # PID's MR identifier
@@ -308,3 +310,20 @@ def test_https_on_a_network_address_and_plain_http_refused_there(tmp_path: Path)
             assert https.get(f"https://127.0.0.1:{port}/readyz").text == "ready\n"
         with pytest.raises(httpx.HTTPError), httpx.Client(timeout=5) as http:
             http.get(f"http://127.0.0.1:{port}/readyz")
+
+
+def test_acks_over_mllp_and_http_never_share_a_control_id(tmp_path: Path, config: Path) -> None:
+    """Each ACK's own MSH-10 is unique across the node's sources (MLLP and HTTP once counted apart from 1 each)."""
+    data = tmp_path / "data"
+    store = AuthStore.open_private(data)
+    try:
+        store.add_client(ApiClient("lab", ("system/*.write",), token_digest("vgc_t"), 0.0, "test"))
+    finally:
+        store.close()
+    with http_node(data, config) as (_proc, mllp_port, port):
+        with socket.create_connection(("127.0.0.1", mllp_port), timeout=30) as conn:
+            over_mllp = exchange(conn, _critical("A1"), MLLPDecoder())
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            over_http = http.post("/hl7v2", content=_critical("A2"), headers=_bearer("vgc_t", **HL7)).content
+    ids = [ack.split(b"\r")[0].split(b"|")[9] for ack in (over_mllp, over_http)]
+    assert ids[0] != ids[1], ids
