@@ -70,7 +70,6 @@ from engine.node.refusals import Refusals
 from engine.node.requests import NodeRequests
 from engine.node.review_requests import ReviewRequests
 from engine.node.route_requests import RouteRequests
-from engine.node.web_face import http_server
 from engine.projections import ProjectionRunner, dsn_of
 from engine.routes import Routes
 from engine.search import INDEX_FILE, SearchFollower
@@ -366,6 +365,10 @@ class Node:
 
     async def _run_http(self, *, task_status: TaskStatus[None]) -> None:
         """The HTTP face (`engine.web`): FHIR reads, HL7 v2 and FHIR in, probes and metrics."""
+        # Loaded here, by a node that serves HTTP: the web stack (Starlette, uvicorn, hypercorn, the
+        # Prometheus client) is 70 ms of every other node's start, `vigil run --stdin` included.
+        from engine.node.web_face import http_server  # noqa: PLC0415 -- lazy on purpose (above)
+
         assert self._requests is not None
         assert self._auth is not None
         server = http_server(
