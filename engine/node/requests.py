@@ -26,7 +26,7 @@ from engine.wal import DiskFullError, Position, WALFailedError, WriteAheadLog
 
 __all__ = ["NodeRequests", "Report"]
 
-_STATUS_SHARED_S = 0.5  # how old a status answer may be: screens polling it share one
+_STATUS_AGE_MAX_S = 60.0  # the oldest count an asker may settle for (`max_age_s`)
 
 # The node's own account of itself (`vigil status`'s sections): filled in by the wiring, which sees every part.
 Report = Callable[[], Awaitable[dict[str, object]]]
@@ -90,16 +90,20 @@ class NodeRequests:
         }
 
     async def _status(self, request: dict[str, object]) -> dict[str, object]:
-        """What `vigil status` shows: one account shared by every asker for `_STATUS_SHARED_S`.
+        """What `vigil status` shows, counted after it was asked unless the asker allows an older count.
 
         Fifty console screens polling status each made the node count its
         parts fifty times a second, on the loop that answers critical results
-        (their p99 went 1.9 -> 9.0 ms); now they share one count.
+        (their p99 went 1.9 -> 9.0 ms): a screen asks with `max_age_s` and
+        takes the last count if it is that recent. An operator's question
+        (`max_age_s` 0, the default) always gets a count begun after it.
         """
         await self._auth.authorize(request, Permission.STATUS_READ)
-        async with self._status_lock:  # one count at a time; those who waited take it
-            made, shared = self._shared_status
-            if anyio.current_time() - made >= _STATUS_SHARED_S or not shared:
+        max_age_s = _max_age_s(request)
+        async with self._status_lock:  # one count at a time; those who waited may take it
+            begun, shared = self._shared_status
+            if not shared or anyio.current_time() - begun > max_age_s:
+                begun = anyio.current_time()  # its age counts from its start: the state may change while counting
                 auth = await anyio.to_thread.run_sync(self._auth.service.statistics)
                 shared = {
                     "node": self._config.node.id,
@@ -108,7 +112,7 @@ class NodeRequests:
                     **await self._report(),
                     "auth": auth,
                 }
-                self._shared_status = (anyio.current_time(), shared)
+                self._shared_status = (begun, shared)
         return shared
 
     async def _patient_request(self, request: dict[str, object]) -> object:
@@ -175,6 +179,14 @@ class NodeRequests:
             owner = cluster.owner(partition)
             where = f"node {owner}" if owner else "no node at this moment (a takeover is in progress)"
             raise AdminError(f"this patient's partition ({partition}) is served by {where}: ask there")
+
+
+def _max_age_s(request: dict[str, object]) -> float:
+    """How old a count the asker accepts (`max_age_s`, seconds): 0 unless it says."""
+    age = request.get("max_age_s", 0)
+    if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age <= _STATUS_AGE_MAX_S:
+        raise AdminError(f"max_age_s is a number of seconds from 0 to {_STATUS_AGE_MAX_S:g}")
+    return float(age)
 
 
 def _moment(request: dict[str, object], name: str) -> str | None:

@@ -63,6 +63,8 @@ _DEVICE: Final = "vigil_device"
 _API: Final = "/console/api"
 _UNREAD: Final = {"Connection": "close"}  # a refusal that left the body unread ends the connection
 _ENCODER: Final = msgspec.json.Encoder()
+# Screens poll status every two seconds: they take a count up to 1 s old, so fifty screens cost the node few counts.
+_POLLED_STATUS_AGE_S: Final = 1.0
 # The console's page runs only its own script and style: text from a message can never become code.
 _PAGE_HEADERS: Final = {
     "Content-Security-Policy": (
@@ -188,6 +190,8 @@ class ConsoleApi:
             why = "sign in again (no session, or the page's token does not match it)"
             return _json({"error": why}, 403, _UNREAD)
         body = await _body(request)
+        if operation == "status":
+            body = {**body, "max_age_s": _POLLED_STATUS_AGE_S}
         try:
             answer = await self._handle(operation, self._with_auth(request, body))
         except AdminError as exc:
