@@ -14,13 +14,16 @@ import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.cluster.leases import decode_lease, decode_member
-from engine.cluster.replication import ReplicaBatch, decode_batch
+from engine.cluster.replication import ReplicaBatch, decode_batch, last_on_subject
 from engine.core.errors import VigilError
 from engine.infra.clock import wall_now
 from engine.infra.config import ClusterConfig
+
+_log = structlog.get_logger("vigil.cluster")
 
 __all__ = [
     "LeaseRow",
@@ -176,17 +179,19 @@ class UnreadableStreamError(VigilError):
 async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = None) -> AsyncIterator[LogRow]:
     """Every replicated record, in stream order (one partition's with `partition`); markers are skipped.
 
-    Reads until the consumer has nothing pending, so the answer is never
-    silently short.
+    Reads up to the end the stream's leader names when the read begins. The
+    consumer may be placed on any replica, and one that lags runs out early:
+    its `num_pending` never ends the read. Reading the whole stream, a
+    sequence the consumer skipped is fetched from the leader and said
+    (`cluster.stream_read_gap`). The answer is never silently short.
 
     Raises:
         TimeoutError: the stream stopped answering before the end was reached.
         UnreadableStreamError: a message on the log's subjects is not a batch (never skipped unseen).
     """
     subject = f"{config.subject_prefix}.{partition if partition is not None else '>'}"
-    try:
-        await js.stream_info(config.stream)
-    except nats.js.errors.NotFoundError:
+    first, last = await _extent(js, config.stream, subject, whole=partition is None)
+    if last == 0:
         return
     consumer = ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL,
@@ -196,26 +201,64 @@ async def read_log(js: Any, config: ClusterConfig, *, partition: int | None = No
         num_replicas=1,  # a read for one command: no raft group of its own
     )
     sub = await js.pull_subscribe(subject, stream=config.stream, config=consumer)
+    expected = first  # the next sequence of the whole stream (0: one subject's, not contiguous)
     try:
         while True:
             with anyio.fail_after(_STALL_S):
                 msgs = await _next(sub)
-            if msgs is None:
-                return  # nothing pending at all
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
-                batch = decode_batch(msg.data)
-                if batch is None:
-                    raise UnreadableStreamError(
-                        f"stream message {seq} on {msg.subject} is not a replica batch ({len(msg.data)} bytes): "
-                        "the stream holds something Vigil did not write there"
-                    )
-                for row in _rows(seq, batch):
+                if seq > last:
+                    return  # written after the read began
+                if expected and seq > expected:
+                    with anyio.fail_after(_STALL_S):
+                        skipped = await _from_leader(js, config.stream, expected, seq)
+                    for row in skipped:
+                        yield row
+                expected = seq + 1 if expected else 0
+                for row in _rows(seq, _batch(seq, msg.subject, msg.data)):
                     yield row
-            if msgs[-1].metadata.num_pending == 0:
-                return
+                if seq == last:
+                    return
     finally:
         await sub.unsubscribe()
+
+
+async def _extent(js: Any, stream: str, subject: str, *, whole: bool) -> tuple[int, int]:
+    """(first, last) stream sequence to read, as the stream's leader says; (0, 0) when there is nothing."""
+    try:
+        info = await js.stream_info(stream)  # answered by the stream's leader
+    except nats.js.errors.NotFoundError:
+        return 0, 0
+    if whole:
+        return (info.state.first_seq, info.state.last_seq) if info.state.messages else (0, 0)
+    last, _batch = await last_on_subject(js, stream, subject)
+    return 0, last
+
+
+async def _from_leader(js: Any, stream: str, first: int, after_last: int) -> list[LogRow]:
+    """The messages `first` to `after_last - 1`, which the consumer skipped, each asked of the stream's leader."""
+    rows: list[LogRow] = []
+    deleted = 0
+    for seq in range(first, after_last):
+        try:
+            msg = await js.get_msg(stream, seq)  # not direct: only the leader answers
+        except nats.js.errors.NotFoundError:
+            deleted += 1  # removed from the stream: not a hole in this read
+            continue
+        rows.extend(_rows(seq, _batch(seq, msg.subject or "", msg.data or b"")))
+    _log.warning("cluster.stream_read_gap", first=first, last=after_last - 1, deleted=deleted)
+    return rows
+
+
+def _batch(seq: int, subject: str, data: bytes) -> ReplicaBatch:
+    batch = decode_batch(data)
+    if batch is None:
+        raise UnreadableStreamError(
+            f"stream message {seq} on {subject} is not a replica batch ({len(data)} bytes): "
+            "the stream holds something Vigil did not write there"
+        )
+    return batch
 
 
 def _rows(seq: int, batch: ReplicaBatch) -> list[LogRow]:
@@ -229,14 +272,12 @@ def _rows(seq: int, batch: ReplicaBatch) -> list[LogRow]:
 _STALL_S = 30.0  # the stream gave nothing this long while messages were pending: an error, never a short answer
 
 
-async def _next(sub: Any) -> list[Any] | None:
-    """The next messages for the consumer, or None when it has none pending (the filter matched nothing)."""
+async def _next(sub: Any) -> list[Any]:
+    """The consumer's next messages, waited for (the caller bounds the wait: it knows the end exists)."""
     while True:
         try:
             return list(await sub.fetch(512, timeout=1.0))
         except nats.errors.TimeoutError:
-            info = await sub.consumer_info()
-            if info.num_pending == 0:
-                return None
+            continue
         except nats.js.errors.ServiceUnavailableError:
             await anyio.sleep(0.1)  # a new consumer on a replicated stream answers 503 until it has a leader

@@ -121,6 +121,28 @@ async def test_a_message_on_the_log_subjects_that_is_not_a_batch_is_never_skippe
     await client.close()
 
 
+async def test_the_log_is_read_to_the_leaders_end_and_a_sequence_the_consumer_skipped_is_said(nats_url: str) -> None:
+    """`vigil cluster log` ends where the stream ended when it began (never on a replica's "nothing pending"),
+    and a sequence its consumer never delivered is asked of the leader and logged, here one deleted."""
+    client, js = await _js(nats_url)
+    records = [ReplicaRecord(n, "t", e.message_id, e) for n, e in enumerate(_envelopes(range(4)), start=1)]
+    for n, record in enumerate(records):
+        await js.publish(
+            f"{PREFIX}.{n % 2}", msgspec.msgpack.encode(ReplicaBatch("a", n % 2, 1, record.lsn, (record,)))
+        )
+    await js.delete_msg(STREAM, 2)
+    config = ClusterConfig(stream=STREAM, subject_prefix=PREFIX)
+    with structlog.testing.capture_logs() as said:
+        rows = [row async for row in read_log(js, config)]
+        await js.publish(
+            f"{PREFIX}.0", msgspec.msgpack.encode(ReplicaBatch("a", 0, 1, 9, (records[0],)))
+        )  # after the read
+    assert [(r.stream_seq, r.message_id) for r in rows] == [(s, records[s - 1].message_id) for s in (1, 3, 4)]
+    assert [(e["event"], e["first"], e["last"], e["deleted"]) for e in said] == [("cluster.stream_read_gap", 2, 2, 1)]
+    assert [r.stream_seq for r in [row async for row in read_log(js, config, partition=0)]] == [1, 3, 5]
+    await client.close()
+
+
 async def test_a_new_owners_marker_fences_the_old_owner(tmp_path: Path, nats_url: str) -> None:
     """After another node's epoch marker, the old owner's publishes are refused: it stops, and its waiters hear so."""
     client, js = await _js(nats_url)
