@@ -27,6 +27,7 @@ FACES = [
     "engine.projections",
     "engine.routes",
     "engine.search",
+    "engine.alerts",
     "engine.web",
     "engine.auth",
     "engine.core.hl7",

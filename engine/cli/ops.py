@@ -9,6 +9,7 @@ patient actor when a node runs, else folds the record from the log itself
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,34 @@ def _status_view(report: dict[str, Any]) -> Group:
             "bold red",
         )
     return Group(
-        summary, table, _supervision_table(report.get("supervision", [])), tail, read_side, sessions, membership, keyed
+        summary,
+        _alerts_view(report.get("alerts")),
+        table,
+        _supervision_table(report.get("supervision", [])),
+        tail,
+        read_side,
+        sessions,
+        membership,
+        keyed,
     )
+
+
+def _alerts_view(alerts: object) -> Text | Table:
+    """The alerts that hold, oldest first, in red; one quiet line when none does."""
+    if not isinstance(alerts, dict):
+        return Text(f"alerts: {alerts or 'off'}")
+    hook = alerts["webhook"]
+    sent, failed = alerts["webhook_sent"], alerts["webhook_failed"]
+    webhook = "" if hook == "off" else f"; webhook {hook}: {sent} sent, {failed} failed"
+    if not alerts["active"]:
+        return Text(f"alerts: none active ({alerts['raised_total']} raised since start){webhook}")
+    table = Table(title=f"Alerts ({len(alerts['active'])} active){webhook}", title_style="bold red")
+    for name in ("rule", "subject", "detail", "since (UTC)"):
+        table.add_column(name)
+    for alert in alerts["active"]:
+        since = datetime.fromtimestamp(alert["since_us"] / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(styled(alert["rule"], "bold red"), styled(alert["subject"]), styled(alert["detail"]), since)
+    return table
 
 
 def _supervision_table(children: list[dict[str, Any]]) -> Table:

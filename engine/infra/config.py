@@ -9,6 +9,7 @@ line naming the key and what is allowed. Keys carry their unit last
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, final, get_args
 
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "SUPERVISED_CHILDREN",
     "AdminConfig",
+    "AlertsConfig",
     "AuditConfig",
     "ClusterAckConfig",
     "ClusterConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "NatsSubjectConfig",
     "NodeConfig",
     "ProjectionsConfig",
+    "QuietFeedConfig",
     "RestartLimits",
     "SearchConfig",
     "SupervisionConfig",
@@ -473,6 +476,7 @@ SUPERVISED_CHILDREN = (
     "admin",
     "summaries",
     "collector",
+    "alerts",
     "mllp",
     "drop_folder",
     "nats",
@@ -547,6 +551,63 @@ class SearchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 @final
+class QuietFeedConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A feed expected to speak: `sender` (MSH-3^MSH-4, as `vigil log --sender` takes it) at least every `within_s`."""
+
+    sender: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    within_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)]
+
+
+@final
+class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Alerts: rules judged every `interval_s`; each alert raised and cleared once.
+
+    An alert is a log line (`alert.raised`, `alert.cleared`), a metric
+    (`vigil_alert_active`), a line in `vigil status`, and, with `webhook_url`,
+    an HTTP POST of JSON. A limit of 0 turns its rule off.
+
+    Attributes:
+        interval_s: how often the rules are judged.
+        quiet: feeds expected to speak (`[[alerts.quiet]]`): silent past
+            `within_s` (counted from the node's start for one never heard) is
+            an alert.
+        quarantine_open_max: more open quarantine items than this.
+        read_side_lag_max_records: the read side (PostgreSQL) this many
+            records behind the log.
+        disk_free_min_percent: the data directory's file system this full.
+        routes: a route's oldest undelivered message older than the route's
+            `backlog_age_alert_s`.
+        webhook_url: where each raised and cleared alert is POSTed; https,
+            unless the host is this one.
+        webhook_token_file: a bearer token for the webhook, read at start.
+        webhook_timeout_s: one POST's limit; a failed one is tried three
+            times, then counted and logged (`alert.webhook_failed`).
+    """
+
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
+    quiet: tuple[QuietFeedConfig, ...] = ()
+    quarantine_open_max: Annotated[int, msgspec.Meta(ge=0)] = 100
+    read_side_lag_max_records: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    disk_free_min_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 10.0
+    routes: bool = True
+    webhook_url: str = ""
+    webhook_token_file: str = ""
+    webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+
+    def __post_init__(self) -> None:
+        senders = [feed.sender for feed in self.quiet]
+        twice = sorted({sender for sender in senders if senders.count(sender) > 1})
+        if twice:
+            raise ValueError(f"quiet: the sender {twice[0]!r} is listed twice")
+        if self.webhook_url:
+            url = urllib.parse.urlsplit(self.webhook_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"webhook_url = {self.webhook_url!r} is not an http(s) URL")
+            if url.scheme == "http" and url.hostname not in _LOOPBACK:
+                raise ValueError(f"webhook_url = {self.webhook_url!r}: https is required off this host")
+
+
+@final
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole node configuration."""
 
@@ -567,6 +628,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     collector: CollectorConfig = CollectorConfig()
     workstation: WorkstationConfig = WorkstationConfig()
     search: SearchConfig = SearchConfig()
+    alerts: AlertsConfig = AlertsConfig()
     routes: tuple[RouteConfig, ...] = ()
 
     def __post_init__(self) -> None:

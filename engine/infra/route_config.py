@@ -61,7 +61,7 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             back-off with full jitter; a connection that cannot be made is
             tried again the same way.
         backlog_age_alert_s: an undelivered message older than this raises an
-            alert line (`route.backlog_old`) and shows in `vigil routes`.
+            alert (`[alerts] routes`: rule `route_backlog_age`).
         pending_bytes_max: undelivered messages held in memory; past it the
             route reads no further ahead in the log until the backlog drains.
         state_save_interval_s: how often the delivered positions are made

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import final
 
 from actors import Applied, PatientActors
+from engine.alerts import SendersSeen
 from engine.core.model import Envelope
 from engine.projections import ProjectionRunner, Record
 from engine.routes import Routes
@@ -26,6 +28,7 @@ class Fanout:
         self.actors: PatientActors | None = None
         self.projections: ProjectionRunner | None = None
         self.routes: Routes | None = None
+        self.senders = SendersSeen()  # when each feed was last heard (quiet-feed alerts, per-sender metrics)
 
     async def apply(
         self, envelopes: Sequence[Envelope], positions: Sequence[Position], *, to_actors: bool = True
@@ -46,5 +49,6 @@ class Fanout:
                 self.projections.notify(Record(position.lsn, recorded_at, patients, env.events), env.lane)
             for patient in patients if to_actors else ():
                 await actors.deliver(patient, applied)
+        self.senders.saw(envelopes, time.time_ns() // 1000)
         if self.routes is not None:
             self.routes.notify()

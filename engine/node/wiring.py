@@ -16,7 +16,8 @@ The parts run as children of one supervisor (`actors.Supervisor`), started
 in this order and stopped in reverse: the log, the patient records, the
 lanes, the read side, each route (`engine.routes`), the message search
 index (`engine.search`), the cluster, the admin endpoint, the summaries,
-then the sources. A part that crashes is restarted alone, within its restart
+the collector, the alerts (`engine.alerts`), the HTTP face, then the
+sources. A part that crashes is restarted alone, within its restart
 allowance (`[supervision]`); past it, the node stops with one line naming
 the part and its error. The log is never restarted: a failed write is final.
 
@@ -42,6 +43,7 @@ import structlog
 from anyio.abc import ByteStream, TaskStatus
 
 from actors import ChildSpec, ChildStatus, PatientActors, RecordView, Restart, Supervisor
+from engine.alerts import AlertWatch, Webhook
 from engine.auth import AuthEndpoint, AuthService, AuthStore
 from engine.cluster import Cluster, ReplicaBatch
 from engine.core.decode import Decoder
@@ -59,6 +61,7 @@ from engine.ingress.mllp_answers import MLLPAnswers
 from engine.ingress.mllp_listener import MLLPServer
 from engine.ingress.nats_source import NatsSource
 from engine.ingress.parse_pool import ParsePool
+from engine.node.alert_observations import AlertObservations
 from engine.node.fanout import Fanout
 from engine.node.from_config import admin_listener, join_cluster, mllp_server, read_side, warn_if_unkeyed
 from engine.node.housekeeping import summarise, until_stopped
@@ -124,6 +127,7 @@ class Node:
         self._cluster: Cluster | None = None
         self._nats: NatsSource | None = None
         self._search: SearchFollower | None = None
+        self._alerts: AlertWatch | None = None
         self._mllp_port: int | None = None
         self._mllp_server: MLLPServer | None = None
         # One ACK builder for MLLP and HTTP: each ACK's own MSH-10 (`NODE-n`) from one counter, never twice.
@@ -248,6 +252,7 @@ class Node:
             self._child("admin", self._run_admin),
             self._child("summaries", self._summaries),
             self._child("collector", Collector(self.config.collector, self._busy).run),
+            self._child("alerts", self._run_alerts),
         ]
         if self.config.http.listen:
             children.append(self._child("http", self._run_http))
@@ -402,6 +407,26 @@ class Node:
         finally:
             self._nats = None
 
+    async def _run_alerts(self, *, task_status: TaskStatus[None]) -> None:
+        """The alert rules (`[alerts]`), judged on what the parts report."""
+        config = self.config.alerts
+        webhook = None
+        if config.webhook_url:
+            token_file = str(self._config_dir / config.webhook_token_file) if config.webhook_token_file else ""
+            webhook = await anyio.to_thread.run_sync(
+                Webhook.from_files, config.webhook_url, token_file, config.webhook_timeout_s
+            )
+        observations = AlertObservations(
+            self.data_dir,
+            self._fanout.senders,
+            self._refusals,
+            self._routes,
+            search=lambda: self._search,
+            projections=lambda: self._projections,
+        )
+        self._alerts = AlertWatch(config, self.config.node.id, observations.observe, webhook)
+        await self._alerts.run(task_status=task_status)
+
     async def _summaries(self, *, task_status: TaskStatus[None]) -> None:
         await summarise(self.config.node.summary_interval_s, self.lane_statistics, task_status=task_status)
 
@@ -471,6 +496,7 @@ class Node:
             "search": {"indexed_to": self._search.indexed_to} if self._search is not None else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
             "routes": msgspec.to_builtins(self._routes.statistics()),
+            "alerts": msgspec.to_builtins(self._alerts.statistics()) if self._alerts is not None else "starting",
             "in_flight": self.parts.intake.in_flight,
             "invalid_text_messages": self.parts.worker.invalid_text,
             "audit": {"keyed": self._audit_keyed, "key_env": self.config.audit.key_env},
@@ -537,7 +563,10 @@ class Node:
 
     async def _metrics_report(self) -> dict[str, object]:
         """The report `/metrics` reads: `vigil status`'s, with the log's counters, senders and connections."""
-        senders = await self._search.senders() if self._search is not None else []
+        indexed = await self._search.senders() if self._search is not None else []
+        # The index's counts, its times brought up to date with what this node heard since (the index lags floods).
+        last = self._fanout.senders.merged(indexed)
+        senders = [(sender, last[sender], count) for sender, _last, count in indexed]
         return {
             **await self._report(),
             "wal": msgspec.to_builtins(self.wal.statistics()),

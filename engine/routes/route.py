@@ -189,7 +189,6 @@ class Route:
         self._latency = {lane: HdrHistogram(1, _HISTOGRAM_MAX_US, 2) for lane in _LANES}
         self._recent: collections.deque[tuple[int, int]] = collections.deque()  # (second, deliveries in it)
         self._unreachable: str | None = None
-        self._alerted: set[Lane] = set()
         self._running = False
         self._reader_full = False
         self._idle = 0  # senders waiting for work: a delivery wakes them only when there are some
@@ -270,7 +269,7 @@ class Route:
             held_patients=len(self._plan.held),
             settled_through=self._ledger.mark,
             read_through=self._read_through,
-            alert=bool(self._alerted),
+            alert=self._too_old(now),
             replays=len(self._ledger.replays),
             replay_at=self._ledger.replays[0].next_lsn if self._ledger.replays else None,
         )
@@ -573,18 +572,11 @@ class Route:
             await anyio.sleep(self.config.state_save_interval_s)
             if self._ledger.dirty:
                 await anyio.to_thread.run_sync(self._save)
-            self._check_age(anyio.current_time())
 
-    def _check_age(self, now: float) -> None:
+    def _too_old(self, now: float) -> bool:
+        """An undelivered message older than `backlog_age_alert_s` (the alert itself is the alert watcher's)."""
         limit = self.config.backlog_age_alert_s
-        for lane, (count, oldest) in self._plan.backlog().items():
-            old = oldest is not None and now - oldest > limit
-            if old and lane not in self._alerted:
-                self._alerted.add(lane)
-                _log.warning("route.backlog_old", route=self.config.name, lane=lane.value, backlog=count, limit_s=limit)
-            elif not old and lane in self._alerted:
-                self._alerted.discard(lane)
-                _log.info("route.backlog_recovered", route=self.config.name, lane=lane.value, backlog=count)
+        return any(oldest is not None and now - oldest > limit for _count, oldest in self._plan.backlog().values())
 
     def _load(self) -> Ledger:
         """The saved ledger; a new route starts at the log's end (history goes by replay)."""
@@ -623,6 +615,6 @@ class Route:
             return "paused"
         if self._unreachable is not None:
             return f"unreachable: {self._unreachable}"
-        if self._alerted:
+        if self._too_old(anyio.current_time()):
             return "backlog too old"
         return "delivering" if self._plan.size else "idle"

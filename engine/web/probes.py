@@ -79,6 +79,7 @@ def metric_families(report: Mapping[str, Any]) -> list[Family]:
         *_routes(report),
         *_supervision(report),
         *_senders(report),
+        *_alerts(report),
     ]
     families.append(_gauge("vigil_mllp_connections", "MLLP connections open now", report.get("mllp_connections")))
     families.append(_gauge("vigil_uptime_seconds", "seconds since the node started", report.get("uptime_s")))
@@ -197,6 +198,22 @@ def _senders(report: Mapping[str, Any]) -> list[Family]:
         seen.add_metric([str(sender)], last_us / 1e6)
         counted.add_metric([str(sender)], messages)
     return [seen, counted]
+
+
+def _alerts(report: Mapping[str, Any]) -> list[Family]:
+    """Each alert that holds (1, by rule and subject), alerts raised and webhook notices sent and failed."""
+    alerts = report.get("alerts")
+    if not isinstance(alerts, Mapping):
+        return []
+    active = GaugeMetricFamily("vigil_alert_active", "1 for each alert that holds now", labels=["rule", "subject"])
+    for alert in alerts["active"]:
+        active.add_metric([str(alert["rule"]), str(alert["subject"])], 1.0)
+    return [
+        active,
+        _counter("vigil_alerts_raised", "alerts raised since the node started", alerts["raised_total"]),
+        _counter("vigil_alert_webhook_sent", "alert notices the webhook took", alerts["webhook_sent"]),
+        _counter("vigil_alert_webhook_failed", "alert notices the webhook never took", alerts["webhook_failed"]),
+    ]
 
 
 def _supervision(report: Mapping[str, Any]) -> list[Family]:

@@ -310,7 +310,7 @@ def test_status_patient_and_log_from_a_running_node_and_after_it(tmp_path: Path)
         assert report["wal"]["last_lsn"] == 3  # the two messages, then the login's audit event
         assert {lane["lane"]: lane["done"] for lane in report["lanes"]} == {"critical": 1, "standard": 1, "batch": 0}
         tree = [(child["name"], child["state"], child["restarts"]) for child in report["supervision"]]
-        names = ["log", "patients", "lanes", "search", "admin", "summaries", "collector", "mllp"]
+        names = ["log", "patients", "lanes", "search", "admin", "summaries", "collector", "alerts", "mllp"]
         assert tree == [(name, "running", 0) for name in names]
         code, out = _cli("status", "--data", str(tmp_path))
         assert code == 0

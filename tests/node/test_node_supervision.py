@@ -190,10 +190,11 @@ def test_the_tree_is_in_start_order_and_every_part_runs(tmp_path: Path) -> None:
         seen.extend(node.supervision())
 
     _serve(node, scenario)
-    assert [c.name for c in seen] == ["log", "patients", "lanes", "search", "admin", "summaries", "collector", "mllp"]
+    names = ["log", "patients", "lanes", "search", "admin", "summaries", "collector", "alerts", "mllp"]
+    assert [c.name for c in seen] == names
     assert {c.state for c in seen} == {"running"}
     assert msgspec.to_builtins(seen[0]) == {"name": "log", "state": "running", "restarts": 0, "last_error": None}
-    assert [c.state for c in node.supervision()] == ["stopped"] * 8
+    assert [c.state for c in node.supervision()] == ["stopped"] * len(names)
 
 
 def _line_of(text: str) -> int:
