@@ -23,6 +23,7 @@ record durable.
 from __future__ import annotations
 
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
@@ -98,7 +99,6 @@ class _Lease:
     held: Held
     serving: bool = False
     releasing: bool = False
-    in_flight: int = 0
 
 
 @final
@@ -138,6 +138,9 @@ class Cluster:
         self._js: Any = None
         self._replicator: Replicator | None = None
         self._taking: set[int] = set()
+        # Appends under way per partition, whatever their epoch: a takeover waits for an earlier epoch's
+        # to end before it looks for records the stream lacks (one that ended later would go unseen).
+        self._writing: Counter[int] = Counter()
         self._twin = False
         # During a takeover every sender's retry fails alike: one line a second, with the count.
         self._forward_failed = RepeatedWarning(_log, "cluster.forward_failed", interval_s=1.0, clock=clock)
@@ -157,13 +160,11 @@ class Cluster:
         lease = self._leases.get(partition)
         if lease is None or not lease.serving or lease.releasing or not lease.held.valid(self._clock()):
             return None
-        lease.in_flight += 1
+        self._writing[partition] += 1
         return lease.held.epoch
 
     def leave(self, partition: int) -> None:
-        lease = self._leases.get(partition)
-        if lease is not None:
-            lease.in_flight -= 1
+        self._writing[partition] -= 1
 
     def serves(self, partition: int) -> bool:
         lease = self._leases.get(partition)
@@ -570,7 +571,10 @@ class Cluster:
             marker_seq = await publish_marker(self._js, self.config.stream, subject, marker, seq)
             sequenced = await read_sequenced(self._js, self.config.stream, subject, until_seq=marker_seq)
             batches = [b for _, b in sequenced]
-            orphans = await anyio.to_thread.run_sync(self._orphans, p, held.epoch, batches)
+            if not await self._earlier_writes_ended(p):
+                self._lose(p, "appends of its earlier epoch were still under way")
+                return
+            orphans = await anyio.to_thread.run_sync(self.orphans, p, held.epoch, batches)
             assert self._route_progress is not None
             settled = await self._route_progress.settled_elsewhere(p, sequenced)
             await self._adopt(p, [b for b in batches if b.records], settled)
@@ -596,25 +600,42 @@ class Cluster:
         finally:
             self._taking.discard(p)
 
-    def _orphans(self, p: int, epoch: int, batches: Sequence[ReplicaBatch]) -> list[LogRecord]:
-        """This node's records of the partition from its previous epoch that never reached the stream.
+    def orphans(self, p: int, epoch: int, batches: Sequence[ReplicaBatch]) -> list[LogRecord]:
+        """This node's records of the partition from any earlier epoch that never reached the stream.
 
-        Written just before a crash or during an outage. Each takeover looks at
-        the previous epoch this node held, after its last batch on the subject;
-        what the stream has (by message id and digest, from any owner) is not missing.
+        Written just before a crash or an outage, or while a takeover failed
+        half-way (its marker on the subject, its records not). The look starts
+        after the last record this node published there in any epoch: within
+        an epoch records go out in log order, and each takeover looks at every
+        earlier epoch once their appends have ended, so none below it is
+        missing. A node that never published a record there looks from its
+        first marker. What the stream has (by message id and digest, from any
+        owner) is not missing.
         """
-        prior = [b for b in batches if b.node == self.node and b.epoch < epoch]
-        if not prior:
+        mine = [b for b in batches if b.node == self.node and b.epoch < epoch]
+        if not mine:
             return []
-        previous = prior[-1].epoch
-        after = max(b.last_lsn for b in prior if b.epoch == previous)
+        published = [b.last_lsn for b in mine if b.records]
+        after = max(published) if published else min(b.last_lsn for b in mine)
         # A message is its id and content (a reused control id is another message).
         present = {(r.message_id, r.envelope.digest) for b in batches for r in b.records}
         return [
             r
             for r in self._wal.read_from(after + 1)
-            if r.partition == p and r.epoch == previous and (r.message_id, r.digest) not in present
+            if r.partition == p and r.epoch < epoch and (r.message_id, r.digest) not in present
         ]
+
+    async def _earlier_writes_ended(self, p: int) -> bool:
+        """Wait (within a lease's time) for appends begun under an earlier epoch to end, durable or refused.
+
+        Their waiters hear at once that the partition was lost, so they end
+        quickly; False if they did not.
+        """
+        with anyio.move_on_after(self.config.lease_ttl_s):
+            while self._writing[p] > 0:  # noqa: ASYNC110 -- a short, bounded poll of a counter other tasks move
+                await anyio.sleep(0.005)
+            return True
+        return False
 
     async def _win(self, leases: Any, p: int, key: str, began: float) -> Held | None:
         """The lease by compare-and-set on the revision judged free (epoch + 1); None when another node won it."""
@@ -639,7 +660,7 @@ class Cluster:
             return
         with anyio.move_on_after(self.config.lease_ttl_s):
             # A short, bounded poll of two counters other tasks move (an event per counter is not worth it here).
-            while lease.in_flight > 0 or self._unreplicated(p):  # noqa: ASYNC110
+            while self._writing[p] > 0 or self._unreplicated(p):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         if self._leases.get(p) is not lease:
             return

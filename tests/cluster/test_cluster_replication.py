@@ -314,3 +314,33 @@ async def test_a_partition_far_behind_makes_its_writers_wait(tmp_path: Path) -> 
             tg.cancel_scope.cancel()
         assert len(await _stream_ids(js, 0)) == 3
         await client.close()
+
+
+async def test_a_takeover_publishes_records_of_any_earlier_epoch_that_never_reached_the_stream(
+    tmp_path: Path,
+) -> None:
+    """Epoch 1 published records 1-2, not 3; the takeover of epoch 2 got as far as its marker, then failed.
+
+    Taking epoch 3, record 3 is still this node's to publish: it was acknowledged AA once its sender's
+    retry met it in the local log. (Only the previous epoch with a batch on the subject, 2, was looked
+    at: record 3 was never published, and a cluster test found such a message missing.)
+    """
+    async with open_wal(tmp_path / "a") as wal:
+        envelopes = _envelopes(range(4))
+        first = await wal.append(envelopes[:2], partition=0, epoch=1)
+        [late] = await wal.append(envelopes[2:3], partition=0, epoch=1)
+        await wal.append(envelopes[3:], partition=1, epoch=1)  # another partition's: not this takeover's
+        records = [ReplicaRecord(p.lsn, "t", e.message_id, e) for p, e in zip(first, envelopes, strict=False)]
+        on_subject = [
+            ReplicaBatch("a", 0, 1, 0),
+            ReplicaBatch("a", 0, 1, first[-1].lsn, tuple(records)),
+            ReplicaBatch("a", 0, 2, late.lsn),  # epoch 2's marker, its takeover failed after it
+        ]
+        cluster = Cluster(
+            _config(), "a", wal, servers=[], security={}, adopt=await _adopter(wal, []), forwarded=_no_forwarding
+        )
+        orphans = await anyio.to_thread.run_sync(cluster.orphans, 0, 3, on_subject)
+        assert [(r.lsn, r.message_id) for r in orphans] == [(late.lsn, envelopes[2].message_id)]
+        # What the stream has, from any owner, is not missing.
+        taken = ReplicaBatch("b", 0, 2, 9, (ReplicaRecord(1, "t", envelopes[2].message_id, envelopes[2]),))
+        assert await anyio.to_thread.run_sync(cluster.orphans, 0, 3, [*on_subject, taken]) == []
