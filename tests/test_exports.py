@@ -28,6 +28,7 @@ FACES = [
     "engine.routes",
     "engine.search",
     "engine.alerts",
+    "engine.backup",
     "engine.web",
     "engine.auth",
     "engine.core.hl7",

@@ -60,6 +60,7 @@ class Permission(enum.Enum):
     USER_MANAGE = "user.manage"
     READ_SIDE_MANAGE = "read_side.manage"  # migrate, rebuild projections
     ROUTES_MANAGE = "routes.manage"  # pause, resume; retry or skip a refused delivery
+    DATA_BACKUP = "data.backup"  # a copy of the whole data directory: every record
 
 
 # Permissions that a break-the-glass grant gives, for its one patient only.
@@ -98,7 +99,9 @@ DEFAULT_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
         }
     ),
     Role.PRIVACY_OFFICER: frozenset({_P.STATUS_READ, _P.AUDIT_READ, _P.AUDIT_REVIEW, _P.LOG_METADATA}),
-    Role.ADMINISTRATOR: frozenset({_P.STATUS_READ, _P.USER_MANAGE, _P.READ_SIDE_MANAGE, _P.LOG_METADATA}),
+    Role.ADMINISTRATOR: frozenset(
+        {_P.STATUS_READ, _P.USER_MANAGE, _P.READ_SIDE_MANAGE, _P.LOG_METADATA, _P.DATA_BACKUP}
+    ),
 }
 
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]

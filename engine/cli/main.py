@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.cli.auth import AUDIT_COMMANDS, break_glass, lock, login, logout, passwd, unlock, user, whoami
+from engine.cli.backup import backup, restore
 from engine.cli.clients import client
 from engine.cli.cluster import cluster
 from engine.cli.console import DataConsole, InertGroup, styled
@@ -336,6 +337,8 @@ cli.add_command(worklist)
 cli.add_command(cluster)
 cli.add_command(routes)
 cli.add_command(client)
+cli.add_command(backup)
+cli.add_command(restore)
 for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:

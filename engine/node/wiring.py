@@ -62,6 +62,7 @@ from engine.ingress.mllp_listener import MLLPServer
 from engine.ingress.nats_source import NatsSource
 from engine.ingress.parse_pool import ParsePool
 from engine.node.alert_observations import AlertObservations
+from engine.node.backup_requests import BackupRequests
 from engine.node.fanout import Fanout
 from engine.node.from_config import admin_listener, join_cluster, mllp_server, read_side, warn_if_unkeyed
 from engine.node.housekeeping import summarise, until_stopped
@@ -313,6 +314,7 @@ class Node:
                 **RouteRequests(self._auth, self._routes).handlers(),
                 **QuarantineRequests(self._auth, desk).handlers(),
                 **ReviewRequests(self.config, self._config_dir, wal, self._auth).handlers(),
+                **BackupRequests(self._auth, self.data_dir, wal, self.config.node.id).handlers(),
             }
             task_status.started()
             await anyio.sleep_forever()

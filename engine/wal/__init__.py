@@ -1,6 +1,7 @@
 """The write-ahead log (node floor): durable records, checkpoints, verification."""
 
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
+from engine.wal.copy import LogCut, copy_audit_checkpoints, copy_cut
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles, write_atomic
 from engine.wal.group import Position
@@ -34,6 +35,7 @@ __all__ = [
     "EventsRecord",
     "FileLayer",
     "KeyedCheckpoints",
+    "LogCut",
     "LogRecord",
     "MessageRecord",
     "OSFiles",
@@ -52,6 +54,8 @@ __all__ = [
     "WALStatistics",
     "WriteAheadLog",
     "audit_key_from_env",
+    "copy_audit_checkpoints",
+    "copy_cut",
     "decode_events",
     "decode_message",
     "encode_frame",

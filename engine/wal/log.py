@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, final, overload
 
@@ -40,6 +40,7 @@ from engine.infra.clock import utc_now
 from engine.infra.config import WalConfig
 from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
+from engine.wal.copy import LogCut
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Append, Framed, Pending, Position, answer, critical_first
@@ -159,6 +160,7 @@ class WriteAheadLog:
         self.on_durable: Callable[[list[Durable]], None] | None = None
         # Told of each message stored under an id the log holds with other content (a metric).
         self.on_control_id_reused: Callable[[], None] | None = None
+        self._copies = 0  # consistent copies under way (`cut`): no segment is released meanwhile
 
     # -- recovery -----------------------------------------------------------
 
@@ -645,6 +647,8 @@ class WriteAheadLog:
         """
         if self.config.retention != "release-before-snapshot":
             raise WALError('retention is "keep-all": no segment is released')
+        if self._copies:
+            return 0  # a backup is copying them: the next look releases them
         segments = self._index.segments
         count = 0
         while count < len(segments) - 1 and segments[count].last_lsn < lsn:
@@ -665,6 +669,15 @@ class WriteAheadLog:
         await anyio.to_thread.run_sync(delete)
         _log.info("wal.segments_released", segments=count, first_lsn=base.first_lsn)
         return count
+
+    @contextmanager
+    def cut(self) -> Iterator[LogCut]:
+        """The log as durable now, for a copy made while it is written; no segment is released until the copy ends."""
+        self._copies += 1
+        try:
+            yield LogCut(self._last_lsn, tuple((seg.path.name, seg.size) for seg in self._index.segments))
+        finally:
+            self._copies -= 1
 
     def _last_hash_of(self, seg: SegmentInfo) -> bytes:
         """The chain hash of a sealed segment's last record."""

@@ -20,7 +20,16 @@ from structlog.testing import capture_logs
 
 from engine.core.model import Envelope, Lane
 from engine.infra.config import WalConfig
-from engine.wal import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError, open_wal, scan_log
+from engine.wal import (
+    DiskFullError,
+    WALCorruptError,
+    WALError,
+    WALFailedError,
+    WALLockedError,
+    copy_cut,
+    open_wal,
+    scan_log,
+)
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.record import FRAME, SEGMENT_MAGIC, checksum
 from tests.harness.faultfs import FaultyFiles
@@ -478,6 +487,21 @@ async def test_released_segments_leave_a_verifiable_log(tmp_path: Path) -> None:
         assert [r.lsn for r in wal.read_from(1)] == list(range(first, 102))
     result = scan_log(tmp_path, OSFiles())
     assert (result.first_lsn, result.last_lsn, result.hashed_records) == (first, 101, 102 - first)
+
+
+async def test_a_copy_in_progress_keeps_every_segment_and_the_copy_recovers_to_its_cut(tmp_path: Path) -> None:
+    """While a cut is held no segment is released; the copy of its durable prefixes is a whole log."""
+    async with open_wal(tmp_path / "log", RELEASING) as wal:
+        for i in range(100):
+            await wal.append([envelope(i, size=3000)])
+        with wal.cut() as cut:
+            await wal.append([envelope(101, size=3000)])  # past the cut: not in the copy
+            assert await wal.release_segments_before(60) == 0
+            copy_cut(wal.directory, cut, tmp_path / "copy")
+        assert await wal.release_segments_before(60) > 0
+    assert cut.last_lsn == 100
+    result = scan_log(tmp_path / "copy", OSFiles())
+    assert (result.first_lsn, result.last_lsn, result.hashed_records) == (1, 100, 100)
 
 
 async def test_release_interrupted_by_a_crash(tmp_path: Path) -> None:
