@@ -7,7 +7,6 @@ audit key then proves the chain against the keyed checkpoints.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import msgspec
 
 from engine.backup.manifest import MANIFEST_FILE, BackupError, Manifest, digest_of
 from engine.infra.config import WalConfig
-from engine.wal import open_wal
+from engine.wal import open_wal, sync_file
 
 __all__ = ["restore_backup", "verify_backup"]
 
@@ -67,5 +66,4 @@ def _copy_in(backup: Path, data_dir: Path, manifest: Manifest) -> None:
         target = data_dir / name
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.copyfile(backup / name, target)
-        with target.open("rb") as f:
-            os.fsync(f.fileno())
+        sync_file(target)

@@ -11,7 +11,6 @@ interrupted half-way is never taken for a whole one.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -23,7 +22,7 @@ import msgspec
 from engine.auth import STORE_FILE
 from engine.backup.manifest import FORMAT, MANIFEST_FILE, BackupError, Manifest, digest_of
 from engine.infra.clock import utc_now
-from engine.wal import WriteAheadLog, copy_audit_checkpoints, copy_cut
+from engine.wal import WriteAheadLog, copy_audit_checkpoints, copy_cut, sync_dir, sync_file
 
 __all__ = ["take_backup"]
 
@@ -69,7 +68,7 @@ def _copy_store(source: Path, target: Path) -> None:
             dst.close()
     finally:
         src.close()
-    _fsync(target)
+    sync_file(target)
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -79,7 +78,7 @@ def _copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.tmp"))
     for path in target.rglob("*"):
         if path.is_file():
-            _fsync(path)
+            sync_file(path)
 
 
 def _write_manifest(dest: Path, node: str, last_lsn: int) -> Manifest:
@@ -91,20 +90,7 @@ def _write_manifest(dest: Path, node: str, last_lsn: int) -> Manifest:
     manifest = Manifest(FORMAT, node, utc_now(), last_lsn, files)
     temp = dest / f"{MANIFEST_FILE}.tmp"
     temp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
-    _fsync(temp)
+    sync_file(temp)
     temp.replace(dest / MANIFEST_FILE)
-    _fsync_dir(dest)
+    sync_dir(dest)
     return manifest
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,7 +19,7 @@ import msgspec
 
 from engine.wal.keyed_checkpoints import AUDIT_FILE
 
-__all__ = ["LogCut", "copy_audit_checkpoints", "copy_cut"]
+__all__ = ["LogCut", "copy_audit_checkpoints", "copy_cut", "sync_dir", "sync_file"]
 
 _CHUNK: Final = 1 << 20
 _BASE: Final = "base"
@@ -40,7 +40,7 @@ def copy_audit_checkpoints(directory: Path, dest: Path) -> list[Path]:
         return []
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest / AUDIT_FILE)
-    _sync(dest / AUDIT_FILE)
+    sync_file(dest / AUDIT_FILE)
     return [dest / AUDIT_FILE]
 
 
@@ -62,18 +62,20 @@ def copy_cut(directory: Path, cut: LogCut, dest: Path) -> list[Path]:
         written.append(dest / name)
     if (directory / _BASE).exists():
         shutil.copyfile(directory / _BASE, dest / _BASE)
-        _sync(dest / _BASE)
+        sync_file(dest / _BASE)
         written.append(dest / _BASE)
-    _sync_dir(dest)
+    sync_dir(dest)
     return written
 
 
-def _sync(path: Path) -> None:
+def sync_file(path: Path) -> None:
+    """fsync a file by its path (a copy made with shutil, which does not)."""
     with path.open("rb") as f:
         os.fsync(f.fileno())
 
 
-def _sync_dir(path: Path) -> None:
+def sync_dir(path: Path) -> None:
+    """fsync a directory: the names of the files made in it are durable too."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
