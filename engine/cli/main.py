@@ -29,6 +29,7 @@ from engine.cli.console import DataConsole, InertGroup, styled
 from engine.cli.context import Context
 from engine.cli.db import db, worklist
 from engine.cli.demo import STORY_MESSAGES, DemoReport, run_demo
+from engine.cli.deploy import deploy
 from engine.cli.message_log import log
 from engine.cli.node import run, send
 from engine.cli.ops import patient, status, top
@@ -339,6 +340,7 @@ cli.add_command(routes)
 cli.add_command(client)
 cli.add_command(backup)
 cli.add_command(restore)
+cli.add_command(deploy)
 for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:
