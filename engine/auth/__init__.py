@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.auth.api_clients import CLIENT_ROLE, ApiClients, ScopeRefusedError
 from engine.auth.audit_events import AUDIT_MESSAGE_TYPE, audit_envelope, fhir_audit_event
-from engine.auth.clients import SCOPE_RULE, ApiClient, Mode, allows, parse_scopes
+from engine.auth.clients import SCOPE_RULE, TOKEN_DAYS_DEFAULT, TOKEN_DAYS_MAX, ApiClient, Mode, allows, parse_scopes
 from engine.auth.hashing import hash_secret, token_digest
 from engine.auth.policy import Decision, Grant, Review, SessionRecord, SessionState, User
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials, Login
@@ -42,6 +42,8 @@ __all__ = [
     "OPERATIONS",
     "SCOPE_RULE",
     "STORE_FILE",
+    "TOKEN_DAYS_DEFAULT",
+    "TOKEN_DAYS_MAX",
     "Access",
     "AccessRefusedError",
     "ApiClient",

@@ -16,13 +16,15 @@ from typing import final
 
 import msgspec
 
-from engine.auth.clients import ApiClient, Mode, allows, client_id_problem, parse_scopes
+from engine.auth.clients import TOKEN_DAYS_MAX, ApiClient, Mode, allows, client_id_problem, parse_scopes
 from engine.auth.hashing import new_token, token_digest
 from engine.auth.service import Access, AccessRefusedError, AuditItem, iso
 from engine.auth.store import AuthStore
 from engine.core.model import RecordAccessed
 
 __all__ = ["CLIENT_ROLE", "ApiClients", "ScopeRefusedError"]
+
+_DAY = 86_400.0
 
 CLIENT_ROLE = "api_client"  # the role an audit event names for a client's request
 
@@ -45,8 +47,8 @@ class ApiClients:
         self._by_token: dict[str, ApiClient] = {}  # a client looked up once stays in memory until it changes
         self._lock = threading.Lock()
 
-    def add(self, by: Access, client_id: str, scopes: Iterable[str]) -> tuple[str, list[AuditItem]]:
-        """Register a client; returns its token, shown once and never kept (only its SHA-256 is)."""
+    def add(self, by: Access, client_id: str, scopes: Iterable[str], days: int) -> tuple[str, list[AuditItem]]:
+        """Register a client whose token lasts `days`; returns the token, shown once and never kept (its SHA-256 is)."""
         problem = client_id_problem(client_id)
         if problem is not None:
             raise AccessRefusedError(problem, [])
@@ -54,12 +56,32 @@ class ApiClients:
             checked = parse_scopes(scopes)
         except ValueError as exc:
             raise AccessRefusedError(str(exc), []) from None
+        _check_days(days)
         now = self._clock()
         token = "vgc_" + new_token()
-        client = ApiClient(client_id, checked, token_digest(token), now, by.user.id)
+        client = ApiClient(client_id, checked, token_digest(token), now, by.user.id, expires_at=now + days * _DAY)
         if not self._store.add_client(client):
             raise AccessRefusedError(f"client {client_id} exists already (ids are never reused)", [])
-        return token, [("", self._done_by(by, "client_add", f"added client {client_id}: {' '.join(checked)}", now))]
+        detail = f"added client {client_id}: {' '.join(checked)}; token for {days} days"
+        return token, [("", self._done_by(by, "client_add", detail, now))]
+
+    def rotate(self, by: Access, client_id: str, days: int) -> tuple[str, list[AuditItem]]:
+        """A new token for a client, lasting `days`; the old one is refused from now on."""
+        client = self._store.client(client_id)
+        if client is None:
+            raise AccessRefusedError(f"no client {client_id}", [])
+        if client.revoked:
+            raise AccessRefusedError(f"client {client_id} is revoked: add a new client instead", [])
+        _check_days(days)
+        now = self._clock()
+        token = "vgc_" + new_token()
+        rotated = msgspec.structs.replace(
+            client, token_hash=token_digest(token), expires_at=now + days * _DAY, rotated_at=now
+        )
+        self._store.put_client(rotated)
+        with self._lock:
+            self._by_token.pop(client.token_hash, None)
+        return token, [("", self._done_by(by, "client_rotate", f"new token for client {client_id}: {days} days", now))]
 
     def revoke(self, by: Access, client_id: str) -> list[AuditItem]:
         """Revoke a client's token at once; the client stays listed (audit trails name it)."""
@@ -97,6 +119,9 @@ class ApiClients:
         if client is None or client.revoked:
             why = "a bearer token is needed" if not token else "unknown or revoked token"
             raise AccessRefusedError(why, [("", self._event("", action, allowed=False, detail=why, now=now))])
+        if client.expired(now):
+            why = f"the token of client {client.id} expired on {iso(client.expires_at)[:10]}: rotate it"
+            raise AccessRefusedError(why, [("", self._event(client.id, action, allowed=False, detail=why, now=now))])
         if not allows(client.scopes, resource_type, mode):
             why = f"client {client.id} has no scope for {mode} of {resource_type} (system/{resource_type}.{mode})"
             event = self._event(client.id, action, allowed=False, detail=why, now=now)
@@ -128,3 +153,8 @@ class ApiClients:
             device="http",
             detail=detail,
         )
+
+
+def _check_days(days: int) -> None:
+    if not 1 <= days <= TOKEN_DAYS_MAX:
+        raise AccessRefusedError(f"a token lasts 1 to {TOKEN_DAYS_MAX} days, not {days}", [])

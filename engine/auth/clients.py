@@ -16,7 +16,19 @@ from typing import Final, Literal, final
 
 import msgspec
 
-__all__ = ["SCOPE_RULE", "ApiClient", "Mode", "allows", "client_id_problem", "parse_scopes"]
+__all__ = [
+    "SCOPE_RULE",
+    "TOKEN_DAYS_DEFAULT",
+    "TOKEN_DAYS_MAX",
+    "ApiClient",
+    "Mode",
+    "allows",
+    "client_id_problem",
+    "parse_scopes",
+]
+
+TOKEN_DAYS_DEFAULT: Final = 90  # a token's lifetime unless the administrator says otherwise
+TOKEN_DAYS_MAX: Final = 730
 
 Mode = Literal["read", "write"]
 
@@ -36,10 +48,15 @@ class ApiClient(msgspec.Struct, frozen=True):
     created_by: str
     revoked_at: float = 0.0
     revoked_by: str = ""
+    expires_at: float = 0.0  # 0: never (clients added before tokens had a lifetime)
+    rotated_at: float = 0.0
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at > 0
+
+    def expired(self, now: float) -> bool:
+        return 0 < self.expires_at <= now
 
 
 def parse_scopes(texts: Iterable[str]) -> tuple[str, ...]:

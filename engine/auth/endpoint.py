@@ -20,7 +20,7 @@ import structlog
 
 from engine.auth.api_clients import ApiClients
 from engine.auth.audit_events import audit_envelope
-from engine.auth.clients import ApiClient, Mode
+from engine.auth.clients import TOKEN_DAYS_DEFAULT, ApiClient, Mode
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials
 from engine.auth.settings import Permission, Role, Setting
 from engine.core.model import Envelope
@@ -52,6 +52,7 @@ OPERATIONS: Final = frozenset(
         "clients",
         "client_add",
         "client_revoke",
+        "client_rotate",
     }
 )
 
@@ -118,6 +119,7 @@ class AuthEndpoint:
             "clients": self._clients,
             "client_add": self._client_add,
             "client_revoke": self._client_revoke,
+            "client_rotate": self._client_rotate,
         }
         assert handlers.keys() == OPERATIONS
         return handlers
@@ -345,10 +347,18 @@ class AuthEndpoint:
         client_id, scopes = _text(request, "client"), request.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise AdminError("the request needs scopes (a list)")
+        days = _days(request)
         by = await self.authorize(request, Permission.USER_MANAGE)
-        token, audit = await self._run(lambda: self.clients.add(by, client_id, scopes))
+        token, audit = await self._run(lambda: self.clients.add(by, client_id, scopes, days))
         await self.audit(audit)
-        return {"client": client_id, "scopes": scopes, "token": token}
+        return {"client": client_id, "scopes": scopes, "token": token, "days": days}
+
+    async def _client_rotate(self, request: dict[str, Any]) -> object:
+        client_id, days = _text(request, "client"), _days(request)
+        by = await self.authorize(request, Permission.USER_MANAGE)
+        token, audit = await self._run(lambda: self.clients.rotate(by, client_id, days))
+        await self.audit(audit)
+        return {"client": client_id, "token": token, "days": days}
 
     async def _client_revoke(self, request: dict[str, Any]) -> object:
         client_id = _text(request, "client")
@@ -379,6 +389,14 @@ class AuthEndpoint:
         return msgspec.to_builtins(review)
 
 
+def _days(request: dict[str, Any]) -> int:
+    """A token's lifetime in days (`days`; the default when absent)."""
+    days = request.get("days", TOKEN_DAYS_DEFAULT)
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise AdminError("days is a whole number of days")
+    return days
+
+
 def _client_json(client: ApiClient) -> dict[str, Any]:
     return {
         "client": client.id,
@@ -387,6 +405,8 @@ def _client_json(client: ApiClient) -> dict[str, Any]:
         "created_by": client.created_by,
         "revoked_at": client.revoked_at or None,
         "revoked_by": client.revoked_by or None,
+        "expires_at": client.expires_at or None,
+        "rotated_at": client.rotated_at or None,
     }
 
 

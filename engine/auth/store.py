@@ -157,5 +157,9 @@ class AuthStore:
             return cursor.rowcount == 1
 
     def put_client(self, client: ApiClient) -> None:
+        """Replace a client's record (its token hash too: a rotated token replaces the old one)."""
         with self._transaction() as db:
-            db.execute("UPDATE api_clients SET doc = ? WHERE id = ?", (msgspec.json.encode(client), client.id))
+            db.execute(
+                "UPDATE api_clients SET token_hash = ?, doc = ? WHERE id = ?",
+                (client.token_hash, msgspec.json.encode(client), client.id),
+            )

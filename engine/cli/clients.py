@@ -1,7 +1,9 @@
-"""`vigil client add|list|revoke`: the systems allowed to call the HTTP API, with their scopes.
+"""`vigil client add|list|rotate|revoke`: the systems allowed to call the HTTP API, with their scopes.
 
 An administrator's session is needed (`user.manage`); each change is audited.
-A client's token is shown once, when it is added: only its SHA-256 is kept.
+A client's token is shown once, when it is added or rotated: only its SHA-256
+is kept. A token lasts `--days` (90 unless said, at most 730), then is refused
+until it is rotated.
 """
 
 from __future__ import annotations
@@ -12,12 +14,21 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from engine.auth import SCOPE_RULE
+from engine.auth import SCOPE_RULE, TOKEN_DAYS_DEFAULT, TOKEN_DAYS_MAX
 from engine.cli.console import DataConsole
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import call
 
 __all__ = ["client"]
+
+
+_DAYS = click.option(
+    "--days",
+    type=click.IntRange(1, TOKEN_DAYS_MAX),
+    default=TOKEN_DAYS_DEFAULT,
+    show_default=True,
+    help="How long the token lasts.",
+)
 
 
 @click.group()
@@ -28,14 +39,31 @@ def client() -> None:
 @client.command("add")
 @click.argument("client_id", metavar="CLIENT")
 @click.option("--scope", "scopes", multiple=True, required=True, help=f"A scope, repeatable: {SCOPE_RULE}.")
+@_DAYS
 @DATA_OPTION
 @click.pass_obj
-def client_add(obj: Context, client_id: str, scopes: tuple[str, ...], data: Path | None) -> None:
+def client_add(obj: Context, client_id: str, scopes: tuple[str, ...], days: int, data: Path | None) -> None:
     """Register a client; its bearer token is printed once, on standard output alone."""
-    reply = call(obj, obj.data_dir(data), "client_add", client=client_id, scopes=list(scopes))
+    reply = call(obj, obj.data_dir(data), "client_add", client=client_id, scopes=list(scopes), days=days)
     click.echo(f"added client {client_id}: {' '.join(scopes)}", err=True)
-    click.echo("its token (shown once; keep it as a secret):", err=True)
-    click.echo(reply["token"])
+    _token(reply["token"], days)
+
+
+@client.command("rotate")
+@click.argument("client_id", metavar="CLIENT")
+@_DAYS
+@DATA_OPTION
+@click.pass_obj
+def client_rotate(obj: Context, client_id: str, days: int, data: Path | None) -> None:
+    """A new token for a client (printed once); its old token is refused from now on."""
+    reply = call(obj, obj.data_dir(data), "client_rotate", client=client_id, days=days)
+    click.echo(f"new token for client {client_id}; the old one no longer works", err=True)
+    _token(reply["token"], days)
+
+
+def _token(token: str, days: int) -> None:
+    click.echo(f"its token (shown once; keep it as a secret; it lasts {days} days):", err=True)
+    click.echo(token)
 
 
 @client.command("revoke")
@@ -53,17 +81,18 @@ def client_revoke(obj: Context, client_id: str, data: Path | None) -> None:
 @JSON_OPTION
 @click.pass_obj
 def client_list(obj: Context, data: Path | None, *, as_json: bool) -> None:
-    """Every client, its scopes, and whether it is revoked."""
+    """Every client, its scopes, when its token expires, and whether it is revoked."""
     clients = call(obj, obj.data_dir(data), "clients")
     if as_json:
         emit_json(clients)
         return
     table = Table()
-    for name in ("client", "scopes", "added", "by", "revoked"):
+    for name in ("client", "scopes", "added", "by", "expires", "revoked"):
         table.add_column(name)
     for c in clients:
         revoked = _day(c["revoked_at"]) if c["revoked_at"] else ""
-        table.add_row(c["client"], " ".join(c["scopes"]), _day(c["created_at"]), c["created_by"], revoked)
+        expires = _day(c["expires_at"]) if c.get("expires_at") else "never (added before tokens expired)"
+        table.add_row(c["client"], " ".join(c["scopes"]), _day(c["created_at"]), c["created_by"], expires, revoked)
     DataConsole().print(table)
 
 

@@ -68,7 +68,7 @@ def test_anything_that_is_not_a_scope_is_refused_by_name(text: str) -> None:
 
 def test_a_client_is_added_shown_its_token_once_and_revoked_at_once(service: AuthService, tmp_path: Path) -> None:
     clients, admin = _clients(service)
-    token, audit = clients.add(admin, "lab-app", ["system/Observation.read", "system/*.write"])  # type: ignore[arg-type]
+    token, audit = clients.add(admin, "lab-app", ["system/Observation.read", "system/*.write"], 90)  # type: ignore[arg-type]
     assert [(p, e.action, e.user) for p, e in audit] == [("", "client_add", "admin")]
     assert token.encode() not in (tmp_path / "auth.db").read_bytes()  # only its SHA-256 is kept
 
@@ -95,7 +95,7 @@ def test_a_client_is_added_shown_its_token_once_and_revoked_at_once(service: Aut
 
 def test_a_client_name_is_never_reused_and_a_bad_name_or_scope_is_refused(service: AuthService) -> None:
     clients, admin = _clients(service)
-    clients.add(admin, "pharmacy", ["system/*.read"])  # type: ignore[arg-type]
+    clients.add(admin, "pharmacy", ["system/*.read"], 90)  # type: ignore[arg-type]
     for name, scopes, said in (
         ("pharmacy", ["system/*.read"], "exists already"),
         ("bad name", ["system/*.read"], "cannot name a client"),
@@ -103,7 +103,7 @@ def test_a_client_name_is_never_reused_and_a_bad_name_or_scope_is_refused(servic
         ("ok", [], "at least one scope"),
     ):
         with pytest.raises(AccessRefusedError) as refused:
-            clients.add(admin, name, scopes)  # type: ignore[arg-type]
+            clients.add(admin, name, scopes, 90)  # type: ignore[arg-type]
         assert said in refused.value.reason
 
 
@@ -119,10 +119,52 @@ def test_no_token_or_an_unknown_one_is_refused_and_audited(service: AuthService)
 def test_a_token_is_known_in_memory_once_seen_and_forgotten_when_revoked(service: AuthService) -> None:
     """Only a token already seen is decided without the store (the node decides the others off its loop)."""
     clients, admin = _clients(service)
-    token, _ = clients.add(admin, "lab-app", ["system/*.read"])  # type: ignore[arg-type]
+    token, _ = clients.add(admin, "lab-app", ["system/*.read"], 90)  # type: ignore[arg-type]
     assert not clients.known(token)
     clients.authorize(token, "Observation", "read", patients=["H|1"], action="fhir_read")
     assert clients.known(token)
     clients.revoke(admin, "lab-app")  # type: ignore[arg-type]
     assert not clients.known(token)
     assert not clients.known("vgc_guess")
+
+
+def test_a_token_lasts_its_days_then_is_refused_until_rotated_and_the_old_one_never_again(tmp_path: Path) -> None:
+    now = [T0]
+    service = AuthService(AuthStore(tmp_path), AuthConfig(), clock=lambda: now[0])
+    service.add_user(None, "admin", name="Admin", roles=(Role.ADMINISTRATOR,), password=PASSWORD, pin=PIN)
+    clients, admin = _clients(service)
+    old, _ = clients.add(admin, "lab-app", ["system/*.read"], 30)  # type: ignore[arg-type]
+    clients.authorize(old, "Observation", "read", action="fhir_read")  # in memory from here on
+    now[0] = T0 + 30 * 86_400 - 1
+    clients.authorize(old, "Observation", "read", action="fhir_read")
+    now[0] = T0 + 30 * 86_400
+    with pytest.raises(AccessRefusedError) as expired:
+        clients.authorize(old, "Observation", "read", action="fhir_read")
+    assert expired.value.reason == "the token of client lab-app expired on 2027-02-14: rotate it"
+    assert [(e.user, e.outcome) for _p, e in expired.value.audit] == [("client:lab-app", "denied")]
+
+    login = service.login("admin", PASSWORD, Setting.OFFICE, "ws-1")  # the first session has ended by now
+    admin = service.authorize(Credentials(login.token, "ws-1"), Permission.USER_MANAGE)
+    new, audit = clients.rotate(admin, "lab-app", 90)
+    assert [e.action for _p, e in audit] == ["client_rotate"]
+    client, _ = clients.authorize(new, "Observation", "read", action="fhir_read")
+    assert client.expires_at == now[0] + 90 * 86_400
+    with pytest.raises(AccessRefusedError, match="unknown or revoked token"):
+        clients.authorize(old, "Observation", "read", action="fhir_read")
+    [listed] = clients.listed()
+    assert listed.rotated_at == now[0]
+
+
+@pytest.mark.parametrize("days", [0, -1, 731])
+def test_a_lifetime_outside_one_day_to_two_years_is_refused(service: AuthService, days: int) -> None:
+    clients, admin = _clients(service)
+    with pytest.raises(AccessRefusedError, match="a token lasts 1 to 730 days"):
+        clients.add(admin, "lab-app", ["system/*.read"], days)  # type: ignore[arg-type]
+
+
+def test_a_revoked_client_is_not_rotated(service: AuthService) -> None:
+    clients, admin = _clients(service)
+    clients.add(admin, "lab-app", ["system/*.read"], 90)  # type: ignore[arg-type]
+    clients.revoke(admin, "lab-app")  # type: ignore[arg-type]
+    with pytest.raises(AccessRefusedError, match="is revoked: add a new client"):
+        clients.rotate(admin, "lab-app", 90)  # type: ignore[arg-type]

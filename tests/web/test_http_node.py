@@ -267,8 +267,13 @@ def test_reads_as_of_any_moment_audited_before_they_are_answered(
         == 'Bearer realm="vigil"'
     )
 
-    _vigil(data, data.parent / "http.toml", "client", "revoke", "viewer")
-    assert http.get(f"/fhir/Patient/{pid}/$everything", headers=viewer).status_code == 401
+    # A rotated token works at once, and the old one no more; a revoked client's token never.
+    config = data.parent / "http.toml"
+    rotated = _bearer(_vigil(data, config, "client", "rotate", "viewer", "--days", "7").strip())
+    assert http.get(f"/fhir/Patient/{pid}", headers=viewer).status_code == 401
+    assert http.get(f"/fhir/Patient/{pid}", headers=rotated).status_code == 200
+    _vigil(data, config, "client", "revoke", "viewer")
+    assert http.get(f"/fhir/Patient/{pid}/$everything", headers=rotated).status_code == 401
 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
