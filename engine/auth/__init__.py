@@ -17,6 +17,7 @@ from engine.auth.policy import Decision, Grant, Review, SessionRecord, SessionSt
 from engine.auth.service import Access, AccessRefusedError, AuditItem, AuthService, Credentials, Login
 from engine.auth.settings import AuthConfig, Permission, Role, Setting, WorkstationConfig
 from engine.auth.store import STORE_FILE, AuthStore
+from engine.auth.workstations import Workstation
 
 if TYPE_CHECKING:
     from engine.auth.endpoint import OPERATIONS, AuthEndpoint
@@ -66,6 +67,7 @@ __all__ = [
     "SessionState",
     "Setting",
     "User",
+    "Workstation",
     "WorkstationConfig",
     "allows",
     "audit_envelope",

@@ -53,6 +53,10 @@ OPERATIONS: Final = frozenset(
         "client_add",
         "client_revoke",
         "client_rotate",
+        "workstations",
+        "workstation_register",
+        "workstation_forget",
+        "workstation_of",
     }
 )
 
@@ -120,6 +124,10 @@ class AuthEndpoint:
             "client_add": self._client_add,
             "client_revoke": self._client_revoke,
             "client_rotate": self._client_rotate,
+            "workstations": self._workstations,
+            "workstation_register": self._workstation_register,
+            "workstation_forget": self._workstation_forget,
+            "workstation_of": self._workstation_of,
         }
         assert handlers.keys() == OPERATIONS
         return handlers
@@ -258,7 +266,8 @@ class AuthEndpoint:
 
     async def _login(self, request: dict[str, Any]) -> object:
         user, password = _text(request, "user"), _text(request, "password")
-        setting = _enum(Setting, _text(request, "setting"), "setting")
+        asked = _text(request, "setting", required=False)
+        setting = _enum(Setting, asked, "setting") if asked else None  # a browser asks for none
         device = _text(request, "device")
         login = await self._run(lambda: self.service.login(user, password, setting, device))
         await self.audit(login.audit)
@@ -365,6 +374,36 @@ class AuthEndpoint:
         by = await self.authorize(request, Permission.USER_MANAGE)
         await self._act(lambda: self.clients.revoke(by, client_id))
         return {"client": client_id, "revoked": True}
+
+    async def _workstations(self, request: dict[str, Any]) -> object:
+        await self.authorize(request, Permission.USER_MANAGE)
+        return [msgspec.to_builtins(w) for w in await anyio.to_thread.run_sync(self.service.workstations)]
+
+    async def _workstation_register(self, request: dict[str, Any]) -> object:
+        device, name = _text(request, "device"), _text(request, "name", required=False)
+        setting = _enum(Setting, _text(request, "setting"), "setting")
+        by = await self.authorize(request, Permission.USER_MANAGE)
+        await self._act(lambda: self.service.register_workstation(by, device, setting, name))
+        return {"device": device, "setting": setting.value, "name": name}
+
+    async def _workstation_forget(self, request: dict[str, Any]) -> object:
+        device = _text(request, "device")
+        by = await self.authorize(request, Permission.USER_MANAGE)
+        await self._act(lambda: self.service.forget_workstation(by, device))
+        return {"device": device, "forgotten": True}
+
+    async def _workstation_of(self, request: dict[str, Any]) -> object:
+        """No session needed: what a sign-in from this device will get (its setting and idle lock; no PHI)."""
+        device = _text(request, "device")
+        station = await anyio.to_thread.run_sync(self.service.workstation, device)
+        setting = station.setting if station is not None else self.service.config.unregistered_setting
+        return {
+            "device": device,
+            "registered": station is not None,
+            "name": station.name if station is not None else "",
+            "setting": setting.value,
+            "idle_lock_s": self.service.config.idle_timeout_s.of(setting),
+        }
 
     @staticmethod
     def _roles(request: dict[str, Any]) -> tuple[Role, ...]:

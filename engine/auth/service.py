@@ -42,6 +42,7 @@ from engine.auth.policy import (
 )
 from engine.auth.settings import AuthConfig, Permission, Role, Setting
 from engine.auth.store import AuthStore
+from engine.auth.workstations import Workstation, device_problem
 from engine.core.errors import VigilError
 from engine.core.model import RecordAccessed
 
@@ -250,6 +251,36 @@ class AuthService:
     def users(self) -> list[User]:
         return self._store.users()
 
+    # -- workstations ----------------------------------------------------------
+
+    def setting_of(self, device: str, asked: Setting | None = None) -> Setting:
+        """A sign-in's setting: the device's registration, else what the caller asked, else the unregistered one."""
+        station = self._store.workstation(device)
+        if station is not None:
+            return station.setting
+        return asked if asked is not None else self._config.unregistered_setting
+
+    def workstation(self, device: str) -> Workstation | None:
+        return self._store.workstation(device)
+
+    def workstations(self) -> list[Workstation]:
+        return self._store.workstations()
+
+    def register_workstation(self, by: Access, device: str, setting: Setting, name: str) -> list[AuditItem]:
+        """Bind a device to its clinical setting (again: the new one replaces the old); audited."""
+        problem = device_problem(device)
+        if problem is not None:
+            raise AccessRefusedError(problem, [])
+        now = self._clock()
+        self._store.put_workstation(Workstation(device, setting, name, now, by.user.id))
+        detail = f"workstation {device} ({name or 'unnamed'}): {setting.value}"
+        return [("", self.done_by(by, "workstation_register", detail, now))]
+
+    def forget_workstation(self, by: Access, device: str) -> list[AuditItem]:
+        if not self._store.forget_workstation(device):
+            raise AccessRefusedError(f"no workstation {device} is registered", [])
+        return [("", self.done_by(by, "workstation_forget", f"workstation {device}"))]
+
     def _user(self, user_id: str) -> User | None:
         """From memory; from the store the first time (a user added by another process is then seen)."""
         user = self._users.get(user_id)
@@ -276,9 +307,14 @@ class AuthService:
 
     # -- sessions ------------------------------------------------------------------------
 
-    def login(self, user_id: str, password: str, setting: Setting, device: str) -> Login:
-        """A new session, or `AccessRefusedError` (audited) for a wrong password, a disabled or locked-out account."""
+    def login(self, user_id: str, password: str, setting: Setting | None, device: str) -> Login:
+        """A new session, or `AccessRefusedError` (audited) for a wrong password, a disabled or locked-out account.
+
+        The session's setting is the device's registered one whatever was asked
+        (`setting_of`); None asks for nothing (a browser: the user does not choose).
+        """
         now = self._clock()
+        setting = self.setting_of(device, setting)
         user = self._store.user(user_id)  # fresh at every login: the account may have changed elsewhere
         if user is not None:
             self._users[user_id] = user

@@ -146,6 +146,9 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A session's last activity reaches the disk this often (never on the request's
     # path): a crash can only make a session look idle sooner (it locks early).
     activity_persist_interval_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    # The setting of a browser on a device no administrator registered (`vigil workstation register`):
+    # the strictest by default, so an unknown screen locks soonest.
+    unregistered_setting: Setting = Setting.EMERGENCY_DEPARTMENT
     permissions: dict[Role, frozenset[Permission]] = msgspec.field(default_factory=lambda: dict(DEFAULT_PERMISSIONS))
 
     def allowed(self, roles: tuple[Role, ...], permission: Permission) -> Role | None:

@@ -17,12 +17,13 @@ import msgspec
 
 from engine.auth.clients import ApiClient
 from engine.auth.policy import Grant, Review, SessionRecord, User
+from engine.auth.workstations import Workstation
 from engine.infra.sqlite_file import SqliteFile
 
 __all__ = ["STORE_FILE", "AuthStore"]
 
 STORE_FILE: Final = "auth.db"
-_T = TypeVar("_T", User, SessionRecord, Grant, Review, ApiClient)
+_T = TypeVar("_T", User, SessionRecord, Grant, Review, ApiClient, Workstation)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc BLOB NOT NULL);
@@ -34,6 +35,7 @@ CREATE INDEX IF NOT EXISTS grants_session ON grants (session);
 CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, open INTEGER NOT NULL, doc BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS reviews_open ON reviews (open);
 CREATE TABLE IF NOT EXISTS api_clients (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS workstations (device TEXT PRIMARY KEY, doc BLOB NOT NULL);
 """
 
 
@@ -139,6 +141,23 @@ class AuthStore:
     def client(self, client_id: str) -> ApiClient | None:
         found = self._rows("SELECT doc FROM api_clients WHERE id = ?", (client_id,), ApiClient)
         return found[0] if found else None
+
+    def workstation(self, device: str) -> Workstation | None:
+        found = self._rows("SELECT doc FROM workstations WHERE device = ?", (device,), Workstation)
+        return found[0] if found else None
+
+    def workstations(self) -> list[Workstation]:
+        return self._rows("SELECT doc FROM workstations ORDER BY device", (), Workstation)
+
+    def put_workstation(self, station: Workstation) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO workstations VALUES (?, ?)", (station.device, msgspec.json.encode(station))
+            )
+
+    def forget_workstation(self, device: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM workstations WHERE device = ?", (device,)).rowcount == 1
 
     def client_by_token(self, token_hash: str) -> ApiClient | None:
         found = self._rows("SELECT doc FROM api_clients WHERE token_hash = ?", (token_hash,), ApiClient)

@@ -36,6 +36,7 @@ from engine.cli.ops import patient, status, top
 from engine.cli.quarantine import quarantine
 from engine.cli.routes import routes
 from engine.cli.wal import audit, wal
+from engine.cli.workstations import workstation
 from engine.core.decode import Decoded, decode_input
 from engine.core.model import Event, Lane, ResultReported
 from engine.infra.logging_setup import configure_logging
@@ -341,6 +342,7 @@ cli.add_command(client)
 cli.add_command(backup)
 cli.add_command(restore)
 cli.add_command(deploy)
+cli.add_command(workstation)
 for command in (login, unlock, lock, logout, whoami, passwd, break_glass, user):
     cli.add_command(command)
 for command in AUDIT_COMMANDS:

@@ -140,15 +140,24 @@ class ConsoleApi:
         return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     async def _session(self, request: Request) -> Response:
-        """The session's state and its CSRF token (a cross-site page cannot read this answer)."""
+        """The session's state and its CSRF token (a cross-site page cannot read this answer), and the device's
+        workstation: the setting a sign-in here gets, which the administrator registered, never the user's pick."""
+        device = request.cookies.get(_DEVICE) or _new_device()
+        station = _as_dict(await self._handle("workstation_of", {"device": device}))
         token = request.cookies.get(_SESSION, "")
-        if not token:
-            return _json({"state": "none", "break_glass_reasons": self._reasons})
-        try:
-            who = await self._handle("whoami", self._with_auth(request, {}))
-        except AdminError as exc:
-            return _json({"state": "none", "why": str(exc), "break_glass_reasons": self._reasons})
-        return _json({**_as_dict(who), "csrf": self._csrf(token), "break_glass_reasons": self._reasons})
+        answer: dict[str, object] = {"state": "none", "workstation": station, "break_glass_reasons": self._reasons}
+        if token:
+            try:
+                who = await self._handle("whoami", self._with_auth(request, {}))
+            except AdminError as exc:
+                answer["why"] = str(exc)
+            else:
+                answer = {**answer, **_as_dict(who), "csrf": self._csrf(token)}
+        response = _json(answer)
+        if not request.cookies.get(_DEVICE):
+            secure = self._secure or request.url.scheme == "https"
+            self._set_cookie(response, _DEVICE, device, path=_API, max_age=365 * 24 * 3600, secure=secure)
+        return response
 
     async def _login(self, request: Request) -> Response:
         refused = _foreign(request)
@@ -163,8 +172,8 @@ class ConsoleApi:
                 {"Retry-After": str(int(wait) + 1), **_UNREAD},
             )
         body = await _body(request)
-        device = request.cookies.get(_DEVICE) or f"browser-{secrets.token_hex(8)}"
-        fields = {k: body.get(k) for k in ("user", "password", "setting")}
+        device = request.cookies.get(_DEVICE) or _new_device()
+        fields = {k: body.get(k) for k in ("user", "password")}  # the setting is the workstation's, not the user's
         try:
             answer = _as_dict(await self._handle("login", {**fields, "device": device}))
         except AdminError as exc:
@@ -264,6 +273,10 @@ def _foreign(request: Request) -> Response | None:
 
 def _as_dict(answer: object) -> dict[str, Any]:
     return dict(answer) if isinstance(answer, dict) else {"answer": answer}
+
+
+def _new_device() -> str:
+    return f"browser-{secrets.token_hex(8)}"
 
 
 def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -532,3 +532,39 @@ def test_an_administrator_resets_a_forgotten_password_and_a_lockout(service: Aut
     operator = service.authorize(_login(service, "op.kim"), Permission.STATUS_READ)
     reason, _ = _refused(service.authorize, Credentials(operator.session.id, "ws-1"), Permission.USER_MANAGE)
     assert "not a valid session token" in reason  # a session id is not a token
+
+
+def test_a_registered_workstations_setting_is_the_sessions_whatever_the_sign_in_asks(
+    service: AuthService, clock: Clock
+) -> None:
+    """The idle lock is the hospital's to set per device: registered, it wins; unknown, a browser gets the
+    strictest; a CLI (which says its configured setting) keeps its own until its host is registered."""
+    admin = service.authorize(_login(service, "admin", Setting.OPERATOR_CONSOLE), Permission.USER_MANAGE)
+    [(_p, event)] = service.register_workstation(admin, "browser-ed3", Setting.EMERGENCY_DEPARTMENT, "ED bay 3")
+    assert (event.action, event.detail) == (
+        "workstation_register",
+        "workstation browser-ed3 (ED bay 3): emergency_department",
+    )
+    assert (
+        service.login("dr.osei", PASSWORD, Setting.OFFICE, "browser-ed3").session.setting
+        is Setting.EMERGENCY_DEPARTMENT
+    )
+    assert service.login("dr.osei", PASSWORD, None, "browser-new").session.setting is Setting.EMERGENCY_DEPARTMENT
+    assert service.login("dr.osei", PASSWORD, Setting.WARD, "cli-host").session.setting is Setting.WARD
+
+    service.register_workstation(admin, "browser-ed3", Setting.OFFICE, "moved to the office")  # replaced
+    assert service.setting_of("browser-ed3") is Setting.OFFICE
+    [(_p, gone)] = service.forget_workstation(admin, "browser-ed3")
+    assert gone.action == "workstation_forget"
+    assert service.setting_of("browser-ed3") is Setting.EMERGENCY_DEPARTMENT
+    assert [w.device for w in service.workstations()] == []
+    reason, _ = _refused(service.forget_workstation, admin, "browser-ed3")
+    assert reason == "no workstation browser-ed3 is registered"
+    reason, _ = _refused(service.register_workstation, admin, "bad device!", Setting.WARD, "")
+    assert "cannot name a device" in reason
+
+
+def test_the_unregistered_setting_is_the_configurations(tmp_path: Path, clock: Clock) -> None:
+    auth = AuthService(AuthStore(tmp_path), AuthConfig(unregistered_setting=Setting.WARD), clock=clock)
+    auth.add_user(None, "admin", name="Admin", roles=(Role.ADMINISTRATOR,), password=PASSWORD, pin=PIN)
+    assert auth.login("admin", PASSWORD, None, "browser-x").session.setting is Setting.WARD

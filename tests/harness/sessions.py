@@ -8,12 +8,13 @@ so the session file and the audit event are the real ones.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
-from engine.auth import AuthStore, Role, User
+from engine.auth import AuthStore, Role, Setting, User, Workstation
 from engine.auth.hashing import hash_secret
 
-__all__ = ["PASSWORD", "PIN", "add_user", "sign_in"]
+__all__ = ["PASSWORD", "PIN", "add_user", "register_workstation", "sign_in"]
 
 PASSWORD = "correct horse battery staple"
 PIN = "4321"
@@ -33,6 +34,15 @@ def add_user(data: Path, user: str, *roles: Role) -> None:
     store = AuthStore.open_private(data)
     try:
         store.put_user(User(user, user, roles, _hash(PASSWORD), _hash(PIN)))
+    finally:
+        store.close()
+
+
+def register_workstation(data: Path, device: str, setting: Setting, name: str = "") -> None:
+    """A device bound to its setting, as `vigil workstation register` does (a running node reads it at sign-in)."""
+    store = AuthStore.open_private(data)
+    try:
+        store.put_workstation(Workstation(device, setting, name, time.time(), "admin"))
     finally:
         store.close()
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.auth import Role
+from engine.auth import Role, Setting
 from tests.harness.node_process import http_node
-from tests.harness.sessions import PASSWORD, PIN, add_user
+from tests.harness.sessions import PASSWORD, PIN, add_user, register_workstation
 
 API = "/console/api"
 
@@ -113,3 +113,20 @@ def test_behind_a_proxy_that_ends_tls_the_cookies_are_secure_and_its_origin_is_t
         name, _, rest = cookie.partition("=")
         served.cookies.set(name, rest.partition(";")[0], path="/console/api")
     assert served.post(f"{API}/status", json={}, headers={**proxied, **origin}).status_code == 200
+
+
+def test_the_setting_is_the_workstations_not_the_one_the_page_sends(served: httpx.Client, tmp_path: Path) -> None:
+    """The sign-in page learns the device's setting before anyone signs in; a sign-in that asks for the office
+    on an unregistered browser gets the emergency department's lock; once registered, the registration's."""
+    first = served.get(f"{API}/session").json()
+    station = first["workstation"]
+    assert (station["registered"], station["setting"], station["idle_lock_s"]) == (False, "emergency_department", 300)
+    device = station["device"]
+    assert served.cookies.get("vigil_device") == device  # set on the first look, kept for the sign-in
+    signed = served.post(f"{API}/login", json={"user": "op.kim", "password": PASSWORD, "setting": "office"})
+    assert signed.status_code == 200
+    assert signed.json()["setting"] == "emergency_department"
+    register_workstation(tmp_path / "data", device, Setting.INTENSIVE_CARE, "ICU 2")
+    again = served.post(f"{API}/login", json={"user": "op.kim", "password": PASSWORD})
+    assert again.json()["setting"] == "intensive_care"
+    assert served.get(f"{API}/session").json()["workstation"]["name"] == "ICU 2"

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from engine.auth import Role
+from engine.auth import Role, Setting
 from engine.core.mllp import MLLPDecoder
 from engine.core.model import RecordAccessed
 from engine.wal import OSFiles, iter_records
 from tests.harness.helpers import hl7
 from tests.harness.node_process import NO_PID, exchange, http_node
-from tests.harness.sessions import PASSWORD, PIN, add_user
+from tests.harness.sessions import PASSWORD, PIN, add_user, register_workstation
 
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is installed by bin/test (dev extra)")
 
@@ -97,11 +97,18 @@ def _reload_until(page: Any, selector: str, timeout_s: float = 20.0) -> None:
         page.wait_for_load_state("networkidle")
 
 
-def _sign_in(page: Any, url: str, user: str, setting: str) -> None:
+def _sign_in(page: Any, url: str, user: str, setting: str, data: Path) -> None:
+    """The sign-in page names its device; an administrator registers it with its setting (here straight into the
+    store, as `vigil workstation register` does); the page, reloaded, says what its sessions will get."""
     page.goto(url)
+    note = page.locator("#workstation")
+    note.wait_for()
+    device = note.text_content().rsplit("vigil workstation register ", 1)[1].split()[0]
+    register_workstation(data, device, Setting(setting))
+    page.reload()
+    page.wait_for_selector(f"#workstation:has-text('({setting.replace('_', ' ')})')")
     page.fill("#login-user", user)
     page.fill("#login-password", PASSWORD)
-    page.select_option("#login-setting", setting)
     page.click("#login-go")
 
 
@@ -110,7 +117,7 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
     page = browser.new_page(viewport={"width": 1280, "height": 800})  # a ward workstation's screen
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    _sign_in(page, url, "op.kim", "operator_console")
+    _sign_in(page, url, "op.kim", "operator_console", data)
     lanes = page.locator("#lanes")
     lanes.wait_for()
     assert [lanes.locator("tr").nth(i).locator("td").first.text_content() for i in (1, 2, 3)] == [
@@ -146,7 +153,7 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
 
     # The privacy officer sees the review, closes it, and sees who looked at the record.
     officer = browser.new_page()
-    _sign_in(officer, url, "po.diaz", "office")
+    _sign_in(officer, url, "po.diaz", "office", data)
     officer.locator("#lanes").wait_for()
     officer.click("text=Reviews")
     reviews = officer.locator("#reviews")
@@ -165,7 +172,7 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     url, data, browser = console
     context = browser.new_context()
     page = context.new_page()
-    _sign_in(page, url, "dr.osei", "ward")
+    _sign_in(page, url, "dr.osei", "ward", data)
     page.locator("#lanes").wait_for()
     page.goto(f"{url}#/worklist")
     _reload_until(page, "#worklist >> text=Acknowledge")  # once the read side has it

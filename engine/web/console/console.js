@@ -4,7 +4,7 @@
 
 const API = "/console/api";
 const POLL_MS = 2000;
-const state = { csrf: "", session: null, reasons: [], poll: null, lastDone: null };
+const state = { csrf: "", session: null, reasons: [], poll: null, lastDone: null, workstation: null };
 
 // -- the server ------------------------------------------------------------------------------
 
@@ -13,6 +13,7 @@ async function session() {
   const body = await answer.json();
   state.csrf = body.csrf || "";
   state.reasons = body.break_glass_reasons || state.reasons;
+  state.workstation = body.workstation || state.workstation;
   state.session = body.state === "none" ? null : body;
   return body;
 }
@@ -91,30 +92,17 @@ function when(iso) {
 
 // -- signing in, the lock, break-the-glass ---------------------------------------------------
 
-const SETTINGS = [
-  ["emergency_department", "Emergency department"],
-  ["intensive_care", "Intensive care"],
-  ["ward", "Ward"],
-  ["pharmacy", "Pharmacy"],
-  ["office", "Office"],
-  ["operator_console", "Operator console"],
-];
-
 function showLogin(why) {
   stopPolling();
   showChrome(false);
   const form = el("form", null, { id: "login" });
   const user = el("input", null, { id: "login-user", autocomplete: "username", required: "" });
   const password = el("input", null, { id: "login-password", type: "password", autocomplete: "current-password", required: "" });
-  const setting = el("select", null, { id: "login-setting" });
-  for (const [value, label] of SETTINGS) setting.append(el("option", label, { value }));
   const userLabel = el("label", "User ");
   userLabel.append(user);
   const passwordLabel = el("label", "Password ");
   passwordLabel.append(password);
-  const settingLabel = el("label", "This workstation is in ");
-  settingLabel.append(setting);
-  form.append(el("h1", "Sign in"), userLabel, passwordLabel, settingLabel, el("button", "Sign in", { id: "login-go" }));
+  form.append(el("h1", "Sign in"), userLabel, passwordLabel, workstationNote(), el("button", "Sign in", { id: "login-go" }));
   if (why) form.append(el("p", why, { class: "muted" }));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -122,7 +110,7 @@ function showLogin(why) {
       method: "POST",
       credentials: "same-origin",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ user: user.value, password: password.value, setting: setting.value }),
+      body: JSON.stringify({ user: user.value, password: password.value }),
     });
     const reply = await answer.json();
     if (!answer.ok) {
@@ -134,6 +122,19 @@ function showLogin(why) {
     route();
   });
   view(form);
+}
+
+// The setting (and so how soon an idle session locks) is the workstation's, registered by an administrator.
+function workstationNote() {
+  const w = state.workstation;
+  if (!w) return el("p", "", { id: "workstation" });
+  const minutes = Math.round(w.idle_lock_s / 60);
+  const place = w.setting.replaceAll("_", " ");
+  const text = w.registered
+    ? `This workstation: ${w.name || w.device} (${place}); an idle session locks after ${minutes} min.`
+    : `This workstation is not registered: sessions here count as ${place} and lock after ${minutes} min idle. ` +
+      `An administrator can register it: vigil workstation register ${w.device} --setting SETTING`;
+  return el("p", text, { id: "workstation", class: "muted" });
 }
 
 function showChrome(signedIn) {
