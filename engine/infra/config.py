@@ -380,7 +380,8 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             many records.
         retention: "keep-all" (the default: it is a medical record), or
             "release-before-snapshot": segments wholly older than the oldest
-            snapshot still needed may be deleted.
+            snapshot still needed may be deleted (`release_segments_before`;
+            a node refuses it at start: nothing in it decides when yet).
         sync: where a group's write and fsync run. "inline": on the event
             loop's thread (the default: on local disks the hop to a thread
             costs more than the fsync). "thread": in a worker thread, so the

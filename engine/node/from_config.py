@@ -25,6 +25,22 @@ __all__ = ["admin_listener", "join_cluster", "mllp_server", "read_side", "warn_i
 _log = structlog.get_logger("vigil.node")
 
 
+def refuse_unbuilt(config: Config) -> None:
+    """A setting whose part no node has yet: refused at start, never a knob that silently does nothing.
+
+    Raises:
+        ConfigError: `wal.retention = "release-before-snapshot"` (the log can release segments, but
+            nothing in a node decides when: every consumer's position and every patient's snapshot
+            would have to be past them, and a read as of a moment before them would fold a history
+            with its start missing).
+    """
+    if config.wal.retention != "keep-all":
+        raise ConfigError(
+            f"wal.retention = {config.wal.retention!r}: a node does not release segments yet "
+            '(nothing decides when every reader is past them); use "keep-all"'
+        )
+
+
 def warn_if_unkeyed(config: Config) -> bool:
     """Whether the audit key is set; a warning saying what is lost when it is not."""
     keyed = audit_key_from_env(config.audit.key_env) is not None

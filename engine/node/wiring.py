@@ -64,7 +64,14 @@ from engine.ingress.parse_pool import ParsePool
 from engine.node.alert_observations import AlertObservations
 from engine.node.backup_requests import BackupRequests
 from engine.node.fanout import Fanout
-from engine.node.from_config import admin_listener, join_cluster, mllp_server, read_side, warn_if_unkeyed
+from engine.node.from_config import (
+    admin_listener,
+    join_cluster,
+    mllp_server,
+    read_side,
+    refuse_unbuilt,
+    warn_if_unkeyed,
+)
 from engine.node.housekeeping import summarise, until_stopped
 from engine.node.parts import Parts
 from engine.node.quarantine_desk import QuarantineDesk, refusal_of
@@ -166,6 +173,7 @@ class Node:
             SupervisorGaveUp: a part kept failing past its restart allowance.
             ConfigError: a part met a configuration mistake (never restarted: it would fail again).
         """
+        refuse_unbuilt(self.config)
         sys.setswitchinterval(self.config.node.switch_interval_ms / 1000)
         # Its processes import while the log is recovered. Not for a small stdin input: a worker
         # still importing holds the process's exit back by most of a second.

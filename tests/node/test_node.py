@@ -538,3 +538,19 @@ def test_stdin_parsed_in_worker_processes_answers_as_the_loop_does(tmp_path: Pat
     assert answers["workers"] == answers["loop"]
     assert [i for i, (outcome, _) in enumerate(answers["workers"]) if outcome != "accepted"] == [300]
     assert logged["workers"] == logged["loop"]
+
+
+def test_a_setting_no_part_of_the_node_carries_out_is_refused_at_start(tmp_path: Path) -> None:
+    """wal.retention = "release-before-snapshot" did nothing in a node (nothing called the release): now it says so."""
+    config = tmp_path / "vigil.toml"
+    config.write_text('[wal]\nretention = "release-before-snapshot"\n')
+    proc = subprocess.run(
+        [VIGIL, "--config", str(config), "run", "--stdin", "--data", str(tmp_path / "data")],
+        input=message(1),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert b"a node does not release segments yet" in proc.stderr
+    assert not (tmp_path / "data" / "wal").exists() or log_ids(tmp_path / "data") == []
