@@ -92,6 +92,8 @@ class ClusterStatistics(msgspec.Struct, frozen=True):
     forwarded_messages: int
     takeovers: int
     fenced: int
+    # Each partition's lease as this node last read it: (partition, owner, epoch); owner "" when none holds it.
+    owners: tuple[tuple[int, str, int], ...] = ()
 
 
 @dataclass
@@ -232,6 +234,10 @@ class Cluster:
             forwarded_messages=self.forwarded_messages,
             takeovers=self.takeovers,
             fenced=self.fenced,
+            owners=tuple(
+                (p, value.owner if (value := self._lease_values.get(p)) else "", value.epoch if value else 0)
+                for p in range(self.config.partitions)
+            ),
         )
 
     # -- running -----------------------------------------------------------------------

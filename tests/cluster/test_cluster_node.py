@@ -48,6 +48,9 @@ def test_a_record_is_read_from_its_partitions_owner_and_another_node_names_it(tm
         status = json.loads(_cli("status", "--data", str(owner.data), "--json").stdout)
         assert sorted(serving[owner.node_id]) == status["cluster"]["serving"]
         assert status["cluster"]["members"] == ["node0", "node1"]
+        owners = {p: owner for p, owner, _epoch in status["cluster"]["owners"]}  # the console's partitions view
+        assert sorted(owners) == list(range(16))
+        assert {p for p, o in owners.items() if o == owner.node_id} == set(serving[owner.node_id])
 
         sign_in(other.data, "dr.osei")
         refused = _cli("patient", key, "--data", str(other.data))

@@ -56,9 +56,11 @@ def http_node(data: Path, config: Path, *extra: str) -> Iterator[tuple[subproces
     """`vigil run --mllp` with `[http] listen` in `config`: the process, its MLLP port and its HTTP port."""
     with node(data, *extra, config=config) as (proc, mllp_port):
         assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "HTTP on http" in line, f"the node did not say where it serves HTTP: {line!r}"
-        yield proc, mllp_port, int(line.rsplit(":", 1)[1])
+        said = [proc.stdout.readline().decode()]
+        while "HTTP on http" not in said[-1] and len(said) < 4:  # a cluster node says it joins first
+            said.append(proc.stdout.readline().decode())
+        assert "HTTP on http" in said[-1], f"the node did not say where it serves HTTP: {said!r}"
+        yield proc, mllp_port, int(said[-1].rsplit(":", 1)[1])
 
 
 def exchange(conn: socket.socket, payload: bytes, decoder: MLLPDecoder) -> bytes:

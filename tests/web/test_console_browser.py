@@ -24,6 +24,7 @@ from engine.core.mllp import MLLPDecoder
 from engine.core.model import RecordAccessed
 from engine.wal import OSFiles, iter_records
 from tests.harness.helpers import hl7
+from tests.harness.nats_server import nats_server
 from tests.harness.node_process import NO_PID, exchange, http_node
 from tests.harness.sessions import PASSWORD, PIN, add_user, register_workstation
 
@@ -222,3 +223,32 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     assert ("dr.osei", "unlock", "denied") in actions
     assert ("dr.osei", "unlock", "allowed") in actions
     assert actions.count(("dr.osei", "record", "allowed")) >= 2
+
+
+def test_an_operator_sees_each_partitions_owner_in_a_cluster(tmp_path: Path) -> None:
+    """A cluster node's console shows its partitions: each one's owner and epoch, and which it serves."""
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        '[http]\nlisten = "127.0.0.1:0"\n[cluster]\nreplicas = 1\nlease_ttl_s = 2.0\nrenew_interval_s = 0.4\n'
+    )
+    data = tmp_path / "data"
+    with (
+        nats_server(tmp_path / "nats") as url,
+        http_node(data, config, "--nats", url, "--node-id", "node0") as (_proc, _mllp, http_port),
+        playwright.sync_playwright() as p,
+    ):
+        add_user(data, "op.kim", Role.OPERATOR)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
+        try:
+            page = browser.new_page()
+            _sign_in(page, f"http://127.0.0.1:{http_port}/console", "op.kim", "operator_console", data)
+            page.wait_for_selector("#partitions >> text=serving", timeout=30_000)
+            deadline = time.monotonic() + 30
+            while page.locator("#partitions >> text=serving").count() < 16:  # the node takes them one by one
+                assert time.monotonic() < deadline, "the node never served every partition"
+                page.wait_for_timeout(500)
+            rows = page.locator("#partitions tr")
+            assert rows.count() == 17  # the heading and 16 partitions
+            assert [rows.nth(1).locator("td").nth(i).text_content() for i in (0, 1, 3)] == ["0", "node0", "serving"]
+        finally:
+            browser.close()

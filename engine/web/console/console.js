@@ -262,7 +262,7 @@ function renderStatus(status) {
     status.routes.map((r) => [r.name, r.destination, r.state, r.lanes.reduce((n, l) => n + l.backlog, 0), r.delivered]),
   );
   const waiting = table(["quarantine, open", "count"], Object.entries(status.quarantine_open_by_age || {}));
-  const cluster = status.cluster === "off" ? el("p", "single node (no cluster)", { class: "muted" }) : el("pre", JSON.stringify(status.cluster, null, 1));
+  const cluster = status.cluster === "off" ? el("p", "single node (no cluster)", { class: "muted" }) : clusterView(status.cluster);
   view(
     el("h1", `Node ${status.node}`),
     el("p", `log at LSN ${status.wal.last_lsn} · up ${Math.round(status.uptime_s)} s · ${status.in_flight} in flight`),
@@ -273,6 +273,22 @@ function renderStatus(status) {
     el("h2", "Cluster"), cluster,
     el("h2", "Supervision"), tree,
   );
+}
+
+// The cluster as this node sees it: NATS, the members, and each partition's owner and epoch.
+function clusterView(c) {
+  const here = new Set(c.serving);
+  const taking = new Set(c.taking_over);
+  const partitions = table(
+    ["partition", "owner", "epoch", "here"],
+    c.owners.map(([p, owner, epoch]) => [p, owner || "(none: being taken over)", epoch, here.has(p) ? "serving" : taking.has(p) ? "taking over" : ""]),
+  );
+  partitions.id = "partitions";
+  const summary = `NATS ${c.nats} · members ${c.members.join(", ")} · this node serves ${c.serving.length} of ${c.partitions} · ` +
+    `replication lag ${c.replication_lag_records} records · ${c.takeovers} takeovers · ${c.forwarded_messages} forwarded · ${c.fenced} fenced`;
+  const box = el("div");
+  box.append(el("p", summary), partitions);
+  return box;
 }
 
 async function showQuarantine() {
