@@ -9,6 +9,7 @@ only, never a message's content.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import final
 
 import msgspec
@@ -42,6 +43,7 @@ class Observation(msgspec.Struct, frozen=True):
     read_side_lag: int | None  # records; None without a read side
     disk_free_percent: float | None
     routes: tuple[RouteAge, ...] = ()
+    token_expiries: Mapping[str, float] = msgspec.field(default_factory=dict)  # API client -> expires (s)
 
 
 @final
@@ -75,6 +77,21 @@ def judge(config: AlertsConfig, seen: Observation) -> list[Alert]:
         alerts.append(Alert("disk_free", "data", f"{seen.disk_free_percent:.1f}% free (limit {free_min:g}%)"))
     if config.routes:
         alerts.extend(_old_backlog(r) for r in seen.routes if r.oldest_age_s is not None and r.oldest_age_s > r.limit_s)
+    if config.client_token_warn_days:
+        alerts.extend(_expiring(config.client_token_warn_days, seen))
+    return alerts
+
+
+def _expiring(warn_days: int, seen: Observation) -> list[Alert]:
+    """API clients whose token expires within `warn_days` (or has expired): rotate before their calls fail."""
+    now_s = seen.now_us / _US
+    alerts = []
+    for client, expires in sorted(seen.token_expiries.items()):
+        if not expires or expires - now_s > warn_days * 86_400:
+            continue
+        day = datetime.fromtimestamp(expires, UTC).date().isoformat()
+        detail = f"its token expired on {day}" if expires <= now_s else f"its token expires on {day}"
+        alerts.append(Alert("client_token_expiring", client, f"{detail}: vigil client rotate {client}"))
     return alerts
 
 

@@ -578,6 +578,8 @@ class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         disk_free_min_percent: the data directory's file system this full.
         routes: a route's oldest undelivered message older than the route's
             `backlog_age_alert_s`.
+        client_token_warn_days: an API client's token expiring within this
+            many days (or expired): rotate it before its calls are refused.
         webhook_url: where each raised and cleared alert is POSTed; https,
             unless the host is this one.
         webhook_token_file: a bearer token for the webhook, read at start.
@@ -591,6 +593,7 @@ class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     read_side_lag_max_records: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     disk_free_min_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 10.0
     routes: bool = True
+    client_token_warn_days: Annotated[int, msgspec.Meta(ge=0, le=365)] = 14
     webhook_url: str = ""
     webhook_token_file: str = ""
     webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0

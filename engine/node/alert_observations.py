@@ -11,6 +11,7 @@ from typing import final
 import anyio
 
 from engine.alerts import Observation, RouteAge, SendersSeen
+from engine.auth import ApiClient
 from engine.node.refusals import Refusals
 from engine.projections import ProjectionRunner
 from engine.routes import Routes
@@ -32,6 +33,7 @@ class AlertObservations:
         *,
         search: Callable[[], SearchFollower | None],
         projections: Callable[[], ProjectionRunner | None],
+        clients: Callable[[], list[ApiClient]] = list,
     ) -> None:
         self._data_dir = data_dir
         self._senders_seen = senders_seen
@@ -39,6 +41,7 @@ class AlertObservations:
         self._routes = routes
         self._search = search
         self._projections = projections
+        self._clients = clients  # the API clients as stored (read in a worker thread)
         self._started_us = time.time_ns() // 1000
 
     async def observe(self) -> Observation:
@@ -46,6 +49,7 @@ class AlertObservations:
         indexed = await search.senders() if search is not None else []
         waiting = await self._refusals.open_by_age()
         usage = await anyio.to_thread.run_sync(shutil.disk_usage, self._data_dir)
+        clients = await anyio.to_thread.run_sync(self._clients)
         return Observation(
             now_us=time.time_ns() // 1000,
             started_us=self._started_us,
@@ -54,6 +58,7 @@ class AlertObservations:
             read_side_lag=projections.lag()[0] if projections is not None else None,
             disk_free_percent=100.0 * usage.free / usage.total if usage.total else None,
             routes=self._route_ages(),
+            token_expiries={c.id: c.expires_at for c in clients if not c.revoked},
         )
 
     def _route_ages(self) -> tuple[RouteAge, ...]:

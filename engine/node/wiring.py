@@ -44,7 +44,7 @@ from anyio.abc import ByteStream, TaskStatus
 
 from actors import ChildSpec, ChildStatus, PatientActors, RecordView, Restart, Supervisor
 from engine.alerts import AlertWatch, Webhook
-from engine.auth import AuthEndpoint, AuthService, AuthStore
+from engine.auth import ApiClient, AuthEndpoint, AuthService, AuthStore
 from engine.cluster import Cluster, ReplicaBatch
 from engine.core.decode import Decoder
 from engine.core.errors import ConfigError, MessageError, VigilError, first_leaf
@@ -433,9 +433,13 @@ class Node:
             self._routes,
             search=lambda: self._search,
             projections=lambda: self._projections,
+            clients=self._api_clients,
         )
         self._alerts = AlertWatch(config, self.config.node.id, observations.observe, webhook)
         await self._alerts.run(task_status=task_status)
+
+    def _api_clients(self) -> list[ApiClient]:
+        return self._auth.clients.listed() if self._auth is not None else []
 
     async def _summaries(self, *, task_status: TaskStatus[None]) -> None:
         await summarise(self.config.node.summary_interval_s, self.lane_statistics, task_status=task_status)

@@ -126,3 +126,15 @@ def test_each_alert_is_raised_once_when_it_first_holds_and_cleared_once_when_it_
         assert {(a.rule, a.subject): a.since_us for a in board.active()} == held
         assert all(a.detail == f"round {at}" for a in board.active())  # the figures are today's
     assert board.raised_total == sum(len(now - prev) for prev, now in zip([frozenset(), *rounds], rounds, strict=False))
+
+
+def test_an_api_token_expiring_within_the_warning_or_expired_is_an_alert_until_rotated() -> None:
+    now_s = (START + 600 * S) / S
+    expiries = {"lab-app": now_s + 14 * 86_400, "pharmacy": now_s + 14 * 86_400 + 1, "old": 0.0, "ehr": now_s - 1}
+    alerts = judge(AlertsConfig(), _seen(token_expiries=expiries))
+    assert [(a.subject, a.detail) for a in alerts] == [
+        ("ehr", "its token expired on 2023-11-14: vigil client rotate ehr"),
+        ("lab-app", "its token expires on 2023-11-28: vigil client rotate lab-app"),
+    ]
+    assert {a.rule for a in alerts} == {"client_token_expiring"}
+    assert judge(AlertsConfig(client_token_warn_days=0), _seen(token_expiries=expiries)) == []
