@@ -17,7 +17,7 @@ import msgspec
 
 from actors import Applied, PatientRecord
 from engine.infra.clock import utc_now
-from engine.wal import POISON_RECORD, Quarantine, Snapshot, SnapshotStore, WriteAheadLog
+from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 
@@ -30,7 +30,7 @@ _INLINE_RECORDS = 4  # a patient with no snapshot and at most this many records 
 class LogRecordSource:
     """Activation state from the newest snapshot plus the log tail; snapshots on passivation."""
 
-    def __init__(self, wal: WriteAheadLog, snapshots: SnapshotStore) -> None:
+    def __init__(self, wal: WriteAheadLog, snapshots: Snapshots) -> None:
         self._wal = wal
         self._snapshots = snapshots
 

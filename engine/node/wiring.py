@@ -84,7 +84,15 @@ from engine.node.route_requests import RouteRequests
 from engine.projections import ProjectionRunner, dsn_of
 from engine.routes import Routes
 from engine.search import INDEX_FILE, SearchFollower
-from engine.wal import OSFiles, Progress, Quarantine, SnapshotStore, WriteAheadLog, audit_key_from_env, open_wal
+from engine.wal import (
+    OSFiles,
+    PackedSnapshotStore,
+    Progress,
+    Quarantine,
+    WriteAheadLog,
+    audit_key_from_env,
+    open_wal,
+)
 from lanes import Classifier, LaneStatistics
 
 __all__ = ["IngestResult", "Node"]
@@ -330,8 +338,9 @@ class Node:
     async def _run_patients(self, *, task_status: TaskStatus[None]) -> None:
         """The patient actors; a restart begins with none active (each is rebuilt from its snapshot and the log)."""
         wal = self.wal
+        snapshots = await anyio.to_thread.run_sync(PackedSnapshotStore, self.data_dir / "snapshots", OSFiles())
         actors = PatientActors(
-            LogRecordSource(wal, SnapshotStore(self.data_dir / "snapshots", OSFiles())),
+            LogRecordSource(wal, snapshots),
             PoisonQuarantine(wal, self._refusals.quarantine),
             idle_timeout_s=self.config.actors.idle_timeout_s,
             active_max=self.config.actors.active_max,
@@ -345,6 +354,7 @@ class Node:
         finally:
             if self._fanout.actors is actors:
                 self._fanout.actors = None
+            snapshots.close()
 
     async def _run_lanes(self, *, task_status: TaskStatus[None]) -> None:
         await self.parts.scheduler.run(task_status=task_status)

@@ -7,6 +7,7 @@ from engine.wal.files import FileLayer, OSFiles, write_atomic
 from engine.wal.group import Position
 from engine.wal.keyed_checkpoints import KeyedCheckpoints, audit_key_from_env
 from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
+from engine.wal.packed_snapshots import PACKED_FILE, PackedSnapshotStore
 from engine.wal.quarantine import POISON_RECORD, Quarantine, QuarantineItem
 from engine.wal.reader import iter_records
 from engine.wal.record import (
@@ -21,10 +22,11 @@ from engine.wal.record import (
 )
 from engine.wal.scan import Progress, ScanResult, scan_log, segment_name
 from engine.wal.small_file import DamagedFileError, SmallFile
-from engine.wal.snapshots import Snapshot, SnapshotStore
+from engine.wal.snapshots import Snapshot, Snapshots, SnapshotStore
 
 __all__ = [
     "GENESIS_HASH",
+    "PACKED_FILE",
     "POISON_RECORD",
     "SEGMENT_MAGIC",
     "Checkpoint",
@@ -39,6 +41,7 @@ __all__ = [
     "LogRecord",
     "MessageRecord",
     "OSFiles",
+    "PackedSnapshotStore",
     "Position",
     "Progress",
     "Quarantine",
@@ -47,6 +50,7 @@ __all__ = [
     "SmallFile",
     "Snapshot",
     "SnapshotStore",
+    "Snapshots",
     "WALCorruptError",
     "WALError",
     "WALFailedError",

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import msgspec
 
 from engine.wal.files import FileLayer, write_atomic
 from engine.wal.record import frame_body, read_frame
 
-__all__ = ["Snapshot", "SnapshotStore"]
+__all__ = ["Snapshot", "SnapshotStore", "Snapshots", "decode_snapshot"]
 
 _SUFFIX: Final = ".snap"
 
@@ -34,6 +34,14 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True):
 
 
 _DECODER = msgspec.msgpack.Decoder(Snapshot)
+
+
+class Snapshots(Protocol):
+    """Where actors' snapshots are kept: a folder each (`SnapshotStore`) or one file (`PackedSnapshotStore`)."""
+
+    def save(self, snapshot: Snapshot) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def load(self, key: str, *, at_most_lsn: int | None = None) -> Snapshot | None: ...
 
 
 @final
@@ -72,17 +80,22 @@ class SnapshotStore:
             lsn = int(name.removesuffix(_SUFFIX))
             if at_most_lsn is not None and lsn > at_most_lsn:
                 continue
-            data = self._files.read(folder / name)
-            frame = read_frame(data, 0)
-            if frame is None or not frame.crc_ok:
-                continue
-            try:
-                snapshot = _DECODER.decode(frame.body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if snapshot.key == key and snapshot.lsn == lsn:
+            snapshot = decode_snapshot(self._files.read(folder / name), key, lsn)
+            if snapshot is not None:
                 return snapshot
         return None
 
     def _names(self, folder: Path) -> list[str]:
         return sorted(n for n in self._files.list(folder) if n.endswith(_SUFFIX))
+
+
+def decode_snapshot(data: bytes, key: str, lsn: int) -> Snapshot | None:
+    """A stored snapshot's frame read back: None when damaged (CRC, decoding) or not the one asked for."""
+    frame = read_frame(data, 0)
+    if frame is None or not frame.crc_ok:
+        return None
+    try:
+        snapshot = _DECODER.decode(frame.body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return snapshot if snapshot.key == key and snapshot.lsn == lsn else None
