@@ -5,7 +5,7 @@ lease is stale); `replication` moves records between a node's log and the
 stream, with fencing; `coordinator` is one node's part, run by the node.
 """
 
-from engine.cluster.coordinator import Adopt, Cluster, ClusterStatistics, Forwarded, ingest_subject
+from engine.cluster.coordinator import Adopt, Cluster, ClusterStatistics, Forwarded, RecordRead, ingest_subject
 from engine.cluster.leases import Freshness, Held, LeaseValue, MemberInfo
 from engine.cluster.partitions import fair_shares, partition_of, plan
 from engine.cluster.replication import FencedError, ReplicaBatch, ReplicaRecord, Replicator, decode_batch
@@ -21,6 +21,7 @@ __all__ = [
     "Held",
     "LeaseValue",
     "MemberInfo",
+    "RecordRead",
     "ReplicaBatch",
     "ReplicaRecord",
     "Replicator",

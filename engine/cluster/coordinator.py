@@ -26,7 +26,7 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, Final, final
 
 import anyio
 import msgspec
@@ -70,6 +70,10 @@ _FORWARDED_PENDING_MAX = 4096  # waiting in the subscription beyond those; more 
 Adopt = Callable[[int, Sequence[ReplicaBatch], Mapping[str, frozenset[str]]], Awaitable[None]]
 # A forwarded message: ingest it here, answer with the results (JSON).
 Forwarded = Callable[[bytes, str], Awaitable[bytes]]
+# A record asked of its partition's owner by another node (a FHIR read that came there): the request's
+# bytes in, the answer's bytes out (both the node's to encode).
+RecordRead = Callable[[bytes], Awaitable[bytes]]
+_RECORD_READ: Final = "record"  # the Vigil-Kind header of a record read on a node's ingest subject
 
 
 def ingest_subject(node: str) -> str:
@@ -117,6 +121,7 @@ class Cluster:
         security: dict[str, object],
         adopt: Adopt,
         forwarded: Forwarded,
+        record_read: RecordRead | None = None,
         route_marks: Callable[[], Mapping[str, int]] = dict,
         clock: Callable[[], float] = monotonic,
     ) -> None:
@@ -127,6 +132,7 @@ class Cluster:
         self._security = security
         self._adopt = adopt
         self._forwarded = forwarded
+        self._record_read = record_read
         self._route_marks = route_marks  # each route's settled mark here: its position, for takeovers
         self._route_progress: RouteProgress | None = None
         self._clock = clock
@@ -204,21 +210,29 @@ class Cluster:
 
     async def forward(self, owner: str, raw: bytes, source: str) -> list[dict[str, Any]] | None:
         """Send a message to its partition's owner: its answers (one per message in `raw`), or None without one."""
+        reply = await self._ask_owner(owner, raw, {"Vigil-Source": source, "Vigil-From": self.node})
+        if reply is None:
+            return None
+        self.forwarded_messages += 1
+        answers = msgspec.json.decode(reply)
+        return answers if isinstance(answers, list) else None
+
+    async def read_record(self, owner: str, request: bytes) -> bytes | None:
+        """Ask a partition's owner for a record (`RecordRead` there); None when it did not answer in time."""
+        return await self._ask_owner(owner, request, {"Vigil-Kind": _RECORD_READ, "Vigil-From": self.node})
+
+    async def _ask_owner(self, owner: str, body: bytes, headers: dict[str, str]) -> bytes | None:
+        """A request on the owner's ingest subject; None (warned, once a second) when it went unanswered."""
         if self._client is None:
             return None
         try:
             reply = await self._client.request(
-                ingest_subject(owner),
-                raw,
-                timeout=self.config.forward_timeout_s,
-                headers={"Vigil-Source": source, "Vigil-From": self.node},
+                ingest_subject(owner), body, timeout=self.config.forward_timeout_s, headers=headers
             )
         except DRIVER_ERRORS as exc:
             self._forward_failed.warn(owner=owner, error=type(exc).__name__)
             return None
-        self.forwarded_messages += 1
-        answers = msgspec.json.decode(reply.data)
-        return answers if isinstance(answers, list) else None
+        return bytes(reply.data)
 
     def statistics(self) -> ClusterStatistics:
         serving = tuple(sorted(p for p, lease in self._leases.items() if lease.serving))
@@ -704,8 +718,13 @@ class Cluster:
 
     async def _answer_forwarded(self, msg: Any, slots: anyio.Semaphore) -> None:
         try:
-            source = f"forwarded:{(msg.headers or {}).get('Vigil-From', '?')}"
-            reply = await self._forwarded(msg.data, source)
+            headers = msg.headers or {}
+            if headers.get("Vigil-Kind") == _RECORD_READ:
+                if self._record_read is None:
+                    return  # this node reads no records for others: the asker times out and says so
+                reply = await self._record_read(msg.data)
+            else:
+                reply = await self._forwarded(msg.data, f"forwarded:{headers.get('Vigil-From', '?')}")
             if msg.reply:
                 await msg.respond(reply)
         except DRIVER_ERRORS as exc:

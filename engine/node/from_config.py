@@ -11,7 +11,7 @@ import structlog
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSListener
 
-from engine.cluster import Adopt, Cluster, Forwarded
+from engine.cluster import Adopt, Cluster, Forwarded, RecordRead
 from engine.core.errors import ConfigError
 from engine.infra.config import Config, split_address
 from engine.infra.tls import nats_security, server_context
@@ -83,6 +83,7 @@ def join_cluster(
     adopt: Adopt,
     forwarded: Forwarded,
     route_marks: Callable[[], Mapping[str, int]],
+    record_read: RecordRead,
 ) -> Cluster:
     """This node's part in the cluster (`[cluster]`); its NATS credentials and TLS are `[nats]`'s."""
     servers = config.cluster.servers or config.nats.servers
@@ -97,6 +98,7 @@ def join_cluster(
         security=security,
         adopt=adopt,
         forwarded=forwarded,
+        record_read=record_read,
         route_marks=route_marks,
     )
 

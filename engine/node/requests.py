@@ -28,6 +28,24 @@ __all__ = ["NodeRequests", "Report"]
 
 _STATUS_AGE_MAX_S = 60.0  # the oldest count an asker may settle for (`max_age_s`)
 
+
+@final
+class _RecordAsked(msgspec.Struct, frozen=True):
+    key: str
+    known_at: str | None = None
+    as_of: str | None = None
+
+
+@final
+class _RecordAnswer(msgspec.Struct, frozen=True):
+    view: RecordView | None = None
+    error: str = ""
+
+
+_ENCODE = msgspec.msgpack.Encoder().encode
+_RECORD_ASKED = msgspec.msgpack.Decoder(_RecordAsked)
+_RECORD_ANSWER = msgspec.msgpack.Decoder(_RecordAnswer)
+
 # The node's own account of itself (`vigil status`'s sections): filled in by the wiring, which sees every part.
 Report = Callable[[], Awaitable[dict[str, object]]]
 
@@ -70,9 +88,43 @@ class NodeRequests:
         return await self._actors().query(key, known_at=known_at, as_of=as_of)
 
     async def served_patient(self, key: str, known_at: str | None, as_of: str | None) -> RecordView:
-        """A record this node serves (in a cluster, its partition's owner only); `AdminError` says why not."""
-        self._check_served(key)
+        """A record as its partition's owner has it: this node's, or in a cluster the owner's, asked over NATS.
+
+        A FHIR read may come to any node behind a load balancer; only the
+        owner's record is current, so another node asks it (the read was
+        allowed and audited where it came in). `AdminError` says why not.
+        """
+        try:
+            self._check_served(key)
+        except AdminError:
+            return await self._from_owner(key, known_at, as_of)
         return await self.patient(key, known_at=known_at, as_of=as_of)
+
+    async def answer_record_read(self, request: bytes) -> bytes:
+        """Another node's read of a record this node serves: the view, or why it cannot be had here."""
+        try:
+            asked = _RECORD_ASKED.decode(request)
+            self._check_served(asked.key)
+            view = await self.patient(asked.key, known_at=asked.known_at, as_of=asked.as_of)
+        except (AdminError, ValueError, msgspec.DecodeError) as exc:  # ValidationError is a ValueError
+            return _ENCODE(_RecordAnswer(error=str(exc)))
+        return _ENCODE(_RecordAnswer(view=view))
+
+    async def _from_owner(self, key: str, known_at: str | None, as_of: str | None) -> RecordView:
+        cluster = self._cluster
+        assert cluster is not None, "only a cluster node serves some partitions"
+        partition = partition_of(key, self._config.cluster.partitions)
+        owner = cluster.owner(partition)
+        if owner is None or owner == cluster.node:
+            self._check_served(key)  # says that a takeover is under way, unless it ended meanwhile
+            return await self.patient(key, known_at=known_at, as_of=as_of)
+        reply = await cluster.read_record(owner, _ENCODE(_RecordAsked(key, known_at, as_of)))
+        if reply is None:
+            raise AdminError(f"the owner of partition {partition} (node {owner}) did not answer: retry")
+        answer = _RECORD_ANSWER.decode(reply)
+        if answer.view is None:
+            raise AdminError(answer.error or f"node {owner} did not give the record")
+        return answer.view
 
     def _actors(self) -> PatientActors:
         actors = self._fanout.actors

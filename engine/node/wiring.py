@@ -306,6 +306,7 @@ class Node:
                     adopt=self._adopt_partition,
                     forwarded=self._answer_forwarded,
                     route_marks=self._routes.marks,
+                    record_read=self._answer_record_read,
                 )
             self._parts = Parts.over(
                 wal,
@@ -488,6 +489,11 @@ class Node:
     async def _answer_forwarded(self, raw: bytes, source: str) -> bytes:
         """A message another node forwarded here (this node owns its partition): ingested, answered in JSON."""
         return msgspec.json.encode(await self.parts.intake.ingest_stream(raw, source))
+
+    async def _answer_record_read(self, request: bytes) -> bytes:
+        """Another node's read of a record this node serves (a FHIR read that came to it)."""
+        assert self._requests is not None, "the cluster starts after the log's requests"
+        return await self._requests.answer_record_read(request)
 
     async def _adopt_partition(
         self, partition: int, batches: Sequence[ReplicaBatch], settled: Mapping[str, frozenset[str]]
