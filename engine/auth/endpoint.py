@@ -295,7 +295,9 @@ class AuthEndpoint:
         shown = _session_json(session)
         if state.value != "active":
             shown.pop("context")  # the context (a patient key) only to an active session
-        return {**shown, "state": state.value, "why": why}
+        # The screen locks itself at this idle time too (the console), so nothing stays shown until a request.
+        idle_lock_s = self.service.config.idle_timeout_s.of(session.setting)
+        return {**shown, "state": state.value, "why": why, "idle_lock_s": idle_lock_s}
 
     async def _break_glass(self, request: dict[str, Any]) -> object:
         creds = credentials_of(request)

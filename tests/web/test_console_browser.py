@@ -173,6 +173,7 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     url, data, browser = console
     context = browser.new_context()
     page = context.new_page()
+    page.clock.install()  # the page's own time, which the test moves on for the idle lock
     _sign_in(page, url, "dr.osei", "ward", data)
     page.locator("#lanes").wait_for()
     page.goto(f"{url}#/worklist")
@@ -218,7 +219,20 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     assert page.url.endswith(f"#/patient/{KEY.replace('|', '%7C')}")
     assert "5.9" in page.locator("#results").text_content()
 
+    # Left idle for the ward's ten minutes (the page's clock, moved on; not a sleep), the screen locks itself:
+    # the record is taken off it, and the PIN brings the clinician back to the same patient.
+    page.clock.fast_forward("10:01")
+    page.locator("#pin-dialog[open]").wait_for()
+    assert "locked after being idle" in page.locator("#pin-why").text_content()
+    assert page.locator("#results").count() == 0
+    assert "Ann" not in page.locator("main").text_content()
+    page.fill("#pin", PIN)
+    page.click("#pin-go")
+    page.locator("#results").wait_for()
+    assert page.url.endswith(f"#/patient/{KEY.replace('|', '%7C')}")
+
     actions = [(e.user, e.action, e.outcome) for e in _accesses(data)]
+    assert actions.count(("dr.osei", "lock", "allowed")) >= 2  # the button's, then the idle screen's
     assert ("dr.osei", "lock", "allowed") in actions
     assert ("dr.osei", "unlock", "denied") in actions
     assert ("dr.osei", "unlock", "allowed") in actions

@@ -4,7 +4,7 @@
 
 const API = "/console/api";
 const POLL_MS = 2000;
-const state = { csrf: "", session: null, reasons: [], poll: null, lastDone: null, workstation: null };
+const state = { csrf: "", session: null, reasons: [], poll: null, lastDone: null, workstation: null, lastActivity: 0, locking: false };
 
 // -- the server ------------------------------------------------------------------------------
 
@@ -94,6 +94,7 @@ function when(iso) {
 
 function showLogin(why) {
   stopPolling();
+  state.locking = false; // a lock that ended in a sign-out (three wrong PINs) is over
   showChrome(false);
   const form = el("form", null, { id: "login" });
   const user = el("input", null, { id: "login-user", autocomplete: "username", required: "" });
@@ -471,6 +472,44 @@ async function route() {
   }
 }
 
+// -- the idle lock on the screen ---------------------------------------------------------------
+// The node locks an idle session, but only a request finds that out: a record left open would stay
+// on an unattended screen. The page locks itself at the setting's idle time (counting only what a
+// person does, never the status poll), takes the record off the screen, and tells the node.
+
+const ACTIVITY = ["keydown", "pointerdown", "wheel", "touchstart"];
+
+function noteActivity() {
+  state.lastActivity = Date.now();
+}
+
+async function lockNow(why) {
+  if (state.locking) return;
+  state.locking = true;
+  try {
+    stopPolling();
+    view(el("p", "Locked.", { class: "muted", id: "locked" })); // nothing of a record stays on the screen
+    await fetch(`${API}/lock`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-Vigil-CSRF": state.csrf },
+      body: "{}",
+    }); // already locked by the node: the same
+    await session();
+    await unlocked(why);
+  } finally {
+    state.locking = false;
+    noteActivity();
+  }
+  route();
+}
+
+function watchIdle() {
+  const s = state.session;
+  if (!s || s.state !== "active" || !s.idle_lock_s || state.locking) return;
+  if (Date.now() - state.lastActivity >= s.idle_lock_s * 1000) lockNow("This workstation locked after being idle.");
+}
+
 window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("find").addEventListener("submit", (event) => {
@@ -478,12 +517,10 @@ window.addEventListener("DOMContentLoaded", async () => {
     const key = document.getElementById("find-key").value.trim();
     if (key) location.hash = `#/patient/${encodeURIComponent(key)}`;
   });
-  document.getElementById("lock").addEventListener("click", async () => {
-    await api("lock");
-    await session();
-    await unlocked("Locked. Enter your PIN to resume where you were.");
-    route();
-  });
+  document.getElementById("lock").addEventListener("click", () => lockNow("Locked. Enter your PIN to resume where you were."));
+  for (const kind of ACTIVITY) window.addEventListener(kind, noteActivity, { passive: true, capture: true });
+  noteActivity();
+  setInterval(watchIdle, 1000);
   document.getElementById("logout").addEventListener("click", async () => {
     await api("logout");
     state.session = null;
