@@ -47,11 +47,15 @@ class PackedSnapshotStore:
             raise ValueError("keep at least one snapshot per key")
         directory.mkdir(parents=True, exist_ok=True)
         self._db = SqliteFile(directory / PACKED_FILE, _SCHEMA, synchronous="NORMAL", busy_ms=5000, cache_mib=16)
+        # Reads on a connection of their own: `exists` runs on the event loop, and in WAL mode a reader
+        # never waits for a save (or its checkpoint's fsync) holding the writing connection.
+        self._reads = SqliteFile(directory / PACKED_FILE, _SCHEMA, synchronous="NORMAL", busy_ms=5000, cache_mib=16)
         self._legacy = SnapshotStore(directory, files, keep)
         self._dir = directory
         self._keep = keep
 
     def close(self) -> None:
+        self._reads.close()
         self._db.close()
 
     def save(self, snapshot: Snapshot) -> None:
@@ -71,8 +75,8 @@ class PackedSnapshotStore:
 
     def exists(self, key: str) -> bool:
         """Whether `key` may have a snapshot: one indexed look (or its old folder's stat)."""
-        with self._db.lock:
-            found = self._db.db.execute("SELECT 1 FROM snapshots WHERE key_hash = ? LIMIT 1", (_hash(key),))
+        with self._reads.lock:
+            found = self._reads.db.execute("SELECT 1 FROM snapshots WHERE key_hash = ? LIMIT 1", (_hash(key),))
             if found.fetchone() is not None:
                 return True
         return self._legacy.exists(key)
@@ -80,8 +84,8 @@ class PackedSnapshotStore:
     def load(self, key: str, *, at_most_lsn: int | None = None) -> Snapshot | None:
         """The newest valid snapshot of `key` (no newer than `at_most_lsn`), or None; a damaged one is passed over."""
         limit = at_most_lsn if at_most_lsn is not None else (1 << 62)
-        with self._db.lock:
-            rows = self._db.db.execute(
+        with self._reads.lock:
+            rows = self._reads.db.execute(
                 "SELECT lsn, body FROM snapshots WHERE key_hash = ? AND lsn <= ? ORDER BY lsn DESC",
                 (_hash(key), limit),
             ).fetchall()
@@ -93,8 +97,8 @@ class PackedSnapshotStore:
 
     def count(self) -> int:
         """Snapshots held (packed only)."""
-        with self._db.lock:
-            return int(self._db.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0])
+        with self._reads.lock:
+            return int(self._reads.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0])
 
 
 def _hash(key: str) -> str:
