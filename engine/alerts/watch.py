@@ -57,6 +57,8 @@ class AlertWatch:
         self._queue: list[dict[str, object]] = []
         self._queued = anyio.Event()
         self._sent = self._failed = self._dropped = 0
+        # Kept across failed looks, so what holds is not raised again (and POSTed again) after one.
+        self._observe_failures = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Judge at once, then every interval, until cancelled; notices go to the webhook beside it."""
@@ -65,7 +67,11 @@ class AlertWatch:
                 tg.start_soon(self._deliver, self._webhook)
             task_status.started()
             while True:
-                await self.judge_once()
+                try:
+                    await self.judge_once()
+                except OSError as exc:  # a look that could not be had (the quarantine's file, the disk): next time
+                    self._observe_failures += 1
+                    _log.warning("alert.observe_failed", error=type(exc).__name__, failures=self._observe_failures)
                 await anyio.sleep(self._config.interval_s)
 
     async def judge_once(self) -> None:

@@ -113,3 +113,28 @@ async def test_the_token_is_read_from_its_file_and_never_shown(tmp_path: Path) -
     watch = AlertWatch(AlertsConfig(), "n", node.observe, hook)
     shown: Any = watch.statistics()
     assert shown.webhook == "https://pager.example.org"
+
+
+async def test_a_look_that_fails_is_logged_and_the_board_kept_so_nothing_is_raised_twice() -> None:
+    config = AlertsConfig(interval_s=0.01, quiet=(QuietFeedConfig("LAB^GENHOSP", 60),))
+    node = _Node()
+    node.at(61)
+    looks = 0
+
+    async def flaky() -> Observation:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            raise OSError(5, "the quarantine's disk went away")
+        return await node.observe()
+
+    watch = AlertWatch(config, "n", flaky)
+    with structlog.testing.capture_logs() as said:
+        async with anyio.create_task_group() as tg:
+            await tg.start(watch.run)
+            await _until(lambda: looks >= 4)
+            tg.cancel_scope.cancel()
+    events = [e["event"] for e in said]
+    assert events.count("alert.raised") == 1
+    assert "alert.observe_failed" in events
+    assert watch.statistics().raised_total == 1
