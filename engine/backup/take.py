@@ -37,6 +37,9 @@ async def take_backup(data_dir: Path, wal: WriteAheadLog, dest: Path, *, node: s
     """
     await anyio.to_thread.run_sync(_prepare, dest)
     try:
+        # Sealed first: with the audit key, a keyed checkpoint at the durable end, so `vigil audit verify`
+        # on the restored log vouches for it to there (a running node had written none since its start).
+        await wal.seal()
         await anyio.to_thread.run_sync(copy_audit_checkpoints, wal.directory, dest / "wal")
         with wal.cut() as cut:
             await anyio.to_thread.run_sync(copy_cut, wal.directory, cut, dest / "wal")

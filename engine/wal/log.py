@@ -597,20 +597,40 @@ class WriteAheadLog:
     # -- checkpoints ----------------------------------------------------------
 
     async def _checkpoint_beside(self) -> None:
+        # The LSN and its hash are read together here, on the loop, where the writer moves both: read in
+        # the thread, the writer could move the LSN between the two reads, and the keyed checkpoint would
+        # pair one record's LSN with another's hash (a false tamper alarm in `vigil audit verify`).
+        mark = (self._last_lsn, self._last_hash)
         try:
-            await anyio.to_thread.run_sync(self.checkpoint)
+            await anyio.to_thread.run_sync(self.checkpoint, mark)
         finally:
             self._checkpointing = False
 
-    def checkpoint(self) -> None:
-        """Record the last durable LSN and its hash; recovery verifies the chain from here.
+    async def seal(self) -> int:
+        """A checkpoint (and, with the audit key, a keyed one) at the durable end now; its LSN.
 
-        A checkpoint only shortens recovery: if writing it fails, the log is
-        still whole, so the error is logged and the next checkpoint tries again.
+        A copy of the log taken after it (`vigil backup`) is vouched for up to there.
         """
-        if self._last_lsn in (0, self._checkpoint_lsn) or self._failure is not None:
+        while self._checkpointing:  # noqa: ASYNC110 -- the writer's own checkpoint, a moment's work, ends first
+            await anyio.sleep(0.005)
+        self._checkpointing = True
+        try:
+            await anyio.to_thread.run_sync(self.checkpoint, (self._last_lsn, self._last_hash))
+        finally:
+            self._checkpointing = False
+        return self._checkpoint_lsn
+
+    def checkpoint(self, mark: tuple[int, bytes] | None = None) -> None:
+        """Record the last durable LSN and its hash (`mark`, read together; now when None: on the loop only).
+
+        Recovery verifies the chain from here. A checkpoint only shortens
+        recovery: if writing it fails, the log is still whole, so the error is
+        logged and the next checkpoint tries again.
+        """
+        lsn, digest = mark if mark is not None else (self._last_lsn, self._last_hash)
+        if lsn in (0, self._checkpoint_lsn) or self._failure is not None:
             return
-        lsn, digest, at = self._last_lsn, self._last_hash, utc_now()
+        at = utc_now()
         try:
             self._checkpoints.save(Checkpoint(lsn, digest, at))
             if self._audit is not None:

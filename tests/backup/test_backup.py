@@ -38,7 +38,11 @@ def _feed(port: int, acked: list[str], stop: threading.Event) -> None:
                 acked.append(f"hl7:LAB|GENHOSP|CTL{n:06d}")
 
 
-def test_a_backup_taken_while_the_node_acknowledges_restores_to_a_whole_log(tmp_path: Path) -> None:
+def test_a_backup_taken_while_the_node_acknowledges_restores_to_a_whole_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restored, the log verifies with the audit key: the backup sealed it (a keyed checkpoint) at its moment."""
+    monkeypatch.setenv("VIGIL_AUDIT_KEY", "k" * 32)  # the node's and the CLI's
     data, dest, restored = tmp_path / "data", tmp_path / "backup", tmp_path / "restored"
     acked: list[str] = []
     stop = threading.Event()
@@ -68,6 +72,9 @@ def test_a_backup_taken_while_the_node_acknowledges_restores_to_a_whole_log(tmp_
     assert f"through LSN {answer['last_lsn']:,}" in done.stdout
     records = log_records(restored)
     assert [r.lsn for r in records] == list(range(1, answer["last_lsn"] + 1))
+    verified = _vigil("audit", "verify", "--data", str(restored), "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["keyed_checkpoints"] >= 1
     assert set(before) <= {r.message_id for r in records}
     store = AuthStore(restored)
     try:

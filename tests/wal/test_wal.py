@@ -22,6 +22,7 @@ from engine.core.model import Envelope, Lane
 from engine.infra.config import WalConfig
 from engine.wal import (
     DiskFullError,
+    KeyedCheckpoints,
     WALCorruptError,
     WALError,
     WALFailedError,
@@ -659,3 +660,30 @@ async def test_an_urgent_append_to_an_idle_writer_is_written_by_its_caller(
     async with open_wal(tmp_path, config) as wal:
         assert wal.last_lsn == 13
         assert [r.lsn for r in wal.read_from(1)] == list(range(1, 14))
+
+
+async def test_a_checkpoint_taken_beside_the_writer_pairs_each_lsn_with_its_own_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer commits the next group while the checkpoint's thread starts: the keyed checkpoint must still
+    sign LSN n with record n's hash (it read the LSN and the hash apart, in the thread: a false tamper alarm)."""
+    key = b"k" * 32
+    async with open_wal(tmp_path, SMALL, audit_key=key) as wal:
+        await wal.append([envelope(1)])
+        first = (wal.last_lsn, wal._last_hash)
+        await wal.append([envelope(2)])
+        second = (wal.last_lsn, wal._last_hash)
+        wal._last_lsn, wal._last_hash = first  # as it was when the checkpoint fell due
+        real = anyio.to_thread.run_sync
+
+        async def writer_moves_the_lsn(func: object, *args: object) -> object:
+            wal._last_lsn = second[0]  # the next group's LSN is in; its hash not yet
+            return await real(func, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(anyio.to_thread, "run_sync", writer_moves_the_lsn)
+        wal._checkpointing = True
+        await wal._checkpoint_beside()
+        monkeypatch.undo()
+        wal._last_lsn, wal._last_hash = second
+    entries = KeyedCheckpoints(tmp_path, OSFiles(), key).entries()
+    assert (entries[0].lsn, entries[0].hash) == first
