@@ -45,6 +45,7 @@ FEED = [
         "OBR|1|P1|F1|2823-3^K^LN|||20261124095500",
         "OBX|1|NM|2823-3^Potassium^LN||6.9|mmol/L|3.5-5.1|HH|||F|||20261124095500",
         "OBX|2|ST|8251-1^Note^LN||<script>window.__xss=2</script>||||||F",
+        f"OBX|3|ST|48767-8^Comment^LN||{'N' * 400}||||||F",  # one long word: it wraps, never widens the page
     ),
     hl7(  # the potassium corrected: the record keeps both versions
         MSH.format(app="LAB", type="ORU^R01", cid="B3"),
@@ -98,6 +99,12 @@ def _reload_until(page: Any, selector: str, timeout_s: float = 20.0) -> None:
         page.wait_for_load_state("networkidle")
 
 
+def _fits(page: Any) -> None:
+    """The page needs no sideways scrolling at its screen's width (a ward workstation's 1366, a laptop's 1280)."""
+    width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"{page.url}: {width[0]} px wide on a {width[1]} px screen"
+
+
 def _sign_in(page: Any, url: str, user: str, setting: str, data: Path) -> None:
     """The sign-in page names its device; an administrator registers it with its setting (here straight into the
     store, as `vigil workstation register` does); the page, reloaded, says what its sessions will get."""
@@ -126,9 +133,10 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
         "standard",
         "batch",
     ]
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+    _fits(page)
     page.click("text=Quarantine")
     page.wait_for_selector("text=BAD1")
+    _fits(page)
     assert "1 open" in page.locator("h1").text_content()
 
     page.fill("#find-key", KEY)
@@ -147,19 +155,21 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
     assert page.locator("#results").text_content().count("<script>window.__xss=2</script>") == 2  # value, version
     assert page.evaluate("window.__xss") is None
     assert dialogs == []
+    _fits(page)
 
     accesses = [(e.user, e.action, e.outcome, e.reason) for e in _accesses(data)]
     assert ("op.kim", "break_glass", "allowed", "message_investigation") in accesses
     assert ("op.kim", "record", "allowed", "message_investigation") in accesses
 
     # The privacy officer sees the review, closes it, and sees who looked at the record.
-    officer = browser.new_page()
+    officer = browser.new_page(viewport={"width": 1366, "height": 768})
     _sign_in(officer, url, "po.diaz", "office", data)
     officer.locator("#lanes").wait_for()
     officer.click("text=Reviews")
     reviews = officer.locator("#reviews")
     reviews.wait_for()
     assert "ticket 4411" in reviews.text_content()
+    _fits(officer)
     officer.click("#reviews >> text=appropriate")
     officer.wait_for_selector("text=0 open")
     officer.goto(f"{url}#/accesses/{KEY.replace('|', '%7C')}")
@@ -167,17 +177,19 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
     who.wait_for()
     assert "op.kim" in who.text_content()
     assert "message_investigation" in who.text_content()
+    _fits(officer)
 
 
 def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console: tuple[str, Path, Any]) -> None:
     url, data, browser = console
-    context = browser.new_context()
+    context = browser.new_context(viewport={"width": 1366, "height": 768})  # a ward workstation
     page = context.new_page()
     page.clock.install()  # the page's own time, which the test moves on for the idle lock
     _sign_in(page, url, "dr.osei", "ward", data)
     page.locator("#lanes").wait_for()
     page.goto(f"{url}#/worklist")
     _reload_until(page, "#worklist >> text=Acknowledge")  # once the read side has it
+    _fits(page)
     page.click("#worklist >> text=Acknowledge")
     _reload_until(page, "text=Critical results: 0 open")
 
@@ -190,6 +202,7 @@ def test_a_clinician_locks_and_resumes_with_the_pin_on_the_same_patient(console:
     assert versions.startswith("6.9 F")
     assert "5.9 C" in versions
     assert "acknowledged by dr.osei" in row.text_content()
+    _fits(page)
     page.fill("#known-at", "2020-01-01")  # before anything was known: an empty record
     page.click("#moment >> text=Show")
     page.wait_for_function("location.hash.includes('known_at=2020-01-01')")
