@@ -66,6 +66,7 @@ def console(tmp_path: Path, pg_dsn: str, pg_schema: str) -> Iterator[tuple[str, 
     config.write_text(
         '[http]\nlisten = "127.0.0.1:0"\n'
         f'[projections]\ndsn_env = "VIGIL_TEST_NO_SUCH_VARIABLE"\ndsn = "{pg_dsn}"\nschema = "{pg_schema}"\n'
+        '[alerts]\ninterval_s = 0.2\n[[alerts.quiet]]\nsender = "PHARM^GENHOSP"\nwithin_s = 0.5\n'  # never heard
     )
     data = tmp_path / "data"
     with http_node(data, config) as (_proc, mllp_port, http_port):
@@ -134,6 +135,9 @@ def test_an_operator_watches_the_lanes_and_breaks_the_glass_for_one_record(conso
         "batch",
     ]
     _fits(page)
+    # The pharmacy's feed was never heard: the operator sees the alert on the status page (polled).
+    page.wait_for_selector("#alerts >> text=PHARM^GENHOSP", timeout=20_000)
+    assert "feed_quiet" in page.locator("#alerts").text_content()
     page.click("text=Quarantine")
     page.wait_for_selector("text=BAD1")
     _fits(page)

@@ -267,6 +267,7 @@ function renderStatus(status) {
   view(
     el("h1", `Node ${status.node}`),
     el("p", `log at LSN ${status.wal.last_lsn} · up ${Math.round(status.uptime_s)} s · ${status.in_flight} in flight`),
+    el("h2", "Alerts"), alertsView(status.alerts),
     el("h2", "Lanes"), lanes,
     el("h2", "Sources"), sources,
     el("h2", "Routes"), routes,
@@ -274,6 +275,19 @@ function renderStatus(status) {
     el("h2", "Cluster"), cluster,
     el("h2", "Supervision"), tree,
   );
+}
+
+// What holds now of the alert rules ([alerts]): the same as `vigil status` and /metrics.
+function alertsView(alerts) {
+  if (!alerts || typeof alerts !== "object") return el("p", `alerts: ${alerts || "off"}`, { class: "muted" });
+  if (!alerts.active.length) return el("p", `none active (${alerts.raised_total} raised since the node started)`, { class: "muted", id: "alerts" });
+  const list = table(
+    ["rule", "subject", "detail", "since (UTC)"],
+    alerts.active.map((a) => [a.rule, a.subject, a.detail, when(new Date(a.since_us / 1000).toISOString())]),
+  );
+  list.id = "alerts";
+  list.classList.add("critical");
+  return list;
 }
 
 // The cluster as this node sees it: NATS, the members, and each partition's owner and epoch.
