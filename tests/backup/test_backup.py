@@ -17,7 +17,7 @@ from engine.auth import AuthStore, Role
 from engine.backup import MANIFEST_FILE
 from engine.core.hl7 import parse
 from engine.core.mllp import MLLPDecoder
-from tests.harness.node_process import ROOT, VIGIL, exchange, log_records, message, node
+from tests.harness.node_process import ROOT, VIGIL, exchange, log_records, message, node, run_stdin
 from tests.harness.sessions import sign_in
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="the admin socket is a Unix socket")
@@ -75,6 +75,9 @@ def test_a_backup_taken_while_the_node_acknowledges_restores_to_a_whole_log(
     verified = _vigil("audit", "verify", "--data", str(restored), "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout)["keyed_checkpoints"] >= 1
+    # A node serves the restored directory: the next message takes the next LSN.
+    rows, _logs = run_stdin(restored, message(100_000))
+    assert rows == [{"outcome": "accepted", "lsns": [answer["last_lsn"] + 1]}]
     assert set(before) <= {r.message_id for r in records}
     store = AuthStore(restored)
     try:
