@@ -9,7 +9,7 @@ import anyio
 import click
 
 from engine.auth import Permission
-from engine.backup import BackupError, restore_backup, take_backup
+from engine.backup import BackupError, check_backup, restore_backup, take_backup
 from engine.cli.console import DataConsole
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import audit_key, authorized, call, node_or
@@ -67,21 +67,30 @@ def _backup_here(obj: Context, data_dir: Path, dest: Path) -> dict[str, Any]:
 
 @click.command("restore")
 @click.argument("source", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--check", is_flag=True, help="Check the backup where it lies and restore nothing.")
 @DATA_OPTION
 @click.pass_obj
-def restore(obj: Context, source: Path, data: Path | None) -> None:
+def restore(obj: Context, source: Path, data: Path | None, *, check: bool) -> None:
     """Restore the backup in SOURCE into the data directory (new or empty), every file checked first.
 
     Each file's size and SHA-256 against the manifest, then the log's
     recovery checks every record's CRC and the hash chain to the backup's
     LSN. Then `vigil audit verify` (with the audit key) proves the chain.
+    With --check, the same checks on the backup where it lies (the log's copy
+    scanned in place), and nothing is restored: a drill for every night.
     """
-    data_dir = obj.data_dir(data)
+    out = DataConsole(soft_wrap=True)
     try:
+        if check:
+            manifest, records = check_backup(source)
+            line = f"backup in {source} is whole: {len(manifest.files)} files as its manifest says, "
+            out.print(f"{line}the log's {records:,} records verified to LSN {manifest.last_lsn:,}", markup=False)
+            return
+        data_dir = obj.data_dir(data)
         manifest = anyio.run(restore_backup, source, data_dir, obj.config.wal)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     line = f"restored {len(manifest.files)} files from {source} (node {manifest.node}, taken {manifest.taken_at}) "
-    DataConsole(soft_wrap=True).print(
+    out.print(
         f"{line}into {data_dir}: the log recovered through LSN {manifest.last_lsn:,}", markup=False, highlight=False
     )

@@ -5,6 +5,7 @@ the manifest's LSN. A damaged or partial backup is refused, naming the file; onl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -67,6 +68,9 @@ def test_a_backup_taken_while_the_node_acknowledges_restores_to_a_whole_log(
     assert not any(name.startswith(("snapshots", "search", "admin")) for name in manifest["files"])
     assert (dest.stat().st_mode & 0o777) == 0o700
 
+    checked = _vigil("restore", str(dest), "--check")  # the nightly drill: nothing restored
+    assert checked.returncode == 0, checked.stderr
+    assert f"verified to LSN {answer['last_lsn']:,}" in checked.stdout
     done = _vigil("restore", str(dest), "--data", str(restored))
     assert done.returncode == 0, done.stderr
     assert f"through LSN {answer['last_lsn']:,}" in done.stdout
@@ -126,3 +130,20 @@ def test_only_data_backup_may_take_a_backup(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "data.backup" in refused.stderr
     assert not (tmp_path / "backup").exists()
+
+
+def test_the_check_finds_a_log_copy_changed_with_its_manifest(tmp_path: Path) -> None:
+    """Whoever rewrites a segment and its manifest entry alike still meets the log's own CRCs and chain."""
+    data, dest = tmp_path / "data", tmp_path / "backup"
+    sign_in(data, "admin.lee", Role.ADMINISTRATOR)
+    assert _vigil("backup", str(dest), "--data", str(data)).returncode == 0
+    [segment] = sorted((dest / "wal").glob("*.seg"))
+    body = bytearray(segment.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    segment.write_bytes(bytes(body))
+    manifest = json.loads((dest / MANIFEST_FILE).read_text())
+    manifest["files"][f"wal/{segment.name}"] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest))
+    checked = _vigil("restore", str(dest), "--check")
+    assert checked.returncode == 1
+    assert "is damaged" in checked.stderr
