@@ -10,7 +10,7 @@ import msgspec
 
 from engine.core.errors import VigilError
 
-__all__ = ["MANIFEST_FILE", "BackupError", "FileEntry", "Manifest", "digest_of"]
+__all__ = ["MANIFEST_FILE", "BackupError", "FileEntry", "Manifest", "digest_of", "new_private_directory"]
 
 MANIFEST_FILE: Final = "vigil-backup.json"
 FORMAT: Final = 1
@@ -35,6 +35,23 @@ class Manifest(msgspec.Struct, frozen=True):
     taken_at: str
     last_lsn: int
     files: dict[str, FileEntry]
+
+    def summary(self, dest: str) -> dict[str, object]:
+        """What `vigil backup` answers: where, through which LSN, how many files and bytes."""
+        total = sum(f.bytes for f in self.files.values())
+        return {"dest": dest, "last_lsn": self.last_lsn, "files": len(self.files), "bytes": total}
+
+
+def new_private_directory(path: Path, why: str) -> None:
+    """`path` made owner-only, new or empty (a backup, or a data directory restored from one).
+
+    Raises:
+        BackupError: `path` holds something already (`why` says what goes there instead).
+    """
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BackupError(f"{path} is not an empty directory: {why}")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # it holds every record: as private as a data directory
 
 
 def digest_of(path: Path) -> FileEntry:

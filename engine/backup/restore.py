@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from engine.backup.manifest import MANIFEST_FILE, BackupError, Manifest, digest_of
+from engine.backup.manifest import MANIFEST_FILE, BackupError, Manifest, digest_of, new_private_directory
 from engine.infra.config import WalConfig
 from engine.wal import OSFiles, WALCorruptError, open_wal, scan_log, sync_file
 
@@ -82,10 +82,7 @@ async def restore_backup(backup: Path, data_dir: Path, config: WalConfig) -> Man
 
 
 def _copy_in(backup: Path, data_dir: Path, manifest: Manifest) -> None:
-    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise BackupError(f"{data_dir} is not an empty directory: a backup is restored into a new one")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
+    new_private_directory(data_dir, "a backup is restored into a new one")
     for name in manifest.files:
         target = data_dir / name
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ import anyio
 import msgspec
 
 from engine.auth import STORE_FILE
-from engine.backup.manifest import FORMAT, MANIFEST_FILE, BackupError, Manifest, digest_of
+from engine.backup.manifest import FORMAT, MANIFEST_FILE, BackupError, Manifest, digest_of, new_private_directory
 from engine.infra.clock import utc_now
-from engine.wal import WriteAheadLog, copy_audit_checkpoints, copy_cut, sync_dir, sync_file
+from engine.wal import OSFiles, WriteAheadLog, copy_audit_checkpoints, copy_cut, sync_file, write_atomic
 
 __all__ = ["take_backup"]
 
@@ -52,10 +52,7 @@ async def take_backup(data_dir: Path, wal: WriteAheadLog, dest: Path, *, node: s
 
 
 def _prepare(dest: Path) -> None:
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise BackupError(f"{dest} is not an empty directory: a backup goes into a new one")
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dest.chmod(0o700)  # it holds every record: as private as the data directory
+    new_private_directory(dest, "a backup goes into a new one")
 
 
 def _copy_store(source: Path, target: Path) -> None:
@@ -91,9 +88,5 @@ def _write_manifest(dest: Path, node: str, last_lsn: int) -> Manifest:
         if path.is_file() and path.name != MANIFEST_FILE
     }
     manifest = Manifest(FORMAT, node, utc_now(), last_lsn, files)
-    temp = dest / f"{MANIFEST_FILE}.tmp"
-    temp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
-    sync_file(temp)
-    temp.replace(dest / MANIFEST_FILE)
-    sync_dir(dest)
+    write_atomic(OSFiles(), dest / MANIFEST_FILE, msgspec.json.format(msgspec.json.encode(manifest)))
     return manifest

@@ -50,9 +50,7 @@ def _backup_here(obj: Context, data_dir: Path, dest: Path) -> dict[str, Any]:
                 manifest = await take_backup(data_dir, log, dest, node=obj.config.node.id)
             except BackupError as exc:  # carried out of the log's task group as a value
                 return exc
-            files = manifest.files.values()
-            total = sum(f.bytes for f in files)
-            return {"dest": str(dest), "last_lsn": manifest.last_lsn, "files": len(files), "bytes": total}
+            return manifest.summary(str(dest))
 
     try:
         answer = anyio.run(taken)

@@ -36,9 +36,4 @@ class BackupRequests:
             await self._auth.acted(access, "backup", f"to {dest}: failed")
             raise AdminError(str(exc)) from None
         await self._auth.acted(access, "backup", f"to {dest}: through LSN {manifest.last_lsn}")
-        return {
-            "dest": dest,
-            "last_lsn": manifest.last_lsn,
-            "files": len(manifest.files),
-            "bytes": sum(f.bytes for f in manifest.files.values()),
-        }
+        return manifest.summary(dest)

@@ -1,7 +1,7 @@
 """The write-ahead log (node floor): durable records, checkpoints, verification."""
 
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
-from engine.wal.copy import LogCut, copy_audit_checkpoints, copy_cut, sync_dir, sync_file
+from engine.wal.copy import LogCut, copy_audit_checkpoints, copy_cut, sync_file
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
 from engine.wal.files import FileLayer, OSFiles, write_atomic
 from engine.wal.group import Position
@@ -67,7 +67,6 @@ __all__ = [
     "open_wal",
     "scan_log",
     "segment_name",
-    "sync_dir",
     "sync_file",
     "write_atomic",
 ]

@@ -17,9 +17,10 @@ from typing import Final, final
 
 import msgspec
 
+from engine.wal.files import OSFiles
 from engine.wal.keyed_checkpoints import AUDIT_FILE
 
-__all__ = ["LogCut", "copy_audit_checkpoints", "copy_cut", "sync_dir", "sync_file"]
+__all__ = ["LogCut", "copy_audit_checkpoints", "copy_cut", "sync_file"]
 
 _CHUNK: Final = 1 << 20
 _BASE: Final = "base"
@@ -64,7 +65,7 @@ def copy_cut(directory: Path, cut: LogCut, dest: Path) -> list[Path]:
         shutil.copyfile(directory / _BASE, dest / _BASE)
         sync_file(dest / _BASE)
         written.append(dest / _BASE)
-    sync_dir(dest)
+    OSFiles().sync_dir(dest)
     return written
 
 
@@ -72,12 +73,3 @@ def sync_file(path: Path) -> None:
     """fsync a file by its path (a copy made with shutil, which does not)."""
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def sync_dir(path: Path) -> None:
-    """fsync a directory: the names of the files made in it are durable too."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
