@@ -89,14 +89,21 @@ class _Query(msgspec.Struct, frozen=True):
     reply: Reply[RecordView]
 
 
-_Message = Applied | _Query
+@final
+class _Keep(msgspec.Struct, frozen=True):
+    """Snapshot the record now, whatever it gained (retention, before the log lets its records go)."""
+
+    reply: Reply[int]
+
+
+_Message = Applied | _Query | _Keep
 
 
 def _urgency(mailbox: Iterable[_Message]) -> int:
-    """The most urgent lane in a mailbox (0 critical, 1 standard, 2 batch); a query is standard."""
+    """The most urgent lane in a mailbox (0 critical, 1 standard, 2 batch); a query is standard, a snapshot batch."""
     best = 2
     for message in mailbox:
-        rank = message.lane.rank if isinstance(message, Applied) else 1
+        rank = message.lane.rank if isinstance(message, Applied) else 2 if isinstance(message, _Keep) else 1
         if rank < best:
             best = rank
             if best == 0:
@@ -143,6 +150,9 @@ class _Patient:
             if isinstance(message, _Query):
                 message.reply.set(self._view(message))
                 continue
+            if isinstance(message, _Keep):
+                await self._keep(message.reply)
+                continue
             try:
                 self.now_view = None
                 self.record = await self.registry.apply(self.record, message)
@@ -153,6 +163,16 @@ class _Patient:
                     raise
                 await self.registry.poisoned(self.patient, message, exc)
             self.attempts = 0
+
+    async def _keep(self, reply: Reply[int]) -> None:
+        if self.record.last_lsn > self.snapshot_lsn:
+            try:
+                await self.registry.save_snapshot(self.record)
+            except Exception as exc:  # noqa: BLE001 -- told to the asker: the record itself is unharmed
+                reply.fail(exc)
+                return
+            self.snapshot_lsn, self.snapshot_facts = self.record.last_lsn, len(self.record.facts)
+        reply.set(self.snapshot_lsn)
 
     def _view(self, query: _Query) -> RecordView:
         if query.known_at_lsn is not None or query.known_at is not None or query.as_of is not None:
@@ -234,6 +254,24 @@ class PatientActors:
             await self._send(patient, _Query(known_at_lsn, known_at, as_of, reply))
             return await reply.wait()
 
+    async def keep_snapshot(self, patient: str, *, timeout_s: float = 30.0) -> int:
+        """Snapshot the patient's record as its actor holds it now (activating it if needed); its LSN.
+
+        For retention: a segment leaves the log only once every patient in it
+        has a snapshot past it. Goes behind the patient's other work, as batch.
+
+        Raises:
+            TimeoutError: the actor did not answer in time.
+            Exception: the snapshot could not be saved.
+        """
+        reply: Reply[int] = Reply()
+        with anyio.fail_after(timeout_s):
+            await self._send(patient, _Keep(reply))
+            return await reply.wait()
+
+    async def save_snapshot(self, record: PatientRecord) -> None:
+        await self._source.save(record)
+
     def statistics(self) -> PatientStatistics:
         return PatientStatistics(
             len(self._active),
@@ -286,7 +324,7 @@ class PatientActors:
         except Exception as exc:  # noqa: BLE001 -- contained: the log still has every record
             _log.error("patients.activation_failed", error=type(exc).__name__)
             for message in self._stashes.pop(patient):
-                if isinstance(message, _Query):
+                if isinstance(message, _Query | _Keep):
                     message.reply.fail(exc)
             self._activated.pop(patient).set()
             return

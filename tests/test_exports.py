@@ -29,6 +29,7 @@ FACES = [
     "engine.search",
     "engine.alerts",
     "engine.backup",
+    "engine.retention",
     "engine.deploy",
     "engine.web",
     "engine.auth",

@@ -41,6 +41,7 @@ __all__ = [
     "ProjectionsConfig",
     "QuietFeedConfig",
     "RestartLimits",
+    "RetentionConfig",
     "SearchConfig",
     "SupervisionConfig",
     "WalConfig",
@@ -378,10 +379,6 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             recovery verifies the hash chain from the last checkpoint.
         sparse_index_records_interval: one (LSN, offset) index entry per this
             many records.
-        retention: "keep-all" (the default: it is a medical record), or
-            "release-before-snapshot": segments wholly older than the oldest
-            snapshot still needed may be deleted (`release_segments_before`;
-            a node refuses it at start: nothing in it decides when yet).
         sync: where a group's write and fsync run. "inline": on the event
             loop's thread (the default: on local disks the hop to a thread
             costs more than the fsync). "thread": in a worker thread, so the
@@ -397,7 +394,6 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_appends_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     checkpoint_records_interval: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     sparse_index_records_interval: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 64
-    retention: Literal["keep-all", "release-before-snapshot"] = "keep-all"
     sync: Literal["inline", "thread"] = "inline"
 
 
@@ -560,6 +556,44 @@ class QuietFeedConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 @final
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long the log keeps its records before they move to the archive (`[retention]`).
+
+    Nothing leaves the log unless `archive` is set: it is a medical record.
+    The unit is a sealed segment: it is archived (compressed, with its place
+    in the hash chain) once every record in it is older than its lane's
+    period, every reader of the log is past it, and every patient in it has
+    a snapshot past it. A lane whose period is 0 keeps its records for good,
+    and so every segment that holds one.
+
+    Attributes:
+        archive: the folder archived segments go to (relative to the data
+            directory unless absolute); "" keeps everything in the log.
+        critical_days: how long critical-lane records stay in the log (0: for good).
+        standard_days: the same for the standard lane.
+        batch_days: the same for the batch lane (billing may go sooner).
+        interval_s: how often the node looks for segments to archive.
+        segments_per_pass_max: the most segments archived in one look (the
+            rest wait for the next): each is read whole and compressed.
+    """
+
+    archive: str = ""
+    critical_days: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    standard_days: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    batch_days: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 3600.0
+    segments_per_pass_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.archive)
+
+    def keep_days(self, lane: str) -> float:
+        """A lane's period in days (0: for good)."""
+        return {"critical": self.critical_days, "standard": self.standard_days, "batch": self.batch_days}[lane]
+
+
+@final
 class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Alerts: rules judged every `interval_s`; each alert raised and cleared once.
 
@@ -633,6 +667,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workstation: WorkstationConfig = WorkstationConfig()
     search: SearchConfig = SearchConfig()
     alerts: AlertsConfig = AlertsConfig()
+    retention: RetentionConfig = RetentionConfig()
     routes: tuple[RouteConfig, ...] = ()
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from engine.ingress.mllp_listener import MLLPServer
 from engine.projections import ProjectionRunner, dsn_of
 from engine.wal import WriteAheadLog, audit_key_from_env
 
-__all__ = ["admin_listener", "join_cluster", "mllp_server", "read_side", "warn_if_unkeyed"]
+__all__ = ["admin_listener", "archive_path", "join_cluster", "mllp_server", "read_side", "warn_if_unkeyed"]
 
 _log = structlog.get_logger("vigil.node")
 
@@ -29,16 +29,20 @@ def refuse_unbuilt(config: Config) -> None:
     """A setting whose part no node has yet: refused at start, never a knob that silently does nothing.
 
     Raises:
-        ConfigError: `wal.retention = "release-before-snapshot"` (the log can release segments, but
-            nothing in a node decides when: every consumer's position and every patient's snapshot
-            would have to be past them, and a read as of a moment before them would fold a history
-            with its start missing).
+        ConfigError: `[retention]` in a cluster. A takeover reads the records this node
+            had not yet published from its own log (`Cluster.orphans`), and nothing yet
+            tells the archive how far that is: a segment archived too soon would lose them.
     """
-    if config.wal.retention != "keep-all":
+    if config.retention.enabled and config.cluster.enabled:
         raise ConfigError(
-            f"wal.retention = {config.wal.retention!r}: a node does not release segments yet "
-            '(nothing decides when every reader is past them); use "keep-all"'
+            "retention.archive with cluster.enabled: a node in a cluster does not archive its log yet "
+            "(a takeover may still need the records it has not published); leave retention.archive empty"
         )
+
+
+def archive_path(config: Config, data_dir: Path) -> Path:
+    """`retention.archive`, relative to the data directory unless absolute."""
+    return data_dir / config.retention.archive
 
 
 def warn_if_unkeyed(config: Config) -> bool:

@@ -66,6 +66,7 @@ from engine.node.backup_requests import BackupRequests
 from engine.node.fanout import Fanout
 from engine.node.from_config import (
     admin_listener,
+    archive_path,
     join_cluster,
     mllp_server,
     read_side,
@@ -82,6 +83,7 @@ from engine.node.requests import NodeRequests
 from engine.node.review_requests import ReviewRequests
 from engine.node.route_requests import RouteRequests
 from engine.projections import ProjectionRunner, dsn_of
+from engine.retention import ArchiveFolder, Archiver
 from engine.routes import Routes
 from engine.search import INDEX_FILE, SearchFollower
 from engine.wal import (
@@ -144,6 +146,8 @@ class Node:
         self._nats: NatsSource | None = None
         self._search: SearchFollower | None = None
         self._alerts: AlertWatch | None = None
+        self._archiver: Archiver | None = None
+        self._snapshots: PackedSnapshotStore | None = None
         self._mllp_port: int | None = None
         self._mllp_server: MLLPServer | None = None
         # One ACK builder for MLLP and HTTP: each ACK's own MSH-10 (`NODE-n`) from one counter, never twice.
@@ -265,6 +269,8 @@ class Node:
             children.append(self._child("search", self._search.run))
         if self.config.cluster.enabled:
             children.append(self._child("cluster", self._run_cluster))
+        if self.config.retention.enabled:
+            children.append(self._child("retention", self._run_retention))
         children += [
             self._child("admin", self._run_admin),
             self._child("summaries", self._summaries),
@@ -348,6 +354,7 @@ class Node:
             snapshot_min_records=self.config.actors.snapshot_min_records,
         )
         self._fanout.actors = actors
+        self._snapshots = snapshots
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(actors.run)
@@ -355,6 +362,8 @@ class Node:
         finally:
             if self._fanout.actors is actors:
                 self._fanout.actors = None
+            if self._snapshots is snapshots:
+                self._snapshots = None
             snapshots.close()
 
     async def _run_lanes(self, *, task_status: TaskStatus[None]) -> None:
@@ -367,6 +376,39 @@ class Node:
     async def _run_cluster(self, *, task_status: TaskStatus[None]) -> None:
         assert self._cluster is not None
         await self._cluster.run(task_status=task_status)
+
+    async def _run_retention(self, *, task_status: TaskStatus[None]) -> None:
+        """The archiver (`[retention]`): old segments to the archive once every reader and snapshot is past them."""
+        self._archiver = Archiver(
+            self.config.retention,
+            ArchiveFolder(archive_path(self.config, self.data_dir)),
+            log=lambda: self.wal,
+            readers=self._log_readers,
+            snapshot_lsns=self._snapshot_lsns,
+            keep_snapshot=self._keep_snapshot,
+        )
+        await self._archiver.run(task_status=task_status)
+
+    def _log_readers(self) -> dict[str, int]:
+        """Each part that reads the log by position, and the lowest LSN it may still read."""
+        readers = self._routes.needs_from()
+        if self._projections is not None:
+            readers["the read side"] = self._projections.needs_from()
+        if self._search is not None:
+            readers["the search index"] = self._search.indexed_to  # it reads its last record again, to check it
+        return readers
+
+    def _snapshot_lsns(self, patients: list[str]) -> dict[str, int]:
+        store = self._snapshots
+        if store is None:
+            return {}  # the patient actors are restarting: every patient counts as without a snapshot
+        return {p: s.lsn if (s := store.load(p)) is not None else 0 for p in patients}
+
+    async def _keep_snapshot(self, patient: str) -> int:
+        actors = self._fanout.actors
+        if actors is None:
+            raise LookupError("the patient actors are restarting")
+        return await actors.keep_snapshot(patient)
 
     async def _run_admin(self, *, task_status: TaskStatus[None]) -> None:
         """The admin socket (and its TLS listener, with `[admin] listen`) and the sessions' persistence."""
@@ -525,6 +567,7 @@ class Node:
             "projections": msgspec.to_builtins(self._projections.status()) if self._projections else "off",
             "search": {"indexed_to": self._search.indexed_to} if self._search is not None else "off",
             "cluster": msgspec.to_builtins(self._cluster.statistics()) if self._cluster else "off",
+            "retention": msgspec.to_builtins(self._archiver.status()) if self._archiver is not None else "off",
             "routes": msgspec.to_builtins(self._routes.statistics()),
             "alerts": msgspec.to_builtins(self._alerts.statistics()) if self._alerts is not None else "starting",
             "in_flight": self.parts.intake.in_flight,

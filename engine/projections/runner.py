@@ -166,6 +166,10 @@ class ProjectionRunner:
         applied = min(self._positions.values()) if self._positions else 0
         return max(0, last - applied), round(self._lag_s(applied, last), 3)
 
+    def needs_from(self) -> int:
+        """The lowest LSN a projection has yet to apply (0 before positions are loaded: it cannot say)."""
+        return min(self._positions.values()) + 1 if self._positions else 0
+
     def status(self) -> ProjectionStatus:
         lag_records, lag_s = self.lag()
         return ProjectionStatus(

@@ -111,6 +111,11 @@ class Ledger:
         return self._ends[0] if self._starts and self._starts[0] == 1 else 0
 
     @property
+    def needs_from(self) -> int:
+        """The lowest LSN the route may still read: its first unsettled, a refusal to send again, a replay's next."""
+        return min([self.mark + 1, *self.refused, *(r.next_lsn for r in self.replays)])
+
+    @property
     def ranges(self) -> int:
         return len(self._starts)
 

@@ -233,6 +233,11 @@ class Route:
         """Every LSN up to here is settled (delivered, refused, or not for this route)."""
         return self._ledger.mark
 
+    @property
+    def needs_from(self) -> int:
+        """The lowest LSN this route may still read from the log (retention keeps it and after)."""
+        return self._ledger.needs_from
+
     # -- operators --------------------------------------------------------------------
 
     def statistics(self) -> RouteStatistics:

@@ -74,6 +74,10 @@ class Routes:
         """Each route's settled mark on this log (0 while it restarts): its position, for the cluster."""
         return {name: route.settled_mark if (route := self._running.get(name)) else 0 for name in self.configs}
 
+    def needs_from(self) -> dict[str, int]:
+        """Each route's lowest LSN it may still read (0 while it restarts: it cannot say)."""
+        return {f"route {name}": route.needs_from if (route := self._running.get(name)) else 0 for name in self.configs}
+
     def settled_elsewhere(self, settled: Mapping[str, frozenset[str]]) -> None:
         """Messages about to be adopted that a route had settled on another node: it will not send them."""
         for name, ids in settled.items():

@@ -6,7 +6,7 @@ from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFaile
 from engine.wal.files import FileLayer, OSFiles, write_atomic
 from engine.wal.group import Position
 from engine.wal.keyed_checkpoints import KeyedCheckpoints, audit_key_from_env
-from engine.wal.log import Durable, WALStatistics, WriteAheadLog, open_wal
+from engine.wal.log import Durable, SegmentFile, WALStatistics, WriteAheadLog, open_wal
 from engine.wal.packed_snapshots import PACKED_FILE, PackedSnapshotStore
 from engine.wal.quarantine import POISON_RECORD, Quarantine, QuarantineItem
 from engine.wal.reader import iter_records
@@ -16,9 +16,11 @@ from engine.wal.record import (
     EventsRecord,
     LogRecord,
     MessageRecord,
+    body_hash,
     decode_events,
     decode_message,
     encode_frame,
+    read_frame,
 )
 from engine.wal.scan import Progress, ScanResult, scan_log, segment_name
 from engine.wal.small_file import DamagedFileError, SmallFile
@@ -47,6 +49,7 @@ __all__ = [
     "Quarantine",
     "QuarantineItem",
     "ScanResult",
+    "SegmentFile",
     "SmallFile",
     "Snapshot",
     "SnapshotStore",
@@ -58,6 +61,7 @@ __all__ = [
     "WALStatistics",
     "WriteAheadLog",
     "audit_key_from_env",
+    "body_hash",
     "copy_audit_checkpoints",
     "copy_cut",
     "decode_events",
@@ -65,6 +69,7 @@ __all__ = [
     "encode_frame",
     "iter_records",
     "open_wal",
+    "read_frame",
     "scan_log",
     "segment_name",
     "sync_file",

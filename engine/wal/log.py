@@ -41,7 +41,7 @@ from engine.infra.config import WalConfig
 from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.copy import LogCut
-from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError
+from engine.wal.errors import DiskFullError, WALCorruptError, WALFailedError
 from engine.wal.files import FileLayer, OSFiles
 from engine.wal.group import Append, Framed, Pending, Position, answer, critical_first
 from engine.wal.index import IndexStore, LogIndex, sparse_offset
@@ -52,7 +52,7 @@ from engine.wal.scan import Progress, ScanResult, SegmentInfo, released_segments
 from engine.wal.segment_file import ActiveSegment
 from engine.wal.segment_reads import SegmentReads
 
-__all__ = ["Durable", "Position", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
+__all__ = ["Durable", "Position", "SegmentFile", "WALStatistics", "WriteAheadLog", "open_wal", "utc_now"]
 
 _log = structlog.get_logger("vigil.wal")
 
@@ -85,6 +85,16 @@ def _durable(group: list[Append]) -> list[Durable]:
         for env, position in zip(request.envelopes, request.positions, strict=True)
         if not position.duplicate
     ]
+
+
+@final
+class SegmentFile(msgspec.Struct, frozen=True):
+    """A sealed segment: its file, its LSN range and its valid length (what retention reads)."""
+
+    path: Path
+    first_lsn: int
+    last_lsn: int
+    size: int
 
 
 @final
@@ -657,16 +667,11 @@ class WriteAheadLog:
     async def release_segments_before(self, lsn: int) -> int:
         """Delete whole sealed segments whose records are all below `lsn`; return how many.
 
-        For the actors' snapshots: `lsn` is the oldest snapshot still needed.
-        Only with `wal.retention = "release-before-snapshot"`: by default a
-        medical record keeps everything. The base file is written before any
-        deletion, so a crash in between loses nothing the log still needs.
-
-        Raises:
-            WALError: retention is keep-all.
+        The caller decides that nothing needs them any more (`engine.retention`
+        archives them first): by default a medical record keeps everything.
+        The base file is written before any deletion, so a crash in between
+        loses nothing the log still needs.
         """
-        if self.config.retention != "release-before-snapshot":
-            raise WALError('retention is "keep-all": no segment is released')
         if self._copies:
             return 0  # a backup is copying them: the next look releases them
         segments = self._index.segments
@@ -698,6 +703,10 @@ class WriteAheadLog:
             yield LogCut(self._last_lsn, tuple((seg.path.name, seg.size) for seg in self._index.segments))
         finally:
             self._copies -= 1
+
+    def sealed_segments(self) -> list[SegmentFile]:
+        """The segments no longer written (every one but the last), oldest first."""
+        return [SegmentFile(seg.path, seg.first_lsn, seg.last_lsn, seg.size) for seg in self._index.segments[:-1]]
 
     def _last_hash_of(self, seg: SegmentInfo) -> bytes:
         """The chain hash of a sealed segment's last record."""

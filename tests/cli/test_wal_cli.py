@@ -189,7 +189,7 @@ def test_audit_without_checkpoints_is_a_problem(tmp_path: Path, key: str | None)
 
 def test_verify_and_audit_after_segments_were_released(tmp_path: Path) -> None:
     """After a release, the chain verifies from the base and keyed checkpoints below it are MAC-checked only."""
-    config = WalConfig(checkpoint_records_interval=10, segment_bytes_max=64 * 1024, retention="release-before-snapshot")
+    config = WalConfig(checkpoint_records_interval=10, segment_bytes_max=64 * 1024)
 
     async def fill_and_release() -> int:
         async with open_wal(tmp_path / "wal", config, audit_key=KEY.encode()) as wal:

@@ -541,16 +541,17 @@ def test_stdin_parsed_in_worker_processes_answers_as_the_loop_does(tmp_path: Pat
 
 
 def test_a_setting_no_part_of_the_node_carries_out_is_refused_at_start(tmp_path: Path) -> None:
-    """wal.retention = "release-before-snapshot" did nothing in a node (nothing called the release): now it says so."""
+    """Retention in a cluster is not built (a takeover may need unpublished records): a node says so at start."""
     config = tmp_path / "vigil.toml"
-    config.write_text('[wal]\nretention = "release-before-snapshot"\n')
+    config.write_text(
+        '[retention]\narchive = "archive"\nbatch_days = 1\n'
+        '[cluster]\nenabled = true\nservers = ["nats://127.0.0.1:1"]\n'
+    )
     proc = subprocess.run(
-        [VIGIL, "--config", str(config), "run", "--stdin", "--data", str(tmp_path / "data")],
-        input=message(1),
+        [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--data", str(tmp_path / "data")],
         capture_output=True,
         timeout=120,
         check=False,
     )
     assert proc.returncode == 1
-    assert b"a node does not release segments yet" in proc.stderr
-    assert not (tmp_path / "data" / "wal").exists() or log_ids(tmp_path / "data") == []
+    assert b"does not archive its log yet" in proc.stderr

@@ -24,7 +24,6 @@ from engine.wal import (
     DiskFullError,
     KeyedCheckpoints,
     WALCorruptError,
-    WALError,
     WALFailedError,
     WALLockedError,
     copy_cut,
@@ -456,16 +455,7 @@ RELEASING = WalConfig(
     segment_bytes_max=64 * 1024,
     checkpoint_records_interval=50,
     sparse_index_records_interval=4,
-    retention="release-before-snapshot",
 )
-
-
-async def test_release_is_refused_by_default(tmp_path: Path) -> None:
-    """Keep-all is the default: a medical record is not trimmed unless configured."""
-    async with open_wal(tmp_path, SMALL) as wal:
-        await wal.append([envelope(1)])
-        with pytest.raises(WALError, match="keep-all"):
-            await wal.release_segments_before(10**9)
 
 
 async def test_released_segments_leave_a_verifiable_log(tmp_path: Path) -> None:

@@ -1,0 +1,155 @@
+"""The archiver over a real log, snapshot store and patient actors: what may go goes, what must stay stays,
+and every patient's record is rebuilt the same from its snapshot and what the log keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from actors import PatientActors, PatientRecord
+from engine.core.model import Lane
+from engine.infra.clock import wall_now
+from engine.infra.config import RetentionConfig
+from engine.node.record_source import LogRecordSource, PoisonQuarantine
+from engine.retention import ArchiveError, ArchiveFolder, Archiver
+from engine.wal import OSFiles, PackedSnapshotStore, Quarantine, WriteAheadLog, open_wal, scan_log
+from engine.wal.base import BaseStore
+from tests.harness.helpers import SMALL, envelope
+
+pytestmark = pytest.mark.anyio
+
+_PATIENTS = 7  # envelope(i) is for patient H|P{i % 7}
+_LATER = timedelta(days=2)  # the archiver's clock, past a batch period of a day
+
+
+def _config(tmp_path: Path, **days: float) -> RetentionConfig:
+    return RetentionConfig(archive=str(tmp_path / "archive"), **days)
+
+
+async def _fill(wal: WriteAheadLog, batch_before: int, batch_after: int) -> int:
+    """Billing records, one standard record, more billing; the standard record's LSN."""
+    for i in range(batch_before):
+        await wal.append([envelope(i, Lane.BATCH, size=1000)])
+    [standard] = await wal.append([envelope(10_000, Lane.STANDARD, patient="H|P0")])
+    for i in range(batch_after):
+        await wal.append([envelope(20_000 + i, Lane.BATCH, size=1000)])
+    return standard.lsn
+
+
+def _rebuilt(wal: WriteAheadLog, snapshots: PackedSnapshotStore) -> dict[str, PatientRecord]:
+    """Each patient's record as an activation builds it: its snapshot, then the log's tail after it."""
+    out = {}
+    for n in range(_PATIENTS):
+        patient = f"H|P{n}"
+        snapshot, tail = LogRecordSource(wal, snapshots)._load(patient)
+        record = snapshot if snapshot is not None else PatientRecord.empty(patient)
+        out[patient] = record.extend((a.lsn, a.recorded_at, a.message_id, a.events) for a in tail)
+    return out
+
+
+@asynccontextmanager
+async def _archiver(
+    tmp_path: Path,
+    wal: WriteAheadLog,
+    config: RetentionConfig,
+    readers: Callable[[], Mapping[str, int]],
+    now: Callable[[], datetime] = lambda: wall_now() + _LATER,
+) -> AsyncIterator[tuple[Archiver, PackedSnapshotStore]]:
+    snapshots = PackedSnapshotStore(tmp_path / "snapshots", OSFiles())
+    quarantine = PoisonQuarantine(wal, Quarantine(tmp_path / "quarantine", OSFiles()))
+    # Passivation never snapshots here: every snapshot is one the archiver asked for.
+    actors = PatientActors(LogRecordSource(wal, snapshots), quarantine, snapshot_min_records=10**9)
+
+    def snapshot_lsns(patients: list[str]) -> dict[str, int]:
+        return {p: s.lsn if (s := snapshots.load(p)) is not None else 0 for p in patients}
+
+    archiver = Archiver(
+        config,
+        ArchiveFolder(Path(config.archive)),
+        log=lambda: wal,
+        readers=readers,
+        snapshot_lsns=snapshot_lsns,
+        keep_snapshot=actors.keep_snapshot,
+        now=now,
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(actors.run)
+            yield archiver, snapshots
+            tg.cancel_scope.cancel()
+    finally:
+        snapshots.close()
+
+
+async def test_segments_past_their_period_go_and_every_record_is_rebuilt_the_same(tmp_path: Path) -> None:
+    """Billing-only segments go (batch_days), the one with a standard record (kept for good) stops the pass;
+    the archive, then the log from its base, prove the whole chain; every record is rebuilt the same."""
+    config = _config(tmp_path, batch_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        standard_lsn = await _fill(wal, 300, 100)
+        before = _rebuilt(wal, PackedSnapshotStore(tmp_path / "none", OSFiles()))
+        holding = next(s for s in wal.sealed_segments() if s.first_lsn <= standard_lsn <= s.last_lsn)
+        async with _archiver(tmp_path, wal, config, lambda: {"route r": wal.last_lsn + 1}) as (archiver, snapshots):
+            went = await archiver.archive_due()
+            status = archiver.status()
+            assert went >= 3
+            assert wal.first_lsn == holding.first_lsn
+            assert "standard records, kept for good" in status.kept_because
+            assert (status.archived_segments, status.archived_through_lsn) == (went, holding.first_lsn - 1)
+            assert await archiver.archive_due() == 0  # nothing more may go: a second look changes nothing
+            assert _rebuilt(wal, snapshots) == before
+        base = BaseStore(wal.directory, OSFiles()).load()
+    report = ArchiveFolder(Path(config.archive)).verify((base.first_lsn, base.prev_hash))
+    assert (report.segments, report.first_lsn, report.last_lsn) == (went, 1, holding.first_lsn - 1)
+    scanned = scan_log(tmp_path / "wal", OSFiles())
+    assert (scanned.first_lsn, scanned.last_lsn) == (holding.first_lsn, standard_lsn + 100)
+
+
+async def test_a_reader_behind_keeps_the_segment_it_still_needs(tmp_path: Path) -> None:
+    config = _config(tmp_path, batch_days=1, standard_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        await _fill(wal, 300, 0)
+        async with _archiver(tmp_path, wal, config, lambda: {"route lab": 5, "the read side": 10**9}) as (archiver, _):
+            assert await archiver.archive_due() == 0
+            assert archiver.status().kept_because.endswith("route lab still needs LSN 5")
+        async with _archiver(tmp_path, wal, config, lambda: {"the search index": 0}) as (archiver, _):
+            assert await archiver.archive_due() == 0
+            assert "the search index cannot say where it is now" in archiver.status().kept_because
+        assert wal.first_lsn == 1
+    assert not list((tmp_path / "archive").glob("*.json"))
+
+
+async def test_records_younger_than_their_period_stay(tmp_path: Path) -> None:
+    config = _config(tmp_path, batch_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        await _fill(wal, 300, 0)
+        async with _archiver(tmp_path, wal, config, dict, now=wall_now) as (archiver, _):
+            assert await archiver.archive_due() == 0
+            assert "its newest batch record is kept until" in archiver.status().kept_because
+        assert wal.first_lsn == 1
+
+
+async def test_a_damaged_archive_is_refused_naming_the_segment(tmp_path: Path) -> None:
+    config = _config(tmp_path, batch_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        await _fill(wal, 300, 100)
+        async with _archiver(tmp_path, wal, config, dict) as (archiver, _):
+            assert await archiver.archive_due() >= 3
+    folder = ArchiveFolder(Path(config.archive))
+    first, second, *_ = folder.entries()
+    gz = Path(config.archive) / f"{second.segment}.gz"
+    data = bytearray(gz.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    gz.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=second.segment):
+        folder.verify()
+    (Path(config.archive) / f"{second.segment}.json").unlink()
+    with pytest.raises(ArchiveError, match="a segment is missing"):
+        folder.verify()
+    assert first.first_lsn == 1
