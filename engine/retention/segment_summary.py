@@ -11,37 +11,13 @@ from typing import final
 
 import msgspec
 
-from engine.core.model import Lane
-from engine.wal import SEGMENT_MAGIC, body_hash, read_frame
+from engine.wal import SEGMENT_MAGIC, body_hash, decode_lane, read_frame
 
 __all__ = ["SegmentDamagedError", "SegmentSummary", "summarise_segment"]
 
 
 class SegmentDamagedError(Exception):
     """A segment's bytes are not a whole, chained run of records (what and where is in the message)."""
-
-
-@final
-class _LaneOnly(msgspec.Struct, frozen=True, gc=False):
-    lane: Lane
-
-
-@final
-class _Head(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """Of a `LogRecord`, what retention reads: the envelope only for its lane."""
-
-    lsn: int
-    recorded_at: str
-    partition: int
-    epoch: int
-    message_id: str
-    patients: tuple[str, ...]
-    prev_hash: bytes
-    envelope: _LaneOnly
-    digest: int = 0
-
-
-_decode = msgspec.msgpack.Decoder(_Head).decode
 
 
 @final
@@ -84,7 +60,7 @@ def summarise_segment(data: bytes, first_lsn: int, prev_hash: bytes | None = Non
         if not frame.crc_ok:
             raise SegmentDamagedError(f"CRC mismatch at byte {pos} (LSN {lsn})")
         try:
-            head = _decode(frame.body)
+            head = decode_lane(frame.body)
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise SegmentDamagedError(f"a record at byte {pos} does not decode") from None
         if head.lsn != lsn:

@@ -28,6 +28,7 @@ __all__ = [
     "SEGMENT_MAGIC",
     "EventsRecord",
     "Frame",
+    "LaneRecord",
     "LogRecord",
     "MessageRecord",
     "RecordHead",
@@ -35,6 +36,7 @@ __all__ = [
     "checksum",
     "decode_events",
     "decode_head",
+    "decode_lane",
     "decode_message",
     "decode_record",
     "encode_frame",
@@ -143,6 +145,27 @@ class MessageRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     digest: int = 0
 
 
+class _LaneOnly(msgspec.Struct, frozen=True, gc=False):
+    """Of an envelope, its lane: what retention judges a record's age by."""
+
+    lane: Lane
+
+
+@final
+class LaneRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A `LogRecord` decoded for its head, its chain link and its lane: what retention reads of a segment."""
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: bytes
+    envelope: _LaneOnly
+    digest: int = 0
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _RECORD = msgspec.msgpack.Decoder(LogRecord)
 _HEAD = msgspec.msgpack.Decoder(RecordHead)
@@ -201,6 +224,9 @@ decode_events = msgspec.msgpack.Decoder(EventsRecord).decode
 
 decode_message = msgspec.msgpack.Decoder(MessageRecord).decode
 """Decode a record's body for its message without its events (raises msgspec errors on a malformed body)."""
+
+decode_lane = msgspec.msgpack.Decoder(LaneRecord).decode
+"""Decode a record's body for its head and lane (raises msgspec errors on a malformed body)."""
 
 decode_head = _HEAD.decode
 """Decode a record's head (raises msgspec errors on a malformed body)."""
