@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from engine.cli.archive import archive
 from engine.cli.auth import AUDIT_COMMANDS, break_glass, lock, login, logout, passwd, unlock, user, whoami
 from engine.cli.backup import backup, restore
 from engine.cli.clients import client
@@ -327,6 +328,7 @@ def _print_demo(report: DemoReport) -> None:
 
 cli.add_command(wal)
 cli.add_command(audit)
+cli.add_command(archive)
 cli.add_command(quarantine)
 cli.add_command(run)
 cli.add_command(send)

@@ -25,9 +25,11 @@ from engine.auth import Permission
 from engine.cli.console import DataConsole, styled
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json, strict_moment
 from engine.cli.session import authorized, call, node_or
-from engine.wal import OSFiles, iter_records
+from engine.wal import OSFiles, PackedSnapshotStore, iter_records
 
 __all__ = ["patient", "status", "top"]
+
+_RECORD = msgspec.msgpack.Decoder(PatientRecord)
 
 _WIDE = 110  # columns from which `vigil log` shows each record's event kinds too
 
@@ -120,6 +122,7 @@ def _status_view(report: dict[str, Any]) -> Group:
         )
     else:
         membership = Text("cluster: off (a single node)")
+    membership += _retention_line(report.get("retention", "off"))
     audit = report.get("audit", {})
     if audit.get("keyed"):
         keyed = Text("audit: keyed checkpoints on")
@@ -139,6 +142,17 @@ def _status_view(report: dict[str, Any]) -> Group:
         sessions,
         membership,
         keyed,
+    )
+
+
+def _retention_line(retention: object) -> Text:
+    """What the archive holds, where the log begins, and why the next segment stays."""
+    if not isinstance(retention, dict):
+        return Text("\nretention: off (the log keeps every record)")
+    return Text(
+        f"\nretention: {retention['archived_segments']:,} segments archived in {retention['archive']} "
+        f"(through LSN {retention['archived_through_lsn']:,}); the log begins at LSN "
+        f"{retention['log_first_lsn']:,}; the next stays: {retention['kept_because']}"
     )
 
 
@@ -225,12 +239,24 @@ def _from_log(directory: Path, key: str, *, as_of: str | None, known_at: str | N
     wal_dir = directory / "wal"
     if not wal_dir.is_dir():
         raise click.ClickException(f"no log at {wal_dir}")
-    record = PatientRecord.empty(key)
-    for r in iter_records(wal_dir, OSFiles(), patient=key):
+    record = _snapshot_of(directory, key)  # what the log may no longer hold (retention archived it)
+    for r in iter_records(wal_dir, OSFiles(), from_lsn=record.last_lsn + 1, patient=key):
         record = record.apply(r.lsn, r.recorded_at, r.message_id, r.envelope.events)
     if not record.facts:
         raise click.ClickException(f"no record of {key} in {wal_dir}")
     return msgspec.to_builtins(record.view(as_of=as_of, known_at=known_at))
+
+
+def _snapshot_of(directory: Path, key: str) -> PatientRecord:
+    """The patient's newest snapshot (the record the node kept), else an empty record."""
+    if not (directory / "snapshots").is_dir():
+        return PatientRecord.empty(key)
+    store = PackedSnapshotStore(directory / "snapshots", OSFiles())
+    try:
+        snapshot = store.load(key)
+    finally:
+        store.close()
+    return _RECORD.decode(snapshot.state) if snapshot is not None else PatientRecord.empty(key)
 
 
 def _print_record(view: Any, *, as_of: str | None, known_at: str | None) -> None:

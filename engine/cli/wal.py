@@ -22,8 +22,10 @@ from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.progress import scan_progress
 from engine.cli.session import audited, authorized
 from engine.core.errors import ConfigError
+from engine.retention import ArchiveError, ArchiveFolder
 from engine.search import control_id_of, sender_of
 from engine.wal import (
+    BaseStore,
     CheckpointStore,
     KeyedCheckpoints,
     LogRecord,
@@ -36,6 +38,13 @@ from engine.wal import (
 )
 
 __all__ = ["audit", "wal"]
+
+
+def _archive_of(obj: Context, data_dir: Path) -> ArchiveFolder | None:
+    """The configured archive (`retention.archive`), when the log has one: proved with the log."""
+    if not obj.config.retention.enabled:
+        return None
+    return ArchiveFolder(obj.config.retention.folder(data_dir))
 
 
 def _wal_dir(obj: Context, data: Path | None) -> Path:
@@ -234,7 +243,19 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
         _emit(report, as_json)
         sys.exit(1)
     report.update(_summary(result))
-    count, problem = trail.verify(result.hashes, result.last_lsn, result.first_lsn)
+    hashes, first_lsn = dict(result.hashes), result.first_lsn
+    archive = _archive_of(obj, directory.parent)
+    if archive is not None:
+        try:
+            proved = archive.verify((result.first_lsn, BaseStore(directory, files).load().prev_hash), watch)
+        except ArchiveError as exc:
+            report.update(ok=False, problem=f"the archive at {archive.path}: {exc}")
+            _emit(report, as_json)
+            sys.exit(1)
+        report["archive"] = {"path": str(archive.path), "segments": proved.segments, "last_lsn": proved.last_lsn}
+        hashes.update(proved.hashes)
+        first_lsn = proved.first_lsn or first_lsn
+    count, problem = trail.verify(hashes, result.last_lsn, first_lsn)
     report["keyed_checkpoints"] = count
     if problem is not None:
         report.update(ok=False, problem=f"keyed checkpoint {problem.entry} (LSN {problem.lsn}): {problem.reason}")

@@ -588,6 +588,10 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def enabled(self) -> bool:
         return bool(self.archive)
 
+    def folder(self, data_dir: Path) -> Path:
+        """The archive folder: `archive`, relative to the data directory unless absolute."""
+        return data_dir / self.archive
+
     def keep_days(self, lane: str) -> float:
         """A lane's period in days (0: for good)."""
         return {"critical": self.critical_days, "standard": self.standard_days, "batch": self.batch_days}[lane]

@@ -20,7 +20,7 @@ from engine.ingress.mllp_listener import MLLPServer
 from engine.projections import ProjectionRunner, dsn_of
 from engine.wal import WriteAheadLog, audit_key_from_env
 
-__all__ = ["admin_listener", "archive_path", "join_cluster", "mllp_server", "read_side", "warn_if_unkeyed"]
+__all__ = ["admin_listener", "join_cluster", "mllp_server", "read_side", "warn_if_unkeyed"]
 
 _log = structlog.get_logger("vigil.node")
 
@@ -38,11 +38,6 @@ def refuse_unbuilt(config: Config) -> None:
             "retention.archive with cluster.enabled: a node in a cluster does not archive its log yet "
             "(a takeover may still need the records it has not published); leave retention.archive empty"
         )
-
-
-def archive_path(config: Config, data_dir: Path) -> Path:
-    """`retention.archive`, relative to the data directory unless absolute."""
-    return data_dir / config.retention.archive
 
 
 def warn_if_unkeyed(config: Config) -> bool:

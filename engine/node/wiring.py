@@ -66,7 +66,6 @@ from engine.node.backup_requests import BackupRequests
 from engine.node.fanout import Fanout
 from engine.node.from_config import (
     admin_listener,
-    archive_path,
     join_cluster,
     mllp_server,
     read_side,
@@ -381,7 +380,7 @@ class Node:
         """The archiver (`[retention]`): old segments to the archive once every reader and snapshot is past them."""
         self._archiver = Archiver(
             self.config.retention,
-            ArchiveFolder(archive_path(self.config, self.data_dir)),
+            ArchiveFolder(self.config.retention.folder(self.data_dir)),
             log=lambda: self.wal,
             readers=self._log_readers,
             snapshot_lsns=self._snapshot_lsns,

@@ -54,12 +54,13 @@ class ArchivedSegment(msgspec.Struct, frozen=True):
 
 @final
 class ArchiveReport(msgspec.Struct, frozen=True):
-    """What `verify` proved: the segments and LSNs the archive holds, and its last chain hash."""
+    """What `verify` proved: the segments and LSNs the archive holds, its last chain hash, the watched hashes."""
 
     segments: int
     first_lsn: int
     last_lsn: int
     last_hash: str
+    hashes: dict[int, bytes] = {}
 
 
 _encode = msgspec.json.Encoder().encode
@@ -132,11 +133,12 @@ class ArchiveFolder:
         for entry in self.entries():
             yield entry, self.read(entry)
 
-    def verify(self, log_base: tuple[int, bytes] | None = None) -> ArchiveReport:
+    def verify(self, log_base: tuple[int, bytes] | None = None, watch: frozenset[int] = frozenset()) -> ArchiveReport:
         """Prove every archived segment and the chain through them (and on to the log's base, if given).
 
         `log_base` is the log's (first LSN, chain hash before it): the archive
-        must end exactly there.
+        must end exactly there. The chain hashes at `watch`'s LSNs are
+        reported (for the keyed checkpoints).
 
         Raises:
             ArchiveError: what does not hold, naming the segment.
@@ -146,26 +148,27 @@ class ArchiveFolder:
             if log_base is not None and log_base[0] != 1:
                 raise ArchiveError(f"the log begins at LSN {log_base[0]} but the archive holds nothing")
             return ArchiveReport(0, 0, 0, GENESIS_HASH.hex())
-        lsn, chain = entries[0].first_lsn, bytes.fromhex(entries[0].prev_hash)
+        lsn, chain, hashes = entries[0].first_lsn, bytes.fromhex(entries[0].prev_hash), dict[int, bytes]()
         if lsn == 1 and chain != GENESIS_HASH:
             raise ArchiveError(f"{entries[0].segment}: the first record does not start the chain")
         for entry in entries:
             if entry.first_lsn != lsn:
                 raise ArchiveError(f"{entry.segment}: LSN {lsn} was due next (a segment is missing)")
             try:
-                summary = summarise_segment(self.read(entry), entry.first_lsn, chain)
+                summary = summarise_segment(self.read(entry), entry.first_lsn, chain, watch)
             except SegmentDamagedError as exc:
                 raise ArchiveError(f"{entry.segment}: {exc}") from None
             if summary.last_lsn != entry.last_lsn or summary.last_hash.hex() != entry.last_hash:
                 raise ArchiveError(f"{entry.segment}: its records are not those the manifest names")
             lsn, chain = summary.last_lsn + 1, summary.last_hash
+            hashes.update(summary.hashes)
         if log_base is not None and (log_base[0], log_base[1]) != (lsn, chain):
             raise ArchiveError(
                 f"the archive ends before LSN {lsn} but the log begins at LSN {log_base[0]}"
                 if log_base[0] != lsn
                 else f"the log's base does not chain to the archive's last record (LSN {lsn - 1})"
             )
-        return ArchiveReport(len(entries), entries[0].first_lsn, lsn - 1, chain.hex())
+        return ArchiveReport(len(entries), entries[0].first_lsn, lsn - 1, chain.hex(), hashes)
 
     def last(self) -> ArchivedSegment | None:
         """The newest archived segment's manifest, if any."""

@@ -35,14 +35,19 @@ class SegmentSummary(msgspec.Struct, frozen=True):
     oldest: str
     newest: dict[str, str]
     patients: dict[str, int]
+    hashes: dict[int, bytes] = {}  # the chain hash at each watched LSN here
 
     @property
     def records(self) -> int:
         return self.last_lsn - self.first_lsn + 1
 
 
-def summarise_segment(data: bytes, first_lsn: int, prev_hash: bytes | None = None) -> SegmentSummary:
+def summarise_segment(
+    data: bytes, first_lsn: int, prev_hash: bytes | None = None, watch: frozenset[int] = frozenset()
+) -> SegmentSummary:
     """Read a whole sealed segment; with `prev_hash`, its first record must chain to it.
+
+    `watch`: LSNs whose chain hash to keep (the keyed checkpoints' records).
 
     Raises:
         SegmentDamagedError: a bad header, a torn or CRC-failing frame, an LSN out
@@ -52,7 +57,7 @@ def summarise_segment(data: bytes, first_lsn: int, prev_hash: bytes | None = Non
         raise SegmentDamagedError("not a segment (its header is missing)")
     pos, lsn, running = len(SEGMENT_MAGIC), first_lsn, prev_hash
     first_prev = last_hash = b""
-    oldest, newest, patients = "", dict[str, str](), dict[str, int]()
+    oldest, newest, patients, hashes = "", dict[str, str](), dict[str, int](), dict[int, bytes]()
     while pos < len(data):
         frame = read_frame(data, pos)
         if frame is None:
@@ -70,6 +75,8 @@ def summarise_segment(data: bytes, first_lsn: int, prev_hash: bytes | None = Non
         if lsn == first_lsn:
             first_prev, oldest = head.prev_hash, head.recorded_at
         running = last_hash = body_hash(frame.body)
+        if lsn in watch:
+            hashes[lsn] = last_hash
         lane = head.envelope.lane.value
         newest[lane] = max(newest.get(lane, ""), head.recorded_at)
         for patient in head.patients:
@@ -77,4 +84,4 @@ def summarise_segment(data: bytes, first_lsn: int, prev_hash: bytes | None = Non
         lsn, pos = lsn + 1, frame.end
     if lsn == first_lsn:
         raise SegmentDamagedError("the segment holds no record")
-    return SegmentSummary(first_lsn, lsn - 1, first_prev, last_hash, oldest, newest, patients)
+    return SegmentSummary(first_lsn, lsn - 1, first_prev, last_hash, oldest, newest, patients, hashes)

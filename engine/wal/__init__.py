@@ -1,5 +1,6 @@
 """The write-ahead log (node floor): durable records, checkpoints, verification."""
 
+from engine.wal.base import Base, BaseStore
 from engine.wal.checkpoint import Checkpoint, CheckpointStore
 from engine.wal.copy import LogCut, copy_audit_checkpoints, copy_cut, sync_file
 from engine.wal.errors import DiskFullError, WALCorruptError, WALError, WALFailedError, WALLockedError
@@ -32,6 +33,8 @@ __all__ = [
     "PACKED_FILE",
     "POISON_RECORD",
     "SEGMENT_MAGIC",
+    "Base",
+    "BaseStore",
     "Checkpoint",
     "CheckpointStore",
     "DamagedFileError",

@@ -18,8 +18,7 @@ from engine.infra.clock import wall_now
 from engine.infra.config import RetentionConfig
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
 from engine.retention import ArchiveError, ArchiveFolder, Archiver
-from engine.wal import OSFiles, PackedSnapshotStore, Quarantine, WriteAheadLog, open_wal, scan_log
-from engine.wal.base import BaseStore
+from engine.wal import BaseStore, OSFiles, PackedSnapshotStore, Quarantine, WriteAheadLog, open_wal, scan_log
 from tests.harness.helpers import SMALL, envelope
 
 pytestmark = pytest.mark.anyio
