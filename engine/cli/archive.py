@@ -14,7 +14,7 @@ from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.retention import ArchiveError, ArchiveFolder
 from engine.wal import BaseStore, OSFiles
 
-__all__ = ["archive"]
+__all__ = ["archive", "configured_archive"]
 
 _FOLDER_OPTION = click.option(
     "--folder",
@@ -26,6 +26,13 @@ _FOLDER_OPTION = click.option(
 @click.group()
 def archive() -> None:
     """Segments retention moved out of the log ([retention] archive)."""
+
+
+def configured_archive(obj: Context, data_dir: Path) -> ArchiveFolder | None:
+    """The data directory's archive (`retention.archive`), or None when retention is off."""
+    if not obj.config.retention.enabled:
+        return None
+    return ArchiveFolder(obj.config.retention.folder(data_dir))
 
 
 def _folder(obj: Context, data: Path | None, folder: Path | None) -> ArchiveFolder:

@@ -18,11 +18,13 @@ import click
 from rich.table import Table
 
 from engine.auth import AUDIT_MESSAGE_TYPE, Permission, Role, Setting, fhir_audit_event
+from engine.cli.archive import configured_archive
 from engine.cli.console import DataConsole, inert, styled
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.session import authorized, call, device_of, forget_session, keep_session, session_file
 from engine.core.model import Kind, RecordAccessed
-from engine.wal import OSFiles, iter_records
+from engine.retention import ArchiveError, whole_history
+from engine.wal import LogRecord
 
 __all__ = ["AUDIT_COMMANDS", "break_glass", "lock", "login", "logout", "passwd", "unlock", "user", "whoami"]
 
@@ -308,8 +310,16 @@ def review(obj: Context, review_id: str, outcome: str, note: str, data: Path | N
     click.echo(f"review {review_id}: {outcome}")
 
 
-def _audit_records(wal_dir: Path, patient: str | None) -> Iterator[tuple[int, str, str, RecordAccessed]]:
-    for record in iter_records(wal_dir, OSFiles(), patient=patient):
+def _audit_records(obj: Context, data_dir: Path, patient: str | None) -> Iterator[tuple[int, str, str, RecordAccessed]]:
+    """Every access event, the archived ones first: the trail outlives the log's retention."""
+    try:
+        yield from _accesses(whole_history(configured_archive(obj, data_dir), data_dir / "wal", patient=patient))
+    except ArchiveError as exc:
+        raise click.ClickException(f"the archive cannot be read: {exc}") from None
+
+
+def _accesses(records: Iterator[LogRecord]) -> Iterator[tuple[int, str, str, RecordAccessed]]:
+    for record in records:
         env = record.envelope
         if env.kind is Kind.COMMAND and env.message_type == AUDIT_MESSAGE_TYPE:
             for event in env.events:
@@ -326,9 +336,7 @@ def access(obj: Context, patient: str, data: Path | None, *, as_json: bool) -> N
     """Who looked at this patient's record: every access and refusal, from the log (privacy officer)."""
     directory = obj.data_dir(data)
     authorized(obj, directory, Permission.AUDIT_READ, patient=patient, action="audit_read")
-    rows = [
-        {"lsn": lsn, **_event_json(event)} for lsn, _at, _patient, event in _audit_records(directory / "wal", patient)
-    ]
+    rows = [{"lsn": lsn, **_event_json(event)} for lsn, _at, _patient, event in _audit_records(obj, directory, patient)]
     if as_json:
         for row in rows:
             emit_json(row)
@@ -370,7 +378,7 @@ def export(obj: Context, since: str, until: str | None, user_id: str | None, dat
     directory = obj.data_dir(data)
     authorized(obj, directory, Permission.AUDIT_READ, action="audit_export")
     node = obj.config.node.id
-    for lsn, recorded_at, patient, event in _audit_records(directory / "wal", None):
+    for lsn, recorded_at, patient, event in _audit_records(obj, directory, None):
         at = datetime.fromisoformat(event.at)
         if at >= start and (end is None or at < end) and (user_id is None or event.user == user_id):
             emit_json(fhir_audit_event(lsn, recorded_at, patient, event, node=node))

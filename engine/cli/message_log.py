@@ -22,11 +22,13 @@ from rich import box
 from rich.table import Table
 
 from engine.auth import Permission
+from engine.cli.archive import configured_archive
 from engine.cli.console import DataConsole
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json, strict_moment
 from engine.cli.session import audited, authorized
 from engine.cli.wal import record_json
 from engine.core.model import Lane
+from engine.retention import ArchiveError, ArchiveFolder, whole_history
 from engine.search import (
     MessageRow,
     Outcome,
@@ -37,7 +39,7 @@ from engine.search import (
     header_metadata,
     row_of,
 )
-from engine.wal import POISON_RECORD, LogRecord, OSFiles, Quarantine, iter_records
+from engine.wal import POISON_RECORD, LogRecord, OSFiles, Quarantine
 
 __all__ = ["log"]
 
@@ -98,9 +100,10 @@ def log(
         raise click.ClickException(f"no log at {wal_dir}")
     wanted = frozenset(Outcome(o) for o in outcomes) or frozenset({Outcome.ACCEPTED, Outcome.REUSED})
     query = SearchQuery(control_id, sender, message_type, since, until, lane, wanted, from_lsn)
-    rows = _search(directory, query, limit, patient)
+    archive = configured_archive(obj, directory)
+    rows = _search(directory, query, limit, patient, archive)
     if content:
-        records = _records(wal_dir, [r.lsn for r in rows if r.lsn])
+        records = _records(wal_dir, archive, [r.lsn for r in rows if r.lsn])
         if not patient:
             audited(obj, directory, permission, "log", [p for r in records for p in r.patients])
         for record in records:
@@ -113,7 +116,9 @@ def log(
     _print(rows, limit)
 
 
-def _search(directory: Path, query: SearchQuery, limit: int, patient: str | None) -> list[MessageRow]:
+def _search(
+    directory: Path, query: SearchQuery, limit: int, patient: str | None, archive: ArchiveFolder | None
+) -> list[MessageRow]:
     """The rows a search finds, from the index brought up to the log (and the quarantine's refusals)."""
     try:
         index = SearchIndex.of(directory)
@@ -122,13 +127,15 @@ def _search(directory: Path, query: SearchQuery, limit: int, patient: str | None
     try:
         catch_up_files(index, directory / "wal")
         if patient is not None:
-            found = _patient_rows(index, directory / "wal", patient, query)
+            found = _patient_rows(index, directory / "wal", archive, patient, query)
         else:
             found = index.search(query, limit=limit) if query.outcomes - {Outcome.REJECTED} else []
     except sqlite3.Error as exc:
         raise click.ClickException(
             f"the search index in {directory} failed ({exc}): delete it to have it made again"
         ) from None
+    except ArchiveError as exc:
+        raise click.ClickException(f"the archive cannot be read: {exc}") from None
     finally:
         index.close()
     if Outcome.REJECTED in query.outcomes and patient is None:
@@ -136,11 +143,12 @@ def _search(directory: Path, query: SearchQuery, limit: int, patient: str | None
     return found[:limit]
 
 
-def _patient_rows(index: SearchIndex, wal_dir: Path, patient: str, query: SearchQuery) -> list[MessageRow]:
-    """One patient's records (from the log's files: the index holds no patient), with the index's outcomes."""
-    rows = [
-        row_of(r) for r in iter_records(wal_dir, OSFiles(), from_lsn=query.from_lsn, patient=patient, decode=decode_row)
-    ]
+def _patient_rows(
+    index: SearchIndex, wal_dir: Path, archive: ArchiveFolder | None, patient: str, query: SearchQuery
+) -> list[MessageRow]:
+    """One patient's records (from the archive and the log: the index holds no patient), with the index's outcomes."""
+    history = whole_history(archive, wal_dir, from_lsn=query.from_lsn, patient=patient, decode=decode_row)
+    rows = [row_of(r) for r in history]
     outcomes = index.outcomes([r.lsn for r in rows])
     rows = [msgspec.structs.replace(r, outcome=outcomes.get(r.lsn, r.outcome)) for r in rows]
     return [r for r in rows if query.matches(r)]
@@ -161,17 +169,20 @@ def _refusals(directory: Path, query: SearchQuery) -> list[MessageRow]:
     return found
 
 
-def _records(wal_dir: Path, lsns: Iterable[int]) -> list[LogRecord]:
-    """The whole records at these LSNs (content: read from the log's files)."""
+def _records(wal_dir: Path, archive: ArchiveFolder | None, lsns: Iterable[int]) -> list[LogRecord]:
+    """The whole records at these LSNs (content: read from the archive and the log's files)."""
     wanted = set(lsns)
     if not wanted:
         return []
     out, last = [], max(wanted)
-    for record in iter_records(wal_dir, OSFiles(), from_lsn=min(wanted)):
-        if record.lsn in wanted:
-            out.append(record)
-        if record.lsn >= last:
-            break
+    try:
+        for record in whole_history(archive, wal_dir, from_lsn=min(wanted)):
+            if record.lsn in wanted:
+                out.append(record)
+            if record.lsn >= last:
+                break
+    except ArchiveError as exc:
+        raise click.ClickException(f"the archive cannot be read: {exc}") from None
     return out
 
 

@@ -17,12 +17,13 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.auth import Permission
+from engine.cli.archive import configured_archive
 from engine.cli.console import DataConsole, styled
 from engine.cli.context import DATA_OPTION, JSON_OPTION, Context, emit_json
 from engine.cli.progress import scan_progress
 from engine.cli.session import audited, authorized
 from engine.core.errors import ConfigError
-from engine.retention import ArchiveError, ArchiveFolder
+from engine.retention import ArchiveError
 from engine.search import control_id_of, sender_of
 from engine.wal import (
     BaseStore,
@@ -38,13 +39,6 @@ from engine.wal import (
 )
 
 __all__ = ["audit", "wal"]
-
-
-def _archive_of(obj: Context, data_dir: Path) -> ArchiveFolder | None:
-    """The configured archive (`retention.archive`), when the log has one: proved with the log."""
-    if not obj.config.retention.enabled:
-        return None
-    return ArchiveFolder(obj.config.retention.folder(data_dir))
 
 
 def _wal_dir(obj: Context, data: Path | None) -> Path:
@@ -244,7 +238,7 @@ def audit_verify(obj: Context, data: Path | None, *, as_json: bool) -> None:
         sys.exit(1)
     report.update(_summary(result))
     hashes, first_lsn = dict(result.hashes), result.first_lsn
-    archive = _archive_of(obj, directory.parent)
+    archive = configured_archive(obj, directory.parent)
     if archive is not None:
         try:
             proved = archive.verify((result.first_lsn, BaseStore(directory, files).load().prev_hash), watch)

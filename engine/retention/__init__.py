@@ -2,6 +2,7 @@
 
 from engine.retention.archive import ArchivedSegment, ArchiveError, ArchiveFolder, ArchiveReport
 from engine.retention.archiver import Archiver, RetentionStatus
+from engine.retention.history import whole_history
 from engine.retention.segment_summary import SegmentDamagedError, SegmentSummary, summarise_segment
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "SegmentDamagedError",
     "SegmentSummary",
     "summarise_segment",
+    "whole_history",
 ]

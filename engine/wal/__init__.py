@@ -10,7 +10,7 @@ from engine.wal.keyed_checkpoints import KeyedCheckpoints, audit_key_from_env
 from engine.wal.log import Durable, SegmentFile, WALStatistics, WriteAheadLog, open_wal
 from engine.wal.packed_snapshots import PACKED_FILE, PackedSnapshotStore
 from engine.wal.quarantine import POISON_RECORD, Quarantine, QuarantineItem
-from engine.wal.reader import iter_records
+from engine.wal.reader import iter_records, records_in
 from engine.wal.record import (
     GENESIS_HASH,
     SEGMENT_MAGIC,
@@ -21,6 +21,7 @@ from engine.wal.record import (
     decode_events,
     decode_lane,
     decode_message,
+    decode_record,
     encode_frame,
     read_frame,
 )
@@ -71,10 +72,12 @@ __all__ = [
     "decode_events",
     "decode_lane",
     "decode_message",
+    "decode_record",
     "encode_frame",
     "iter_records",
     "open_wal",
     "read_frame",
+    "records_in",
     "scan_log",
     "segment_name",
     "sync_file",

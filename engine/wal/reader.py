@@ -6,7 +6,7 @@ that is not whole and valid (a record being written, or a torn tail).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -14,7 +14,7 @@ from engine.wal.files import FileLayer
 from engine.wal.record import SEGMENT_MAGIC, LogRecord, decode_head, decode_record, read_frame
 from engine.wal.scan import SEGMENT_SUFFIX
 
-__all__ = ["iter_records"]
+__all__ = ["iter_records", "records_in"]
 
 _Decoded = TypeVar("_Decoded")
 
@@ -51,14 +51,26 @@ def iter_records(
         if i + 1 < len(names) and firsts[i + 1] <= from_lsn:
             continue  # every record of this segment is before from_lsn
         data = files.read(directory / name)
-        if not data.startswith(SEGMENT_MAGIC):
+        whole = yield from records_in(data, from_lsn=from_lsn, patient=patient, decode=decode)
+        if not whole:
             return
-        pos = len(SEGMENT_MAGIC)
-        while (frame := read_frame(data, pos)) is not None and frame.crc_ok:
-            pos = frame.end
-            head = decode_head(frame.body)
-            if head.lsn < from_lsn or (patient is not None and patient not in head.patients):
-                continue
-            yield decode(frame.body)
-        if pos < len(data):
-            return
+
+
+def records_in(
+    data: bytes, *, from_lsn: int = 1, patient: str | None = None, decode: Callable[[bytes], Any] = decode_record
+) -> Generator[Any, None, bool]:
+    """A segment's records (its bytes in memory) from `from_lsn` on, touching `patient` if given, `decode`d.
+
+    Returns whether the segment was whole: False when it stopped at a frame
+    that is not whole and valid (a record being written, a torn tail).
+    """
+    if not data.startswith(SEGMENT_MAGIC):
+        return False
+    pos = len(SEGMENT_MAGIC)
+    while (frame := read_frame(data, pos)) is not None and frame.crc_ok:
+        pos = frame.end
+        head = decode_head(frame.body)
+        if head.lsn < from_lsn or (patient is not None and patient not in head.patients):
+            continue
+        yield decode(frame.body)
+    return pos == len(data)

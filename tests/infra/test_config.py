@@ -32,7 +32,7 @@ def test_every_key_is_optional() -> None:
         ("[lanes]\nrule = 1", "unknown key lanes.rule (allowed: rules, scheduler, pacing)"),
         (
             "colour = 1",
-            "unknown key colour (allowed: node, ingest, mllp, admin, http, nats, cluster, wal, audit, projections, lanes, actors, supervision, auth, collector, workstation, search, alerts, routes)",
+            "unknown key colour (allowed: node, ingest, mllp, admin, http, nats, cluster, wal, audit, projections, lanes, actors, supervision, auth, collector, workstation, search, alerts, retention, routes)",
         ),
         ("[ingest]\nmessage_bytes_max = 5", "ingest.message_bytes_max: expected int >= 1024"),
         ('[ingest]\nmessage_bytes_max = "big"', "ingest.message_bytes_max: expected int, got str"),

@@ -17,8 +17,17 @@ from engine.core.model import Lane
 from engine.infra.clock import wall_now
 from engine.infra.config import RetentionConfig
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
-from engine.retention import ArchiveError, ArchiveFolder, Archiver
-from engine.wal import BaseStore, OSFiles, PackedSnapshotStore, Quarantine, WriteAheadLog, open_wal, scan_log
+from engine.retention import ArchiveError, ArchiveFolder, Archiver, whole_history
+from engine.wal import (
+    BaseStore,
+    OSFiles,
+    PackedSnapshotStore,
+    Quarantine,
+    WriteAheadLog,
+    decode_events,
+    open_wal,
+    scan_log,
+)
 from tests.harness.helpers import SMALL, envelope
 
 pytestmark = pytest.mark.anyio
@@ -152,3 +161,21 @@ async def test_a_damaged_archive_is_refused_naming_the_segment(tmp_path: Path) -
     with pytest.raises(ArchiveError, match="a segment is missing"):
         folder.verify()
     assert first.first_lsn == 1
+
+
+async def test_the_whole_history_reads_the_archive_then_the_log_each_record_once(tmp_path: Path) -> None:
+    """What reaches back past retention (an access trail, a message's content) sees every LSN once, in order."""
+    config = _config(tmp_path, batch_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        await _fill(wal, 300, 100)
+        last = wal.last_lsn
+        async with _archiver(tmp_path, wal, config, dict) as (archiver, _):
+            assert await archiver.archive_due() >= 3
+        first_kept = wal.first_lsn
+    archive = ArchiveFolder(Path(config.archive))
+    assert [r.lsn for r in whole_history(archive, tmp_path / "wal")] == list(range(1, last + 1))
+    assert [r.lsn for r in whole_history(None, tmp_path / "wal")] == list(range(first_kept, last + 1))
+    p3 = [r.lsn for r in whole_history(archive, tmp_path / "wal", from_lsn=40, patient="H|P3", decode=decode_events)]
+    assert p3 == [n + 1 for n in range(39, 300) if n % _PATIENTS == 3] + [
+        lsn for lsn in range(302, last + 1) if (20_000 + lsn - 302) % _PATIENTS == 3
+    ]

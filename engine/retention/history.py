@@ -1,0 +1,62 @@
+"""The whole history: the archived records, then the log's, as one run of records in LSN order.
+
+What reaches back past retention (a privacy officer's access trail, a
+message's content or a patient's messages in `vigil log`) reads through
+this: each archived segment is checked against its manifest's SHA-256 as it
+is read, and the log goes on from the first LSN it keeps, so no record is
+read twice or missed at the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from engine.retention.archive import ArchiveFolder
+from engine.wal import LogRecord, OSFiles, decode_record, iter_records, records_in
+
+__all__ = ["whole_history"]
+
+_Decoded = TypeVar("_Decoded")
+
+
+@overload
+def whole_history(
+    archive: ArchiveFolder | None, wal_dir: Path, *, from_lsn: int = 1, patient: str | None = None
+) -> Iterator[LogRecord]: ...
+
+
+@overload
+def whole_history(
+    archive: ArchiveFolder | None,
+    wal_dir: Path,
+    *,
+    from_lsn: int = 1,
+    patient: str | None = None,
+    decode: Callable[[bytes], _Decoded],
+) -> Iterator[_Decoded]: ...
+
+
+def whole_history(
+    archive: ArchiveFolder | None,
+    wal_dir: Path,
+    *,
+    from_lsn: int = 1,
+    patient: str | None = None,
+    decode: Callable[[bytes], Any] = decode_record,
+) -> Iterator[Any]:
+    """The archived records from `from_lsn` on, then the log's from where the archive ends; `decode`d.
+
+    Without an archive, the log's alone (as `iter_records`).
+
+    Raises:
+        ArchiveError: an archived segment is missing or not what its manifest says.
+    """
+    after = 0
+    for entry in archive.entries() if archive is not None else ():
+        after = entry.last_lsn
+        if entry.last_lsn >= from_lsn:
+            assert archive is not None
+            yield from records_in(archive.read(entry), from_lsn=from_lsn, patient=patient, decode=decode)
+    yield from iter_records(wal_dir, OSFiles(), from_lsn=max(from_lsn, after + 1), patient=patient, decode=decode)
