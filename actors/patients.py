@@ -456,7 +456,10 @@ class PatientActors:
 
     async def _history(self, patient: str, *, up_to: int) -> PatientRecord:
         snapshot, tail = await self._source.load(patient)
-        history = snapshot if snapshot is not None and snapshot.last_lsn <= up_to else PatientRecord.empty(patient)
+        if snapshot is not None and snapshot.last_lsn > up_to:
+            # Moved on since the merge (a replay): cut back, never refolded from the log, which may be archived.
+            return snapshot.until(up_to)
+        history = snapshot if snapshot is not None else PatientRecord.empty(patient)
         return self._fold_all(history, [item for item in tail if history.last_lsn < item.lsn <= up_to])
 
     async def poisoned(self, patient: str, item: Applied, error: Exception) -> None:

@@ -234,6 +234,33 @@ class PatientRecord(msgspec.Struct, frozen=True):
             last_lsn=max(self.last_lsn, merged.last_lsn),
         )
 
+    def until(self, lsn: int) -> PatientRecord:
+        """The record as the log had made it through record `lsn`: its facts to there, no patient merged in later.
+
+        A merge replayed after the merged patient's record moved past it (its
+        snapshot is newer than the merge) takes the merged history from here,
+        not by reading the log again, which retention may have archived.
+        `merged_into` stays as it is now.
+        """
+        if lsn >= self.last_lsn:
+            return self
+        later = {
+            f.event.merged for f in self.facts if f.lsn > lsn and isinstance(f.event, PatientMerged)
+        }  # merged in after `lsn`: their histories, and what they had absorbed themselves, go
+        grown = True
+        while grown:
+            more = {
+                f.event.merged for f in self.facts if f.source_patient in later and isinstance(f.event, PatientMerged)
+            }
+            grown = not more <= later
+            later |= more
+        return msgspec.structs.replace(
+            self,
+            facts=tuple(f for f in self.facts if f.lsn <= lsn and f.source_patient not in later),
+            merged_from=tuple(p for p in self.merged_from if p not in later),
+            last_lsn=lsn,
+        )
+
     def view(
         self,
         *,

@@ -198,3 +198,31 @@ def test_the_fold_is_deterministic(seed: int) -> None:
     envs = [decoder.hl7(raw, received_at="t", source="s") for raw in generate_feed(200, seed=seed, patients=1)]
     history = [(i + 1, f"2026-11-24T08:00:{i % 60:02d}Z", e.message_id, e.events) for i, e in enumerate(envs)]
     assert _CODEC.encode(_fold(history)) == _CODEC.encode(_fold(history))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_histories(), st.data())
+def test_until_equals_the_record_folded_through_that_record(
+    history: list[tuple[int, str, str, tuple[Event, ...]]], data: st.DataObject
+) -> None:
+    """A record cut back to LSN n (a merge replayed once the merged patient moved on) is the fold up to n."""
+    cut = data.draw(st.integers(0, len(history)))
+    through = history[cut - 1][0] if cut else 0
+    assert _fold(history).until(through) == _fold(history[:cut])
+
+
+def test_until_leaves_out_a_patient_merged_in_later_and_what_it_had_absorbed() -> None:
+    """C merged into B (LSN 4), B into A (LSN 9): A through LSN 6 has neither; through 9, both."""
+    rx = [MedicationAdministered("RX9", Coded("hep"), "5000", "U")]
+    c = PatientRecord.empty("H|C").apply(2, "2026-11-20T10:00:00Z", "c2", rx)
+    merge_c = [PatientMerged("H|B", "H|C")]
+    b = PatientRecord.empty("H|B").apply(3, "2026-11-21T10:00:00Z", "b3", [OrderPlaced("B1")])
+    b = b.apply(4, "2026-11-21T11:00:00Z", "m4", merge_c).absorb(c.apply(4, "2026-11-21T11:00:00Z", "m4", merge_c))
+    a = _history()  # LSNs 1..6 of its own
+    merge_b = [PatientMerged("H|P1", "H|B")]
+    merged_b = b.apply(9, "2026-11-24T11:00:00Z", "m9", merge_b)
+    a_now = a.apply(9, "2026-11-24T11:00:00Z", "m9", merge_b).absorb(merged_b)
+    assert a_now.merged_from == ("H|B", "H|C")
+    assert a_now.until(6) == msgspec.structs.replace(a, last_lsn=6)
+    assert a_now.until(9) == a_now
+    assert {f.source_patient for f in a_now.until(6).facts} == {"H|P1"}

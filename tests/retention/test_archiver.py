@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from actors import PatientActors, PatientRecord
-from engine.core.model import Lane
+from engine.core.model import Lane, PatientMerged
 from engine.infra.clock import wall_now
 from engine.infra.config import RetentionConfig
 from engine.node.record_source import LogRecordSource, PoisonQuarantine
@@ -61,6 +62,12 @@ def _rebuilt(wal: WriteAheadLog, snapshots: PackedSnapshotStore) -> dict[str, Pa
     return out
 
 
+def _actors(wal: WriteAheadLog, snapshots: PackedSnapshotStore) -> PatientActors:
+    quarantine = PoisonQuarantine(wal, Quarantine(wal.directory.parent / "quarantine", OSFiles()))
+    # Passivation never snapshots here: every snapshot is one asked for.
+    return PatientActors(LogRecordSource(wal, snapshots), quarantine, snapshot_min_records=10**9)
+
+
 @asynccontextmanager
 async def _archiver(
     tmp_path: Path,
@@ -70,9 +77,7 @@ async def _archiver(
     now: Callable[[], datetime] = lambda: wall_now() + _LATER,
 ) -> AsyncIterator[tuple[Archiver, PackedSnapshotStore]]:
     snapshots = PackedSnapshotStore(tmp_path / "snapshots", OSFiles())
-    quarantine = PoisonQuarantine(wal, Quarantine(tmp_path / "quarantine", OSFiles()))
-    # Passivation never snapshots here: every snapshot is one the archiver asked for.
-    actors = PatientActors(LogRecordSource(wal, snapshots), quarantine, snapshot_min_records=10**9)
+    actors = _actors(wal, snapshots)
 
     def snapshot_lsns(patients: list[str]) -> dict[str, int]:
         return {p: s.lsn if (s := snapshots.load(p)) is not None else 0 for p in patients}
@@ -179,3 +184,43 @@ async def test_the_whole_history_reads_the_archive_then_the_log_each_record_once
     assert p3 == [n + 1 for n in range(39, 300) if n % _PATIENTS == 3] + [
         lsn for lsn in range(302, last + 1) if (20_000 + lsn - 302) % _PATIENTS == 3
     ]
+
+
+async def test_a_merge_replayed_after_the_archive_still_brings_the_merged_patients_whole_history(
+    tmp_path: Path,
+) -> None:
+    """A's snapshot is older than the A40 that merged B into it; B moved on after it, and B's early records
+    were archived. Rebuilding A replays the merge: B's history comes from B's snapshot cut back to the merge,
+    where it once was read from the log again (and would have lost what the archive took)."""
+    config = _config(tmp_path, batch_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        for i in range(300):
+            await wal.append([envelope(i, Lane.BATCH, patient="H|B", size=1000)])
+        await wal.append([envelope(5000, Lane.STANDARD, patient="H|A")])  # standard: the archive stops here
+        async with _archiver(tmp_path, wal, config, dict) as (_, snapshots):
+            actors = _actors(wal, snapshots)
+            async with anyio.create_task_group() as tg:
+                await tg.start(actors.run)
+                assert await actors.keep_snapshot("H|A") == wal.last_lsn  # A's snapshot: before the merge
+                tg.cancel_scope.cancel()
+            merge = msgspec.structs.replace(
+                envelope(5001, Lane.STANDARD, patient="H|A"),
+                other_patients=("H|B",),
+                events=(PatientMerged("H|A", "H|B"),),
+            )
+            await wal.append([merge])
+            await wal.append([envelope(5002, Lane.STANDARD, patient="H|B")])  # B goes on after the merge
+            actors = _actors(wal, snapshots)
+            async with anyio.create_task_group() as tg:
+                await tg.start(actors.run)
+                before = await actors.query("H|A")  # A's snapshot, then the merge: B's history from the log
+                tg.cancel_scope.cancel()
+        async with _archiver(tmp_path, wal, config, dict) as (archiver, snapshots):
+            assert await archiver.archive_due() >= 3  # B's early records leave the log (B's snapshot is newer)
+            actors = _actors(wal, snapshots)
+            async with anyio.create_task_group() as tg:
+                await tg.start(actors.run)
+                after = await actors.query("H|A")  # activated afresh: A's snapshot, then the merge replayed
+                tg.cancel_scope.cancel()
+    assert before.facts == 300 + 1 + 1  # B's 300, A's own, the merge
+    assert after == before
