@@ -126,7 +126,9 @@ class Archiver:
         entry = await anyio.to_thread.run_sync(self._archive.put, _read(segment), summary, utc_now())
         if await self._log().release_segments_before(segment.last_lsn + 1) == 0:
             return "a copy of the log (vigil backup) is being taken: it goes at the next look"
-        self._count, self._last = self._count + 1, entry
+        if self._last is None or entry.first_lsn > self._last.last_lsn:  # else archived again after a crash
+            self._count += 1
+        self._last = entry
         _log.info(
             "retention.archived",
             segment=entry.segment,
