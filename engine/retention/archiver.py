@@ -31,6 +31,7 @@ from engine.wal import GENESIS_HASH, SegmentFile
 __all__ = ["Archiver", "RetentionStatus"]
 
 _log = structlog.get_logger("vigil.retention")
+_SNAPSHOTS_AT_ONCE = 32
 
 
 class Log(Protocol):
@@ -80,6 +81,7 @@ class Archiver:
         self._kept_because = "not looked yet"
         self._last: ArchivedSegment | None = None
         self._count = 0
+        self._snapshotted = 0  # snapshots asked of actors in the current pass
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         entries = await anyio.to_thread.run_sync(self._archive.entries)
@@ -100,7 +102,7 @@ class Archiver:
 
     async def archive_due(self) -> int:
         """One pass: archive and release what may go now; how many segments went."""
-        done = 0
+        done, started, self._snapshotted = 0, anyio.current_time(), 0
         for segment in self._log().sealed_segments()[: self._config.segments_per_pass_max]:
             why = await self._archive_one(segment)
             if why is not None:
@@ -109,6 +111,9 @@ class Archiver:
             done += 1
         else:
             self._keep("no sealed segment is left to judge")
+        if done:
+            seconds = round(anyio.current_time() - started, 3)
+            _log.info("retention.pass", segments=done, snapshots_asked=self._snapshotted, seconds=seconds)
         return done
 
     async def _archive_one(self, segment: SegmentFile) -> str | None:
@@ -150,13 +155,22 @@ class Archiver:
         """The patients still without a snapshot past the segment, after asking their actors for one."""
         have = await anyio.to_thread.run_sync(self._snapshot_lsns, list(summary.patients))
         missing = snapshots_missing(summary, have)
-        for patient in missing:
-            try:
-                have[patient] = await self._keep_snapshot(patient)
-            except Exception as exc:  # noqa: BLE001 -- the segment stays; the next look asks again
-                _log.warning("retention.snapshot_failed", error=type(exc).__name__)
-                return [patient]
+        # A few at a time: each is an activation (a read of the log) and a write, mostly waiting on a thread.
+        for start in range(0, len(missing), _SNAPSHOTS_AT_ONCE):
+            chunk = missing[start : start + _SNAPSHOTS_AT_ONCE]
+            async with anyio.create_task_group() as tg:
+                for patient in chunk:
+                    tg.start_soon(self._snapshot_one, patient, have)
+            if any(have.get(p, 0) < summary.patients[p] for p in chunk):
+                break  # one failed: the segment stays, the next look asks again
         return snapshots_missing(summary, have)
+
+    async def _snapshot_one(self, patient: str, have: dict[str, int]) -> None:
+        self._snapshotted += 1
+        try:
+            have[patient] = await self._keep_snapshot(patient)
+        except Exception as exc:  # noqa: BLE001 -- the segment stays; the next look asks again
+            _log.warning("retention.snapshot_failed", error=type(exc).__name__)
 
     def _keep(self, why: str) -> None:
         if why != self._kept_because:
