@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -111,6 +112,33 @@ def report(title: str, data: str, contenders: list[Contender], extra: dict[str, 
         }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_bytes(msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
+
+
+def probe(port: int, feed: Sequence[bytes], seconds: float, rate: float, out: dict[str, Any]) -> None:
+    """Send at a steady `rate` on one MLLP connection for `seconds`; into `out`: each send-to-ACK time (ms) and
+    how many were answered AA/CA. Run it in a thread beside what it measures."""
+    from engine.core.mllp import Frame, MLLPDecoder, frame
+
+    decoder = MLLPDecoder()
+    latencies: list[float] = []
+    accepted = 0
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        for n, raw in enumerate(feed):
+            due = start + n / rate
+            if due - start >= seconds:
+                break
+            time.sleep(max(0.0, due - time.perf_counter()))
+            t0 = time.perf_counter()
+            conn.sendall(frame(raw))
+            answer = b""
+            while not answer:
+                for item in decoder.feed(conn.recv(65536)):
+                    if isinstance(item, Frame):
+                        answer = item.payload
+            latencies.append((time.perf_counter() - t0) * 1000)
+            accepted += b"|AA|" in answer or b"|CA|" in answer
+    out.update(latencies=latencies, accepted=accepted)
 
 
 def fail_if(condition: bool, message: str) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import anyio
 import msgspec
-from _harness import arguments, fail_if
+from _harness import arguments, fail_if, probe
 from rich.console import Console
 from rich.table import Table
 
@@ -155,27 +155,7 @@ def _send_back_to_back(port: int, feed: list[bytes], deadline: float, counted: l
 
 def _probe(port: int, feed: list[bytes], seconds: float, out: dict[str, Any]) -> None:
     """Send at a steady rate on one connection; the send-to-ACK latency of each, and how many were AA/CA."""
-    decoder = MLLPDecoder()
-    latencies: list[float] = []
-    accepted = 0
-    interval = 1.0 / _PROBE_RATE
-    start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-        for n, raw in enumerate(feed):
-            due = start + n * interval
-            if due - start >= seconds:
-                break
-            time.sleep(max(0.0, due - time.perf_counter()))
-            t0 = time.perf_counter()
-            conn.sendall(frame(raw))
-            answer = b""
-            while not answer:
-                for item in decoder.feed(conn.recv(65536)):
-                    if isinstance(item, Frame):
-                        answer = item.payload
-            latencies.append((time.perf_counter() - t0) * 1000)
-            accepted += b"|AA|" in answer or b"|CA|" in answer
-    out.update(latencies=latencies, accepted=accepted)
+    probe(port, feed, seconds, _PROBE_RATE, out)
 
 
 def _pct(values: list[float], q: float) -> float:

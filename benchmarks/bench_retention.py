@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -26,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _harness import arguments, fail_if
+from _harness import arguments, fail_if, probe
 from rich.console import Console
 from rich.table import Table
 
 from engine.core.feedgen import FeedMix, generate_feed
-from engine.core.mllp import Frame, MLLPDecoder, frame
 
 ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
@@ -138,25 +136,7 @@ def _serve(run: Path, config_text: str, seconds: float, sealed: int) -> dict[str
 
 
 def _probe(port: int, seconds: float, out: dict[str, Any]) -> None:
-    feed = generate_feed(int(seconds * _RATE) + 1, seed=1, mix=_CRITICAL, id_prefix="K")
-    decoder, latencies, accepted = MLLPDecoder(), [], 0
-    start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-        for n, raw in enumerate(feed):
-            due = start + n / _RATE
-            if due - start >= seconds:
-                break
-            time.sleep(max(0.0, due - time.perf_counter()))
-            t0 = time.perf_counter()
-            conn.sendall(frame(raw))
-            answer = b""
-            while not answer:
-                for item in decoder.feed(conn.recv(65536)):
-                    if isinstance(item, Frame):
-                        answer = item.payload
-            latencies.append((time.perf_counter() - t0) * 1000)
-            accepted += b"|AA|" in answer or b"|CA|" in answer
-    out.update(latencies=latencies, accepted=accepted)
+    probe(port, generate_feed(int(seconds * _RATE) + 1, seed=1, mix=_CRITICAL, id_prefix="K"), seconds, _RATE, out)
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
