@@ -16,6 +16,7 @@ import anyio
 import msgspec
 
 from actors import Applied, PatientRecord
+from engine.core.model import PatientMerged
 from engine.infra.clock import utc_now
 from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog
 
@@ -55,6 +56,38 @@ class LogRecordSource:
             for r in self._wal.read_patient(patient, after_lsn=after)
         ]
         return record, tail
+
+    def snapshot_lsns(self, patients: Sequence[str]) -> dict[str, int]:
+        """Each patient's newest snapshot LSN (0: none). Blocking: in a worker thread."""
+        return {p: s.lsn if (s := self._snapshots.load(p)) is not None else 0 for p in patients}
+
+    def snapshot_many(self, patients: Sequence[str]) -> dict[str, int]:
+        """Snapshot each patient's record as the log has it now, without its actor; each one's snapshot LSN.
+
+        For retention (blocking: in a worker thread): the fold is the
+        activation's (snapshot, then the log's tail, in one linear pass),
+        saved in one transaction. A patient whose tail holds a merge into it,
+        or a record that fails the fold, is left out: its actor makes its
+        snapshot (`PatientActors.keep_snapshot`). The log is the truth, so a
+        snapshot made beside a running actor is the same record, or an
+        earlier one of it, never a different one.
+        """
+        made = []
+        for patient in patients:
+            snapshot, tail = self._load(patient)
+            if any(isinstance(e, PatientMerged) and e.surviving == patient for a in tail for e in a.events):
+                continue
+            record = snapshot if snapshot is not None else PatientRecord.empty(patient)
+            try:
+                record = record.extend((a.lsn, a.recorded_at, a.message_id, a.events) for a in tail)
+            except Exception:  # noqa: BLE001, S112 -- a poison record: its actor skips and quarantines it
+                continue
+            if record.last_lsn > (snapshot.last_lsn if snapshot is not None else 0):
+                made.append(Snapshot(patient, record.last_lsn, utc_now(), _ENCODER.encode(record)))
+            elif snapshot is not None:
+                made.append(Snapshot(patient, snapshot.last_lsn, "", b""))  # already past: nothing to write
+        self._snapshots.save_many([s for s in made if s.state])
+        return {s.key: s.lsn for s in made}
 
     async def save(self, record: PatientRecord) -> None:
         snapshot = Snapshot(record.patient, record.last_lsn, utc_now(), _ENCODER.encode(record))

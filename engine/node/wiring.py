@@ -146,7 +146,7 @@ class Node:
         self._search: SearchFollower | None = None
         self._alerts: AlertWatch | None = None
         self._archiver: Archiver | None = None
-        self._snapshots: PackedSnapshotStore | None = None
+        self._records: LogRecordSource | None = None  # the patient actors' (retention snapshots through it)
         self._mllp_port: int | None = None
         self._mllp_server: MLLPServer | None = None
         # One ACK builder for MLLP and HTTP: each ACK's own MSH-10 (`NODE-n`) from one counter, never twice.
@@ -345,15 +345,16 @@ class Node:
         """The patient actors; a restart begins with none active (each is rebuilt from its snapshot and the log)."""
         wal = self.wal
         snapshots = await anyio.to_thread.run_sync(PackedSnapshotStore, self.data_dir / "snapshots", OSFiles())
+        records = LogRecordSource(wal, snapshots)
         actors = PatientActors(
-            LogRecordSource(wal, snapshots),
+            records,
             PoisonQuarantine(wal, self._refusals.quarantine),
             idle_timeout_s=self.config.actors.idle_timeout_s,
             active_max=self.config.actors.active_max,
             snapshot_min_records=self.config.actors.snapshot_min_records,
         )
         self._fanout.actors = actors
-        self._snapshots = snapshots
+        self._records = records
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(actors.run)
@@ -361,8 +362,8 @@ class Node:
         finally:
             if self._fanout.actors is actors:
                 self._fanout.actors = None
-            if self._snapshots is snapshots:
-                self._snapshots = None
+            if self._records is records:
+                self._records = None
             snapshots.close()
 
     async def _run_lanes(self, *, task_status: TaskStatus[None]) -> None:
@@ -384,6 +385,7 @@ class Node:
             log=lambda: self.wal,
             readers=self._log_readers,
             snapshot_lsns=self._snapshot_lsns,
+            snapshot_many=self._snapshot_many,
             keep_snapshot=self._keep_snapshot,
         )
         await self._archiver.run(task_status=task_status)
@@ -398,10 +400,12 @@ class Node:
         return readers
 
     def _snapshot_lsns(self, patients: list[str]) -> dict[str, int]:
-        store = self._snapshots
-        if store is None:
-            return {}  # the patient actors are restarting: every patient counts as without a snapshot
-        return {p: s.lsn if (s := store.load(p)) is not None else 0 for p in patients}
+        records = self._records
+        return records.snapshot_lsns(patients) if records is not None else {}  # restarting: none yet
+
+    def _snapshot_many(self, patients: list[str]) -> dict[str, int]:
+        records = self._records
+        return records.snapshot_many(patients) if records is not None else {}
 
     async def _keep_snapshot(self, patient: str) -> int:
         actors = self._fanout.actors

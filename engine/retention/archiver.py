@@ -32,6 +32,7 @@ __all__ = ["Archiver", "RetentionStatus"]
 
 _log = structlog.get_logger("vigil.retention")
 _SNAPSHOTS_AT_ONCE = 32
+_BULK_PATIENTS = 256  # per thread call: a few milliseconds, so the event loop gets the interpreter back often
 
 
 class Log(Protocol):
@@ -68,6 +69,7 @@ class Archiver:
         log: Callable[[], Log],
         readers: Callable[[], Mapping[str, int]],
         snapshot_lsns: Callable[[list[str]], dict[str, int]],
+        snapshot_many: Callable[[list[str]], dict[str, int]],
         keep_snapshot: Callable[[str], Awaitable[int]],
         now: Callable[[], datetime] = wall_now,
     ) -> None:
@@ -76,6 +78,7 @@ class Archiver:
         self._log = log
         self._readers = readers
         self._snapshot_lsns = snapshot_lsns
+        self._snapshot_many = snapshot_many
         self._keep_snapshot = keep_snapshot
         self._now = now
         self._kept_because = "not looked yet"
@@ -101,33 +104,46 @@ class Archiver:
         )
 
     async def archive_due(self) -> int:
-        """One pass: archive and release what may go now; how many segments went."""
-        done, started, self._snapshotted = 0, anyio.current_time(), 0
-        for segment in self._log().sealed_segments()[: self._config.segments_per_pass_max]:
-            why = await self._archive_one(segment)
-            if why is not None:
-                self._keep(f"{segment.path.name}: {why}")
+        """One pass: archive and release what may go now; how many segments went.
+
+        The run of segments that may go is judged first (age, readers), then
+        every patient in the run gets a snapshot past it, each asked once for
+        the whole run (a log archived for the first time holds most patients in
+        every segment), then the segments go, oldest first.
+        """
+        started, self._snapshotted = anyio.current_time(), 0
+        due, why = await self._due_run()
+        have = await self._snapshots_for(due)
+        done = 0
+        for segment, summary in due:
+            gap = snapshots_missing(summary, have)
+            kept = _no_snapshot(gap) if gap else await self._move(segment, summary)
+            if kept is not None:
+                why = f"{segment.path.name}: {kept}"
                 break
             done += 1
-        else:
-            self._keep("no sealed segment is left to judge")
+        self._keep(why or "no sealed segment is left to judge")
         if done:
             seconds = round(anyio.current_time() - started, 3)
             _log.info("retention.pass", segments=done, snapshots_asked=self._snapshotted, seconds=seconds)
         return done
 
-    async def _archive_one(self, segment: SegmentFile) -> str | None:
-        """Archive and release one segment; why it stays, when it does."""
-        why = held_by_reader(_range_only(segment), self._readers())
-        if why is not None:
-            return why  # judged before reading a byte: the usual reason, and free to know
-        summary = await anyio.to_thread.run_sync(self._summarise, segment)
-        why = kept_by_age(summary, self._config, self._now()) or held_by_reader(summary, self._readers())
-        if why is not None:
-            return why
-        missing = await self._snapshots_missing(summary)
-        if missing:
-            return f"{len(missing)} patient(s) in it have no snapshot past it yet (their records are still applied)"
+    async def _due_run(self) -> tuple[list[tuple[SegmentFile, SegmentSummary]], str | None]:
+        """The sealed segments, oldest first, that age and readers let go; why the next one stays (None: none left)."""
+        due: list[tuple[SegmentFile, SegmentSummary]] = []
+        for segment in self._log().sealed_segments()[: self._config.segments_per_pass_max]:
+            why = held_by_reader(_range_only(segment), self._readers())
+            if why is None:  # judged before reading a byte: the usual reason, and free to know
+                anchor = due[-1][1].last_hash if due else self._anchor(segment)
+                summary = await anyio.to_thread.run_sync(_summarise, segment, anchor)
+                why = kept_by_age(summary, self._config, self._now()) or held_by_reader(summary, self._readers())
+            if why is not None:
+                return due, f"{segment.path.name}: {why}"
+            due.append((segment, summary))
+        return due, None
+
+    async def _move(self, segment: SegmentFile, summary: SegmentSummary) -> str | None:
+        """Archive one segment and release it from the log; why it stays, when it does."""
         entry = await anyio.to_thread.run_sync(self._archive.put, _read(segment), summary, utc_now())
         if await self._log().release_segments_before(segment.last_lsn + 1) == 0:
             return "a copy of the log (vigil backup) is being taken: it goes at the next look"
@@ -143,27 +159,34 @@ class Archiver:
         )
         return None
 
-    def _summarise(self, segment: SegmentFile) -> SegmentSummary:
+    def _anchor(self, segment: SegmentFile) -> bytes | None:
+        """The chain hash the segment's first record must link to, where it is known."""
         last = self._last
         if last is not None and last.last_lsn + 1 == segment.first_lsn:
-            anchor: bytes | None = bytes.fromhex(last.last_hash)
-        else:
-            anchor = GENESIS_HASH if segment.first_lsn == 1 else None
-        return summarise_segment(_read(segment), segment.first_lsn, anchor)
+            return bytes.fromhex(last.last_hash)
+        return GENESIS_HASH if segment.first_lsn == 1 else None
 
-    async def _snapshots_missing(self, summary: SegmentSummary) -> list[str]:
-        """The patients still without a snapshot past the segment, after asking their actors for one."""
-        have = await anyio.to_thread.run_sync(self._snapshot_lsns, list(summary.patients))
-        missing = snapshots_missing(summary, have)
-        # A few at a time: each is an activation (a read of the log) and a write, mostly waiting on a thread.
+    async def _snapshots_for(self, due: list[tuple[SegmentFile, SegmentSummary]]) -> dict[str, int]:
+        """Each patient of the run's snapshot LSN, after asking the actors of those whose snapshot is behind."""
+        needed: dict[str, int] = {}
+        for _segment, summary in due:
+            needed.update(summary.patients)  # later segments last: each patient's last LSN in the run
+        have = await anyio.to_thread.run_sync(self._snapshot_lsns, list(needed))
+        missing = [p for p, lsn in needed.items() if have.get(p, 0) < lsn]
+        # Most in bulk (a slice of patients folded and saved in one thread call, one transaction) ...
+        for start in range(0, len(missing), _BULK_PATIENTS):
+            have.update(await anyio.to_thread.run_sync(self._snapshot_many, missing[start : start + _BULK_PATIENTS]))
+            self._snapshotted += len(missing[start : start + _BULK_PATIENTS])
+        # ... the rest (a merge into them in their tail, a poison record) by their actors, a few at a time.
+        missing = [p for p in missing if have.get(p, 0) < needed[p]]
         for start in range(0, len(missing), _SNAPSHOTS_AT_ONCE):
             chunk = missing[start : start + _SNAPSHOTS_AT_ONCE]
             async with anyio.create_task_group() as tg:
                 for patient in chunk:
                     tg.start_soon(self._snapshot_one, patient, have)
-            if any(have.get(p, 0) < summary.patients[p] for p in chunk):
-                break  # one failed: the segment stays, the next look asks again
-        return snapshots_missing(summary, have)
+            if any(have.get(p, 0) < needed[p] for p in chunk):
+                break  # one failed: the segments from its stay, the next look asks again
+        return have
 
     async def _snapshot_one(self, patient: str, have: dict[str, int]) -> None:
         self._snapshotted += 1
@@ -176,6 +199,14 @@ class Archiver:
         if why != self._kept_because:
             _log.info("retention.kept", reason=why)
         self._kept_because = why
+
+
+def _summarise(segment: SegmentFile, anchor: bytes | None) -> SegmentSummary:
+    return summarise_segment(_read(segment), segment.first_lsn, anchor)
+
+
+def _no_snapshot(patients: list[str]) -> str:
+    return f"{len(patients)} patient(s) in it have no snapshot past it yet (their records are still applied)"
 
 
 def _read(segment: SegmentFile) -> bytes:

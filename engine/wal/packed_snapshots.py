@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, final
 
@@ -60,18 +61,23 @@ class PackedSnapshotStore:
 
     def save(self, snapshot: Snapshot) -> None:
         """Insert, then drop the oldest beyond `keep`; a folder the directory store left for the key goes."""
-        key_hash = _hash(snapshot.key)
-        body = frame_body(msgspec.msgpack.encode(snapshot))
+        self.save_many([snapshot])
+
+    def save_many(self, snapshots: Sequence[Snapshot]) -> None:
+        """`save` for many, in one transaction (retention snapshots thousands of patients at once)."""
+        rows = [(_hash(s.key), s.lsn, frame_body(msgspec.msgpack.encode(s))) for s in snapshots]
         with self._db.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", (key_hash, snapshot.lsn, body))
-            db.execute(
-                "DELETE FROM snapshots WHERE key_hash = ? AND lsn NOT IN "
-                "(SELECT lsn FROM snapshots WHERE key_hash = ? ORDER BY lsn DESC LIMIT ?)",
-                (key_hash, key_hash, self._keep),
-            )
-        legacy = self._dir / key_hash
-        if legacy.is_dir():
-            shutil.rmtree(legacy, ignore_errors=True)
+            for key_hash, lsn, body in rows:
+                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", (key_hash, lsn, body))
+                db.execute(
+                    "DELETE FROM snapshots WHERE key_hash = ? AND lsn NOT IN "
+                    "(SELECT lsn FROM snapshots WHERE key_hash = ? ORDER BY lsn DESC LIMIT ?)",
+                    (key_hash, key_hash, self._keep),
+                )
+        for key_hash, _lsn, _body in rows:
+            legacy = self._dir / key_hash
+            if legacy.is_dir():
+                shutil.rmtree(legacy, ignore_errors=True)
 
     def exists(self, key: str) -> bool:
         """Whether `key` may have a snapshot: one indexed look (or its old folder's stat)."""

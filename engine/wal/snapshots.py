@@ -10,6 +10,7 @@ The newest valid snapshot wins; a damaged one is skipped for the one before.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Protocol, final
 
@@ -40,6 +41,7 @@ class Snapshots(Protocol):
     """Where actors' snapshots are kept: a folder each (`SnapshotStore`) or one file (`PackedSnapshotStore`)."""
 
     def save(self, snapshot: Snapshot) -> None: ...
+    def save_many(self, snapshots: Sequence[Snapshot]) -> None: ...
     def exists(self, key: str) -> bool: ...
     def load(self, key: str, *, at_most_lsn: int | None = None) -> Snapshot | None: ...
 
@@ -57,6 +59,11 @@ class SnapshotStore:
 
     def _folder(self, key: str) -> Path:
         return self._dir / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def save_many(self, snapshots: Sequence[Snapshot]) -> None:
+        """`save`, one after the other."""
+        for snapshot in snapshots:
+            self.save(snapshot)
 
     def save(self, snapshot: Snapshot) -> None:
         """Write atomically, then drop the oldest beyond `keep`."""

@@ -74,20 +74,20 @@ async def _archiver(
     wal: WriteAheadLog,
     config: RetentionConfig,
     readers: Callable[[], Mapping[str, int]],
+    *,
     now: Callable[[], datetime] = lambda: wall_now() + _LATER,
+    bulk: Callable[[list[str]], dict[str, int]] | None = None,
 ) -> AsyncIterator[tuple[Archiver, PackedSnapshotStore]]:
     snapshots = PackedSnapshotStore(tmp_path / "snapshots", OSFiles())
-    actors = _actors(wal, snapshots)
-
-    def snapshot_lsns(patients: list[str]) -> dict[str, int]:
-        return {p: s.lsn if (s := snapshots.load(p)) is not None else 0 for p in patients}
+    actors, records = _actors(wal, snapshots), LogRecordSource(wal, snapshots)
 
     archiver = Archiver(
         config,
         ArchiveFolder(Path(config.archive)),
         log=lambda: wal,
         readers=readers,
-        snapshot_lsns=snapshot_lsns,
+        snapshot_lsns=records.snapshot_lsns,
+        snapshot_many=bulk if bulk is not None else records.snapshot_many,
         keep_snapshot=actors.keep_snapshot,
         now=now,
     )
@@ -100,15 +100,21 @@ async def _archiver(
         snapshots.close()
 
 
-async def test_segments_past_their_period_go_and_every_record_is_rebuilt_the_same(tmp_path: Path) -> None:
+@pytest.mark.parametrize("snapshots_by", ["bulk", "actors"])
+async def test_segments_past_their_period_go_and_every_record_is_rebuilt_the_same(
+    tmp_path: Path, snapshots_by: str
+) -> None:
     """Billing-only segments go (batch_days), the one with a standard record (kept for good) stops the pass;
-    the archive, then the log from its base, prove the whole chain; every record is rebuilt the same."""
+    the archive, then the log from its base, prove the whole chain; every record is rebuilt the same, whether
+    the snapshots were made in bulk or each by its patient's actor (what bulk leaves out)."""
+    bulk = None if snapshots_by == "bulk" else lambda _patients: {}
     config = _config(tmp_path, batch_days=1)
     async with open_wal(tmp_path / "wal", SMALL) as wal:
         standard_lsn = await _fill(wal, 300, 100)
         before = _rebuilt(wal, PackedSnapshotStore(tmp_path / "none", OSFiles()))
         holding = next(s for s in wal.sealed_segments() if s.first_lsn <= standard_lsn <= s.last_lsn)
-        async with _archiver(tmp_path, wal, config, lambda: {"route r": wal.last_lsn + 1}) as (archiver, snapshots):
+        readers = lambda: {"route r": wal.last_lsn + 1}  # noqa: E731 -- a reader past everything
+        async with _archiver(tmp_path, wal, config, readers, bulk=bulk) as (archiver, snapshots):
             went = await archiver.archive_due()
             status = archiver.status()
             assert went >= 3
