@@ -2,4 +2,6 @@
 
 from engine.cli.main import main
 
-main()
+# Guarded: a worker process (anyio's, multiprocessing's) loads this module again under another name.
+if __name__ == "__main__":
+    main()

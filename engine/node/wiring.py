@@ -387,6 +387,7 @@ class Node:
             snapshot_lsns=self._snapshot_lsns,
             snapshot_many=self._snapshot_many,
             keep_snapshot=self._keep_snapshot,
+            pace=self.parts.pacer.pace,
         )
         await self._archiver.run(task_status=task_status)
 
