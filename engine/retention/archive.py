@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import final
@@ -122,7 +123,7 @@ class ArchiveFolder:
             data = gzip.decompress(self._files.read(path))
         except FileNotFoundError:
             raise ArchiveError(f"{entry.segment}: its compressed file is missing") from None
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
             raise ArchiveError(f"{entry.segment}: does not decompress ({exc})") from None
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise ArchiveError(f"{entry.segment}: its bytes are not those the manifest names (SHA-256)")

@@ -230,3 +230,23 @@ async def test_a_merge_replayed_after_the_archive_still_brings_the_merged_patien
                 tg.cancel_scope.cancel()
     assert before.facts == 300 + 1 + 1  # B's 300, A's own, the merge
     assert after == before
+
+
+@pytest.mark.parametrize("where", ["header", "first deflate block", "deflate stream", "trailer"])
+async def test_an_archived_segment_damaged_anywhere_is_named_not_a_crash(tmp_path: Path, where: str) -> None:
+    """A flipped byte in the gzip header, the compressed data or the trailer: each an ArchiveError naming it."""
+    config = _config(tmp_path, batch_days=1)
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        await _fill(wal, 300, 100)
+        async with _archiver(tmp_path, wal, config, dict) as (archiver, _):
+            assert await archiver.archive_due() >= 3
+    folder = ArchiveFolder(Path(config.archive))
+    entry = folder.entries()[1]
+    gz = Path(config.archive) / f"{entry.segment}.gz"
+    data = bytearray(gz.read_bytes())
+    # The first block's header follows gzip's 10 bytes (no name, mtime 0): flipped, zlib itself fails.
+    at = {"header": 3, "first deflate block": 10, "deflate stream": len(data) // 2, "trailer": len(data) - 6}[where]
+    data[at] ^= 0xFF
+    gz.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=entry.segment):
+        folder.verify()
