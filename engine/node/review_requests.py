@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, final
 
@@ -19,6 +20,7 @@ from engine.core.model import RecordAccessed
 from engine.infra.admin_socket import AdminError, Handler
 from engine.infra.config import Config
 from engine.projections import CONNECTION_ERRORS, connect, critical_worklist, dsn_of
+from engine.retention import ArchiveError, ArchiveFolder, archived
 from engine.wal import WriteAheadLog
 
 __all__ = ["ReviewRequests"]
@@ -57,15 +59,26 @@ class ReviewRequests:
             raise AdminError("the request needs patient (authority|identifier)")
         await self._auth.authorize(request, Permission.AUDIT_READ, patient=patient, action="audit_read")
 
+        archive = (
+            ArchiveFolder(self._config.retention.folder(self._wal.directory.parent))
+            if self._config.retention.enabled
+            else None
+        )
+
         def read() -> list[dict[str, object]]:
+            # The trail outlives the log's retention: what was archived first, then what the log keeps.
+            before = archived(archive, patient=patient) if archive is not None else iter(())
             return [
                 {"lsn": record.lsn, **msgspec.to_builtins(event)}
-                for record in self._wal.read_patient(patient)
+                for record in itertools.chain(before, self._wal.read_patient(patient))
                 for event in record.envelope.events
                 if isinstance(event, RecordAccessed)
             ]
 
-        return await anyio.to_thread.run_sync(read)
+        try:
+            return await anyio.to_thread.run_sync(read)
+        except ArchiveError as exc:
+            raise AdminError(f"the archive cannot be read: {exc}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from engine.retention.archive import ArchivedSegment, ArchiveError, ArchiveFolder, ArchiveReport
 from engine.retention.archiver import Archiver, RetentionStatus
-from engine.retention.history import whole_history
+from engine.retention.history import archived, whole_history
 from engine.retention.segment_summary import SegmentDamagedError, SegmentSummary, summarise_segment
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "RetentionStatus",
     "SegmentDamagedError",
     "SegmentSummary",
+    "archived",
     "summarise_segment",
     "whole_history",
 ]

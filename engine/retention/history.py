@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 from engine.retention.archive import ArchiveFolder
 from engine.wal import LogRecord, OSFiles, decode_record, iter_records, records_in
 
-__all__ = ["whole_history"]
+__all__ = ["archived", "whole_history"]
 
 _Decoded = TypeVar("_Decoded")
 
@@ -53,10 +53,25 @@ def whole_history(
     Raises:
         ArchiveError: an archived segment is missing or not what its manifest says.
     """
-    after = 0
-    for entry in archive.entries() if archive is not None else ():
-        after = entry.last_lsn
-        if entry.last_lsn >= from_lsn:
-            assert archive is not None
-            yield from records_in(archive.read(entry), from_lsn=from_lsn, patient=patient, decode=decode)
+    ended = archive.last() if archive is not None else None
+    if archive is not None:
+        yield from archived(archive, from_lsn=from_lsn, patient=patient, decode=decode)
+    after = ended.last_lsn if ended is not None else 0
     yield from iter_records(wal_dir, OSFiles(), from_lsn=max(from_lsn, after + 1), patient=patient, decode=decode)
+
+
+def archived(
+    archive: ArchiveFolder,
+    *,
+    from_lsn: int = 1,
+    patient: str | None = None,
+    decode: Callable[[bytes], Any] = decode_record,
+) -> Iterator[Any]:
+    """The archive's records alone, from `from_lsn` on (touching `patient`, if given), `decode`d.
+
+    Raises:
+        ArchiveError: an archived segment is missing or not what its manifest says.
+    """
+    for entry in archive.entries():
+        if entry.last_lsn >= from_lsn:
+            yield from records_in(archive.read(entry), from_lsn=from_lsn, patient=patient, decode=decode)

@@ -20,7 +20,7 @@ from tests.harness.sessions import sign_in
 
 _LOG = "[wal]\nsegment_bytes_max = 65536\ncheckpoint_records_interval = 100\n"
 # A billing record's period is under a tenth of a second: every sealed segment of them is due at once.
-_RETENTION = '[retention]\narchive = "archive"\nbatch_days = 0.000001\ninterval_s = 0.2\n'
+_RETENTION = '[retention]\narchive = "archive"\nbatch_days = 0.000001\nstandard_days = 0.000001\ninterval_s = 0.2\n'
 
 
 def _vigil(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,6 +62,9 @@ def test_billing_segments_leave_the_log_and_every_proof_and_record_still_holds(
     records = log_records(data)
     keys = sorted({p for r in records for p in r.patients})[:4]
     sign_in(data, "dr.osei", Role.CLINICIAN, config=plain)
+    _records(plain, data, keys)  # each read is audited: a record in the log
+    more = generate_feed(300, seed=4, mix=FeedMix(0, 0, 0, 0, 0, 0, 1), patients=20, id_prefix="C")
+    run_stdin(data, b"".join(more), "--config", str(plain))  # those audit records end up in sealed segments
     before = _records(plain, data, keys)  # folded from the whole log: no node runs
 
     with node(data, config=retained):
@@ -71,6 +74,12 @@ def test_billing_segments_leave_the_log_and_every_proof_and_record_still_holds(
     assert retention["log_first_lsn"] == retention["archived_through_lsn"] + 1
     assert served == before
     assert _records(retained, data, keys) == before  # from the files: the snapshot, then the log after it
+
+    sign_in(data, "privacy.kim", Role.PRIVACY_OFFICER, config=retained)
+    trail = _vigil(retained, "audit", "access", keys[0], "--data", str(data), "--json")
+    assert trail.returncode == 0, trail.stderr
+    reads = [json.loads(line) for line in trail.stdout.splitlines()]
+    assert any(r["user"] == "dr.osei" and r["lsn"] < retention["log_first_lsn"] for r in reads)  # from the archive
 
     audit = _vigil(retained, "audit", "verify", "--data", str(data), "--json")
     assert audit.returncode == 0, audit.stdout + audit.stderr
