@@ -145,7 +145,7 @@ class WriteAheadLog:
         self._last_lsn = self._tip_lsn = 0
         self._last_hash = self._tip_hash = b""
         self._inflight: dict[tuple[str, int], int] = {}  # (message id, digest) framed, not yet durable
-        self._inflight_ids: set[str] = set()  # their ids, to tell a reused id within one group
+        self._inflight_ids: dict[str, int] = {}  # their ids and each one's first LSN: a reused id within a group
         self._checkpoint_lsn = 0
         self._checkpointing = False
         # anyio.Event() looks the backend up on every call; an append makes one
@@ -494,6 +494,7 @@ class WriteAheadLog:
                 lsn += 1
                 if message_id in self._inflight_ids or self._index.holds_id(message_id):
                     self._control_id_reused(message_id, lsn)
+                self._inflight_ids.setdefault(message_id, lsn)
                 others = env.other_patients
                 patients = ((env.patient, *others) if others else (env.patient,)) if env.patient else others
                 record = LogRecord(
@@ -506,7 +507,6 @@ class WriteAheadLog:
                 size += len(frame)
                 pending.append((lsn, message_id, digest, patients))
                 inflight[message_id, digest] = lsn
-                self._inflight_ids.add(message_id)
                 request.positions.append(Position(lsn, recorded_at=now))
         if not frames and not waits_for_flight:
             answer(group, None)
@@ -524,7 +524,7 @@ class WriteAheadLog:
             "wal.control_id_reused",
             message_id=message_id,
             lsn=lsn,
-            first_lsn=self._index.lookup(message_id),
+            first_lsn=self._index.lookup(message_id) or self._inflight_ids.get(message_id),
             reason="an earlier message has this id and other content; both are kept",
         )
 
@@ -575,7 +575,8 @@ class WriteAheadLog:
         for (lsn, message_id, digest, patients), offset in zip(framed.pending, framed.offsets, strict=True):
             self._index.add(start + offset, lsn, message_id, digest, patients)
             self._inflight.pop((message_id, digest), None)
-            self._inflight_ids.discard(message_id)
+            if self._inflight_ids.get(message_id) == lsn:  # the first copy, now in the index
+                del self._inflight_ids[message_id]
         seg.last_lsn = self._last_lsn = framed.pending[-1][0]
         seg.size = start + len(framed.data)
         self._last_hash = framed.hashes[-1]

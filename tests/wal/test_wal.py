@@ -677,3 +677,17 @@ async def test_a_checkpoint_taken_beside_the_writer_pairs_each_lsn_with_its_own_
         wal._last_lsn, wal._last_hash = second
     entries = KeyedCheckpoints(tmp_path, OSFiles(), key).entries()
     assert (entries[0].lsn, entries[0].hash) == first
+
+
+async def test_a_reused_control_id_names_the_first_copy_even_in_the_same_group(tmp_path: Path) -> None:
+    """Other content under an id: both kept, and the warning names the first copy's LSN, in flight or durable."""
+    first = msgspec.structs.replace(envelope(1), digest=11)
+    same_group = msgspec.structs.replace(envelope(2), message_id=first.message_id, digest=22)
+    later = msgspec.structs.replace(envelope(3), message_id=first.message_id, digest=33)
+    async with open_wal(tmp_path, SMALL) as wal:
+        with capture_logs() as logs:
+            assert [p.lsn for p in await wal.append([first, same_group])] == [1, 2]
+            assert [p.lsn for p in await wal.append([later])] == [3]
+        assert wal.statistics().reused_control_ids == 2
+    said = [(e["lsn"], e["first_lsn"]) for e in logs if e["event"] == "wal.control_id_reused"]
+    assert said == [(2, 1), (3, 1)]
