@@ -5,6 +5,7 @@ Imports only the pure floor of `engine` (model, codecs), never the node.
 
 from lanes.classify import Classification, Classifier
 from lanes.pacing import Pacer, PacingSettings, PacingStatistics
+from lanes.percentiles import values_at_percentiles
 from lanes.rules import ClassificationRules
 from lanes.scheduler import LaneFull, LaneScheduler, LaneStatistics
 from lanes.settings import LaneLimits, SchedulerSettings
@@ -21,4 +22,5 @@ __all__ = [
     "PacingSettings",
     "PacingStatistics",
     "SchedulerSettings",
+    "values_at_percentiles",
 ]

@@ -33,6 +33,7 @@ from hdrh.histogram import HdrHistogram
 from actors import loop_clock
 from engine.core.errors import VigilError
 from engine.core.model import Lane
+from lanes.percentiles import values_at_percentiles
 from lanes.settings import LaneLimits, SchedulerSettings
 
 __all__ = ["LaneFull", "LaneScheduler", "LaneStatistics"]
@@ -296,21 +297,24 @@ class LaneScheduler(Generic[T]):
 
     def statistics(self) -> list[LaneStatistics]:
         """Each lane's depth, counters and latency percentiles."""
-        return [
-            LaneStatistics(
-                lane=lane.value,
-                depth=len(state.queue),
-                capacity=state.limits.capacity_items,
-                running=state.running,
-                admitted=state.admitted,
-                done=state.done,
-                failed=state.failed,
-                wait_p50_us=state.wait.get_value_at_percentile(50),
-                wait_p99_us=state.wait.get_value_at_percentile(99),
-                total_p50_us=state.total.get_value_at_percentile(50),
-                total_p99_us=state.total.get_value_at_percentile(99),
-                total_p999_us=state.total.get_value_at_percentile(99.9),
-                served_in_caller=state.here,
-            )
-            for lane, state in self._lanes.items()
-        ]
+        return [self._statistics(lane, state) for lane, state in self._lanes.items()]
+
+    @staticmethod
+    def _statistics(lane: Lane, state: _LaneState) -> LaneStatistics:
+        wait_p50, wait_p99 = values_at_percentiles(state.wait, (50, 99))
+        total_p50, total_p99, total_p999 = values_at_percentiles(state.total, (50, 99, 99.9))
+        return LaneStatistics(
+            lane=lane.value,
+            depth=len(state.queue),
+            capacity=state.limits.capacity_items,
+            running=state.running,
+            admitted=state.admitted,
+            done=state.done,
+            failed=state.failed,
+            wait_p50_us=wait_p50,
+            wait_p99_us=wait_p99,
+            total_p50_us=total_p50,
+            total_p99_us=total_p99,
+            total_p999_us=total_p999,
+            served_in_caller=state.here,
+        )

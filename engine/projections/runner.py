@@ -45,6 +45,7 @@ from engine.projections.schema import migrate
 from engine.projections.tables import Changes, Issue, Key
 from engine.projections.writer import PositionMovedError, Step, plan, write_changes
 from engine.wal import EventsRecord, LogRecord, decode_events
+from lanes import values_at_percentiles
 
 if TYPE_CHECKING:
     from engine.projections.database import Connection
@@ -172,6 +173,7 @@ class ProjectionRunner:
 
     def status(self) -> ProjectionStatus:
         lag_records, lag_s = self.lag()
+        visible_p50, visible_p99 = values_at_percentiles(self._visible, (50, 99))
         return ProjectionStatus(
             state=self._state,
             positions=dict(self._positions),
@@ -181,8 +183,8 @@ class ProjectionRunner:
             batches=self._batches,
             records_applied=self._applied,
             issues_noted=self._issues,
-            visible_p50_ms=self._visible.get_value_at_percentile(50) / 1000,
-            visible_p99_ms=self._visible.get_value_at_percentile(99) / 1000,
+            visible_p50_ms=visible_p50 / 1000,
+            visible_p99_ms=visible_p99 / 1000,
             critical_visible_p99_ms=self._critical_p99_ms(),
         )
 
@@ -200,7 +202,7 @@ class ProjectionRunner:
         return max(0.0, (self._wall() - recorded).total_seconds())
 
     def _critical_p99_ms(self) -> float:
-        return self._critical.visible.get_value_at_percentile(99) / 1000 if self._critical is not None else 0.0
+        return values_at_percentiles(self._critical.visible, (99,))[0] / 1000 if self._critical is not None else 0.0
 
     # -- running ---------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from engine.routes.plan import DeliveryPlan, Pending
 from engine.routes.reading import LogReader, read_candidates
 from engine.routes.selection import Candidate, RouteFilter
 from engine.wal import OSFiles, SmallFile
+from lanes import values_at_percentiles
 
 __all__ = ["LaneDelivery", "Route", "RouteStatistics"]
 
@@ -248,14 +249,15 @@ class Route:
             count, oldest = backlog[lane]
             hist = self._latency[lane]
             seen = hist.get_total_count() > 0
+            p50, p99 = values_at_percentiles(hist, (50, 99))
             lanes.append(
                 LaneDelivery(
                     lane.value,
                     count,
                     round(now - oldest, 3) if oldest is not None and self._running else None,
                     self._per_lane[lane],
-                    hist.get_value_at_percentile(50) / 1000 if seen else None,
-                    hist.get_value_at_percentile(99) / 1000 if seen else None,
+                    p50 / 1000 if seen else None,
+                    p99 / 1000 if seen else None,
                 )
             )
         return RouteStatistics(
