@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from engine.core.fhir import Json
 
-__all__ = ["FHIR_JSON", "fhir_json", "operation_outcome"]
+__all__ = ["FHIR_JSON", "fhir_json", "internal_error", "operation_outcome"]
 
 FHIR_JSON: Final = "application/fhir+json"
 _ENCODER: Final = msgspec.json.Encoder()
@@ -50,3 +50,8 @@ def operation_outcome(
         "issue": [{"severity": severity, "code": code, "diagnostics": text}],
     }
     return fhir_json(body, status, headers)
+
+
+def internal_error() -> Response:
+    """A fault of ours: said without its exception, whose text may quote a message (that goes to the error log)."""
+    return operation_outcome(500, "internal error: the request was not completed (see the node's log)")

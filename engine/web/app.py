@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.web.answers import operation_outcome
+from engine.web.answers import internal_error, operation_outcome
 from engine.web.console_api import ConsoleApi
 from engine.web.fhir_api import READ_FAULTS, FhirReads
 from engine.web.gate import Refused, answer_refusal
@@ -34,7 +34,7 @@ def web_app(probes: Probes, reads: FhirReads, ingest: IngestApi, console: Consol
         routes=[*probes.routes(), *ingest.routes(), *reads.routes(), *console.routes()],
         exception_handlers={**READ_FAULTS, Refused: answer_refusal, HTTPException: _http_fault, 500: _internal},
     )
-    return _NoStore(app)
+    return _NoStore(_Front(app, ingest))
 
 
 async def _http_fault(_request: Request, exc: Exception) -> Response:
@@ -44,8 +44,21 @@ async def _http_fault(_request: Request, exc: Exception) -> Response:
 
 
 async def _internal(_request: Request, _exc: Exception) -> Response:
-    # The exception itself goes to the server's error log: its text may quote a message.
-    return operation_outcome(500, "internal error: the request was not completed (see the node's log)")
+    return internal_error()
+
+
+class _Front:
+    """The front door: `POST /hl7v2` goes straight to its handler, everything else to Starlette's router."""
+
+    def __init__(self, app: ASGIApp, ingest: IngestApi) -> None:
+        self._app = app
+        self._hl7v2 = ingest.hl7v2_asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/hl7v2" and scope["method"] == "POST":
+            await self._hl7v2(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 class _NoStore:
