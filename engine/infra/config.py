@@ -195,6 +195,9 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         grace_s: on stop, requests in progress get this long to finish.
         console_logins_max: web console logins per minute from one address
             (on top of the account lockout after failed passwords).
+        observations_kept: FHIR reads keep this many results' Observations
+            made and encoded (about 1.5 KB each), least recently read dropped
+            first: a record read again costs its new results, not all of them.
     """
 
     listen: str = ""
@@ -204,6 +207,7 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keep_alive_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 3.0
     console_logins_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    observations_kept: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 20_000
 
     def __post_init__(self) -> None:
         if not self.listen:

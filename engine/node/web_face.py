@@ -59,7 +59,7 @@ def http_server(
     gate = Gate(auth.authorize_client)
     app = web_app(
         Probes(ready, report),
-        FhirReads(read, gate, software="Vigil", version=_version()),
+        FhirReads(read, gate, software="Vigil", version=_version(), kept_observations=settings.observations_kept),
         IngestApi(answers.acknowledge, ingest, gate, body_bytes_max=settings.body_bytes_max),
         ConsoleApi(
             handle,

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from actors import RecordView
 from engine.core.fhir import Json
 from engine.web.answers import fhir_json, operation_outcome
+from engine.web.encoded import Encoded, EncodedResources
 from engine.web.fhir_query import COUNT_DEFAULT, QueryError, SearchQuery, parse_query
 from engine.web.gate import Gate
 from engine.web.resources import READABLE_TYPES, key_of_patient_id, resources_of
@@ -68,9 +69,10 @@ READ_FAULTS: Final = {QueryError: _bad_query, RecordUnavailableError: _unavailab
 class FhirReads:
     """The read side of the FHIR API, over a record reader and the gate."""
 
-    def __init__(self, read: RecordReader, gate: Gate, *, software: str, version: str) -> None:
+    def __init__(self, read: RecordReader, gate: Gate, *, software: str, version: str, kept_observations: int) -> None:
         self._read = read
         self._gate = gate
+        self._encoded = EncodedResources(kept_observations)
         self._software = software
         self._version = version
 
@@ -110,7 +112,9 @@ class FhirReads:
         query = parse_query(list(request.query_params.multi_items()), _SEARCH_PARAMETERS[rtype])
         key = _patient_of(rtype, request, query)
         view = await self._view(request, rtype, key, query)
-        found = [r for r in resources_of(view, rtype) if query.matches(rtype, r)] if view.facts else []
+        found = self._encoded.of(view, rtype) if view.facts else []
+        if query.filters:
+            found = [e for e in found if query.matches_facets(e.facets)]
         return fhir_json(_searchset(request, found, query))
 
     async def _everything(self, request: Request) -> Response:
@@ -121,7 +125,7 @@ class FhirReads:
         view = await self._view(request, "*", key, query)
         if view.facts == 0:
             return operation_outcome(404, "no Patient with that id")
-        found = [r for rtype in READABLE_TYPES for r in resources_of(view, rtype)]
+        found = [e for rtype in READABLE_TYPES for e in self._encoded.of(view, rtype)]
         return fhir_json(_searchset(request, found, query))
 
     # -- the work -------------------------------------------------------------------------------
@@ -181,6 +185,7 @@ class FhirReads:
         }
 
 
+_MATCH: Final = {"mode": "match"}  # shared by every entry: encoded, never changed
 _EVERYTHING_DEFINITION: Final = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 _REST_DOCUMENTATION: Final = (
     "Searches run within one patient (patient= is required). Unknown search parameters are refused. "
@@ -215,7 +220,7 @@ def _patient_of(rtype: str, request: Request, query: SearchQuery) -> str:
     raise QueryError("a Patient search needs identifier=system|value or _id=")
 
 
-def _searchset(request: Request, found: Sequence[Json], query: SearchQuery) -> Json:
+def _searchset(request: Request, found: Sequence[Encoded], query: SearchQuery) -> Json:
     """A page of a searchset Bundle, with its self, next and previous links."""
     base = str(request.base_url).rstrip("/") + "/fhir"
     page = found[query.offset : query.offset + query.count]
@@ -228,10 +233,7 @@ def _searchset(request: Request, found: Sequence[Json], query: SearchQuery) -> J
         )
     bundle: Json = {"resourceType": "Bundle", "type": "searchset", "total": len(found), "link": links}
     if page:  # FHIR allows no empty array
-        bundle["entry"] = [
-            {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in page
-        ]
+        bundle["entry"] = [{"fullUrl": f"{base}/{e.rtype}/{e.rid}", "resource": e.raw, "search": _MATCH} for e in page]
     return bundle
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
 import msgspec
 
@@ -22,7 +22,7 @@ from actors import parse_moment
 from engine.core.fhir import Json
 from engine.web.resources import key_of_patient_id
 
-__all__ = ["COUNT_DEFAULT", "COUNT_MAX", "QueryError", "SearchQuery", "moment_of", "parse_query"]
+__all__ = ["COUNT_DEFAULT", "COUNT_MAX", "Facets", "QueryError", "SearchQuery", "facets_of", "moment_of", "parse_query"]
 
 COUNT_DEFAULT: Final = 100
 COUNT_MAX: Final = 1000
@@ -73,25 +73,46 @@ class SearchQuery(msgspec.Struct, frozen=True):
     as_of: str | None = None
     known_at: str | None = None
 
-    def matches(self, resource_type: str, resource: Json) -> bool:
-        return self._code_matches(resource) and self._date_matches(resource_type, resource)
+    @property
+    def filters(self) -> bool:
+        """True when the search narrows the record (a code or a date), not just pages it."""
+        return bool(self.codes or self.dates)
 
-    def _code_matches(self, resource: Json) -> bool:
+    def matches(self, resource_type: str, resource: Json) -> bool:
+        return self.matches_facets(facets_of(resource_type, resource))
+
+    def matches_facets(self, facets: Facets) -> bool:
+        return self._code_matches(facets.codings) and self._date_matches(facets.moment)
+
+    def _code_matches(self, codings: tuple[tuple[str, str], ...]) -> bool:
         if not self.codes:
             return True
-        concept = resource.get("code") or resource.get("medicationCodeableConcept")
-        codings = concept.get("coding", []) if isinstance(concept, dict) else []
         return any(
-            isinstance(c, dict) and c.get("code") == code and (system is None or c.get("system", "") == system)
-            for c in codings
+            have == code and (system is None or have_system == system)
+            for have_system, have in codings
             for system, code in self.codes
         )
 
-    def _date_matches(self, resource_type: str, resource: Json) -> bool:
+    def _date_matches(self, moment: datetime | None) -> bool:
         if not self.dates:
             return True
-        moment = moment_of(resource_type, resource)
         return moment is not None and all(bound.holds(moment) for bound in self.dates)
+
+
+class Facets(NamedTuple):
+    """What a search compares in a resource: its codings (system, code) and its moment (UTC), taken out once."""
+
+    codings: tuple[tuple[str, str], ...]
+    moment: datetime | None
+
+
+def facets_of(resource_type: str, resource: Json) -> Facets:
+    concept = resource.get("code") or resource.get("medicationCodeableConcept")
+    codings = concept.get("coding", []) if isinstance(concept, dict) else []
+    pairs = tuple(
+        (str(c.get("system", "")), c["code"]) for c in codings if isinstance(c, dict) and isinstance(c.get("code"), str)
+    )
+    return Facets(pairs, moment_of(resource_type, resource))
 
 
 def moment_of(resource_type: str, resource: Json) -> datetime | None:

@@ -40,6 +40,7 @@ from engine.core.model import AllergyRecorded, Coded, MedicationAdministered, Me
 __all__ = [
     "READABLE_TYPES",
     "key_of_patient_id",
+    "observation",
     "patient_id",
     "patient_reference",
     "resources_of",
@@ -118,9 +119,10 @@ def _patient(view: RecordView) -> list[Json]:
     return [resource]
 
 
-def _observation(patient: str, subject: Json, result: ResultView) -> Json:
-    # Built member by member, not through `pruned`: a record's results are read by the thousand
-    # ($everything), and this is most of a read's time.
+def observation(patient: str, subject: Json, result: ResultView) -> Json:
+    """A result as it stands, as an Observation of `subject` (the patient's reference, shared by a record's)."""
+    # Built member by member, not through `pruned`: a record's results are made by the thousand
+    # (`$everything` of a record not read before).
     r = result.current
     out: Json = {
         "resourceType": "Observation",
@@ -151,7 +153,7 @@ def _observation_id(patient: str, result_key: str) -> str:
 
 def _observations(view: RecordView) -> list[Json]:
     subject = patient_reference(view.patient)  # one per record, shared: never changed once made
-    return [_observation(view.patient, subject, r) for r in view.results]
+    return [observation(view.patient, subject, r) for r in view.results]
 
 
 def _encounter(patient: str, e: EncounterView) -> Json:
