@@ -134,7 +134,7 @@ class _Patient:
         self.snapshot_lsn = record.last_lsn
         # Facts the snapshot holds: what the record gained since (its tail, new records, a merged-in history) is
         # what a reactivation would rebuild without a new snapshot.
-        self.snapshot_facts = len(record.facts)
+        self.snapshot_facts = record.fact_count
         self.attempts = 0
         self.unapplied: list[_Message] = []
         self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
@@ -171,7 +171,7 @@ class _Patient:
             except Exception as exc:  # noqa: BLE001 -- told to the asker: the record itself is unharmed
                 reply.fail(exc)
                 return
-            self.snapshot_lsn, self.snapshot_facts = self.record.last_lsn, len(self.record.facts)
+            self.snapshot_lsn, self.snapshot_facts = self.record.last_lsn, self.record.fact_count
         reply.set(self.snapshot_lsn)
 
     def _view(self, query: _Query) -> RecordView:
@@ -424,7 +424,7 @@ class PatientActors:
         self._passivating += 1
         entry.actor.close()
         await entry.stopped.wait()
-        gained = len(entry.record.facts) - entry.snapshot_facts
+        gained = entry.record.fact_count - entry.snapshot_facts
         if entry.record.last_lsn > entry.snapshot_lsn and gained >= self.snapshot_min_records:
             try:
                 await self._source.save(entry.record)

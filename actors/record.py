@@ -27,8 +27,9 @@ records (a property test checks it).
 from __future__ import annotations
 
 import functools
+import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import final
 
@@ -147,19 +148,66 @@ class RecordView(msgspec.Struct, frozen=True):
     last_lsn: int
 
 
+# Facts `apply` adds to a record's recent part before sealing them: it copies at most this many per record.
+RECENT_MAX = 256
+
+
 @final
 class PatientRecord(msgspec.Struct, frozen=True):
     """Every fact of one patient, in log order; views are folds over them.
 
     Build with `PatientRecord.empty(key)`; `apply` returns a new record.
-    Encode it (msgspec) to snapshot; decode it to go on from the snapshot.
+    Encode it (msgspec) to snapshot, after `for_snapshot()`; decode it to go
+    on from the snapshot.
+
+    The facts are kept in two parts, `sealed` then `recent` (read them whole
+    as `facts`): `apply` copies only `recent`, and moves it into `sealed` once
+    it holds `RECENT_MAX` facts. One tuple copied whole on every record cost a
+    patient with 60,000 facts 387 us per message against 1.7 us for a new one.
+    Two records with the same facts are equal however they are split.
     """
 
     patient: str
-    facts: tuple[Fact, ...] = ()
+    # Named `facts` when encoded: a snapshot (made with `for_snapshot`) holds every fact there, as it always has.
+    sealed: tuple[Fact, ...] = msgspec.field(default=(), name="facts")
     last_lsn: int = 0
     merged_from: tuple[str, ...] = ()
     merged_into: str | None = None
+    recent: tuple[Fact, ...] = ()
+
+    @property
+    def facts(self) -> tuple[Fact, ...]:
+        """Every fact, in log order (a copy when some are recent: iterate `iter_facts` where a pass is enough)."""
+        return self.sealed + self.recent if self.recent else self.sealed
+
+    @property
+    def fact_count(self) -> int:
+        return len(self.sealed) + len(self.recent)
+
+    def iter_facts(self) -> Iterator[Fact]:
+        return itertools.chain(self.sealed, self.recent)
+
+    def _newest_first(self) -> Iterator[Fact]:
+        return itertools.chain(reversed(self.recent), reversed(self.sealed))
+
+    def for_snapshot(self) -> PatientRecord:
+        """The same record with every fact sealed: what a snapshot holds, readable by any version of Vigil."""
+        return msgspec.structs.replace(self, sealed=self.facts, recent=()) if self.recent else self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PatientRecord):
+            return NotImplemented
+        return (
+            self.patient == other.patient
+            and self.last_lsn == other.last_lsn
+            and self.merged_from == other.merged_from
+            and self.merged_into == other.merged_into
+            and self.fact_count == other.fact_count
+            and all(a == b for a, b in zip(self.iter_facts(), other.iter_facts(), strict=True))
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.patient, self.last_lsn, self.fact_count))
 
     @classmethod
     def empty(cls, patient: str) -> PatientRecord:
@@ -173,9 +221,14 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """
         if lsn <= self.last_lsn:
             return self
-        new = self._facts_of(lsn, recorded_at, message_id, events, self.facts)
+        new = self._facts_of(lsn, recorded_at, message_id, events, self._newest_first)
         merged_into = self._merged_into(events, self.merged_into)
-        return msgspec.structs.replace(self, facts=self.facts + tuple(new), last_lsn=lsn, merged_into=merged_into)
+        recent = self.recent + tuple(new)
+        if len(recent) >= RECENT_MAX:
+            return msgspec.structs.replace(
+                self, sealed=self.sealed + recent, recent=(), last_lsn=lsn, merged_into=merged_into
+            )
+        return msgspec.structs.replace(self, recent=recent, last_lsn=lsn, merged_into=merged_into)
 
     def extend(self, records: Iterable[tuple[int, str, str, Iterable[Event]]]) -> PatientRecord:
         """The record with many log records' events added, in one pass: `apply` for each, in linear time.
@@ -190,21 +243,26 @@ class PatientRecord(msgspec.Struct, frozen=True):
             if lsn <= last:
                 continue
             events = tuple(some_events)  # read twice below
-            facts.extend(self._facts_of(lsn, recorded_at, message_id, events, facts))
+            facts.extend(self._facts_of(lsn, recorded_at, message_id, events, lambda: reversed(facts)))
             merged_into = self._merged_into(events, merged_into)
             last = lsn
         if last == self.last_lsn:
             return self
-        return msgspec.structs.replace(self, facts=tuple(facts), last_lsn=last, merged_into=merged_into)
+        return msgspec.structs.replace(self, sealed=tuple(facts), recent=(), last_lsn=last, merged_into=merged_into)
 
     def _facts_of(
-        self, lsn: int, recorded_at: str, message_id: str, events: Iterable[Event], before: Sequence[Fact]
+        self,
+        lsn: int,
+        recorded_at: str,
+        message_id: str,
+        events: Iterable[Event],
+        newest_first: Callable[[], Iterable[Fact]],
     ) -> list[Fact]:
         # An access to the record is not a fact of it: the audit trail (the log, the
         # read side's phi_access_audit) keeps those, and a record read a thousand
         # times must not grow a thousand facts.
         return [
-            Fact(lsn, recorded_at, _effective_of(e, before) or recorded_at, message_id, self.patient, e)
+            Fact(lsn, recorded_at, _effective_of(e, newest_first()) or recorded_at, message_id, self.patient, e)
             for e in events
             if not isinstance(e, RecordAccessed) and (not isinstance(e, PatientMerged) or e.surviving == self.patient)
         ]
@@ -227,10 +285,13 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """
         if self.has_absorbed(merged.patient):
             return self
-        facts = tuple(sorted((*self.facts, *merged.facts), key=lambda f: (f.lsn, f.source_patient != self.patient)))
+        facts = tuple(
+            sorted((*self.iter_facts(), *merged.iter_facts()), key=lambda f: (f.lsn, f.source_patient != self.patient))
+        )
         return msgspec.structs.replace(
             self,
-            facts=facts,
+            sealed=facts,
+            recent=(),
             merged_from=(*self.merged_from, merged.patient, *merged.merged_from),
             last_lsn=max(self.last_lsn, merged.last_lsn),
         )
@@ -246,18 +307,21 @@ class PatientRecord(msgspec.Struct, frozen=True):
         if lsn >= self.last_lsn:
             return self
         later = {
-            f.event.merged for f in self.facts if f.lsn > lsn and isinstance(f.event, PatientMerged)
+            f.event.merged for f in self.iter_facts() if f.lsn > lsn and isinstance(f.event, PatientMerged)
         }  # merged in after `lsn`: their histories, and what they had absorbed themselves, go
         grown = True
         while grown:
             more = {
-                f.event.merged for f in self.facts if f.source_patient in later and isinstance(f.event, PatientMerged)
+                f.event.merged
+                for f in self.iter_facts()
+                if f.source_patient in later and isinstance(f.event, PatientMerged)
             }
             grown = not more <= later
             later |= more
         return msgspec.structs.replace(
             self,
-            facts=tuple(f for f in self.facts if f.lsn <= lsn and f.source_patient not in later),
+            sealed=tuple(f for f in self.iter_facts() if f.lsn <= lsn and f.source_patient not in later),
+            recent=(),
             merged_from=tuple(p for p in self.merged_from if p not in later),
             last_lsn=lsn,
         )
@@ -272,9 +336,11 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """The record now, as known at a recorded moment, and/or as of a clinical moment."""
         known_key = time_key(known_at) if known_at else None
         as_of_key = time_key(as_of) if as_of else None
+        if known_at_lsn is None and known_key is None and as_of_key is None:
+            return _fold(self.patient, self.facts, self.merged_from)
         facts = [
             f
-            for f in self.facts
+            for f in self.iter_facts()
             if (known_at_lsn is None or f.lsn <= known_at_lsn)
             and (known_key is None or time_key(f.recorded_at) <= known_key)
             and (as_of_key is None or time_key(f.effective_at) <= as_of_key)
@@ -282,11 +348,11 @@ class PatientRecord(msgspec.Struct, frozen=True):
         return _fold(self.patient, facts, self.merged_from)
 
 
-def _effective_of(event: Event, before: Sequence[Fact]) -> str | None:
+def _effective_of(event: Event, newest_first: Iterable[Fact]) -> str | None:
     """An event's clinical time; a correction without one corrects its original's moment."""
     found = _effective(event)
     if found is None and isinstance(event, ResultReported) and event.corrects:
-        for fact in reversed(before):
+        for fact in newest_first:
             if isinstance(fact.event, ResultReported) and fact.event.result_key == event.corrects:
                 return fact.effective_at
     return found
@@ -375,7 +441,7 @@ _MEDICATION_STATUS = {
 _EncounterEvent = Admitted | Transferred | Discharged | EncounterCancelled
 
 
-def _fold(patient: str, facts: list[Fact], merged_from: tuple[str, ...]) -> RecordView:
+def _fold(patient: str, facts: Sequence[Fact], merged_from: tuple[str, ...]) -> RecordView:
     demographics: DemographicsUpdated | None = None
     encounters: dict[str, EncounterView] = {}
     orders: dict[str, OrderView] = {}

@@ -242,7 +242,7 @@ def _from_log(directory: Path, key: str, *, as_of: str | None, known_at: str | N
     record = _snapshot_of(directory, key)  # what the log may no longer hold (retention archived it)
     for r in iter_records(wal_dir, OSFiles(), from_lsn=record.last_lsn + 1, patient=key):
         record = record.apply(r.lsn, r.recorded_at, r.message_id, r.envelope.events)
-    if not record.facts:
+    if not record.fact_count:
         raise click.ClickException(f"no record of {key} in {wal_dir}")
     return msgspec.to_builtins(record.view(as_of=as_of, known_at=known_at))
 

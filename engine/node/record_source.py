@@ -83,14 +83,14 @@ class LogRecordSource:
             except Exception:  # noqa: BLE001, S112 -- a poison record: its actor skips and quarantines it
                 continue
             if record.last_lsn > (snapshot.last_lsn if snapshot is not None else 0):
-                made.append(Snapshot(patient, record.last_lsn, utc_now(), _ENCODER.encode(record)))
+                made.append(Snapshot(patient, record.last_lsn, utc_now(), _ENCODER.encode(record.for_snapshot())))
             elif snapshot is not None:
                 made.append(Snapshot(patient, snapshot.last_lsn, "", b""))  # already past: nothing to write
         self._snapshots.save_many([s for s in made if s.state])
         return {s.key: s.lsn for s in made}
 
     async def save(self, record: PatientRecord) -> None:
-        snapshot = Snapshot(record.patient, record.last_lsn, utc_now(), _ENCODER.encode(record))
+        snapshot = Snapshot(record.patient, record.last_lsn, utc_now(), _ENCODER.encode(record.for_snapshot()))
         await anyio.to_thread.run_sync(self._snapshots.save, snapshot)
 
 

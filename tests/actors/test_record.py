@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.record import PatientRecord, time_key
+from actors.record import RECENT_MAX, PatientRecord, time_key
 from engine.core.decode import Decoder
 from engine.core.feedgen import generate_feed
 from engine.core.model import (
@@ -226,3 +226,37 @@ def test_until_leaves_out_a_patient_merged_in_later_and_what_it_had_absorbed() -
     assert a_now.until(6) == msgspec.structs.replace(a, last_lsn=6)
     assert a_now.until(9) == a_now
     assert {f.source_patient for f in a_now.until(6).facts} == {"H|P1"}
+
+
+# -- the two parts of a record's facts ----------------------------------------------
+
+
+def test_a_long_history_is_kept_in_two_parts_and_read_whole() -> None:
+    """`apply` copies only the recent part; the facts read whole are every fact in log order, however split."""
+    events = POOL[0]
+    stepped = PatientRecord.empty("GENHOSP|MRN000000")
+    for lsn in range(1, 3 * RECENT_MAX):
+        stepped = stepped.apply(lsn, "2026-11-24T08:00:00Z", f"m{lsn}", events)
+        assert len(stepped.recent) < RECENT_MAX
+    assert stepped.sealed  # sealed along the way
+    assert [f.lsn for f in stepped.facts] == sorted(f.lsn for f in stepped.facts)
+    assert list(stepped.iter_facts()) == list(stepped.facts)
+    assert stepped.fact_count == len(stepped.facts)
+    whole = PatientRecord.empty("GENHOSP|MRN000000").extend(
+        (lsn, "2026-11-24T08:00:00Z", f"m{lsn}", events) for lsn in range(1, 3 * RECENT_MAX)
+    )
+    assert whole.recent == ()
+    assert whole == stepped  # equal: the same facts, split differently
+    assert whole.view() == stepped.view()
+
+
+def test_a_snapshot_holds_every_fact_where_snapshots_always_had_them() -> None:
+    """An older Vigil reading a new snapshot (or this one reading an old snapshot) finds every fact in `facts`."""
+    record = _fold([(lsn, "2026-11-24T08:00:00Z", f"m{lsn}", POOL[lsn % len(POOL)]) for lsn in range(1, 40)])
+    assert record.recent  # the last facts are recent here
+    encoded = _CODEC.decode(_CODEC.encode(record.for_snapshot()))
+    assert len(encoded["facts"]) == record.fact_count
+    assert encoded["recent"] == []
+    old = dict(encoded)
+    del old["recent"]  # as a snapshot written before the split reads
+    assert _CODEC.decode(_CODEC.encode(old), type=PatientRecord) == record
