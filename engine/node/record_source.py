@@ -43,13 +43,21 @@ class LogRecordSource:
         the hand-off to a thread and back, which made a first-seen patient cost
         several times a known one.
         """
-        if self._wal.patient_record_count(patient) <= _INLINE_RECORDS and not self._snapshots.exists(patient):
-            return self._load(patient)
+        at_hand = self.load_now(patient)
+        if at_hand is not None:
+            return at_hand
         return await anyio.to_thread.run_sync(self._load, patient)
 
-    def _load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
-        snapshot = self._snapshots.load(patient, at_most_lsn=self._wal.last_lsn)
-        record = _RECORD.decode(snapshot.state) if snapshot is not None else None
+    def load_now(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
+        """A patient with no snapshot and a record or two: read here and now; None for the rest (a thread's work)."""
+        if self._wal.patient_record_count(patient) <= _INLINE_RECORDS and not self._snapshots.exists(patient):
+            return self._load(patient, snapshot=False)
+        return None
+
+    def _load(self, patient: str, *, snapshot: bool = True) -> tuple[PatientRecord | None, Sequence[Applied]]:
+        """`snapshot=False`: the store was just asked and has none (not asked twice)."""
+        found = self._snapshots.load(patient, at_most_lsn=self._wal.last_lsn) if snapshot else None
+        record = _RECORD.decode(found.state) if found is not None else None
         after = record.last_lsn if record is not None else 0
         tail = [
             Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)

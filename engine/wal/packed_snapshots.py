@@ -52,6 +52,9 @@ class PackedSnapshotStore:
         # never waits for a save (or its checkpoint's fsync) holding the writing connection.
         self._reads = SqliteFile(directory / PACKED_FILE, _SCHEMA, synchronous="NORMAL", busy_ms=5000, cache_mib=16)
         self._legacy = SnapshotStore(directory, files, keep)
+        # Whether the directory store left folders here: none, and a key with no packed snapshot has none
+        # at all, without two stats per first-seen patient (only the directory store makes folders).
+        self._legacy_folders = any(entry.is_dir() for entry in directory.iterdir())
         self._dir = directory
         self._keep = keep
 
@@ -74,7 +77,7 @@ class PackedSnapshotStore:
                     "(SELECT lsn FROM snapshots WHERE key_hash = ? ORDER BY lsn DESC LIMIT ?)",
                     (key_hash, key_hash, self._keep),
                 )
-        for key_hash, _lsn, _body in rows:
+        for key_hash, _lsn, _body in rows if self._legacy_folders else ():
             legacy = self._dir / key_hash
             if legacy.is_dir():
                 shutil.rmtree(legacy, ignore_errors=True)
@@ -85,7 +88,7 @@ class PackedSnapshotStore:
             found = self._reads.db.execute("SELECT 1 FROM snapshots WHERE key_hash = ? LIMIT 1", (_hash(key),))
             if found.fetchone() is not None:
                 return True
-        return self._legacy.exists(key)
+        return self._legacy_folders and self._legacy.exists(key)
 
     def load(self, key: str, *, at_most_lsn: int | None = None) -> Snapshot | None:
         """The newest valid snapshot of `key` (no newer than `at_most_lsn`), or None; a damaged one is passed over."""
@@ -99,7 +102,7 @@ class PackedSnapshotStore:
             snapshot = decode_snapshot(body, key, lsn)
             if snapshot is not None:
                 return snapshot
-        return None if rows else self._legacy.load(key, at_most_lsn=at_most_lsn)
+        return None if rows or not self._legacy_folders else self._legacy.load(key, at_most_lsn=at_most_lsn)
 
     def count(self) -> int:
         """Snapshots held (packed only)."""

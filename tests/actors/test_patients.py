@@ -348,3 +348,72 @@ async def test_the_record_now_is_folded_once_until_it_changes() -> None:
         assert [o.order_id for o in now.orders] == ["O1", "O2"]
         assert now.last_lsn == 2
         tg.cancel_scope.cancel()
+
+
+# -- activation without a task, when the state is at hand -------------------------------------
+
+
+async def test_a_patient_whose_state_is_at_hand_is_activated_at_once_and_folds_the_same() -> None:
+    """A first-seen patient (no snapshot, a record just written): active before `deliver` returns, same record."""
+    log = MemoryLog()
+    log.at_hand = True
+    log.snapshots["H|B"] = PatientRecord.empty("H|B").apply(1, "t", "m1", [DemographicsUpdated(family="Doe")])
+    for lsn in (2, 3):
+        log.append("H|A", item(lsn))
+        log.append("H|B", item(lsn))
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for patient in ("H|A", "H|B"):
+            await registry.deliver(patient, item(4))
+            assert registry.statistics().active == registry.statistics().activations  # no activation pending
+            assert registry.statistics().activating == 0
+        assert [o.order_id for o in (await registry.query("H|A")).orders] == ["O2", "O3", "O4"]
+        b = await registry.query("H|B")
+        assert b.demographics is not None
+        assert [o.order_id for o in b.orders] == ["O2", "O3", "O4"]
+        tg.cancel_scope.cancel()
+
+
+async def test_state_at_hand_with_a_merge_or_a_poison_record_goes_the_usual_way() -> None:
+    """A merge into the patient needs the merged history; a poison record needs skipping and quarantine."""
+    log = MemoryLog()
+    log.at_hand = True
+    log.append("H|OLD", item(1))
+    log.append("H|NEW", Applied(2, "2026-11-24T09:00:00Z", "m2", (PatientMerged("H|NEW", "H|OLD"),)))
+    log.append("H|P", item(3))
+    quarantine = MemoryQuarantine()
+
+    def fold(record: PatientRecord, applied: Applied) -> PatientRecord:
+        if applied.lsn == 3:
+            raise ValueError("cannot apply")
+        return apply_record(record, applied)
+
+    registry = PatientActors(log, quarantine, max_attempts=1, fold=fold)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|NEW", item(4))
+        assert registry.statistics().activating == 1  # loading the usual way, in a task of its own
+        new = await registry.query("H|NEW")
+        assert new.merged_from == ("H|OLD",)
+        assert [o.order_id for o in new.orders] == ["O1", "O4"]
+        await registry.deliver("H|P", item(5))
+        assert [o.order_id for o in (await registry.query("H|P")).orders] == ["O5"]
+        assert quarantine.items == [("H|P", 3, "ValueError: cannot apply")]
+        tg.cancel_scope.cancel()
+
+
+async def test_state_at_hand_but_no_room_goes_the_usual_way() -> None:
+    """Making room waits for another actor to stop: that is the activation task's wait, not the sender's."""
+    log = MemoryLog()
+    log.at_hand = True
+    registry = PatientActors(log, MemoryQuarantine(), active_max=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|A", item(1))
+        assert registry.statistics().activating == 0
+        await registry.deliver("H|B", item(2))
+        assert registry.statistics().activating == 1
+        assert [o.order_id for o in (await registry.query("H|B")).orders] == ["O2"]
+        assert registry.statistics().passivations == 1
+        tg.cancel_scope.cancel()

@@ -23,9 +23,16 @@ class MemoryLog:
         self.loads = 0
         self.gate: anyio.Event | None = None
         self.fail_next_load: Exception | None = None
+        self.at_hand = False  # whether `load_now` answers (as the node's source does for a first-seen patient)
 
     def append(self, patient: str, item: Applied) -> None:
         self.records.setdefault(patient, []).append(item)
+
+    def load_now(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
+        if not self.at_hand or self.gate is not None or self.fail_next_load is not None:
+            return None
+        self.loads += 1
+        return self._state(patient)
 
     async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
         self.loads += 1
@@ -34,6 +41,9 @@ class MemoryLog:
         if self.fail_next_load is not None:
             error, self.fail_next_load = self.fail_next_load, None
             raise error
+        return self._state(patient)
+
+    def _state(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
         snapshot = self.snapshots.get(patient)
         after = snapshot.last_lsn if snapshot else 0
         return snapshot, [r for r in self.records.get(patient, []) if r.lsn > after]
