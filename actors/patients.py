@@ -74,6 +74,10 @@ class RecordSource(Protocol):
         """What `load` gives, when it is at hand without waiting (a patient seen for the first time); else None."""
         ...
 
+    async def load_after(self, patient: str, after_lsn: int) -> Sequence[Applied]:
+        """Every record of the patient after `after_lsn` (a record held in memory, caught up)."""
+        ...
+
     async def save(self, record: PatientRecord) -> None:
         """Keep a snapshot of the record."""
         ...
@@ -144,7 +148,6 @@ class _Patient:
         self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
         self.last_used = registry.now()
         self.closing: anyio.Event | None = None  # set while passivating: senders wait, then reactivate
-        self.stopped = anyio.Event()
         # The record as it stands now, folded once and kept until the record changes: a record read
         # again and again (an EHR polling one patient) costs a lookup, not a fold of all its facts.
         self.now_view: RecordView | None = None
@@ -331,8 +334,9 @@ class PatientActors:
         known patient's. A tail that needs more than the fold (a merge into this patient, a poison record)
         goes the usual way.
         """
-        if len(self._active) - self._passivating >= self.active_max:
-            return False  # making room waits for another actor to stop: not on the sender's time
+        full = len(self._active) - self._passivating >= self.active_max
+        if full and self._passivating >= self._limiter.total_tokens:
+            return False  # so many on their way out already: wait for room the usual way
         at_hand = self._source.load_now(patient)
         if at_hand is None:
             return False
@@ -344,6 +348,8 @@ class PatientActors:
             entry.record = self._fold_all(entry.record, tail)  # the entry knows what its snapshot holds
         except Exception:  # noqa: BLE001 -- a poison record: the usual activation skips and quarantines it
             return False
+        if full:
+            self._close(next(e for e in self._active.values() if e.closing is None))  # the least recently used
         self._start(patient, entry)
         return True
 
@@ -421,7 +427,8 @@ class PatientActors:
                 if closing:
                     entry.actor.close()  # it was being passivated: drain, then stop
                 continue
-            entry.stopped.set()
+            if entry.closing is not None:  # stopped to be passivated (else the registry is stopping)
+                await self._let_go(entry)
             return
 
     # -- passivation ------------------------------------------------------------------
@@ -453,32 +460,42 @@ class PatientActors:
                 await self._passivate(patient, entry)
 
     async def _passivate(self, patient: str, entry: _Patient) -> None:
-        """Drain and stop the actor, snapshot its record if it moved, then let it go."""
-        entry.closing = anyio.Event()
+        """Drain and stop the actor, snapshot its record if it moved, then let it go; returns once it has gone."""
+        assert entry is self._active[patient]
+        closing = self._close(entry)
+        await closing.wait()
+
+    def _close(self, entry: _Patient) -> anyio.Event:
+        """Start a passivation: the actor drains its mailbox and stops, and its own task lets it go (`_let_go`)."""
+        entry.closing = closing = anyio.Event()
         self._passivating += 1
         entry.actor.close()
-        await entry.stopped.wait()
+        return closing
+
+    async def _let_go(self, entry: _Patient) -> None:
+        """The end of a passivation, in the stopped actor's task: its snapshot if it moved, then it is gone."""
+        assert entry.closing is not None
         gained = entry.record.fact_count - entry.snapshot_facts
         if entry.record.last_lsn > entry.snapshot_lsn and gained >= self.snapshot_min_records:
             try:
                 await self._source.save(entry.record)
             except Exception as exc:  # noqa: BLE001 -- a snapshot is only a cache: the log has everything
                 _log.error("patients.snapshot_failed", error=type(exc).__name__)
-        del self._active[patient]
+        del self._active[entry.patient]
         self._passivating -= 1
         # The entry and its actor form a cycle (the actor calls the entry's `behave`), freed only
         # by a cyclic collection, which an idle node may not run for long: the record (hundreds
         # of MB for a patient with hundreds of thousands of results) is let go now.
-        entry.record = PatientRecord.empty(patient)
+        entry.record = PatientRecord.empty(entry.patient)
         self._passivations += 1
         entry.closing.set()
 
     async def apply(self, record: PatientRecord, item: Applied) -> PatientRecord:
         """One record into a patient's record; a merge brings in the merged patient's history.
 
-        The merged patient's history is read from the log (through the source)
-        up to the merge, never asked of its actor: two actors waiting on each
-        other could deadlock, and the log is the truth anyway.
+        The merged patient's history up to the merge is its actor's record if it is
+        active (read as a value, never asked of the actor: two actors waiting on each
+        other could deadlock), else its snapshot and the log after it (`_history`).
         """
         folded = self.fold(record, item)
         for event in item.events:
@@ -489,6 +506,16 @@ class PatientActors:
         return folded
 
     async def _history(self, patient: str, *, up_to: int) -> PatientRecord:
+        """The merged patient's record through the merge: from its actor's record when it is active, else its
+        snapshot; the log only for what either lacks. A heavy patient (tens of thousands of records, active,
+        so never snapshotted) was read back whole from the log at each merge of it."""
+        entry = self._active.get(patient)
+        if entry is not None and entry.closing is None:
+            held = entry.record  # a value: read, never asked of the actor (see `apply`)
+            if held.last_lsn >= up_to:
+                return held.until(up_to)
+            tail = await self._source.load_after(patient, held.last_lsn)
+            return self._fold_all(held, [item for item in tail if held.last_lsn < item.lsn <= up_to])
         snapshot, tail = await self._source.load(patient)
         if snapshot is not None and snapshot.last_lsn > up_to:
             # Moved on since the merge (a replay): cut back, never refolded from the log, which may be archived.

@@ -47,6 +47,10 @@ class LogSource:
         records = self._wal.read_patient(patient)
         return None, [Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events) for r in records]
 
+    async def load_after(self, patient: str, after_lsn: int) -> Sequence[Applied]:
+        records = self._wal.read_patient(patient, after_lsn=after_lsn)
+        return [Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events) for r in records]
+
     def load_now(self, _patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
         return None  # every load reads the log, in `load`
 

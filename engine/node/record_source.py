@@ -54,16 +54,20 @@ class LogRecordSource:
             return self._load(patient, snapshot=False)
         return None
 
+    async def load_after(self, patient: str, after_lsn: int) -> Sequence[Applied]:
+        return await anyio.to_thread.run_sync(self._tail, patient, after_lsn)
+
+    def _tail(self, patient: str, after_lsn: int) -> list[Applied]:
+        return [
+            Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)
+            for r in self._wal.read_patient(patient, after_lsn=after_lsn)
+        ]
+
     def _load(self, patient: str, *, snapshot: bool = True) -> tuple[PatientRecord | None, Sequence[Applied]]:
         """`snapshot=False`: the store was just asked and has none (not asked twice)."""
         found = self._snapshots.load(patient, at_most_lsn=self._wal.last_lsn) if snapshot else None
         record = _RECORD.decode(found.state) if found is not None else None
-        after = record.last_lsn if record is not None else 0
-        tail = [
-            Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)
-            for r in self._wal.read_patient(patient, after_lsn=after)
-        ]
-        return record, tail
+        return record, self._tail(patient, record.last_lsn if record is not None else 0)
 
     def snapshot_lsns(self, patients: Sequence[str]) -> dict[str, int]:
         """Each patient's newest snapshot LSN (0: none). Blocking: in a worker thread."""

@@ -186,9 +186,10 @@ class LogIndex:
         """How many records touch a patient (released ones included: an upper bound of what is read)."""
         return len(self._patients.get(patient, ()))
 
-    def patient_positions(self, patient: str) -> Iterator[tuple[SegmentInfo, int]]:
-        """(segment, frame offset) of every retained record touching a patient, in order."""
-        for entry in list(self._patients.get(patient, ())):
+    def patient_positions(self, patient: str, *, newest_first: bool = False) -> Iterator[tuple[SegmentInfo, int]]:
+        """(segment, frame offset) of every retained record touching a patient, in order (or newest first)."""
+        entries = list(self._patients.get(patient, ()))
+        for entry in reversed(entries) if newest_first else entries:
             ordinal = (entry >> _SEGMENT_BITS) - self._released
             if ordinal >= 0:  # else in a released segment
                 yield self.segments[ordinal], entry & _OFFSET_MASK

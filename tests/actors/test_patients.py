@@ -403,17 +403,52 @@ async def test_state_at_hand_with_a_merge_or_a_poison_record_goes_the_usual_way(
         tg.cancel_scope.cancel()
 
 
-async def test_state_at_hand_but_no_room_goes_the_usual_way() -> None:
-    """Making room waits for another actor to stop: that is the activation task's wait, not the sender's."""
+async def test_state_at_hand_with_no_room_sends_the_least_recently_used_away_without_waiting() -> None:
+    """The sender does not wait for the old actor to drain and stop; with too many on their way out, it does."""
     log = MemoryLog()
     log.at_hand = True
-    registry = PatientActors(log, MemoryQuarantine(), active_max=1)
+    registry = PatientActors(log, MemoryQuarantine(), active_max=2, activations_max=1)
     async with anyio.create_task_group() as tg:
         await tg.start(registry.run)
-        await registry.deliver("H|A", item(1))
-        assert registry.statistics().activating == 0
-        await registry.deliver("H|B", item(2))
+        for lsn, patient in enumerate(("H|A", "H|B", "H|C"), 1):
+            await registry.deliver(patient, item(lsn))
+            assert registry.statistics().activating == 0
+        assert registry.statistics().active == 3  # H|A on its way out: passivated by its own task
+        await registry.deliver("H|D", item(4))  # one already leaving, activations_max 1: the usual way
         assert registry.statistics().activating == 1
-        assert [o.order_id for o in (await registry.query("H|B")).orders] == ["O2"]
-        assert registry.statistics().passivations == 1
+        assert [o.order_id for o in (await registry.query("H|D")).orders] == ["O4"]
+        assert [o.order_id for o in (await registry.query("H|A")).orders] == ["O1"]  # back, whole
+        assert registry.statistics().passivations >= 2
+        assert registry.statistics().active <= 2
+        tg.cancel_scope.cancel()
+
+
+async def test_a_merge_of_an_active_patient_takes_its_record_from_its_actor_not_the_log() -> None:
+    """Its history is not read back (a heavy patient is active, so never snapshotted): the same record results."""
+    log = MemoryLog()
+    for lsn in (1, 2, 3):
+        log.append("H|OLD", item(lsn))
+    merge = Applied(5, "2026-11-24T09:00:00Z", "m5", (PatientMerged("H|NEW", "H|OLD"),))
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn in (1, 2, 3):
+            await registry.deliver("H|OLD", item(lsn))
+        assert [o.order_id for o in (await registry.query("H|OLD")).orders] == ["O1", "O2", "O3"]
+        log.append("H|OLD", item(4))  # in the log, not yet with the actor: read after what it holds
+        loads = log.loads
+        await registry.deliver("H|NEW", merge)
+        new = await registry.query("H|NEW")
+        assert [o.order_id for o in new.orders] == ["O1", "O2", "O3", "O4"]
+        assert new.merged_from == ("H|OLD",)
+        assert log.loads == loads + 1  # H|NEW's own activation; H|OLD's history was not loaded
+        assert log.tails == 1
+        await registry.deliver("H|OLD", item(4))
+        await registry.deliver("H|OLD", item(6))
+        await registry.deliver("H|OLD", item(8))  # past the next merge: cut back to it, from memory
+        await registry.query("H|OLD")
+        again = Applied(7, "2026-11-24T10:00:00Z", "m7", (PatientMerged("H|NEWER", "H|OLD"),))
+        await registry.deliver("H|NEWER", again)
+        assert [o.order_id for o in (await registry.query("H|NEWER")).orders] == ["O1", "O2", "O3", "O4", "O6"]
+        assert log.tails == 1
         tg.cancel_scope.cancel()

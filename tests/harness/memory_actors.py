@@ -21,6 +21,7 @@ class MemoryLog:
         self.records: dict[str, list[Applied]] = {}
         self.snapshots: dict[str, PatientRecord] = {}
         self.loads = 0
+        self.tails = 0  # `load_after` calls
         self.gate: anyio.Event | None = None
         self.fail_next_load: Exception | None = None
         self.at_hand = False  # whether `load_now` answers (as the node's source does for a first-seen patient)
@@ -33,6 +34,10 @@ class MemoryLog:
             return None
         self.loads += 1
         return self._state(patient)
+
+    async def load_after(self, patient: str, after_lsn: int) -> Sequence[Applied]:
+        self.tails += 1
+        return [r for r in self.records.get(patient, []) if r.lsn > after_lsn]
 
     async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
         self.loads += 1

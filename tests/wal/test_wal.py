@@ -87,6 +87,18 @@ async def test_patient_index_reads_without_a_scan(tmp_path: Path) -> None:
         assert list(wal.read_patient("H|nobody")) == []
 
 
+async def test_a_patients_records_after_an_lsn_are_those_of_the_whole_read_after_it(tmp_path: Path) -> None:
+    """Read newest first down to the LSN: the same records, in order, at every LSN, across segments."""
+    envs = [envelope(i, patient="H|A" if i % 3 == 0 else "H|B", size=1500) for i in range(150)]
+    await append_all(tmp_path, envs)
+    async with open_wal(tmp_path, SMALL) as wal:
+        assert wal.statistics().segments > 2
+        for patient in ("H|A", "H|B"):
+            whole = [r.lsn for r in wal.read_patient(patient)]
+            for after in range(152):
+                assert [r.lsn for r in wal.read_patient(patient, after_lsn=after)] == [n for n in whole if n > after]
+
+
 @pytest.mark.parametrize("sync", ["inline", "thread"])
 async def test_concurrent_appends_share_fsyncs(tmp_path: Path, sync: Literal["inline", "thread"]) -> None:
     """Group commit: 64 concurrent writers need far fewer fsyncs than records (the fsync on either thread)."""
