@@ -506,22 +506,20 @@ class PatientActors:
         return folded
 
     async def _history(self, patient: str, *, up_to: int) -> PatientRecord:
-        """The merged patient's record through the merge: from its actor's record when it is active, else its
+        """The merged patient's record through the merge: its actor's record when it is active, else its
         snapshot; the log only for what either lacks. A heavy patient (tens of thousands of records, active,
         so never snapshotted) was read back whole from the log at each merge of it."""
         entry = self._active.get(patient)
         if entry is not None and entry.closing is None:
             held = entry.record  # a value: read, never asked of the actor (see `apply`)
-            if held.last_lsn >= up_to:
-                return held.until(up_to)
-            tail = await self._source.load_after(patient, held.last_lsn)
-            return self._fold_all(held, [item for item in tail if held.last_lsn < item.lsn <= up_to])
-        snapshot, tail = await self._source.load(patient)
-        if snapshot is not None and snapshot.last_lsn > up_to:
+            tail = await self._source.load_after(patient, held.last_lsn) if held.last_lsn < up_to else ()
+        else:
+            snapshot, tail = await self._source.load(patient)
+            held = snapshot if snapshot is not None else PatientRecord.empty(patient)
+        if held.last_lsn > up_to:
             # Moved on since the merge (a replay): cut back, never refolded from the log, which may be archived.
-            return snapshot.until(up_to)
-        history = snapshot if snapshot is not None else PatientRecord.empty(patient)
-        return self._fold_all(history, [item for item in tail if history.last_lsn < item.lsn <= up_to])
+            return held.until(up_to)
+        return self._fold_all(held, [item for item in tail if held.last_lsn < item.lsn <= up_to])
 
     async def poisoned(self, patient: str, item: Applied, error: Exception) -> None:
         """A record failed `max_attempts` times: quarantine it and go on."""
