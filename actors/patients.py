@@ -67,7 +67,11 @@ class RecordSource(Protocol):
     """What activation and passivation need from the node (the log and the snapshot store)."""
 
     async def load(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]]:
-        """The newest snapshot (or None) and every record of the patient after it."""
+        """The newest snapshot (or None) and every record of the patient after it.
+
+        A source may pass over the snapshot and hand back the whole history, when that is at hand
+        and cheaper: the fold of either is the same record (invariant 3).
+        """
         ...
 
     def load_now(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:

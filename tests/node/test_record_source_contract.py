@@ -102,15 +102,30 @@ async def test_a_patients_history_is_its_own_in_log_order(backend: Backend) -> N
 
 
 async def test_after_a_snapshot_only_the_records_it_does_not_hold_are_handed_back(backend: Backend) -> None:
-    items = [await backend.add("H|A") for _ in range(3)]
+    items = [await backend.add("H|A") for _ in range(20)]  # past what the log's source reads whole at once
     record = PatientRecord.empty("H|A")
-    for item in items[:2]:
+    for item in items[:18]:
         record = record.apply(item.lsn, item.recorded_at, item.message_id, list(item.events))
     await backend.source.save(record)
     later = await backend.add("H|A")
     snapshot, history = await backend.source.load("H|A")
     assert snapshot == record
-    assert _seen(history) == _seen([items[2], later])
+    assert _seen(history) == _seen([*items[18:], later])
+
+
+async def test_what_load_hands_back_folds_to_the_whole_history(backend: Backend) -> None:
+    """A short history may come back whole, its snapshot passed over (invariant 3: the same records, the same fold)."""
+    items = [await backend.add("H|A") for _ in range(3)]
+    record = PatientRecord.empty("H|A")
+    for item in items[:2]:
+        record = record.apply(item.lsn, item.recorded_at, item.message_id, list(item.events))
+    await backend.source.save(record)
+    items.append(await backend.add("H|A"))
+    snapshot, history = await backend.source.load("H|A")
+    folded = (snapshot or PatientRecord.empty("H|A")).extend(
+        (a.lsn, a.recorded_at, a.message_id, a.events) for a in history
+    )
+    assert folded == PatientRecord.empty("H|A").extend((a.lsn, a.recorded_at, a.message_id, a.events) for a in items)
 
 
 async def test_a_poison_record_is_quarantined_once_with_its_reason(backend: Backend) -> None:
