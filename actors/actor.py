@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar, final
+from typing import Any, Generic, Protocol, TypeVar, final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -179,6 +179,10 @@ class Actor(Generic[M]):
         while True:
             if not queue:
                 if self._closed:
+                    # Let go of the behaviour: it is mostly a method of whoever holds this actor, a cycle
+                    # that only the cycle collector frees, and a node freezes survivors out of its sight.
+                    # One per passivated patient: 90,000 stayed after 150,000 messages, 1.5 KB each.
+                    self._behavior = _stopped
                     return
                 self._idle = True
                 self._wake = self._new_event()
@@ -205,6 +209,10 @@ class Actor(Generic[M]):
                 # A turn that awaited nothing must still let others run before the next
                 # (with the mailbox empty, waiting for the next message lets them).
                 await anyio.lowlevel.checkpoint()
+
+
+async def _stopped(messages: list[Any]) -> None:
+    raise ActorClosed(f"the actor has stopped: {len(messages)} messages not handled")
 
 
 async def ask(actor: Actor[M], make: Callable[[Reply[T]], M], *, timeout_s: float) -> T:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,35 @@ async def test_turns_take_batches_in_order() -> None:
     assert [m for turn in turns for m in turn] == list(range(10))
     assert max(len(t) for t in turns) == 4
     assert actor.handled == 10
+
+
+async def test_a_stopped_actor_lets_go_of_its_owner_without_the_cycle_collector() -> None:
+    """An owner holding its actor, whose behaviour is the owner's method, is freed by reference counting once the
+    actor has stopped: a node freezes survivors out of the collector's sight, and such cycles (one per passivated
+    patient) stayed until its next full sweep, 90,000 of them after 150,000 messages."""
+
+    class Owner:
+        def __init__(self) -> None:
+            self.actor: Actor[int] = Actor(self.behave)
+            self.seen: list[int] = []
+
+        async def behave(self, messages: list[int]) -> None:
+            self.seen.extend(messages)
+
+    owner = Owner()
+    gone = weakref.ref(owner)
+    owner.actor.tell_nowait(1)
+    owner.actor.close()
+    await owner.actor.run()
+    assert owner.seen == [1]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del owner
+        assert gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def test_a_full_mailbox_pushes_back() -> None:
