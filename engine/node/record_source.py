@@ -18,7 +18,7 @@ import msgspec
 from actors import Applied, PatientRecord
 from engine.core.model import PatientMerged
 from engine.infra.clock import utc_now
-from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog
+from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog, decode_fold
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 
@@ -78,7 +78,7 @@ class LogRecordSource:
     def _tail(self, patient: str, after_lsn: int) -> list[Applied]:
         return [
             Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)
-            for r in self._wal.read_patient(patient, after_lsn=after_lsn)
+            for r in self._wal.read_patient(patient, after_lsn=after_lsn, decode=decode_fold)
         ]
 
     def _load(self, patient: str, *, snapshot: bool = True) -> tuple[PatientRecord | None, Sequence[Applied]]:

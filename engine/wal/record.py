@@ -112,6 +112,28 @@ class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     digest: int = 0
 
 
+class _FoldOnly(msgspec.Struct, frozen=True, gc=False):
+    """Of an envelope, what a patient's fold needs: its events and its lane (the original bytes are skipped)."""
+
+    lane: Lane
+    events: tuple[Event, ...] = ()
+
+
+@final
+class FoldRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A `LogRecord` decoded for what a patient actor folds: read back at every activation of a known patient."""
+
+    lsn: int
+    recorded_at: str
+    partition: int
+    epoch: int
+    message_id: str
+    patients: tuple[str, ...]
+    prev_hash: msgspec.Raw
+    envelope: _FoldOnly
+    digest: int = 0
+
+
 class EventKind(msgspec.Struct, frozen=True, gc=False):
     """Of an event, only its kind (its tag): the rest of it is skipped when decoding."""
 
@@ -221,6 +243,9 @@ def read_frame(buf: bytes, offset: int) -> Frame | None:
 
 decode_events = msgspec.msgpack.Decoder(EventsRecord).decode
 """Decode a record's body for its events only (raises msgspec errors on a malformed body)."""
+
+decode_fold = msgspec.msgpack.Decoder(FoldRecord).decode
+"""Decode a record's body for a patient's fold: its events and lane, not its original bytes."""
 
 decode_message = msgspec.msgpack.Decoder(MessageRecord).decode
 """Decode a record's body for its message without its events (raises msgspec errors on a malformed body)."""

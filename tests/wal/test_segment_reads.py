@@ -78,3 +78,61 @@ def test_descriptors_are_shared_by_threads_evicted_when_idle_and_all_closed(tmp_
     reads.forget(files[0])
     reads.close()
     assert _open_fds() == before
+
+
+def _maps(path: Path) -> int:
+    """How many of this process's memory maps are of `path`."""
+    return sum(line.rstrip().endswith(str(path)) for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_durable_bytes_are_read_through_a_map_and_the_rest_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "s0"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB, durable so far
+    reads = SegmentReads(OSFiles(), remap_bytes=4096)
+    assert reads.read(path, 100, 50) == (bytes(range(256)) * 64)[100:150]
+    assert _maps(path) == 0  # nothing said durable: nothing mapped
+    assert reads.read(path, 100, 50, durable=16384) == (bytes(range(256)) * 64)[100:150]
+    assert _maps(path) == 1
+    with path.open("ab") as f:
+        f.write(b"\xff" * 8192)  # written since: past the map, read as before
+    assert reads.read(path, 16380, 8, durable=16384) == bytes(range(252, 256)) + b"\xff" * 4
+    assert reads.read(path, 20000, 10, durable=24576) == b"\xff" * 10  # grown by remap_bytes: mapped again
+    assert _maps(path) == 1
+    assert reads.read(path, 24570, 100, durable=24576) == b"\xff" * 6  # fewer only at the end of the file
+    reads.forget(path)
+    assert _maps(path) == 0
+    reads.close()
+
+
+def test_a_mapped_segment_is_read_alike_by_threads_while_it_grows(tmp_path: Path) -> None:
+    """Readers in threads over a segment being appended to, each told what is durable: never a wrong byte."""
+    path = tmp_path / "s0"
+    path.write_bytes(b"")
+    reads = SegmentReads(OSFiles(), remap_bytes=4096)
+    durable = 0
+    wrong: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            end = durable
+            wrong.extend(
+                offset
+                for offset in range(0, end - 64, 997)
+                if reads.read(path, offset, 64, durable=end) != bytes((offset + k) % 251 for k in range(64))
+            )
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    with path.open("ab") as f:
+        for start in range(0, 400_000, 4_000):
+            f.write(bytes((start + k) % 251 for k in range(4_000)))
+            f.flush()
+            durable = start + 4_000
+    stop.set()
+    for t in threads:
+        t.join()
+    reads.close()
+    assert wrong == []
+    assert _maps(path) == 0
