@@ -42,6 +42,13 @@ def _sender(port: int, feed: list[bytes], acked: list[str], stop: threading.Even
         return  # killed mid-exchange: that message was never acknowledged
 
 
+def _archive_meets_the_log(archive: ArchiveFolder, data: Path) -> bool:
+    """Whether the archive ends where the log's base begins (nothing archived and not yet released)."""
+    base = BaseStore(data / "wal", OSFiles()).load()
+    entries = archive.entries()
+    return bool(entries) and entries[-1].last_lsn + 1 == base.first_lsn
+
+
 def test_sigkill_while_archiving_loses_nothing_acknowledged(tmp_path: Path) -> None:
     seed = int(os.environ.get("VIGIL_CRASH_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
@@ -64,9 +71,12 @@ def test_sigkill_while_archiving_loses_nothing_acknowledged(tmp_path: Path) -> N
             stop.set()
             for t in senders:
                 t.join(timeout=30)
-    with node(data, config=config):  # recovers, and the archiver takes up where the last one was killed
-        time.sleep(1.0)
     archive = ArchiveFolder(data / "archive")
+    with node(data, config=config):  # recovers, and the archiver takes up where the last one was killed
+        # Until what the last node archived is released too (a fixed second was too short on a loaded CI machine).
+        deadline = time.monotonic() + 30
+        while not _archive_meets_the_log(archive, data) and time.monotonic() < deadline:
+            time.sleep(0.1)
     base = BaseStore(data / "wal", OSFiles()).load()
     report = archive.verify((base.first_lsn, base.prev_hash))
     scanned = scan_log(data / "wal", OSFiles())
