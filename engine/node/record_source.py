@@ -26,8 +26,8 @@ _RECORD = msgspec.msgpack.Decoder(PatientRecord)
 _ENCODER = msgspec.msgpack.Encoder()
 # A patient with at most this many records is read on the loop: about 7 us a record from the page cache, so
 # 16 cost about what a hand-off to a worker thread does, and the thread's work then competes with the loop for
-# the interpreter. With 4, a skewed million-message feed cost 1.5x as much per message at its end as at its start
-# (its known patients grew past 4 records); with 16, 1.2x.
+# the interpreter. With 4, a skewed 300,000-message feed cost 1.5x as much per message at its end as at its start
+# (its known patients grew past 4 records), with 16 about 1.2x; a million messages, 1.69x -> 1.48x.
 _INLINE_RECORDS = 16
 
 
