@@ -57,6 +57,10 @@ class Applied(msgspec.Struct, frozen=True):
     events: tuple[Event, ...]
     lane: Lane = Lane.STANDARD
 
+    def merges_into(self, patient: str) -> bool:
+        """Whether the record merges another patient into `patient` (bringing that one's history)."""
+        return any(isinstance(e, PatientMerged) and e.surviving == patient for e in self.events)
+
 
 def apply_record(record: PatientRecord, item: Applied) -> PatientRecord:
     """The fold step: one log record into the patient's record."""
@@ -345,7 +349,7 @@ class PatientActors:
         if at_hand is None:
             return False
         snapshot, tail = at_hand
-        if any(self._merges_into(patient, item) for item in tail):
+        if any(item.merges_into(patient) for item in tail):
             return False
         entry = _Patient(self, patient, snapshot if snapshot is not None else PatientRecord.empty(patient))
         try:
@@ -390,7 +394,7 @@ class PatientActors:
         A merge into this patient brings another's history, and a poison record
         must be skipped alone: those tails go one record at a time, as `apply` does.
         """
-        if not any(self._merges_into(record.patient, item) for item in tail):
+        if not any(item.merges_into(record.patient) for item in tail):
             try:
                 return self._fold_all(record, tail)
             except Exception:  # noqa: BLE001, S110 -- a poison record in it: found and skipped one at a time below
@@ -409,10 +413,6 @@ class PatientActors:
         for item in items:
             record = self.fold(record, item)
         return record
-
-    @staticmethod
-    def _merges_into(patient: str, item: Applied) -> bool:
-        return any(isinstance(e, PatientMerged) and e.surviving == patient for e in item.events)
 
     async def _keep_running(self, entry: _Patient) -> None:
         """Run a patient's actor; after a crash, restart it from its last good state."""
@@ -487,9 +487,8 @@ class PatientActors:
                 _log.error("patients.snapshot_failed", error=type(exc).__name__)
         del self._active[entry.patient]
         self._passivating -= 1
-        # The entry and its actor form a cycle (the actor calls the entry's `behave`), freed only
-        # by a cyclic collection, which an idle node may not run for long: the record (hundreds
-        # of MB for a patient with hundreds of thousands of results) is let go now.
+        # Senders waiting on `closing` still hold the entry: the record (hundreds of MB for a
+        # patient with hundreds of thousands of results) is let go now, not when the last of them has gone.
         entry.record = PatientRecord.empty(entry.patient)
         self._passivations += 1
         entry.closing.set()

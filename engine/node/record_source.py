@@ -16,7 +16,6 @@ import anyio
 import msgspec
 
 from actors import Applied, PatientRecord
-from engine.core.model import PatientMerged
 from engine.infra.clock import utc_now
 from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog, decode_fold
 
@@ -68,7 +67,7 @@ class LogRecordSource:
         if not whole_log and self._snapshots.exists(patient):
             return None
         loaded = self._load(patient, snapshot=False)
-        if whole_log and any(_merges_into(patient, item) for item in loaded[1]) and self._snapshots.exists(patient):
+        if whole_log and any(item.merges_into(patient) for item in loaded[1]) and self._snapshots.exists(patient):
             return None
         return loaded
 
@@ -105,7 +104,7 @@ class LogRecordSource:
         made = []
         for patient in patients:
             snapshot, tail = self._load(patient)
-            if any(_merges_into(patient, a) for a in tail):
+            if any(a.merges_into(patient) for a in tail):
                 continue
             record = snapshot if snapshot is not None else PatientRecord.empty(patient)
             try:
@@ -122,10 +121,6 @@ class LogRecordSource:
     async def save(self, record: PatientRecord) -> None:
         snapshot = Snapshot(record.patient, record.last_lsn, utc_now(), _ENCODER.encode(record.for_snapshot()))
         await anyio.to_thread.run_sync(self._snapshots.save, snapshot)
-
-
-def _merges_into(patient: str, item: Applied) -> bool:
-    return any(isinstance(e, PatientMerged) and e.surviving == patient for e in item.events)
 
 
 @final
