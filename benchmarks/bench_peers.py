@@ -15,6 +15,8 @@ them again, so it gets one connection per message (said in the table).
 Per contender, message set and K: messages/s, ACK p50/p99, and CPU ms per
 message (the server's process tree, from /proc); rounds alternate the
 contenders and the best round is kept; the ratios are Vigil's over each peer.
+With --vigil-also, a second Vigil with that configuration is one more
+contender, alternated with the others (its ratio: Vigil's over it).
 Message sets: the public corpus (real messages; a generated feed where it is
 absent) and a short ORU^R01 (4 segments).
 """
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VIGIL = str(ROOT / "bin" / "vigil")
 _PEERS_DIR = ROOT / ".bench" / "peers"
 _NODE_PACKAGE = "node-hl7-server@2.5.0"
+_ALSO = "vigil (--vigil-also)"
 _SHORT = (
     "MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|X|P|2.5.1\r"
     "PID|1||MRN{n}^^^GENHOSP^MR||Doe^Jane||19700101|F\r"
@@ -235,11 +238,14 @@ def _node_ready() -> str | None:
     return None
 
 
-def _start(name: str, scratch: Path) -> _Server:
+def _start(name: str, scratch: Path, also: str) -> _Server:
     run = scratch / f"{name}-{time.monotonic_ns()}"
     run.mkdir()
-    if name == "vigil":
-        return _Server(name, [VIGIL, "run", "--mllp", "127.0.0.1:0", "--data", str(run / "data")], run)
+    if name.startswith("vigil"):
+        config = run / "vigil.toml"
+        config.write_text(also if name == _ALSO else "")
+        command = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--data", str(run / "data")]
+        return _Server(name, command, run)
     if name == "python-hl7":
         return _Server(name, [sys.executable, __file__, "--python-peer", str(run / "received.hl7")], run)
     port = _free_port()
@@ -247,8 +253,10 @@ def _start(name: str, scratch: Path) -> _Server:
     return _Server(name, command, run, port=port)
 
 
-def _round(name: str, scratch: Path, texts: list[str], connections: int, seconds: float) -> dict[str, Any]:
-    server = _start(name, scratch)
+def _round(
+    name: str, scratch: Path, texts: list[str], connections: int, seconds: float, *, also: str
+) -> dict[str, Any]:
+    server = _start(name, scratch, also)
     try:
         prefix = f"R{time.monotonic_ns() % 10**8}-"
         cpu_before = server.cpu_s()
@@ -294,6 +302,9 @@ def main() -> None:
     why_not = "not at --quick (full runs only)" if args.quick else _node_ready()
     if why_not is None:
         contenders.append("node-hl7-server")
+    also = args.vigil_also.replace("\\n", "\n") if args.vigil_also else ""
+    if also:
+        contenders.append(_ALSO)
     scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-peers-"))
     best: dict[tuple[str, str, int], dict[str, Any]] = {}
     try:
@@ -301,7 +312,7 @@ def main() -> None:
             for set_name, texts in sets.items():
                 for k in ks:
                     for name in contenders:
-                        r = _round(name, scratch, texts, k, seconds)
+                        r = _round(name, scratch, texts, k, seconds, also=also)
                         key = (set_name, name, k)
                         if key not in best or r["per_s"] > best[key]["per_s"]:
                             best[key] = r
@@ -316,15 +327,26 @@ def main() -> None:
         if best[(s, peer, k)]["per_s"] > 0
     }
     _print(rows, ratios, where, why_not)
+    if also:
+        print(f"{_ALSO}: vigil with {also!r}")
     if args.json:
-        document = {"data": where, "node_hl7_server": why_not or "measured", "rows": rows, "ratios": ratios}
+        document = {
+            "vigil_also": also,
+            "data": where,
+            "node_hl7_server": why_not or "measured",
+            "rows": rows,
+            "ratios": ratios,
+        }
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(document)))
-    fail_if(any(r["acknowledged"] == 0 for r in rows if r["server"] == "vigil"), "Vigil acknowledged nothing")
+    fail_if(any(r["acknowledged"] == 0 for r in rows if r["server"].startswith("vigil")), "Vigil acknowledged nothing")
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, help="each round's window")
     parser.add_argument("--connections", help="K values, comma-separated (default 1,8,32; 8 at --quick)")
+    parser.add_argument(
+        "--vigil-also", help="TOML for a second Vigil contender, alternated with the first (experiments; \\n for lines)"
+    )
 
 
 def _print(rows: list[dict[str, Any]], ratios: dict[str, float], where: str, why_not: str | None) -> None:
