@@ -599,6 +599,55 @@ async def test_urgent_appends_go_ahead_of_queued_batch_ones_but_never_past_their
     assert sorted(lsns.values()) == list(range(1, 201))
 
 
+class _SteppedSync(OSFiles):
+    """The real files, but once `rounds` is set, each of that many fsyncs waits for the test to let it go."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self.entered = threading.Semaphore(0)
+        self.proceed = threading.Semaphore(0)
+
+    def sync(self, handle: int) -> None:
+        if self.rounds > 0:
+            self.rounds -= 1
+            self.entered.release()
+            self.proceed.acquire(timeout=30)
+        super().sync(handle)
+
+
+async def test_a_batch_append_is_overtaken_by_one_urgent_group_at_most(tmp_path: Path) -> None:
+    """Urgent appends arriving during every fsync (the sync thread under 32 connections): they went ahead of a
+    queued batch append group after group, and a billing message waited 400 ms for its ACK. Now urgent appends
+    overtake it once; the next group takes the queue in order."""
+    config = WalConfig(sync="thread")
+    files = _SteppedSync()
+    lsns: dict[str, int] = {}
+    billing = envelope(1, Lane.BATCH, patient="H|B")
+    results = [envelope(10 + i, Lane.STANDARD, patient=f"H|R{i}") for i in range(6)]
+
+    async def one(env: Envelope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        lsns[env.message_id] = (await wal.append([env]))[0].lsn  # queued before this task first waits
+
+    async with open_wal(tmp_path, config, files=files) as wal:
+        await wal.append([envelope(99, Lane.BATCH, patient="H|before")])  # the segment begun, its syncs done
+        files.rounds = 6
+        async with anyio.create_task_group() as tg:
+            await tg.start(one, envelope(0, Lane.BATCH, patient="H|first"))  # batch: never written by its caller
+            await anyio.to_thread.run_sync(files.entered.acquire)  # the writer is in its first fsync
+            await tg.start(one, billing)
+            await tg.start(one, results[0])
+            for result in results[1:]:  # one more urgent append arrives during each fsync
+                files.proceed.release()
+                await anyio.to_thread.run_sync(files.entered.acquire)
+                await tg.start(one, result)
+            files.proceed.release()
+
+    # LSN 2 the first append; results[0] goes ahead (3); then the queue in order: the billing record, results[1].
+    assert lsns[billing.message_id] == 4
+    assert sorted(lsns.values()) == list(range(2, 10))
+
+
 async def test_an_urgent_append_goes_ahead_of_another_sources_batch_records_of_its_patient(tmp_path: Path) -> None:
     """A billing file queued for patient P; a critical result for P from an MLLP connection goes first (the
     order of independent sources is the network's, not a history), while one from the file itself stays after."""
