@@ -8,7 +8,12 @@ in another process at a lower CPU priority (nice 10), as senders on other
 hosts would: 16 MLLP connections sending DFT^P03 back to back, a file of
 DFT^P03 dropped into the watched folder, a JetStream stream holding a
 backlog of DFT^P03 when the node starts (a real nats-server), or all three
-at once.
+at once. Not billing but one patient: `history` is a patient with 30,000
+results (years of a chronic patient's labs, or a merge that brought them)
+who gets 16 more now and then, goes idle and is sent away (snapshot saved)
+by 512 other patients' messages, then comes back (snapshot read): its
+record is encoded and decoded while the probes run (`actors.active_max` is
+512 in that scenario; not part of `all`).
 
 Each scenario reports critical and standard p50/p99 and their ratio to the
 idle run, and the billing throughput beside what the same flood achieves
@@ -55,7 +60,9 @@ _PROBE_RATE = 50.0  # messages per second on each probe connection
 _BILLING = FeedMix(0, 0, 0, 0, 0, 0, 1)
 _CRITICAL = FeedMix(0, 0, 1, 0, 0, 0, 0)
 _ROUTINE = FeedMix(0, 1, 0, 0, 0, 0, 0)
-_FLOODS = ("mllp", "file", "nats", "all", "console")
+_FLOODS = ("mllp", "file", "nats", "all", "console", "history")
+_LONG_MESSAGES = 6_000  # x 5 results each: the long history's 30,000 facts
+_ACTIVE_MAX = 512  # [actors] active_max in the `history` scenario: that many others send the long record away
 _CONSOLE_SESSIONS = 50  # browsers polling the web console's status view
 _CONSOLE_POLL_S = 1.0  # each polls this often (the console's page polls every 2 s: twice what it does)
 _CONSOLE_USER = ("bench.op", "correct horse battery staple", "4321")
@@ -73,6 +80,9 @@ def _flood(kind: str, port: int, drop: Path, seconds: float, file_messages: int)
     os.nice(10)
     if kind == "console":
         _console_flood(port, seconds)
+        return
+    if kind == "history":
+        _history_flood(port, seconds)
         return
     counted = [0]
     # Made before the clock starts: sixteen feeds take seconds to generate.
@@ -136,6 +146,43 @@ def _console_flood(port: int, seconds: float) -> None:
     sys.stdout.write(
         msgspec.json.encode({"mllp_per_s": 0.0, "console_polls_per_s": polls[0] / seconds}).decode() + "\n"
     )
+
+
+def _history_flood(port: int, seconds: float) -> None:
+    """One patient's long history built, then: 16 results for it, 512 other patients' (it is sent away), again."""
+    long = [_oru(f"L{i}", "LONG000001", 5) for i in range(_LONG_MESSAGES)]
+    done = [0]
+    forever = time.perf_counter() + 3600
+    builders = [threading.Thread(target=_send_back_to_back, args=(port, long[k::8], forever, done)) for k in range(8)]
+    for t in builders:  # built before the clock starts, in parallel
+        t.start()
+    for t in builders:
+        t.join()
+    fail_if(done[0] != _LONG_MESSAGES, "the long history was not acknowledged whole")
+    others = [_oru(f"O{i}", f"OTHER{i:05d}", 1) for i in range(_ACTIVE_MAX)]
+    _send_back_to_back(port, others, forever, [0])  # the long record sent away: its snapshot written
+    sys.stdout.write("flooding\n")
+    sys.stdout.flush()
+    counted, cycles = [0], 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        cycles += 1
+        more = [_oru(f"L{cycles}-{i}", "LONG000001", 5) for i in range(16)]  # activated: its snapshot read
+        _send_back_to_back(port, more, deadline, counted)
+        # Sent away again (its snapshot written); new control ids: a message sent again reaches no actor.
+        others = [_oru(f"O{cycles}-{i}", f"OTHER{i:05d}", 1) for i in range(_ACTIVE_MAX)]
+        _send_back_to_back(port, others, deadline, counted)
+    sys.stdout.write(msgspec.json.encode({"mllp_per_s": counted[0] / seconds, "cycles": cycles}).decode() + "\n")
+
+
+def _oru(control: str, patient: str, results: int) -> bytes:
+    """A routine result message (standard lane) with `results` OBX for `patient`."""
+    obx = "".join(f"OBX|{k + 1}|NM|2823-3^K^LN||4.{k}|mmol/L|3.5-5.1|N|||F\r" for k in range(results))
+    return (
+        f"MSH|^~\\&|LAB|GENHOSP|VIGIL|GENHOSP|20261124101500||ORU^R01^ORU_R01|H{control}|P|2.5.1\r"
+        f"PID|1||{patient}^^^GENHOSP^MR||Doe^Jane||19700101|F\r"
+        f"OBR|1|P{control}|F{control}|80048^BMP^CPT|||20261124100000\r{obx}"
+    ).encode()
 
 
 def _send_back_to_back(port: int, feed: list[bytes], deadline: float, counted: list[int]) -> None:
@@ -205,9 +252,7 @@ def _node_run(
 ) -> dict[str, Any]:
     drop = run / "drop"
     config = run / "vigil.toml"
-    if flood == "console":
-        extra += '\n[http]\nlisten = "127.0.0.1:0"\nconsole_logins_max = 1000\n'
-        _add_console_user(run / "data")
+    extra += _flood_config(flood, run)
     config.write_text(f'[lanes.scheduler]\nmode = "{mode}"\n[ingest]\nwatch_poll_interval_s = 0.1\n{extra}')
     command = [VIGIL, "--config", str(config), "run", "--mllp", "127.0.0.1:0", "--watch", str(drop)]
     node_log = run / "node.log"  # what the node said: shown if it does not stop
@@ -275,6 +320,16 @@ def _node_run(
         "file_done_in_window": file_done,
         "elapsed_s": elapsed,
     }
+
+
+def _flood_config(flood: str, run: Path) -> str:
+    """What a flood adds to the node's configuration (and its data: the console's operator)."""
+    if flood == "console":
+        _add_console_user(run / "data")
+        return '\n[http]\nlisten = "127.0.0.1:0"\nconsole_logins_max = 1000\n'
+    if flood == "history":
+        return f"\n[actors]\nactive_max = {_ACTIVE_MAX}\n"
+    return ""
 
 
 def _add_console_user(data: Path) -> None:
