@@ -27,7 +27,7 @@ __all__ = ["SLICE_FACTS", "decode_record", "encode_record"]
 
 SLICE_FACTS: Final = 512  # about 0.6 ms of msgspec's time, encoded or decoded
 # Bytes below which a record is decoded in one call (at most about 1.5 ms): finding where each fact
-# begins costs a sixth more than the decode itself, worth it only where one call would be long.
+# begins costs about a quarter more (27 -> 35 ms for 30,000 facts), worth it only where one call would be long.
 _WHOLE_BYTES_MAX: Final = 256 * 1024
 _RECORD: Final = msgspec.msgpack.Decoder(PatientRecord)
 
