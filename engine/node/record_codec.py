@@ -65,7 +65,8 @@ def encode_record(record: PatientRecord) -> bytes:
     facts = record.facts
     if len(facts) <= 2 * SLICE_FACTS:
         return _ENCODER.encode(record.for_snapshot())
-    bodies = [_without_header(_ENCODER.encode(facts[i : i + SLICE_FACTS])) for i in range(0, len(facts), SLICE_FACTS)]
+    slices = (facts[i : i + SLICE_FACTS] for i in range(0, len(facts), SLICE_FACTS))
+    bodies = [_ENCODER.encode(part)[len(_array_header(len(part))) :] for part in slices]  # each one's header cut off
     array = msgspec.Raw(_array_header(len(facts)) + b"".join(bodies))
     return _ENCODER.encode(_Encoded(record.patient, array, record.last_lsn, record.merged_from, record.merged_into, ()))
 
@@ -82,8 +83,7 @@ def decode_record(data: bytes) -> PatientRecord:
     raws = sliced.facts
     facts: list[Fact] = []
     for start in range(0, len(raws), SLICE_FACTS):  # a loop of its own: where the interpreter may be handed over
-        part = raws[start : start + SLICE_FACTS]
-        facts.extend(_FACTS.decode(_array_header(len(part)) + b"".join(part)))
+        facts.extend(_FACTS.decode(_ENCODER.encode(raws[start : start + SLICE_FACTS])))  # those facts' array
     return PatientRecord(
         sliced.patient,
         tuple(facts),
@@ -101,9 +101,3 @@ def _array_header(count: int) -> bytes:
     if count < 1 << 16:
         return b"\xdc" + struct.pack(">H", count)
     return b"\xdd" + struct.pack(">I", count)
-
-
-def _without_header(array: bytes) -> bytes:
-    """An encoded array's items, its header cut off."""
-    first = array[0]
-    return array[1:] if first < 0xDC else array[3:] if first == 0xDC else array[5:]

@@ -17,7 +17,7 @@ import anyio
 from actors import Applied, PatientRecord
 from engine.infra.clock import utc_now
 from engine.node.record_codec import decode_record, encode_record
-from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog, decode_fold
+from engine.wal import POISON_RECORD, Quarantine, Snapshot, Snapshots, WriteAheadLog, decode_events
 
 __all__ = ["LogRecordSource", "PoisonQuarantine"]
 
@@ -75,7 +75,7 @@ class LogRecordSource:
     def _tail(self, patient: str, after_lsn: int) -> list[Applied]:
         return [
             Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)
-            for r in self._wal.read_patient(patient, after_lsn=after_lsn, decode=decode_fold)
+            for r in self._wal.read_patient(patient, after_lsn=after_lsn, decode=decode_events)
         ]
 
     def _load(self, patient: str, *, snapshot: bool = True) -> tuple[PatientRecord | None, Sequence[Applied]]:

@@ -92,14 +92,17 @@ class RecordHead(msgspec.Struct, frozen=True, array_like=True):
 
 
 class _EventsOnly(msgspec.Struct, frozen=True, gc=False):
-    """Of an envelope, its events: decoding skips the original bytes and the rest."""
+    """Of an envelope, its events and lane (what projections and a patient's fold need): the original bytes
+    and the rest are skipped."""
 
+    lane: Lane
     events: tuple[Event, ...] = ()
 
 
 @final
 class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A `LogRecord` decoded for its events only: what the read side needs, at half the decoding."""
+    """A `LogRecord` decoded for its events and lane: what the read side and every activation need, at half
+    the decoding."""
 
     lsn: int
     recorded_at: str
@@ -109,28 +112,6 @@ class EventsRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     patients: tuple[str, ...]
     prev_hash: msgspec.Raw
     envelope: _EventsOnly
-    digest: int = 0
-
-
-class _FoldOnly(msgspec.Struct, frozen=True, gc=False):
-    """Of an envelope, what a patient's fold needs: its events and its lane (the original bytes are skipped)."""
-
-    lane: Lane
-    events: tuple[Event, ...] = ()
-
-
-@final
-class FoldRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A `LogRecord` decoded for what a patient actor folds: read back at every activation of a known patient."""
-
-    lsn: int
-    recorded_at: str
-    partition: int
-    epoch: int
-    message_id: str
-    patients: tuple[str, ...]
-    prev_hash: msgspec.Raw
-    envelope: _FoldOnly
     digest: int = 0
 
 
@@ -242,10 +223,7 @@ def read_frame(buf: bytes, offset: int) -> Frame | None:
 
 
 decode_events = msgspec.msgpack.Decoder(EventsRecord).decode
-"""Decode a record's body for its events only (raises msgspec errors on a malformed body)."""
-
-decode_fold = msgspec.msgpack.Decoder(FoldRecord).decode
-"""Decode a record's body for a patient's fold: its events and lane, not its original bytes."""
+"""Decode a record's body for its events and lane, not its original bytes (raises msgspec errors if malformed)."""
 
 decode_message = msgspec.msgpack.Decoder(MessageRecord).decode
 """Decode a record's body for its message without its events (raises msgspec errors on a malformed body)."""

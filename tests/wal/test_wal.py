@@ -27,7 +27,7 @@ from engine.wal import (
     WALFailedError,
     WALLockedError,
     copy_cut,
-    decode_fold,
+    decode_events,
     open_wal,
     scan_log,
 )
@@ -101,7 +101,7 @@ async def test_a_patients_records_after_an_lsn_are_those_of_the_whole_read_after
 
 
 async def test_a_patients_records_read_for_its_fold_carry_what_the_whole_records_do(tmp_path: Path) -> None:
-    """`decode_fold` skips the original bytes: LSN, time, id, events and lane as the whole record has them."""
+    """`decode_events` skips the original bytes: LSN, time, id, events and lane as the whole record has them."""
     envs = [envelope(i, lane=(Lane.CRITICAL, Lane.STANDARD, Lane.BATCH)[i % 3], patient="H|A") for i in range(40)]
     await append_all(tmp_path, envs)
     async with open_wal(tmp_path, SMALL) as wal:
@@ -112,7 +112,7 @@ async def test_a_patients_records_read_for_its_fold_carry_what_the_whole_records
             ]
             folded = [
                 (r.lsn, r.recorded_at, r.message_id, r.envelope.events, r.envelope.lane)
-                for r in wal.read_patient("H|A", after_lsn=after, decode=decode_fold)
+                for r in wal.read_patient("H|A", after_lsn=after, decode=decode_events)
             ]
             assert folded == whole
             assert len(whole) == 40 - after
