@@ -5,6 +5,7 @@ Imports only the pure floor of `engine` (a test checks it).
 
 from actors.actor import Actor, ActorClosed, Behavior, MailboxFull, Reply, ask
 from actors.clock import loop_clock
+from actors.held import HeldFacts
 from actors.patients import Applied, PatientActors, PatientStatistics, Quarantine, RecordSource, apply_record
 from actors.record import (
     MOMENT_RULE,
@@ -31,6 +32,7 @@ __all__ = [
     "ChildStatus",
     "EncounterView",
     "Fact",
+    "HeldFacts",
     "MailboxFull",
     "MedicationView",
     "OrderView",

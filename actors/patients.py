@@ -169,6 +169,12 @@ class _Patient:
     async def behave(self, messages: list[_Message]) -> None:
         for i, message in enumerate(messages):
             if isinstance(message, _Query):
+                try:
+                    self.record = await _unheld(self.record)  # kept decoded: the next read costs a fold at most
+                except Exception as exc:  # noqa: BLE001 -- told to the asker; the record and the log are unharmed
+                    _log.error("patients.held_facts_unreadable", error=type(exc).__name__)
+                    message.reply.fail(exc)
+                    continue
                 message.reply.set(self._view(message))
                 continue
             if isinstance(message, _Keep):
@@ -495,7 +501,8 @@ class PatientActors:
         self._passivating -= 1
         # Senders waiting on `closing` still hold the entry: the record (hundreds of MB for a
         # patient with hundreds of thousands of results) is let go now, not when the last of them has gone.
-        long = list(entry.record.iter_facts()) if entry.record.fact_count > _FREED_AT_ONCE_MAX else []
+        decoded = len(entry.record.sealed) + len(entry.record.recent)  # held facts are bytes: freed at once
+        long = [*entry.record.sealed, *entry.record.recent] if decoded > _FREED_AT_ONCE_MAX else []
         entry.record = PatientRecord.empty(entry.patient)
         self._passivations += 1
         entry.closing.set()
@@ -513,7 +520,8 @@ class PatientActors:
             if isinstance(event, PatientMerged) and event.surviving == record.patient:
                 if folded.has_absorbed(event.merged):
                     continue  # a merge sent again or replayed: its history is in already, and reading it is not free
-                folded = folded.absorb(await self._history(event.merged, up_to=item.lsn))
+                history = await self._history(event.merged, up_to=item.lsn)
+                folded = (await _unheld(folded)).absorb(await _unheld(history))
         return folded
 
     async def _history(self, patient: str, *, up_to: int) -> PatientRecord:
@@ -529,7 +537,7 @@ class PatientActors:
             held = snapshot if snapshot is not None else PatientRecord.empty(patient)
         if held.last_lsn > up_to:
             # Moved on since the merge (a replay): cut back, never refolded from the log, which may be archived.
-            return held.until(up_to)
+            return (await _unheld(held)).until(up_to)
         return self._fold_all(held, [item for item in tail if held.last_lsn < item.lsn <= up_to])
 
     async def poisoned(self, patient: str, item: Applied, error: Exception) -> None:
@@ -537,6 +545,13 @@ class PatientActors:
         self._quarantined += 1
         _log.error("patients.poison_quarantined", lsn=item.lsn, error=type(error).__name__)
         await self._quarantine.quarantine(patient, item, f"{type(error).__name__}: {error}")
+
+
+async def _unheld(record: PatientRecord) -> PatientRecord:
+    """The record with its held facts decoded, in a worker thread: a long record's decode never holds the loop."""
+    if record.held is None:
+        return record
+    return await anyio.to_thread.run_sync(record.unheld)
 
 
 async def _let_fall(facts: list[Fact]) -> None:

@@ -35,6 +35,8 @@ from typing import final
 
 import msgspec
 
+from actors.fact import Fact
+from actors.held import HeldFacts
 from engine.core.model import (
     Admitted,
     AllergyRecorded,
@@ -62,6 +64,7 @@ __all__ = [
     "MOMENT_RULE",
     "EncounterView",
     "Fact",
+    "HeldFacts",
     "MedicationView",
     "OrderView",
     "PatientRecord",
@@ -70,18 +73,6 @@ __all__ = [
     "parse_moment",
     "time_key",
 ]
-
-
-@final
-class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):  # no cycles possible: see engine.core.model
-    """One event of the patient's history, with both its times and its origin."""
-
-    lsn: int
-    recorded_at: str
-    effective_at: str
-    message_id: str
-    source_patient: str
-    event: Event
 
 
 @final
@@ -160,11 +151,15 @@ class PatientRecord(msgspec.Struct, frozen=True):
     Encode it (msgspec) to snapshot, after `for_snapshot()`; decode it to go
     on from the snapshot.
 
-    The facts are kept in two parts, `sealed` then `recent` (read them whole
-    as `facts`): `apply` copies only `recent`, and moves it into `sealed` once
-    it holds `RECENT_MAX` facts. One tuple copied whole on every record cost a
-    patient with 60,000 facts 387 us per message against 1.7 us for a new one.
-    Two records with the same facts are equal however they are split.
+    The facts are kept in up to three parts, `held`, `sealed` then `recent`
+    (read them whole as `facts`): `apply` copies only `recent`, and moves it
+    into `sealed` once it holds `RECENT_MAX` facts. One tuple copied whole on
+    every record cost a patient with 60,000 facts 387 us per message against
+    1.7 us for a new one. `held` is the oldest facts of a long record still as
+    its snapshot's bytes (`actors.held`): a reactivation for one new message
+    does not decode them, and anything that reads them does (`unheld` keeps
+    the decoded record). Two records with the same facts are equal however
+    they are split.
     """
 
     patient: str
@@ -174,25 +169,42 @@ class PatientRecord(msgspec.Struct, frozen=True):
     merged_from: tuple[str, ...] = ()
     merged_into: str | None = None
     recent: tuple[Fact, ...] = ()
+    # Never written by a snapshot (`engine.node.record_codec` writes these facts first in `facts`).
+    held: HeldFacts | None = None
 
     @property
     def facts(self) -> tuple[Fact, ...]:
-        """Every fact, in log order (a copy when some are recent: iterate `iter_facts` where a pass is enough)."""
+        """Every fact, in log order (a copy when some are recent or held: iterate `iter_facts` for one pass)."""
+        if self.held is not None:
+            return self.held.decode() + self.sealed + self.recent
         return self.sealed + self.recent if self.recent else self.sealed
 
     @property
     def fact_count(self) -> int:
-        return len(self.sealed) + len(self.recent)
+        return len(self.sealed) + len(self.recent) + (self.held.count if self.held is not None else 0)
 
     def iter_facts(self) -> Iterator[Fact]:
-        return itertools.chain(self.sealed, self.recent)
+        return itertools.chain(self.held.decode() if self.held is not None else (), self.sealed, self.recent)
 
     def _newest_first(self) -> Iterator[Fact]:
-        return itertools.chain(reversed(self.recent), reversed(self.sealed))
+        return itertools.chain(reversed(self.recent), reversed(self.sealed), self._held_newest_first())
+
+    def _held_newest_first(self) -> Iterator[Fact]:
+        # A generator: the held facts are decoded only if a search reaches them.
+        if self.held is not None:
+            yield from reversed(self.held.decode())
+
+    def unheld(self) -> PatientRecord:
+        """The same record with its held facts decoded: for a record about to be read (blocking for a long one)."""
+        if self.held is None:
+            return self
+        return msgspec.structs.replace(self, sealed=self.held.decode() + self.sealed, held=None)
 
     def for_snapshot(self) -> PatientRecord:
         """The same record with every fact sealed: what a snapshot holds, readable by any version of Vigil."""
-        return msgspec.structs.replace(self, sealed=self.facts, recent=()) if self.recent else self
+        if not self.recent and self.held is None:
+            return self
+        return msgspec.structs.replace(self, sealed=self.facts, recent=(), held=None)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PatientRecord):
@@ -237,18 +249,23 @@ class PatientRecord(msgspec.Struct, frozen=True):
         time (quadratic: a merged patient with 100,000 facts took minutes);
         this builds them once. Records at or below the last LSN are ignored.
         """
-        facts = list(self.facts)
+        added: list[Fact] = []
         last, merged_into = self.last_lsn, self.merged_into
+
+        def newest_first() -> Iterator[Fact]:
+            return itertools.chain(reversed(added), self._newest_first())
+
         for lsn, recorded_at, message_id, some_events in records:
             if lsn <= last:
                 continue
             events = tuple(some_events)  # read twice below
-            facts.extend(self._facts_of(lsn, recorded_at, message_id, events, lambda: reversed(facts)))
+            added.extend(self._facts_of(lsn, recorded_at, message_id, events, newest_first))
             merged_into = self._merged_into(events, merged_into)
             last = lsn
         if last == self.last_lsn:
             return self
-        return msgspec.structs.replace(self, sealed=tuple(facts), recent=(), last_lsn=last, merged_into=merged_into)
+        sealed = (*self.sealed, *self.recent, *added)  # the held facts stay held
+        return msgspec.structs.replace(self, sealed=sealed, recent=(), last_lsn=last, merged_into=merged_into)
 
     def _facts_of(
         self,
@@ -285,6 +302,8 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """
         if self.has_absorbed(merged.patient):
             return self
+        if self.held is not None or merged.held is not None:
+            return self.unheld().absorb(merged.unheld())  # read whole below: decoded once, not at each pass
         facts = tuple(
             sorted((*self.iter_facts(), *merged.iter_facts()), key=lambda f: (f.lsn, f.source_patient != self.patient))
         )
@@ -292,6 +311,7 @@ class PatientRecord(msgspec.Struct, frozen=True):
             self,
             sealed=facts,
             recent=(),
+            held=None,
             merged_from=(*self.merged_from, merged.patient, *merged.merged_from),
             last_lsn=max(self.last_lsn, merged.last_lsn),
         )
@@ -306,6 +326,8 @@ class PatientRecord(msgspec.Struct, frozen=True):
         """
         if lsn >= self.last_lsn:
             return self
+        if self.held is not None:
+            return self.unheld().until(lsn)  # read several times below: decoded once
         later = {
             f.event.merged for f in self.iter_facts() if f.lsn > lsn and isinstance(f.event, PatientMerged)
         }  # merged in after `lsn`: their histories, and what they had absorbed themselves, go
@@ -322,6 +344,7 @@ class PatientRecord(msgspec.Struct, frozen=True):
             self,
             sealed=tuple(f for f in self.iter_facts() if f.lsn <= lsn and f.source_patient not in later),
             recent=(),
+            held=None,
             merged_from=tuple(p for p in self.merged_from if p not in later),
             last_lsn=lsn,
         )

@@ -8,6 +8,7 @@ idle-timeout test runs on trio's MockClock.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Sequence
 
 import anyio
@@ -16,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors.held import HeldFacts
 from actors.patients import Applied, PatientActors, apply_record
 from actors.record import PatientRecord
 from engine.core.model import Coded, DemographicsUpdated, Lane, OrderPlaced, PatientMerged
@@ -502,4 +504,74 @@ async def test_a_merge_of_an_active_patient_takes_its_record_from_its_actor_not_
         await registry.deliver("H|NEWER", again)
         assert [o.order_id for o in (await registry.query("H|NEWER")).orders] == ["O1", "O2", "O3", "O4", "O6"]
         assert log.tails == 1
+        tg.cancel_scope.cancel()
+
+
+def _held(record: PatientRecord) -> PatientRecord:
+    """`record` as the node reads back a long snapshot: every fact held as bytes."""
+    held = HeldFacts.of_array(msgspec.msgpack.encode(record.facts))
+    return PatientRecord(record.patient, last_lsn=record.last_lsn, merged_from=record.merged_from, held=held)
+
+
+def _decodes_seen(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Where each decode of held facts ran: "loop" (the test's event loop thread) or "worker"."""
+    seen: list[str] = []
+    decode = HeldFacts.decode
+
+    def spy(self: HeldFacts) -> tuple[object, ...]:
+        seen.append("loop" if threading.current_thread() is threading.main_thread() else "worker")
+        return decode(self)
+
+    monkeypatch.setattr(HeldFacts, "decode", spy)
+    return seen
+
+
+async def test_a_held_record_is_decoded_only_when_read_off_the_loop_and_then_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long record back for new messages decodes none of its history; the first read decodes it once,
+    in a worker thread, and later reads use the decoded record."""
+    log = MemoryLog()
+    log.snapshots["H|A"] = _held(
+        PatientRecord.empty("H|A").extend(
+            (i.lsn, i.recorded_at, i.message_id, i.events) for i in map(item, range(1, 51))
+        )
+    )
+    seen = _decodes_seen(monkeypatch)
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for lsn in (51, 52):
+            log.append("H|A", item(lsn))
+            await registry.deliver("H|A", item(lsn))
+        await _settle()
+        assert seen == []  # applied without reading the history
+        view = await registry.query("H|A")
+        assert [o.order_id for o in view.orders] == [f"O{n}" for n in range(1, 53)]
+        assert (await registry.query("H|A", known_at_lsn=10)).last_lsn == 10
+        assert seen == ["worker"]  # once, off the loop
+        tg.cancel_scope.cancel()
+
+
+async def test_a_merge_with_held_records_brings_the_history_decoded_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = MemoryLog()
+    old = [item(lsn, f"OLD{lsn}") for lsn in range(1, 6)]
+    merge = Applied(9, "2026-11-24T09:00:00Z", "m9", (PatientMerged("H|NEW", "H|OLD"),))
+    fold = PatientRecord.empty
+    log.snapshots["H|OLD"] = _held(fold("H|OLD").extend((i.lsn, i.recorded_at, i.message_id, i.events) for i in old))
+    log.snapshots["H|NEW"] = _held(fold("H|NEW").apply(7, "2026-11-24T08:30:00Z", "m7", item(7, "NEW7").events))
+    log.append("H|NEW", merge)
+    log.append("H|OLD", merge)
+    seen = _decodes_seen(monkeypatch)
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await registry.deliver("H|NEW", merge)
+        view = await registry.query("H|NEW")
+        assert view.merged_from == ("H|OLD",)
+        assert [o.order_id for o in view.orders] == ["OLD1", "OLD2", "OLD3", "OLD4", "OLD5", "NEW7"]
+        assert seen
+        assert set(seen) == {"worker"}
         tg.cancel_scope.cancel()

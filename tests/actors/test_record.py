@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.held import HeldFacts
 from actors.record import RECENT_MAX, PatientRecord, time_key
 from engine.core.decode import Decoder
 from engine.core.feedgen import generate_feed
@@ -260,3 +261,62 @@ def test_a_snapshot_holds_every_fact_where_snapshots_always_had_them() -> None:
     old = dict(encoded)
     del old["recent"]  # as a snapshot written before the split reads
     assert _CODEC.decode(_CODEC.encode(old), type=PatientRecord) == record
+
+
+# -- held facts: a long record's oldest facts kept as bytes until read ---------------------
+
+
+def _held(record: PatientRecord) -> PatientRecord:
+    """The record as a long snapshot reads back: every fact held, none decoded."""
+    return PatientRecord(
+        record.patient,
+        last_lsn=record.last_lsn,
+        merged_from=record.merged_from,
+        merged_into=record.merged_into,
+        held=HeldFacts.of_array(_CODEC.encode(record.facts)),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(_histories(), st.data())
+def test_a_record_with_held_facts_is_the_record_it_holds(
+    history: list[tuple[int, str, str, tuple[Event, ...]]], data: st.DataObject
+) -> None:
+    """Held or decoded, the same record: its fold going on (corrections reach held originals), views, cuts."""
+    cut = data.draw(st.integers(0, len(history)))
+    full = _fold(history)
+    held = _held(_fold(history[:cut]))
+    assert held.sealed == ()
+    assert held == _fold(history[:cut])
+    resumed = _fold(history[cut:], held)
+    assert resumed == full
+    assert resumed.held is not None  # applying records does not decode what is held
+    assert held.extend(history[cut:]) == full
+    assert held.extend(history[cut:]).held is not None
+    assert resumed.view() == full.view()
+    assert resumed.view(as_of="2026-11-24T08:20:00Z") == full.view(as_of="2026-11-24T08:20:00Z")
+    through = history[cut - 1][0] if cut else 0
+    assert _held(full).until(through) == full.until(through)
+    assert resumed.unheld() == full
+    assert resumed.unheld().held is None
+    assert resumed.for_snapshot().held is None
+    assert resumed.fact_count == full.fact_count
+
+
+def test_a_merge_into_or_of_a_record_with_held_facts_is_the_merge_of_the_records() -> None:
+    a = _history()
+    merge = [PatientMerged("H|P1", "H|B")]
+    b = PatientRecord.empty("H|B").apply(3, "2026-11-21T10:00:00Z", "b3", [OrderPlaced("B1")])
+    b = b.apply(9, "2026-11-24T11:00:00Z", "m9", merge)
+    expected = a.apply(9, "2026-11-24T11:00:00Z", "m9", merge).absorb(b)
+    assert _held(a).apply(9, "2026-11-24T11:00:00Z", "m9", merge).absorb(_held(b)) == expected
+    assert _held(a).apply(9, "2026-11-24T11:00:00Z", "m9", merge).absorb(_held(b)).held is None
+
+
+def test_held_bytes_that_are_not_facts_are_refused_when_read() -> None:
+    record = PatientRecord("H|P1", last_lsn=3, held=HeldFacts(2, b"\x01\x02"))
+    assert record.fact_count == 2
+    with pytest.raises(msgspec.DecodeError):
+        record.unheld()
+    with pytest.raises(msgspec.DecodeError):
+        HeldFacts.of_array(b"\x01")  # not an array

@@ -1,4 +1,4 @@
-"""A record's snapshot bytes, a slice of facts at a time: the same bytes, the same record, any size."""
+"""A record's snapshot bytes, a slice of facts at a time: the same bytes, the same record, any size; long ones held."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.record import PatientRecord
+from actors import Fact, HeldFacts, PatientRecord
 from engine.core.decode import Decoder
 from engine.core.feedgen import generate_feed
 from engine.core.model import Event
@@ -21,6 +21,24 @@ def _pool() -> list[tuple[Event, ...]]:
 
 POOL = _pool()
 _WHOLE = msgspec.msgpack.Decoder(PatientRecord)
+
+
+class _Format(msgspec.Struct, frozen=True):
+    """A snapshot as every version of Vigil has written and read it: every fact in `facts`."""
+
+    patient: str
+    facts: tuple[Fact, ...]
+    last_lsn: int = 0
+    merged_from: tuple[str, ...] = ()
+    merged_into: str | None = None
+    recent: tuple[Fact, ...] = ()
+
+
+def _written(record: PatientRecord) -> bytes:
+    """The snapshot bytes of `record` in that format, in one call to msgspec."""
+    return msgspec.msgpack.encode(
+        _Format(record.patient, record.facts, record.last_lsn, record.merged_from, record.merged_into)
+    )
 
 
 def _record(facts: int, *, merged: bool = False, step: int = 1) -> PatientRecord:
@@ -40,21 +58,42 @@ def test_the_bytes_are_those_of_one_call_and_read_back_as_the_record(facts: int)
     """What older versions write and read: the sliced encoding is byte for byte msgspec's of the whole record."""
     record = _record(facts, merged=facts % 2 == 1)
     data = encode_record(record)
-    assert data == msgspec.msgpack.encode(record.for_snapshot())
+    assert data == _written(record)
     assert decode_record(data) == record
     assert decode_record(data).recent == ()  # every fact sealed, as a snapshot holds them
 
 
-def test_a_large_record_is_decoded_in_slices_to_the_same_record() -> None:
-    """Past the size decoded in one call: the facts found one by one, decoded a slice at a time, in order."""
+def test_a_large_record_is_read_back_held_and_decoded_in_slices_to_the_same_record() -> None:
+    """Past the size decoded in one call: the facts are held as bytes; read, they are the record's, in order."""
     record = _record(6000, merged=True)
     data = encode_record(record)
-    assert len(data) > 256 * 1024  # the sliced path, not the one call
+    assert len(data) > 256 * 1024  # the held path, not the one call
     back = decode_record(data)
-    assert back == _WHOLE.decode(data)
-    assert [f.lsn for f in back.facts] == [f.lsn for f in record.facts]
+    assert back.held is not None
+    assert back.sealed == ()
+    assert back.fact_count == record.fact_count
+    assert back == _WHOLE.decode(data) == record
+    assert [f.lsn for f in back.unheld().facts] == [f.lsn for f in record.facts]
     assert back.merged_from == ("GENHOSP|MRN000002",)
     assert back.merged_into == "GENHOSP|MRN000003"
+
+
+def test_a_held_record_that_gained_facts_is_written_without_decoding_what_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long record back for a few new messages: its snapshot costs those facts, not its history."""
+    record = _record(6000)
+    back = decode_record(encode_record(record))
+    for lsn in range(record.last_lsn + 1, record.last_lsn + 300):  # past RECENT_MAX: some sealed, some recent
+        record = record.apply(lsn, "2026-11-25T08:00:00Z", f"m{lsn}", POOL[lsn % len(POOL)])
+        back = back.apply(lsn, "2026-11-25T08:00:00Z", f"m{lsn}", POOL[lsn % len(POOL)])
+    assert back.held is not None
+
+    def refuse(_: HeldFacts) -> tuple[Fact, ...]:
+        raise AssertionError("the held facts were decoded")
+
+    monkeypatch.setattr(HeldFacts, "decode", refuse)
+    assert encode_record(back) == _written(record)
 
 
 def test_a_snapshot_written_before_records_had_two_parts_is_read() -> None:
@@ -69,7 +108,10 @@ def test_bytes_that_are_not_a_record_are_refused() -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_record(b"\x93\x01\x02")
     with pytest.raises(msgspec.DecodeError):
-        decode_record(msgspec.msgpack.encode({"patient": "P", "facts": [1] * 300_000}))  # sliced, and wrong
+        decode_record(msgspec.msgpack.encode({"patient": "P", "facts": 7, "pad": b"x" * 300_000}))  # not an array
+    held = decode_record(msgspec.msgpack.encode({"patient": "P", "facts": [1] * 300_000}))  # held, and wrong
+    with pytest.raises(msgspec.DecodeError):
+        held.unheld()  # refused when read
 
 
 @settings(max_examples=25, deadline=None)
@@ -77,5 +119,5 @@ def test_bytes_that_are_not_a_record_are_refused() -> None:
 def test_any_record_round_trips(facts: int, step: int, merged: bool) -> None:
     record = _record(facts, merged=merged, step=step)
     data = encode_record(record)
-    assert data == msgspec.msgpack.encode(record.for_snapshot())
+    assert data == _written(record)
     assert decode_record(data) == record
