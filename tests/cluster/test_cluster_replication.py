@@ -272,8 +272,13 @@ async def test_two_coordinators_share_the_partitions_and_a_stopping_one_hands_ov
         await _until(lambda: len(a.statistics().serving) == len(b.statistics().serving) == 4, 20)
         assert 4 == len(a.statistics().serving) == len(b.statistics().serving)
         # a writes a record to one of its partitions; it reaches the stream.
-        p = a.statistics().serving[0]
-        env = next(e for e in _envelopes(range(100)) if a.partition_of(e) == p)
+        # A message for a patient in one of a's partitions: _envelopes' five patients fall in partitions 0, 2, 5
+        # and 6 only, so when b won the first leases and handed a 4-7, a's first partition (4) had none of them.
+        serving = a.statistics().serving
+        decoder = Decoder()
+        candidates = (decoder.hl7(lab_result(n, n, tag="R"), received_at="t", source="test") for n in range(100))
+        env = next(e for e in candidates if a.partition_of(e) in serving)
+        p = a.partition_of(env)
         epoch = a.enter(p)
         assert epoch is not None
         [position] = await wal_a.append([env], partition=p, epoch=epoch)
