@@ -25,11 +25,6 @@ from actors.fact import Fact
 
 __all__ = ["HeldFacts"]
 
-_SLICE_FACTS: Final = 512  # about 0.6 ms of msgspec's time, encoded or decoded
-# Bytes below which held facts are decoded in one call (at most about 1.5 ms): finding where each fact
-# begins costs about a quarter more (27 -> 35 ms for 30,000 facts), worth it only where one call would be long.
-_WHOLE_BYTES_MAX: Final = 256 * 1024
-
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _FACTS: Final = msgspec.msgpack.Decoder(tuple[Fact, ...])
 _RAWS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
@@ -42,8 +37,10 @@ class HeldFacts(msgspec.Struct, frozen=True, gc=False):
     count: int
     items: bytes
 
-    SLICE_FACTS: ClassVar[int] = _SLICE_FACTS
-    WHOLE_BYTES_MAX: ClassVar[int] = _WHOLE_BYTES_MAX
+    SLICE_FACTS: ClassVar[int] = 512  # about 0.6 ms of msgspec's time, encoded or decoded
+    # Bytes below which held facts are decoded in one call (at most about 1.5 ms): finding where each fact
+    # begins costs about a quarter more (27 -> 35 ms for 30,000 facts), worth it only where one call would be long.
+    WHOLE_BYTES_MAX: ClassVar[int] = 256 * 1024
 
     @classmethod
     def of_array(cls, array: bytes) -> HeldFacts:
@@ -58,7 +55,8 @@ class HeldFacts(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def of_facts(cls, held: HeldFacts | None, facts: Sequence[Fact]) -> HeldFacts:
         """`held` (written as it is, never decoded) followed by `facts`, encoded a slice per call to msgspec."""
-        slices = (facts[i : i + _SLICE_FACTS] for i in range(0, len(facts), _SLICE_FACTS))
+        step = cls.SLICE_FACTS
+        slices = (facts[i : i + step] for i in range(0, len(facts), step))
         items = [held.items] if held is not None else []
         items += [_ENCODER.encode(part)[len(_array_header(len(part))) :] for part in slices]  # each one's header cut
         return cls((held.count if held is not None else 0) + len(facts), b"".join(items))
@@ -74,12 +72,13 @@ class HeldFacts(msgspec.Struct, frozen=True, gc=False):
             msgspec.DecodeError: the bytes are not `count` facts.
         """
         array = self.array()
-        if len(array) < _WHOLE_BYTES_MAX:
+        if len(array) < self.WHOLE_BYTES_MAX:
             return _FACTS.decode(array)
         raws = _RAWS.decode(array)  # where each fact begins: one call, about 4 ms for 30,000 facts
         facts: list[Fact] = []
-        for start in range(0, len(raws), _SLICE_FACTS):  # a loop of its own: where the interpreter may be handed over
-            facts.extend(_FACTS.decode(_ENCODER.encode(raws[start : start + _SLICE_FACTS])))  # those facts' array
+        step = self.SLICE_FACTS
+        for start in range(0, len(raws), step):  # a loop of its own: where the interpreter may be handed over
+            facts.extend(_FACTS.decode(_ENCODER.encode(raws[start : start + step])))  # those facts' array
         return tuple(facts)
 
 
