@@ -383,11 +383,14 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             recovery verifies the hash chain from the last checkpoint.
         sparse_index_records_interval: one (LSN, offset) index entry per this
             many records.
-        sync: where a group's write and fsync run. "inline": on the event
-            loop's thread (the default: on local disks the hop to a thread
-            costs more than the fsync). "thread": in a worker thread, so the
-            node goes on parsing during a slow fsync (network or spinning
-            storage, milliseconds per fsync).
+        sync: where a group's write and fsync run. "auto" (the default): in
+            a worker thread while no batch work is in the group or queued
+            behind it, so the node parses the next urgent messages during
+            the fsync; on the event loop's thread otherwise (under a billing
+            flood the hop to the thread cost the routine lane more than the
+            fsync). "inline": always on the event loop's thread. "thread":
+            always in a worker thread (network or spinning storage,
+            milliseconds per fsync).
     """
 
     segment_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB)] = 64 * _MIB
@@ -398,7 +401,7 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_appends_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     checkpoint_records_interval: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     sparse_index_records_interval: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 64
-    sync: Literal["inline", "thread"] = "inline"
+    sync: Literal["auto", "inline", "thread"] = "auto"
 
 
 @final

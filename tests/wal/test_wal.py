@@ -648,6 +648,59 @@ async def test_a_batch_append_is_overtaken_by_one_urgent_group_at_most(tmp_path:
     assert sorted(lsns.values()) == list(range(2, 10))
 
 
+class _SyncsOnThreads(OSFiles):
+    """The real files; which fsyncs ran on the event loop's thread; once armed, one in a worker thread waits."""
+
+    def __init__(self, loop_thread: threading.Thread) -> None:
+        self.loop_thread = loop_thread
+        self.on_loop: list[bool] = []
+        self.armed = False
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def sync(self, handle: int) -> None:
+        on_loop = threading.current_thread() is self.loop_thread
+        self.on_loop.append(on_loop)
+        if self.armed and not on_loop:
+            self.armed = False
+            self.holding.set()
+            self.release.wait(30)
+        super().sync(handle)
+
+
+async def test_auto_sync_writes_urgent_groups_in_a_thread_and_groups_with_batch_work_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """`sync = "auto"`: a group of urgent records with no batch work queued is fsync'd in a worker thread (the loop
+    parses the next messages meanwhile); an urgent group that went ahead of a queued billing append, and the billing
+    group, are fsync'd on the loop's thread, as under a billing flood, where the hop cost more than it saved."""
+    files = _SyncsOnThreads(threading.current_thread())
+    lsns: dict[str, int] = {}
+    results = [envelope(1, Lane.STANDARD, patient="H|R1"), envelope(2, Lane.STANDARD, patient="H|R2")]
+    billing = envelope(3, Lane.BATCH, patient="H|B")
+    later = envelope(4, Lane.CRITICAL, patient="H|R4")
+
+    async def one(envs: list[Envelope], *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        for env, at in zip(envs, await wal.append(envs), strict=True):  # queued before this task first waits
+            lsns[env.message_id] = at.lsn
+
+    async with open_wal(tmp_path, WalConfig(sync="auto"), files=files) as wal:
+        await wal.append([envelope(0, Lane.BATCH, patient="H|before")])  # the segment begun, its syncs done
+        files.on_loop.clear()
+        files.armed = True
+        async with anyio.create_task_group() as tg:
+            await tg.start(one, results)  # two records: the writer's, never written by their caller
+            assert await anyio.to_thread.run_sync(files.holding.wait, 30)  # the writer is in a worker thread's fsync
+            await tg.start(one, [billing])
+            await tg.start(one, [later])
+            files.release.set()
+        on_loop = list(files.on_loop)
+
+    assert on_loop == [False, True, True]
+    assert lsns[later.message_id] < lsns[billing.message_id]  # it went ahead, on the loop's thread
+
+
 async def test_an_urgent_append_goes_ahead_of_another_sources_batch_records_of_its_patient(tmp_path: Path) -> None:
     """A billing file queued for patient P; a critical result for P from an MLLP connection goes first (the
     order of independent sources is the network's, not a history), while one from the file itself stays after."""
