@@ -166,6 +166,7 @@ class WriteAheadLog:
         self._room: anyio.Event | None = None  # made when an append waits for room in the queue
         self._closing = False
         self._company = False  # the last group held more than one append (so a batch group may wait for more)
+        self._synced_company = False  # the last group synced held more than one record (`_in_a_thread`)
         self._appended = self._duplicates = self._groups = self._disk_full = self._reused = 0
         # Told of every group's new records once durable, in LSN order, by the writer (replication).
         self.on_durable: Callable[[list[Durable]], None] | None = None
@@ -555,22 +556,28 @@ class WriteAheadLog:
     def _in_a_thread(self, group: list[Append]) -> bool:
         """Whether this group's write and fsync go to a worker thread (`config.sync`).
 
-        "auto" sends a group there only while no batch work is in it or
-        queued behind it. Urgent traffic alone (results, orders, admissions
-        from many connections) then has the loop parse the next messages
-        during the fsync, and they share the next one: at 8 connections of
-        the corpus a group held 3.8 records, against 2.0 on the loop's
-        thread. Under a billing flood the loop, not the disk, is what an
-        urgent message waits for, and the hop to the thread and back (every
-        group, `sync = "thread"`) raised the routine results' latency by
-        1-2 ms and cost billing 5-8% of its throughput, so a group with
-        batch work in it or behind it is written on the loop's thread.
+        "auto" sends a group there only while urgent messages come
+        together and no batch work is in the group or queued behind it.
+        Urgent traffic from many connections then has the loop parse the
+        next messages during the fsync, and they share the next one: at 8
+        connections of the corpus a group held 3.8 records, against 2.0 on
+        the loop's thread. Messages come together when this group or the
+        one synced before it held more than one record; one connection's
+        messages, one at a time, leave the loop nothing to parse meanwhile,
+        and the hop cost them about a quarter of their throughput. Under a
+        billing flood the loop, not the disk, is what an urgent message
+        waits for, and the hop to the thread and back (every group, `sync =
+        "thread"`) raised the routine results' latency by 1-2 ms and cost
+        billing 5-8% of its throughput, so a group with batch work in it or
+        behind it is written on the loop's thread.
         """
         mode = self.config.sync
         if mode != "auto":
             return mode == "thread"
+        together = sum(len(a.envelopes) for a in group) > 1
+        company, self._synced_company = together or self._synced_company, together
         batch_queued = len(self._queue) > self._urgent_queued
-        return not batch_queued and all(a.urgent for a in group)
+        return company and not batch_queued and all(a.urgent for a in group)
 
     def _commit_framed(self, framed: Framed) -> None:
         """Write and fsync one framed group on this thread, then answer it."""

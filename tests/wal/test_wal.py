@@ -701,6 +701,20 @@ async def test_auto_sync_writes_urgent_groups_in_a_thread_and_groups_with_batch_
     assert lsns[later.message_id] < lsns[billing.message_id]  # it went ahead, on the loop's thread
 
 
+async def test_auto_sync_writes_one_connections_messages_one_at_a_time_on_the_loop(tmp_path: Path) -> None:
+    """`sync = "auto"`: urgent messages that come one at a time (a single connection waiting for each ACK) are
+    fsync'd on the loop's thread, whether their caller or the writer commits them: the loop has nothing to parse
+    during their fsync, and the hop to a thread cost one connection about a quarter of its throughput."""
+    files = _SyncsOnThreads(threading.current_thread())
+    async with open_wal(tmp_path, WalConfig(sync="auto"), files=files) as wal:
+        await wal.append([envelope(0, Lane.BATCH, patient="H|before")])  # the segment begun, its syncs done
+        files.on_loop.clear()
+        for i in range(1, 9):  # each the next as soon as the last is durable: within 1 ms, so most go to the writer
+            await wal.append([envelope(i, Lane.STANDARD, patient=f"H|R{i}")])
+        on_loop = list(files.on_loop)
+    assert on_loop == [True] * 8
+
+
 async def test_an_urgent_append_goes_ahead_of_another_sources_batch_records_of_its_patient(tmp_path: Path) -> None:
     """A billing file queued for patient P; a critical result for P from an MLLP connection goes first (the
     order of independent sources is the network's, not a history), while one from the file itself stays after."""
