@@ -384,13 +384,15 @@ class WalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         sparse_index_records_interval: one (LSN, offset) index entry per this
             many records.
         sync: where a group's write and fsync run. "auto" (the default): in
-            a worker thread while no batch work is in the group or queued
-            behind it, so the node parses the next urgent messages during
-            the fsync; on the event loop's thread otherwise (under a billing
-            flood the hop to the thread cost the routine lane more than the
-            fsync). "inline": always on the event loop's thread. "thread":
-            always in a worker thread (network or spinning storage,
-            milliseconds per fsync).
+            a worker thread while urgent messages come together (this group
+            or the one before held more than one record) and no batch work
+            is in the group or queued behind it, so the node parses the next
+            urgent messages during the fsync; on the event loop's thread
+            otherwise (one message at a time leaves nothing to parse
+            meanwhile, and under a billing flood the hop to the thread cost
+            the routine lane more than the fsync). "inline": always on the
+            event loop's thread. "thread": always in a worker thread
+            (network or spinning storage, milliseconds per fsync).
     """
 
     segment_bytes_max: Annotated[int, msgspec.Meta(ge=64 * _KIB)] = 64 * _MIB
