@@ -542,7 +542,8 @@ class WriteAheadLog:
 
     async def _commit(self, framed: Framed) -> None:
         """Write and fsync one framed group (`_in_a_thread` says on which thread), then answer it."""
-        if not self._in_a_thread(framed.group) or self._failure is not None or not framed.data:
+        # `_in_a_thread` last: it notes this group's company, and a group with nothing to sync has none.
+        if self._failure is not None or not framed.data or not self._in_a_thread(framed.group):
             self._commit_framed(framed)
             return
         try:
