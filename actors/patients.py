@@ -84,8 +84,14 @@ class RecordSource(Protocol):
         """
         ...
 
-    def load_now(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
-        """What `load` gives, when it is at hand without waiting (a patient seen for the first time); else None."""
+    def load_now(
+        self, patient: str, in_hand: Applied | None = None
+    ) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
+        """What `load` gives, when it is at hand without waiting (a patient seen for the first time); else None.
+
+        `in_hand`: a durable record of the patient being handed on now; a source may give it back
+        instead of reading it, when it knows that record is the patient's whole history.
+        """
         ...
 
     async def load_after(self, patient: str, after_lsn: int) -> Sequence[Applied]:
@@ -159,7 +165,9 @@ class _Patient:
         self.snapshot_facts = record.fact_count
         self.attempts = 0
         self.unapplied: list[_Message] = []
-        self.actor: Actor[_Message] = registry.new_actor(self.behave, registry.mailbox_max)
+        # Made, with its task, when the first message comes that the activation did not fold in
+        # (`PatientActors._run`): a patient seen once never needs either.
+        self.actor: Actor[_Message] | None = None
         self.last_used = registry.now()
         self.closing: anyio.Event | None = None  # set while passivating: senders wait, then reactivate
         # The record as it stands now, folded once and kept until the record changes: a record read
@@ -328,10 +336,13 @@ class PatientActors:
                     continue
                 self._active.move_to_end(patient)
                 entry.last_used = self.now()
-                await entry.actor.tell(message)
+                actor = entry.actor if entry.actor is not None else self._run(entry)
+                await actor.tell(message)
                 return
             stash = self._stashes.get(patient)
-            if stash is None and self._activate_now(patient):
+            if stash is None and (entry := self._activate_now(patient, message)) is not None:
+                if isinstance(message, Applied) and message.lsn <= entry.record.last_lsn:
+                    return  # folded in by the activation: the actor would ignore it, so it need not run yet
                 continue  # active now: the message goes to its mailbox
             if stash is None:
                 self._stashes[patient] = [message]
@@ -345,39 +356,47 @@ class PatientActors:
             # The stash is full: wait for the activation, then go on (backpressure).
             await self._activated[patient].wait()
 
-    def _activate_now(self, patient: str) -> bool:
-        """Activate without a task of its own when the state is at hand and there is room; False otherwise.
+    def _activate_now(self, patient: str, message: _Message) -> _Patient | None:
+        """Activate without a task of its own when the state is at hand and there is room; None otherwise.
 
         A patient seen for the first time is most of a hospital's activations (a third of its messages
         can be for patients never seen before), and its state is nothing or a record just written. A task
         per activation, its cancel scope and the limiter's checkpoint made such a message cost 1.4-1.6 x a
-        known patient's. A tail that needs more than the fold (a merge into this patient, a poison record)
-        goes the usual way.
+        known patient's. Its actor and the actor's task wait for a message the fold has not taken in
+        (`_run`); the record being handed on is passed to the source, which need not read it back. A tail
+        that needs more than the fold (a merge into this patient, a poison record) goes the usual way.
         """
         full = len(self._active) - self._passivating >= self.active_max
         if full and self._passivating >= self._limiter.total_tokens:
-            return False  # so many on their way out already: wait for room the usual way
-        at_hand = self._source.load_now(patient)
+            return None  # so many on their way out already: wait for room the usual way
+        at_hand = self._source.load_now(patient, message if isinstance(message, Applied) else None)
         if at_hand is None:
-            return False
+            return None
         snapshot, tail = at_hand
         if any(item.merges_into(patient) for item in tail):
-            return False
+            return None
         entry = _Patient(self, patient, snapshot if snapshot is not None else PatientRecord.empty(patient))
         try:
             entry.record = self._fold_all(entry.record, tail)  # the entry knows what its snapshot holds
         except Exception:  # noqa: BLE001 -- a poison record: the usual activation skips and quarantines it
-            return False
+            return None
         if full:
             self._close(next(e for e in self._active.values() if e.closing is None))  # the least recently used
-        self._start(patient, entry)
-        return True
-
-    def _start(self, patient: str, entry: _Patient) -> None:
         self._activations += 1
         self._active[patient] = entry
+        return entry
+
+    def _start(self, patient: str, entry: _Patient) -> Actor[_Message]:
+        self._activations += 1
+        self._active[patient] = entry
+        return self._run(entry)
+
+    def _run(self, entry: _Patient) -> Actor[_Message]:
+        """The entry's actor, made and running (in a task of the registry's)."""
+        entry.actor = actor = self.new_actor(entry.behave, self.mailbox_max)
         assert self._tg is not None
         self._tg.start_soon(self._keep_running, entry)
+        return actor
 
     async def _activate(self, patient: str) -> None:
         """Snapshot + tail -> a running actor; the stash goes into its mailbox in order."""
@@ -395,9 +414,9 @@ class PatientActors:
         entry = _Patient(self, patient, record)
         entry.record = await self._fold_tail(patient, entry.record, tail)
         await self._make_room()
-        self._start(patient, entry)
+        actor = self._start(patient, entry)
         for message in self._stashes.pop(patient):
-            await entry.actor.tell(message)
+            await actor.tell(message)
         self._activated.pop(patient).set()
 
     async def _fold_tail(self, patient: str, record: PatientRecord, tail: Sequence[Applied]) -> PatientRecord:
@@ -429,19 +448,20 @@ class PatientActors:
     async def _keep_running(self, entry: _Patient) -> None:
         """Run a patient's actor; after a crash, restart it from its last good state."""
         while True:
+            actor = entry.actor
+            assert actor is not None
             try:
-                await entry.actor.run()
+                await actor.run()
             except Exception as exc:  # noqa: BLE001 -- contained: one patient's crash stays with it
                 self._restarts += 1
                 _log.warning("patients.actor_crashed", error=type(exc).__name__, attempt=entry.attempts)
-                pending = [*entry.unapplied, *entry.actor.take_all()]
-                closing = entry.actor.closed
+                pending = [*entry.unapplied, *actor.take_all()]
                 entry.unapplied = []
-                entry.actor = self.new_actor(entry.behave, max(self.mailbox_max, len(pending)))
+                entry.actor = successor = self.new_actor(entry.behave, max(self.mailbox_max, len(pending)))
                 for message in pending:
-                    entry.actor.tell_nowait(message)
-                if closing:
-                    entry.actor.close()  # it was being passivated: drain, then stop
+                    successor.tell_nowait(message)
+                if actor.closed:
+                    successor.close()  # it was being passivated: drain, then stop
                 continue
             if entry.closing is not None:  # stopped to be passivated (else the registry is stopping)
                 await self._let_go(entry)
@@ -465,7 +485,7 @@ class PatientActors:
         # entry (and its whole record) alive in its locals while it sleeps.
         now = self.now()
         for patient, entry in list(self._active.items()):
-            idle = now - entry.last_used >= self.idle_timeout_s and entry.actor.depth == 0
+            idle = now - entry.last_used >= self.idle_timeout_s and (entry.actor is None or entry.actor.depth == 0)
             if idle and entry.closing is None:
                 await self._passivate(patient, entry)
 
@@ -482,17 +502,31 @@ class PatientActors:
         await closing.wait()
 
     def _close(self, entry: _Patient) -> anyio.Event:
-        """Start a passivation: the actor drains its mailbox and stops, and its own task lets it go (`_let_go`)."""
+        """Start a passivation: the actor drains its mailbox and stops, and its own task lets it go (`_let_go`).
+
+        An entry whose actor never ran, with no snapshot to save and a short record, goes at once.
+        """
         entry.closing = closing = anyio.Event()
+        if entry.actor is None and not self._snapshot_due(entry) and _decoded(entry.record) <= _FREED_AT_ONCE_MAX:
+            del self._active[entry.patient]
+            entry.record = PatientRecord.empty(entry.patient)
+            self._passivations += 1
+            closing.set()
+            return closing
         self._passivating += 1
-        entry.actor.close()
+        actor = entry.actor if entry.actor is not None else self._run(entry)  # its task saves and lets go
+        actor.close()
         return closing
+
+    def _snapshot_due(self, entry: _Patient) -> bool:
+        """Whether a passivated record is snapshotted: it moved, by enough facts to be worth the write."""
+        gained = entry.record.fact_count - entry.snapshot_facts
+        return entry.record.last_lsn > entry.snapshot_lsn and gained >= self.snapshot_min_records
 
     async def _let_go(self, entry: _Patient) -> None:
         """The end of a passivation, in the stopped actor's task: its snapshot if it moved, then it is gone."""
         assert entry.closing is not None
-        gained = entry.record.fact_count - entry.snapshot_facts
-        if entry.record.last_lsn > entry.snapshot_lsn and gained >= self.snapshot_min_records:
+        if self._snapshot_due(entry):
             try:
                 await self._source.save(entry.record)
             except Exception as exc:  # noqa: BLE001 -- a snapshot is only a cache: the log has everything
@@ -501,8 +535,7 @@ class PatientActors:
         self._passivating -= 1
         # Senders waiting on `closing` still hold the entry: the record (hundreds of MB for a
         # patient with hundreds of thousands of results) is let go now, not when the last of them has gone.
-        decoded = len(entry.record.sealed) + len(entry.record.recent)  # held facts are bytes: freed at once
-        long = [*entry.record.sealed, *entry.record.recent] if decoded > _FREED_AT_ONCE_MAX else []
+        long = [*entry.record.sealed, *entry.record.recent] if _decoded(entry.record) > _FREED_AT_ONCE_MAX else []
         entry.record = PatientRecord.empty(entry.patient)
         self._passivations += 1
         entry.closing.set()
@@ -545,6 +578,11 @@ class PatientActors:
         self._quarantined += 1
         _log.error("patients.poison_quarantined", lsn=item.lsn, error=type(error).__name__)
         await self._quarantine.quarantine(patient, item, f"{type(error).__name__}: {error}")
+
+
+def _decoded(record: PatientRecord) -> int:
+    """Facts a record holds decoded (held facts are bytes: freed at once)."""
+    return len(record.sealed) + len(record.recent)
 
 
 async def _unheld(record: PatientRecord) -> PatientRecord:

@@ -51,7 +51,9 @@ class LogSource:
         records = self._wal.read_patient(patient, after_lsn=after_lsn)
         return [Applied(r.lsn, r.recorded_at, r.message_id, r.envelope.events) for r in records]
 
-    def load_now(self, _patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
+    def load_now(
+        self, _patient: str, _in_hand: Applied | None = None
+    ) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
         return None  # every load reads the log, in `load`
 
     async def save(self, _record: PatientRecord) -> None:

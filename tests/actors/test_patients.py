@@ -476,6 +476,58 @@ async def test_state_at_hand_with_no_room_sends_the_least_recently_used_away_wit
         tg.cancel_scope.cancel()
 
 
+async def test_a_record_folded_at_activation_starts_no_actor_task_until_a_message_it_has_not_folded() -> None:
+    """A patient seen once (a third of a hospital's messages) costs no task: the next record or a read starts one."""
+    log = MemoryLog()
+    log.at_hand = True
+    registry = PatientActors(log, MemoryQuarantine())
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        await _settle()
+        tasks = len(anyio.get_running_tasks())
+        for lsn in range(1, 51):
+            log.append(f"H|{lsn}", item(lsn))  # durable before it is handed on, as in the node
+            await registry.deliver(f"H|{lsn}", item(lsn))
+            assert log.in_hand == item(lsn)  # the source was given the record, to spare a read
+        await _settle()
+        assert len(anyio.get_running_tasks()) == tasks
+        assert registry.statistics().active == registry.statistics().activations == 50
+        log.append("H|7", item(51))
+        await registry.deliver("H|7", item(51))
+        assert [o.order_id for o in (await registry.query("H|7")).orders] == ["O7", "O51"]
+        assert [o.order_id for o in (await registry.query("H|8")).orders] == ["O8"]
+        await _settle()
+        assert len(anyio.get_running_tasks()) == tasks + 2
+        tg.cancel_scope.cancel()
+
+
+async def test_an_actor_that_never_ran_is_passivated_at_once_or_by_its_task_when_a_snapshot_is_due() -> None:
+    """No snapshot due: it goes at once and comes back whole from the log; one due: it is written first."""
+    log = MemoryLog()
+    log.at_hand = True
+    registry = PatientActors(log, MemoryQuarantine(), active_max=2, snapshot_min_records=2)
+    two_facts = Applied(
+        3, "2026-11-24T08:00:03Z", "m3", (OrderPlaced("O3a", Coded("X")), OrderPlaced("O3b", Coded("X")))
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(registry.run)
+        for patient, applied in (("H|A", item(1)), ("H|B", item(2)), ("H|C", two_facts), ("H|D", item(4))):
+            log.append(patient, applied)
+            await registry.deliver(patient, applied)
+        assert registry.statistics().passivations == 2  # H|A, then H|B: gone at once, with nothing to write
+        assert log.snapshots == {}
+        log.append("H|E", item(5))
+        await registry.deliver("H|E", item(5))  # H|C goes: its two facts are worth a snapshot, written by a task
+        await _settle()
+        assert registry.statistics().passivations == 3
+        assert set(log.snapshots) == {"H|C"}
+        assert log.snapshots["H|C"].last_lsn == 3
+        assert registry.statistics().active == 2
+        assert [o.order_id for o in (await registry.query("H|A")).orders] == ["O1"]  # back, whole
+        assert [o.order_id for o in (await registry.query("H|C")).orders] == ["O3a", "O3b"]
+        tg.cancel_scope.cancel()
+
+
 async def test_a_merge_of_an_active_patient_takes_its_record_from_its_actor_not_the_log() -> None:
     """Its history is not read back (a heavy patient is active, so never snapshotted): the same record results."""
     log = MemoryLog()

@@ -25,11 +25,15 @@ class MemoryLog:
         self.gate: anyio.Event | None = None
         self.fail_next_load: Exception | None = None
         self.at_hand = False  # whether `load_now` answers (as the node's source does for a first-seen patient)
+        self.in_hand: Applied | None = None  # the record `load_now` was last handed
 
     def append(self, patient: str, item: Applied) -> None:
         self.records.setdefault(patient, []).append(item)
 
-    def load_now(self, patient: str) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
+    def load_now(
+        self, patient: str, in_hand: Applied | None = None
+    ) -> tuple[PatientRecord | None, Sequence[Applied]] | None:
+        self.in_hand = in_hand
         if not self.at_hand or self.gate is not None or self.fail_next_load is not None:
             return None
         self.loads += 1

@@ -80,6 +80,26 @@ async def test_a_short_history_is_read_whole_without_asking_for_its_snapshot(tmp
         assert _fold(at_hand, "H|A") == _fold(await source.load("H|A"), "H|A")
 
 
+async def test_a_patients_only_record_in_hand_is_given_back_not_read(tmp_path: Path) -> None:
+    """Handed on after it became durable, a first-seen patient's record is its whole history: nothing is read."""
+    async with open_wal(tmp_path / "wal", SMALL) as wal:
+        source = LogRecordSource(wal, SnapshotStore(tmp_path / "snapshots", OSFiles()))
+        await _append(wal, 1, "H|A")
+        first = source.load_now("H|A")
+        assert first is not None
+        (read,) = first[1]
+        in_hand = msgspec.structs.replace(read, message_id="in hand")  # told apart from what a read gives
+        at_hand = source.load_now("H|A", in_hand)
+        assert at_hand is not None
+        assert at_hand[0] is None
+        assert at_hand[1] == [in_hand]
+        assert _fold((None, [read]), "H|A") == _fold(await source.load("H|A"), "H|A")
+        await _append(wal, 2, "H|A")
+        second = source.load_now("H|A", in_hand)  # two records: the history is read
+        assert second is not None
+        assert [a.message_id for a in second[1]] == [read.message_id, envelope(2, patient="H|A").message_id]
+
+
 async def test_a_history_longer_than_a_few_records_is_a_threads_work(tmp_path: Path) -> None:
     async with open_wal(tmp_path / "wal", SMALL) as wal:
         source = LogRecordSource(wal, SnapshotStore(tmp_path / "snapshots", OSFiles()))
