@@ -63,7 +63,7 @@ class LogRecordSource:
 
         `in_hand` is a record of the patient being handed on after it became durable, so the index
         holds it: when that is the patient's only record, it is the history, and nothing is read
-        (the read and decode were a third of what a first-seen patient cost more than a known one).
+        (the read and decode were about a quarter of what a first-seen patient cost more than a known one).
         """
         count = self._wal.patient_record_count(patient)
         if count > _INLINE_RECORDS:
