@@ -382,13 +382,16 @@ class PatientActors:
             return None
         if full:
             self._close(next(e for e in self._active.values() if e.closing is None))  # the least recently used
-        self._activations += 1
-        self._active[patient] = entry
+        self._admit(patient, entry)
         return entry
 
-    def _start(self, patient: str, entry: _Patient) -> Actor[_Message]:
+    def _admit(self, patient: str, entry: _Patient) -> None:
+        """An activated entry among the active ones (its actor made later, by `_run`)."""
         self._activations += 1
         self._active[patient] = entry
+
+    def _start(self, patient: str, entry: _Patient) -> Actor[_Message]:
+        self._admit(patient, entry)
         return self._run(entry)
 
     def _run(self, entry: _Patient) -> Actor[_Message]:
